@@ -1,0 +1,26 @@
+//! Kubernetes labels and names shared by the chart, the lab and the binaries.
+//!
+//! Agents and companion pods both carry [`PROBE_TARGET`], so one equality-based
+//! selector finds every pod that should be pinged.
+
+/// `app.kubernetes.io/name` of every netmatrix pod.
+pub const NAME: &str = "app.kubernetes.io/name";
+/// `app.kubernetes.io/component`: `agent`, `companion` or `aggregator`.
+pub const COMPONENT: &str = "app.kubernetes.io/component";
+/// Set to `"true"` on pods other agents should probe (agents and companions).
+pub const PROBE_TARGET: &str = "netmatrix.io/probe-target";
+
+pub const APP: &str = "netmatrix";
+pub const COMPONENT_AGENT: &str = "agent";
+pub const COMPONENT_COMPANION: &str = "companion";
+pub const COMPONENT_AGGREGATOR: &str = "aggregator";
+
+/// Selector of the pods an agent probes.
+pub const PEER_SELECTOR: &str = "app.kubernetes.io/name=netmatrix,netmatrix.io/probe-target=true";
+/// Selector of the agent pods (the ones that report, and that the headless
+/// Service's SRV record lists).
+pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=netmatrix,app.kubernetes.io/component=agent";
+/// Selector of the aggregator pods (agents report to them directly when the
+/// aggregator Service is unreachable).
+pub const AGGREGATOR_SELECTOR: &str =
+    "app.kubernetes.io/name=netmatrix,app.kubernetes.io/component=aggregator";

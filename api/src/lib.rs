@@ -1,0 +1,489 @@
+//! Wire types of netmatrix, version 1 (`/api/v1`).
+//!
+//! This crate is the single definition of everything that crosses the wire
+//! between the agent, the aggregator and the tools that read the aggregator
+//! (the `validate` command, the web page, the lab). Both sides depend on it, so
+//! a field renamed here is renamed everywhere at compile time.
+//!
+//! Conventions:
+//! - field names are `snake_case`, enum values `kebab-case`;
+//! - durations are milliseconds as `f64` (`*_ms`), timestamps are Unix
+//!   milliseconds as `u64` (`*_unix_ms`);
+//! - optional fields are omitted when empty, and unknown fields are ignored on
+//!   read, so that a newer agent can talk to an older aggregator.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub mod labels;
+
+/// Path prefix of every versioned endpoint.
+pub const API_PREFIX: &str = "/api/v1";
+/// `POST` a [`Report`] here.
+pub const REPORTS_PATH: &str = "/api/v1/reports";
+/// `GET` a [`Matrix`] here.
+pub const MATRIX_PATH: &str = "/api/v1/matrix";
+/// `GET` a [`Findings`] here.
+pub const FINDINGS_PATH: &str = "/api/v1/findings";
+
+/// Which network an agent probes from.
+///
+/// Pod-network and host-network results are kept apart so that "pod path
+/// broken, node path fine" (the CNI) can be told from "both broken" (the
+/// underlay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    #[default]
+    Pod,
+    Host,
+}
+
+/// Who sent a report. The aggregator checks it against the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentIdentity {
+    /// Kubernetes node name (`spec.nodeName` of the agent pod).
+    pub node: String,
+    /// Agent pod name.
+    pub pod: String,
+    /// Agent pod IP (`status.podIP`).
+    pub pod_ip: IpAddr,
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// One probing round of one agent, sent to the aggregator with
+/// `POST /api/v1/reports`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub agent: AgentIdentity,
+    /// Round counter of this agent process; restarts at 1 when the agent does.
+    pub round: u64,
+    /// When the round started.
+    pub started_unix_ms: u64,
+    /// The agent's probe interval, so the aggregator can tell stale data.
+    pub interval_ms: u64,
+    /// Echo results per peer pod (same node and other nodes).
+    #[serde(default)]
+    pub peers: Vec<PeerResult>,
+    /// API server and ClusterIP checks.
+    #[serde(default)]
+    pub services: Vec<ServiceResult>,
+    /// DNS lookups.
+    #[serde(default)]
+    pub dns: Vec<DnsResult>,
+    /// Where the agent's peer list came from this round.
+    #[serde(default)]
+    pub peer_source: PeerSource,
+}
+
+/// Where an agent's peer list came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerSource {
+    /// A live watch of the Kubernetes API.
+    #[default]
+    Api,
+    /// The last peer set seen before the API became unreachable.
+    LastKnown,
+    /// The SRV record of the agents' headless Service (start-up fallback).
+    Dns,
+}
+
+/// A probed peer pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerResult {
+    /// Node the peer pod runs on.
+    pub node: String,
+    pub pod: String,
+    pub ip: IpAddr,
+    /// Small ICMP echoes.
+    pub icmp: EchoResult,
+}
+
+/// Outcome of a series of ICMP echoes to one address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct EchoResult {
+    pub sent: u32,
+    pub received: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_min_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_avg_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_max_ms: Option<f64>,
+    /// Last error seen, when at least one echo was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProbeError>,
+}
+
+impl EchoResult {
+    /// Fraction of echoes lost, 0.0 to 1.0 (1.0 when nothing was sent).
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            return 1.0;
+        }
+        1.0 - f64::from(self.received.min(self.sent)) / f64::from(self.sent)
+    }
+}
+
+/// What kind of service check this was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceKind {
+    /// TCP connect, TLS handshake and `GET /livez` to the API server's ClusterIP.
+    Apiserver,
+    /// TCP connect to a configured ClusterIP service.
+    Clusterip,
+}
+
+/// How far a service check got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceStage {
+    Tcp,
+    Tls,
+    Http,
+}
+
+/// One API server or ClusterIP check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceResult {
+    pub kind: ServiceKind,
+    /// Operator-facing name (`kubernetes`, or the configured name of the target).
+    pub name: String,
+    /// `ip:port` that was dialled.
+    pub target: String,
+    pub ok: bool,
+    /// The last stage that succeeded (`None`: not even TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<ServiceStage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProbeError>,
+}
+
+/// DNS record type probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RecordType {
+    A,
+    Srv,
+}
+
+/// One DNS lookup, compared with what the Kubernetes API says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsResult {
+    /// Fully qualified name queried (trailing dot).
+    pub name: String,
+    pub record: RecordType,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Answers received: addresses for A, `target:port` (or the target's
+    /// address) for SRV.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<String>,
+    /// What the API says the answer should contain; empty when not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProbeError>,
+}
+
+/// Kind of a probe failure. Kept from the probe to the finding so the operator
+/// sees "unreachable" and not just "failed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// No answer in time.
+    Timeout,
+    /// The kernel or a router said there is no route (`ENETUNREACH`,
+    /// `EHOSTUNREACH`, ICMP unreachable).
+    Unreachable,
+    /// Connection refused (`ECONNREFUSED` / TCP RST).
+    Refused,
+    /// TLS handshake or certificate failure.
+    Tls,
+    /// Connected, but the HTTP answer was wrong.
+    Http,
+    /// DNS name does not exist.
+    Nxdomain,
+    /// DNS server failure.
+    Servfail,
+    /// DNS answered, but not what the API says.
+    WrongAnswer,
+    /// Anything else (the message says what).
+    Other,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Http => "http",
+            ErrorKind::Nxdomain => "nxdomain",
+            ErrorKind::Servfail => "servfail",
+            ErrorKind::WrongAnswer => "wrong-answer",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A probe failure: its kind and the underlying message (OS error text,
+/// DNS response code, TLS alert...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ProbeError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// Answer of the aggregator to an accepted report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportAccepted {
+    pub node: String,
+    pub round: u64,
+}
+
+/// Error body of every 4xx/5xx answer of the aggregator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable machine-readable reason, e.g. `malformed-report`, `unknown-sender`.
+    pub reason: String,
+    /// What happened and what to do, for a human.
+    pub message: String,
+}
+
+/// Status of one matrix cell or check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Ok,
+    Degraded,
+    Failed,
+    /// No fresh data: the source agent is silent, or never probed this pair.
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Degraded => "degraded",
+            Status::Failed => "failed",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /api/v1/matrix`: the directed node-to-node connectivity matrix plus
+/// per-node service and DNS columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Matrix {
+    pub generated_unix_ms: u64,
+    /// Every node the aggregator knows (expected or reporting), sorted.
+    pub nodes: Vec<String>,
+    /// Pod-network rows, one per node in `nodes`, same order.
+    pub rows: Vec<MatrixRow>,
+    /// Host-network rows (empty when no host-network agent reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_rows: Vec<MatrixRow>,
+}
+
+/// What one source node sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatrixRow {
+    /// Source node.
+    pub node: String,
+    /// `true` when the node's agent has reported recently.
+    pub reporting: bool,
+    /// Age of the node's last report, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_age_ms: Option<f64>,
+    /// Directed cells from `node` to each destination node, in `Matrix::nodes` order.
+    pub cells: Vec<Cell>,
+    /// API server and ClusterIP checks of this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<CheckCell>,
+    /// DNS checks of this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<CheckCell>,
+}
+
+/// One directed node-to-node cell (all pods on `to` probed from `node`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Destination node.
+    pub to: String,
+    pub status: Status,
+    /// Fraction of echoes lost, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_avg_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_max_ms: Option<f64>,
+    /// How many peer pods on `to` were probed.
+    #[serde(default)]
+    pub pods: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ProbeError>,
+    /// Age of the data behind this cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<f64>,
+}
+
+/// A per-node service or DNS check in the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckCell {
+    /// Column name, e.g. `apiserver`, `clusterip/aggregator`, `dns-a/kubernetes.default.svc.cluster.local.`.
+    pub column: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ProbeError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<f64>,
+}
+
+/// Stable identifier of a diagnosis. Alerts and runbooks key on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    NodeIsolated,
+    CrossNodeBroken,
+    Partition,
+    AsymmetricPath,
+    PairBroken,
+    PacketLoss,
+    HighLatency,
+    MtuMismatch,
+    ApiserverUnreachable,
+    ClusteripBroken,
+    DnsFailure,
+    DnsStale,
+    UnderlayBroken,
+    AgentMissing,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::NodeIsolated => "node-isolated",
+            FindingKind::CrossNodeBroken => "cross-node-broken",
+            FindingKind::Partition => "partition",
+            FindingKind::AsymmetricPath => "asymmetric-path",
+            FindingKind::PairBroken => "pair-broken",
+            FindingKind::PacketLoss => "packet-loss",
+            FindingKind::HighLatency => "high-latency",
+            FindingKind::MtuMismatch => "mtu-mismatch",
+            FindingKind::ApiserverUnreachable => "apiserver-unreachable",
+            FindingKind::ClusteripBroken => "clusterip-broken",
+            FindingKind::DnsFailure => "dns-failure",
+            FindingKind::DnsStale => "dns-stale",
+            FindingKind::UnderlayBroken => "underlay-broken",
+            FindingKind::AgentMissing => "agent-missing",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A named failure, raised after it held for a number of rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    /// Nodes concerned, sorted.
+    pub nodes: Vec<String>,
+    /// One sentence for a human.
+    pub summary: String,
+    /// Cells and errors behind the finding.
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// What to check first.
+    pub hint: String,
+    /// When the condition started to hold (RFC 3339, UTC).
+    pub since: String,
+    /// Same instant as `since`, for machines.
+    pub since_unix_ms: u64,
+}
+
+/// `GET /api/v1/findings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Findings {
+    pub generated_unix_ms: u64,
+    pub findings: Vec<Finding>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_use_kebab_case_on_the_wire() {
+        let v = serde_json::to_value(FindingKind::ApiserverUnreachable).unwrap();
+        assert_eq!(v, "apiserver-unreachable");
+        assert_eq!(FindingKind::ApiserverUnreachable.as_str(), "apiserver-unreachable");
+        let v = serde_json::to_value(ErrorKind::WrongAnswer).unwrap();
+        assert_eq!(v, ErrorKind::WrongAnswer.as_str());
+        assert_eq!(serde_json::to_value(RecordType::Srv).unwrap(), "SRV");
+    }
+
+    #[test]
+    fn report_round_trips_and_ignores_unknown_fields() {
+        let json = r#"{
+            "agent": {"node": "n1", "pod": "a", "pod_ip": "10.244.1.2"},
+            "round": 3, "started_unix_ms": 1, "interval_ms": 5000,
+            "peers": [{"node": "n2", "pod": "b", "ip": "10.244.2.2",
+                       "icmp": {"sent": 3, "received": 2, "rtt_avg_ms": 0.4}}],
+            "future_field": true
+        }"#;
+        let r: Report = serde_json::from_str(json).unwrap();
+        assert_eq!(r.agent.network, NetworkMode::Pod);
+        assert!((r.peers[0].icmp.loss() - 1.0 / 3.0).abs() < 1e-9);
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn loss_is_total_when_nothing_was_sent() {
+        assert_eq!(EchoResult::default().loss(), 1.0);
+    }
+}
