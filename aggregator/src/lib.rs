@@ -1,1 +1,165 @@
-//! placeholder
+//! netmatrix aggregator: receives the agents' reports, builds the directed
+//! node-to-node connectivity [`Matrix`](netmatrix_api::Matrix), names what is
+//! broken ([`Findings`](netmatrix_api::Findings)) and exports metrics.
+//!
+//! - [`store`]: the latest report per (node, network) and its validation;
+//! - [`inventory`]: nodes and agent pods according to the Kubernetes API;
+//! - [`matrix`]: reports to matrix;
+//! - [`diagnosis`]: matrix to findings, with hysteresis;
+//! - [`metrics`]: Prometheus series bounded by the number of nodes;
+//! - [`http`]: the `/api/v1` routes, `/metrics`, `/healthz`;
+//! - [`state`]: the shared state tying them together.
+
+pub mod config;
+pub mod diagnosis;
+pub mod http;
+pub mod inventory;
+pub mod matrix;
+pub mod metrics;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::net::TcpListener;
+use tokio::time::MissedTickBehavior;
+
+pub use config::Args;
+use inventory::{InventorySource, KubeInventory};
+use state::{Aggregator, Settings};
+
+/// Why the aggregator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}; pick another --listen address")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "cannot configure the Kubernetes client: {0}; pass --kubeconfig, run in a pod, or use --no-kubernetes for a trial"
+    )]
+    KubeConfig(String),
+    #[error("cannot build the Kubernetes client: {0}")]
+    KubeClient(#[source] kube::Error),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the aggregator until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> Result<(), Error> {
+    let inventory = if args.no_kubernetes {
+        tracing::warn!(
+            "--no-kubernetes: sender identities are NOT verified and only nodes that have reported are expected"
+        );
+        InventorySource::Unverified
+    } else {
+        let client = kube_client(args.kubeconfig.as_deref()).await?;
+        InventorySource::Kubernetes(KubeInventory::spawn(
+            client,
+            &args.namespace,
+            &args.agent_selector,
+        ))
+    };
+
+    let aggregator = Arc::new(Aggregator::new(inventory, Settings::from_args(&args))?);
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(
+        listen = %local,
+        interval = %humantime::format_duration(args.interval),
+        "aggregator ready"
+    );
+
+    let evaluation = tokio::spawn(evaluate_every(Arc::clone(&aggregator), args.interval));
+    let app = http::router(aggregator, args.max_body);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(Error::Serve);
+    evaluation.abort();
+    served
+}
+
+/// The evaluation loop: one round per interval. A slow round delays the next
+/// instead of bursting to catch up, so hysteresis counts real rounds.
+async fn evaluate_every(aggregator: Arc<Aggregator>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let findings = aggregator.evaluate();
+        tracing::debug!(findings = findings.findings.len(), "evaluation round");
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
+    let config = match kubeconfig {
+        // KUBECONFIG may list several files, like kubectl's.
+        Some(paths) => {
+            let mut merged: Option<Kubeconfig> = None;
+            for path in std::env::split_paths(paths).filter(|p| !p.as_os_str().is_empty()) {
+                let next = Kubeconfig::read_from(&path).map_err(|source| Error::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+                merged = Some(match merged {
+                    None => next,
+                    Some(m) => m.merge(next).map_err(|source| Error::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    })?,
+                });
+            }
+            let merged = merged.ok_or_else(|| Error::KubeConfig("empty --kubeconfig".into()))?;
+            kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(Error::KubeClient)
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

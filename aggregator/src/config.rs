@@ -1,0 +1,123 @@
+//! Command-line flags and their environment equivalents.
+//!
+//! Every flag can also be set through an environment variable so that the
+//! chart can configure the aggregator without templating its command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use netmatrix_api::labels;
+
+/// Builds the node-to-node connectivity matrix from agent reports and names
+/// what is broken.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "netmatrix-aggregator", version, about, long_about = None)]
+pub struct Args {
+    /// Address the HTTP API, `/metrics` and the web page listen on.
+    #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Evaluation period (matrix, diagnosis, metrics); should match the agents' probe interval.
+    #[arg(
+        long,
+        env = "NETMATRIX_INTERVAL",
+        default_value = "5s",
+        value_parser = parse_interval
+    )]
+    pub interval: Duration,
+
+    /// A node whose last report is older than this many intervals (the larger of
+    /// --interval and the agent's own) is `unknown`.
+    #[arg(long, env = "NETMATRIX_STALE_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stale_after: u32,
+
+    /// A finding is raised after its condition held for this many consecutive evaluation rounds.
+    #[arg(long, env = "NETMATRIX_RAISE_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub raise_after: u32,
+
+    /// A raised finding is cleared after its condition was absent for this many consecutive rounds.
+    #[arg(long, env = "NETMATRIX_CLEAR_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clear_after: u32,
+
+    /// A node is expected to report once it is Ready and at least this old, so
+    /// nodes that just joined do not raise agent-missing while their agent starts.
+    #[arg(long, env = "NETMATRIX_NODE_GRACE", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub node_grace: Duration,
+
+    /// Largest accepted report body, in bytes; larger reports get 413 `body-too-large`.
+    #[arg(long, env = "NETMATRIX_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+
+    /// A cell is `failed` when more than this fraction of its echoes was lost
+    /// (any lower, non-zero loss is `degraded`).
+    #[arg(long, env = "NETMATRIX_FAILED_LOSS", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub failed_loss: f64,
+
+    /// Namespace of the agent pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "netmatrix")]
+    pub namespace: String,
+
+    /// Label selector of the agent pods whose reports are accepted.
+    #[arg(long, env = "NETMATRIX_AGENT_SELECTOR", default_value = labels::AGENT_SELECTOR)]
+    pub agent_selector: String,
+
+    /// Kubeconfig file; without it the in-cluster config or ~/.kube/config is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Run without the Kubernetes API, for tests and trials only: expected nodes
+    /// are the nodes that have reported, and senders' identities are NOT verified.
+    #[arg(long, env = "NETMATRIX_NO_KUBERNETES")]
+    pub no_kubernetes: bool,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s} is too short: use at least 100ms"));
+    }
+    Ok(d)
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if !(0.0..1.0).contains(&v) {
+        return Err(format!("{s} is not a fraction in [0, 1)"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let args = Args::try_parse_from(["netmatrix-aggregator"]).unwrap();
+        assert_eq!(args.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(args.interval, Duration::from_secs(5));
+        assert_eq!(
+            (args.stale_after, args.raise_after, args.clear_after),
+            (3, 3, 3)
+        );
+        assert_eq!(args.max_body, 1 << 20);
+        assert_eq!(args.agent_selector, labels::AGENT_SELECTOR);
+        assert!(!args.no_kubernetes);
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for bad in [
+            &["x", "--interval", "0s"][..],
+            &["x", "--raise-after", "0"],
+            &["x", "--failed-loss", "1.5"],
+        ] {
+            assert!(Args::try_parse_from(bad).is_err(), "{bad:?} was accepted");
+        }
+        let args = Args::try_parse_from(["x", "--interval", "2s", "--no-kubernetes"]).unwrap();
+        assert_eq!(args.interval, Duration::from_secs(2));
+        assert!(args.no_kubernetes);
+    }
+}

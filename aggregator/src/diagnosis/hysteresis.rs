@@ -1,0 +1,171 @@
+//! Raise after N rounds, clear after M rounds.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use netmatrix_api::{Finding, FindingKind};
+
+use super::{Condition, Subject};
+
+/// Per-finding round counters.
+///
+/// - A condition seen for the first time starts *pending*; it is *raised*
+///   once it held for `raise_after` consecutive rounds.
+/// - A pending condition that misses one round is forgotten: intermittent
+///   blips never accumulate into a finding.
+/// - A raised finding is cleared after `clear_after` consecutive rounds
+///   without its condition; a round with the condition resets that count.
+/// - `since` is the round the condition first held, not when it was raised,
+///   so the operator sees how long the failure has lasted.
+#[derive(Debug)]
+pub struct Hysteresis {
+    raise_after: u32,
+    clear_after: u32,
+    tracks: BTreeMap<(FindingKind, Subject), Track>,
+}
+
+#[derive(Debug)]
+struct Track {
+    since_unix_ms: u64,
+    held_rounds: u32,
+    missed_rounds: u32,
+    raised: bool,
+    /// The latest evidence; kept while a raised finding waits to clear.
+    condition: Condition,
+}
+
+impl Hysteresis {
+    pub fn new(raise_after: u32, clear_after: u32) -> Self {
+        Hysteresis {
+            raise_after: raise_after.max(1),
+            clear_after: clear_after.max(1),
+            tracks: BTreeMap::new(),
+        }
+    }
+
+    /// Feeds one round's conditions and returns the raised findings, ordered
+    /// by kind and subject.
+    pub fn observe(&mut self, conditions: Vec<Condition>, now_unix_ms: u64) -> Vec<Finding> {
+        let mut present: BTreeMap<(FindingKind, Subject), Condition> = conditions
+            .into_iter()
+            .map(|c| ((c.kind, c.subject.clone()), c))
+            .collect();
+
+        let (raise_after, clear_after) = (self.raise_after, self.clear_after);
+        self.tracks.retain(|key, track| match present.remove(key) {
+            Some(condition) => {
+                track.held_rounds = track.held_rounds.saturating_add(1);
+                track.missed_rounds = 0;
+                track.raised |= track.held_rounds >= raise_after;
+                track.condition = condition;
+                true
+            }
+            None if track.raised => {
+                track.held_rounds = 0;
+                track.missed_rounds = track.missed_rounds.saturating_add(1);
+                track.missed_rounds < clear_after
+            }
+            None => false,
+        });
+        for (key, condition) in present {
+            self.tracks.insert(
+                key,
+                Track {
+                    since_unix_ms: now_unix_ms,
+                    held_rounds: 1,
+                    missed_rounds: 0,
+                    raised: raise_after <= 1,
+                    condition,
+                },
+            );
+        }
+
+        self.tracks
+            .values()
+            .filter(|t| t.raised)
+            .map(|t| finding(&t.condition, t.since_unix_ms))
+            .collect()
+    }
+}
+
+fn finding(c: &Condition, since_unix_ms: u64) -> Finding {
+    let since = UNIX_EPOCH + Duration::from_millis(since_unix_ms);
+    Finding {
+        kind: c.kind,
+        nodes: c.nodes.clone(),
+        summary: c.summary.clone(),
+        evidence: c.evidence.clone(),
+        hint: c.hint.clone(),
+        since: humantime::format_rfc3339_millis(since).to_string(),
+        since_unix_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(node: &str) -> Condition {
+        Condition {
+            kind: FindingKind::DnsFailure,
+            subject: Subject::Node(node.into()),
+            nodes: vec![node.into()],
+            summary: "s".into(),
+            evidence: vec![],
+            hint: "h".into(),
+        }
+    }
+
+    /// Runs rounds; `true` means the condition holds in that round.
+    fn run(h: &mut Hysteresis, rounds: &[bool]) -> Vec<usize> {
+        rounds
+            .iter()
+            .enumerate()
+            .map(|(i, &holds)| {
+                let conds = if holds { vec![condition("n1")] } else { vec![] };
+                h.observe(conds, 1000 * i as u64).len()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn raises_after_n_rounds_and_keeps_since() {
+        let mut h = Hysteresis::new(3, 3);
+        assert_eq!(run(&mut h, &[true, true, true, true]), [0, 0, 1, 1]);
+        let f = h.observe(vec![condition("n1")], 9000);
+        assert_eq!(f[0].since_unix_ms, 0);
+        assert_eq!(f[0].since, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn blips_never_raise() {
+        let mut h = Hysteresis::new(3, 3);
+        assert_eq!(
+            run(&mut h, &[true, false, true, true, false, true, false]),
+            [0; 7]
+        );
+    }
+
+    #[test]
+    fn clears_after_m_good_rounds_and_a_relapse_resets_the_count() {
+        let mut h = Hysteresis::new(2, 3);
+        let rounds = [true, true, false, false, true, false, false, false, false];
+        assert_eq!(run(&mut h, &rounds), [0, 1, 1, 1, 1, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn raise_after_one_is_immediate() {
+        let mut h = Hysteresis::new(1, 1);
+        assert_eq!(run(&mut h, &[true, false, true]), [1, 0, 1]);
+    }
+
+    #[test]
+    fn subjects_are_tracked_independently() {
+        let mut h = Hysteresis::new(2, 2);
+        h.observe(vec![condition("n1")], 0);
+        let f = h.observe(vec![condition("n1"), condition("n2")], 1);
+        assert_eq!(f.len(), 1);
+        let f = h.observe(vec![condition("n2")], 2);
+        assert_eq!(f.len(), 2, "n1 waits to clear, n2 is raised");
+    }
+}

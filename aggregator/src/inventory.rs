@@ -1,0 +1,625 @@
+//! What the Kubernetes API says: which nodes exist (each is expected to run an
+//! agent) and which agent pods may report.
+//!
+//! [`Inventory`] is a plain snapshot that tests build by hand. In production it
+//! is derived from two kube-rs reflectors ([`KubeInventory`]); the reflectors
+//! keep their last state when the API server becomes unreachable, which is
+//! exactly when the operator needs the aggregator to keep judging reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use netmatrix_api::AgentIdentity;
+
+/// A running, non-terminating agent pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPod {
+    pub name: String,
+    /// `status.podIPs` (a host-network agent has its node's addresses).
+    pub ips: Vec<IpAddr>,
+}
+
+/// A node as far as the aggregator cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `spec.podCIDRs`: used to place peers that were discovered without a
+    /// node name (agents that fell back to DNS discovery).
+    pub pod_cidrs: Vec<Cidr>,
+    /// The `Ready` condition is `True`: the kubelet runs pods there.
+    pub ready: bool,
+    /// `metadata.creationTimestamp`.
+    pub created_unix_ms: Option<u64>,
+}
+
+/// Snapshot of the cluster's nodes and agent pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// `false` until both nodes and agent pods have been listed once: until
+    /// then no sender can be verified and no node is expected.
+    pub synced: bool,
+    /// Every node; each is expected to run a reporting agent.
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Running agent pods by node name.
+    pub agents: BTreeMap<String, Vec<AgentPod>>,
+}
+
+/// Why a report's sender does not match the API. The text says what the API
+/// says instead, so the operator can tell a stale agent from an impostor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SenderMismatch {
+    #[error("the API lists no running agent pod named {pod}")]
+    NoSuchPod { pod: String },
+    #[error("the API says agent pod {pod} runs on node {actual}")]
+    WrongNode { pod: String, actual: String },
+    #[error("the API says agent pod {pod} has IP(s) {actual}")]
+    WrongIp { pod: String, actual: String },
+}
+
+impl Inventory {
+    /// Checks a report's claimed identity: there must be a running agent pod
+    /// with that name, on that node, with that IP.
+    pub fn verify_sender(&self, id: &AgentIdentity) -> Result<(), SenderMismatch> {
+        let on_node = self
+            .agents
+            .get(&id.node)
+            .and_then(|pods| pods.iter().find(|p| p.name == id.pod));
+        match on_node {
+            Some(pod) if pod.ips.contains(&id.pod_ip) => Ok(()),
+            Some(pod) => Err(SenderMismatch::WrongIp {
+                pod: id.pod.clone(),
+                actual: join(&pod.ips),
+            }),
+            None => match self.agent_by_name(&id.pod) {
+                Some((node, _)) => Err(SenderMismatch::WrongNode {
+                    pod: id.pod.clone(),
+                    actual: node.to_owned(),
+                }),
+                None => Err(SenderMismatch::NoSuchPod {
+                    pod: id.pod.clone(),
+                }),
+            },
+        }
+    }
+
+    fn agent_by_name(&self, pod: &str) -> Option<(&str, &AgentPod)> {
+        self.agents.iter().find_map(|(node, pods)| {
+            pods.iter()
+                .find(|p| p.name == pod)
+                .map(|p| (node.as_str(), p))
+        })
+    }
+
+    /// Nodes whose agent must be reporting: Ready ones that exist for at
+    /// least `grace_ms`. A node that just joined (autoscaling) gets time to
+    /// pull and start the agent; a NotReady node runs no pods and is the
+    /// kubelet's alarm to raise, not ours. Both still appear in the matrix.
+    pub fn expected_nodes(&self, now_unix_ms: u64, grace_ms: u64) -> BTreeSet<String> {
+        if !self.synced {
+            return BTreeSet::new();
+        }
+        self.nodes
+            .iter()
+            .filter(|(_, info)| info.ready)
+            .filter(|(_, info)| {
+                info.created_unix_ms
+                    .is_none_or(|created| now_unix_ms.saturating_sub(created) >= grace_ms)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The node an address belongs to: an agent pod's IP first, then the
+    /// most specific node pod CIDR that contains it.
+    pub fn node_of_ip(&self, ip: IpAddr) -> Option<&str> {
+        let by_agent = self.agents.iter().find_map(|(node, pods)| {
+            pods.iter()
+                .any(|p| p.ips.contains(&ip))
+                .then_some(node.as_str())
+        });
+        by_agent.or_else(|| {
+            self.nodes
+                .iter()
+                .flat_map(|(node, info)| info.pod_cidrs.iter().map(move |c| (node, c)))
+                .filter(|(_, cidr)| cidr.contains(ip))
+                .max_by_key(|(_, cidr)| cidr.prefix)
+                .map(|(node, _)| node.as_str())
+        })
+    }
+
+    /// Builds a snapshot from reflector contents. Pods that are not Running,
+    /// are terminating, have no node or no IP are not agents that may report.
+    pub fn from_objects<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        synced: bool,
+    ) -> Self {
+        let nodes = nodes
+            .into_iter()
+            .map(|node| {
+                let spec = node.spec.as_ref();
+                let cidrs = spec
+                    .and_then(|s| s.pod_cidrs.clone())
+                    .filter(|c| !c.is_empty())
+                    .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+                    .unwrap_or_default();
+                let pod_cidrs = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+                let ready = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let created_unix_ms = node
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .and_then(|t| u64::try_from(t.0.as_millisecond()).ok());
+                let info = NodeInfo {
+                    pod_cidrs,
+                    ready,
+                    created_unix_ms,
+                };
+                (node.name_any(), info)
+            })
+            .collect();
+        let mut agents: BTreeMap<String, Vec<AgentPod>> = BTreeMap::new();
+        for pod in pods {
+            if let Some((node, agent)) = running_agent(pod) {
+                agents.entry(node).or_default().push(agent);
+            }
+        }
+        Inventory {
+            synced,
+            nodes,
+            agents,
+        }
+    }
+}
+
+fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let node = pod.spec.as_ref()?.node_name.clone()?;
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
+        && !ips.contains(&ip)
+    {
+        ips.push(ip);
+    }
+    if ips.is_empty() {
+        return None;
+    }
+    Some((
+        node,
+        AgentPod {
+            name: pod.name_any(),
+            ips,
+        },
+    ))
+}
+
+fn join(ips: &[IpAddr]) -> String {
+    let v: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    v.join(", ")
+}
+
+/// An IPv4 or IPv6 prefix such as `10.244.1.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            let shift = u32::from(width - prefix.min(width));
+            if shift >= 128 { 0 } else { bits >> shift }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), self.prefix, 32)
+                    == masked(u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), self.prefix, 128)
+                    == masked(u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s}: not a CIDR"))?;
+        let addr: IpAddr = addr.parse().map_err(|e| format!("{s}: {e}"))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("{s}: {e}"))?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > width {
+            return Err(format!("{s}: prefix longer than {width}"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Where expected nodes and sender identities come from.
+#[derive(Clone)]
+pub enum InventorySource {
+    /// `--no-kubernetes`: nothing is verified; the nodes that have reported
+    /// are the expected ones.
+    Unverified,
+    /// A fixed snapshot (tests, trials).
+    Fixed(Arc<Inventory>),
+    /// Live reflectors on the Kubernetes API.
+    Kubernetes(KubeInventory),
+}
+
+impl InventorySource {
+    /// The current snapshot, `None` when identities are not verified.
+    pub fn snapshot(&self) -> Option<Arc<Inventory>> {
+        match self {
+            InventorySource::Unverified => None,
+            InventorySource::Fixed(inventory) => Some(Arc::clone(inventory)),
+            InventorySource::Kubernetes(kube) => Some(kube.snapshot()),
+        }
+    }
+}
+
+/// Reflectors on Nodes and agent Pods, turned into [`Inventory`] snapshots.
+///
+/// A snapshot is rebuilt only after a watch event arrived, so report
+/// validation costs a pointer clone in the steady state.
+#[derive(Clone)]
+pub struct KubeInventory {
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    state: Arc<WatchState>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    generation: AtomicU64,
+    nodes_synced: AtomicBool,
+    pods_synced: AtomicBool,
+    cache: Mutex<Option<(u64, Arc<Inventory>)>>,
+}
+
+impl KubeInventory {
+    /// Starts the watches. They run for the life of the process, retrying
+    /// with kube-rs' default backoff; the stores only advance while polled.
+    pub fn spawn(client: Client, namespace: &str, agent_selector: &str) -> Self {
+        let state = Arc::new(WatchState::default());
+
+        let (nodes, node_writer) = reflector::store();
+        let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(node_writer);
+        tokio::spawn(drive("nodes", node_events, Arc::clone(&state), |s| {
+            &s.nodes_synced
+        }));
+
+        let (pods, pod_writer) = reflector::store();
+        let pod_events = watcher(
+            Api::<Pod>::namespaced(client, namespace),
+            watcher::Config::default().labels(agent_selector),
+        )
+        .default_backoff()
+        .reflect(pod_writer);
+        tokio::spawn(drive("agent pods", pod_events, Arc::clone(&state), |s| {
+            &s.pods_synced
+        }));
+
+        KubeInventory { nodes, pods, state }
+    }
+
+    pub fn snapshot(&self) -> Arc<Inventory> {
+        let generation = self.state.generation.load(Ordering::Acquire);
+        let mut cache = self
+            .state
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached, inventory)) = cache.as_ref()
+            && *cached == generation
+        {
+            return Arc::clone(inventory);
+        }
+        let synced = self.state.nodes_synced.load(Ordering::Acquire)
+            && self.state.pods_synced.load(Ordering::Acquire);
+        let nodes = self.nodes.state();
+        let pods = self.pods.state();
+        let inventory = Arc::new(Inventory::from_objects(
+            nodes.iter().map(AsRef::as_ref),
+            pods.iter().map(AsRef::as_ref),
+            synced,
+        ));
+        *cache = Some((generation, Arc::clone(&inventory)));
+        inventory
+    }
+}
+
+/// Polls one reflector stream forever, bumping the snapshot generation on
+/// every event. Errors are logged and retried by the backoff; the store keeps
+/// its last state meanwhile.
+async fn drive<K, S>(
+    what: &'static str,
+    events: S,
+    state: Arc<WatchState>,
+    synced: fn(&WatchState) -> &AtomicBool,
+) where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::InitDone) => {
+                if !synced(&state).swap(true, Ordering::AcqRel) {
+                    tracing::info!(what, "Kubernetes watch synced");
+                }
+                state.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok(_) => {
+                state.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(error) => tracing::warn!(
+                what,
+                %error,
+                "Kubernetes watch failed; keeping the last known state and retrying"
+            ),
+        }
+    }
+    tracing::error!(
+        what,
+        "Kubernetes watch ended; the inventory will no longer change"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        NodeCondition, NodeSpec, NodeStatus, PodIP, PodSpec, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use netmatrix_api::NetworkMode;
+
+    fn node(name: &str, cidr: &str) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(cidr.into()),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn pod(name: &str, node: &str, ip: &str, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                pod_ip: Some(ip.into()),
+                pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn identity(node: &str, pod: &str, ip: &str) -> AgentIdentity {
+        AgentIdentity {
+            node: node.into(),
+            pod: pod.into(),
+            pod_ip: ip.parse().unwrap(),
+            network: NetworkMode::Pod,
+        }
+    }
+
+    fn sample() -> Inventory {
+        let mut terminating = pod("agent-old", "n1", "10.244.1.9", "Running");
+        terminating.metadata.deletion_timestamp = Some(Time(Default::default()));
+        Inventory::from_objects(
+            &[node("n1", "10.244.1.0/24"), node("n2", "10.244.2.0/24")],
+            &[
+                pod("agent-a", "n1", "10.244.1.2", "Running"),
+                pod("agent-b", "n2", "10.244.2.2", "Running"),
+                pod("agent-pending", "n2", "10.244.2.3", "Pending"),
+                terminating,
+            ],
+            true,
+        )
+    }
+
+    #[test]
+    fn only_running_live_pods_are_agents() {
+        let inv = sample();
+        assert_eq!(inv.nodes.len(), 2);
+        let names: Vec<_> = inv.agents.values().flatten().map(|p| &p.name).collect();
+        assert_eq!(names, ["agent-a", "agent-b"]);
+    }
+
+    #[test]
+    fn verifies_sender_and_says_what_the_api_says() {
+        let inv = sample();
+        assert_eq!(
+            inv.verify_sender(&identity("n1", "agent-a", "10.244.1.2")),
+            Ok(())
+        );
+        let wrong_node = inv.verify_sender(&identity("n2", "agent-a", "10.244.1.2"));
+        assert_eq!(
+            wrong_node.unwrap_err().to_string(),
+            "the API says agent pod agent-a runs on node n1"
+        );
+        let wrong_ip = inv.verify_sender(&identity("n1", "agent-a", "10.244.1.3"));
+        assert!(wrong_ip.unwrap_err().to_string().contains("10.244.1.2"));
+        let terminating = inv.verify_sender(&identity("n1", "agent-old", "10.244.1.9"));
+        assert!(matches!(terminating, Err(SenderMismatch::NoSuchPod { .. })));
+    }
+
+    #[test]
+    fn expects_ready_nodes_after_a_grace_period() {
+        let mut not_ready = node("n3", "10.244.3.0/24");
+        not_ready.status = None;
+        let mut young = node("n4", "10.244.4.0/24");
+        young.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_millisecond(100_000).unwrap(),
+        ));
+        let inv =
+            Inventory::from_objects(&[node("n1", "10.244.1.0/24"), not_ready, young], &[], true);
+        let expected = |now| {
+            inv.expected_nodes(now, 60_000)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(expected(120_000), ["n1"]);
+        assert_eq!(expected(160_000), ["n1", "n4"]);
+        assert_eq!(inv.nodes.len(), 3, "every node is still known");
+    }
+
+    #[test]
+    fn places_addresses_on_nodes() {
+        let inv = sample();
+        assert_eq!(inv.node_of_ip("10.244.2.2".parse().unwrap()), Some("n2"));
+        // A companion pod: not an agent, but inside n1's pod CIDR.
+        assert_eq!(inv.node_of_ip("10.244.1.77".parse().unwrap()), Some("n1"));
+        assert_eq!(inv.node_of_ip("192.0.2.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let c: Cidr = "10.244.1.0/24".parse().unwrap();
+        assert!(c.contains("10.244.1.255".parse().unwrap()));
+        assert!(!c.contains("10.244.2.0".parse().unwrap()));
+        assert!(!c.contains("fd00::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("198.18.0.1".parse().unwrap()));
+        let v6: Cidr = "fd00:10:244:1::/64".parse().unwrap();
+        assert!(v6.contains("fd00:10:244:1::5".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("garbage".parse::<Cidr>().is_err());
+    }
+
+    /// The reflectors against a minimal API server on loopback: list, then a
+    /// watch that stays open with no events.
+    #[tokio::test]
+    async fn kube_inventory_syncs_from_the_api() {
+        use axum::Router;
+        use axum::body::{Body, Bytes};
+        use axum::extract::Query;
+        use axum::routing::get;
+        use std::collections::HashMap;
+
+        fn answer(query: &HashMap<String, String>, list: serde_json::Value) -> Body {
+            if query.get("watch").map(String::as_str) == Some("true") {
+                Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>())
+            } else {
+                Body::from(list.to_string())
+            }
+        }
+        let nodes = serde_json::json!({
+            "apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "1"},
+            "items": [serde_json::to_value(node("n1", "10.244.1.0/24")).unwrap()]
+        });
+        let pods = serde_json::json!({
+            "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
+            "items": [serde_json::to_value(pod("agent-a", "n1", "10.244.1.2", "Running")).unwrap()]
+        });
+        let app = Router::new()
+            .route(
+                "/api/v1/nodes",
+                get(move |Query(q): Query<HashMap<String, String>>| {
+                    let nodes = nodes.clone();
+                    async move { answer(&q, nodes) }
+                }),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/pods",
+                get(move |Query(q): Query<HashMap<String, String>>| {
+                    let pods = pods.clone();
+                    async move {
+                        let selected = q.get("labelSelector").map(String::as_str)
+                            == Some(netmatrix_api::labels::AGENT_SELECTOR);
+                        answer(
+                            &q,
+                            if selected {
+                                pods
+                            } else {
+                                serde_json::json!({})
+                            },
+                        )
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let url = format!("http://{addr}").parse().unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let kube = KubeInventory::spawn(client, "netmatrix", netmatrix_api::labels::AGENT_SELECTOR);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let snapshot = loop {
+            let snapshot = kube.snapshot();
+            if snapshot.synced || tokio::time::Instant::now() > deadline {
+                break snapshot;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(snapshot.synced);
+        assert_eq!(snapshot.nodes.keys().collect::<Vec<_>>(), ["n1"]);
+        assert_eq!(
+            snapshot.verify_sender(&identity("n1", "agent-a", "10.244.1.2")),
+            Ok(())
+        );
+        // Unchanged generation: the same snapshot, not a rebuild.
+        assert!(Arc::ptr_eq(&snapshot, &kube.snapshot()));
+    }
+}

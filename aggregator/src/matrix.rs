@@ -1,0 +1,407 @@
+//! Builds the directed node-to-node [`Matrix`] from the held reports.
+//!
+//! Cell statuses:
+//! - `ok`: every echo answered;
+//! - `degraded`: some echoes lost, but no more than `failed_loss` of them;
+//! - `failed`: more than `failed_loss` (default one half) of the echoes lost,
+//!   so that one dead pod out of two on a node reads `degraded`, while a
+//!   path that loses most packets reads `failed`;
+//! - `unknown`: the source's agent is silent or stale, or it did not probe the
+//!   destination (or sent nothing to it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netmatrix_api::{
+    Cell, CheckCell, DnsResult, Matrix, MatrixRow, NetworkMode, PeerResult, ProbeError, RecordType,
+    ServiceKind, ServiceResult, Status,
+};
+
+use crate::store::{ReportStore, StoredReport};
+
+/// How reports turn into statuses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatrixPolicy {
+    /// The aggregator's evaluation interval.
+    pub interval_ms: u64,
+    /// A report older than this many intervals is stale.
+    pub stale_after: u32,
+    /// A cell is failed above this loss fraction.
+    pub failed_loss: f64,
+}
+
+impl Default for MatrixPolicy {
+    fn default() -> Self {
+        MatrixPolicy {
+            interval_ms: 5000,
+            stale_after: 3,
+            failed_loss: 0.5,
+        }
+    }
+}
+
+impl MatrixPolicy {
+    /// Fresh means younger than `stale_after` intervals, counting the slower
+    /// of the aggregator's and the agent's own interval, so an agent
+    /// configured with a longer interval is not declared silent.
+    pub fn is_fresh(&self, stored: &StoredReport, now_unix_ms: u64) -> bool {
+        let interval = self.interval_ms.max(stored.report.interval_ms);
+        stored.age_ms(now_unix_ms) <= interval.saturating_mul(u64::from(self.stale_after))
+    }
+
+    pub fn status_for_loss(&self, loss: f64) -> Status {
+        if loss <= 0.0 {
+            Status::Ok
+        } else if loss > self.failed_loss {
+            Status::Failed
+        } else {
+            Status::Degraded
+        }
+    }
+}
+
+/// `ip:port` dialled by each service check, by (node, column): the matrix
+/// has no room for it, but findings quote it as evidence.
+pub type CheckTargets = BTreeMap<(String, String), String>;
+
+/// Column name of a service check.
+pub fn service_column(service: &ServiceResult) -> String {
+    match service.kind {
+        ServiceKind::Apiserver => "apiserver".to_owned(),
+        ServiceKind::Clusterip => format!("clusterip/{}", service.name),
+    }
+}
+
+/// Column name of a DNS check.
+pub fn dns_column(dns: &DnsResult) -> String {
+    match dns.record {
+        RecordType::A => format!("dns-a/{}", dns.name),
+        RecordType::Srv => format!("dns-srv/{}", dns.name),
+    }
+}
+
+/// Builds the matrix at `now_unix_ms`. Nodes are the union of `known` (the
+/// inventory's nodes) and the nodes with a fresh report, sorted.
+pub fn build(
+    store: &ReportStore,
+    known: &BTreeSet<String>,
+    policy: &MatrixPolicy,
+    now_unix_ms: u64,
+) -> (Matrix, CheckTargets) {
+    let mut nodes: BTreeSet<String> = known.clone();
+    nodes.extend(
+        store
+            .reports()
+            .filter(|s| policy.is_fresh(s, now_unix_ms))
+            .map(|s| s.report.agent.node.clone()),
+    );
+    let nodes: Vec<String> = nodes.into_iter().collect();
+
+    let mut targets = CheckTargets::new();
+    let builder = RowBuilder {
+        nodes: &nodes,
+        policy,
+        now_unix_ms,
+    };
+    let rows = nodes
+        .iter()
+        .map(|node| {
+            let stored = store.get(node, NetworkMode::Pod);
+            if let Some(stored) = stored {
+                for service in &stored.report.services {
+                    targets.insert(
+                        (node.clone(), service_column(service)),
+                        service.target.clone(),
+                    );
+                }
+            }
+            builder.row(node, stored)
+        })
+        .collect();
+
+    let any_host = store
+        .reports()
+        .any(|s| s.report.agent.network == NetworkMode::Host);
+    let host_rows = if any_host {
+        nodes
+            .iter()
+            .map(|node| builder.row(node, store.get(node, NetworkMode::Host)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let matrix = Matrix {
+        generated_unix_ms: now_unix_ms,
+        nodes,
+        rows,
+        host_rows,
+    };
+    (matrix, targets)
+}
+
+struct RowBuilder<'a> {
+    nodes: &'a [String],
+    policy: &'a MatrixPolicy,
+    now_unix_ms: u64,
+}
+
+impl RowBuilder<'_> {
+    fn row(&self, node: &str, stored: Option<&StoredReport>) -> MatrixRow {
+        let age_ms = stored.map(|s| s.age_ms(self.now_unix_ms) as f64);
+        let fresh = stored.filter(|s| self.policy.is_fresh(s, self.now_unix_ms));
+        let cells = self
+            .nodes
+            .iter()
+            .map(|to| match fresh {
+                Some(s) => {
+                    let peers = s.report.peers.iter().filter(|p| &p.node == to);
+                    self.cell(to, peers, age_ms)
+                }
+                None => unknown_cell(to, age_ms),
+            })
+            .collect();
+        // A silent node keeps its last check columns, all `unknown`, so the
+        // operator still sees what it last saw; diagnosis ignores them.
+        let check_status = |ok: bool| match (fresh.is_some(), ok) {
+            (false, _) => Status::Unknown,
+            (true, true) => Status::Ok,
+            (true, false) => Status::Failed,
+        };
+        let (services, dns) = match stored {
+            Some(s) => (
+                s.report
+                    .services
+                    .iter()
+                    .map(|c| CheckCell {
+                        column: service_column(c),
+                        status: check_status(c.ok),
+                        latency_ms: c.latency_ms,
+                        last_error: c.error.clone(),
+                        age_ms,
+                    })
+                    .collect(),
+                s.report
+                    .dns
+                    .iter()
+                    .map(|c| CheckCell {
+                        column: dns_column(c),
+                        status: check_status(c.ok),
+                        latency_ms: c.latency_ms,
+                        last_error: c.error.clone(),
+                        age_ms,
+                    })
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        MatrixRow {
+            node: node.to_owned(),
+            reporting: fresh.is_some(),
+            report_age_ms: age_ms,
+            cells,
+            services,
+            dns,
+        }
+    }
+
+    /// Aggregates every probed pod on `to`.
+    fn cell<'p>(
+        &self,
+        to: &str,
+        peers: impl Iterator<Item = &'p PeerResult>,
+        age_ms: Option<f64>,
+    ) -> Cell {
+        let mut pods = 0u32;
+        let (mut sent, mut received) = (0u64, 0u64);
+        let (mut rtt_weighted, mut rtt_samples) = (0.0f64, 0u64);
+        let mut rtt_max: Option<f64> = None;
+        // The error of the worst pod is the most telling one.
+        let mut worst: Option<(f64, &ProbeError)> = None;
+        for peer in peers {
+            let icmp = &peer.icmp;
+            pods = pods.saturating_add(1);
+            let answered = icmp.received.min(icmp.sent);
+            sent += u64::from(icmp.sent);
+            received += u64::from(answered);
+            if let Some(avg) = icmp.rtt_avg_ms.filter(|v| v.is_finite()) {
+                rtt_weighted += avg * f64::from(answered);
+                rtt_samples += u64::from(answered);
+            }
+            if let Some(max) = icmp.rtt_max_ms.filter(|v| v.is_finite()) {
+                rtt_max = Some(rtt_max.map_or(max, |m| m.max(max)));
+            }
+            if let Some(error) = &icmp.error {
+                let loss = icmp.loss();
+                if worst.is_none_or(|(l, _)| loss > l) {
+                    worst = Some((loss, error));
+                }
+            }
+        }
+        if sent == 0 {
+            let mut cell = unknown_cell(to, age_ms);
+            cell.pods = pods;
+            cell.last_error = worst.map(|(_, e)| e.clone());
+            return cell;
+        }
+        let loss = 1.0 - received as f64 / sent as f64;
+        Cell {
+            to: to.to_owned(),
+            status: self.policy.status_for_loss(loss),
+            loss: Some(loss),
+            rtt_avg_ms: (rtt_samples > 0).then(|| rtt_weighted / rtt_samples as f64),
+            rtt_max_ms: rtt_max,
+            pods,
+            last_error: worst.map(|(_, e)| e.clone()),
+            age_ms,
+        }
+    }
+}
+
+fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
+    Cell {
+        to: to.to_owned(),
+        status: Status::Unknown,
+        loss: None,
+        rtt_avg_ms: None,
+        rtt_max_ms: None,
+        pods: 0,
+        last_error: None,
+        age_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{inventory, report};
+    use netmatrix_api::{EchoResult, ErrorKind, Report};
+
+    fn peer(node: &str, sent: u32, received: u32, rtt: f64) -> PeerResult {
+        PeerResult {
+            node: node.into(),
+            pod: format!("p-{node}"),
+            ip: "10.244.9.9".parse().unwrap(),
+            icmp: EchoResult {
+                sent,
+                received,
+                rtt_min_ms: None,
+                rtt_avg_ms: (received > 0).then_some(rtt),
+                rtt_max_ms: (received > 0).then_some(rtt * 2.0),
+                error: (received < sent).then(|| ProbeError::new(ErrorKind::Timeout, "no reply")),
+            },
+        }
+    }
+
+    fn ingest(store: &mut ReportStore, r: Report, now: u64) {
+        let nodes = ["n1", "n2", "n3"];
+        store
+            .ingest(
+                &serde_json::to_vec(&r).unwrap(),
+                Some(&inventory(&nodes)),
+                now,
+            )
+            .unwrap();
+    }
+
+    fn expected() -> BTreeSet<String> {
+        ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn aggregates_pods_per_destination_node() {
+        let mut store = ReportStore::default();
+        let mut r = report(0, "n1", 1);
+        r.peers = vec![
+            peer("n1", 3, 3, 0.1),
+            peer("n2", 3, 3, 1.0),
+            peer("n2", 3, 0, 0.0),
+            peer("n3", 3, 2, 1.0),
+            peer("n3", 3, 3, 1.0),
+        ];
+        ingest(&mut store, r, 1000);
+        let (m, _) = build(&store, &expected(), &MatrixPolicy::default(), 1000);
+        assert_eq!(m.nodes, ["n1", "n2", "n3"]);
+        let row = &m.rows[0];
+        assert!(row.reporting);
+        let statuses: Vec<_> = row.cells.iter().map(|c| c.status).collect();
+        // n2: one dead pod out of two is half the echoes: degraded, not failed.
+        assert_eq!(statuses, [Status::Ok, Status::Degraded, Status::Degraded]);
+        assert_eq!(row.cells[1].pods, 2);
+        assert_eq!(row.cells[1].loss, Some(0.5));
+        assert_eq!(row.cells[1].rtt_avg_ms, Some(1.0));
+        assert_eq!(row.cells[1].rtt_max_ms, Some(2.0));
+        assert_eq!(
+            row.cells[1].last_error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::Timeout)
+        );
+        // Rows of nodes that never reported are unknown, never ok.
+        assert!(!m.rows[1].reporting);
+        assert!(m.rows[1].cells.iter().all(|c| c.status == Status::Unknown));
+    }
+
+    #[test]
+    fn status_thresholds() {
+        let p = MatrixPolicy::default();
+        assert_eq!(p.status_for_loss(0.0), Status::Ok);
+        assert_eq!(p.status_for_loss(1.0 / 3.0), Status::Degraded);
+        assert_eq!(p.status_for_loss(0.5), Status::Degraded);
+        assert_eq!(p.status_for_loss(2.0 / 3.0), Status::Failed);
+        assert_eq!(p.status_for_loss(1.0), Status::Failed);
+    }
+
+    #[test]
+    fn stale_rows_turn_unknown_and_unprobed_cells_are_unknown() {
+        let mut store = ReportStore::default();
+        let mut r = report(0, "n1", 1);
+        r.peers = vec![peer("n2", 3, 3, 1.0), peer("n3", 0, 0, 0.0)];
+        r.services = vec![ServiceResult {
+            kind: ServiceKind::Apiserver,
+            name: "kubernetes".into(),
+            target: "10.96.0.1:443".into(),
+            ok: true,
+            reached: None,
+            latency_ms: Some(1.0),
+            error: None,
+        }];
+        ingest(&mut store, r, 0);
+        let p = MatrixPolicy::default();
+
+        let (fresh, targets) = build(&store, &expected(), &p, 1000);
+        let cells: Vec<_> = fresh.rows[0].cells.iter().map(|c| c.status).collect();
+        assert_eq!(cells, [Status::Unknown, Status::Ok, Status::Unknown]);
+        assert_eq!(fresh.rows[0].services[0].status, Status::Ok);
+        assert_eq!(
+            targets
+                .get(&("n1".into(), "apiserver".into()))
+                .map(String::as_str),
+            Some("10.96.0.1:443")
+        );
+
+        let (stale, _) = build(&store, &expected(), &p, 15_001);
+        let row = &stale.rows[0];
+        assert!(!row.reporting);
+        assert_eq!(row.report_age_ms, Some(15_001.0));
+        assert!(row.cells.iter().all(|c| c.status == Status::Unknown));
+        assert_eq!(row.services[0].status, Status::Unknown);
+    }
+
+    #[test]
+    fn host_rows_only_when_host_agents_report() {
+        let mut store = ReportStore::default();
+        ingest(&mut store, report(0, "n1", 1), 0);
+        let (m, _) = build(&store, &expected(), &MatrixPolicy::default(), 0);
+        assert!(m.host_rows.is_empty());
+
+        let mut host = report(0, "n1", 1);
+        host.agent.network = NetworkMode::Host;
+        host.peers = vec![peer("n2", 3, 3, 1.0)];
+        store
+            .ingest(&serde_json::to_vec(&host).unwrap(), None, 0)
+            .unwrap();
+        let (m, _) = build(&store, &expected(), &MatrixPolicy::default(), 0);
+        assert_eq!(m.host_rows.len(), 3);
+        assert_eq!(m.host_rows[0].cells[1].status, Status::Ok);
+        // Pod-network rows are untouched by host results.
+        assert_eq!(m.rows[0].cells[1].status, Status::Unknown);
+    }
+}

@@ -1,0 +1,340 @@
+//! Prometheus metrics, prefixed `netmatrix_`.
+//!
+//! Series grow with nodes, not with node pairs: per-node summaries, one
+//! gauge per active finding, and per-pair series only for pairs that are
+//! failing right now. Every labelled series that no longer applies (a pair
+//! that recovered, a finding that cleared, a node that left) is deleted
+//! rather than zeroed, so the series count stays bounded over time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, PoisonError};
+
+use netmatrix_api::{Finding, FindingKind, Matrix, Status};
+use prometheus::core::{Atomic, GenericGaugeVec};
+use prometheus::{
+    GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every finding kind, so `netmatrix_finding_active{kind}` exists (at 0) for
+/// each before it first fires; alert rules can then tell 0 from absent.
+const ALL_KINDS: [FindingKind; 14] = [
+    FindingKind::NodeIsolated,
+    FindingKind::CrossNodeBroken,
+    FindingKind::Partition,
+    FindingKind::AsymmetricPath,
+    FindingKind::PairBroken,
+    FindingKind::PacketLoss,
+    FindingKind::HighLatency,
+    FindingKind::MtuMismatch,
+    FindingKind::ApiserverUnreachable,
+    FindingKind::ClusteripBroken,
+    FindingKind::DnsFailure,
+    FindingKind::DnsStale,
+    FindingKind::UnderlayBroken,
+    FindingKind::AgentMissing,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    nodes_expected: IntGauge,
+    nodes_reporting: IntGauge,
+    node_reachable_peers: IntGaugeVec,
+    node_failing_peers: IntGaugeVec,
+    node_check_up: IntGaugeVec,
+    finding_active: IntGaugeVec,
+    finding: IntGaugeVec,
+    pair_failed: IntGaugeVec,
+    report_age_seconds: GaugeVec,
+    reports_total: IntCounter,
+    reports_rejected_total: IntCounterVec,
+    peers_unplaced_total: IntCounter,
+    /// Label sets published last round, per vector, to delete what vanished.
+    published: Mutex<Published>,
+}
+
+#[derive(Default)]
+struct Published {
+    reachable: BTreeSet<Vec<String>>,
+    failing: BTreeSet<Vec<String>>,
+    checks: BTreeSet<Vec<String>>,
+    findings: BTreeSet<Vec<String>>,
+    pairs: BTreeSet<Vec<String>>,
+    ages: BTreeSet<Vec<String>>,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("netmatrix".to_owned()), None)?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let gauges =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let metrics = Metrics {
+            nodes_expected: gauge("nodes_expected", "Nodes expected to run a reporting agent.")?,
+            nodes_reporting: gauge("nodes_reporting", "Nodes whose agent reported recently.")?,
+            node_reachable_peers: gauges(
+                "node_reachable_peers",
+                "Destination nodes (its own included) whose pods this node reaches (ok or degraded).",
+                &["node"],
+            )?,
+            node_failing_peers: gauges(
+                "node_failing_peers",
+                "Destination nodes (its own included) whose pods this node fails to reach.",
+                &["node"],
+            )?,
+            node_check_up: gauges(
+                "node_check_up",
+                "1 when every check of this kind (apiserver, clusterip, dns) passes from this node, 0 when one fails.",
+                &["node", "check"],
+            )?,
+            finding_active: gauges(
+                "finding_active",
+                "Number of active findings of this kind.",
+                &["kind"],
+            )?,
+            finding: gauges(
+                "finding",
+                "1 for each node concerned by an active finding of this kind.",
+                &["kind", "node"],
+            )?,
+            pair_failed: gauges(
+                "pair_failed",
+                "1 for each directed node pair whose pod-network cell is failed (absent otherwise).",
+                &["from", "to"],
+            )?,
+            report_age_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "report_age_seconds",
+                        "Age of the node's last pod-network report.",
+                    ),
+                    &["node"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            reports_total: {
+                let c = IntCounter::new("reports_total", "Reports accepted.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            reports_rejected_total: {
+                let c = IntCounterVec::new(
+                    Opts::new("reports_rejected_total", "Reports rejected, by reason."),
+                    &["reason"],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            peers_unplaced_total: {
+                let c = IntCounter::new(
+                    "peers_unplaced_total",
+                    "Peer results without a node name whose IP matched no node; they were ignored.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            published: Mutex::default(),
+            registry,
+        };
+        for kind in ALL_KINDS {
+            metrics
+                .finding_active
+                .with_label_values(&[kind.as_str()])
+                .set(0);
+        }
+        Ok(metrics)
+    }
+
+    pub fn report_accepted(&self, unplaced_peers: usize) {
+        self.reports_total.inc();
+        self.peers_unplaced_total
+            .inc_by(u64::try_from(unplaced_peers).unwrap_or(u64::MAX));
+    }
+
+    pub fn report_rejected(&self, reason: &str) {
+        self.reports_rejected_total
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Publishes one evaluation round.
+    pub fn observe(&self, matrix: &Matrix, expected_nodes: usize, findings: &[Finding]) {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.nodes_expected.set(as_i64(expected_nodes));
+        self.nodes_reporting
+            .set(as_i64(matrix.rows.iter().filter(|r| r.reporting).count()));
+
+        let mut reachable = Vec::new();
+        let mut failing = Vec::new();
+        let mut checks = Vec::new();
+        let mut pairs = Vec::new();
+        let mut ages = Vec::new();
+        for row in &matrix.rows {
+            let node = row.node.clone();
+            let count = |wanted: &[Status]| {
+                as_i64(
+                    row.cells
+                        .iter()
+                        .filter(|c| wanted.contains(&c.status))
+                        .count(),
+                )
+            };
+            reachable.push((vec![node.clone()], count(&[Status::Ok, Status::Degraded])));
+            failing.push((vec![node.clone()], count(&[Status::Failed])));
+            for (check, up) in check_groups(row) {
+                checks.push((vec![node.clone(), check.to_owned()], i64::from(up)));
+            }
+            for cell in row.cells.iter().filter(|c| c.status == Status::Failed) {
+                pairs.push((vec![node.clone(), cell.to.clone()], 1));
+            }
+            if let Some(age) = row.report_age_ms {
+                ages.push((vec![node], age / 1000.0));
+            }
+        }
+
+        let mut active: BTreeMap<FindingKind, i64> = ALL_KINDS.iter().map(|k| (*k, 0)).collect();
+        let mut finding_nodes = Vec::new();
+        for f in findings {
+            *active.entry(f.kind).or_default() += 1;
+            for node in &f.nodes {
+                finding_nodes.push((vec![f.kind.as_str().to_owned(), node.clone()], 1));
+            }
+        }
+        for (kind, n) in active {
+            self.finding_active
+                .with_label_values(&[kind.as_str()])
+                .set(n);
+        }
+
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        sync(
+            &self.node_reachable_peers,
+            &mut published.reachable,
+            reachable,
+        );
+        sync(&self.node_failing_peers, &mut published.failing, failing);
+        sync(&self.node_check_up, &mut published.checks, checks);
+        sync(&self.pair_failed, &mut published.pairs, pairs);
+        sync(&self.finding, &mut published.findings, finding_nodes);
+        sync(&self.report_age_seconds, &mut published.ages, ages);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        TextEncoder::new().encode_to_string(&self.registry.gather())
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        prometheus::TEXT_FORMAT
+    }
+}
+
+/// Per check group of a row: up (every known check ok) or down (one failed).
+/// Groups with no known check are absent.
+fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
+    let mut groups: BTreeMap<&'static str, bool> = BTreeMap::new();
+    let all = row.services.iter().chain(&row.dns);
+    for check in all.filter(|c| c.status != Status::Unknown) {
+        let group = if check.column == "apiserver" {
+            "apiserver"
+        } else if check.column.starts_with("clusterip/") {
+            "clusterip"
+        } else {
+            "dns"
+        };
+        let up = groups.entry(group).or_insert(true);
+        *up &= check.status == Status::Ok;
+    }
+    groups.into_iter().collect()
+}
+
+/// Sets this round's series and deletes the ones published last round that
+/// are gone now.
+fn sync<P: Atomic>(
+    vec: &GenericGaugeVec<P>,
+    previous: &mut BTreeSet<Vec<String>>,
+    current: Vec<(Vec<String>, P::T)>,
+) {
+    let mut now = BTreeSet::new();
+    for (labels, value) in current {
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        vec.with_label_values(&refs).set(value);
+        now.insert(labels);
+    }
+    for gone in previous.difference(&now) {
+        let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
+        // Absent already is fine: the goal is that it is absent.
+        let _ = vec.remove_label_values(&refs);
+    }
+    *previous = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmatrix_api::{Cell, MatrixRow};
+
+    fn matrix(nodes: &[&str], failed: &[(&str, &str)]) -> Matrix {
+        let rows = nodes
+            .iter()
+            .map(|from| MatrixRow {
+                node: from.to_string(),
+                reporting: true,
+                report_age_ms: Some(2500.0),
+                cells: nodes
+                    .iter()
+                    .map(|to| Cell {
+                        to: to.to_string(),
+                        status: if failed.contains(&(*from, *to)) {
+                            Status::Failed
+                        } else {
+                            Status::Ok
+                        },
+                        loss: None,
+                        rtt_avg_ms: None,
+                        rtt_max_ms: None,
+                        pods: 1,
+                        last_error: None,
+                        age_ms: None,
+                    })
+                    .collect(),
+                services: vec![],
+                dns: vec![],
+            })
+            .collect();
+        Matrix {
+            generated_unix_ms: 0,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            rows,
+            host_rows: vec![],
+        }
+    }
+
+    #[test]
+    fn pair_series_exist_only_while_failing_and_departed_nodes_vanish() {
+        let m = Metrics::new().unwrap();
+        m.observe(&matrix(&["n1", "n2", "n3"], &[("n1", "n3")]), 3, &[]);
+        let text = m.encode().unwrap();
+        assert!(text.contains("netmatrix_pair_failed{from=\"n1\",to=\"n3\"} 1"));
+        assert!(text.contains("netmatrix_node_failing_peers{node=\"n1\"} 1"));
+        assert!(text.contains("netmatrix_node_reachable_peers{node=\"n1\"} 2"));
+        assert!(text.contains("netmatrix_report_age_seconds{node=\"n3\"} 2.5"));
+
+        m.observe(&matrix(&["n1", "n2"], &[]), 2, &[]);
+        let text = m.encode().unwrap();
+        assert!(!text.contains("netmatrix_pair_failed{"), "{text}");
+        assert!(!text.contains("node=\"n3\""), "{text}");
+        assert!(text.contains("netmatrix_nodes_expected 2"));
+    }
+}
