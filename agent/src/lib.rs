@@ -1,1 +1,267 @@
-//! placeholder
+//! netmatrix agent: probes the pod network from one node and reports to the
+//! aggregator.
+//!
+//! # Architecture
+//!
+//! ```text
+//!             ┌────────────── discovery ───────────────┐
+//!  kube API ──▶ reflector: peer pods   (agents, companions)
+//!             │ reflector: aggregator pods (direct reporting)
+//!             └──────────────┬─────────────────────────┘
+//!                            │ PeerView (Api | LastKnown | Dns fallback)
+//!   round loop (every --interval) ──▶ probes, concurrently, each jittered:
+//!      icmp (peers) · apiserver (TCP → TLS → GET /livez) · clusterip (TCP)
+//!      · dns (A vs expected, SRV vs Running agents)
+//!                            │ Report (netmatrix-api)
+//!         ┌──────────────────┼──────────────────────┐
+//!      metrics          /status board          reporter task
+//!   (/metrics)          (/status, /healthz)    POST → Service, else pods
+//! ```
+//!
+//! Failures of the things being measured (API server, DNS, aggregator) are
+//! data: they end up in the report, the metrics and the logs, and the loop
+//! keeps going. Only configuration mistakes stop the agent, at start-up, with
+//! a message saying what to fix ([`Error`]).
+//!
+//! Modules: [`config`] (flags, validation), [`discovery`] (watches, peer
+//! filtering, SRV fallback), [`probes`] (icmp, tcp, apiserver, dns),
+//! [`round`] (one round, the loop), [`report`] (delivery and backoff),
+//! [`metrics`], [`http`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::client::ConfigExt;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod metrics;
+pub mod probes;
+pub mod report;
+pub mod round;
+
+pub use config::{Args, Settings};
+
+/// How long the first round waits for the initial pod list before falling
+/// back to the SRV record.
+const STARTUP_SYNC_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the agent cannot start. Probe failures are never errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot read kubeconfig {path}: {source}; check --kubeconfig / KUBECONFIG")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes client configuration: {0}; run in a pod with a service account, or pass --kubeconfig"
+    )]
+    KubeConfig(String),
+    #[error("cannot create the Kubernetes client: {0}")]
+    KubeClient(#[source] kube::Error),
+    #[error(transparent)]
+    Icmp(#[from] probes::icmp::IcmpSocketError),
+    #[error(transparent)]
+    Apiserver(#[from] probes::apiserver::SetupError),
+    #[error("cannot set up the DNS resolver for {server}: {message}")]
+    Dns { server: SocketAddr, message: String },
+    #[error("cannot set up the metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot build the HTTP client for reporting: {0}")]
+    ReportClient(#[source] reqwest::Error),
+    #[error("cannot listen on {addr}: {source}; choose another --listen address")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(args: Args) -> Result<(), Error> {
+    let settings = Settings::from_args(args, &config::HostDefaults::from_host())?;
+    tracing::info!(
+        node = %settings.identity.node,
+        pod = %settings.identity.pod,
+        ip = %settings.identity.pod_ip,
+        network = ?settings.identity.network,
+        apiserver = %settings.apiserver,
+        dns_server = %settings.dns_server,
+        interval = ?settings.interval,
+        aggregator = settings.aggregator_url.as_ref().map(|u| u.as_str()),
+        "starting netmatrix agent"
+    );
+
+    let metrics = Arc::new(Metrics::new()?);
+    let kube_config = kube_config(settings.kubeconfig.as_deref()).await?;
+
+    let ca = match (&settings.apiserver_ca, &kube_config.root_cert) {
+        (Some(path), _) => probes::apiserver::CaSource::PemFile(path.clone()),
+        (None, Some(der)) if !der.is_empty() => probes::apiserver::CaSource::Der(der.clone()),
+        (None, _) => probes::apiserver::CaSource::Unverified,
+    };
+    let credentials = match kube_config.auth_layer() {
+        Ok(Some(layer)) => probes::apiserver::Credentials::Kube(Arc::new(layer)),
+        Ok(None) => probes::apiserver::Credentials::None,
+        Err(error) => {
+            tracing::warn!(%error, "no credentials for the API server check; /livez will be requested without a token");
+            probes::apiserver::Credentials::None
+        }
+    };
+    let client = kube::Client::try_from(kube_config).map_err(Error::KubeClient)?;
+
+    let prober = round::Prober {
+        identity: settings.identity.clone(),
+        interval: settings.interval,
+        icmp: probes::icmp::IcmpProber::new(
+            settings.icmp_count,
+            settings.icmp_timeout,
+            settings.interval,
+        )?,
+        apiserver: probes::apiserver::ApiserverProbe::new(
+            settings.apiserver,
+            ca,
+            credentials,
+            settings.tcp_timeout,
+        )?,
+        clusterips: settings.clusterips.clone(),
+        tcp_timeout: settings.tcp_timeout,
+        dns: probes::dns::DnsProber::new(settings.dns_server, settings.dns_timeout).map_err(
+            |e| Error::Dns {
+                server: settings.dns_server,
+                message: e.to_string(),
+            },
+        )?,
+        dns_names: settings.dns_names.clone(),
+        srv_name: settings.srv_name.clone(),
+        metrics: metrics.clone(),
+    };
+
+    let discovery = Arc::new(discovery::Discovery::start(
+        client,
+        &settings.namespace,
+        &settings.peer_selector,
+        &settings.aggregator_selector,
+        settings.identity.clone(),
+    ));
+
+    let status = Arc::new(http::StatusBoard::new(
+        settings.identity.clone(),
+        settings.interval,
+    ));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let app = http::router(http::AppState {
+        metrics: metrics.clone(),
+        status: status.clone(),
+    });
+    tracing::info!(addr = %settings.listen, "serving /metrics, /healthz, /status");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+
+    let (reports_tx, reports_rx) = watch::channel(None);
+    match &settings.aggregator_url {
+        Some(url) => {
+            let pods = discovery.clone();
+            let reporter = report::Reporter::new(
+                url,
+                settings.aggregator_port,
+                Arc::new(move || pods.aggregator_ips()),
+                settings.interval,
+                metrics.clone(),
+                status.reporting.clone(),
+            )
+            .map_err(Error::ReportClient)?;
+            tokio::spawn(reporter.run(reports_rx));
+        }
+        None => tracing::info!("no --aggregator-url: probing and serving metrics only"),
+    }
+
+    if !discovery.wait_synced(STARTUP_SYNC_GRACE).await {
+        tracing::warn!(
+            grace = ?STARTUP_SYNC_GRACE,
+            srv = settings.srv_name.as_deref().unwrap_or("(disabled)"),
+            "no pod list from the API yet; peers come from the SRV record until it arrives"
+        );
+    }
+    let rounds = round::RoundLoop {
+        prober,
+        discovery,
+        status,
+        reports: reports_tx,
+    };
+    tokio::select! {
+        () = rounds.run() => {}
+        () = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+/// `--kubeconfig` (may list several files, like kubectl's `KUBECONFIG`),
+/// otherwise kube's inference (in-cluster service account).
+async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config, Error> {
+    let Some(paths) = kubeconfig else {
+        return kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string()));
+    };
+    let mut merged: Option<Kubeconfig> = None;
+    for path in std::env::split_paths(paths).filter(|p| !p.as_os_str().is_empty()) {
+        let next = Kubeconfig::read_from(&path).map_err(|source| Error::Kubeconfig {
+            path: path.clone(),
+            source,
+        })?;
+        merged = Some(match merged {
+            None => next,
+            Some(m) => m.merge(next).map_err(|source| Error::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?,
+        });
+    }
+    let merged = merged.ok_or_else(|| Error::KubeConfig("--kubeconfig is empty".into()))?;
+    kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::KubeConfig(e.to_string()))
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,642 @@
+//! Command line, environment, and their validation.
+//!
+//! [`Args`] is what clap parses (every flag has an environment equivalent so a
+//! DaemonSet can set it from the downward API). [`Settings`] is the validated
+//! form the rest of the agent uses: addresses are parsed, defaults that depend
+//! on the host (`KUBERNETES_SERVICE_HOST`, `/etc/resolv.conf`) are filled in,
+//! and every mistake is reported at start-up with what to fix, instead of
+//! surfacing later as a confusing probe failure.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use netmatrix_api::{AgentIdentity, NetworkMode, labels};
+
+/// Default API server address when neither `--apiserver` nor
+/// `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` say otherwise: the first
+/// address of the default service CIDR.
+pub const DEFAULT_APISERVER: &str = "10.96.0.1:443";
+/// Default DNS name checked with an A lookup; expected to resolve to the API
+/// server's ClusterIP.
+pub const DEFAULT_DNS_NAME: &str = "kubernetes.default.svc.cluster.local.";
+/// Default SRV name of the agents' headless Service.
+pub const DEFAULT_SRV_NAME: &str = "_metrics._tcp.netmatrix-agents.netmatrix.svc.cluster.local.";
+
+/// Which network the agent probes from (mirrors [`NetworkMode`] for clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Network {
+    /// The agent runs in the pod network (the CNI path).
+    Pod,
+    /// The agent runs with `hostNetwork: true` (the node's own path).
+    Host,
+}
+
+impl From<Network> for NetworkMode {
+    fn from(n: Network) -> Self {
+        match n {
+            Network::Pod => NetworkMode::Pod,
+            Network::Host => NetworkMode::Host,
+        }
+    }
+}
+
+/// netmatrix agent: probes peer pods, the API server, ClusterIP services and
+/// DNS from one node, every interval, and reports to the aggregator.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "netmatrix-agent", version, about, long_about = None)]
+pub struct Args {
+    /// Node this agent runs on (`spec.nodeName`, from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Name of this agent pod (`metadata.name`, from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+
+    /// IP of this agent pod (`status.podIP`, from the downward API).
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: IpAddr,
+
+    /// Namespace of the agent, peer and aggregator pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "netmatrix")]
+    pub namespace: String,
+
+    /// Network this agent probes from; reported so the aggregator keeps pod
+    /// and host results apart.
+    #[arg(long, env = "NETMATRIX_NETWORK", value_enum, default_value_t = Network::Pod)]
+    pub network: Network,
+
+    /// Label selector of the pods to ping (agents and companions).
+    #[arg(long, env = "NETMATRIX_PEER_SELECTOR", default_value = labels::PEER_SELECTOR)]
+    pub peer_selector: String,
+
+    /// Aggregator Service URL, e.g. `http://10.96.0.20:80`. Without it the
+    /// agent only probes and serves metrics.
+    #[arg(long, env = "NETMATRIX_AGGREGATOR_URL")]
+    pub aggregator_url: Option<String>,
+
+    /// Label selector of the aggregator pods, reported to directly when the
+    /// aggregator Service cannot be reached.
+    #[arg(long, env = "NETMATRIX_AGGREGATOR_SELECTOR", default_value = labels::AGGREGATOR_SELECTOR)]
+    pub aggregator_selector: String,
+
+    /// Port of the aggregator pods, for direct reporting.
+    #[arg(long, env = "NETMATRIX_AGGREGATOR_PORT", default_value_t = 8080)]
+    pub aggregator_port: u16,
+
+    /// Time between probing rounds.
+    #[arg(long, env = "NETMATRIX_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// ICMP echoes sent to each peer per round.
+    #[arg(long, env = "NETMATRIX_ICMP_COUNT", default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub icmp_count: u16,
+
+    /// How long to wait for each ICMP echo reply.
+    #[arg(long, env = "NETMATRIX_ICMP_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub icmp_timeout: Duration,
+
+    /// Timeout of each TCP connect, TLS handshake and HTTP exchange.
+    #[arg(long, env = "NETMATRIX_TCP_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub tcp_timeout: Duration,
+
+    /// Timeout of each DNS lookup.
+    #[arg(long, env = "NETMATRIX_DNS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub dns_timeout: Duration,
+
+    /// Address of the HTTP server for /metrics, /healthz and /status.
+    #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: SocketAddr,
+
+    /// API server address to probe, IP:PORT [default: KUBERNETES_SERVICE_HOST:
+    /// KUBERNETES_SERVICE_PORT, else 10.96.0.1:443].
+    #[arg(long, env = "NETMATRIX_APISERVER", value_name = "HOST:PORT")]
+    pub apiserver: Option<String>,
+
+    /// PEM file with the CA that signed the API server certificate [default:
+    /// the CA of the Kubernetes client configuration].
+    #[arg(long, env = "NETMATRIX_APISERVER_CA", value_name = "PATH")]
+    pub apiserver_ca: Option<PathBuf>,
+
+    /// ClusterIP service to check with a TCP connect, NAME=IP:PORT; repeatable
+    /// (environment: comma-separated).
+    #[arg(
+        long = "clusterip",
+        env = "NETMATRIX_CLUSTERIPS",
+        value_name = "NAME=IP:PORT",
+        value_delimiter = ','
+    )]
+    pub clusterips: Vec<String>,
+
+    /// DNS server to query, IP[:PORT] [default: first nameserver in
+    /// /etc/resolv.conf].
+    #[arg(long, env = "NETMATRIX_DNS_SERVER", value_name = "IP[:PORT]")]
+    pub dns_server: Option<String>,
+
+    /// Name to resolve (A), optionally with the address it must resolve to;
+    /// repeatable [default: kubernetes.default.svc.cluster.local.=<API server
+    /// IP>].
+    #[arg(
+        long = "dns-name",
+        env = "NETMATRIX_DNS_NAMES",
+        value_name = "NAME[=EXPECTED_IP]",
+        value_delimiter = ','
+    )]
+    pub dns_names: Vec<String>,
+
+    /// SRV name of the agents' headless Service, compared with the running
+    /// agent pods and used as a start-up fallback for peers; empty disables.
+    #[arg(long, env = "NETMATRIX_SRV_NAME", default_value = DEFAULT_SRV_NAME)]
+    pub srv_name: String,
+
+    /// Kubeconfig file [default: in-cluster configuration, or kube's usual
+    /// inference].
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// A mistake in the command line or environment, with what to do about it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "--clusterip {value:?}: expected NAME=IP:PORT, e.g. --clusterip aggregator=10.96.0.20:80"
+    )]
+    ClusterIpWithoutName { value: String },
+    #[error(
+        "--clusterip {value:?}: {addr:?} is not IP:PORT (a ClusterIP is dialled by address, e.g. 10.96.0.20:80)"
+    )]
+    ClusterIpAddress { value: String, addr: String },
+    #[error(
+        "--clusterip: the name {name:?} is used twice; give every ClusterIP target its own name"
+    )]
+    ClusterIpDuplicate { name: String },
+    #[error(
+        "--apiserver {value:?}: expected IP:PORT, e.g. 10.96.0.1:443 (the probe dials an address, not a name)"
+    )]
+    Apiserver { value: String },
+    #[error(
+        "KUBERNETES_SERVICE_HOST={host:?} KUBERNETES_SERVICE_PORT={port:?} do not form IP:PORT; pass --apiserver IP:PORT"
+    )]
+    ApiserverFromEnv { host: String, port: String },
+    #[error("--dns-server {value:?}: expected IP or IP:PORT, e.g. 10.96.0.10 or 10.96.0.10:53")]
+    DnsServer { value: String },
+    #[error(
+        "no --dns-server given and /etc/resolv.conf lists no nameserver; pass --dns-server IP[:PORT]"
+    )]
+    NoDnsServer,
+    #[error(
+        "--dns-name {value:?}: expected NAME or NAME=EXPECTED_IP, e.g. kubernetes.default.svc.cluster.local.=10.96.0.1"
+    )]
+    DnsName { value: String },
+    #[error("--aggregator-url {value:?}: {reason}; expected e.g. http://10.96.0.20:80")]
+    AggregatorUrl { value: String, reason: String },
+    #[error("--{flag} must not be empty")]
+    Empty { flag: &'static str },
+    #[error("--interval must be at least 100ms (got {got:?})")]
+    IntervalTooShort { got: Duration },
+    #[error(
+        "--{flag} ({got:?}) must be shorter than --interval ({interval:?}), or rounds would overlap"
+    )]
+    TimeoutTooLong {
+        flag: &'static str,
+        got: Duration,
+        interval: Duration,
+    },
+}
+
+/// A ClusterIP service checked with a TCP connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIpTarget {
+    /// Operator-facing name, e.g. `aggregator`.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// A name resolved with an A/AAAA lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsName {
+    /// Fully qualified (trailing dot), so that search lists never apply.
+    pub name: String,
+    /// The only address the answer may contain; `None`: any answer is fine.
+    pub expected: Option<IpAddr>,
+}
+
+/// Host-dependent defaults, gathered once so that validation is a pure
+/// function of its inputs (and testable).
+#[derive(Debug, Clone, Default)]
+pub struct HostDefaults {
+    pub kubernetes_service_host: Option<String>,
+    pub kubernetes_service_port: Option<String>,
+    /// Contents of `/etc/resolv.conf`, if readable.
+    pub resolv_conf: Option<String>,
+}
+
+impl HostDefaults {
+    /// Reads the environment and `/etc/resolv.conf` of this process.
+    pub fn from_host() -> Self {
+        Self {
+            kubernetes_service_host: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
+            kubernetes_service_port: std::env::var("KUBERNETES_SERVICE_PORT").ok(),
+            resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub identity: AgentIdentity,
+    pub namespace: String,
+    pub peer_selector: String,
+    pub aggregator_selector: String,
+    /// Aggregator Service base URL (no trailing slash), if reporting is on.
+    pub aggregator_url: Option<reqwest::Url>,
+    pub aggregator_port: u16,
+    pub interval: Duration,
+    pub icmp_count: u16,
+    pub icmp_timeout: Duration,
+    pub tcp_timeout: Duration,
+    pub dns_timeout: Duration,
+    pub listen: SocketAddr,
+    pub apiserver: SocketAddr,
+    pub apiserver_ca: Option<PathBuf>,
+    pub clusterips: Vec<ClusterIpTarget>,
+    pub dns_server: SocketAddr,
+    pub dns_names: Vec<DnsName>,
+    /// Fully qualified SRV name; `None` when disabled.
+    pub srv_name: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Validates `args`, filling host-dependent defaults from `host`.
+    pub fn from_args(args: Args, host: &HostDefaults) -> Result<Self, ConfigError> {
+        for (flag, value) in [
+            ("node-name", &args.node_name),
+            ("pod-name", &args.pod_name),
+            ("namespace", &args.namespace),
+            ("peer-selector", &args.peer_selector),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Empty { flag });
+            }
+        }
+        if args.interval < Duration::from_millis(100) {
+            return Err(ConfigError::IntervalTooShort { got: args.interval });
+        }
+        for (flag, got) in [
+            ("icmp-timeout", args.icmp_timeout),
+            ("tcp-timeout", args.tcp_timeout),
+            ("dns-timeout", args.dns_timeout),
+        ] {
+            if got >= args.interval {
+                return Err(ConfigError::TimeoutTooLong {
+                    flag,
+                    got,
+                    interval: args.interval,
+                });
+            }
+        }
+
+        let apiserver = apiserver_address(args.apiserver.as_deref(), host)?;
+        let clusterips = parse_clusterips(&args.clusterips)?;
+        let dns_server = match args.dns_server.as_deref() {
+            Some(value) => parse_dns_server(value)?,
+            None => host
+                .resolv_conf
+                .as_deref()
+                .and_then(first_nameserver)
+                .map(|ip| SocketAddr::new(ip, 53))
+                .ok_or(ConfigError::NoDnsServer)?,
+        };
+        let dns_names = if args.dns_names.is_empty() {
+            vec![DnsName {
+                name: DEFAULT_DNS_NAME.to_owned(),
+                expected: Some(apiserver.ip()),
+            }]
+        } else {
+            args.dns_names
+                .iter()
+                .map(|v| parse_dns_name(v))
+                .collect::<Result<_, _>>()?
+        };
+        let srv_name = Some(args.srv_name.trim())
+            .filter(|s| !s.is_empty())
+            .map(fully_qualified);
+        let aggregator_url = args
+            .aggregator_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(parse_aggregator_url)
+            .transpose()?;
+
+        Ok(Settings {
+            identity: AgentIdentity {
+                node: args.node_name,
+                pod: args.pod_name,
+                pod_ip: args.pod_ip,
+                network: args.network.into(),
+            },
+            namespace: args.namespace,
+            peer_selector: args.peer_selector,
+            aggregator_selector: args.aggregator_selector,
+            aggregator_url,
+            aggregator_port: args.aggregator_port,
+            interval: args.interval,
+            icmp_count: args.icmp_count,
+            icmp_timeout: args.icmp_timeout,
+            tcp_timeout: args.tcp_timeout,
+            dns_timeout: args.dns_timeout,
+            listen: args.listen,
+            apiserver,
+            apiserver_ca: args.apiserver_ca,
+            clusterips,
+            dns_server,
+            dns_names,
+            srv_name,
+            kubeconfig: args.kubeconfig,
+        })
+    }
+}
+
+fn apiserver_address(flag: Option<&str>, host: &HostDefaults) -> Result<SocketAddr, ConfigError> {
+    if let Some(value) = flag {
+        return value.trim().parse().map_err(|_| ConfigError::Apiserver {
+            value: value.to_owned(),
+        });
+    }
+    match (&host.kubernetes_service_host, &host.kubernetes_service_port) {
+        (Some(h), Some(p)) => {
+            let ip: Option<IpAddr> = h.trim().parse().ok();
+            let port: Option<u16> = p.trim().parse().ok();
+            match (ip, port) {
+                (Some(ip), Some(port)) => Ok(SocketAddr::new(ip, port)),
+                _ => Err(ConfigError::ApiserverFromEnv {
+                    host: h.clone(),
+                    port: p.clone(),
+                }),
+            }
+        }
+        _ => Ok(DEFAULT_APISERVER
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([10, 96, 0, 1], 443)))),
+    }
+}
+
+fn parse_clusterips(values: &[String]) -> Result<Vec<ClusterIpTarget>, ConfigError> {
+    let mut targets: Vec<ClusterIpTarget> = Vec::new();
+    for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        let (name, addr) = value
+            .split_once('=')
+            .filter(|(name, _)| !name.trim().is_empty())
+            .ok_or_else(|| ConfigError::ClusterIpWithoutName {
+                value: value.to_owned(),
+            })?;
+        let addr = addr.trim();
+        let parsed = addr.parse().map_err(|_| ConfigError::ClusterIpAddress {
+            value: value.to_owned(),
+            addr: addr.to_owned(),
+        })?;
+        let name = name.trim().to_owned();
+        if targets.iter().any(|t| t.name == name) {
+            return Err(ConfigError::ClusterIpDuplicate { name });
+        }
+        targets.push(ClusterIpTarget { name, addr: parsed });
+    }
+    Ok(targets)
+}
+
+fn parse_dns_server(value: &str) -> Result<SocketAddr, ConfigError> {
+    let value = value.trim();
+    value
+        .parse::<SocketAddr>()
+        .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| ConfigError::DnsServer {
+            value: value.to_owned(),
+        })
+}
+
+fn parse_dns_name(value: &str) -> Result<DnsName, ConfigError> {
+    let err = || ConfigError::DnsName {
+        value: value.to_owned(),
+    };
+    let (name, expected) = match value.trim().split_once('=') {
+        Some((name, ip)) => (name, Some(ip.trim().parse().map_err(|_| err())?)),
+        None => (value.trim(), None),
+    };
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(err());
+    }
+    Ok(DnsName {
+        name: fully_qualified(name),
+        expected,
+    })
+}
+
+fn parse_aggregator_url(value: &str) -> Result<reqwest::Url, ConfigError> {
+    let err = |reason: &str| ConfigError::AggregatorUrl {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = reqwest::Url::parse(value.trim()).map_err(|e| err(&e.to_string()))?;
+    if url.scheme() != "http" {
+        return Err(err(
+            "only http:// is supported (the aggregator Service is plain HTTP inside the cluster)",
+        ));
+    }
+    if url.host().is_none() {
+        return Err(err("the URL has no host"));
+    }
+    Ok(url)
+}
+
+/// Appends the root label so a name is never expanded with the pod's search
+/// list (`ndots:5` would otherwise try `name.netmatrix.svc.cluster.local` first).
+fn fully_qualified(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+/// First `nameserver` line of a resolv.conf.
+pub fn first_nameserver(resolv_conf: &str) -> Option<IpAddr> {
+    resolv_conf.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("nameserver"), Some(addr)) => addr.split('%').next()?.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec![
+            "netmatrix-agent",
+            "--node-name",
+            "node-1",
+            "--pod-name",
+            "agent-abc",
+            "--pod-ip",
+            "10.244.1.5",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    fn host() -> HostDefaults {
+        HostDefaults {
+            kubernetes_service_host: Some("10.96.0.1".into()),
+            kubernetes_service_port: Some("443".into()),
+            resolv_conf: Some(
+                "search netmatrix.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+                    .into(),
+            ),
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_host() {
+        let s = Settings::from_args(args(&[]), &host()).unwrap();
+        assert_eq!(s.apiserver, "10.96.0.1:443".parse().unwrap());
+        assert_eq!(s.dns_server, "10.96.0.10:53".parse().unwrap());
+        assert_eq!(
+            s.dns_names,
+            vec![DnsName {
+                name: DEFAULT_DNS_NAME.into(),
+                expected: Some("10.96.0.1".parse().unwrap()),
+            }]
+        );
+        assert_eq!(s.srv_name.as_deref(), Some(DEFAULT_SRV_NAME));
+        assert_eq!(s.interval, Duration::from_secs(5));
+        assert_eq!(s.icmp_count, 3);
+        assert_eq!(s.namespace, "netmatrix");
+        assert_eq!(s.identity.network, NetworkMode::Pod);
+        assert!(s.aggregator_url.is_none());
+    }
+
+    #[test]
+    fn apiserver_falls_back_to_the_default_service_address() {
+        let s = Settings::from_args(
+            args(&[]),
+            &HostDefaults {
+                resolv_conf: Some("nameserver 10.96.0.10".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.apiserver.to_string(), DEFAULT_APISERVER);
+    }
+
+    #[test]
+    fn flags_are_parsed_and_names_made_fully_qualified() {
+        let s = Settings::from_args(
+            args(&[
+                "--clusterip",
+                "aggregator=10.96.0.20:80",
+                "--clusterip",
+                "agents=10.96.0.21:9090",
+                "--dns-server",
+                "10.96.0.10:5353",
+                "--dns-name",
+                "kubernetes.default.svc.cluster.local=10.96.0.1",
+                "--dns-name",
+                "example.org",
+                "--srv-name",
+                "",
+                "--network",
+                "host",
+                "--aggregator-url",
+                "http://10.96.0.20:80",
+                "--interval",
+                "2s",
+                "--icmp-timeout",
+                "500ms",
+                "--tcp-timeout",
+                "1s",
+                "--dns-timeout",
+                "1s",
+            ]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(s.clusterips.len(), 2);
+        assert_eq!(s.clusterips[1].name, "agents");
+        assert_eq!(s.dns_server.port(), 5353);
+        assert_eq!(s.dns_names[0].name, "kubernetes.default.svc.cluster.local.");
+        assert_eq!(s.dns_names[1].expected, None);
+        assert_eq!(s.srv_name, None);
+        assert_eq!(s.identity.network, NetworkMode::Host);
+        assert_eq!(s.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_what_to_fix() {
+        let err =
+            Settings::from_args(args(&["--clusterip", "10.96.0.20:80"]), &host()).unwrap_err();
+        assert!(matches!(err, ConfigError::ClusterIpWithoutName { .. }));
+        assert!(err.to_string().contains("NAME=IP:PORT"), "{err}");
+
+        let err =
+            Settings::from_args(args(&["--clusterip", "a=svc.local:80"]), &host()).unwrap_err();
+        assert!(matches!(err, ConfigError::ClusterIpAddress { .. }));
+
+        let err = Settings::from_args(args(&["--clusterip", "a=10.0.0.1:1,a=10.0.0.2:2"]), &host())
+            .unwrap_err();
+        assert_eq!(err, ConfigError::ClusterIpDuplicate { name: "a".into() });
+
+        let err =
+            Settings::from_args(args(&["--apiserver", "kubernetes:443"]), &host()).unwrap_err();
+        assert!(matches!(err, ConfigError::Apiserver { .. }));
+
+        let err = Settings::from_args(args(&["--dns-name", "x=notanip"]), &host()).unwrap_err();
+        assert!(matches!(err, ConfigError::DnsName { .. }));
+
+        let err = Settings::from_args(args(&["--aggregator-url", "https://agg:443"]), &host())
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::AggregatorUrl { .. }));
+
+        let err = Settings::from_args(args(&["--interval", "1s"]), &host()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::TimeoutTooLong {
+                    flag: "icmp-timeout",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let err = Settings::from_args(args(&[]), &HostDefaults::default()).unwrap_err();
+        assert_eq!(err, ConfigError::NoDnsServer);
+    }
+
+    #[test]
+    fn env_style_comma_separated_clusterips_are_split() {
+        let s = Settings::from_args(
+            args(&["--clusterip", "a=10.96.0.20:80,b=[fd00::1]:53"]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(s.clusterips[1].addr, "[fd00::1]:53".parse().unwrap());
+    }
+
+    #[test]
+    fn resolv_conf_parsing_skips_comments_and_zones() {
+        assert_eq!(first_nameserver("# nameserver 1.1.1.1\n"), None);
+        assert_eq!(
+            first_nameserver("nameserver fe80::1%eth0\nnameserver 10.0.0.1"),
+            Some("fe80::1".parse().unwrap())
+        );
+    }
+}

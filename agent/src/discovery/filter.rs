@@ -1,0 +1,171 @@
+//! Which pods are peers: pure functions over Pod objects, so the rules are
+//! unit-tested without an API server.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Pod;
+use netmatrix_api::{AgentIdentity, labels};
+
+/// What the agent needs to know about a Running pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodInfo {
+    /// Node the pod runs on; empty when the pod came from DNS (the
+    /// aggregator maps IPs to nodes).
+    pub node: String,
+    /// Pod name; empty when the pod came from DNS.
+    pub pod: String,
+    pub ip: IpAddr,
+    /// `app.kubernetes.io/component` (`agent`, `companion`...).
+    pub component: Option<String>,
+    /// `status.startTime`, Unix milliseconds.
+    pub started_unix_ms: Option<u64>,
+}
+
+impl PodInfo {
+    pub fn is_agent(&self) -> bool {
+        self.component.as_deref() == Some(labels::COMPONENT_AGENT)
+    }
+}
+
+/// A pod worth probing: Running, has an IP, not terminating, scheduled.
+/// Anything else is skipped, because pinging a pod that is starting or being
+/// deleted reports churn as a network failure.
+pub fn running_pod(pod: &Pod) -> Option<PodInfo> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ip = status.pod_ip.as_deref()?.parse().ok()?;
+    let node = pod
+        .spec
+        .as_ref()?
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())?;
+    Some(PodInfo {
+        node,
+        pod: pod.metadata.name.clone()?,
+        ip,
+        component: pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::COMPONENT))
+            .cloned(),
+        started_unix_ms: status
+            .start_time
+            .as_ref()
+            .and_then(|t| u64::try_from(t.0.as_millisecond()).ok()),
+    })
+}
+
+/// Every Running pod of the watch, sorted (stable reports and metrics).
+pub fn running_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodInfo> {
+    let mut out: Vec<PodInfo> = pods.into_iter().filter_map(running_pod).collect();
+    out.sort();
+    out
+}
+
+/// Peers: the Running pods, without this agent (by name, and by IP: with
+/// `hostNetwork` other pods on this node share our IP, and pinging ourselves
+/// proves nothing).
+pub fn peers(running: &[PodInfo], me: &AgentIdentity) -> Vec<PodInfo> {
+    running
+        .iter()
+        .filter(|p| p.pod != me.pod && p.ip != me.pod_ip)
+        .cloned()
+        .collect()
+}
+
+/// The agent pods (this one included): what the agents' SRV record should list.
+pub fn agents(running: &[PodInfo]) -> Vec<PodInfo> {
+    running.iter().filter(|p| p.is_agent()).cloned().collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::jiff::Timestamp;
+    use netmatrix_api::NetworkMode;
+
+    pub(crate) fn pod(name: &str, node: &str, ip: &str, phase: &str, component: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("netmatrix".into()),
+                labels: Some(
+                    [
+                        (labels::NAME.to_string(), labels::APP.to_string()),
+                        (labels::COMPONENT.to_string(), component.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                pod_ip: (!ip.is_empty()).then(|| ip.into()),
+                start_time: Some(Time(
+                    Timestamp::from_millisecond(1_700_000_000_000).unwrap(),
+                )),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn me() -> AgentIdentity {
+        AgentIdentity {
+            node: "n1".into(),
+            pod: "agent-1".into(),
+            pod_ip: "10.244.1.2".parse().unwrap(),
+            network: NetworkMode::Pod,
+        }
+    }
+
+    #[test]
+    fn only_running_scheduled_pods_with_an_ip_count() {
+        let mut terminating = pod("agent-4", "n4", "10.244.4.2", "Running", "agent");
+        terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let mut unscheduled = pod("agent-5", "", "10.244.5.2", "Running", "agent");
+        unscheduled.spec = None;
+        let pods = [
+            pod("agent-2", "n2", "10.244.2.2", "Running", "agent"),
+            pod("agent-3", "n3", "10.244.3.2", "Pending", "agent"),
+            pod("agent-6", "n6", "", "Running", "agent"),
+            pod("agent-7", "n7", "not-an-ip", "Running", "agent"),
+            terminating,
+            unscheduled,
+        ];
+        let running = running_pods(&pods);
+        assert_eq!(running.len(), 1);
+        let p = &running[0];
+        assert_eq!((p.node.as_str(), p.pod.as_str()), ("n2", "agent-2"));
+        assert_eq!(p.started_unix_ms, Some(1_700_000_000_000));
+        assert!(p.is_agent());
+    }
+
+    #[test]
+    fn peers_exclude_this_agent_by_name_and_ip() {
+        let pods = [
+            pod("agent-1", "n1", "10.244.1.2", "Running", "agent"),
+            pod("companion-1", "n1", "10.244.1.3", "Running", "companion"),
+            // Same IP as ours (hostNetwork neighbour): not a peer either.
+            pod("other", "n1", "10.244.1.2", "Running", "companion"),
+            pod("agent-2", "n2", "10.244.2.2", "Running", "agent"),
+        ];
+        let running = running_pods(&pods);
+        let peers: Vec<_> = peers(&running, &me()).into_iter().map(|p| p.pod).collect();
+        assert_eq!(peers, ["companion-1", "agent-2"]);
+        let agents: Vec<_> = agents(&running).into_iter().map(|p| p.pod).collect();
+        assert_eq!(agents, ["agent-1", "agent-2"]);
+    }
+}

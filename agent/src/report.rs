@@ -1,0 +1,439 @@
+//! Delivering reports to the aggregator.
+//!
+//! The report goes to the aggregator Service first. When that cannot be
+//! reached (connect failure or timeout) it goes straight to an aggregator pod
+//! found by the watch: a node whose ClusterIP path is broken must still be
+//! able to report that fact. A 4xx answer is final for that report (the
+//! aggregator said why, in an [`ApiError`]); connection failures and 5xx back
+//! off exponentially, capped at [`MAX_BACKOFF`], by skipping sends — probing
+//! goes on every round regardless.
+//!
+//! Delivery runs in its own task and always sends the newest report, so a
+//! slow or dead aggregator never delays a probing round.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use netmatrix_api::{ApiError, REPORTS_PATH, Report};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::metrics::{Metrics, ReportOutcome};
+
+/// Longest pause between delivery attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Where aggregator pods are (the discovery's last known view).
+pub type AggregatorPods = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;
+
+/// Delivery state, shown on `/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ReportingState {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_unix_ms: Option<u64>,
+    /// Where the last accepted report went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_endpoint: Option<String>,
+    pub consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Sends are skipped until this time (backoff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_until_unix_ms: Option<u64>,
+}
+
+/// What happened to one report.
+#[derive(Debug, Clone, PartialEq)]
+enum Delivery {
+    Accepted { endpoint: String },
+    Rejected { endpoint: String, error: ApiError },
+    Failed(String),
+}
+
+/// Exponential backoff counted in failures.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    next_attempt: Option<Instant>,
+}
+
+impl Backoff {
+    fn ready(&self, now: Instant) -> bool {
+        self.next_attempt.is_none_or(|t| now >= t)
+    }
+
+    /// After the n-th consecutive failure, wait about `interval * 2^(n-1)`
+    /// (at most [`MAX_BACKOFF`]) minus half an interval, so that the first
+    /// failure is retried at the next round, the second skips one round, and
+    /// so on.
+    fn failed(&mut self, now: Instant, interval: Duration) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let factor = 1u32 << self.failures.saturating_sub(1).min(16);
+        let delay = interval
+            .saturating_mul(factor)
+            .min(MAX_BACKOFF)
+            .saturating_sub(interval / 2);
+        self.next_attempt = Some(now + delay);
+        delay
+    }
+
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+}
+
+pub struct Reporter {
+    client: reqwest::Client,
+    service: reqwest::Url,
+    pod_port: u16,
+    aggregator_pods: AggregatorPods,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    state: Arc<Mutex<ReportingState>>,
+    backoff: Backoff,
+}
+
+impl Reporter {
+    /// `service_base` is the aggregator Service URL (`http://host:port`).
+    pub fn new(
+        service_base: &reqwest::Url,
+        pod_port: u16,
+        aggregator_pods: AggregatorPods,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+        state: Arc<Mutex<ReportingState>>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            // In-cluster traffic: an HTTP_PROXY meant for the outside world
+            // must not capture it.
+            .no_proxy()
+            .connect_timeout(
+                (interval / 4).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            )
+            .timeout(interval.clamp(Duration::from_millis(500), Duration::from_secs(5)))
+            .user_agent(concat!("netmatrix-agent/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let service = service_base
+            .join(REPORTS_PATH)
+            .unwrap_or_else(|_| service_base.clone());
+        if let Ok(mut s) = state.lock() {
+            s.enabled = true;
+        }
+        Ok(Self {
+            client,
+            service,
+            pod_port,
+            aggregator_pods,
+            interval,
+            metrics,
+            state,
+            backoff: Backoff::default(),
+        })
+    }
+
+    /// Sends the newest report each time one is published, until the
+    /// sender is dropped.
+    pub async fn run(mut self, mut reports: watch::Receiver<Option<Arc<Report>>>) {
+        while reports.changed().await.is_ok() {
+            let report = reports.borrow_and_update().clone();
+            if let Some(report) = report {
+                self.deliver(&report).await;
+            }
+        }
+    }
+
+    /// One delivery attempt (or a skip, while backing off).
+    pub async fn deliver(&mut self, report: &Report) {
+        let now = Instant::now();
+        if !self.backoff.ready(now) {
+            tracing::debug!(
+                round = report.round,
+                "not reporting this round: backing off"
+            );
+            self.metrics.record_report(ReportOutcome::Skipped);
+            return;
+        }
+        let delivery = self.send(report).await;
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        match delivery {
+            Delivery::Accepted { endpoint } => {
+                if self.backoff.failures > 0 {
+                    tracing::info!(%endpoint, failures = self.backoff.failures, "reporting works again");
+                }
+                self.backoff.succeeded();
+                self.metrics.record_report(ReportOutcome::Ok);
+                state.last_success_unix_ms = Some(unix_ms_now());
+                state.last_endpoint = Some(endpoint);
+                state.consecutive_failures = 0;
+                state.last_error = None;
+                state.backoff_until_unix_ms = None;
+            }
+            Delivery::Rejected { endpoint, error } => {
+                // The aggregator is up and told us why; retrying the same
+                // report would get the same answer. No backoff either: the
+                // next round's report may well be accepted.
+                tracing::warn!(%endpoint, reason = %error.reason, message = %error.message, round = report.round, "aggregator rejected the report");
+                self.metrics.record_report(ReportOutcome::Rejected);
+                state.last_error = Some(format!("rejected ({}): {}", error.reason, error.message));
+            }
+            Delivery::Failed(message) => {
+                let delay = self.backoff.failed(now, self.interval);
+                self.metrics.record_report(ReportOutcome::Error);
+                state.consecutive_failures = self.backoff.failures;
+                state.backoff_until_unix_ms =
+                    Some(unix_ms_now() + u64::try_from(delay.as_millis()).unwrap_or(0));
+                if self.backoff.failures == 1 {
+                    tracing::warn!(error = %message, "cannot deliver the report; will retry");
+                } else {
+                    tracing::warn!(error = %message, failures = self.backoff.failures, next_in = ?delay, "cannot deliver the report; backing off");
+                }
+                state.last_error = Some(message);
+            }
+        }
+    }
+
+    /// Service first; aggregator pods when the Service cannot be reached.
+    async fn send(&self, report: &Report) -> Delivery {
+        let service_error = match self.post(self.service.clone(), report).await {
+            Ok(delivery) => return delivery,
+            Err(e) => e,
+        };
+        let pods = (self.aggregator_pods)();
+        if pods.is_empty() {
+            return Delivery::Failed(format!(
+                "{service_error}; no aggregator pod known for direct delivery"
+            ));
+        }
+        let mut errors = vec![service_error];
+        // Start at a different pod each time so agents spread their load.
+        let start = rand::random_range(0..pods.len());
+        for ip in pods.iter().cycle().skip(start).take(pods.len()) {
+            let Ok(url) = reqwest::Url::parse(&format!(
+                "http://{}{REPORTS_PATH}",
+                SocketAddr::new(*ip, self.pod_port)
+            )) else {
+                continue;
+            };
+            match self.post(url, report).await {
+                Ok(delivery) => {
+                    tracing::debug!(aggregator = %ip, "report delivered directly to an aggregator pod");
+                    return delivery;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Delivery::Failed(errors.join("; "))
+    }
+
+    /// `Err` only when the endpoint could not be reached (try the next one).
+    async fn post(&self, url: reqwest::Url, report: &Report) -> Result<Delivery, String> {
+        let endpoint = url.to_string();
+        let response = match self.client.post(url).json(report).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() || e.is_timeout() => {
+                return Err(format!("POST {endpoint}: {}", error_chain(&e)));
+            }
+            Err(e) => {
+                return Ok(Delivery::Failed(format!(
+                    "POST {endpoint}: {}",
+                    error_chain(&e)
+                )));
+            }
+        };
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(Delivery::Accepted { endpoint });
+        }
+        let error = serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| ApiError {
+            reason: format!("http-{}", status.as_u16()),
+            message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+        });
+        if status.is_client_error() {
+            Ok(Delivery::Rejected { endpoint, error })
+        } else {
+            Ok(Delivery::Failed(format!(
+                "POST {endpoint}: HTTP {status} ({}): {}",
+                error.reason, error.message
+            )))
+        }
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request");
+/// the operator needs "connection refused".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+pub(crate) fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use netmatrix_api::{AgentIdentity, NetworkMode, PeerSource};
+
+    fn report() -> Report {
+        Report {
+            agent: AgentIdentity {
+                node: "n1".into(),
+                pod: "agent-1".into(),
+                pod_ip: "10.244.1.2".parse().unwrap(),
+                network: NetworkMode::Pod,
+            },
+            round: 7,
+            started_unix_ms: 1,
+            interval_ms: 1000,
+            peers: vec![],
+            services: vec![],
+            dns: vec![],
+            peer_source: PeerSource::Api,
+        }
+    }
+
+    async fn aggregator(status: StatusCode, body: &'static str) -> SocketAddr {
+        let app = Router::new().route(
+            REPORTS_PATH,
+            post(move |axum::Json(r): axum::Json<Report>| async move {
+                assert_eq!(r.round, 7);
+                (status, body)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    async fn closed_port() -> SocketAddr {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    fn reporter(
+        service: SocketAddr,
+        pods: Vec<IpAddr>,
+        pod_port: u16,
+    ) -> (Reporter, Arc<Mutex<ReportingState>>, Arc<Metrics>) {
+        let state = Arc::new(Mutex::new(ReportingState::default()));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let url = reqwest::Url::parse(&format!("http://{service}")).unwrap();
+        let r = Reporter::new(
+            &url,
+            pod_port,
+            Arc::new(move || pods.clone()),
+            Duration::from_secs(1),
+            metrics.clone(),
+            state.clone(),
+        )
+        .unwrap();
+        (r, state, metrics)
+    }
+
+    #[tokio::test]
+    async fn accepted_report_updates_the_state() {
+        let addr = aggregator(StatusCode::ACCEPTED, r#"{"node":"n1","round":7}"#).await;
+        let (mut r, state, metrics) = reporter(addr, vec![], 0);
+        r.deliver(&report()).await;
+        let s = state.lock().unwrap().clone();
+        assert!(s.last_success_unix_ms.is_some(), "{s:?}");
+        assert_eq!(s.consecutive_failures, 0);
+        assert!(
+            metrics
+                .encode()
+                .unwrap()
+                .contains("reports_total{result=\"ok\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn rejection_is_logged_and_not_backed_off() {
+        let addr = aggregator(
+            StatusCode::FORBIDDEN,
+            r#"{"reason":"unknown-sender","message":"no such pod"}"#,
+        )
+        .await;
+        let (mut r, state, _) = reporter(addr, vec![], 0);
+        r.deliver(&report()).await;
+        let s = state.lock().unwrap().clone();
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("rejected (unknown-sender): no such pod")
+        );
+        assert_eq!(s.consecutive_failures, 0);
+        assert!(r.backoff.ready(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn unreachable_service_falls_back_to_an_aggregator_pod() {
+        let pod = aggregator(StatusCode::ACCEPTED, "{}").await;
+        let (mut r, state, _) = reporter(closed_port().await, vec![pod.ip()], pod.port());
+        r.deliver(&report()).await;
+        let s = state.lock().unwrap().clone();
+        assert_eq!(
+            s.last_endpoint,
+            Some(format!("http://{pod}{REPORTS_PATH}")),
+            "{s:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_back_off_but_are_counted() {
+        let (mut r, state, metrics) = reporter(closed_port().await, vec![], 0);
+        r.deliver(&report()).await;
+        let s = state.lock().unwrap().clone();
+        assert_eq!(s.consecutive_failures, 1);
+        let err = s.last_error.unwrap();
+        assert!(err.contains("no aggregator pod known"), "{err}");
+        // Half an interval later at the earliest: a send right now is skipped.
+        r.deliver(&report()).await;
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("reports_total{result=\"error\"} 1"), "{text}");
+        assert!(
+            text.contains("reports_total{result=\"skipped\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let mut b = Backoff::default();
+        let now = Instant::now();
+        let i = Duration::from_secs(5);
+        assert_eq!(b.failed(now, i), Duration::from_millis(2500));
+        assert_eq!(b.failed(now, i), Duration::from_millis(7500));
+        assert_eq!(b.failed(now, i), Duration::from_millis(17500));
+        for _ in 0..20 {
+            b.failed(now, i);
+        }
+        assert_eq!(b.failed(now, i), MAX_BACKOFF - i / 2);
+        assert!(!b.ready(now));
+        b.succeeded();
+        assert!(b.ready(now));
+    }
+}
