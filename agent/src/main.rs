@@ -1,10 +1,13 @@
 //! `netmatrix-agent`: see the library crate for the architecture.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let args = netmatrix_agent::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -18,7 +21,12 @@ async fn main() -> anyhow::Result<()> {
     {
         tracing::debug!("a rustls crypto provider was already installed");
     }
-    let args = netmatrix_agent::Args::parse();
-    netmatrix_agent::run(args).await?;
-    Ok(())
+    match netmatrix_agent::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The operator-facing cause chain, without a backtrace.
+            tracing::error!("{:#}", anyhow::Error::new(error));
+            ExitCode::FAILURE
+        }
+    }
 }
