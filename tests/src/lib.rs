@@ -8,4 +8,5 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod dns;
+pub mod netns;
 pub mod pki;
