@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -123,7 +123,16 @@ impl RequestHandler for ClusterDns {
         self.control.queries.fetch_add(1, Ordering::Relaxed);
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
-        let builder = MessageResponseBuilder::from_message_request(request);
+        // RFC 6891: a query with an OPT record gets one back.
+        let edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(req.max_payload().max(512));
+            edns
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
         let answer = match request.queries.queries().first() {
             _ if self.control.servfail.load(Ordering::Relaxed) => {
                 metadata.response_code = ResponseCode::ServFail;
