@@ -19,7 +19,8 @@ pub const COMPONENT_AGGREGATOR: &str = "aggregator";
 pub const PEER_SELECTOR: &str = "app.kubernetes.io/name=netmatrix,netmatrix.io/probe-target=true";
 /// Selector of the agent pods (the ones that report, and that the headless
 /// Service's SRV record lists).
-pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=netmatrix,app.kubernetes.io/component=agent";
+pub const AGENT_SELECTOR: &str =
+    "app.kubernetes.io/name=netmatrix,app.kubernetes.io/component=agent";
 /// Selector of the aggregator pods (agents report to them directly when the
 /// aggregator Service is unreachable).
 pub const AGGREGATOR_SELECTOR: &str =

@@ -32,7 +32,9 @@ pub const FINDINGS_PATH: &str = "/api/v1/findings";
 /// Pod-network and host-network results are kept apart so that "pod path
 /// broken, node path fine" (the CNI) can be told from "both broken" (the
 /// underlay).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetworkMode {
     #[default]
@@ -460,7 +462,10 @@ mod tests {
     fn enums_use_kebab_case_on_the_wire() {
         let v = serde_json::to_value(FindingKind::ApiserverUnreachable).unwrap();
         assert_eq!(v, "apiserver-unreachable");
-        assert_eq!(FindingKind::ApiserverUnreachable.as_str(), "apiserver-unreachable");
+        assert_eq!(
+            FindingKind::ApiserverUnreachable.as_str(),
+            "apiserver-unreachable"
+        );
         let v = serde_json::to_value(ErrorKind::WrongAnswer).unwrap();
         assert_eq!(v, ErrorKind::WrongAnswer.as_str());
         assert_eq!(serde_json::to_value(RecordType::Srv).unwrap(), "SRV");

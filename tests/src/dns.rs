@@ -133,51 +133,44 @@ impl RequestHandler for ClusterDns {
         if let Some(edns) = &edns {
             builder.edns(edns);
         }
-        let answer = match request.queries.queries().first() {
-            _ if self.control.servfail.load(Ordering::Relaxed) => {
-                metadata.response_code = ResponseCode::ServFail;
-                Answer::NoData
-            }
-            None => {
-                metadata.response_code = ResponseCode::FormErr;
-                Answer::NoData
-            }
-            Some(query) => {
-                let name = query.name().to_string();
-                self.answer(&name, query.query_type())
-            }
+        let answer = if self.control.servfail.load(Ordering::Relaxed) {
+            metadata.response_code = ResponseCode::ServFail;
+            None
+        } else if let Some(query) = request.queries.queries().first() {
+            Some(self.answer(&query.name().to_string(), query.query_type()))
+        } else {
+            metadata.response_code = ResponseCode::FormErr;
+            None
         };
-        let soa = vec![self.soa()];
-        let sent = match &answer {
-            Answer::Records {
+        let soa = [self.soa()];
+        let sent = match answer {
+            Some(Answer::Records {
                 answers,
                 additionals,
-            } => {
+            }) => {
                 response
-                    .send_response(builder.build(metadata.clone(), answers, &[], &[], additionals))
+                    .send_response(builder.build(metadata, &answers, &[], &[], &additionals))
                     .await
             }
-            Answer::NoData | Answer::NxDomain
-                if metadata.response_code == ResponseCode::NoError
-                    || answer == Answer::NxDomain =>
-            {
-                if answer == Answer::NxDomain {
+            Some(negative @ (Answer::NxDomain | Answer::NoData)) => {
+                if negative == Answer::NxDomain {
                     metadata.response_code = ResponseCode::NXDomain;
                 }
+                // The SOA tells resolvers how long to cache the negative answer.
                 response
-                    .send_response(builder.build(metadata.clone(), &[], &[], &soa, &[]))
+                    .send_response(builder.build(metadata, &[], &[], &soa, &[]))
                     .await
             }
-            Answer::NoData | Answer::NxDomain => {
-                response
-                    .send_response(builder.build_no_records(metadata.clone()))
-                    .await
-            }
-            Answer::Refused => {
+            Some(Answer::Refused) => {
                 metadata.response_code = ResponseCode::Refused;
                 metadata.authoritative = false;
                 response
-                    .send_response(builder.build_no_records(metadata.clone()))
+                    .send_response(builder.build_no_records(metadata))
+                    .await
+            }
+            None => {
+                response
+                    .send_response(builder.build_no_records(metadata))
                     .await
             }
         };
