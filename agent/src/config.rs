@@ -95,17 +95,17 @@ pub struct Args {
           value_parser = clap::value_parser!(u16).range(1..=100))]
     pub icmp_count: u16,
 
-    /// How long to wait for each ICMP echo reply.
-    #[arg(long, env = "NETMATRIX_ICMP_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub icmp_timeout: Duration,
+    /// How long to wait for each ICMP echo reply. Default: 1s, or 80% of --interval when that is shorter.
+    #[arg(long, env = "NETMATRIX_ICMP_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub icmp_timeout: Option<Duration>,
 
-    /// Timeout of each TCP connect, TLS handshake and HTTP exchange.
-    #[arg(long, env = "NETMATRIX_TCP_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub tcp_timeout: Duration,
+    /// Timeout of each TCP connect, TLS handshake and HTTP exchange. Default: 2s, or 80% of --interval when that is shorter.
+    #[arg(long, env = "NETMATRIX_TCP_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub tcp_timeout: Option<Duration>,
 
-    /// Timeout of each DNS lookup.
-    #[arg(long, env = "NETMATRIX_DNS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub dns_timeout: Duration,
+    /// Timeout of each DNS lookup. Default: 2s, or 80% of --interval when that is shorter.
+    #[arg(long, env = "NETMATRIX_DNS_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub dns_timeout: Option<Duration>,
 
     /// Address of the HTTP server for /metrics, /healthz and /status.
     #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090")]
@@ -287,19 +287,21 @@ impl Settings {
         if args.interval < Duration::from_millis(100) {
             return Err(ConfigError::IntervalTooShort { got: args.interval });
         }
-        for (flag, got) in [
-            ("icmp-timeout", args.icmp_timeout),
-            ("tcp-timeout", args.tcp_timeout),
-            ("dns-timeout", args.dns_timeout),
-        ] {
-            if got >= args.interval {
-                return Err(ConfigError::TimeoutTooLong {
+        // Unset timeouts shrink with a short interval so that `--interval 1s`
+        // alone works; explicit ones that would overlap rounds are an error.
+        let fitted =
+            |flag: &'static str, explicit: Option<Duration>, default: Duration| match explicit {
+                Some(got) if got >= args.interval => Err(ConfigError::TimeoutTooLong {
                     flag,
                     got,
                     interval: args.interval,
-                });
-            }
-        }
+                }),
+                Some(got) => Ok(got),
+                None => Ok(default.min(args.interval.mul_f64(0.8))),
+            };
+        let icmp_timeout = fitted("icmp-timeout", args.icmp_timeout, Duration::from_secs(1))?;
+        let tcp_timeout = fitted("tcp-timeout", args.tcp_timeout, Duration::from_secs(2))?;
+        let dns_timeout = fitted("dns-timeout", args.dns_timeout, Duration::from_secs(2))?;
 
         let apiserver = apiserver_address(args.apiserver.as_deref(), host)?;
         let clusterips = parse_clusterips(&args.clusterips)?;
@@ -347,9 +349,9 @@ impl Settings {
             aggregator_port: args.aggregator_port,
             interval: args.interval,
             icmp_count: args.icmp_count,
-            icmp_timeout: args.icmp_timeout,
-            tcp_timeout: args.tcp_timeout,
-            dns_timeout: args.dns_timeout,
+            icmp_timeout,
+            tcp_timeout,
+            dns_timeout,
             listen: args.listen,
             apiserver,
             apiserver_ca: args.apiserver_ca,
@@ -605,7 +607,11 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ConfigError::AggregatorUrl { .. }));
 
-        let err = Settings::from_args(args(&["--interval", "1s"]), &host()).unwrap_err();
+        let s = Settings::from_args(args(&["--interval", "1s"]), &host()).unwrap();
+        assert_eq!(s.icmp_timeout, Duration::from_millis(800));
+        assert_eq!(s.dns_timeout, Duration::from_millis(800));
+        let err = Settings::from_args(args(&["--interval", "1s", "--icmp-timeout", "1s"]), &host())
+            .unwrap_err();
         assert!(
             matches!(
                 err,
