@@ -1,6 +1,16 @@
-//! The emulated cluster's state (what etcd holds for the objects netmatrix
-//! reads): Nodes, Pods and Services as k8s-openapi types, a global
-//! resourceVersion, and the history of watch events the API emulator streams.
+//! The emulated cluster's state: what etcd holds for the objects netmatrix
+//! reads (Nodes, Pods, Services, as k8s-openapi types), one global
+//! resourceVersion, and a bounded history of changes for watchers.
+//!
+//! Every change bumps the resourceVersion and stamps it into the object, as
+//! the real API server does; create also fills `uid` and `creationTimestamp`.
+//! Each change is kept as an [`Event`] holding the object before and after,
+//! so that a watch with a selector can tell "started matching" (ADDED) and
+//! "stopped matching" (DELETED) from a plain MODIFIED, like the API server's
+//! watch cache. Watchers are woken through [`ClusterState::subscribe`] and
+//! read what they missed with [`ClusterState::events_since`]; one source of
+//! truth means a slow watcher can never see events out of order, only fall
+//! so far behind that it is told to relist ([`Expired`], HTTP 410).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,14 +21,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
-/// Watch events kept for watchers that resume from an older resourceVersion;
-/// older ones get `410 Gone` and relist, as with the real API server.
+/// Changes kept for watchers that resume from an older resourceVersion.
+/// A watcher further behind gets `410 Expired` and relists, as with the real
+/// API server (whose watch cache holds a similar number of events).
 const HISTORY: usize = 4096;
 
-/// Which collection an object belongs to.
+/// The collections the emulator serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Node,
@@ -26,31 +38,127 @@ pub enum Kind {
     Service,
 }
 
-/// A stored change, as the watch stream sends it.
+impl Kind {
+    /// The kind as in `"kind": "Pod"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+        }
+    }
+
+    /// The resource name in URLs (`/api/v1/pods`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Node => "nodes",
+            Kind::Pod => "pods",
+            Kind::Service => "services",
+        }
+    }
+
+    /// The kind from a URL's resource name.
+    pub fn from_plural(plural: &str) -> Option<Kind> {
+        [Kind::Node, Kind::Pod, Kind::Service]
+            .into_iter()
+            .find(|k| k.plural() == plural)
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Node)
+    }
+}
+
+/// What happened to an object, in the words of the watch API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One stored change.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: Kind,
-    /// `ADDED`, `MODIFIED` or `DELETED`.
-    pub verb: &'static str,
+    pub event_type: EventType,
+    /// The resourceVersion of the change (also stamped into `object`).
     pub rv: u64,
-    /// The object as JSON (with apiVersion and kind), after the change.
+    /// The object as JSON (with `apiVersion` and `kind`) after the change; for
+    /// a deletion, its last state stamped with the deletion's resourceVersion.
     pub object: Value,
+    /// The object before the change (`None` when it was created).
+    pub previous: Option<Value>,
 }
+
+/// A watch asked to resume from a resourceVersion the history no longer
+/// covers (or that this cluster never had): the client must relist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("too old resource version: {requested} ({oldest})")]
+pub struct Expired {
+    pub requested: u64,
+    /// The oldest resourceVersion a watch may still resume from.
+    pub oldest: u64,
+}
+
+/// `(namespace, name)`; the namespace is empty for Nodes.
+type Key = (String, String);
 
 #[derive(Default)]
 struct Inner {
     rv: u64,
-    nodes: BTreeMap<String, Node>,
-    pods: BTreeMap<(String, String), Pod>,
-    services: BTreeMap<(String, String), Service>,
-    history: VecDeque<Event>,
+    nodes: BTreeMap<Key, Node>,
+    pods: BTreeMap<Key, Pod>,
+    services: BTreeMap<Key, Service>,
+    history: VecDeque<Arc<Event>>,
+    /// resourceVersion of the newest event dropped from `history`.
+    evicted: u64,
+}
+
+/// The k8s-openapi types the state stores, and where.
+trait Stored: Clone + Serialize + k8s_openapi::Metadata<Ty = ObjectMeta> {
+    const STORED: Kind;
+    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self>;
+}
+
+impl Stored for Node {
+    const STORED: Kind = Kind::Node;
+    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
+        &mut inner.nodes
+    }
+}
+
+impl Stored for Pod {
+    const STORED: Kind = Kind::Pod;
+    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
+        &mut inner.pods
+    }
+}
+
+impl Stored for Service {
+    const STORED: Kind = Kind::Service;
+    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
+        &mut inner.services
+    }
 }
 
 /// Shared handle on the cluster's state (cheap to clone).
 #[derive(Clone)]
 pub struct ClusterState {
     inner: Arc<Mutex<Inner>>,
-    events: broadcast::Sender<Event>,
+    /// The latest resourceVersion: a wake-up call for watchers.
+    latest: Arc<watch::Sender<u64>>,
 }
 
 impl Default for ClusterState {
@@ -62,141 +170,74 @@ impl Default for ClusterState {
 impl ClusterState {
     pub fn new() -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Inner::default())),
-            events: broadcast::channel(HISTORY).0,
+            inner: Arc::default(),
+            latest: Arc::new(watch::channel(0).0),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means a panic elsewhere mid-update; the maps
-        // are still consistent enough for a lab.
+        // Poisoning means a panic elsewhere mid-update; every update leaves
+        // the maps consistent before anything can panic, so carry on.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Live events; subscribe before reading the history to miss nothing.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
+    /// The current resourceVersion (that of the latest change).
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
     }
 
-    /// Events after `rv` of `kind`, or `None` when `rv` is older than the
-    /// history kept (the watcher must relist).
-    pub fn history_since(&self, kind: Kind, rv: u64) -> Option<Vec<Event>> {
+    /// Notified with the new resourceVersion after every change. Call
+    /// `borrow_and_update` before [`Self::events_since`], then wait on
+    /// `changed`, and no change can slip between the two.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// Changes of `kind` after resourceVersion `rv`, and the resourceVersion
+    /// they bring the caller up to (the current one). `Err` when `rv` is
+    /// older than the history kept, or newer than this cluster has ever been
+    /// (a client from a previous lab: relisting is its only way back).
+    pub fn events_since(&self, kind: Kind, rv: u64) -> Result<(Vec<Arc<Event>>, u64), Expired> {
         let inner = self.lock();
-        let oldest = inner
+        if rv < inner.evicted || rv > inner.rv {
+            return Err(Expired {
+                requested: rv,
+                oldest: inner.evicted,
+            });
+        }
+        let events = inner
             .history
-            .front()
-            .map_or(inner.rv, |e| e.rv.saturating_sub(1));
-        if rv < oldest {
-            return None;
-        }
-        Some(
-            inner
-                .history
-                .iter()
-                .filter(|e| e.kind == kind && e.rv > rv)
-                .cloned()
-                .collect(),
-        )
+            .iter()
+            .filter(|e| e.kind == kind && e.rv > rv)
+            .cloned()
+            .collect();
+        Ok((events, inner.rv))
     }
 
-    fn record(&self, inner: &mut Inner, kind: Kind, verb: &'static str, object: Value) {
-        let event = Event {
-            kind,
-            verb,
-            rv: inner.rv,
-            object,
+    /// Every object of a collection as JSON, and the resourceVersion of
+    /// this snapshot.
+    pub fn list(&self, kind: Kind) -> (u64, Vec<Value>) {
+        let mut inner = self.lock();
+        let items = match kind {
+            Kind::Node => to_json(Node::table(&mut inner).values()),
+            Kind::Pod => to_json(Pod::table(&mut inner).values()),
+            Kind::Service => to_json(Service::table(&mut inner).values()),
         };
-        if inner.history.len() == HISTORY {
-            inner.history.pop_front();
+        (inner.rv, items)
+    }
+
+    /// One object as JSON; `namespace` is ignored for Nodes.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        let mut inner = self.lock();
+        let key = (
+            if kind.namespaced() { namespace } else { "" }.to_owned(),
+            name.to_owned(),
+        );
+        match kind {
+            Kind::Node => Node::table(&mut inner).get(&key).and_then(json),
+            Kind::Pod => Pod::table(&mut inner).get(&key).and_then(json),
+            Kind::Service => Service::table(&mut inner).get(&key).and_then(json),
         }
-        inner.history.push_back(event.clone());
-        // No receiver is fine: nobody watches yet.
-        let _ = self.events.send(event);
-    }
-
-    fn stamp(inner: &mut Inner, meta: &mut ObjectMeta, existing: Option<&ObjectMeta>) {
-        inner.rv += 1;
-        meta.resource_version = Some(inner.rv.to_string());
-        match existing {
-            Some(old) => {
-                meta.uid = old.uid.clone();
-                meta.creation_timestamp = old.creation_timestamp.clone();
-            }
-            None => {
-                meta.uid
-                    .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()));
-                meta.creation_timestamp.get_or_insert_with(now);
-            }
-        }
-    }
-
-    pub fn apply_node(&self, mut node: Node) {
-        let mut inner = self.lock();
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let existing = inner.nodes.get(&name).map(|n| n.metadata.clone());
-        Self::stamp(&mut inner, &mut node.metadata, existing.as_ref());
-        let verb = if existing.is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        let json = serde_json::to_value(&node).unwrap_or(Value::Null);
-        inner.nodes.insert(name, node);
-        self.record(&mut inner, Kind::Node, verb, json);
-    }
-
-    pub fn delete_node(&self, name: &str) {
-        let mut inner = self.lock();
-        if let Some(mut node) = inner.nodes.remove(name) {
-            inner.rv += 1;
-            node.metadata.resource_version = Some(inner.rv.to_string());
-            let json = serde_json::to_value(&node).unwrap_or(Value::Null);
-            self.record(&mut inner, Kind::Node, "DELETED", json);
-        }
-    }
-
-    pub fn apply_pod(&self, mut pod: Pod) {
-        let mut inner = self.lock();
-        let key = key_of(&pod.metadata);
-        let existing = inner.pods.get(&key).map(|p| p.metadata.clone());
-        Self::stamp(&mut inner, &mut pod.metadata, existing.as_ref());
-        let verb = if existing.is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        let json = serde_json::to_value(&pod).unwrap_or(Value::Null);
-        inner.pods.insert(key, pod);
-        self.record(&mut inner, Kind::Pod, verb, json);
-    }
-
-    pub fn delete_pod(&self, namespace: &str, name: &str) {
-        let mut inner = self.lock();
-        if let Some(mut pod) = inner.pods.remove(&(namespace.to_owned(), name.to_owned())) {
-            inner.rv += 1;
-            pod.metadata.resource_version = Some(inner.rv.to_string());
-            let json = serde_json::to_value(&pod).unwrap_or(Value::Null);
-            self.record(&mut inner, Kind::Pod, "DELETED", json);
-        }
-    }
-
-    pub fn apply_service(&self, mut svc: Service) {
-        let mut inner = self.lock();
-        let key = key_of(&svc.metadata);
-        let existing = inner.services.get(&key).map(|s| s.metadata.clone());
-        Self::stamp(&mut inner, &mut svc.metadata, existing.as_ref());
-        let verb = if existing.is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        let json = serde_json::to_value(&svc).unwrap_or(Value::Null);
-        inner.services.insert(key, svc);
-        self.record(&mut inner, Kind::Service, verb, json);
     }
 
     pub fn nodes(&self) -> Vec<Node> {
@@ -211,55 +252,336 @@ impl ClusterState {
         self.lock().services.values().cloned().collect()
     }
 
-    /// Every object of a collection as JSON, with the current resourceVersion.
-    pub fn list(&self, kind: Kind) -> (u64, Vec<Value>) {
+    /// Creates or replaces a Node.
+    pub fn apply_node(&self, node: Node) {
+        self.apply(node);
+    }
+
+    pub fn delete_node(&self, name: &str) -> bool {
+        self.delete::<Node>("", name)
+    }
+
+    /// Creates or replaces a Pod. A pod without `status.hostIP` gets its
+    /// node's InternalIP, as the kubelet reports it.
+    pub fn apply_pod(&self, mut pod: Pod) {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let status = pod.status.get_or_insert_with(Default::default);
+        if status.host_ip.is_none()
+            && let Some(ip) = node.and_then(|n| self.node_internal_ip(&n))
+        {
+            status.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP { ip: ip.clone() }]);
+            status.host_ip = Some(ip);
+        }
+        self.apply(pod);
+    }
+
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
+        self.delete::<Pod>(namespace, name)
+    }
+
+    /// Creates or replaces a Service.
+    pub fn apply_service(&self, service: Service) {
+        self.apply(service);
+    }
+
+    pub fn delete_service(&self, namespace: &str, name: &str) -> bool {
+        self.delete::<Service>(namespace, name)
+    }
+
+    /// Cordons (or uncordons) a node, as `kubectl cordon` does. Returns
+    /// whether the node exists.
+    pub fn set_node_unschedulable(&self, name: &str, unschedulable: bool) -> bool {
+        self.modify::<Node>("", name, |node| {
+            node.spec.get_or_insert_with(Default::default).unschedulable =
+                unschedulable.then_some(true);
+        })
+    }
+
+    /// Sets a node's Ready condition (`False` is what a dead kubelet leads to).
+    pub fn set_node_ready(&self, name: &str, ready: bool) -> bool {
+        self.modify::<Node>("", name, |node| {
+            let status = node.status.get_or_insert_with(Default::default);
+            set_condition(
+                status.conditions.get_or_insert_with(Vec::new),
+                "Ready",
+                ready,
+            );
+        })
+    }
+
+    /// Moves a pod to `phase` (`Pending`, `Running`, `Succeeded`, `Failed`),
+    /// with its Ready condition following (only Running pods are Ready).
+    pub fn set_pod_phase(&self, namespace: &str, name: &str, phase: &str) -> bool {
+        self.modify::<Pod>(namespace, name, |pod| {
+            let status = pod.status.get_or_insert_with(Default::default);
+            status.phase = Some(phase.to_owned());
+            set_condition(
+                status.conditions.get_or_insert_with(Vec::new),
+                "Ready",
+                phase == "Running",
+            );
+        })
+    }
+
+    /// Marks a pod as terminating (`metadata.deletionTimestamp` set), the
+    /// state between `kubectl delete` and the pod's disappearance.
+    pub fn set_pod_terminating(&self, namespace: &str, name: &str) -> bool {
+        self.modify::<Pod>(namespace, name, |pod| {
+            pod.metadata.deletion_timestamp.get_or_insert_with(now);
+        })
+    }
+
+    fn node_internal_ip(&self, node: &str) -> Option<String> {
         let inner = self.lock();
-        let items = match kind {
-            Kind::Node => inner
-                .nodes
-                .values()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .collect(),
-            Kind::Pod => inner
-                .pods
-                .values()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .collect(),
-            Kind::Service => inner
-                .services
-                .values()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .collect(),
+        let addresses = inner
+            .nodes
+            .get(&(String::new(), node.to_owned()))?
+            .status
+            .as_ref()?
+            .addresses
+            .as_ref()?;
+        addresses
+            .iter()
+            .find(|a| a.type_ == "InternalIP")
+            .map(|a| a.address.clone())
+    }
+
+    fn apply<T: Stored>(&self, object: T) {
+        let mut inner = self.lock();
+        self.apply_locked(&mut inner, object);
+    }
+
+    fn apply_locked<T: Stored>(&self, inner: &mut Inner, mut object: T) {
+        let meta = object.metadata_mut();
+        if T::STORED.namespaced() {
+            meta.namespace.get_or_insert_with(|| "default".to_owned());
+        } else {
+            meta.namespace = None;
+        }
+        let key = key_of(meta);
+        let previous = T::table(inner).get(&key).cloned();
+        meta.resource_version = Some((inner.rv + 1).to_string());
+        match &previous {
+            Some(old) => {
+                meta.uid.clone_from(&old.metadata().uid);
+                meta.creation_timestamp
+                    .clone_from(&old.metadata().creation_timestamp);
+            }
+            None => {
+                meta.uid.get_or_insert_with(new_uid);
+                meta.creation_timestamp.get_or_insert_with(now);
+            }
+        }
+        let event_type = if previous.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
         };
-        (inner.rv, items)
+        // Serialize before storing: the state never holds a change that
+        // watchers are not told about.
+        let Some(after) = json(&object) else { return };
+        let before = previous.as_ref().and_then(json);
+        T::table(inner).insert(key, object);
+        self.record(inner, T::STORED, event_type, after, before);
+    }
+
+    fn delete<T: Stored>(&self, namespace: &str, name: &str) -> bool {
+        let key = (
+            if T::STORED.namespaced() {
+                namespace
+            } else {
+                ""
+            }
+            .to_owned(),
+            name.to_owned(),
+        );
+        let mut inner = self.lock();
+        let Some(mut object) = T::table(&mut inner).remove(&key) else {
+            return false;
+        };
+        let before = json(&object);
+        object.metadata_mut().resource_version = Some((inner.rv + 1).to_string());
+        match json(&object) {
+            Some(after) => self.record(&mut inner, T::STORED, EventType::Deleted, after, before),
+            // Cannot happen with k8s-openapi types; keep the object rather
+            // than lose a deletion the watchers would never hear of.
+            None => {
+                T::table(&mut inner).insert(key, object);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies `change` to a stored object (a new resourceVersion, as any
+    /// update). Returns whether the object exists.
+    fn modify<T: Stored>(&self, namespace: &str, name: &str, change: impl FnOnce(&mut T)) -> bool {
+        let key = (
+            if T::STORED.namespaced() {
+                namespace
+            } else {
+                ""
+            }
+            .to_owned(),
+            name.to_owned(),
+        );
+        let mut inner = self.lock();
+        let Some(mut object) = T::table(&mut inner).get(&key).cloned() else {
+            return false;
+        };
+        change(&mut object);
+        self.apply_locked(&mut inner, object);
+        true
+    }
+
+    fn record(
+        &self,
+        inner: &mut Inner,
+        kind: Kind,
+        event_type: EventType,
+        object: Value,
+        previous: Option<Value>,
+    ) {
+        inner.rv += 1;
+        if inner.history.len() == HISTORY
+            && let Some(old) = inner.history.pop_front()
+        {
+            inner.evicted = old.rv;
+        }
+        inner.history.push_back(Arc::new(Event {
+            kind,
+            event_type,
+            rv: inner.rv,
+            object,
+            previous,
+        }));
+        tracing::trace!(
+            kind = kind.name(),
+            event = event_type.as_str(),
+            rv = inner.rv,
+            "cluster state changed"
+        );
+        self.latest.send_replace(inner.rv);
     }
 }
 
-fn key_of(meta: &ObjectMeta) -> (String, String) {
+fn key_of(meta: &ObjectMeta) -> Key {
     (
-        meta.namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
+        meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )
 }
 
-fn now() -> Time {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
+fn json<T: Serialize>(object: &T) -> Option<Value> {
+    serde_json::to_value(object)
+        .inspect_err(|error| tracing::error!(%error, "cannot serialize a cluster object"))
+        .ok()
 }
 
-/// A Ready node with its InternalIP and pod CIDR.
+fn to_json<'a, T: Serialize + 'a>(objects: impl Iterator<Item = &'a T>) -> Vec<Value> {
+    objects.filter_map(json).collect()
+}
+
+fn new_uid() -> String {
+    // A version 4 UUID, the format Kubernetes uses.
+    let b = rand::random::<u128>().to_be_bytes();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        (b[8] & 0x3) | 0x8,
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+fn now() -> Time {
+    // Kubernetes timestamps have a resolution of one second.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn set_condition<C: Condition>(conditions: &mut Vec<C>, type_: &str, status: bool) {
+    let status = if status { "True" } else { "False" };
+    match conditions.iter_mut().find(|c| c.type_() == type_) {
+        Some(c) if c.status() == status => {}
+        Some(c) => c.set(status),
+        None => conditions.push(C::new(type_, status)),
+    }
+}
+
+/// The parts NodeCondition and PodCondition share.
+trait Condition {
+    fn new(type_: &str, status: &str) -> Self;
+    fn type_(&self) -> &str;
+    fn status(&self) -> &str;
+    /// Sets the status, and the transition time with it.
+    fn set(&mut self, status: &str);
+}
+
+impl Condition for NodeCondition {
+    fn new(type_: &str, status: &str) -> Self {
+        NodeCondition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            last_transition_time: Some(now()),
+            last_heartbeat_time: Some(now()),
+            ..Default::default()
+        }
+    }
+    fn type_(&self) -> &str {
+        &self.type_
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+    fn set(&mut self, status: &str) {
+        self.status = status.to_owned();
+        self.last_transition_time = Some(now());
+    }
+}
+
+impl Condition for PodCondition {
+    fn new(type_: &str, status: &str) -> Self {
+        PodCondition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            last_transition_time: Some(now()),
+            ..Default::default()
+        }
+    }
+    fn type_(&self) -> &str {
+        &self.type_
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+    fn set(&mut self, status: &str) {
+        self.status = status.to_owned();
+        self.last_transition_time = Some(now());
+    }
+}
+
+fn string_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A Ready node with an InternalIP and Hostname address and a pod CIDR.
 pub fn node(name: &str, internal_ip: &str, pod_cidr: &str) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "kubernetes.io/hostname".to_owned(),
-                name.to_owned(),
-            )])),
+            labels: Some(string_map(&[
+                ("kubernetes.io/hostname", name),
+                ("kubernetes.io/os", "linux"),
+            ])),
             ..Default::default()
         },
         spec: Some(NodeSpec {
@@ -279,18 +601,18 @@ pub fn node(name: &str, internal_ip: &str, pod_cidr: &str) -> Node {
                 },
             ]),
             conditions: Some(vec![NodeCondition {
-                type_: "Ready".to_owned(),
-                status: "True".to_owned(),
                 reason: Some("KubeletReady".to_owned()),
-                last_transition_time: Some(now()),
-                ..Default::default()
+                message: Some("kubelet is posting ready status".to_owned()),
+                ..Condition::new("Ready", "True")
             }]),
             ..Default::default()
         }),
     }
 }
 
-/// A Running, Ready pod on `node` with address `ip`.
+/// A Running, Ready pod on `node` with address `ip`. `hostIP` is `ip` for a
+/// host-network pod; otherwise [`ClusterState::apply_pod`] fills it from the
+/// node.
 pub fn pod(
     namespace: &str,
     name: &str,
@@ -299,40 +621,36 @@ pub fn pod(
     labels: &[(&str, &str)],
     host_network: bool,
 ) -> Pod {
+    let host_ip = host_network.then(|| ip.to_owned());
     Pod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            ),
+            labels: Some(string_map(labels)),
             ..Default::default()
         },
         spec: Some(PodSpec {
             node_name: Some(node.to_owned()),
-            host_network: Some(host_network),
+            host_network: host_network.then_some(true),
             ..Default::default()
         }),
         status: Some(PodStatus {
             phase: Some("Running".to_owned()),
             pod_ip: Some(ip.to_owned()),
             pod_ips: Some(vec![PodIP { ip: ip.to_owned() }]),
+            host_ips: host_ip
+                .clone()
+                .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
+            host_ip,
             start_time: Some(now()),
-            conditions: Some(vec![PodCondition {
-                type_: "Ready".to_owned(),
-                status: "True".to_owned(),
-                last_transition_time: Some(now()),
-                ..Default::default()
-            }]),
+            conditions: Some(vec![Condition::new("Ready", "True")]),
             ..Default::default()
         }),
     }
 }
 
 /// A Service; `cluster_ip: None` makes it headless (`clusterIP: None`).
+/// `ports` are `(name, port, protocol)`, the target port being the same.
 pub fn service(
     namespace: &str,
     name: &str,
@@ -348,25 +666,24 @@ pub fn service(
             ..Default::default()
         },
         spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
             cluster_ip: Some(ip.clone()),
             cluster_ips: Some(vec![ip]),
             ports: Some(
                 ports
                     .iter()
-                    .map(|(n, p, proto)| ServicePort {
-                        name: Some((*n).to_owned()),
-                        port: *p,
-                        protocol: Some((*proto).to_owned()),
+                    .map(|(name, port, protocol)| ServicePort {
+                        name: Some((*name).to_owned()),
+                        port: *port,
+                        protocol: Some((*protocol).to_owned()),
+                        target_port: Some(
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(*port),
+                        ),
                         ..Default::default()
                     })
                     .collect(),
             ),
-            selector: (!selector.is_empty()).then(|| {
-                selector
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect()
-            }),
+            selector: (!selector.is_empty()).then(|| string_map(selector)),
             ..Default::default()
         }),
         status: None,
@@ -377,20 +694,45 @@ pub fn service(
 mod tests {
     use super::*;
 
+    fn agent(name: &str, ip: &str) -> Pod {
+        pod("ns", name, "node-1", ip, &[("app", "agent")], false)
+    }
+
     #[test]
     fn changes_bump_the_resource_version_and_are_kept_for_watchers() {
         let state = ClusterState::new();
         state.apply_node(node("node-1", "198.18.0.1", "10.244.1.0/24"));
-        state.apply_pod(pod("ns", "a", "node-1", "10.244.1.2", &[("k", "v")], false));
-        state.apply_pod(pod("ns", "a", "node-1", "10.244.1.9", &[("k", "v")], false));
-        state.delete_pod("ns", "a");
+        state.apply_pod(agent("a", "10.244.1.2"));
+        state.apply_pod(agent("a", "10.244.1.9"));
+        assert!(state.delete_pod("ns", "a"));
+        assert!(!state.delete_pod("ns", "a"));
         assert_eq!(state.resource_version(), 4);
-        let events = state.history_since(Kind::Pod, 1).unwrap();
-        let verbs: Vec<_> = events.iter().map(|e| e.verb).collect();
-        assert_eq!(verbs, ["ADDED", "MODIFIED", "DELETED"]);
+
+        let (events, now) = state.events_since(Kind::Pod, 1).unwrap();
+        assert_eq!(now, 4);
+        let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["ADDED", "MODIFIED", "DELETED"]);
         assert_eq!(events[1].object["status"]["podIP"], "10.244.1.9");
         assert_eq!(events[1].object["kind"], "Pod");
+        assert_eq!(events[1].object["apiVersion"], "v1");
+        assert_eq!(
+            events[1].previous.as_ref().unwrap()["status"]["podIP"],
+            "10.244.1.2"
+        );
+        assert_eq!(events[2].object["metadata"]["resourceVersion"], "4");
         assert!(state.pods().is_empty());
+        assert!(state.events_since(Kind::Pod, 5).is_err(), "from the future");
+    }
+
+    #[test]
+    fn watchers_too_far_behind_are_told_to_relist() {
+        let state = ClusterState::new();
+        for i in 0..HISTORY + 10 {
+            state.apply_node(node(&format!("n{i}"), "198.18.0.1", "10.244.1.0/24"));
+        }
+        let expired = state.events_since(Kind::Node, 5).unwrap_err();
+        assert_eq!(expired.oldest, 10);
+        assert_eq!(state.events_since(Kind::Node, 10).unwrap().0.len(), HISTORY);
     }
 
     #[test]
@@ -398,6 +740,7 @@ mod tests {
         let state = ClusterState::new();
         state.apply_node(node("n", "198.18.0.1", "10.244.1.0/24"));
         let first = state.nodes()[0].metadata.clone();
+        assert_eq!(first.uid.as_ref().unwrap().len(), 36);
         state.apply_node(node("n", "198.18.0.1", "10.244.1.0/24"));
         let second = state.nodes()[0].metadata.clone();
         assert_eq!(first.uid, second.uid);
@@ -406,8 +749,69 @@ mod tests {
     }
 
     #[test]
-    fn headless_services_say_none() {
-        let svc = service("ns", "h", None, &[("metrics", 9090, "TCP")], &[("a", "b")]);
-        assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    fn pods_get_their_node_address_as_host_ip() {
+        let state = ClusterState::new();
+        state.apply_node(node("node-1", "198.18.0.1", "10.244.1.0/24"));
+        state.apply_pod(agent("a", "10.244.1.2"));
+        let pod = state.get(Kind::Pod, "ns", "a").unwrap();
+        assert_eq!(pod["status"]["hostIP"], "198.18.0.1");
+        assert_eq!(pod["status"]["podIPs"][0]["ip"], "10.244.1.2");
+        let host = super::pod("ns", "h", "node-1", "198.18.0.1", &[], true);
+        assert_eq!(host.spec.unwrap().host_network, Some(true));
+    }
+
+    #[test]
+    fn churn_helpers_update_through_the_history() {
+        let state = ClusterState::new();
+        state.apply_node(node("node-1", "198.18.0.1", "10.244.1.0/24"));
+        state.apply_pod(agent("a", "10.244.1.2"));
+        assert!(state.set_node_unschedulable("node-1", true));
+        assert!(state.set_node_ready("node-1", false));
+        assert!(state.set_pod_phase("ns", "a", "Failed"));
+        assert!(state.set_pod_terminating("ns", "a"));
+        assert!(!state.set_pod_phase("ns", "missing", "Failed"));
+
+        let node = state.get(Kind::Node, "", "node-1").unwrap();
+        assert_eq!(node["spec"]["unschedulable"], true);
+        assert_eq!(node["status"]["conditions"][0]["status"], "False");
+        let pod = state.get(Kind::Pod, "ns", "a").unwrap();
+        assert_eq!(pod["status"]["phase"], "Failed");
+        assert_eq!(pod["status"]["conditions"][0]["status"], "False");
+        assert!(pod["metadata"]["deletionTimestamp"].is_string());
+        let (events, _) = state.events_since(Kind::Pod, 0).unwrap();
+        assert_eq!(events.len(), 3);
+        assert!(
+            events[1..]
+                .iter()
+                .all(|e| e.event_type == EventType::Modified)
+        );
+    }
+
+    #[test]
+    fn services_and_their_deletion() {
+        let state = ClusterState::new();
+        state.apply_service(service(
+            "ns",
+            "h",
+            None,
+            &[("metrics", 9090, "TCP")],
+            &[("a", "b")],
+        ));
+        let svc = state.services().remove(0);
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.ports.unwrap()[0].port, 9090);
+        assert!(state.delete_service("ns", "h"));
+        assert!(state.services().is_empty());
+    }
+
+    #[test]
+    fn subscribers_are_woken_by_changes() {
+        let state = ClusterState::new();
+        let mut rx = state.subscribe();
+        assert!(!rx.has_changed().unwrap());
+        state.apply_node(node("n", "198.18.0.1", "10.244.1.0/24"));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 1);
     }
 }

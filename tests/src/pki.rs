@@ -1,12 +1,19 @@
 //! The lab's certificates and credentials: a CA, the API server emulator's
-//! serving certificate (with the IP SANs real API server certificates carry,
-//! 10.96.0.1 among them), a bearer token, and kubeconfigs for the lab's
-//! processes.
+//! serving certificate (with the SANs a real API server certificate carries:
+//! the `kubernetes` Service's ClusterIP 10.96.0.1 and DNS names, the
+//! control-plane node's address), a random bearer token standing in for a
+//! service-account token, and kubeconfigs for the lab's processes.
+//!
+//! Everything is generated per lab and lives in memory (and in the files the
+//! lab writes for its processes): nothing here is a secret worth keeping.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -14,8 +21,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub enum PkiError {
     #[error("cannot generate the lab's certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("cannot read the lab's certificate or key: {0}")]
+    Pem(#[from] rustls_pki_types::pem::Error),
     #[error("cannot build the TLS server configuration: {0}")]
-    Tls(String),
+    Tls(#[from] rustls::Error),
 }
 
 /// CA, server certificate and token of one lab.
@@ -28,6 +37,8 @@ pub struct LabPki {
 }
 
 impl LabPki {
+    /// A new CA, a server certificate for `ip_sans` and `dns_sans` signed by
+    /// it, and a random token.
     pub fn generate(ip_sans: &[IpAddr], dns_sans: &[String]) -> Result<Self, PkiError> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -35,6 +46,11 @@ impl LabPki {
             .distinguished_name
             .push(DnType::CommonName, "netmatrix-lab-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
 
@@ -46,10 +62,17 @@ impl LabPki {
         params
             .subject_alt_names
             .extend(ip_sans.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = params.signed_by(&server_key, &issuer)?;
 
-        let token: String = (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
+        // 256 random bits, hex: as unguessable as a service-account token.
+        let token: String = rand::random::<[u8; 32]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
             .collect();
         Ok(LabPki {
             ca_cert_pem: ca_cert.pem(),
@@ -59,32 +82,48 @@ impl LabPki {
         })
     }
 
-    /// rustls configuration of the API server emulator.
+    /// rustls configuration of the API server emulator: the server
+    /// certificate, HTTP/1.1 by ALPN. The ring provider is given explicitly,
+    /// so this works whether or not a process-wide provider is installed.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let tls = |e: &dyn std::fmt::Display| PkiError::Tls(e.to_string());
         let certs = CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls(&e))?;
-        let key =
-            PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).map_err(|e| tls(&e))?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())?;
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(&e))?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(&e))?;
+        .with_single_cert(certs, key)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
     /// A kubeconfig for the lab's processes: the lab's CA, its token, and
-    /// `server_url` (`https://10.96.0.1:443` for pods, the node address for
-    /// host-network processes).
+    /// `server_url` (`https://10.96.0.1:443` for pods, the control-plane
+    /// node's address for host-network processes). One cluster, user and
+    /// context, all named `netmatrix-lab`; the context's namespace is
+    /// `netmatrix`.
     pub fn kubeconfig(&self, server_url: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: lab\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: netmatrix\ncurrent-context: lab\n",
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: netmatrix-lab\n\
+             \x20 cluster:\n\
+             \x20   server: {server_url}\n\
+             \x20   certificate-authority-data: {ca}\n\
+             users:\n\
+             - name: netmatrix-lab\n\
+             \x20 user:\n\
+             \x20   token: {token}\n\
+             contexts:\n\
+             - name: netmatrix-lab\n\
+             \x20 context:\n\
+             \x20   cluster: netmatrix-lab\n\
+             \x20   user: netmatrix-lab\n\
+             \x20   namespace: netmatrix\n\
+             current-context: netmatrix-lab\n",
             ca = base64(self.ca_cert_pem.as_bytes()),
             token = self.token,
         )
@@ -140,7 +179,11 @@ mod tests {
         assert_eq!(pki.token.len(), 64);
         pki.server_config().unwrap();
         let kc = pki.kubeconfig("https://10.96.0.1:443");
-        assert!(kc.contains("server: https://10.96.0.1:443"));
-        assert!(kc.contains(&pki.token));
+        assert!(kc.contains("\n    server: https://10.96.0.1:443\n"), "{kc}");
+        assert!(
+            kc.contains(&format!("\n    token: {}\n", pki.token)),
+            "{kc}"
+        );
+        assert!(kc.ends_with("current-context: netmatrix-lab\n"), "{kc}");
     }
 }
