@@ -1,0 +1,804 @@
+//! [`Lab`]: brings a whole virtual cluster up (network, API server emulator,
+//! DNS, forwarder, aggregator, agents), reads the aggregator, injects faults,
+//! and removes everything when dropped, also on panic.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, labels};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::cluster::{self, ClusterState};
+use crate::dns::{self, DnsControl};
+use crate::faults::{self, Fault, FaultError, Hooks};
+use crate::netns::{self, NetnsError};
+use crate::network;
+use crate::pki::{LabPki, PkiError};
+use crate::process::{Binaries, ProcessError, ProcessSpec, Processes};
+use crate::services;
+use crate::state::{StateDir, StateError};
+use crate::topology::{
+    AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, CLUSTER_DOMAIN, DNS_SVC,
+    KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay, PlanError, Topology, random_prefix,
+};
+use crate::view;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub nodes: usize,
+    pub overlay: Overlay,
+    /// Probe interval of the agents and evaluation interval of the aggregator.
+    pub interval: Duration,
+    /// Port of the forwarder on 127.0.0.1; `0` picks a free one (tests).
+    pub forward_port: u16,
+    /// Namespace prefix; `None`: a random one.
+    pub prefix: Option<String>,
+    /// Start the aggregator and the agents (off: network and servers only).
+    pub components: bool,
+    /// Where the netmatrix binaries are (default: see [`Binaries::locate`]).
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        LabConfig {
+            nodes: 3,
+            overlay: Overlay::Vxlan,
+            interval: Duration::from_secs(1),
+            forward_port: 0,
+            prefix: None,
+            components: true,
+            bin_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab creates network namespaces: run as root (sudo)")]
+    NotRoot,
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("building the lab's network: {0}")]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("GET {url}: {message}")]
+    Http { url: String, message: String },
+    #[error("timed out after {waited:?} waiting for {what}; last seen:\n{last}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        last: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// The aggregator's view at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub matrix: Matrix,
+    pub findings: Findings,
+}
+
+/// Tasks the lab runs on the tokio runtime.
+#[derive(Default)]
+struct Servers {
+    apiserver: Option<JoinHandle<()>>,
+    dns: Option<JoinHandle<()>>,
+    forwarder: Option<JoinHandle<()>>,
+}
+
+impl Servers {
+    fn abort_all(&mut self) {
+        for task in [&mut self.apiserver, &mut self.dns, &mut self.forwarder] {
+            if let Some(t) = task.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// A running lab. Dropping it removes every namespace and process it made.
+pub struct Lab {
+    topo: Topology,
+    config: LabConfig,
+    state: StateDir,
+    cluster: ClusterState,
+    pki: LabPki,
+    dns: DnsControl,
+    runtime: Handle,
+    binaries: Option<Binaries>,
+    servers: Mutex<Servers>,
+    procs: Processes,
+    faults: Mutex<Vec<Fault>>,
+    forward_addr: SocketAddr,
+    http: reqwest::Client,
+    up_took: Duration,
+    torn_down: AtomicBool,
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Lab {
+    /// Builds and starts the lab. Must run inside a tokio runtime.
+    pub async fn up(config: LabConfig) -> Result<Lab, LabError> {
+        let started = Instant::now();
+        if !is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let prefix = config.prefix.clone().unwrap_or_else(random_prefix);
+        let topo = Topology::plan(&prefix, config.nodes, config.overlay)?;
+        // Fail before touching the system when something is missing.
+        let binaries = if config.components {
+            Some(Binaries::locate(config.bin_dir.as_deref())?)
+        } else {
+            None
+        };
+        let pki = LabPki::generate(&cert_ips(&topo), &cert_names())?;
+        let cluster = ClusterState::new();
+        register_cluster(&topo, &cluster);
+        let forwarder = crate::forward::bind(config.forward_port)
+            .await
+            .map_err(io(format!(
+                "cannot listen on 127.0.0.1:{} for the forwarder (in use? pass --port)",
+                config.forward_port
+            )))?;
+        let forward_addr = forwarder.local_addr().map_err(io("forwarder address"))?;
+        if netns::exists(&topo.switch_netns) {
+            return Err(LabError::Io {
+                what: format!("prefix {prefix} is in use"),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+
+        // From here on, dropping `lab` (on any error below) cleans up.
+        let state = StateDir::create(&prefix)?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| LabError::Http {
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        let mut lab = Lab {
+            procs: Processes::new(state.clone()),
+            topo,
+            config,
+            state,
+            cluster,
+            pki,
+            dns: DnsControl::default(),
+            runtime: Handle::current(),
+            binaries,
+            servers: Mutex::new(Servers::default()),
+            faults: Mutex::new(Vec::new()),
+            forward_addr,
+            http,
+            up_took: Duration::ZERO,
+            torn_down: AtomicBool::new(false),
+        };
+        tracing::info!(prefix = %lab.topo.prefix, nodes = lab.topo.nodes.len(), overlay = %lab.topo.overlay, "building the lab");
+        lab.write_credentials()?;
+        let topo = lab.topo.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), NetnsError> {
+            network::build(&topo)?;
+            for node in &topo.nodes {
+                services::install(&topo, node)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| LabError::Io {
+            what: "network build task".into(),
+            source: std::io::Error::other(e),
+        })??;
+        tracing::info!(took = ?started.elapsed(), "network ready");
+
+        lab.start_apiserver()?;
+        lab.start_dns()?;
+        let cp = lab.topo.control_plane();
+        let target = SocketAddr::from((cp.ip, AGGREGATOR_PORT));
+        let forward_task = tokio::spawn(crate::forward::serve(forwarder, cp.netns.clone(), target));
+        lab.servers().forwarder = Some(forward_task);
+        if lab.binaries.is_some() {
+            lab.procs.start(lab.aggregator_spec()?)?;
+            for node in &lab.topo.nodes {
+                lab.procs.start(lab.agent_spec(node)?)?;
+            }
+        }
+        lab.up_took = started.elapsed();
+        tracing::info!(took = ?lab.up_took, "lab up");
+        Ok(lab)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.topo.prefix
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    pub fn config(&self) -> &LabConfig {
+        &self.config
+    }
+
+    pub fn state_dir(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// The lab's cluster state (what the API server emulator and DNS serve).
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
+    }
+
+    pub fn pki(&self) -> &LabPki {
+        &self.pki
+    }
+
+    /// How long [`Lab::up`] took.
+    pub fn up_took(&self) -> Duration {
+        self.up_took
+    }
+
+    /// The forwarder's address on 127.0.0.1.
+    pub fn forward_addr(&self) -> SocketAddr {
+        self.forward_addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the aggregator, through the forwarder.
+    pub fn aggregator_url(&self) -> String {
+        format!("http://{}", self.forward_addr)
+    }
+
+    /// `GET /api/v1/matrix` through the forwarder.
+    pub async fn matrix(&self) -> Result<Matrix, LabError> {
+        self.get_json(MATRIX_PATH).await
+    }
+
+    /// `GET /api/v1/findings` through the forwarder.
+    pub async fn findings(&self) -> Result<Findings, LabError> {
+        self.get_json(FINDINGS_PATH).await
+    }
+
+    /// Both, one after the other.
+    pub async fn snapshot(&self) -> Result<Snapshot, LabError> {
+        Ok(Snapshot {
+            matrix: self.matrix().await?,
+            findings: self.findings().await?,
+        })
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, LabError> {
+        let url = format!("{}{path}", self.aggregator_url());
+        let err = |message: String| LabError::Http {
+            url: url.clone(),
+            message,
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(err(format!("{status}: {body}")));
+        }
+        resp.json().await.map_err(|e| err(e.to_string()))
+    }
+
+    /// Polls the aggregator about twice per interval until `predicate` holds
+    /// or `timeout` passes; the error shows the last matrix and findings (or
+    /// the last error) and the processes that exited.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut predicate: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Snapshot, LabError> {
+        let start = Instant::now();
+        let poll = (self.config.interval / 2).max(Duration::from_millis(200));
+        let mut last: String;
+        loop {
+            match self.snapshot().await {
+                Ok(snap) => {
+                    if predicate(&snap) {
+                        tracing::info!(what, took = ?start.elapsed(), "condition met");
+                        return Ok(snap);
+                    }
+                    last = view::render(&snap.matrix, &snap.findings);
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if start.elapsed() >= timeout {
+                let exited = self.procs.exited();
+                if !exited.is_empty() {
+                    last.push_str(&format!("\nexited processes: {exited:?}"));
+                }
+                last.push_str(&format!("\nlogs: {}", self.state.path().display()));
+                return Err(LabError::Timeout {
+                    what: what.to_string(),
+                    waited: start.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Polls the aggregator for `duration` and fails at the first snapshot
+    /// where `predicate` does not hold (a state that must be stable, not
+    /// just reached once: findings are raised after a few rounds).
+    pub async fn hold_for(
+        &self,
+        what: &str,
+        duration: Duration,
+        mut predicate: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Snapshot, LabError> {
+        let start = Instant::now();
+        let poll = (self.config.interval / 2).max(Duration::from_millis(200));
+        loop {
+            let snap = self.snapshot().await?;
+            if !predicate(&snap) {
+                return Err(LabError::Timeout {
+                    what: format!("{what} to hold for {duration:?} (it broke)"),
+                    waited: start.elapsed(),
+                    last: view::render(&snap.matrix, &snap.findings),
+                });
+            }
+            if start.elapsed() >= duration {
+                return Ok(snap);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Applies `fault` and records it for [`Lab::heal`]. Blocks for
+    /// milliseconds (`kill-agent`: up to the agent's 2 s stop grace).
+    pub fn fault(&self, fault: Fault) -> Result<(), LabError> {
+        let mut applied = lock(&self.faults);
+        if applied.contains(&fault) {
+            return Err(FaultError::AlreadyApplied(fault).into());
+        }
+        tracing::info!(%fault, "applying fault");
+        faults::apply(&self.topo, &fault, self)?;
+        applied.push(fault);
+        Ok(())
+    }
+
+    /// Faults currently applied, oldest first.
+    pub fn applied_faults(&self) -> Vec<Fault> {
+        lock(&self.faults).clone()
+    }
+
+    /// Undoes every applied fault, newest first. Returns what was healed.
+    pub fn heal(&self) -> Result<Vec<Fault>, LabError> {
+        let mut applied = lock(&self.faults);
+        let mut healed = Vec::new();
+        while let Some(fault) = applied.pop() {
+            tracing::info!(%fault, "healing");
+            if let Err(e) = faults::heal(&self.topo, &fault, self) {
+                applied.push(fault);
+                return Err(e.into());
+            }
+            healed.push(fault);
+        }
+        Ok(healed)
+    }
+
+    /// Processes that exited on their own (name, status).
+    pub fn exited_processes(&self) -> Vec<(String, String)> {
+        self.procs.exited()
+    }
+
+    /// Removes everything (as `Drop` does), off the async threads.
+    pub async fn down(self) {
+        let _ = tokio::task::spawn_blocking(move || self.shutdown()).await;
+    }
+
+    /// Removes everything: idempotent, blocking (stops processes, deletes
+    /// namespaces, removes the state directory).
+    pub fn shutdown(&self) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let start = Instant::now();
+        self.servers().abort_all();
+        self.procs.stop_everything();
+        for e in network::destroy(&self.topo) {
+            tracing::warn!(error = %e, "cleanup");
+        }
+        self.state.remove();
+        tracing::info!(prefix = %self.topo.prefix, took = ?start.elapsed(), "lab removed");
+    }
+
+    fn servers(&self) -> std::sync::MutexGuard<'_, Servers> {
+        lock(&self.servers)
+    }
+
+    fn write_credentials(&self) -> Result<(), LabError> {
+        self.state.write(
+            "kubeconfig-pods",
+            &self.pki.kubeconfig(&self.topo.apiserver_service_url()),
+        )?;
+        self.state.write(
+            "kubeconfig",
+            &self.pki.kubeconfig(&self.topo.apiserver_node_url()),
+        )?;
+        self.state.write("ca.crt", &self.pki.ca_cert_pem)?;
+        self.state.write(
+            "lab.json",
+            &serde_json::json!({
+                "prefix": self.topo.prefix,
+                "nodes": self.topo.nodes.len(),
+                "overlay": self.topo.overlay.to_string(),
+                "aggregator": self.aggregator_url(),
+            })
+            .to_string(),
+        )?;
+        Ok(())
+    }
+
+    /// The API server emulator on 198.18.0.1:6443 (host network of node 1).
+    fn start_apiserver(&self) -> Result<(), LabError> {
+        let cp = self.topo.control_plane();
+        let addr = SocketAddr::from((cp.ip, APISERVER_PORT));
+        let listener = self.bind_tcp(&cp.netns, addr)?;
+        let (state, tls, token) = (
+            self.cluster.clone(),
+            self.pki.server_config()?,
+            self.pki.token.clone(),
+        );
+        let task = self.runtime.spawn(async move {
+            if let Err(error) = crate::apiserver::serve(listener, state, tls, token).await {
+                tracing::error!(%error, "API server emulator stopped");
+            }
+        });
+        self.servers().apiserver = Some(task);
+        Ok(())
+    }
+
+    /// The DNS server in the DNS pod, on :53 UDP and TCP. Retries binding for
+    /// a while: after `dns-stop` the old sockets close asynchronously.
+    fn start_dns(&self) -> Result<(), LabError> {
+        let ns = self.topo.dns.netns.clone();
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (udp, tcp) = loop {
+            let bound = netns::in_netns(&ns, move || {
+                let udp = std::net::UdpSocket::bind(addr)?;
+                udp.set_nonblocking(true)?;
+                let tcp = std::net::TcpListener::bind(addr)?;
+                tcp.set_nonblocking(true)?;
+                Ok((udp, tcp))
+            });
+            match bound {
+                Ok(pair) => break pair,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "DNS sockets not free yet");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let _guard = self.runtime.enter();
+        let udp = tokio::net::UdpSocket::from_std(udp).map_err(io("DNS UDP socket"))?;
+        let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io("DNS TCP socket"))?;
+        let (state, control) = (self.cluster.clone(), self.dns.clone());
+        let task = self.runtime.spawn(async move {
+            if let Err(error) = dns::serve(udp, tcp, state, CLUSTER_DOMAIN, control).await {
+                tracing::error!(%error, "DNS server stopped");
+            }
+        });
+        self.servers().dns = Some(task);
+        Ok(())
+    }
+
+    fn bind_tcp(&self, ns: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, LabError> {
+        let listener = netns::in_netns(ns, move || {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })?;
+        let _guard = self.runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(io(format!("listener on {addr}")))
+    }
+
+    fn binaries(&self) -> Result<&Binaries, LabError> {
+        self.binaries.as_ref().ok_or_else(|| {
+            LabError::Process(ProcessError::Unknown(
+                "netmatrix binaries (the lab runs without components)".into(),
+            ))
+        })
+    }
+
+    /// Environment of a lab process: like a pod's, nothing inherited from
+    /// the user's shell (a proxy variable would send the agents' reports
+    /// astray).
+    fn base_env(&self, kubeconfig: &str) -> Vec<(String, String)> {
+        let log = std::env::var("NETMATRIX_LAB_LOG").unwrap_or_else(|_| "info".into());
+        vec![
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+            ("RUST_LOG".into(), log),
+            (
+                "KUBECONFIG".into(),
+                self.state.file(kubeconfig).display().to_string(),
+            ),
+        ]
+    }
+
+    fn aggregator_spec(&self) -> Result<ProcessSpec, LabError> {
+        let cp = self.topo.control_plane();
+        let interval = humantime::format_duration(self.config.interval).to_string();
+        Ok(ProcessSpec {
+            name: "aggregator".into(),
+            netns: cp.netns.clone(),
+            program: self.binaries()?.aggregator.clone(),
+            args: [
+                "--listen",
+                &format!("{}:{AGGREGATOR_PORT}", cp.ip),
+                "--interval",
+                &interval,
+                "--namespace",
+                NAMESPACE,
+                // Lab nodes are brand new: expect their agents right away.
+                "--node-grace",
+                "15s",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: self.base_env("kubeconfig"),
+        })
+    }
+
+    fn agent_spec(&self, node: &NodePlan) -> Result<ProcessSpec, LabError> {
+        let interval = humantime::format_duration(self.config.interval).to_string();
+        // Every probe timeout must be shorter than the interval.
+        let timeout = humantime::format_duration(
+            (self.config.interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(2)),
+        )
+        .to_string();
+        let mut env = self.base_env("kubeconfig-pods");
+        env.push((
+            "KUBERNETES_SERVICE_HOST".into(),
+            KUBERNETES_SVC.0.to_string(),
+        ));
+        env.push((
+            "KUBERNETES_SERVICE_PORT".into(),
+            KUBERNETES_SVC.1.to_string(),
+        ));
+        let args = vec![
+            "--node-name".into(),
+            node.name.clone(),
+            "--pod-name".into(),
+            node.agent.name.clone(),
+            "--pod-ip".into(),
+            node.agent.ip.to_string(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--aggregator-url".into(),
+            format!("http://{}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
+            "--interval".into(),
+            interval,
+            "--dns-server".into(),
+            DNS_SVC.0.to_string(),
+            "--clusterip".into(),
+            format!("aggregator={}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
+            "--clusterip".into(),
+            format!("kube-dns={}:{}", DNS_SVC.0, DNS_SVC.1),
+            "--listen".into(),
+            format!("0.0.0.0:{}", AGENT_SVC.1),
+            "--icmp-timeout".into(),
+            timeout.clone(),
+            "--tcp-timeout".into(),
+            timeout.clone(),
+            "--dns-timeout".into(),
+            timeout,
+        ];
+        Ok(ProcessSpec {
+            name: agent_process(node),
+            netns: node.agent.netns.clone(),
+            program: self.binaries()?.agent.clone(),
+            args,
+            env,
+        })
+    }
+}
+
+impl Hooks for Lab {
+    fn stop_dns(&self) -> Result<(), FaultError> {
+        match self.servers().dns.take() {
+            Some(task) => {
+                task.abort();
+                Ok(())
+            }
+            None => Err(FaultError::Lab("the DNS server is not running".into())),
+        }
+    }
+
+    fn start_dns(&self) -> Result<(), FaultError> {
+        Lab::start_dns(self).map_err(|e| FaultError::Lab(e.to_string()))
+    }
+
+    fn stop_agent(&self, node: &NodePlan) -> Result<(), FaultError> {
+        self.procs
+            .stop(&agent_process(node))
+            .map(|_| ())
+            .map_err(|e| FaultError::Lab(e.to_string()))
+    }
+
+    fn start_agent(&self, node: &NodePlan) -> Result<(), FaultError> {
+        let spec = self
+            .agent_spec(node)
+            .map_err(|e| FaultError::Lab(e.to_string()))?;
+        self.procs
+            .start(spec)
+            .map(|_| ())
+            .map_err(|e| FaultError::Lab(e.to_string()))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn agent_process(node: &NodePlan) -> String {
+    format!("agent-{}", node.name)
+}
+
+/// The API server certificate's addresses: its ClusterIP (what pods dial),
+/// the control-plane node, loopback.
+fn cert_ips(t: &Topology) -> Vec<IpAddr> {
+    vec![
+        IpAddr::V4(KUBERNETES_SVC.0),
+        IpAddr::V4(t.control_plane().ip),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    ]
+}
+
+fn cert_names() -> Vec<String> {
+    [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Nodes, pods and Services of the lab, as a real cluster running the
+/// netmatrix chart would have them.
+fn register_cluster(t: &Topology, state: &ClusterState) {
+    let agent_labels = [
+        (labels::NAME, labels::APP),
+        (labels::COMPONENT, labels::COMPONENT_AGENT),
+        (labels::PROBE_TARGET, "true"),
+    ];
+    let companion_labels = [
+        (labels::NAME, labels::APP),
+        (labels::COMPONENT, labels::COMPONENT_COMPANION),
+        (labels::PROBE_TARGET, "true"),
+    ];
+    for n in &t.nodes {
+        state.apply_node(cluster::node(&n.name, &n.ip.to_string(), &n.pod_cidr));
+        state.apply_pod(cluster::pod(
+            NAMESPACE,
+            &n.agent.name,
+            &n.name,
+            &n.agent.ip.to_string(),
+            &agent_labels,
+            false,
+        ));
+        state.apply_pod(cluster::pod(
+            NAMESPACE,
+            &n.companion.name,
+            &n.name,
+            &n.companion.ip.to_string(),
+            &companion_labels,
+            false,
+        ));
+    }
+    let cp = t.control_plane();
+    state.apply_pod(cluster::pod(
+        NAMESPACE,
+        "netmatrix-aggregator",
+        &cp.name,
+        &cp.ip.to_string(),
+        &[
+            (labels::NAME, labels::APP),
+            (labels::COMPONENT, labels::COMPONENT_AGGREGATOR),
+        ],
+        true,
+    ));
+    state.apply_pod(cluster::pod(
+        "kube-system",
+        &t.dns.name,
+        &cp.name,
+        &t.dns.ip.to_string(),
+        &[("k8s-app", "kube-dns")],
+        false,
+    ));
+    let ip = |a: Ipv4Addr| a.to_string();
+    state.apply_service(cluster::service(
+        "default",
+        "kubernetes",
+        Some(&ip(KUBERNETES_SVC.0)),
+        &[("https", i32::from(KUBERNETES_SVC.1), "TCP")],
+        &[],
+    ));
+    state.apply_service(cluster::service(
+        "kube-system",
+        "kube-dns",
+        Some(&ip(DNS_SVC.0)),
+        &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+        &[("k8s-app", "kube-dns")],
+    ));
+    state.apply_service(cluster::service(
+        NAMESPACE,
+        "netmatrix-aggregator",
+        Some(&ip(AGGREGATOR_SVC.0)),
+        &[("http", i32::from(AGGREGATOR_SVC.1), "TCP")],
+        &[
+            (labels::NAME, labels::APP),
+            (labels::COMPONENT, labels::COMPONENT_AGGREGATOR),
+        ],
+    ));
+    let agent_selector = [
+        (labels::NAME, labels::APP),
+        (labels::COMPONENT, labels::COMPONENT_AGENT),
+    ];
+    state.apply_service(cluster::service(
+        NAMESPACE,
+        "netmatrix-agent",
+        Some(&ip(AGENT_SVC.0)),
+        &[("metrics", i32::from(AGENT_SVC.1), "TCP")],
+        &agent_selector,
+    ));
+    state.apply_service(cluster::service(
+        NAMESPACE,
+        "netmatrix-agents",
+        None,
+        &[("metrics", i32::from(AGENT_SVC.1), "TCP")],
+        &agent_selector,
+    ));
+}

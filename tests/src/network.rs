@@ -1,0 +1,347 @@
+//! Builds the lab's kernel networking (DESIGN §7): an underlay switch, one
+//! namespace per node with a `cni0` bridge, pod namespaces on veth pairs, the
+//! overlay (flannel-style VXLAN or host-gw routes) and flannel's masquerade.
+//! The kube-proxy stand-in is in [`crate::services`].
+//!
+//! Every veth pair is created directly inside its two namespaces
+//! (`ip -n A link add X type veth peer name Y netns B`), so no lab interface
+//! ever appears in the root namespace and the lab has no link to the host's
+//! interfaces: the underlay is a bridge inside the switch namespace.
+
+use crate::netns::{self, NetnsError, bridge, ip, sysctl};
+use crate::topology::{
+    NodePlan, Overlay, POD_CIDR, POD_MTU, PodPlan, SERVICE_CIDR, Topology, UNDERLAY_CIDR,
+    VXLAN_DEVICE, VXLAN_PORT,
+};
+
+/// Sysctls of every lab namespace. New namespaces inherit IPv4 settings from
+/// the host, which may use strict reverse-path filtering; the lab's routing is
+/// asymmetric by design (masquerade, hairpin), so it is turned off.
+const COMMON_SYSCTLS: [&str; 2] = [
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+];
+
+/// Creates every namespace, link, address, route and rule of the lab (except
+/// the service rules). On error the caller removes the namespaces.
+pub fn build(t: &Topology) -> Result<(), NetnsError> {
+    for ns in t.namespaces() {
+        netns::add(&ns)?;
+        sysctl(&ns, &COMMON_SYSCTLS)?;
+    }
+    ip(&t.switch_netns, &["link", "add", "br0", "type", "bridge"])?;
+    ip(&t.switch_netns, &["link", "set", "br0", "up"])?;
+    for node in &t.nodes {
+        build_node(t, node)?;
+    }
+    for node in &t.nodes {
+        if t.overlay == Overlay::Vxlan {
+            add_vtep(node)?;
+        }
+        for peer in t.nodes.iter().filter(|p| p.index != node.index) {
+            connect_peer(t.overlay, node, peer)?;
+        }
+        masquerade(node)?;
+    }
+    Ok(())
+}
+
+/// Deletes every namespace of the plan that exists (pods first). Returns the
+/// errors; keeps going after one, so that cleanup removes all it can.
+pub fn destroy(t: &Topology) -> Vec<NetnsError> {
+    let mut errors = Vec::new();
+    for ns in t.namespaces().iter().rev() {
+        if let Err(e) = netns::delete(ns) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// Node K: `eth0` on the switch, forwarding on, `cni0` and its pods.
+fn build_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
+    let ns = node.netns.as_str();
+    sysctl(ns, &["net.ipv4.ip_forward=1"])?;
+    let sw = t.switch_netns.as_str();
+    ip(
+        sw,
+        &[
+            "link",
+            "add",
+            &node.switch_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+        ],
+    )?;
+    ip(
+        sw,
+        &["link", "set", &node.switch_veth, "master", "br0", "up"],
+    )?;
+    ip(
+        ns,
+        &["addr", "add", &format!("{}/15", node.ip), "dev", "eth0"],
+    )?;
+    ip(ns, &["link", "set", "eth0", "up"])?;
+
+    ip(ns, &["link", "add", "cni0", "type", "bridge"])?;
+    ip(
+        ns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", node.gateway),
+            "dev",
+            "cni0",
+        ],
+    )?;
+    for pod in t.pods_of(node) {
+        build_pod(node, pod)?;
+    }
+    // A bridge takes the smallest MTU of its ports; set it explicitly anyway
+    // so that it holds before the first port, as flannel's bridge CNI does.
+    ip(
+        ns,
+        &["link", "set", "cni0", "mtu", &POD_MTU.to_string(), "up"],
+    )?;
+    Ok(())
+}
+
+/// A pod namespace with `eth0` on the node's `cni0`, its address and routes.
+fn build_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
+    let mtu = POD_MTU.to_string();
+    ip(
+        &node.netns,
+        &[
+            "link",
+            "add",
+            &pod.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.netns,
+        ],
+    )?;
+    ip(
+        &node.netns,
+        &[
+            "link",
+            "set",
+            &pod.host_veth,
+            "mtu",
+            &mtu,
+            "master",
+            "cni0",
+            "up",
+        ],
+    )?;
+    let p = pod.netns.as_str();
+    ip(p, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
+    ip(
+        p,
+        &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
+    )?;
+    // Unprivileged ICMP echo sockets, as the chart sets for the agent pod.
+    sysctl(p, &["net.ipv4.ping_group_range=0 2147483647"])?;
+    let gw = node.gateway.to_string();
+    for cidr in [POD_CIDR, UNDERLAY_CIDR] {
+        ip(p, &["route", "add", cidr, "via", &gw])?;
+    }
+    add_service_route(node, pod)
+}
+
+/// The pod's route to the service network. Kept separate from the others so
+/// that the `service-route` fault can remove exactly it: that is what makes a
+/// pod's `connect()` to 10.96.0.1 fail with "network is unreachable".
+pub fn add_service_route(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
+    ip(
+        &pod.netns,
+        &[
+            "route",
+            "replace",
+            SERVICE_CIDR,
+            "via",
+            &node.gateway.to_string(),
+        ],
+    )
+    .map(|_| ())
+}
+
+pub fn delete_service_route(pod: &PodPlan) -> Result<(), NetnsError> {
+    ip(&pod.netns, &["route", "del", SERVICE_CIDR]).map(|_| ())
+}
+
+/// `flannel.1`: VXLAN VNI 1 over `eth0`, no learning (flanneld programs the
+/// FDB and neighbour tables itself), a fixed MAC, and the `.0` address of the
+/// node's pod subnet.
+fn add_vtep(node: &NodePlan) -> Result<(), NetnsError> {
+    let ns = node.netns.as_str();
+    ip(
+        ns,
+        &[
+            "link",
+            "add",
+            VXLAN_DEVICE,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &node.ip.to_string(),
+            "dev",
+            "eth0",
+            "dstport",
+            &VXLAN_PORT.to_string(),
+            "nolearning",
+        ],
+    )?;
+    ip(
+        ns,
+        &[
+            "link",
+            "set",
+            VXLAN_DEVICE,
+            "address",
+            &node.vtep_mac,
+            "mtu",
+            &POD_MTU.to_string(),
+            "up",
+        ],
+    )?;
+    ip(
+        ns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/32", node.vtep_ip),
+            "dev",
+            VXLAN_DEVICE,
+        ],
+    )?;
+    Ok(())
+}
+
+/// What flanneld (vxlan) or host-gw programs on `node` for one `peer`.
+/// Idempotent (`replace`), so that healing a fault calls it again.
+pub fn connect_peer(overlay: Overlay, node: &NodePlan, peer: &NodePlan) -> Result<(), NetnsError> {
+    let ns = node.netns.as_str();
+    match overlay {
+        Overlay::Vxlan => {
+            let vtep = peer.vtep_ip.to_string();
+            ip(
+                ns,
+                &[
+                    "neigh",
+                    "replace",
+                    &vtep,
+                    "lladdr",
+                    &peer.vtep_mac,
+                    "dev",
+                    VXLAN_DEVICE,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+            bridge(
+                ns,
+                &[
+                    "fdb",
+                    "replace",
+                    &peer.vtep_mac,
+                    "dev",
+                    VXLAN_DEVICE,
+                    "dst",
+                    &peer.ip.to_string(),
+                    "self",
+                    "permanent",
+                ],
+            )?;
+            ip(
+                ns,
+                &[
+                    "route",
+                    "replace",
+                    &peer.pod_cidr,
+                    "via",
+                    &vtep,
+                    "dev",
+                    VXLAN_DEVICE,
+                    "onlink",
+                ],
+            )?;
+        }
+        Overlay::HostGw => {
+            ip(
+                ns,
+                &[
+                    "route",
+                    "replace",
+                    &peer.pod_cidr,
+                    "via",
+                    &peer.ip.to_string(),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes what [`connect_peer`] programmed for `peer` on `node` (the
+/// `overlay-down` fault). VXLAN keeps the route, as a node whose flanneld lost
+/// its state would: the FDB and neighbour entries are gone, so encapsulation
+/// has no destination.
+pub fn disconnect_peer(
+    overlay: Overlay,
+    node: &NodePlan,
+    peer: &NodePlan,
+) -> Result<(), NetnsError> {
+    let ns = node.netns.as_str();
+    match overlay {
+        Overlay::Vxlan => {
+            bridge(
+                ns,
+                &["fdb", "del", &peer.vtep_mac, "dev", VXLAN_DEVICE, "self"],
+            )?;
+            ip(
+                ns,
+                &[
+                    "neigh",
+                    "del",
+                    &peer.vtep_ip.to_string(),
+                    "dev",
+                    VXLAN_DEVICE,
+                ],
+            )?;
+        }
+        Overlay::HostGw => {
+            ip(ns, &["route", "del", &peer.pod_cidr])?;
+        }
+    }
+    Ok(())
+}
+
+/// flannel's ip-masq (pod traffic that leaves the pod network takes the
+/// node's address: an agent on a node whose overlay is broken still reaches
+/// the aggregator over the underlay), and the hairpin masquerade kube-proxy
+/// needs when a pod reaches a service backed by a pod on the same bridge
+/// (without br_netfilter the reply would be bridged straight back and skip
+/// the reverse DNAT).
+fn masquerade(node: &NodePlan) -> Result<(), NetnsError> {
+    let rules = format!(
+        "*nat\n\
+         -A POSTROUTING -s {POD_CIDR} ! -d {POD_CIDR} -j MASQUERADE\n\
+         -A POSTROUTING -s {cidr} -d {cidr} -m conntrack --ctstate DNAT -j MASQUERADE\n\
+         COMMIT\n",
+        cidr = node.pod_cidr,
+    );
+    netns::iptables_restore(&node.netns, &rules)
+}

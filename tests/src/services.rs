@@ -1,0 +1,98 @@
+//! The kube-proxy stand-in: iptables DNAT rules for the lab's Services, in a
+//! chain of our own in each node's `nat` table, jumped to from `PREROUTING`
+//! (traffic from the node's pods).
+//!
+//! Rules are written with `iptables-restore --noflush`: declaring the chain
+//! flushes it, so installing is idempotent and is also how the `dnat` fault
+//! heals.
+
+use crate::netns::{self, NetnsError};
+use crate::topology::{
+    AGENT_METRICS_PORT, AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, DNS_SVC,
+    KUBERNETES_SVC, NodePlan, Topology,
+};
+
+/// The chain holding the lab's service rules in each node's `nat` table.
+pub const SERVICES_CHAIN: &str = "NETMATRIX-SERVICES";
+
+/// The content of [`SERVICES_CHAIN`] (iptables-save format), the same on
+/// every node, as kube-proxy programs it.
+pub fn chain_rules(t: &Topology) -> String {
+    let cp = t.control_plane().ip;
+    let mut rules = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n");
+    let mut dnat = |proto: &str, (ip, port): (std::net::Ipv4Addr, u16), to: String, extra: &str| {
+        rules.push_str(&format!(
+            "-A {SERVICES_CHAIN} -d {ip}/32 -p {proto} -m {proto} --dport {port}{extra} -j DNAT --to-destination {to}\n"
+        ));
+    };
+    dnat("tcp", KUBERNETES_SVC, format!("{cp}:{APISERVER_PORT}"), "");
+    dnat("udp", DNS_SVC, format!("{}:53", t.dns.ip), "");
+    dnat("tcp", DNS_SVC, format!("{}:53", t.dns.ip), "");
+    dnat("tcp", AGGREGATOR_SVC, format!("{cp}:{AGGREGATOR_PORT}"), "");
+    // kube-proxy's random balancing: backend i of n is taken with
+    // probability 1/(n-i), the last one unconditionally.
+    let n = t.nodes.len();
+    for (i, node) in t.nodes.iter().enumerate() {
+        let remaining = n - i;
+        let extra = if remaining > 1 {
+            format!(
+                " -m statistic --mode random --probability {:.5}",
+                1.0 / remaining as f64
+            )
+        } else {
+            String::new()
+        };
+        dnat(
+            "tcp",
+            AGENT_SVC,
+            format!("{}:{AGENT_METRICS_PORT}", node.agent.ip),
+            &extra,
+        );
+    }
+    rules.push_str("COMMIT\n");
+    rules
+}
+
+/// Creates the chain and the jump from `PREROUTING` on `node`.
+pub fn install(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
+    netns::iptables_restore(&node.netns, &chain_rules(t))?;
+    netns::iptables(
+        &node.netns,
+        &["-t", "nat", "-A", "PREROUTING", "-j", SERVICES_CHAIN],
+    )?;
+    Ok(())
+}
+
+/// Rewrites the chain's rules on `node` (heals the `dnat` fault).
+pub fn restore(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
+    netns::iptables_restore(&node.netns, &chain_rules(t))
+}
+
+/// Empties the chain on `node`: the node's pods lose every Service, as when
+/// kube-proxy is down and its rules were flushed.
+pub fn flush(node: &NodePlan) -> Result<(), NetnsError> {
+    netns::iptables(&node.netns, &["-t", "nat", "-F", SERVICES_CHAIN]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Overlay;
+
+    #[test]
+    fn rules_cover_every_service_and_balance_agents() {
+        let t = Topology::plan("nmabcd", 3, Overlay::Vxlan).unwrap();
+        let rules = chain_rules(&t);
+        assert!(rules.contains(
+            "-d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j DNAT --to-destination 198.18.0.1:6443"
+        ));
+        assert!(rules.contains(
+            "-d 10.96.0.10/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.244.1.10:53"
+        ));
+        assert!(rules.contains("--to-destination 198.18.0.1:8080"));
+        assert!(rules.contains("--probability 0.33333 -j DNAT --to-destination 10.244.1.2:9090"));
+        assert!(rules.contains("--probability 0.50000 -j DNAT --to-destination 10.244.2.2:9090"));
+        assert!(rules.contains("--dport 9090 -j DNAT --to-destination 10.244.3.2:9090"));
+        assert!(rules.ends_with("COMMIT\n"));
+    }
+}

@@ -1,0 +1,296 @@
+//! The lab's plan: every name and address, computed from a prefix, a node
+//! count and an overlay, with no side effect (unit-tested without root).
+//!
+//! | what | address / name |
+//! |---|---|
+//! | underlay switch | namespace `P-sw`, bridge `br0` |
+//! | node K | namespace `P-nK`, `eth0` 198.18.0.K/15 (RFC 2544 benchmarking range, never routed) |
+//! | node K pod subnet | 10.244.K.0/24 on bridge `cni0` (10.244.K.1) |
+//! | agent / companion pod on node K | `P-nK-agent` 10.244.K.2, `P-nK-comp` 10.244.K.3 |
+//! | DNS pod | `P-n1-dns` 10.244.1.10 |
+//! | API server emulator, aggregator | host network of node 1: 198.18.0.1:6443, 198.18.0.1:8080 |
+//! | Services | 10.96.0.1:443 `kubernetes`, 10.96.0.10:53 `kube-dns`, 10.96.0.20:80 `netmatrix-aggregator`, 10.96.0.30:9090 `netmatrix-agent` |
+
+use std::net::Ipv4Addr;
+
+/// Every namespace of a lab starts with this, then random hex: `down --all`
+/// only touches prefixes it also finds a state directory for.
+pub const PREFIX_START: &str = "nm";
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const UNDERLAY_CIDR: &str = "198.18.0.0/15";
+/// Underlay MTU 1500 minus VXLAN's 50 bytes, as flannel sets it.
+pub const POD_MTU: u32 = 1450;
+pub const VXLAN_DEVICE: &str = "flannel.1";
+pub const VXLAN_PORT: u16 = 8472;
+pub const APISERVER_PORT: u16 = 6443;
+pub const AGGREGATOR_PORT: u16 = 8080;
+pub const AGENT_METRICS_PORT: u16 = 9090;
+pub const KUBERNETES_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 443);
+pub const DNS_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 53);
+pub const AGGREGATOR_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 20), 80);
+pub const AGENT_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 30), AGENT_METRICS_PORT);
+pub const DNS_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+/// Kubernetes namespace of the netmatrix pods.
+pub const NAMESPACE: &str = "netmatrix";
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// Largest supported node count (node K uses 10.244.K.0/24 and 198.18.0.K).
+pub const MAX_NODES: usize = 200;
+
+/// How nodes reach each other's pod subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Overlay {
+    /// flannel-style VXLAN (`flannel.1`, UDP 8472) with static FDB and neighbour entries.
+    Vxlan,
+    /// Plain routes over the underlay, as flannel host-gw or calico's BGP routes.
+    HostGw,
+}
+
+impl std::fmt::Display for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overlay::Vxlan => "vxlan",
+            Overlay::HostGw => "host-gw",
+        })
+    }
+}
+
+/// A pod with its own network namespace, joined to its node's `cni0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPlan {
+    /// Kubernetes pod name.
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// The node-side end of the pod's veth pair (in the node namespace).
+    pub host_veth: String,
+}
+
+/// One node of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// 1-based index.
+    pub index: u8,
+    /// Kubernetes node name, `node-K`.
+    pub name: String,
+    pub netns: String,
+    /// Underlay address on `eth0`.
+    pub ip: Ipv4Addr,
+    /// The switch-side end of the node's veth pair (in the switch namespace).
+    pub switch_veth: String,
+    /// `10.244.K.0/24`.
+    pub pod_cidr: String,
+    /// `cni0`'s address, the pods' gateway.
+    pub gateway: Ipv4Addr,
+    /// `flannel.1`'s address, `10.244.K.0`.
+    pub vtep_ip: Ipv4Addr,
+    /// `flannel.1`'s fixed MAC (flanneld publishes it in a node annotation).
+    pub vtep_mac: String,
+    pub agent: PodPlan,
+    pub companion: PodPlan,
+}
+
+impl NodePlan {
+    /// Pods of this node that carry the agent's probe-target label.
+    pub fn probe_targets(&self) -> [&PodPlan; 2] {
+        [&self.agent, &self.companion]
+    }
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub prefix: String,
+    pub overlay: Overlay,
+    pub switch_netns: String,
+    pub nodes: Vec<NodePlan>,
+    /// The cluster DNS pod, on node 1.
+    pub dns: PodPlan,
+}
+
+/// A plan that cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("--nodes {0}: a lab has 1 to {MAX_NODES} nodes")]
+    NodeCount(usize),
+    #[error(
+        "prefix {0:?}: expected `{PREFIX_START}` followed by 4 to 6 lowercase hex digits, e.g. nm3fa2c"
+    )]
+    Prefix(String),
+}
+
+/// A fresh random prefix, `nm` + 6 hex digits: unique enough that parallel
+/// labs (tests) never collide.
+pub fn random_prefix() -> String {
+    format!("{PREFIX_START}{:06x}", rand::random::<u32>() & 0x00ff_ffff)
+}
+
+/// Whether `s` looks like a lab prefix (`nm` + 4 to 6 lowercase hex digits).
+pub fn is_prefix(s: &str) -> bool {
+    s.strip_prefix(PREFIX_START).is_some_and(|hex| {
+        (4..=6).contains(&hex.len())
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    })
+}
+
+/// The prefix of a lab namespace name (`nm3fa2c-n1-agent` -> `nm3fa2c`).
+pub fn prefix_of(netns: &str) -> Option<&str> {
+    let (prefix, _) = netns.split_once('-')?;
+    is_prefix(prefix).then_some(prefix)
+}
+
+impl Topology {
+    pub fn plan(prefix: &str, nodes: usize, overlay: Overlay) -> Result<Self, PlanError> {
+        if !is_prefix(prefix) {
+            return Err(PlanError::Prefix(prefix.to_string()));
+        }
+        if nodes == 0 || nodes > MAX_NODES {
+            return Err(PlanError::NodeCount(nodes));
+        }
+        let nodes = (1..=nodes as u8)
+            .map(|k| {
+                let netns = format!("{prefix}-n{k}");
+                let name = format!("node-{k}");
+                let pod = |kind: &str, pod_name: String, host: u8| PodPlan {
+                    name: pod_name,
+                    netns: format!("{netns}-{kind}"),
+                    ip: Ipv4Addr::new(10, 244, k, host),
+                    host_veth: format!("v{kind}"),
+                };
+                NodePlan {
+                    index: k,
+                    agent: pod("agent", format!("netmatrix-agent-{name}"), 2),
+                    companion: pod("comp", format!("netmatrix-companion-{name}"), 3),
+                    ip: Ipv4Addr::new(198, 18, 0, k),
+                    switch_veth: format!("vn{k}"),
+                    pod_cidr: format!("10.244.{k}.0/24"),
+                    gateway: Ipv4Addr::new(10, 244, k, 1),
+                    vtep_ip: Ipv4Addr::new(10, 244, k, 0),
+                    vtep_mac: format!("0e:00:00:00:00:{k:02x}"),
+                    name,
+                    netns,
+                }
+            })
+            .collect();
+        Ok(Topology {
+            prefix: prefix.to_string(),
+            overlay,
+            switch_netns: format!("{prefix}-sw"),
+            dns: PodPlan {
+                name: "coredns".to_string(),
+                netns: format!("{prefix}-n1-dns"),
+                ip: DNS_POD_IP,
+                host_veth: "vdns".to_string(),
+            },
+            nodes,
+        })
+    }
+
+    /// Node 1: the control plane (API server, aggregator, DNS pod).
+    pub fn control_plane(&self) -> &NodePlan {
+        &self.nodes[0]
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Pod namespaces of node `n` (the DNS pod lives on node 1).
+    pub fn pods_of<'a>(&'a self, n: &'a NodePlan) -> Vec<&'a PodPlan> {
+        let mut pods = vec![&n.agent, &n.companion];
+        if n.index == 1 {
+            pods.push(&self.dns);
+        }
+        pods
+    }
+
+    /// Every namespace, in creation order (switch, nodes, pods); delete in
+    /// reverse.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.switch_netns.clone()];
+        all.extend(self.nodes.iter().map(|n| n.netns.clone()));
+        for n in &self.nodes {
+            all.extend(self.pods_of(n).iter().map(|p| p.netns.clone()));
+        }
+        all
+    }
+
+    /// `https://198.18.0.1:6443`: the API server as host-network processes see it.
+    pub fn apiserver_node_url(&self) -> String {
+        format!("https://{}:{APISERVER_PORT}", self.control_plane().ip)
+    }
+
+    /// `https://10.96.0.1:443`: the API server as pods see it.
+    pub fn apiserver_service_url(&self) -> String {
+        format!("https://{}:{}", KUBERNETES_SVC.0, KUBERNETES_SVC.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn names_and_addresses_follow_the_design() {
+        let t = Topology::plan("nm00abcde", 3, Overlay::Vxlan);
+        assert!(t.is_err(), "7 hex digits is not a prefix");
+        let t = Topology::plan("nmabcdef", 3, Overlay::Vxlan).unwrap();
+        assert_eq!(t.switch_netns, "nmabcdef-sw");
+        let n2 = t.node("node-2").unwrap();
+        assert_eq!(n2.netns, "nmabcdef-n2");
+        assert_eq!(n2.ip, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(n2.agent.ip, Ipv4Addr::new(10, 244, 2, 2));
+        assert_eq!(n2.agent.netns, "nmabcdef-n2-agent");
+        assert_eq!(n2.agent.name, "netmatrix-agent-node-2");
+        assert_eq!(n2.companion.ip, Ipv4Addr::new(10, 244, 2, 3));
+        assert_eq!(n2.companion.name, "netmatrix-companion-node-2");
+        assert_eq!(n2.vtep_mac, "0e:00:00:00:00:02");
+        assert_eq!(n2.pod_cidr, "10.244.2.0/24");
+        assert_eq!(t.dns.netns, "nmabcdef-n1-dns");
+        assert_eq!(t.apiserver_node_url(), "https://198.18.0.1:6443");
+    }
+
+    #[test]
+    fn every_namespace_and_address_is_unique_and_prefixed() {
+        let t = Topology::plan("nm1234", 5, Overlay::HostGw).unwrap();
+        let ns = t.namespaces();
+        assert_eq!(ns.len(), 1 + 5 + 5 * 2 + 1);
+        assert_eq!(ns.iter().collect::<BTreeSet<_>>().len(), ns.len());
+        assert!(ns.iter().all(|n| prefix_of(n) == Some("nm1234")));
+        let mut ips: Vec<Ipv4Addr> = t.nodes.iter().map(|n| n.ip).collect();
+        for n in &t.nodes {
+            ips.extend(t.pods_of(n).iter().map(|p| p.ip));
+            ips.extend([n.gateway, n.vtep_ip]);
+        }
+        assert_eq!(ips.iter().collect::<BTreeSet<_>>().len(), ips.len());
+        // Interface names must fit IFNAMSIZ (15 characters).
+        for n in &t.nodes {
+            assert!(n.switch_veth.len() <= 15);
+        }
+    }
+
+    #[test]
+    fn random_prefixes_are_valid_and_differ() {
+        let prefixes: BTreeSet<String> = (0..50).map(|_| random_prefix()).collect();
+        assert!(prefixes.len() > 45);
+        assert!(prefixes.iter().all(|p| is_prefix(p)));
+        assert!(!is_prefix("nmXYZW"));
+        assert!(!is_prefix("docker0"));
+        assert_eq!(prefix_of("nmab12-n1-agent"), Some("nmab12"));
+        assert_eq!(prefix_of("nmab12"), None);
+        assert_eq!(prefix_of("cni-1234"), None);
+    }
+
+    #[test]
+    fn node_count_is_bounded() {
+        assert_eq!(
+            Topology::plan("nmabcd", 0, Overlay::Vxlan),
+            Err(PlanError::NodeCount(0))
+        );
+        assert!(Topology::plan("nmabcd", MAX_NODES + 1, Overlay::Vxlan).is_err());
+        assert!(Topology::plan("nmabcd", MAX_NODES, Overlay::Vxlan).is_ok());
+    }
+}
