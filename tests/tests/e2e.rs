@@ -140,12 +140,21 @@ async fn missing_service_route_is_named_clusterip_broken() {
             .contains("network is unreachable"),
         "{err}"
     );
-    // Pod traffic is untouched.
+    // Pod traffic is untouched, in node-3's row and in its column.
     assert!(
         r.cells.iter().all(|c| c.status == Status::Ok),
         "node-3's pod cells should stay ok:\n{}",
         view::render_matrix(&snap.matrix)
     );
+    for from in ["node-1", "node-2"] {
+        let c = cell(&snap.matrix, from, "node-3").expect("cell");
+        assert_eq!(
+            c.status,
+            Status::Ok,
+            "{from} -> node-3:\n{}",
+            view::render_matrix(&snap.matrix)
+        );
+    }
 
     lab.heal().expect("heal");
     let start = Instant::now();
