@@ -29,12 +29,10 @@
 //! [`metrics`], [`http`].
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::client::ConfigExt;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -58,15 +56,8 @@ const STARTUP_SYNC_GRACE: Duration = Duration::from_secs(3);
 pub enum Error {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("cannot read kubeconfig {path}: {source}; check --kubeconfig / KUBECONFIG")]
-    Kubeconfig {
-        path: PathBuf,
-        source: kube::config::KubeconfigError,
-    },
-    #[error(
-        "no Kubernetes client configuration: {0}; run in a pod with a service account, or pass --kubeconfig"
-    )]
-    KubeConfig(String),
+    #[error(transparent)]
+    KubeConfig(#[from] netmatrix_runtime::KubeConfigError),
     #[error("cannot create the Kubernetes client: {0}")]
     KubeClient(#[source] kube::Error),
     #[error(transparent)]
@@ -102,7 +93,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     );
 
     let metrics = Arc::new(Metrics::new()?);
-    let kube_config = kube_config(settings.kubeconfig.as_deref()).await?;
+    let kube_config = netmatrix_runtime::kube_config(settings.kubeconfig.as_deref()).await?;
 
     let ca = match (&settings.apiserver_ca, &kube_config.root_cert) {
         (Some(path), _) => probes::apiserver::CaSource::PemFile(path.clone()),
@@ -208,60 +199,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
     tokio::select! {
         () = rounds.run() => {}
-        () = shutdown_signal() => {}
+        () = netmatrix_runtime::shutdown_signal() => {}
     }
     Ok(())
-}
-
-/// `--kubeconfig` (may list several files, like kubectl's `KUBECONFIG`),
-/// otherwise kube's inference (in-cluster service account).
-async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config, Error> {
-    let Some(paths) = kubeconfig else {
-        return kube::Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string()));
-    };
-    let mut merged: Option<Kubeconfig> = None;
-    for path in std::env::split_paths(paths).filter(|p| !p.as_os_str().is_empty()) {
-        let next = Kubeconfig::read_from(&path).map_err(|source| Error::Kubeconfig {
-            path: path.clone(),
-            source,
-        })?;
-        merged = Some(match merged {
-            None => next,
-            Some(m) => m.merge(next).map_err(|source| Error::Kubeconfig {
-                path: path.clone(),
-                source,
-            })?,
-        });
-    }
-    let merged = merged.ok_or_else(|| Error::KubeConfig("--kubeconfig is empty".into()))?;
-    kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| Error::KubeConfig(e.to_string()))
-}
-
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -20,10 +20,8 @@ pub mod state;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::net::TcpListener;
 use tokio::time::MissedTickBehavior;
 
@@ -39,15 +37,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot read kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        source: kube::config::KubeconfigError,
-    },
-    #[error(
-        "cannot configure the Kubernetes client: {0}; pass --kubeconfig, run in a pod, or use --no-kubernetes for a trial"
-    )]
-    KubeConfig(String),
+    #[error("no Kubernetes client configuration (or use --no-kubernetes for a trial)")]
+    KubeConfig(#[from] netmatrix_runtime::KubeConfigError),
     #[error("cannot build the Kubernetes client: {0}")]
     KubeClient(#[source] kube::Error),
     #[error("cannot register metrics: {0}")]
@@ -64,7 +55,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         );
         InventorySource::Unverified
     } else {
-        let client = kube_client(args.kubeconfig.as_deref()).await?;
+        let config = netmatrix_runtime::kube_config(args.kubeconfig.as_deref()).await?;
+        let client = kube::Client::try_from(config).map_err(Error::KubeClient)?;
         InventorySource::Kubernetes(KubeInventory::spawn(
             client,
             &args.namespace,
@@ -90,7 +82,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let evaluation = tokio::spawn(evaluate_every(Arc::clone(&aggregator), args.interval));
     let app = http::router(aggregator, args.max_body);
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(netmatrix_runtime::shutdown_signal())
         .await
         .map_err(Error::Serve);
     evaluation.abort();
@@ -107,59 +99,4 @@ async fn evaluate_every(aggregator: Arc<Aggregator>, interval: std::time::Durati
         let findings = aggregator.evaluate();
         tracing::debug!(findings = findings.findings.len(), "evaluation round");
     }
-}
-
-async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
-    let config = match kubeconfig {
-        // KUBECONFIG may list several files, like kubectl's.
-        Some(paths) => {
-            let mut merged: Option<Kubeconfig> = None;
-            for path in std::env::split_paths(paths).filter(|p| !p.as_os_str().is_empty()) {
-                let next = Kubeconfig::read_from(&path).map_err(|source| Error::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?;
-                merged = Some(match merged {
-                    None => next,
-                    Some(m) => m.merge(next).map_err(|source| Error::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?,
-                });
-            }
-            let merged = merged.ok_or_else(|| Error::KubeConfig("empty --kubeconfig".into()))?;
-            kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::KubeConfig(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(Error::KubeClient)
-}
-
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }
