@@ -28,6 +28,40 @@ async fn wait_healthy(lab: &Lab, what: &str) -> Snapshot {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Injects `fault` and waits until a finding of `kind` names `node` (any
+/// node when `None`); prints how long that took and what the lab showed.
+async fn inject_and_wait_for(
+    lab: &Lab,
+    fault: Fault,
+    kind: FindingKind,
+    node: Option<&str>,
+) -> Snapshot {
+    let what = format!("{kind} after {fault}");
+    lab.fault(fault).expect("fault");
+    let start = Instant::now();
+    let snap = lab
+        .wait_for(&what, WAIT, |s| match node {
+            Some(n) => finding_naming(&s.findings, kind, n).is_some(),
+            None => !view::of_kind(&s.findings, kind).is_empty(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "{what}: named in {:.1?}\n{}",
+        start.elapsed(),
+        view::render(&snap.matrix, &snap.findings)
+    );
+    snap
+}
+
+/// Undoes every fault and waits until the cluster is healthy again.
+async fn heal_and_wait_healthy(lab: &Lab) {
+    let healed = lab.heal().expect("heal");
+    let start = Instant::now();
+    wait_healthy(lab, &format!("no findings after healing {healed:?}")).await;
+    eprintln!("healthy again {:.1?} after heal", start.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_cluster_is_all_ok_without_findings() {
     let lab = common::lab(true).await;
@@ -58,19 +92,13 @@ async fn overlay_down_on_one_node_is_named_node_isolated() {
     let lab = common::lab(true).await;
     wait_healthy(&lab, "a healthy cluster before the fault").await;
 
-    lab.fault(Fault::overlay_down("node-2")).expect("fault");
-    let start = Instant::now();
-    let snap = lab
-        .wait_for("a node-isolated finding naming node-2", WAIT, |s| {
-            finding_naming(&s.findings, FindingKind::NodeIsolated, "node-2").is_some()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!(
-        "node-isolated named {:.1?} after the fault:\n{}",
-        start.elapsed(),
-        view::render(&snap.matrix, &snap.findings)
-    );
+    let snap = inject_and_wait_for(
+        &lab,
+        Fault::overlay_down("node-2"),
+        FindingKind::NodeIsolated,
+        Some("node-2"),
+    )
+    .await;
     // The matrix signature: node-2's row and column fail cross-node, its
     // diagonal and every other cell stay ok.
     let m = &snap.matrix;
@@ -92,10 +120,7 @@ async fn overlay_down_on_one_node_is_named_node_isolated() {
         }
     }
 
-    lab.heal().expect("heal");
-    let start = Instant::now();
-    wait_healthy(&lab, "no findings after healing").await;
-    eprintln!("healthy again {:.1?} after heal", start.elapsed());
+    heal_and_wait_healthy(&lab).await;
     lab.down().await;
 }
 
@@ -104,19 +129,13 @@ async fn missing_service_route_is_named_clusterip_broken() {
     let lab = common::lab(true).await;
     wait_healthy(&lab, "a healthy cluster before the fault").await;
 
-    lab.fault(Fault::service_route("node-3")).expect("fault");
-    let start = Instant::now();
-    let snap = lab
-        .wait_for("a clusterip-broken finding naming node-3", WAIT, |s| {
-            finding_naming(&s.findings, FindingKind::ClusteripBroken, "node-3").is_some()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!(
-        "clusterip-broken named {:.1?} after the fault:\n{}",
-        start.elapsed(),
-        view::render(&snap.matrix, &snap.findings)
-    );
+    let snap = inject_and_wait_for(
+        &lab,
+        Fault::service_route("node-3"),
+        FindingKind::ClusteripBroken,
+        Some("node-3"),
+    )
+    .await;
     let finding =
         finding_naming(&snap.findings, FindingKind::ClusteripBroken, "node-3").expect("finding");
     let evidence = finding.evidence.join("\n");
@@ -156,10 +175,7 @@ async fn missing_service_route_is_named_clusterip_broken() {
         );
     }
 
-    lab.heal().expect("heal");
-    let start = Instant::now();
-    wait_healthy(&lab, "no findings after healing").await;
-    eprintln!("healthy again {:.1?} after heal", start.elapsed());
+    heal_and_wait_healthy(&lab).await;
     lab.down().await;
 }
 
@@ -183,28 +199,8 @@ async fn dnat_dns_and_agent_faults_are_named() {
         ),
     ];
     for (fault, kind, node) in cases {
-        lab.fault(fault.clone()).expect("fault");
-        let start = Instant::now();
-        let what = format!("{kind} after {fault}");
-        let snap = lab
-            .wait_for(&what, WAIT, |s| match node {
-                Some(n) => finding_naming(&s.findings, kind, n).is_some(),
-                None => !view::of_kind(&s.findings, kind).is_empty(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        eprintln!(
-            "{what}: named in {:.1?}\n{}",
-            start.elapsed(),
-            view::render(&snap.matrix, &snap.findings)
-        );
-        lab.heal().expect("heal");
-        let start = Instant::now();
-        wait_healthy(&lab, &format!("no findings after healing {fault}")).await;
-        eprintln!(
-            "healthy again {:.1?} after healing {fault}",
-            start.elapsed()
-        );
+        inject_and_wait_for(&lab, fault, kind, node).await;
+        heal_and_wait_healthy(&lab).await;
     }
     lab.down().await;
 }
