@@ -1,17 +1,27 @@
 //! The lab's DNS server over real UDP and TCP sockets on loopback, queried
-//! with `dig` (dnsutils), the tool an operator would use.
+//! two ways: by hickory-resolver configured as the agents configure it (one
+//! server, no cache, one attempt), which is what the agents' DNS probes see,
+//! and by `dig` (dnsutils), the tool an operator would use.
 
+use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver, TokioResolver};
 use netmatrix_lab::cluster::{self, ClusterState};
-use netmatrix_lab::dns::{self, DnsControl};
+use netmatrix_lab::dns::{self, DnsControl, NEGATIVE_TTL};
 
-async fn start() -> (ClusterState, DnsControl, u16) {
+const AGENTS_SRV: &str = "_metrics._tcp.netmatrix-agents.netmatrix.svc.cluster.local.";
+
+async fn start() -> (ClusterState, DnsControl, TokioResolver, SocketAddr) {
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = udp.local_addr().unwrap().port();
-    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
     let state = ClusterState::new();
     state.apply_service(cluster::service(
         "default",
@@ -45,7 +55,147 @@ async fn start() -> (ClusterState, DnsControl, u16) {
         "cluster.local",
         control.clone(),
     ));
-    (state, control, port)
+    (state, control, resolver(addr), addr)
+}
+
+fn resolver(server: SocketAddr) -> TokioResolver {
+    let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+    for connection in &mut ns.connections {
+        connection.port = server.port();
+    }
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_millis(500);
+    opts.attempts = 1;
+    opts.cache_size = 0;
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.ndots = 0;
+    Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()
+    .unwrap()
+}
+
+async fn a(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, NetError> {
+    let lookup = resolver.ipv4_lookup(name).await?;
+    let mut ips: Vec<String> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    ips.sort();
+    Ok(ips)
+}
+
+#[tokio::test]
+async fn clusterip_and_headless_services_resolve() {
+    let (state, _control, resolver, _) = start().await;
+    assert_eq!(
+        a(&resolver, "kubernetes.default.svc.cluster.local.")
+            .await
+            .unwrap(),
+        ["10.96.0.1"]
+    );
+    assert_eq!(
+        a(&resolver, "netmatrix-agents.netmatrix.svc.cluster.local.")
+            .await
+            .unwrap(),
+        ["10.244.1.2", "10.244.2.2"]
+    );
+
+    let srv = resolver.srv_lookup(AGENTS_SRV).await.unwrap();
+    assert_eq!(srv.answers().len(), 2);
+    let glue: Vec<_> = srv
+        .additionals()
+        .iter()
+        .filter(|r| matches!(r.data, RData::A(_)))
+        .collect();
+    assert_eq!(glue.len(), 2, "the targets' A records come along");
+
+    // The answers follow the cluster: a pod that stops running leaves them.
+    state.set_pod_phase("netmatrix", "a2", "Failed");
+    let srv = resolver.srv_lookup(AGENTS_SRV).await.unwrap();
+    assert_eq!(srv.answers().len(), 1);
+}
+
+#[tokio::test]
+async fn negative_answers_carry_the_soa_ttl() {
+    let (_state, control, resolver, _) = start().await;
+    let err = a(&resolver, "nothing.default.svc.cluster.local.")
+        .await
+        .unwrap_err();
+    let NetError::Dns(DnsError::NoRecordsFound(nr)) = &err else {
+        panic!("expected NXDOMAIN, got {err:?}");
+    };
+    assert_eq!(nr.response_code, ResponseCode::NXDomain);
+    assert_eq!(nr.negative_ttl, Some(NEGATIVE_TTL));
+
+    // NODATA: the name exists, not with this type.
+    let err = resolver
+        .srv_lookup("kubernetes.default.svc.cluster.local.")
+        .await
+        .unwrap_err();
+    let NetError::Dns(DnsError::NoRecordsFound(nr)) = &err else {
+        panic!("expected NODATA, got {err:?}");
+    };
+    assert_eq!(nr.response_code, ResponseCode::NoError);
+
+    // A hidden endpoint: the record the API still has is gone from DNS.
+    control.hide("10-244-2-2.netmatrix-agents.netmatrix.svc.cluster.local");
+    assert_eq!(
+        resolver
+            .srv_lookup(AGENTS_SRV)
+            .await
+            .unwrap()
+            .answers()
+            .len(),
+        1
+    );
+    control.unhide("10-244-2-2.netmatrix-agents.netmatrix.svc.cluster.local");
+
+    let err = a(&resolver, "example.com.").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused))
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn fault_switches() {
+    let (_state, control, resolver, _) = start().await;
+    control.set_servfail(true);
+    let err = a(&resolver, "kubernetes.default.svc.cluster.local.")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail))
+        ),
+        "{err:?}"
+    );
+    control.set_servfail(false);
+
+    control.set_silent(true);
+    let err = a(&resolver, "kubernetes.default.svc.cluster.local.")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Timeout), "{err:?}");
+    control.set_silent(false);
+    assert!(
+        a(&resolver, "kubernetes.default.svc.cluster.local.")
+            .await
+            .is_ok()
+    );
+    assert!(control.queries() >= 3);
 }
 
 /// `dig` in a blocking thread; returns its full output.
@@ -66,7 +216,8 @@ async fn dig(port: u16, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_a_srv_and_negative_queries_over_udp_and_tcp() {
-    let (state, control, port) = start().await;
+    let (state, control, _, addr) = start().await;
+    let port = addr.port();
 
     let a = dig(
         port,
