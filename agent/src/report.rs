@@ -15,6 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use netmatrix_runtime::cause_chain;
+
 use netmatrix_api::{ApiError, REPORTS_PATH, Report};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -235,12 +237,14 @@ impl Reporter {
         let response = match self.client.post(url).json(report).send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_timeout() => {
-                return Err(format!("POST {endpoint}: {}", error_chain(&e)));
+                // reqwest's top-level message hides the cause ("error sending
+                // request"); the operator needs "connection refused".
+                return Err(format!("POST {endpoint}: {}", cause_chain(&e)));
             }
             Err(e) => {
                 return Ok(Delivery::Failed(format!(
                     "POST {endpoint}: {}",
-                    error_chain(&e)
+                    cause_chain(&e)
                 )));
             }
         };
@@ -262,22 +266,6 @@ impl Reporter {
             )))
         }
     }
-}
-
-/// reqwest's top-level message hides the cause ("error sending request");
-/// the operator needs "connection refused".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 pub(crate) fn unix_ms_now() -> u64 {

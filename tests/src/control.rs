@@ -103,23 +103,12 @@ fn handle(lab: &Lab, request: Request) -> Response {
                 format!("healed {}", names.join(", "))
             }
         }),
-        Request::Status => {
-            let faults: Vec<String> = lab
-                .applied_faults()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            Ok(format!(
-                "lab {} at {}; faults: {}",
-                lab.prefix(),
-                lab.aggregator_url(),
-                if faults.is_empty() {
-                    "none".into()
-                } else {
-                    faults.join(", ")
-                }
-            ))
-        }
+        Request::Status => Ok(format!(
+            "lab {} at {}; faults: {}",
+            lab.prefix(),
+            lab.aggregator_url(),
+            lab.faults_summary()
+        )),
     };
     match result {
         Ok(message) => Response { ok: true, message },

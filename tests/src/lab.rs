@@ -400,6 +400,16 @@ impl Lab {
         lock(&self.faults).clone()
     }
 
+    /// The applied faults for a human: `none`, or `overlay-down node-2, dns-stop`.
+    pub fn faults_summary(&self) -> String {
+        let faults = lock(&self.faults);
+        if faults.is_empty() {
+            return "none".to_owned();
+        }
+        let names: Vec<String> = faults.iter().map(ToString::to_string).collect();
+        names.join(", ")
+    }
+
     /// Undoes every applied fault, newest first. Returns what was healed.
     pub fn heal(&self) -> Result<Vec<Fault>, LabError> {
         let mut applied = lock(&self.faults);

@@ -212,11 +212,6 @@ async fn print_round(lab: &Lab) -> anyhow::Result<()> {
         Ok(s) => view::render(&s.matrix, &s.findings),
         Err(e) => format!("waiting for the aggregator: {e}\n"),
     };
-    let faults: Vec<String> = lab
-        .applied_faults()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
     if std::io::stdout().is_terminal() {
         // Redraw in place, like `watch`.
         print!("\x1b[2J\x1b[H");
@@ -225,11 +220,7 @@ async fn print_round(lab: &Lab) -> anyhow::Result<()> {
         "lab {}  {}  faults: {}\n{body}",
         lab.prefix(),
         lab.aggregator_url(),
-        if faults.is_empty() {
-            "none".into()
-        } else {
-            faults.join(", ")
-        },
+        lab.faults_summary(),
     );
     Ok(())
 }
