@@ -147,6 +147,7 @@ mod tests {
             services: vec![],
             dns: vec![],
             peer_source: PeerSource::LastKnown,
+            mtu_probe_bytes: None,
         }));
         let app = router(AppState {
             metrics: Arc::new(Metrics::new().unwrap()),

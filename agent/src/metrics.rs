@@ -285,6 +285,7 @@ mod tests {
                 received,
                 ..Default::default()
             },
+            mtu: None,
         }
     }
 
@@ -303,6 +304,7 @@ mod tests {
             services: vec![],
             dns: vec![],
             peer_source: PeerSource::LastKnown,
+            mtu_probe_bytes: None,
         }
     }
 

@@ -298,6 +298,7 @@ mod tests {
             services: vec![],
             dns: vec![],
             peer_source: PeerSource::Api,
+            mtu_probe_bytes: None,
         }
     }
 

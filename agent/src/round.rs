@@ -65,6 +65,7 @@ impl Prober {
                     pod: peer.pod.clone(),
                     ip: peer.ip,
                     icmp,
+                    mtu: None,
                 };
                 (result, error)
             })
@@ -122,6 +123,7 @@ impl Prober {
             services,
             dns,
             peer_source: view.source,
+            mtu_probe_bytes: None,
         }
     }
 

@@ -182,6 +182,7 @@ mod tests {
                 received: 3,
                 ..Default::default()
             },
+            mtu: None,
         });
         serde_json::to_vec(&r).unwrap()
     }

@@ -201,6 +201,8 @@ impl RowBuilder<'_> {
             cells,
             services,
             dns,
+            state: Default::default(),
+            mtu: None,
         }
     }
 
@@ -251,6 +253,7 @@ impl RowBuilder<'_> {
             rtt_avg_ms: (rtt_samples > 0).then(|| rtt_weighted / rtt_samples as f64),
             rtt_max_ms: rtt_max,
             pods,
+            mtu: None,
             last_error: worst.map(|(_, e)| e.clone()),
             age_ms,
         }
@@ -265,6 +268,7 @@ fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
         rtt_avg_ms: None,
         rtt_max_ms: None,
         pods: 0,
+        mtu: None,
         last_error: None,
         age_ms,
     }
@@ -289,6 +293,7 @@ mod tests {
                 rtt_max_ms: (received > 0).then_some(rtt * 2.0),
                 error: (received < sent).then(|| ProbeError::new(ErrorKind::Timeout, "no reply")),
             },
+            mtu: None,
         }
     }
 

@@ -305,12 +305,15 @@ mod tests {
                         rtt_avg_ms: None,
                         rtt_max_ms: None,
                         pods: 1,
+                        mtu: None,
                         last_error: None,
                         age_ms: None,
                     })
                     .collect(),
                 services: vec![],
                 dns: vec![],
+                state: Default::default(),
+                mtu: None,
             })
             .collect();
         Matrix {

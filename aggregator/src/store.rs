@@ -275,6 +275,7 @@ pub(crate) mod tests {
             services: vec![],
             dns: vec![],
             peer_source: Default::default(),
+            mtu_probe_bytes: None,
         }
     }
 
@@ -361,6 +362,7 @@ pub(crate) mod tests {
                 pod: "p".into(),
                 ip: ip.parse().unwrap(),
                 icmp: EchoResult::default(),
+                mtu: None,
             });
         }
         let mut store = ReportStore::default();

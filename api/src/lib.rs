@@ -78,6 +78,10 @@ pub struct Report {
     /// Where the agent's peer list came from this round.
     #[serde(default)]
     pub peer_source: PeerSource,
+    /// Size in bytes of the IP packets of the large (path-MTU) echoes, sent
+    /// with Don't Fragment set; absent when the MTU probe is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_probe_bytes: Option<u32>,
 }
 
 /// Where an agent's peer list came from.
@@ -102,6 +106,11 @@ pub struct PeerResult {
     pub ip: IpAddr,
     /// Small ICMP echoes.
     pub icmp: EchoResult,
+    /// Large echoes with Don't Fragment set, sized to the path MTU
+    /// ([`Report::mtu_probe_bytes`]); absent when the MTU probe is off.
+    /// Small fine and large lost is an MTU mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<EchoResult>,
 }
 
 /// Outcome of a series of ICMP echoes to one address.
@@ -191,6 +200,10 @@ pub struct DnsResult {
     /// What the API says the answer should contain; empty when not checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expected: Vec<String>,
+    /// Expected answers still missing but younger than the negative-cache
+    /// TTL: DNS may rightly not know them yet, so they do not fail the check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ProbeError>,
 }
@@ -215,7 +228,8 @@ pub enum ErrorKind {
     Nxdomain,
     /// DNS server failure.
     Servfail,
-    /// DNS answered, but not what the API says.
+    /// DNS answered, but not what the API says, for longer than the
+    /// negative-cache TTL (a stale answer: `dns-stale`).
     WrongAnswer,
     /// Anything else (the message says what).
     Other,
@@ -324,11 +338,31 @@ pub struct Matrix {
     pub host_rows: Vec<MatrixRow>,
 }
 
+/// What the Kubernetes API says of a node, as far as diagnosis cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Ready and schedulable: its cells count.
+    #[default]
+    Ready,
+    /// Joined less than the grace period ago: shown, not diagnosed.
+    Joining,
+    /// `spec.unschedulable` (cordoned, drained): agents do not probe it.
+    Cordoned,
+    /// The kubelet's Ready condition is not True: agents do not probe it.
+    NotReady,
+    /// Not (or no longer) in the API, but reports or cells still mention it.
+    Unknown,
+}
+
 /// What one source node sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MatrixRow {
     /// Source node.
     pub node: String,
+    /// The node's state in the API.
+    #[serde(default)]
+    pub state: NodeState,
     /// `true` when the node's agent has reported recently.
     pub reporting: bool,
     /// Age of the node's last report, if any.
@@ -342,6 +376,10 @@ pub struct MatrixRow {
     /// DNS checks of this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<CheckCell>,
+    /// Large Don't-Fragment echoes of this node to every peer, summarised
+    /// (column `mtu`); absent when the agent does not run the MTU probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<CheckCell>,
 }
 
 /// One directed node-to-node cell (all pods on `to` probed from `node`).
@@ -360,6 +398,10 @@ pub struct Cell {
     /// How many peer pods on `to` were probed.
     #[serde(default)]
     pub pods: u32,
+    /// Status of the large Don't-Fragment echoes on this path (absent when
+    /// not probed). `ok` small and `failed` large is an MTU mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ProbeError>,
     /// Age of the data behind this cell.
@@ -434,6 +476,14 @@ pub struct Finding {
     pub kind: FindingKind,
     /// Nodes concerned, sorted.
     pub nodes: Vec<String>,
+    /// For `partition`: the groups of nodes that still reach each other,
+    /// each sorted, largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Vec<String>>,
+    /// For path findings (`asymmetric-path`, `pair-broken`, `mtu-mismatch`,
+    /// `packet-loss`...): the directed paths concerned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<Path>,
     /// One sentence for a human.
     pub summary: String,
     /// Cells and errors behind the finding.
@@ -445,6 +495,13 @@ pub struct Finding {
     pub since: String,
     /// Same instant as `since`, for machines.
     pub since_unix_ms: u64,
+}
+
+/// A directed node-to-node path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Path {
+    pub from: String,
+    pub to: String,
 }
 
 /// `GET /api/v1/findings`.

@@ -111,6 +111,7 @@ impl DnsProber {
             latency_ms: Some(millis(latency)),
             answers,
             expected,
+            pending: Vec::new(),
             error,
         }
     }
@@ -157,6 +158,7 @@ impl DnsProber {
             latency_ms: Some(millis(latency)),
             answers,
             expected,
+            pending: Vec::new(),
             error,
         }
     }

@@ -93,6 +93,8 @@ fn finding(c: &Condition, since_unix_ms: u64) -> Finding {
     Finding {
         kind: c.kind,
         nodes: c.nodes.clone(),
+        groups: Vec::new(),
+        paths: Vec::new(),
         summary: c.summary.clone(),
         evidence: c.evidence.clone(),
         hint: c.hint.clone(),

@@ -23,6 +23,7 @@ fn ok_cell(to: &str) -> Cell {
         rtt_avg_ms: Some(0.3),
         rtt_max_ms: Some(0.5),
         pods: 2,
+        mtu: None,
         last_error: None,
         age_ms: Some(1000.0),
     }
@@ -60,6 +61,8 @@ impl Grid {
                         check("dns-a/kubernetes.default.svc.cluster.local."),
                         check("dns-srv/_http._tcp.netmatrix-agent.netmatrix.svc.cluster.local."),
                     ],
+                    state: Default::default(),
+                    mtu: None,
                 }
             })
             .collect();
