@@ -14,6 +14,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use netmatrix_api::{AgentIdentity, NetworkMode, labels};
 
+use crate::netif::{self, LocalInterface};
+use crate::probes::icmp::MtuProbe;
+
 /// Default API server address when neither `--apiserver` nor
 /// `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` say otherwise: the first
 /// address of the default service CIDR.
@@ -23,6 +26,14 @@ pub const DEFAULT_APISERVER: &str = "10.96.0.1:443";
 pub const DEFAULT_DNS_NAME: &str = "kubernetes.default.svc.cluster.local.";
 /// Default SRV name of the agents' headless Service.
 pub const DEFAULT_SRV_NAME: &str = "_metrics._tcp.netmatrix-agents.netmatrix.svc.cluster.local.";
+/// MTU probe size when the interface holding the agent's address is not
+/// found: flannel's VXLAN pod MTU (1500 minus 50 bytes of encapsulation),
+/// the most common pod MTU.
+pub const FALLBACK_MTU_PROBE_BYTES: u32 = 1450;
+/// Smallest MTU probe: the minimum MTU every IPv4 link must carry (RFC 791).
+pub const MIN_MTU_PROBE_BYTES: u32 = 68;
+/// Largest MTU probe: the largest IP packet (the total length is 16 bits).
+pub const MAX_MTU_PROBE_BYTES: u32 = 65535;
 
 /// Which network the agent probes from (mirrors [`NetworkMode`] for clap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,14 +74,24 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "netmatrix")]
     pub namespace: String,
 
-    /// Network this agent probes from; reported so the aggregator keeps pod
-    /// and host results apart.
+    /// Network this agent runs in, reported so the aggregator keeps pod and
+    /// host results apart. `pod`: the agent is an ordinary pod and pings the
+    /// agent and companion pods on every node (the CNI's path). `host`: the
+    /// agent runs with `hostNetwork: true`, --pod-ip is then the node's IP,
+    /// and by default it pings the other host agents, i.e. node IP to node IP
+    /// (the underlay), so "pod path broken, node path fine" (the CNI) can be
+    /// told from "both broken" (the node network). The API server, ClusterIP
+    /// and DNS checks are the same in both modes.
     #[arg(long, env = "NETMATRIX_NETWORK", value_enum, default_value_t = Network::Pod)]
     pub network: Network,
 
-    /// Label selector of the pods to ping (agents and companions).
-    #[arg(long, env = "NETMATRIX_PEER_SELECTOR", default_value = labels::PEER_SELECTOR)]
-    pub peer_selector: String,
+    /// Label selector of the pods to ping [default with --network pod: the
+    /// agents and companions,
+    /// `app.kubernetes.io/name=netmatrix,netmatrix.io/probe-target=true`;
+    /// with --network host: the host agents,
+    /// `app.kubernetes.io/name=netmatrix,app.kubernetes.io/component=host-agent`].
+    #[arg(long, env = "NETMATRIX_PEER_SELECTOR", value_name = "SELECTOR")]
+    pub peer_selector: Option<String>,
 
     /// Aggregator Service URL, e.g. `http://10.96.0.20:80`. Without it the
     /// agent only probes and serves metrics.
@@ -106,6 +127,30 @@ pub struct Args {
     /// Timeout of each DNS lookup. Default: 2s, or 80% of --interval when that is shorter.
     #[arg(long, env = "NETMATRIX_DNS_TIMEOUT", value_parser = humantime::parse_duration)]
     pub dns_timeout: Option<Duration>,
+
+    /// Size in bytes of the whole IP packet (headers included) of the large
+    /// ICMP echoes sent to every peer with Don't Fragment set: small echoes
+    /// answered and large ones lost is an MTU mismatch (e.g. an overlay
+    /// whose encapsulation overhead was not subtracted). 0 turns the probe
+    /// off [default: the MTU of the interface holding --pod-ip, or 1450 when
+    /// that interface is not found].
+    #[arg(long, env = "NETMATRIX_MTU_PROBE_BYTES", value_name = "BYTES")]
+    pub mtu_probe_bytes: Option<u32>,
+
+    /// Large Don't-Fragment echoes sent to each peer per round (see
+    /// --mtu-probe-bytes); kept low, as they cost a full-size packet each.
+    #[arg(long, env = "NETMATRIX_MTU_PROBE_COUNT", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub mtu_probe_count: u16,
+
+    /// How long DNS may rightly not list a record the API already has (a
+    /// cached NXDOMAIN/NODATA from before the pod existed) or still list one
+    /// the API no longer has (a cached positive answer). Such answers are
+    /// `pending`, not failures, for this long; a negative answer whose SOA
+    /// promises a longer negative TTL extends it (up to 30 minutes).
+    #[arg(long, env = "NETMATRIX_DNS_NEGATIVE_TTL", default_value = "30s",
+          value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub dns_negative_ttl: Duration,
 
     /// Address of the HTTP server for /metrics, /healthz and /status.
     #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090")]
@@ -147,7 +192,7 @@ pub struct Args {
     )]
     pub dns_names: Vec<String>,
 
-    /// SRV name of the agents' headless Service, compared with the running
+    /// SRV name of the agents' headless Service, compared with the Ready
     /// agent pods and used as a start-up fallback for peers; empty disables.
     #[arg(long, env = "NETMATRIX_SRV_NAME", default_value = DEFAULT_SRV_NAME)]
     pub srv_name: String,
@@ -193,6 +238,10 @@ pub enum ConfigError {
     DnsName { value: String },
     #[error("--aggregator-url {value:?}: {reason}; expected e.g. http://10.96.0.20:80")]
     AggregatorUrl { value: String, reason: String },
+    #[error(
+        "--mtu-probe-bytes {got}: the IP packet must be 0 (probe off) or {MIN_MTU_PROBE_BYTES} to {MAX_MTU_PROBE_BYTES} bytes"
+    )]
+    MtuProbeBytes { got: u32 },
     #[error("--{flag} must not be empty")]
     Empty { flag: &'static str },
     #[error("--interval must be at least 100ms (got {got:?})")]
@@ -232,6 +281,8 @@ pub struct HostDefaults {
     pub kubernetes_service_port: Option<String>,
     /// Contents of `/etc/resolv.conf`, if readable.
     pub resolv_conf: Option<String>,
+    /// Interfaces of this network namespace (for the MTU probe's default).
+    pub interfaces: Vec<LocalInterface>,
 }
 
 impl HostDefaults {
@@ -241,6 +292,7 @@ impl HostDefaults {
             kubernetes_service_host: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
             kubernetes_service_port: std::env::var("KUBERNETES_SERVICE_PORT").ok(),
             resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
+            interfaces: netif::local_interfaces(),
         }
     }
 }
@@ -258,6 +310,8 @@ pub struct Settings {
     pub interval: Duration,
     pub icmp_count: u16,
     pub icmp_timeout: Duration,
+    /// Large Don't-Fragment echoes; `None` when off.
+    pub mtu_probe: Option<MtuProbe>,
     pub tcp_timeout: Duration,
     pub dns_timeout: Duration,
     pub listen: SocketAddr,
@@ -268,22 +322,33 @@ pub struct Settings {
     pub dns_names: Vec<DnsName>,
     /// Fully qualified SRV name; `None` when disabled.
     pub srv_name: Option<String>,
+    /// Least time DNS may lag the API (see `--dns-negative-ttl`).
+    pub dns_negative_ttl: Duration,
     pub kubeconfig: Option<PathBuf>,
 }
 
 impl Settings {
     /// Validates `args`, filling host-dependent defaults from `host`.
     pub fn from_args(args: Args, host: &HostDefaults) -> Result<Self, ConfigError> {
+        // Host agents probe each other (node to node) unless told otherwise.
+        let peer_selector = args
+            .peer_selector
+            .clone()
+            .unwrap_or_else(|| match args.network {
+                Network::Pod => labels::PEER_SELECTOR.to_owned(),
+                Network::Host => labels::HOST_AGENT_SELECTOR.to_owned(),
+            });
         for (flag, value) in [
             ("node-name", &args.node_name),
             ("pod-name", &args.pod_name),
             ("namespace", &args.namespace),
-            ("peer-selector", &args.peer_selector),
+            ("peer-selector", &peer_selector),
         ] {
             if value.trim().is_empty() {
                 return Err(ConfigError::Empty { flag });
             }
         }
+        let mtu_probe = mtu_probe(&args, host)?;
         if args.interval < Duration::from_millis(100) {
             return Err(ConfigError::IntervalTooShort { got: args.interval });
         }
@@ -343,13 +408,14 @@ impl Settings {
                 network: args.network.into(),
             },
             namespace: args.namespace,
-            peer_selector: args.peer_selector,
+            peer_selector,
             aggregator_selector: args.aggregator_selector,
             aggregator_url,
             aggregator_port: args.aggregator_port,
             interval: args.interval,
             icmp_count: args.icmp_count,
             icmp_timeout,
+            mtu_probe,
             tcp_timeout,
             dns_timeout,
             listen: args.listen,
@@ -359,9 +425,47 @@ impl Settings {
             dns_server,
             dns_names,
             srv_name,
+            dns_negative_ttl: args.dns_negative_ttl,
             kubeconfig: args.kubeconfig,
         })
     }
+}
+
+/// The MTU probe: the size given, or the MTU of the interface holding our
+/// address (a packet of exactly that size must pass), or the fallback.
+fn mtu_probe(args: &Args, host: &HostDefaults) -> Result<Option<MtuProbe>, ConfigError> {
+    let bytes = match args.mtu_probe_bytes {
+        Some(0) => return Ok(None),
+        Some(got) if !(MIN_MTU_PROBE_BYTES..=MAX_MTU_PROBE_BYTES).contains(&got) => {
+            return Err(ConfigError::MtuProbeBytes { got });
+        }
+        Some(got) => got,
+        None => match netif::interface_with(args.pod_ip, &host.interfaces) {
+            Some(LocalInterface {
+                name,
+                mtu: Some(mtu),
+                ..
+            }) => {
+                let bytes = (*mtu).clamp(MIN_MTU_PROBE_BYTES, MAX_MTU_PROBE_BYTES);
+                tracing::info!(interface = %name, mtu, bytes, "MTU probe sized to the interface holding the agent's address");
+                bytes
+            }
+            found => {
+                tracing::warn!(
+                    ip = %args.pod_ip,
+                    interface = found.map(|i| i.name.as_str()),
+                    bytes = FALLBACK_MTU_PROBE_BYTES,
+                    "no interface with a readable MTU holds the agent's address; \
+                     the MTU probe uses the fallback size (set --mtu-probe-bytes)"
+                );
+                FALLBACK_MTU_PROBE_BYTES
+            }
+        },
+    };
+    Ok(Some(MtuProbe {
+        bytes,
+        count: args.mtu_probe_count,
+    }))
 }
 
 fn apiserver_address(flag: Option<&str>, host: &HostDefaults) -> Result<SocketAddr, ConfigError> {
@@ -503,6 +607,18 @@ mod tests {
                 "search netmatrix.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
                     .into(),
             ),
+            interfaces: vec![
+                LocalInterface {
+                    name: "lo".into(),
+                    addrs: vec!["127.0.0.1".parse().unwrap()],
+                    mtu: Some(65536),
+                },
+                LocalInterface {
+                    name: "eth0".into(),
+                    addrs: vec!["10.244.1.5".parse().unwrap()],
+                    mtu: Some(1450),
+                },
+            ],
         }
     }
 
@@ -524,6 +640,86 @@ mod tests {
         assert_eq!(s.namespace, "netmatrix");
         assert_eq!(s.identity.network, NetworkMode::Pod);
         assert!(s.aggregator_url.is_none());
+        assert_eq!(s.peer_selector, labels::PEER_SELECTOR);
+        assert_eq!(
+            s.mtu_probe,
+            Some(MtuProbe {
+                bytes: 1450,
+                count: 2
+            })
+        );
+        assert_eq!(s.dns_negative_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn host_agents_probe_the_other_host_agents_unless_told_otherwise() {
+        let s = Settings::from_args(args(&["--network", "host"]), &host()).unwrap();
+        assert_eq!(s.identity.network, NetworkMode::Host);
+        assert_eq!(s.peer_selector, labels::HOST_AGENT_SELECTOR);
+        let s = Settings::from_args(
+            args(&["--network", "host", "--peer-selector", "app=x"]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(s.peer_selector, "app=x");
+        let err = Settings::from_args(args(&["--peer-selector", " "]), &host()).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Empty {
+                flag: "peer-selector"
+            }
+        );
+    }
+
+    #[test]
+    fn help_explains_the_network_modes_and_their_selectors() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains(labels::PEER_SELECTOR), "{help}");
+        assert!(help.contains(labels::HOST_AGENT_SELECTOR), "{help}");
+        assert!(help.contains("hostNetwork: true"), "{help}");
+        assert!(help.contains("--mtu-probe-bytes"), "{help}");
+        assert!(help.contains("NETMATRIX_DNS_NEGATIVE_TTL"), "{help}");
+    }
+
+    #[test]
+    fn the_mtu_probe_is_sized_from_the_interface_or_the_flag() {
+        let sized = |ip: &str, extra: &[&str], host: &HostDefaults| {
+            let mut a = args(extra);
+            a.pod_ip = ip.parse().unwrap();
+            Settings::from_args(a, host).map(|s| s.mtu_probe.map(|m| (m.bytes, m.count)))
+        };
+        let bytes = |extra: &[&str], host: &HostDefaults| sized("10.244.1.5", extra, host);
+        let mut jumbo = host();
+        jumbo.interfaces[1].mtu = Some(9001);
+        assert_eq!(bytes(&[], &jumbo), Ok(Some((9001, 2))));
+        // The agent's address is on no interface (or the MTU is unreadable).
+        assert_eq!(
+            sized("10.244.9.9", &[], &host()),
+            Ok(Some((FALLBACK_MTU_PROBE_BYTES, 2)))
+        );
+        let mut unreadable = host();
+        unreadable.interfaces[1].mtu = None;
+        assert_eq!(bytes(&[], &unreadable), Ok(Some((1450, 2))));
+        // Loopback's 65536 is more than an IP packet can hold.
+        assert_eq!(
+            sized("127.0.0.1", &[], &host()),
+            Ok(Some((MAX_MTU_PROBE_BYTES, 2)))
+        );
+        assert_eq!(
+            bytes(
+                &["--mtu-probe-bytes", "1400", "--mtu-probe-count", "3"],
+                &host()
+            ),
+            Ok(Some((1400, 3)))
+        );
+        assert_eq!(bytes(&["--mtu-probe-bytes", "0"], &host()), Ok(None));
+        let err = bytes(&["--mtu-probe-bytes", "20"], &host()).unwrap_err();
+        assert_eq!(err, ConfigError::MtuProbeBytes { got: 20 });
+        assert!(
+            err.to_string().contains("0 (probe off) or 68 to 65535"),
+            "{err}"
+        );
     }
 
     #[test]

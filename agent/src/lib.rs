@@ -5,13 +5,17 @@
 //!
 //! ```text
 //!             ┌────────────── discovery ───────────────┐
-//!  kube API ──▶ reflector: peer pods   (agents, companions)
+//!  kube API ──▶ reflector: peer pods   (agents, companions; host agents)
+//!             │ reflector: nodes (cordoned / NotReady: not probed)
+//!             │ reflector: agent pods (host mode: the SRV truth)
 //!             │ reflector: aggregator pods (direct reporting)
 //!             └──────────────┬─────────────────────────┘
 //!                            │ PeerView (Api | LastKnown | Dns fallback)
 //!   round loop (every --interval) ──▶ probes, concurrently, each jittered:
-//!      icmp (peers) · apiserver (TCP → TLS → GET /livez) · clusterip (TCP)
-//!      · dns (A vs expected, SRV vs Running agents)
+//!      icmp (peers; small echoes, large Don't-Fragment echoes)
+//!      · apiserver (TCP → TLS → GET /livez) · clusterip (TCP)
+//!      · dns (A vs expected, SRV vs Ready agents, allowing the negative TTL)
+//!                            │ peers that left during the round dropped
 //!                            │ Report (netmatrix-api)
 //!         ┌──────────────────┼──────────────────────┐
 //!      metrics          /status board          reporter task
@@ -26,7 +30,12 @@
 //! Modules: [`config`] (flags, validation), [`discovery`] (watches, peer
 //! filtering, SRV fallback), [`probes`] (icmp, tcp, apiserver, dns),
 //! [`round`] (one round, the loop), [`report`] (delivery and backoff),
-//! [`metrics`], [`http`].
+//! [`metrics`], [`http`], [`netif`] (interface MTU).
+//!
+//! With `--network host` the same binary is the host-network agent: its
+//! address is the node's, it probes the other host agents, and its reports
+//! say `network: host`, so the aggregator keeps node-to-node results apart
+//! from pod-to-pod ones.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +50,7 @@ pub mod config;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod netif;
 pub mod probes;
 pub mod report;
 pub mod round;
@@ -88,6 +98,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
         apiserver = %settings.apiserver,
         dns_server = %settings.dns_server,
         interval = ?settings.interval,
+        peer_selector = %settings.peer_selector,
+        mtu_probe_bytes = settings.mtu_probe.map(|m| m.bytes),
+        dns_negative_ttl = ?settings.dns_negative_ttl,
         aggregator = settings.aggregator_url.as_ref().map(|u| u.as_str()),
         "starting netmatrix agent"
     );
@@ -117,6 +130,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             settings.icmp_count,
             settings.icmp_timeout,
             settings.interval,
+            settings.mtu_probe,
         )?,
         apiserver: probes::apiserver::ApiserverProbe::new(
             settings.apiserver,
@@ -126,22 +140,32 @@ pub async fn run(args: Args) -> Result<(), Error> {
         )?,
         clusterips: settings.clusterips.clone(),
         tcp_timeout: settings.tcp_timeout,
-        dns: probes::dns::DnsProber::new(settings.dns_server, settings.dns_timeout).map_err(
-            |e| Error::Dns {
-                server: settings.dns_server,
-                message: e.to_string(),
-            },
-        )?,
+        dns: probes::dns::DnsProber::new(
+            settings.dns_server,
+            settings.dns_timeout,
+            settings.dns_negative_ttl,
+        )
+        .map_err(|e| Error::Dns {
+            server: settings.dns_server,
+            message: e.to_string(),
+        })?,
         dns_names: settings.dns_names.clone(),
         srv_name: settings.srv_name.clone(),
         metrics: metrics.clone(),
     };
 
+    // The SRV record lists the pod-network agents; when the peers are not
+    // them (host agents, or a custom selector), watch them separately.
+    let agent_selector = (settings.peer_selector != netmatrix_api::labels::PEER_SELECTOR)
+        .then_some(netmatrix_api::labels::AGENT_SELECTOR);
     let discovery = Arc::new(discovery::Discovery::start(
         client,
         &settings.namespace,
-        &settings.peer_selector,
-        &settings.aggregator_selector,
+        discovery::Selectors {
+            peers: &settings.peer_selector,
+            aggregators: &settings.aggregator_selector,
+            agents: agent_selector,
+        },
         settings.identity.clone(),
     ));
 

@@ -1,19 +1,22 @@
 //! Prometheus metrics of one agent (`netmatrix_agent_*`).
 //!
 //! Cardinality is bounded by nodes and configuration, never by peer pods:
-//! per-peer data lives in the report and `/status`. The only per-node series,
-//! `netmatrix_agent_peer_node_failing{peer_node}`, exists only while that
-//! node is failing and is removed when it recovers or leaves, so a healthy
-//! cluster of any size exports a constant number of series.
+//! per-peer data lives in the report and `/status`. The only per-node
+//! series, `netmatrix_agent_peer_node_failing{peer_node}` and
+//! `netmatrix_agent_peer_node_mtu_failing{peer_node}`, exist only while that
+//! node is failing; after every round the label sets of nodes that recovered
+//! or left (no peer of theirs in the round: departed, cordoned, NotReady) are
+//! deleted, so a healthy cluster of any size exports a constant number of
+//! series, and a departed node leaves none behind.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use netmatrix_api::{ErrorKind, PeerSource, RecordType, Report};
+use netmatrix_api::{ErrorKind, PeerResult, PeerSource, RecordType, Report};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const PREFIX: &str = "netmatrix_agent";
@@ -72,20 +75,53 @@ fn scope(peer_node: &str, my_node: &str) -> &'static str {
     }
 }
 
+/// A gauge with one series per peer node, present (1) only while that node
+/// fails a check: the label sets of the last round are remembered so those
+/// of nodes that recovered or left are deleted.
+struct NodeSeries {
+    gauge: IntGaugeVec,
+    present: Mutex<BTreeSet<String>>,
+}
+
+impl NodeSeries {
+    fn new(gauge: IntGaugeVec) -> Self {
+        Self {
+            gauge,
+            present: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Makes the series exactly `now`.
+    fn set(&self, now: BTreeSet<String>) {
+        // A poisoned lock only means a panic elsewhere; the set is still valid.
+        let mut before = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in before.difference(&now) {
+            // Absent means "not failing": remove, do not set 0.
+            let _ = self.gauge.remove_label_values(&[gone.as_str()]);
+        }
+        for node in &now {
+            self.gauge.with_label_values(&[node.as_str()]).set(1);
+        }
+        *before = now;
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     rounds: IntCounter,
     peers: IntGaugeVec,
     peers_failing: IntGaugeVec,
+    peers_mtu_failing: IntGaugeVec,
+    mtu_probe_bytes: IntGauge,
     probe_duration: HistogramVec,
     probe_failures: IntCounterVec,
     service_up: IntGaugeVec,
     dns_up: IntGaugeVec,
-    peer_node_failing: IntGaugeVec,
+    dns_pending: IntGaugeVec,
+    peer_node_failing: NodeSeries,
+    peer_node_mtu_failing: NodeSeries,
     reports: IntCounterVec,
     peer_source: IntGaugeVec,
-    /// Nodes with a `peer_node_failing` series, to remove it on recovery.
-    failing_nodes: Mutex<BTreeSet<String>>,
 }
 
 impl Metrics {
@@ -103,6 +139,17 @@ impl Metrics {
                 "Peer pods that answered no echo in the last round.",
             ),
             &["scope"],
+        )?;
+        let peers_mtu_failing = IntGaugeVec::new(
+            Opts::new(
+                name("peers_mtu_failing"),
+                "Peer pods that answered small echoes but none of the large Don't-Fragment ones in the last round.",
+            ),
+            &["scope"],
+        )?;
+        let mtu_probe_bytes = IntGauge::new(
+            name("mtu_probe_bytes"),
+            "Size of the IP packets of the MTU probe (0: off).",
         )?;
         let probe_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -135,6 +182,20 @@ impl Metrics {
             ),
             &["name", "record"],
         )?;
+        let dns_pending = IntGaugeVec::new(
+            Opts::new(
+                name("dns_pending"),
+                "Expected DNS records missing but younger than the negative-cache TTL, in the last check.",
+            ),
+            &["name", "record"],
+        )?;
+        let peer_node_mtu_failing = IntGaugeVec::new(
+            Opts::new(
+                name("peer_node_mtu_failing"),
+                "Present (1) only for peer nodes with a pod that answered small echoes but no large Don't-Fragment one in the last round.",
+            ),
+            &["peer_node"],
+        )?;
         let peer_node_failing = IntGaugeVec::new(
             Opts::new(
                 name("peer_node_failing"),
@@ -159,6 +220,10 @@ impl Metrics {
         registry.register(Box::new(rounds.clone()))?;
         registry.register(Box::new(peers.clone()))?;
         registry.register(Box::new(peers_failing.clone()))?;
+        registry.register(Box::new(peers_mtu_failing.clone()))?;
+        registry.register(Box::new(mtu_probe_bytes.clone()))?;
+        registry.register(Box::new(dns_pending.clone()))?;
+        registry.register(Box::new(peer_node_mtu_failing.clone()))?;
         registry.register(Box::new(probe_duration.clone()))?;
         registry.register(Box::new(probe_failures.clone()))?;
         registry.register(Box::new(service_up.clone()))?;
@@ -171,14 +236,17 @@ impl Metrics {
             rounds,
             peers,
             peers_failing,
+            peers_mtu_failing,
+            mtu_probe_bytes,
             probe_duration,
             probe_failures,
             service_up,
             dns_up,
-            peer_node_failing,
+            dns_pending,
+            peer_node_failing: NodeSeries::new(peer_node_failing),
+            peer_node_mtu_failing: NodeSeries::new(peer_node_mtu_failing),
             reports,
             peer_source,
-            failing_nodes: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -200,11 +268,21 @@ impl Metrics {
         let my_node = report.agent.node.as_str();
         for s in ["same-node", "cross-node", "unknown"] {
             let total = report.peers.iter().filter(|p| scope(&p.node, my_node) == s);
-            let (count, failing) =
-                total.fold((0, 0), |(c, f), p| (c + 1, f + i64::from(peer_failing(p))));
+            let (count, failing, mtu_failing) = total.fold((0, 0, 0), |(c, f, m), p| {
+                (
+                    c + 1,
+                    f + i64::from(peer_failing(p)),
+                    m + i64::from(peer_mtu_failing(p)),
+                )
+            });
             self.peers.with_label_values(&[s]).set(count);
             self.peers_failing.with_label_values(&[s]).set(failing);
+            self.peers_mtu_failing
+                .with_label_values(&[s])
+                .set(mtu_failing);
         }
+        self.mtu_probe_bytes
+            .set(report.mtu_probe_bytes.map_or(0, i64::from));
         for service in &report.services {
             self.service_up
                 .with_label_values(&[service.name.as_str()])
@@ -218,6 +296,9 @@ impl Metrics {
             self.dns_up
                 .with_label_values(&[dns.name.as_str(), record])
                 .set(i64::from(dns.ok));
+            self.dns_pending
+                .with_label_values(&[dns.name.as_str(), record])
+                .set(i64::try_from(dns.pending.len()).unwrap_or(i64::MAX));
         }
         for (source, label) in [
             (PeerSource::Api, "api"),
@@ -228,29 +309,18 @@ impl Metrics {
                 .with_label_values(&[label])
                 .set(i64::from(report.peer_source == source));
         }
-        self.update_failing_nodes(report);
-    }
-
-    fn update_failing_nodes(&self, report: &Report) {
-        let now: BTreeSet<String> = report
-            .peers
-            .iter()
-            .filter(|p| !p.node.is_empty() && peer_failing(p))
-            .map(|p| p.node.clone())
-            .collect();
-        let Ok(mut before) = self.failing_nodes.lock() else {
-            return;
+        // Nodes with no peer in this round (departed, cordoned, NotReady)
+        // are in neither set: their series go.
+        let nodes = |failing: fn(&PeerResult) -> bool| -> BTreeSet<String> {
+            report
+                .peers
+                .iter()
+                .filter(|p| !p.node.is_empty() && failing(p))
+                .map(|p| p.node.clone())
+                .collect()
         };
-        for gone in before.difference(&now) {
-            // Absent means "not failing": remove, do not set 0.
-            let _ = self.peer_node_failing.remove_label_values(&[gone.as_str()]);
-        }
-        for node in &now {
-            self.peer_node_failing
-                .with_label_values(&[node.as_str()])
-                .set(1);
-        }
-        *before = now;
+        self.peer_node_failing.set(nodes(peer_failing));
+        self.peer_node_mtu_failing.set(nodes(peer_mtu_failing));
     }
 
     pub fn record_report(&self, outcome: ReportOutcome) {
@@ -266,14 +336,20 @@ impl Metrics {
 }
 
 /// A peer is failing when not one echo came back.
-pub fn peer_failing(peer: &netmatrix_api::PeerResult) -> bool {
+pub fn peer_failing(peer: &PeerResult) -> bool {
     peer.icmp.received == 0
+}
+
+/// The MTU signature: small echoes answered, not one large
+/// Don't-Fragment echo (a peer that answers nothing is failing, not this).
+pub fn peer_mtu_failing(peer: &PeerResult) -> bool {
+    !peer_failing(peer) && peer.mtu.as_ref().is_some_and(|m| m.received == 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{AgentIdentity, EchoResult, NetworkMode, PeerResult};
+    use netmatrix_api::{AgentIdentity, EchoResult, NetworkMode};
 
     fn peer(node: &str, received: u32) -> PeerResult {
         PeerResult {
@@ -327,6 +403,45 @@ mod tests {
         let text = m.encode().unwrap();
         assert!(!text.contains("peer_node_failing{"), "{text}");
         assert!(text.contains("netmatrix_agent_rounds_total 2"));
+    }
+
+    fn with_mtu(mut p: PeerResult, received: u32) -> PeerResult {
+        p.mtu = Some(EchoResult {
+            sent: 2,
+            received,
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn series_of_departed_peer_nodes_are_deleted() {
+        let m = Metrics::new().unwrap();
+        let mut r = report(vec![
+            peer("n1", 3),
+            with_mtu(peer("n2", 3), 0),
+            peer("n3", 0),
+            with_mtu(peer("n4", 3), 2),
+        ]);
+        r.mtu_probe_bytes = Some(1450);
+        m.observe_round(&r);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("netmatrix_agent_peer_node_mtu_failing{peer_node=\"n2\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("netmatrix_agent_peer_node_failing{peer_node=\"n3\"} 1"));
+        assert!(text.contains("netmatrix_agent_peers_mtu_failing{scope=\"cross-node\"} 1"));
+        assert!(text.contains("netmatrix_agent_mtu_probe_bytes 1450"));
+        assert!(!text.contains("peer_node=\"n4\""), "healthy: no series");
+
+        // n2 and n3 leave while failing (deleted, or their node cordoned):
+        // nothing of theirs remains.
+        m.observe_round(&report(vec![peer("n1", 3), with_mtu(peer("n4", 3), 2)]));
+        let text = m.encode().unwrap();
+        assert!(!text.contains("peer_node="), "{text}");
+        assert!(text.contains("netmatrix_agent_peers_mtu_failing{scope=\"cross-node\"} 0"));
+        assert!(text.contains("netmatrix_agent_mtu_probe_bytes 0"));
     }
 
     #[test]

@@ -9,8 +9,13 @@
 //! The loop ([`RoundLoop::run`]) ticks every `--interval` no matter what:
 //! an unreachable API server, DNS server or aggregator is a result to
 //! report, never a reason to stop.
+//!
+//! Churn is not a failure: a peer that left during the round (deleted,
+//! terminating, new address, node cordoned) is dropped from the report
+//! before it is sent ([`drop_departed_peers`]), and the DNS comparison
+//! allows for DNS lagging the API ([`AgentHistory`], [`crate::probes::dns`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,11 +26,11 @@ use netmatrix_api::{AgentIdentity, DnsResult, PeerResult, PeerSource, Report, Se
 use tokio::sync::watch;
 
 use crate::config::{ClusterIpTarget, DnsName};
-use crate::discovery::{self, Discovery, PeerView, PodInfo};
+use crate::discovery::{self, Discovery, NodeSkip, PeerView, PodInfo};
 use crate::http::StatusBoard;
 use crate::metrics::{Metrics, Probe};
 use crate::probes::apiserver::ApiserverProbe;
-use crate::probes::dns::{DnsProber, ExpectedAgent, NEGATIVE_CACHE_GRACE, SrvExpectation};
+use crate::probes::dns::{DnsProber, ExpectedAgent, MAX_SOA_NEGATIVE_TTL, SrvExpectation};
 use crate::probes::icmp::IcmpProber;
 use crate::probes::tcp;
 use crate::report::unix_ms_now;
@@ -45,27 +50,29 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Runs one round against `view`'s peers. `recently_departed` are agent
-    /// IPs a cached SRV answer may still list.
+    /// Runs one round against `view`'s peers. `expectation` is what the SRV
+    /// answer is compared with (`None`: no API view of the agents).
     pub async fn round(
         &self,
         round: u64,
         view: &PeerView,
-        recently_departed: HashSet<IpAddr>,
+        expectation: Option<SrvExpectation>,
     ) -> Report {
         let started_unix_ms = unix_ms_now();
         let max_jitter = self.interval / 10;
 
         let peers = join_all(view.peers.iter().map(|peer| {
             self.timed(Probe::Icmp, max_jitter, async move {
-                let icmp = self.icmp.echo(peer.ip).await;
+                // Small and large echoes together: both see the same path.
+                let (icmp, mtu) =
+                    tokio::join!(self.icmp.echo(peer.ip), self.icmp.echo_large(peer.ip));
                 let error = icmp.error.as_ref().map(|e| e.kind);
                 let result = PeerResult {
                     node: peer.node.clone(),
                     pod: peer.pod.clone(),
                     ip: peer.ip,
                     icmp,
-                    mtu: None,
+                    mtu,
                 };
                 (result, error)
             })
@@ -84,13 +91,9 @@ impl Prober {
 
         let a_lookups = join_all(self.dns_names.iter().map(|name| {
             self.timed(Probe::Dns, max_jitter, async move {
-                dns_outcome(self.dns.check_a(name).await)
+                dns_outcome(self.dns.check_a(name, unix_ms_now()).await)
             })
         }));
-        let expectation = view.agents.as_ref().map(|agents| SrvExpectation {
-            agents: agents.iter().map(expected_agent).collect(),
-            recently_departed,
-        });
         let srv_lookup = async {
             match &self.srv_name {
                 Some(name) => Some(
@@ -123,7 +126,7 @@ impl Prober {
             services,
             dns,
             peer_source: view.source,
-            mtu_probe_bytes: None,
+            mtu_probe_bytes: self.icmp.mtu_probe_bytes(),
         }
     }
 
@@ -152,14 +155,6 @@ fn dns_outcome(r: DnsResult) -> (DnsResult, Option<netmatrix_api::ErrorKind>) {
     (r, error)
 }
 
-fn expected_agent(p: &PodInfo) -> ExpectedAgent {
-    ExpectedAgent {
-        pod: p.pod.clone(),
-        ip: p.ip,
-        started_unix_ms: p.started_unix_ms,
-    }
-}
-
 /// A uniformly random delay in `[0, max]`.
 fn jitter(max: Duration) -> Duration {
     let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
@@ -169,27 +164,80 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_micros(rand::random_range(0..=max_us))
 }
 
-/// Remembers agents that left recently: a cached SRV answer may still list
-/// them for up to [`NEGATIVE_CACHE_GRACE`], which is not DNS being wrong.
+/// What the loop remembers of the agent pods, to tell DNS lagging the API
+/// from DNS being wrong: since when each Ready agent should be listed, and
+/// when the others left.
 #[derive(Debug, Default)]
-pub struct DepartedAgents {
-    current: HashSet<IpAddr>,
-    departed: HashMap<IpAddr, Instant>,
+pub struct AgentHistory {
+    /// Ready agents (pod name and address), expected in DNS since (Unix ms).
+    expected_since: HashMap<(String, IpAddr), u64>,
+    /// Addresses of agents that left or stopped being Ready, and when.
+    departed: HashMap<IpAddr, u64>,
+    /// Whether the first API view has been seen.
+    primed: bool,
 }
 
-impl DepartedAgents {
-    /// Records this round's agents; returns the IPs that left within the grace.
-    pub fn update(&mut self, agents: &[PodInfo], now: Instant) -> HashSet<IpAddr> {
-        let next: HashSet<IpAddr> = agents.iter().map(|a| a.ip).collect();
-        for gone in self.current.difference(&next) {
-            self.departed.insert(*gone, now);
+impl AgentHistory {
+    /// Records this round's agents (per the API) and returns what the SRV
+    /// answer should be compared with.
+    pub fn update(&mut self, agents: &[PodInfo], now_unix_ms: u64) -> SrvExpectation {
+        let mut next = HashMap::new();
+        let mut expected = Vec::new();
+        for agent in agents.iter().filter(|a| a.ready) {
+            let key = (agent.pod.clone(), agent.ip);
+            let since = match self.expected_since.get(&key) {
+                Some(since) => *since,
+                // In the first view this agent sees: when the API says the
+                // pod became Ready (this agent just started, the pod did
+                // not), else now.
+                None if !self.primed => agent
+                    .ready_since_unix_ms
+                    .or(agent.started_unix_ms)
+                    .unwrap_or(now_unix_ms),
+                // Appeared since: counted from when this agent first saw it.
+                None => now_unix_ms,
+            };
+            expected.push(ExpectedAgent {
+                pod: agent.pod.clone(),
+                ip: agent.ip,
+                since_unix_ms: Some(since),
+            });
+            next.insert(key, since);
         }
-        self.departed.retain(|ip, left| {
-            !next.contains(ip) && now.duration_since(*left) < NEGATIVE_CACHE_GRACE
-        });
-        self.current = next;
-        self.departed.keys().copied().collect()
+        let still: HashSet<IpAddr> = next.keys().map(|(_, ip)| *ip).collect();
+        for (_, ip) in self.expected_since.keys() {
+            if !still.contains(ip) {
+                self.departed.entry(*ip).or_insert(now_unix_ms);
+            }
+        }
+        // Kept as long as the longest TTL an SOA may impose.
+        let keep_ms = u64::try_from(MAX_SOA_NEGATIVE_TTL.as_millis()).unwrap_or(u64::MAX);
+        self.departed
+            .retain(|ip, left| !still.contains(ip) && now_unix_ms.saturating_sub(*left) < keep_ms);
+        self.expected_since = next;
+        self.primed = true;
+        SrvExpectation {
+            agents: expected,
+            optional: agents
+                .iter()
+                .filter(|a| !a.ready && !still.contains(&a.ip))
+                .map(|a| a.ip)
+                .collect(),
+            departed: self.departed.clone(),
+        }
     }
+}
+
+/// Drops the results of peers that are no longer in the current peer set
+/// (pod gone or terminating, address changed, node cordoned or NotReady): a
+/// peer that disappeared mid-round did not fail. Returns how many were dropped.
+pub fn drop_departed_peers(report: &mut Report, current: &[PodInfo]) -> usize {
+    let keep: HashSet<(&str, IpAddr)> = current.iter().map(|p| (p.pod.as_str(), p.ip)).collect();
+    let before = report.peers.len();
+    report
+        .peers
+        .retain(|p| keep.contains(&(p.pod.as_str(), p.ip)));
+    before - report.peers.len()
 }
 
 /// The forever loop: peers, round, publish.
@@ -204,8 +252,9 @@ impl RoundLoop {
     pub async fn run(self) {
         let mut ticker = tokio::time::interval(self.prober.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut departed = DepartedAgents::default();
+        let mut agents = AgentHistory::default();
         let mut last_source = None;
+        let mut last_skipped = BTreeMap::new();
         for round in 1u64.. {
             ticker.tick().await;
             self.status.heartbeat();
@@ -214,16 +263,33 @@ impl RoundLoop {
                 tracing::info!(source = ?view.source, peers = view.peers.len(), "peer source");
                 last_source = Some(view.source);
             }
-            let recently_departed = view
+            if last_skipped != view.skipped_nodes {
+                log_skipped_nodes(&view.skipped_nodes);
+                last_skipped = view.skipped_nodes.clone();
+            }
+            let expectation = view
                 .agents
                 .as_deref()
-                .map(|agents| departed.update(agents, Instant::now()))
-                .unwrap_or_default();
+                .map(|list| agents.update(list, unix_ms_now()));
             self.prober
                 .icmp
                 .retain_targets(&view.peers.iter().map(|p| p.ip).collect());
 
-            let report = Arc::new(self.prober.round(round, &view, recently_departed).await);
+            let mut report = self.prober.round(round, &view, expectation).await;
+            // Only the API's view can say a peer left; results of a round
+            // run on the SRV fallback (no pod names) are all kept.
+            if view.source != PeerSource::Dns
+                && let Some(now) = self.discovery.view()
+            {
+                let dropped = drop_departed_peers(&mut report, &now.peers);
+                if dropped > 0 {
+                    tracing::debug!(
+                        dropped,
+                        "results of peers that left during the round dropped"
+                    );
+                }
+            }
+            let report = Arc::new(report);
             self.prober.metrics.observe_round(&report);
             log_summary(&report);
             self.status.set_report(report.clone());
@@ -252,7 +318,20 @@ impl RoundLoop {
             peers: Vec::new(),
             agents: None,
             source: PeerSource::LastKnown,
+            skipped_nodes: BTreeMap::new(),
         }
+    }
+}
+
+fn log_skipped_nodes(skipped: &BTreeMap<String, NodeSkip>) {
+    if skipped.is_empty() {
+        tracing::info!("probing the pods of every node");
+    } else {
+        let nodes: Vec<String> = skipped
+            .iter()
+            .map(|(node, why)| format!("{node} ({})", why.as_str()))
+            .collect();
+        tracing::info!(?nodes, "not probing the pods of cordoned or NotReady nodes");
     }
 }
 
@@ -298,23 +377,103 @@ mod tests {
             ip: ip.parse().unwrap(),
             component: Some("agent".into()),
             started_unix_ms: None,
+            ready: true,
+            ready_since_unix_ms: None,
+        }
+    }
+
+    fn ready_since(ip: &str, since: u64) -> PodInfo {
+        PodInfo {
+            ready_since_unix_ms: Some(since),
+            ..info(ip)
+        }
+    }
+
+    fn since_of(e: &SrvExpectation, ip: &str) -> Option<u64> {
+        let ip: IpAddr = ip.parse().unwrap();
+        e.agents.iter().find(|a| a.ip == ip)?.since_unix_ms
+    }
+
+    #[test]
+    fn agents_are_expected_from_when_they_became_ready() {
+        const T0: u64 = 1_000_000;
+        let mut h = AgentHistory::default();
+        // First view: the API's Ready time (the agent restarted, not the pods).
+        let e = h.update(&[ready_since("10.0.0.1", 10), info("10.0.0.2")], T0);
+        assert_eq!(since_of(&e, "10.0.0.1"), Some(10));
+        assert_eq!(since_of(&e, "10.0.0.2"), Some(T0));
+        // Later arrivals count from when this agent first saw them, even if
+        // the API says they became Ready earlier.
+        let e = h.update(
+            &[
+                ready_since("10.0.0.1", 10),
+                info("10.0.0.2"),
+                ready_since("10.0.0.3", 5),
+            ],
+            T0 + 1_000,
+        );
+        assert_eq!(since_of(&e, "10.0.0.3"), Some(T0 + 1_000));
+        assert_eq!(since_of(&e, "10.0.0.1"), Some(10), "remembered");
+        assert!(e.departed.is_empty());
+
+        // 10.0.0.2 leaves, 10.0.0.3 stops being Ready: both may linger in
+        // DNS; the unready one is optional, not departed.
+        let mut unready = ready_since("10.0.0.3", 5);
+        unready.ready = false;
+        let e = h.update(&[ready_since("10.0.0.1", 10), unready], T0 + 2_000);
+        assert_eq!(e.agents.len(), 1);
+        assert_eq!(
+            e.departed,
+            HashMap::from([
+                ("10.0.0.2".parse().unwrap(), T0 + 2_000),
+                ("10.0.0.3".parse().unwrap(), T0 + 2_000),
+            ])
+        );
+        assert_eq!(e.optional, HashSet::from(["10.0.0.3".parse().unwrap()]));
+        // Forgotten after the longest TTL.
+        let e = h.update(&[ready_since("10.0.0.1", 10)], T0 + 2_000 + 1_800_000);
+        assert!(e.departed.is_empty());
+    }
+
+    fn result(pod: &str, ip: &str) -> PeerResult {
+        PeerResult {
+            node: "n2".into(),
+            pod: pod.into(),
+            ip: ip.parse().unwrap(),
+            icmp: netmatrix_api::EchoResult::default(),
+            mtu: None,
         }
     }
 
     #[test]
-    fn departed_agents_are_tolerated_for_the_grace_period() {
-        let mut d = DepartedAgents::default();
-        let t0 = Instant::now();
-        assert!(
-            d.update(&[info("10.0.0.1"), info("10.0.0.2")], t0)
-                .is_empty()
-        );
-        let gone = d.update(&[info("10.0.0.1")], t0 + Duration::from_secs(1));
-        assert_eq!(gone, HashSet::from(["10.0.0.2".parse().unwrap()]));
-        assert!(
-            d.update(&[info("10.0.0.1")], t0 + Duration::from_secs(40))
-                .is_empty()
-        );
+    fn peers_that_left_during_the_round_are_not_reported() {
+        let mut report = Report {
+            agent: AgentIdentity {
+                node: "n1".into(),
+                pod: "agent-1".into(),
+                pod_ip: "10.244.1.2".parse().unwrap(),
+                network: NetworkMode::Pod,
+            },
+            round: 1,
+            started_unix_ms: 0,
+            interval_ms: 1000,
+            peers: vec![
+                result("stays", "10.244.2.2"),
+                result("deleted", "10.244.2.3"),
+                result("moved", "10.244.2.4"),
+            ],
+            services: vec![],
+            dns: vec![],
+            peer_source: PeerSource::Api,
+            mtu_probe_bytes: None,
+        };
+        let mut moved = info("10.244.2.9");
+        moved.pod = "moved".into();
+        let mut stays = info("10.244.2.2");
+        stays.pod = "stays".into();
+        assert_eq!(drop_departed_peers(&mut report, &[stays, moved]), 2);
+        assert_eq!(report.peers.len(), 1);
+        assert_eq!(report.peers[0].pod, "stays");
     }
 
     #[test]
@@ -347,7 +506,16 @@ mod tests {
                 network: NetworkMode::Pod,
             },
             interval,
-            icmp: IcmpProber::new(2, timeout, interval).unwrap(),
+            icmp: IcmpProber::new(
+                2,
+                timeout,
+                interval,
+                Some(crate::probes::icmp::MtuProbe {
+                    bytes: 1450,
+                    count: 2,
+                }),
+            )
+            .unwrap(),
             apiserver: ApiserverProbe::new(
                 refused,
                 CaSource::Unverified,
@@ -360,7 +528,12 @@ mod tests {
                 addr: listener.local_addr().unwrap(),
             }],
             tcp_timeout: timeout,
-            dns: DnsProber::new(silent_dns.local_addr().unwrap(), timeout).unwrap(),
+            dns: DnsProber::new(
+                silent_dns.local_addr().unwrap(),
+                timeout,
+                crate::probes::dns::DEFAULT_NEGATIVE_TTL,
+            )
+            .unwrap(),
             dns_names: vec![DnsName {
                 name: "kubernetes.default.svc.cluster.local.".into(),
                 expected: None,
@@ -372,12 +545,17 @@ mod tests {
             peers: vec![info("127.0.0.1")],
             agents: Some(vec![info("127.0.0.1")]),
             source: PeerSource::Api,
+            skipped_nodes: BTreeMap::new(),
         };
-        let report = prober.round(3, &view, HashSet::new()).await;
+        let expectation = AgentHistory::default().update(&[info("127.0.0.1")], unix_ms_now());
+        let report = prober.round(3, &view, Some(expectation)).await;
         assert_eq!(report.round, 3);
         assert_eq!(report.interval_ms, 1000);
+        assert_eq!(report.mtu_probe_bytes, Some(1450));
         assert_eq!(report.peers.len(), 1);
         assert_eq!(report.peers[0].icmp.received, 2, "{:?}", report.peers[0]);
+        let mtu = report.peers[0].mtu.as_ref().unwrap();
+        assert_eq!((mtu.sent, mtu.received), (2, 2), "{mtu:?}");
         assert_eq!(report.services.len(), 2);
         assert_eq!(report.services[0].kind, ServiceKind::Apiserver);
         assert_eq!(

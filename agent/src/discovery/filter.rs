@@ -1,9 +1,11 @@
-//! Which pods are peers: pure functions over Pod objects, so the rules are
-//! unit-tested without an API server.
+//! Which pods are peers: pure functions over Pod and Node objects, so the
+//! rules are unit-tested without an API server.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use netmatrix_api::{AgentIdentity, labels};
 
 /// What the agent needs to know about a Running pod.
@@ -19,6 +21,12 @@ pub struct PodInfo {
     pub component: Option<String>,
     /// `status.startTime`, Unix milliseconds.
     pub started_unix_ms: Option<u64>,
+    /// The pod's Ready condition is True, or the API reports no Ready
+    /// condition at all. Endpoints (so DNS) list only Ready pods.
+    pub ready: bool,
+    /// When the Ready condition last changed (Unix milliseconds): when DNS
+    /// could start listing the pod.
+    pub ready_since_unix_ms: Option<u64>,
 }
 
 impl PodInfo {
@@ -45,6 +53,11 @@ pub fn running_pod(pod: &Pod) -> Option<PodInfo> {
         .node_name
         .clone()
         .filter(|n| !n.is_empty())?;
+    let ready_condition = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready");
     Some(PodInfo {
         node,
         pod: pod.metadata.name.clone()?,
@@ -55,11 +68,59 @@ pub fn running_pod(pod: &Pod) -> Option<PodInfo> {
             .as_ref()
             .and_then(|l| l.get(labels::COMPONENT))
             .cloned(),
-        started_unix_ms: status
-            .start_time
-            .as_ref()
-            .and_then(|t| u64::try_from(t.0.as_millisecond()).ok()),
+        started_unix_ms: status.start_time.as_ref().and_then(unix_ms),
+        ready: ready_condition.is_none_or(|c| c.status == "True"),
+        ready_since_unix_ms: ready_condition
+            .and_then(|c| c.last_transition_time.as_ref().and_then(unix_ms)),
     })
+}
+
+fn unix_ms(t: &Time) -> Option<u64> {
+    u64::try_from(t.0.as_millisecond()).ok()
+}
+
+/// Why the pods of a node are not probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NodeSkip {
+    /// `spec.unschedulable`: cordoned or being drained; its pods are about
+    /// to go, and a drain is no network failure.
+    Cordoned,
+    /// The kubelet's Ready condition is not True: the node itself is down
+    /// (or its kubelet is), which the node controller already reports.
+    NotReady,
+}
+
+impl NodeSkip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeSkip::Cordoned => "cordoned",
+            NodeSkip::NotReady => "not-ready",
+        }
+    }
+}
+
+/// Whether the pods of `node` should be left alone, and why.
+pub fn node_skip(node: &Node) -> Option<NodeSkip> {
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        return Some(NodeSkip::Cordoned);
+    }
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    (!ready).then_some(NodeSkip::NotReady)
+}
+
+/// The nodes whose pods are not probed, by name. Nodes the watch does not
+/// know (yet) are absent, so they count as schedulable and Ready: a lagging
+/// node watch must not cost peers.
+pub fn skipped_nodes<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeMap<String, NodeSkip> {
+    nodes
+        .into_iter()
+        .filter_map(|n| Some((n.metadata.name.clone()?, node_skip(n)?)))
+        .collect()
 }
 
 /// Every Running pod of the watch, sorted (stable reports and metrics).
@@ -71,11 +132,16 @@ pub fn running_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodInfo>
 
 /// Peers: the Running pods, without this agent (by name, and by IP: with
 /// `hostNetwork` other pods on this node share our IP, and pinging ourselves
-/// proves nothing).
-pub fn peers(running: &[PodInfo], me: &AgentIdentity) -> Vec<PodInfo> {
+/// proves nothing), and without the pods of cordoned or NotReady nodes.
+pub fn peers(
+    running: &[PodInfo],
+    me: &AgentIdentity,
+    skipped_nodes: &BTreeMap<String, NodeSkip>,
+) -> Vec<PodInfo> {
     running
         .iter()
         .filter(|p| p.pod != me.pod && p.ip != me.pod_ip)
+        .filter(|p| !skipped_nodes.contains_key(&p.node))
         .cloned()
         .collect()
 }
@@ -89,7 +155,7 @@ pub fn agents(running: &[PodInfo]) -> Vec<PodInfo> {
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::jiff::Timestamp;
     use netmatrix_api::NetworkMode;
 
@@ -163,9 +229,109 @@ pub(crate) mod tests {
             pod("agent-2", "n2", "10.244.2.2", "Running", "agent"),
         ];
         let running = running_pods(&pods);
-        let peers: Vec<_> = peers(&running, &me()).into_iter().map(|p| p.pod).collect();
+        let peers: Vec<_> = peers(&running, &me(), &BTreeMap::new())
+            .into_iter()
+            .map(|p| p.pod)
+            .collect();
         assert_eq!(peers, ["companion-1", "agent-2"]);
         let agents: Vec<_> = agents(&running).into_iter().map(|p| p.pod).collect();
         assert_eq!(agents, ["agent-1", "agent-2"]);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod node_tests {
+    use super::tests::pod;
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, PodCondition};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+    use netmatrix_api::NetworkMode;
+
+    pub(crate) fn node(name: &str, unschedulable: bool, ready: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable: unschedulable.then_some(true),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                conditions: ready.map(|status| {
+                    vec![NodeCondition {
+                        type_: "Ready".into(),
+                        status: status.into(),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn cordoned_and_not_ready_nodes_are_skipped_unknown_ones_are_not() {
+        let nodes = [
+            node("n1", false, Some("True")),
+            node("n2", true, Some("True")),
+            node("n3", false, Some("False")),
+            node("n4", false, Some("Unknown")),
+            node("n5", false, None),
+        ];
+        let skipped = skipped_nodes(&nodes);
+        assert_eq!(
+            skipped,
+            BTreeMap::from([
+                ("n2".to_owned(), NodeSkip::Cordoned),
+                ("n3".to_owned(), NodeSkip::NotReady),
+                ("n4".to_owned(), NodeSkip::NotReady),
+                ("n5".to_owned(), NodeSkip::NotReady),
+            ])
+        );
+        let pods = [
+            pod("agent-1", "n1", "10.244.1.2", "Running", "agent"),
+            pod("agent-2", "n2", "10.244.2.2", "Running", "agent"),
+            pod("agent-3", "n3", "10.244.3.2", "Running", "agent"),
+            // n9 is not (yet) in the node watch: probed.
+            pod("agent-9", "n9", "10.244.9.2", "Running", "agent"),
+            pod("companion-1", "n1", "10.244.1.3", "Running", "companion"),
+        ];
+        let me = AgentIdentity {
+            node: "n1".into(),
+            pod: "agent-1".into(),
+            pod_ip: "10.244.1.2".parse().unwrap(),
+            network: NetworkMode::Pod,
+        };
+        let running = running_pods(&pods);
+        let names: Vec<_> = peers(&running, &me, &skipped)
+            .into_iter()
+            .map(|p| p.pod)
+            .collect();
+        assert_eq!(names, ["companion-1", "agent-9"]);
+        // Agents (the SRV truth) still include pods of skipped nodes.
+        assert_eq!(agents(&running).len(), 4);
+    }
+
+    #[test]
+    fn the_ready_condition_is_read() {
+        let mut p = pod("agent-2", "n2", "10.244.2.2", "Running", "agent");
+        let info = running_pod(&p).unwrap();
+        assert!(info.ready, "no Ready condition: counted as ready");
+        assert_eq!(info.ready_since_unix_ms, None);
+        if let Some(status) = p.status.as_mut() {
+            status.conditions = Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                last_transition_time: Some(Time(
+                    Timestamp::from_millisecond(1_700_000_005_000).unwrap(),
+                )),
+                ..Default::default()
+            }]);
+        }
+        let info = running_pod(&p).unwrap();
+        assert!(!info.ready);
+        assert_eq!(info.ready_since_unix_ms, Some(1_700_000_005_000));
     }
 }

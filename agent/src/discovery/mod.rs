@@ -1,34 +1,45 @@
 //! Who to probe: peer pods from a Kubernetes watch, with fallbacks.
 //!
-//! Two kube-rs reflectors run in the background: one over the probe targets
-//! (agents and companions, `--peer-selector`) and one over the aggregator
-//! pods (`--aggregator-selector`, for direct reporting). A reflector store
+//! kube-rs reflectors run in the background: one over the probe targets
+//! (agents and companions, `--peer-selector`), one over the aggregator pods
+//! (`--aggregator-selector`, for direct reporting), one over the Nodes (the
+//! pods of cordoned or NotReady nodes are not probed), and, when the peers
+//! are not the pod-network agents themselves (host mode), one over the agent
+//! pods, the truth the agents' SRV record is compared with. A reflector store
 //! keeps its contents while its watcher retries with backoff, so when the API
 //! server becomes unreachable — exactly when the operator needs the tool — the
-//! agent keeps probing the last known peers and says so
-//! ([`PeerSource::LastKnown`]). Peers are never cleared because the API is
-//! down.
+//! agent keeps probing the last known peers, with the last known node states,
+//! and says so ([`PeerSource::LastKnown`]). Peers are never cleared because
+//! the API is down.
+//!
+//! RBAC: get, list and watch `pods` in the agents' namespace, and get, list
+//! and watch `nodes` (cluster-scoped: a ClusterRole). Without the nodes
+//! permission the node watch fails and logs it, every node counts as
+//! schedulable and Ready, and probing goes on.
 //!
 //! At start-up, before the first list has completed, the SRV record of the
 //! agents' headless Service stands in ([`PeerSource::Dns`]); see
 //! [`Discovery::view`] and [`fallback_from_srv`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use netmatrix_api::{AgentIdentity, PeerSource};
+use serde::de::DeserializeOwned;
 
 pub mod filter;
 
-pub use filter::PodInfo;
+pub use filter::{NodeSkip, PodInfo};
 
 /// Health of one watch, written by its background task.
 #[derive(Debug, Default)]
@@ -47,6 +58,8 @@ pub struct PeerView {
     /// peers did not come from the API, so DNS is not compared with guesses.
     pub agents: Option<Vec<PodInfo>>,
     pub source: PeerSource,
+    /// Nodes whose pods are left out of `peers`, and why.
+    pub skipped_nodes: BTreeMap<String, NodeSkip>,
 }
 
 /// Live discovery; cheap to share.
@@ -54,32 +67,44 @@ pub struct Discovery {
     me: AgentIdentity,
     peers: Store<Pod>,
     peer_watch: Arc<WatchHealth>,
+    /// The agent pods, when the peer watch does not cover them.
+    agents: Option<(Store<Pod>, Arc<WatchHealth>)>,
+    nodes: Store<Node>,
     aggregators: Store<Pod>,
 }
 
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct Selectors<'a> {
+    pub peers: &'a str,
+    pub aggregators: &'a str,
+    /// Selector of the agent pods the SRV record should list, when the peer
+    /// selector does not cover them (host mode); `None`: they are among the
+    /// peers.
+    pub agents: Option<&'a str>,
+}
+
 impl Discovery {
-    /// Starts both watches on the current tokio runtime.
+    /// Starts the watches on the current tokio runtime.
     pub fn start(
         client: kube::Client,
         namespace: &str,
-        peer_selector: &str,
-        aggregator_selector: &str,
+        selectors: Selectors<'_>,
         me: AgentIdentity,
     ) -> Self {
-        let (peers, peer_watch) = spawn_reflector(
-            Api::namespaced(client.clone(), namespace),
-            peer_selector,
-            "peers",
-        );
-        let (aggregators, _) = spawn_reflector(
-            Api::namespaced(client, namespace),
-            aggregator_selector,
-            "aggregators",
-        );
+        let pods = || Api::<Pod>::namespaced(client.clone(), namespace);
+        let (peers, peer_watch) = spawn_reflector(pods(), Some(selectors.peers), "peers");
+        let agents = selectors
+            .agents
+            .map(|selector| spawn_reflector(pods(), Some(selector), "agents"));
+        let (aggregators, _) = spawn_reflector(pods(), Some(selectors.aggregators), "aggregators");
+        let (nodes, _) = spawn_reflector(Api::<Node>::all(client.clone()), None, "nodes");
         Self {
             me,
             peers,
             peer_watch,
+            agents,
+            nodes,
             aggregators,
         }
     }
@@ -104,10 +129,22 @@ impl Discovery {
         };
         let state = self.peers.state();
         let running = filter::running_pods(state.iter().map(|p| p.as_ref()));
+        // Last known node states while the node watch retries; an empty
+        // store (not synced, or no RBAC) skips nothing.
+        let nodes = self.nodes.state();
+        let skipped_nodes = filter::skipped_nodes(nodes.iter().map(|n| n.as_ref()));
+        let agents = match &self.agents {
+            None => Some(filter::agents(&running)),
+            Some((store, health)) => health.synced.load(Ordering::Acquire).then(|| {
+                let state = store.state();
+                filter::agents(&filter::running_pods(state.iter().map(|p| p.as_ref())))
+            }),
+        };
         Some(PeerView {
-            peers: filter::peers(&running, &self.me),
-            agents: Some(filter::agents(&running)),
+            peers: filter::peers(&running, &self.me, &skipped_nodes),
+            agents,
             source,
+            skipped_nodes,
         })
     }
 
@@ -140,26 +177,36 @@ pub fn fallback_from_srv(addresses: &BTreeSet<IpAddr>, me: &AgentIdentity) -> Pe
                 ip: *ip,
                 component: None,
                 started_unix_ms: None,
+                ready: true,
+                ready_since_unix_ms: None,
             })
             .collect(),
         agents: None,
         source: PeerSource::Dns,
+        skipped_nodes: BTreeMap::new(),
     }
 }
 
 /// Runs `watcher(...).default_backoff().reflect(...)` in a task: the store
 /// only advances while the stream is polled.
-fn spawn_reflector(
-    api: Api<Pod>,
-    selector: &str,
+fn spawn_reflector<K>(
+    api: Api<K>,
+    selector: Option<&str>,
     what: &'static str,
-) -> (Store<Pod>, Arc<WatchHealth>) {
+) -> (Store<K>, Arc<WatchHealth>)
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
     let health = Arc::new(WatchHealth::default());
-    let config = watcher::Config::default().labels(selector);
+    let config = match selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
     let stream = watcher(api, config).default_backoff().reflect(writer);
     let task_health = health.clone();
-    let selector = selector.to_owned();
+    let selector = selector.unwrap_or("").to_owned();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut outage_logged = false;
@@ -172,11 +219,11 @@ fn spawn_reflector(
                     if matches!(event, watcher::Event::InitDone)
                         && !task_health.synced.swap(true, Ordering::AcqRel)
                     {
-                        tracing::info!(what, %selector, "initial pod list received");
+                        tracing::info!(what, %selector, "initial list received");
                     }
                     if !task_health.healthy.swap(true, Ordering::AcqRel) {
                         outage_logged = false;
-                        tracing::info!(what, "pod watch is healthy");
+                        tracing::info!(what, "watch is healthy");
                     }
                 }
                 Err(error) => {
@@ -184,17 +231,14 @@ fn spawn_reflector(
                     let was_healthy = task_health.healthy.swap(false, Ordering::AcqRel);
                     if was_healthy || !outage_logged {
                         outage_logged = true;
-                        tracing::warn!(what, %error, "pod watch failed; keeping the last known pods while retrying");
+                        tracing::warn!(what, %error, "watch failed; keeping the last known objects while retrying");
                     } else {
-                        tracing::debug!(what, %error, "pod watch still failing");
+                        tracing::debug!(what, %error, "watch still failing");
                     }
                 }
             }
         }
-        tracing::error!(
-            what,
-            "pod watch stream ended; peers will no longer be updated"
-        );
+        tracing::error!(what, "watch stream ended; it will no longer be updated");
     });
     (reader, health)
 }
@@ -224,57 +268,114 @@ mod tests {
         assert!(view.agents.is_none());
     }
 
-    /// Against a loopback API server: list, then a watch that stays open;
-    /// when the server goes away the peers stay (last known).
-    #[tokio::test]
-    async fn peers_come_from_the_watch_and_survive_an_api_outage() {
+    type FakeApi = (kube::Client, tokio::task::JoinHandle<std::io::Result<()>>);
+
+    /// A loopback API server: lists pods by label selector and the nodes,
+    /// then serves watches that end quietly after a moment, so the watcher
+    /// reconnects (and fails once the server is gone).
+    async fn fake_api(pods: Vec<(&'static str, Vec<Pod>)>, nodes: Vec<Node>) -> FakeApi {
         use axum::Router;
         use axum::body::{Body, Bytes};
         use axum::extract::Query;
         use axum::routing::get;
         use std::collections::HashMap;
 
-        use super::filter::tests::pod;
-
-        let pods = serde_json::json!({
-            "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
-            "items": [
-                serde_json::to_value(pod("agent-1", "n1", "10.244.1.2", "Running", "agent")).unwrap(),
-                serde_json::to_value(pod("agent-2", "n2", "10.244.2.2", "Running", "agent")).unwrap(),
-            ]
-        });
-        let app = Router::new().route(
-            "/api/v1/namespaces/{ns}/pods",
-            get(move |Query(q): Query<HashMap<String, String>>| {
-                let pods = pods.clone();
-                async move {
-                    if q.get("watch").map(String::as_str) == Some("true") {
-                        // A watch that ends quietly after a moment, so the
-                        // watcher reconnects (and fails once we are gone).
-                        let ends =
-                            futures::stream::once(tokio::time::sleep(Duration::from_millis(200)))
-                                .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
-                        Body::from_stream(ends)
-                    } else if q.get("labelSelector").map(String::as_str)
-                        == Some(netmatrix_api::labels::PEER_SELECTOR)
-                    {
-                        Body::from(pods.to_string())
-                    } else {
-                        Body::from(
-                            serde_json::json!({"apiVersion": "v1", "kind": "PodList",
-                                "metadata": {"resourceVersion": "1"}, "items": []})
-                            .to_string(),
-                        )
-                    }
-                }
-            }),
+        fn list(kind: &str, items: impl Iterator<Item = serde_json::Value>) -> String {
+            serde_json::json!({"apiVersion": "v1", "kind": kind,
+                "metadata": {"resourceVersion": "1"}, "items": items.collect::<Vec<_>>()})
+            .to_string()
+        }
+        fn short_watch() -> Body {
+            let ends = futures::stream::once(tokio::time::sleep(Duration::from_millis(200)))
+                .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
+            Body::from_stream(ends)
+        }
+        let nodes = list(
+            "NodeList",
+            nodes.iter().map(|n| serde_json::to_value(n).unwrap()),
         );
+        let pods: HashMap<&str, String> = pods
+            .into_iter()
+            .map(|(selector, pods)| {
+                let items = pods.iter().map(|p| serde_json::to_value(p).unwrap());
+                (selector, list("PodList", items))
+            })
+            .collect();
+        let app = Router::new()
+            .route(
+                "/api/v1/nodes",
+                get(move |Query(q): Query<HashMap<String, String>>| {
+                    let nodes = nodes.clone();
+                    async move {
+                        if q.get("watch").map(String::as_str) == Some("true") {
+                            short_watch()
+                        } else {
+                            Body::from(nodes)
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/pods",
+                get(move |Query(q): Query<HashMap<String, String>>| {
+                    let pods = q
+                        .get("labelSelector")
+                        .and_then(|s| pods.get(s.as_str()).cloned())
+                        .unwrap_or_else(|| list("PodList", std::iter::empty()));
+                    async move {
+                        if q.get("watch").map(String::as_str) == Some("true") {
+                            short_watch()
+                        } else {
+                            Body::from(pods)
+                        }
+                    }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
         let url = format!("http://{addr}").parse().unwrap();
-        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
+        (
+            kube::Client::try_from(kube::Config::new(url)).unwrap(),
+            server,
+        )
+    }
+
+    /// Polls `view()` until `done` holds (the node and agent watches sync
+    /// after the peer watch).
+    async fn view_when(discovery: &Discovery, done: impl Fn(&PeerView) -> bool) -> PeerView {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut view = discovery.view().unwrap();
+        while !done(&view) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            view = discovery.view().unwrap();
+        }
+        view
+    }
+
+    /// List, then a watch; when the API server goes away the peers stay
+    /// (last known), and so do the node states (n3 is cordoned: its agent is
+    /// not probed).
+    #[tokio::test]
+    async fn peers_come_from_the_watch_and_survive_an_api_outage() {
+        use super::filter::node_tests::node;
+        use super::filter::tests::pod;
+
+        let (client, server) = fake_api(
+            vec![(
+                netmatrix_api::labels::PEER_SELECTOR,
+                vec![
+                    pod("agent-1", "n1", "10.244.1.2", "Running", "agent"),
+                    pod("agent-2", "n2", "10.244.2.2", "Running", "agent"),
+                    pod("agent-3", "n3", "10.244.3.2", "Running", "agent"),
+                ],
+            )],
+            vec![
+                node("n2", false, Some("True")),
+                node("n3", true, Some("True")),
+            ],
+        )
+        .await;
         let me = AgentIdentity {
             node: "n1".into(),
             pod: "agent-1".into(),
@@ -284,16 +385,24 @@ mod tests {
         let discovery = Discovery::start(
             client,
             "netmatrix",
-            netmatrix_api::labels::PEER_SELECTOR,
-            netmatrix_api::labels::AGGREGATOR_SELECTOR,
+            Selectors {
+                peers: netmatrix_api::labels::PEER_SELECTOR,
+                aggregators: netmatrix_api::labels::AGGREGATOR_SELECTOR,
+                agents: None,
+            },
             me,
         );
         assert!(discovery.wait_synced(Duration::from_secs(10)).await);
-        let view = discovery.view().unwrap();
+        let view = view_when(&discovery, |v| !v.skipped_nodes.is_empty()).await;
         assert_eq!(view.source, PeerSource::Api);
+        assert_eq!(
+            view.skipped_nodes,
+            BTreeMap::from([("n3".to_owned(), NodeSkip::Cordoned)])
+        );
         assert_eq!(view.peers.len(), 1);
         assert_eq!(view.peers[0].pod, "agent-2");
-        assert_eq!(view.agents.as_ref().map(Vec::len), Some(2));
+        // The SRV truth still has the cordoned node's agent.
+        assert_eq!(view.agents.as_ref().map(Vec::len), Some(3));
         assert!(discovery.aggregator_ips().is_empty());
 
         // The API goes away: the watch fails, the peers stay.
@@ -305,5 +414,57 @@ mod tests {
         let view = discovery.view().unwrap();
         assert_eq!(view.source, PeerSource::LastKnown);
         assert_eq!(view.peers.len(), 1);
+        assert_eq!(view.skipped_nodes.len(), 1, "last known node states");
+    }
+
+    /// A host agent probes the host agents, and compares the SRV record
+    /// with the pod-network agents, which its peer watch does not cover.
+    #[tokio::test]
+    async fn host_agents_watch_the_agents_separately() {
+        use super::filter::tests::pod;
+        use netmatrix_api::labels;
+
+        let (client, _server) = fake_api(
+            vec![
+                (
+                    labels::HOST_AGENT_SELECTOR,
+                    vec![
+                        pod("host-agent-1", "n1", "198.18.0.1", "Running", "host-agent"),
+                        pod("host-agent-2", "n2", "198.18.0.2", "Running", "host-agent"),
+                    ],
+                ),
+                (
+                    labels::AGENT_SELECTOR,
+                    vec![
+                        pod("agent-1", "n1", "10.244.1.2", "Running", "agent"),
+                        pod("agent-2", "n2", "10.244.2.2", "Running", "agent"),
+                    ],
+                ),
+            ],
+            vec![],
+        )
+        .await;
+        let me = AgentIdentity {
+            node: "n1".into(),
+            pod: "host-agent-1".into(),
+            pod_ip: "198.18.0.1".parse().unwrap(),
+            network: NetworkMode::Host,
+        };
+        let discovery = Discovery::start(
+            client,
+            "netmatrix",
+            Selectors {
+                peers: labels::HOST_AGENT_SELECTOR,
+                aggregators: labels::AGGREGATOR_SELECTOR,
+                agents: Some(labels::AGENT_SELECTOR),
+            },
+            me,
+        );
+        assert!(discovery.wait_synced(Duration::from_secs(10)).await);
+        let view = view_when(&discovery, |v| v.agents.is_some()).await;
+        let peers: Vec<_> = view.peers.iter().map(|p| p.pod.as_str()).collect();
+        assert_eq!(peers, ["host-agent-2"]);
+        let agents: Vec<_> = view.agents.unwrap().into_iter().map(|p| p.pod).collect();
+        assert_eq!(agents, ["agent-1", "agent-2"]);
     }
 }

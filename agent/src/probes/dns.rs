@@ -9,13 +9,37 @@
 //! - A: the answer must be exactly the expected address (e.g.
 //!   `kubernetes.default.svc.cluster.local.` = the API server ClusterIP);
 //! - SRV of the agents' headless Service: the addresses behind the records
-//!   must be the Running agent pods the API lists. Pods younger than the
-//!   negative-cache TTL may legitimately be missing (CoreDNS caches the
-//!   NXDOMAIN/NODATA it answered before they existed for about 30 s), so
-//!   they do not count as missing.
+//!   must be the Ready agent pods the API lists.
+//!
+//! DNS lags the API by design, so a disagreement is only a failure once it
+//! outlasts the negative-cache TTL ([`DnsProber::negative_ttl`]):
+//! - an expected record that is missing (from the answer, or because the
+//!   answer is NXDOMAIN/NODATA) while it is younger than the TTL goes to
+//!   `pending` and the check stays ok: a resolver may still serve the
+//!   negative answer it cached before the record existed. "Younger" counts
+//!   from when the record should exist: for an agent, since it became Ready
+//!   (per the API, or, for agents that appeared after this agent started,
+//!   since this agent first saw it); for an A name, since this agent first
+//!   checked it;
+//! - missing for longer, or an address the API does not have listed for
+//!   longer than the TTL (counted from the agent's departure when known, else
+//!   from when it was first answered), is `ok: false` with
+//!   [`ErrorKind::WrongAnswer`], which the aggregator names `dns-stale`. That
+//!   includes an NXDOMAIN/NODATA for a name the API says has records: the
+//!   name exists, DNS is behind;
+//! - every other failure keeps its kind (timeout, SERVFAIL, REFUSED,
+//!   unreachable, and NXDOMAIN for a name nothing says should exist), which
+//!   the aggregator names `dns-failure`.
+//!
+//! The TTL is `--dns-negative-ttl`, raised to the SOA's negative TTL (RFC
+//! 2308: the SOA minimum, capped by the SOA record's own TTL) when a negative
+//! answer for the name carried one: the flag stands for caches in front of
+//! the server (CoreDNS `cache`, node-local DNS), the SOA for what the zone
+//! allows; a record is only late once both may have expired.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -30,30 +54,100 @@ use netmatrix_api::{DnsResult, ErrorKind, ProbeError, RecordType};
 use super::{io_error_kind, millis, os_message};
 use crate::config::DnsName;
 
-/// How long a new agent may be absent from the SRV answer: CoreDNS's default
-/// negative-cache TTL (see DESIGN.md §3).
-pub const NEGATIVE_CACHE_GRACE: Duration = Duration::from_secs(30);
+/// Default of `--dns-negative-ttl`: CoreDNS's negative-cache TTL (see
+/// DESIGN.md §3).
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// An SOA cannot make the agent wait longer than this for a record (CoreDNS
+/// `cache` caps denials at 30 minutes too): a zone with a day-long minimum
+/// must not silence the check for a day.
+pub const MAX_SOA_NEGATIVE_TTL: Duration = Duration::from_secs(1800);
 /// At most this many SRV targets without glue records are resolved per round.
 const MAX_TARGET_LOOKUPS: usize = 256;
 /// At most this many names are listed in a wrong-answer message.
 const MAX_LISTED: usize = 10;
 
-/// An agent pod the API says is Running: what the SRV answer should list.
+/// A Ready agent pod: what the SRV answer should list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedAgent {
     pub pod: String,
     pub ip: IpAddr,
-    /// `status.startTime`, Unix milliseconds.
-    pub started_unix_ms: Option<u64>,
+    /// Since when DNS should list it (Unix milliseconds); `None`: unknown,
+    /// taken as old (the API would say if it were new).
+    pub since_unix_ms: Option<u64>,
 }
 
 /// What the SRV answer is compared with.
 #[derive(Debug, Clone, Default)]
 pub struct SrvExpectation {
+    /// Agents DNS must list.
     pub agents: Vec<ExpectedAgent>,
-    /// Addresses of agents that left less than [`NEGATIVE_CACHE_GRACE`] ago:
-    /// a cached positive answer may still list them.
-    pub recently_departed: HashSet<IpAddr>,
+    /// Agents DNS may list or not: Running but not Ready (the endpoints
+    /// controller drops them, after a delay).
+    pub optional: HashSet<IpAddr>,
+    /// Agents that left (or stopped being Ready), and when (Unix
+    /// milliseconds): a cached positive answer may list them for up to the
+    /// TTL after that.
+    pub departed: HashMap<IpAddr, u64>,
+}
+
+/// A negative answer: the name does not exist (NXDOMAIN), or has no record
+/// of the type asked (NODATA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NegativeAnswer {
+    pub nxdomain: bool,
+    /// The negative TTL of the SOA the answer carried, if any.
+    pub soa_ttl: Option<Duration>,
+}
+
+impl NegativeAnswer {
+    fn describe(self) -> &'static str {
+        if self.nxdomain { "NXDOMAIN" } else { "NODATA" }
+    }
+}
+
+/// What a lookup found, short of an error.
+#[derive(Debug, Default)]
+struct Found<T> {
+    records: T,
+    negative: Option<NegativeAnswer>,
+}
+
+/// What one name's earlier checks left behind: enough to say how long a
+/// disagreement has lasted.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// When this agent first checked the name (the age of an A expectation).
+    pub first_checked_unix_ms: u64,
+    /// The SOA negative TTL of the last negative answer that carried one.
+    pub soa_negative_ttl: Option<Duration>,
+    /// Expected records missing from the answers, since when (first seen).
+    missing_since: HashMap<String, u64>,
+    /// Records the API does not have, answered since when (first seen).
+    extra_since: HashMap<String, u64>,
+}
+
+impl History {
+    pub fn new(now_unix_ms: u64) -> Self {
+        Self {
+            first_checked_unix_ms: now_unix_ms,
+            ..Self::default()
+        }
+    }
+
+    /// The TTL in force for this name: the flag, raised by the SOA.
+    fn ttl(&self, flag: Duration) -> Duration {
+        self.soa_negative_ttl
+            .map_or(flag, |soa| flag.max(soa.min(MAX_SOA_NEGATIVE_TTL)))
+    }
+}
+
+/// The outcome of a comparison with the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Expected records missing, but younger than the TTL.
+    pub pending: Vec<String>,
+    /// `WrongAnswer` when DNS has disagreed for longer than the TTL.
+    pub error: Option<ProbeError>,
 }
 
 /// Resolves against one server, no cache.
@@ -61,10 +155,17 @@ pub struct DnsProber {
     resolver: TokioResolver,
     server: SocketAddr,
     timeout: Duration,
+    negative_ttl: Duration,
+    history: Mutex<HashMap<(String, RecordType), History>>,
 }
 
 impl DnsProber {
-    pub fn new(server: SocketAddr, timeout: Duration) -> Result<Self, NetError> {
+    /// `negative_ttl`: how long DNS may lag the API (`--dns-negative-ttl`).
+    pub fn new(
+        server: SocketAddr,
+        timeout: Duration,
+        negative_ttl: Duration,
+    ) -> Result<Self, NetError> {
         let mut ns = NameServerConfig::udp_and_tcp(server.ip());
         for connection in &mut ns.connections {
             connection.port = server.port();
@@ -87,33 +188,65 @@ impl DnsProber {
             resolver,
             server,
             timeout,
+            negative_ttl,
+            history: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The least time DNS may lag the API (`--dns-negative-ttl`).
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+
     /// A (or AAAA, when the expected address is IPv6) lookup of `name`.
-    pub async fn check_a(&self, name: &DnsName) -> DnsResult {
+    pub async fn check_a(&self, name: &DnsName, now_unix_ms: u64) -> DnsResult {
         let started = Instant::now();
         let want_v6 = matches!(name.expected, Some(IpAddr::V6(_)));
-        let answers = self.addresses(&name.name, want_v6).await;
+        let found = self.addresses(&name.name, want_v6).await;
         let latency = started.elapsed();
-        let expected: Vec<String> = name.expected.iter().map(ToString::to_string).collect();
-        let (answers, error) = match answers {
-            Ok(found) => {
-                let error = compare_a(&name.name, &found, name.expected);
-                (found.iter().map(ToString::to_string).collect(), error)
-            }
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        DnsResult {
+        let mut result = DnsResult {
             name: name.name.clone(),
             record: RecordType::A,
-            ok: error.is_none(),
+            ok: false,
             latency_ms: Some(millis(latency)),
-            answers,
-            expected,
+            answers: Vec::new(),
+            expected: name.expected.iter().map(ToString::to_string).collect(),
             pending: Vec::new(),
-            error,
+            error: None,
+        };
+        match found {
+            Err(e) => result.error = Some(e),
+            Ok(found) => {
+                result.answers = found.records.iter().map(ToString::to_string).collect();
+                match name.expected {
+                    None => result.error = empty_answer(&name.name, "address", &found),
+                    Some(ip) => {
+                        let answers = result.answers.iter().cloned().collect();
+                        let verdict = self.judged(
+                            &name.name,
+                            RecordType::A,
+                            now_unix_ms,
+                            found.negative,
+                            |h, ttl| {
+                                compare_a(
+                                    &name.name,
+                                    ip,
+                                    &answers,
+                                    found.negative,
+                                    ttl,
+                                    h,
+                                    now_unix_ms,
+                                )
+                            },
+                        );
+                        result.pending = verdict.pending;
+                        result.error = verdict.error;
+                    }
+                }
+            }
         }
+        result.ok = result.error.is_none();
+        result
     }
 
     /// SRV lookup of `name`, compared with `expectation` when the API's view
@@ -127,66 +260,118 @@ impl DnsProber {
         let started = Instant::now();
         let found = self.srv_endpoints(name).await;
         let latency = started.elapsed();
-        let expected: Vec<String> = expectation
-            .map(|e| {
-                e.agents
-                    .iter()
-                    .map(|a| a.ip.to_string())
-                    .collect::<BTreeSet<_>>()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let (answers, error) = match found {
-            Ok(endpoints) => {
-                let error = match expectation {
-                    Some(e) => compare_srv(name, &endpoints.addresses, e, now_unix_ms),
-                    None if endpoints.is_empty() => Some(ProbeError::new(
-                        ErrorKind::WrongAnswer,
-                        format!("{name}: no SRV records"),
-                    )),
-                    None => None,
-                };
-                (endpoints.describe(), error)
-            }
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        DnsResult {
+        let mut result = DnsResult {
             name: name.to_owned(),
             record: RecordType::Srv,
-            ok: error.is_none(),
+            ok: false,
             latency_ms: Some(millis(latency)),
-            answers,
-            expected,
+            answers: Vec::new(),
+            expected: expectation
+                .map(|e| {
+                    e.agents
+                        .iter()
+                        .map(|a| a.ip.to_string())
+                        .collect::<BTreeSet<_>>()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             pending: Vec::new(),
-            error,
+            error: None,
+        };
+        match found {
+            Err(e) => result.error = Some(e),
+            Ok(found) => {
+                result.answers = found.records.describe();
+                match expectation {
+                    None => result.error = empty_answer(name, "SRV", &found),
+                    Some(e) => {
+                        let verdict = self.judged(
+                            name,
+                            RecordType::Srv,
+                            now_unix_ms,
+                            found.negative,
+                            |h, ttl| {
+                                compare_srv(
+                                    name,
+                                    &found.records.addresses,
+                                    e,
+                                    found.negative,
+                                    ttl,
+                                    h,
+                                    now_unix_ms,
+                                )
+                            },
+                        );
+                        result.pending = verdict.pending;
+                        result.error = verdict.error;
+                    }
+                }
+            }
         }
+        result.ok = result.error.is_none();
+        result
+    }
+
+    /// Runs a comparison with the name's history and TTL.
+    fn judged(
+        &self,
+        name: &str,
+        record: RecordType,
+        now_unix_ms: u64,
+        negative: Option<NegativeAnswer>,
+        compare: impl FnOnce(&mut History, Duration) -> Verdict,
+    ) -> Verdict {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        let mut all = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let history = all
+            .entry((name.to_owned(), record))
+            .or_insert_with(|| History::new(now_unix_ms));
+        if let Some(soa) = negative.and_then(|n| n.soa_ttl) {
+            history.soa_negative_ttl = Some(soa);
+        }
+        let ttl = history.ttl(self.negative_ttl);
+        compare(history, ttl)
     }
 
     /// Addresses behind an SRV name (the discovery fallback at start-up).
     pub async fn srv_addresses(&self, name: &str) -> Result<BTreeSet<IpAddr>, ProbeError> {
-        self.srv_endpoints(name).await.map(|e| e.addresses)
+        let found = self.srv_endpoints(name).await?;
+        match found.negative {
+            Some(negative) if negative.nxdomain => Err(ProbeError::new(
+                ErrorKind::Nxdomain,
+                format!("lookup {name} on {}: NXDOMAIN", self.server),
+            )),
+            _ => Ok(found.records.addresses),
+        }
     }
 
-    async fn addresses(&self, name: &str, v6: bool) -> Result<BTreeSet<IpAddr>, ProbeError> {
+    async fn addresses(&self, name: &str, v6: bool) -> Result<Found<BTreeSet<IpAddr>>, ProbeError> {
         let lookup = if v6 {
             self.bounded(self.resolver.ipv6_lookup(name)).await
         } else {
             self.bounded(self.resolver.ipv4_lookup(name)).await
         };
         match lookup {
-            Ok(lookup) => Ok(lookup.answers().iter().filter_map(address_of).collect()),
-            Err(e) => self.no_data_or_error(name, e).map(|()| BTreeSet::new()),
+            Ok(lookup) => Ok(Found {
+                records: lookup.answers().iter().filter_map(address_of).collect(),
+                negative: None,
+            }),
+            Err(e) => self.negative_or_error(name, e).map(|negative| Found {
+                records: BTreeSet::new(),
+                negative: Some(negative),
+            }),
         }
     }
 
-    async fn srv_endpoints(&self, name: &str) -> Result<SrvEndpoints, ProbeError> {
+    async fn srv_endpoints(&self, name: &str) -> Result<Found<SrvEndpoints>, ProbeError> {
         let lookup = match self.bounded(self.resolver.srv_lookup(name)).await {
             Ok(lookup) => lookup,
             Err(e) => {
-                return self
-                    .no_data_or_error(name, e)
-                    .map(|()| SrvEndpoints::default());
+                return self.negative_or_error(name, e).map(|negative| Found {
+                    records: SrvEndpoints::default(),
+                    negative: Some(negative),
+                });
             }
         };
         // Glue from the additional section, as CoreDNS sends for headless Services.
@@ -216,7 +401,7 @@ impl DnsProber {
         let resolved = join_all(lookups).await;
         for ((target, port), result) in unresolved.iter().zip(resolved) {
             match result {
-                Ok(ips) if !ips.is_empty() => endpoints.addresses.extend(ips),
+                Ok(found) if !found.records.is_empty() => endpoints.addresses.extend(found.records),
                 _ => endpoints.unresolved.push(format!("{target}:{port}")),
             }
         }
@@ -226,7 +411,10 @@ impl DnsProber {
                 .skip(MAX_TARGET_LOOKUPS)
                 .map(|(t, p)| format!("{t}:{p}")),
         );
-        Ok(endpoints)
+        Ok(Found {
+            records: endpoints,
+            negative: None,
+        })
     }
 
     /// Bounds a lookup by our timeout plus a little: the resolver's own
@@ -241,15 +429,53 @@ impl DnsProber {
         }
     }
 
-    /// NODATA (the name exists, no record of this type) is an empty answer,
-    /// judged by the comparison; everything else is a classified error.
-    fn no_data_or_error(&self, name: &str, err: NetError) -> Result<(), ProbeError> {
+    /// NXDOMAIN and NODATA are answers, judged by the comparison with the
+    /// API (the name may rightly not exist yet); everything else is a
+    /// classified error.
+    fn negative_or_error(&self, name: &str, err: NetError) -> Result<NegativeAnswer, ProbeError> {
         if let NetError::Dns(DnsError::NoRecordsFound(nr)) = &err
-            && nr.response_code == ResponseCode::NoError
+            && matches!(
+                nr.response_code,
+                ResponseCode::NXDomain | ResponseCode::NoError
+            )
         {
-            return Ok(());
+            return Ok(NegativeAnswer {
+                nxdomain: nr.response_code == ResponseCode::NXDomain,
+                soa_ttl: nr.negative_ttl.map(|s| Duration::from_secs(u64::from(s))),
+            });
         }
         Err(classify(&err, name, self.server))
+    }
+}
+
+/// Without the API's truth an empty answer is a plain DNS failure: NXDOMAIN
+/// keeps its kind; NODATA is `Other` (the name exists, without records).
+fn empty_answer<T: IsEmpty>(name: &str, what: &str, found: &Found<T>) -> Option<ProbeError> {
+    if !found.records.is_empty() {
+        return None;
+    }
+    Some(match found.negative {
+        Some(n) if n.nxdomain => ProbeError::new(ErrorKind::Nxdomain, format!("{name}: NXDOMAIN")),
+        _ => ProbeError::new(
+            ErrorKind::Other,
+            format!("{name}: no {what} records (NODATA)"),
+        ),
+    })
+}
+
+trait IsEmpty {
+    fn is_empty(&self) -> bool;
+}
+
+impl IsEmpty for BTreeSet<IpAddr> {
+    fn is_empty(&self) -> bool {
+        BTreeSet::is_empty(self)
+    }
+}
+
+impl IsEmpty for SrvEndpoints {
+    fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.unresolved.is_empty()
     }
 }
 
@@ -262,10 +488,6 @@ struct SrvEndpoints {
 }
 
 impl SrvEndpoints {
-    fn is_empty(&self) -> bool {
-        self.addresses.is_empty() && self.unresolved.is_empty()
-    }
-
     fn describe(&self) -> Vec<String> {
         self.addresses
             .iter()
@@ -317,71 +539,201 @@ pub(crate) fn classify(err: &NetError, name: &str, server: SocketAddr) -> ProbeE
     ProbeError::new(kind, format!("lookup {name} on {server}: {what}"))
 }
 
-/// An A answer is right when it is exactly the expected address.
-fn compare_a(name: &str, found: &BTreeSet<IpAddr>, expected: Option<IpAddr>) -> Option<ProbeError> {
-    let wrong = |detail: String| {
-        Some(ProbeError::new(
-            ErrorKind::WrongAnswer,
-            format!("{name}: {detail}"),
-        ))
-    };
-    match expected {
-        _ if found.is_empty() => wrong("no address records (NODATA)".to_owned()),
-        Some(ip) if found.len() != 1 || !found.contains(&ip) => {
-            wrong(format!("expected {ip}, got {}", join(found.iter())))
-        }
-        _ => None,
-    }
+/// One record the API says DNS should answer.
+#[derive(Debug, Clone)]
+struct Want {
+    /// As it appears in the answers (an address).
+    record: String,
+    /// For messages, e.g. `agent-3 (10.244.3.2)`.
+    label: String,
+    since_unix_ms: Option<u64>,
 }
 
-/// Compares the addresses behind the SRV records with the API's agents.
+/// Records DNS may answer without the API having them.
+#[derive(Debug, Default)]
+struct Tolerance {
+    optional: HashSet<String>,
+    /// Departure time of records the API had, Unix milliseconds.
+    departed: HashMap<String, u64>,
+}
+
+/// The A answer must be exactly `expected`. The expectation counts from the
+/// name's first check by this agent.
+pub fn compare_a(
+    name: &str,
+    expected: IpAddr,
+    found: &BTreeSet<String>,
+    negative: Option<NegativeAnswer>,
+    ttl: Duration,
+    history: &mut History,
+    now_unix_ms: u64,
+) -> Verdict {
+    let want = Want {
+        record: expected.to_string(),
+        label: expected.to_string(),
+        since_unix_ms: Some(history.first_checked_unix_ms),
+    };
+    let input = Comparison {
+        name,
+        wants: &[want],
+        found,
+        tolerance: &Tolerance::default(),
+        negative,
+        ttl,
+    };
+    input.judge(history, now_unix_ms)
+}
+
+/// The addresses behind the SRV records must be the Ready agents.
 pub fn compare_srv(
     name: &str,
     found: &BTreeSet<IpAddr>,
     expectation: &SrvExpectation,
+    negative: Option<NegativeAnswer>,
+    ttl: Duration,
+    history: &mut History,
     now_unix_ms: u64,
-) -> Option<ProbeError> {
-    let grace_ms = u64::try_from(NEGATIVE_CACHE_GRACE.as_millis()).unwrap_or(u64::MAX);
-    let missing: Vec<String> = expectation
+) -> Verdict {
+    let wants: Vec<Want> = expectation
         .agents
         .iter()
-        .filter(|a| !found.contains(&a.ip))
-        .filter(|a| {
-            // Unknown start time: treat as old, the API would know if it were new.
-            a.started_unix_ms
-                .is_none_or(|t| now_unix_ms.saturating_sub(t) >= grace_ms)
+        .map(|a| Want {
+            record: a.ip.to_string(),
+            label: format!("{} ({})", a.pod, a.ip),
+            since_unix_ms: a.since_unix_ms,
         })
-        .map(|a| format!("{} ({})", a.pod, a.ip))
         .collect();
-    let known: HashSet<IpAddr> = expectation.agents.iter().map(|a| a.ip).collect();
-    let unexpected: Vec<String> = found
-        .iter()
-        .filter(|ip| !known.contains(ip) && !expectation.recently_departed.contains(ip))
-        .map(ToString::to_string)
-        .collect();
-    if missing.is_empty() && unexpected.is_empty() {
-        return None;
+    let tolerance = Tolerance {
+        optional: expectation
+            .optional
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        departed: expectation
+            .departed
+            .iter()
+            .map(|(ip, t)| (ip.to_string(), *t))
+            .collect(),
+    };
+    let found: BTreeSet<String> = found.iter().map(ToString::to_string).collect();
+    let input = Comparison {
+        name,
+        wants: &wants,
+        found: &found,
+        tolerance: &tolerance,
+        negative,
+        ttl,
+    };
+    input.judge(history, now_unix_ms)
+}
+
+/// Answers against the API's truth.
+struct Comparison<'a> {
+    name: &'a str,
+    wants: &'a [Want],
+    found: &'a BTreeSet<String>,
+    tolerance: &'a Tolerance,
+    negative: Option<NegativeAnswer>,
+    ttl: Duration,
+}
+
+impl Comparison<'_> {
+    fn judge(&self, history: &mut History, now: u64) -> Verdict {
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let age = |since: u64| now.saturating_sub(since);
+
+        let mut pending = Vec::new();
+        let mut late = Vec::new();
+        let missing: Vec<&Want> = self
+            .wants
+            .iter()
+            .filter(|w| !self.found.contains(&w.record))
+            .collect();
+        history
+            .missing_since
+            .retain(|r, _| missing.iter().any(|w| &w.record == r));
+        for want in missing {
+            let missing_since = *history
+                .missing_since
+                .entry(want.record.clone())
+                .or_insert(now);
+            match want.since_unix_ms.map(age) {
+                // Young: a resolver may still hold the negative answer it
+                // cached before the record existed.
+                Some(expected_for) if expected_for < ttl_ms => pending.push(want.record.clone()),
+                expected_for => late.push(format!(
+                    "{} ({}not answered for {})",
+                    want.label,
+                    expected_for.map_or(String::new(), |ms| format!("expected for {}, ", secs(ms))),
+                    secs(age(missing_since)),
+                )),
+            }
+        }
+
+        let wanted: HashSet<&str> = self.wants.iter().map(|w| w.record.as_str()).collect();
+        let extra: Vec<&String> = self
+            .found
+            .iter()
+            .filter(|r| !wanted.contains(r.as_str()) && !self.tolerance.optional.contains(*r))
+            .collect();
+        history.extra_since.retain(|r, _| extra.contains(&r));
+        let mut stale = Vec::new();
+        for record in extra {
+            let first_answered = *history.extra_since.entry(record.clone()).or_insert(now);
+            // Counted from when the API stopped having it, when known.
+            let since = self
+                .tolerance
+                .departed
+                .get(record)
+                .copied()
+                .unwrap_or(first_answered);
+            if age(since) >= ttl_ms {
+                stale.push(format!("{record} (for {})", secs(age(since))));
+            }
+        }
+
+        pending.sort();
+        if late.is_empty() && stale.is_empty() {
+            return Verdict {
+                pending,
+                error: None,
+            };
+        }
+        let mut parts = Vec::new();
+        match self.negative {
+            Some(negative) => parts.push(negative.describe().to_owned()),
+            None if !late.is_empty() => parts.push(format!("answered {}", join(self.found.iter()))),
+            None => {}
+        }
+        if !late.is_empty() {
+            parts.push(format!(
+                "{} expected record(s) missing for longer than the negative-cache TTL ({}): {}",
+                late.len(),
+                secs(ttl_ms),
+                join(late.iter())
+            ));
+        }
+        if !stale.is_empty() {
+            parts.push(format!(
+                "{} record(s) the API does not have, answered for longer than {}: {}",
+                stale.len(),
+                secs(ttl_ms),
+                join(stale.iter())
+            ));
+        }
+        Verdict {
+            pending,
+            error: Some(ProbeError::new(
+                ErrorKind::WrongAnswer,
+                format!("{}: {}", self.name, parts.join("; ")),
+            )),
+        }
     }
-    let mut parts = Vec::new();
-    if !missing.is_empty() {
-        parts.push(format!(
-            "missing {} running agent(s) older than {}s: {}",
-            missing.len(),
-            NEGATIVE_CACHE_GRACE.as_secs(),
-            join(missing.iter())
-        ));
-    }
-    if !unexpected.is_empty() {
-        parts.push(format!(
-            "{} record(s) for no running agent: {}",
-            unexpected.len(),
-            join(unexpected.iter())
-        ));
-    }
-    Some(ProbeError::new(
-        ErrorKind::WrongAnswer,
-        format!("{name}: {}", parts.join("; ")),
-    ))
+}
+
+/// Milliseconds as whole seconds, the way people read them (`2m 5s`).
+fn secs(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
 }
 
 /// Joins at most [`MAX_LISTED`] items, saying how many were left out.
@@ -399,18 +751,32 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_000_000_000;
+    const TTL: Duration = DEFAULT_NEGATIVE_TTL;
 
     fn agent(pod: &str, ip: &str, age_s: Option<u64>) -> ExpectedAgent {
         ExpectedAgent {
             pod: pod.into(),
             ip: ip.parse().unwrap(),
-            started_unix_ms: age_s.map(|s| NOW - s * 1000),
+            since_unix_ms: age_s.map(|s| NOW - s * 1000),
         }
     }
 
     fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
+
+    fn strings(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn srv(found: &[&str], e: &SrvExpectation, h: &mut History, now: u64) -> Verdict {
+        compare_srv("x.", &ips(found), e, None, TTL, h, now)
+    }
+
+    const NXDOMAIN: Option<NegativeAnswer> = Some(NegativeAnswer {
+        nxdomain: true,
+        soa_ttl: None,
+    });
 
     #[test]
     fn srv_matching_the_api_is_ok() {
@@ -421,14 +787,12 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(
-            compare_srv("x.", &ips(&["10.244.1.2", "10.244.2.2"]), &e, NOW),
-            None
-        );
+        let v = srv(&["10.244.1.2", "10.244.2.2"], &e, &mut History::new(0), NOW);
+        assert_eq!(v, Verdict::default());
     }
 
     #[test]
-    fn young_pods_missing_from_dns_are_not_a_failure() {
+    fn young_agents_missing_from_dns_are_pending_not_failures() {
         let e = SrvExpectation {
             agents: vec![
                 agent("a", "10.244.1.2", Some(600)),
@@ -436,41 +800,125 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(compare_srv("x.", &ips(&["10.244.1.2"]), &e, NOW), None);
-    }
+        let mut h = History::new(0);
+        let v = srv(&["10.244.1.2"], &e, &mut h, NOW);
+        assert_eq!(v.error, None);
+        assert_eq!(v.pending, ["10.244.3.2"]);
 
-    #[test]
-    fn old_missing_pods_and_extra_records_are_named() {
-        let e = SrvExpectation {
-            agents: vec![
-                agent("a", "10.244.1.2", Some(600)),
-                agent("old", "10.244.3.2", Some(31)),
-            ],
-            recently_departed: ips(&["10.244.7.7"]).into_iter().collect(),
-        };
-        let err = compare_srv(
-            "x.",
-            &ips(&["10.244.1.2", "10.244.9.9", "10.244.7.7"]),
-            &e,
-            NOW,
-        )
-        .unwrap();
+        // Still missing once the record is older than the TTL: stale.
+        let later = NOW + 26_000;
+        let v = srv(&["10.244.1.2"], &e, &mut h, later);
+        assert!(v.pending.is_empty());
+        let err = v.error.unwrap();
         assert_eq!(err.kind, ErrorKind::WrongAnswer);
         assert_eq!(
             err.message,
-            "x.: missing 1 running agent(s) older than 30s: old (10.244.3.2); 1 record(s) for no running agent: 10.244.9.9"
+            "x.: answered 10.244.1.2; 1 expected record(s) missing for longer than the \
+             negative-cache TTL (30s): new (10.244.3.2) (expected for 31s, not answered for 26s)"
         );
     }
 
     #[test]
-    fn a_answers_must_be_exactly_the_expected_address() {
+    fn an_nxdomain_for_a_name_the_api_has_is_pending_then_stale() {
+        let e = SrvExpectation {
+            agents: vec![agent("a", "10.244.1.2", Some(10))],
+            ..Default::default()
+        };
+        let mut h = History::new(0);
+        let v = compare_srv("x.", &ips(&[]), &e, NXDOMAIN, TTL, &mut h, NOW);
+        assert_eq!((v.pending.len(), v.error), (1, None));
+        let v = compare_srv("x.", &ips(&[]), &e, NXDOMAIN, TTL, &mut h, NOW + 20_000);
+        let err = v.error.unwrap();
+        assert_eq!(err.kind, ErrorKind::WrongAnswer, "stale, not a DNS failure");
+        assert!(
+            err.message
+                .starts_with("x.: NXDOMAIN; 1 expected record(s) missing"),
+            "{err}"
+        );
+
+        // With no Ready agent at all, NXDOMAIN is the right answer.
+        let none = SrvExpectation::default();
+        let v = compare_srv("x.", &ips(&[]), &none, NXDOMAIN, TTL, &mut h, NOW);
+        assert_eq!(v, Verdict::default());
+    }
+
+    #[test]
+    fn extra_records_are_tolerated_for_the_ttl() {
+        let e = SrvExpectation {
+            agents: vec![agent("a", "10.244.1.2", Some(600))],
+            // Not Ready: may be listed or not.
+            optional: HashSet::from(["10.244.5.2".parse().unwrap()]),
+            departed: HashMap::from([
+                // Left 10 s ago: a cached answer may still list it.
+                ("10.244.7.7".parse().unwrap(), NOW - 10_000),
+                // Left 40 s ago: it should be gone by now.
+                ("10.244.8.8".parse().unwrap(), NOW - 40_000),
+            ]),
+        };
+        let mut h = History::new(0);
+        let found = [
+            "10.244.1.2",
+            "10.244.5.2",
+            "10.244.7.7",
+            "10.244.8.8",
+            "10.244.9.9",
+        ];
+        let err = srv(&found, &e, &mut h, NOW).error.unwrap();
+        assert_eq!(
+            err.message,
+            "x.: 1 record(s) the API does not have, answered for longer than 30s: 10.244.8.8 (for 40s)"
+        );
+        // 10.244.9.9 was never known: counted from its first answer.
+        let err = srv(&found, &e, &mut h, NOW + 30_000).error.unwrap();
+        assert!(
+            err.message
+                .contains("10.244.7.7 (for 40s), 10.244.8.8 (for 1m 10s), 10.244.9.9 (for 30s)"),
+            "{err}"
+        );
+        assert!(!err.message.contains("10.244.5.2"), "{err}");
+        // Gone from the answer: forgotten, and a reappearance starts over.
+        assert_eq!(srv(&["10.244.1.2"], &e, &mut h, NOW + 31_000).error, None);
+        assert_eq!(
+            srv(&["10.244.1.2", "10.244.9.9"], &e, &mut h, NOW + 32_000).error,
+            None
+        );
+    }
+
+    #[test]
+    fn a_answers_are_compared_from_the_first_check() {
         let ip: IpAddr = "10.96.0.1".parse().unwrap();
-        assert_eq!(compare_a("k.", &ips(&["10.96.0.1"]), Some(ip)), None);
-        assert_eq!(compare_a("k.", &ips(&["10.96.0.9"]), None), None);
-        let err = compare_a("k.", &ips(&["10.96.0.9"]), Some(ip)).unwrap();
+        let mut h = History::new(NOW);
+        let a = |found: &[&str], h: &mut History, now| {
+            compare_a("k.", ip, &strings(found), None, TTL, h, now)
+        };
+        assert_eq!(a(&["10.96.0.1"], &mut h, NOW), Verdict::default());
+        // Within the TTL of the agent's first check: pending.
+        let v = a(&["10.96.0.9"], &mut h, NOW + 1_000);
+        assert_eq!((v.pending, v.error), (vec!["10.96.0.1".to_owned()], None));
+        let err = a(&["10.96.0.9"], &mut h, NOW + 31_000).error.unwrap();
         assert_eq!(err.kind, ErrorKind::WrongAnswer);
-        assert_eq!(err.message, "k.: expected 10.96.0.1, got 10.96.0.9");
-        assert!(compare_a("k.", &ips(&[]), None).is_some());
+        assert_eq!(
+            err.message,
+            "k.: answered 10.96.0.9; 1 expected record(s) missing for longer than the negative-cache \
+             TTL (30s): 10.96.0.1 (expected for 31s, not answered for 30s); 1 record(s) the API does \
+             not have, answered for longer than 30s: 10.96.0.9 (for 30s)"
+        );
+        let err = compare_a("k.", ip, &strings(&[]), NXDOMAIN, TTL, &mut h, NOW + 40_000)
+            .error
+            .unwrap();
+        assert!(err.message.starts_with("k.: NXDOMAIN; 1 expected"), "{err}");
+    }
+
+    #[test]
+    fn the_soa_can_raise_the_ttl_within_a_cap() {
+        let mut h = History::new(0);
+        assert_eq!(h.ttl(TTL), TTL);
+        h.soa_negative_ttl = Some(Duration::from_secs(5));
+        assert_eq!(h.ttl(TTL), TTL, "the flag is a floor");
+        h.soa_negative_ttl = Some(Duration::from_secs(300));
+        assert_eq!(h.ttl(TTL), Duration::from_secs(300));
+        h.soa_negative_ttl = Some(Duration::from_secs(86_400));
+        assert_eq!(h.ttl(TTL), MAX_SOA_NEGATIVE_TTL);
     }
 
     #[test]
@@ -493,9 +941,11 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Servfail);
     }
 
-    /// A one-shot loopback UDP DNS server: answers the first query with the
-    /// given response code and no records.
-    async fn udp_server(rcode: u8) -> SocketAddr {
+    /// A loopback UDP DNS server: answers every query with the given
+    /// response code and no answers; with `soa`, an SOA in the authority
+    /// section whose TTL and minimum are both `soa` (a negative answer as
+    /// RFC 2308 has it).
+    async fn udp_server(rcode: u8, soa: Option<u32>) -> SocketAddr {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         tokio::spawn(async move {
@@ -504,30 +954,60 @@ mod tests {
                 if n < 12 {
                     continue;
                 }
-                let mut answer = buf[..n].to_vec();
+                // Header and question only (drop the query's EDNS record).
+                let mut end = 12;
+                while end < n && buf[end] != 0 {
+                    end += usize::from(buf[end]) + 1;
+                }
+                let end = (end + 5).min(n);
+                let mut answer = buf[..end].to_vec();
                 answer[2] |= 0x80; // QR: response
                 answer[3] = (answer[3] & 0xf0) | rcode;
+                answer[6..12].fill(0); // no answer, authority, additional
+                if let Some(ttl) = soa {
+                    answer[9] = 1;
+                    // Owner: the question's name; SOA, IN, TTL, 22 bytes of
+                    // root mname and rname, then five u32, minimum last.
+                    answer.extend_from_slice(&[0xc0, 12, 0, 6, 0, 1]);
+                    answer.extend_from_slice(&ttl.to_be_bytes());
+                    answer.extend_from_slice(&[0, 22, 0, 0]);
+                    for field in [1, 3600, 600, 86_400, ttl] {
+                        answer.extend_from_slice(&u32::to_be_bytes(field));
+                    }
+                }
                 let _ = socket.send_to(&answer, peer).await;
             }
         });
         addr
     }
 
-    fn name(n: &str) -> DnsName {
+    fn name(n: &str, expected: Option<&str>) -> DnsName {
         DnsName {
             name: n.into(),
-            expected: Some("10.96.0.1".parse().unwrap()),
+            expected: expected.map(|ip| ip.parse().unwrap()),
         }
+    }
+
+    fn prober(server: SocketAddr, timeout: Duration) -> DnsProber {
+        DnsProber::new(server, timeout, TTL).unwrap()
     }
 
     #[tokio::test]
     async fn nxdomain_and_servfail_from_a_loopback_server() {
-        let p = DnsProber::new(udp_server(3).await, Duration::from_secs(1)).unwrap();
-        let r = p.check_a(&name("nope.cluster.local.")).await;
+        let p = prober(udp_server(3, None).await, Duration::from_secs(1));
+        // Nothing says this name should exist: a DNS failure.
+        let r = p.check_a(&name("nope.cluster.local.", None), NOW).await;
         assert!(!r.ok);
         assert_eq!(r.error.unwrap().kind, ErrorKind::Nxdomain);
+        // The API says it should: pending while young, then stale.
+        let k = name("kubernetes.default.svc.cluster.local.", Some("10.96.0.1"));
+        let r = p.check_a(&k, NOW).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.pending, ["10.96.0.1"]);
+        let r = p.check_a(&k, NOW + 30_000).await;
+        assert_eq!(r.error.unwrap().kind, ErrorKind::WrongAnswer);
 
-        let p = DnsProber::new(udp_server(2).await, Duration::from_secs(1)).unwrap();
+        let p = prober(udp_server(2, None).await, Duration::from_secs(1));
         let r = p.check_srv("_x._tcp.svc.cluster.local.", None, NOW).await;
         assert_eq!(
             r.error.unwrap().kind,
@@ -538,20 +1018,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_negative_ttl_comes_from_the_soa() {
+        let p = prober(udp_server(3, Some(120)).await, Duration::from_secs(1));
+        let e = SrvExpectation {
+            agents: vec![agent("a", "10.244.1.2", Some(0))],
+            ..Default::default()
+        };
+        let srv_name = "_metrics._tcp.agents.netmatrix.svc.cluster.local.";
+        let r = p.check_srv(srv_name, Some(&e), NOW).await;
+        assert!(r.ok, "{r:?}");
+        // 60 s later: past the flag, within the SOA's 120 s.
+        let r = p.check_srv(srv_name, Some(&e), NOW + 60_000).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.pending, ["10.244.1.2"]);
+        let r = p.check_srv(srv_name, Some(&e), NOW + 121_000).await;
+        let err = r.error.unwrap();
+        assert_eq!(err.kind, ErrorKind::WrongAnswer);
+        assert!(err.message.contains("TTL (2m)"), "{err}");
+        // Without the API's truth, NXDOMAIN is a plain failure.
+        let r = p.check_srv(srv_name, None, NOW).await;
+        assert_eq!(r.error.unwrap().kind, ErrorKind::Nxdomain);
+    }
+
+    #[tokio::test]
     async fn silent_server_times_out_and_closed_port_is_refused() {
         let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let p = DnsProber::new(silent.local_addr().unwrap(), Duration::from_millis(300)).unwrap();
-        let r = p
-            .check_a(&name("kubernetes.default.svc.cluster.local."))
-            .await;
+        let k = name("kubernetes.default.svc.cluster.local.", Some("10.96.0.1"));
+        let p = prober(silent.local_addr().unwrap(), Duration::from_millis(300));
+        let r = p.check_a(&k, NOW).await;
         assert_eq!(r.error.unwrap().kind, ErrorKind::Timeout);
 
         let closed = silent.local_addr().unwrap();
         drop(silent);
-        let p = DnsProber::new(closed, Duration::from_millis(500)).unwrap();
-        let r = p
-            .check_a(&name("kubernetes.default.svc.cluster.local."))
-            .await;
+        let p = prober(closed, Duration::from_millis(500));
+        let r = p.check_a(&k, NOW).await;
         let e = r.error.unwrap();
         assert!(
             matches!(e.kind, ErrorKind::Refused | ErrorKind::Timeout),
