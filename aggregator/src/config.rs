@@ -55,12 +55,30 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_FAILED_LOSS", default_value_t = 0.5, value_parser = parse_fraction)]
     pub failed_loss: f64,
 
+    /// A path is `packet-loss` when, over the last --history-rounds rounds,
+    /// more than this fraction of its echoes was lost (rounds in which a pod
+    /// answered nothing at all are outages, judged by the other rules).
+    #[arg(long, env = "NETMATRIX_LOSS_THRESHOLD", default_value_t = 0.1, value_parser = parse_fraction)]
+    pub loss_threshold: f64,
+
+    /// Rounds of echo counts kept per peer pod to judge loss, MTU and
+    /// latency over a window instead of one noisy round.
+    #[arg(long, env = "NETMATRIX_HISTORY_ROUNDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..=60))]
+    pub history_rounds: u32,
+
+    /// A path is `high-latency` when its mean RTT over the window is above
+    /// this and many times the cluster's median.
+    #[arg(long, env = "NETMATRIX_LATENCY_FLOOR", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub latency_floor: Duration,
+
     /// Namespace of the agent pods.
     #[arg(long, env = "POD_NAMESPACE", default_value = "netmatrix")]
     pub namespace: String,
 
-    /// Label selector of the agent pods whose reports are accepted.
-    #[arg(long, env = "NETMATRIX_AGENT_SELECTOR", default_value = labels::AGENT_SELECTOR)]
+    /// Label selector of the agent pods whose reports are accepted: pod-network
+    /// and host-network agents (`component=host-agent` or `hostNetwork: true`
+    /// pods may only send `network: host` reports, the others `network: pod`).
+    #[arg(long, env = "NETMATRIX_AGENT_SELECTOR", default_value = labels::REPORTER_SELECTOR)]
     pub agent_selector: String,
 
     /// Kubeconfig file; without it the in-cluster config or ~/.kube/config is used.
@@ -103,7 +121,10 @@ mod tests {
             (3, 3, 3)
         );
         assert_eq!(args.max_body, 1 << 20);
-        assert_eq!(args.agent_selector, labels::AGENT_SELECTOR);
+        assert_eq!(args.agent_selector, labels::REPORTER_SELECTOR);
+        assert_eq!(args.loss_threshold, 0.1);
+        assert_eq!(args.history_rounds, 5);
+        assert_eq!(args.latency_floor, Duration::from_millis(100));
         assert!(!args.no_kubernetes);
     }
 
@@ -113,6 +134,8 @@ mod tests {
             &["x", "--interval", "0s"][..],
             &["x", "--raise-after", "0"],
             &["x", "--failed-loss", "1.5"],
+            &["x", "--loss-threshold", "-0.1"],
+            &["x", "--history-rounds", "1"],
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?} was accepted");
         }

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use netmatrix_api::AgentIdentity;
+use netmatrix_api::{AgentIdentity, NetworkMode, NodeState, labels};
 
 /// A running, non-terminating agent pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,12 @@ pub struct AgentPod {
     pub name: String,
     /// `status.podIPs` (a host-network agent has its node's addresses).
     pub ips: Vec<IpAddr>,
+    /// Pod network (`component=agent`) or host network (`component=host-agent`
+    /// or `hostNetwork: true`): a report must come from the matching kind.
+    pub network: NetworkMode,
+    /// When the pod started (`status.startTime`): a freshly started agent
+    /// gets the same grace as a new node.
+    pub started_unix_ms: Option<u64>,
 }
 
 /// A node as far as the aggregator cares.
@@ -38,6 +44,8 @@ pub struct NodeInfo {
     pub ready: bool,
     /// `metadata.creationTimestamp`.
     pub created_unix_ms: Option<u64>,
+    /// `spec.unschedulable` (cordoned or drained): agents stop probing it.
+    pub unschedulable: bool,
 }
 
 /// Snapshot of the cluster's nodes and agent pods.
@@ -62,6 +70,21 @@ pub enum SenderMismatch {
     WrongNode { pod: String, actual: String },
     #[error("the API says agent pod {pod} has IP(s) {actual}")]
     WrongIp { pod: String, actual: String },
+    #[error(
+        "the API says agent pod {pod} is a {actual}-network agent, not a {claimed}-network one"
+    )]
+    WrongNetwork {
+        pod: String,
+        actual: &'static str,
+        claimed: &'static str,
+    },
+}
+
+fn network_name(network: NetworkMode) -> &'static str {
+    match network {
+        NetworkMode::Pod => "pod",
+        NetworkMode::Host => "host",
+    }
 }
 
 impl Inventory {
@@ -73,6 +96,11 @@ impl Inventory {
             .get(&id.node)
             .and_then(|pods| pods.iter().find(|p| p.name == id.pod));
         match on_node {
+            Some(pod) if pod.network != id.network => Err(SenderMismatch::WrongNetwork {
+                pod: id.pod.clone(),
+                actual: network_name(pod.network),
+                claimed: network_name(id.network),
+            }),
             Some(pod) if pod.ips.contains(&id.pod_ip) => Ok(()),
             Some(pod) => Err(SenderMismatch::WrongIp {
                 pod: id.pod.clone(),
@@ -98,23 +126,62 @@ impl Inventory {
         })
     }
 
-    /// Nodes whose agent must be reporting: Ready ones that exist for at
-    /// least `grace_ms`. A node that just joined (autoscaling) gets time to
-    /// pull and start the agent; a NotReady node runs no pods and is the
-    /// kubelet's alarm to raise, not ours. Both still appear in the matrix.
+    /// Nodes whose agent must be reporting: the [`NodeState::Ready`] ones.
+    /// A node that just joined (autoscaling) gets time to pull and start the
+    /// agent; a NotReady node runs no pods and is the kubelet's alarm to
+    /// raise, not ours; a cordoned node is usually on its way out. All still
+    /// appear in the matrix.
     pub fn expected_nodes(&self, now_unix_ms: u64, grace_ms: u64) -> BTreeSet<String> {
+        self.node_states(now_unix_ms, grace_ms)
+            .into_iter()
+            .filter(|(_, state)| *state == NodeState::Ready)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The state of every node the API lists (nothing before the first sync).
+    pub fn node_states(&self, now_unix_ms: u64, grace_ms: u64) -> BTreeMap<String, NodeState> {
         if !self.synced {
-            return BTreeSet::new();
+            return BTreeMap::new();
         }
         self.nodes
             .iter()
-            .filter(|(_, info)| info.ready)
-            .filter(|(_, info)| {
-                info.created_unix_ms
-                    .is_none_or(|created| now_unix_ms.saturating_sub(created) >= grace_ms)
+            .map(|(name, info)| {
+                (
+                    name.clone(),
+                    self.node_state(name, info, now_unix_ms, grace_ms),
+                )
             })
-            .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// NotReady and cordoned win over joining: a node in those states is
+    /// not probed at all, whatever its age.
+    fn node_state(
+        &self,
+        name: &str,
+        info: &NodeInfo,
+        now_unix_ms: u64,
+        grace_ms: u64,
+    ) -> NodeState {
+        if !info.ready {
+            return NodeState::NotReady;
+        }
+        if info.unschedulable {
+            return NodeState::Cordoned;
+        }
+        let young = |t: Option<u64>| t.is_some_and(|t| now_unix_ms.saturating_sub(t) < grace_ms);
+        let agent_young = self
+            .agents
+            .get(name)
+            .into_iter()
+            .flatten()
+            .any(|pod| young(pod.started_unix_ms));
+        if young(info.created_unix_ms) || agent_young {
+            NodeState::Joining
+        } else {
+            NodeState::Ready
+        }
     }
 
     /// The node an address belongs to: an agent pod's IP first, then the
@@ -168,6 +235,7 @@ impl Inventory {
                     pod_cidrs,
                     ready,
                     created_unix_ms,
+                    unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
                 };
                 (node.name_any(), info)
             })
@@ -209,13 +277,35 @@ fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
     if ips.is_empty() {
         return None;
     }
+    let host_component = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::COMPONENT))
+        .is_some_and(|c| c == labels::COMPONENT_HOST_AGENT);
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let network = if host_component || host_network {
+        NetworkMode::Host
+    } else {
+        NetworkMode::Pod
+    };
     Some((
         node,
         AgentPod {
             name: pod.name_any(),
             ips,
+            network,
+            started_unix_ms: started_running(pod),
         },
     ))
+}
+
+/// `status.startTime`: when the kubelet started the pod. Container
+/// restarts do not count: a crash-looping agent must not keep its node in
+/// the grace period forever.
+fn started_running(pod: &Pod) -> Option<u64> {
+    let start = pod.status.as_ref()?.start_time.as_ref()?;
+    u64::try_from(start.0.as_millisecond()).ok()
 }
 
 fn join(ips: &[IpAddr]) -> String {
@@ -509,9 +599,7 @@ mod tests {
         let mut not_ready = node("n3", "10.244.3.0/24");
         not_ready.status = None;
         let mut young = node("n4", "10.244.4.0/24");
-        young.metadata.creation_timestamp = Some(Time(
-            k8s_openapi::jiff::Timestamp::from_millisecond(100_000).unwrap(),
-        ));
+        young.metadata.creation_timestamp = Some(at(100_000));
         let inv =
             Inventory::from_objects(&[node("n1", "10.244.1.0/24"), not_ready, young], &[], true);
         let expected = |now| {
@@ -522,6 +610,108 @@ mod tests {
         assert_eq!(expected(120_000), ["n1"]);
         assert_eq!(expected(160_000), ["n1", "n4"]);
         assert_eq!(inv.nodes.len(), 3, "every node is still known");
+    }
+
+    fn at(ms: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_millisecond(ms).unwrap())
+    }
+
+    fn host_agent(name: &str, node: &str, ip: &str) -> Pod {
+        let mut p = pod(name, node, ip, "Running");
+        p.metadata.labels = Some(
+            [
+                (labels::NAME.to_owned(), labels::APP.to_owned()),
+                (
+                    labels::COMPONENT.to_owned(),
+                    labels::COMPONENT_HOST_AGENT.to_owned(),
+                ),
+            ]
+            .into(),
+        );
+        p
+    }
+
+    #[test]
+    fn node_states_follow_the_api_and_the_grace_period() {
+        let mut cordoned = node("n2", "10.244.2.0/24");
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        let mut not_ready = node("n3", "10.244.3.0/24");
+        not_ready.status = None;
+        let mut new_node = node("n4", "10.244.4.0/24");
+        new_node.metadata.creation_timestamp = Some(at(100_000));
+        let mut fresh_agent = pod("agent-n5", "n5", "10.244.5.2", "Running");
+        fresh_agent.status.as_mut().unwrap().start_time = Some(at(110_000));
+        let inv = Inventory::from_objects(
+            &[
+                node("n1", "10.244.1.0/24"),
+                cordoned,
+                not_ready,
+                new_node,
+                node("n5", "10.244.5.0/24"),
+            ],
+            &[fresh_agent],
+            true,
+        );
+        let states = inv.node_states(120_000, 60_000);
+        let got: Vec<NodeState> = states.values().copied().collect();
+        assert_eq!(
+            got,
+            [
+                NodeState::Ready,
+                NodeState::Cordoned,
+                NodeState::NotReady,
+                NodeState::Joining,
+                NodeState::Joining
+            ]
+        );
+        let later = inv.node_states(200_000, 60_000);
+        assert_eq!(later["n4"], NodeState::Ready);
+        assert_eq!(later["n5"], NodeState::Ready);
+        assert_eq!(
+            inv.expected_nodes(200_000, 60_000)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["n1", "n4", "n5"]
+        );
+        let mut unsynced = inv.clone();
+        unsynced.synced = false;
+        assert!(unsynced.node_states(200_000, 60_000).is_empty());
+    }
+
+    #[test]
+    fn host_agents_may_only_send_host_reports() {
+        let mut by_spec = pod("host-b", "n2", "198.18.0.2", "Running");
+        by_spec.spec.as_mut().unwrap().host_network = Some(true);
+        let inv = Inventory::from_objects(
+            &[node("n1", "10.244.1.0/24"), node("n2", "10.244.2.0/24")],
+            &[
+                pod("agent-a", "n1", "10.244.1.2", "Running"),
+                host_agent("host-a", "n1", "198.18.0.1"),
+                by_spec,
+            ],
+            true,
+        );
+        let mut host = identity("n1", "host-a", "198.18.0.1");
+        host.network = NetworkMode::Host;
+        assert_eq!(inv.verify_sender(&host), Ok(()));
+        let mut host_b = identity("n2", "host-b", "198.18.0.2");
+        host_b.network = NetworkMode::Host;
+        assert_eq!(inv.verify_sender(&host_b), Ok(()));
+        let err = inv
+            .verify_sender(&identity("n1", "host-a", "198.18.0.1"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the API says agent pod host-a is a host-network agent, not a pod-network one"
+        );
+        let mut pod_as_host = identity("n1", "agent-a", "10.244.1.2");
+        pod_as_host.network = NetworkMode::Host;
+        assert!(matches!(
+            inv.verify_sender(&pod_as_host),
+            Err(SenderMismatch::WrongNetwork { .. })
+        ));
+        // The node's address belongs to the node.
+        assert_eq!(inv.node_of_ip("198.18.0.2".parse().unwrap()), Some("n2"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! broken ([`Findings`](netmatrix_api::Findings)) and exports metrics.
 //!
 //! - [`store`]: the latest report per (node, network) and its validation;
+//! - [`history`]: the last rounds' echo counts per peer (windowed loss);
 //! - [`inventory`]: nodes and agent pods according to the Kubernetes API;
 //! - [`matrix`]: reports to matrix;
 //! - [`diagnosis`]: matrix to findings, with hysteresis;
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod diagnosis;
+pub mod history;
 pub mod http;
 pub mod inventory;
 pub mod matrix;

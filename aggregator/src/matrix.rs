@@ -8,15 +8,37 @@
 //!   path that loses most packets reads `failed`;
 //! - `unknown`: the source's agent is silent or stale, or it did not probe the
 //!   destination (or sent nothing to it).
+//!
+//! A cell shows the latest round; the diagnosis also gets each path's
+//! [`PathWindow`] over the last rounds (see [`crate::history`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use netmatrix_api::{
-    Cell, CheckCell, DnsResult, Matrix, MatrixRow, NetworkMode, PeerResult, ProbeError, RecordType,
-    ServiceKind, ServiceResult, Status,
+    Cell, CheckCell, DnsResult, EchoResult, Matrix, MatrixRow, NetworkMode, NodeState, PeerResult,
+    ProbeError, RecordType, ServiceKind, ServiceResult, Status,
 };
 
+use crate::history::PathWindow;
 use crate::store::{ReportStore, StoredReport};
+
+/// Column name of the row's MTU summary.
+pub const MTU_COLUMN: &str = "mtu";
+
+/// Windows of the fresh rows' paths, by (network, from, to).
+pub type PathWindows = BTreeMap<(NetworkMode, String, String), PathWindow>;
+
+/// States of the nodes according to the API; `None` without one
+/// (`--no-kubernetes`): every node is then `Ready`.
+pub type NodeStates = Option<BTreeMap<String, NodeState>>;
+
+/// What [`build`] produces: the matrix and what diagnosis needs beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Built {
+    pub matrix: Matrix,
+    pub targets: CheckTargets,
+    pub windows: PathWindows,
+}
 
 /// How reports turn into statuses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,9 +106,10 @@ pub fn dns_column(dns: &DnsResult) -> String {
 pub fn build(
     store: &ReportStore,
     known: &BTreeSet<String>,
+    states: &NodeStates,
     policy: &MatrixPolicy,
     now_unix_ms: u64,
-) -> (Matrix, CheckTargets) {
+) -> Built {
     let mut nodes: BTreeSet<String> = known.clone();
     nodes.extend(
         store
@@ -95,48 +118,62 @@ pub fn build(
             .map(|s| s.report.agent.node.clone()),
     );
     let nodes: Vec<String> = nodes.into_iter().collect();
+    let state_of = |node: &str| match states {
+        None => NodeState::Ready,
+        Some(states) => states.get(node).copied().unwrap_or(NodeState::Unknown),
+    };
 
     let mut targets = CheckTargets::new();
+    let mut windows = PathWindows::new();
     let builder = RowBuilder {
         nodes: &nodes,
         policy,
         now_unix_ms,
     };
-    let rows = nodes
-        .iter()
-        .map(|node| {
-            let stored = store.get(node, NetworkMode::Pod);
-            if let Some(stored) = stored {
-                for service in &stored.report.services {
-                    targets.insert(
-                        (node.clone(), service_column(service)),
-                        service.target.clone(),
-                    );
+    let mut row = |node: &String, network: NetworkMode| {
+        let stored = store.get(node, network);
+        if stored.is_some_and(|s| policy.is_fresh(s, now_unix_ms)) {
+            for to in &nodes {
+                if let Some(w) = store.history().window(node, network, to) {
+                    windows.insert((network, node.clone(), to.clone()), w);
                 }
             }
-            builder.row(node, stored)
-        })
-        .collect();
+        }
+        let mut row = builder.row(node, stored);
+        row.state = state_of(node);
+        row
+    };
+    let rows: Vec<MatrixRow> = nodes.iter().map(|n| row(n, NetworkMode::Pod)).collect();
 
     let any_host = store
         .reports()
         .any(|s| s.report.agent.network == NetworkMode::Host);
     let host_rows = if any_host {
-        nodes
-            .iter()
-            .map(|node| builder.row(node, store.get(node, NetworkMode::Host)))
-            .collect()
+        nodes.iter().map(|n| row(n, NetworkMode::Host)).collect()
     } else {
         Vec::new()
     };
+    for node in &nodes {
+        if let Some(stored) = store.get(node, NetworkMode::Pod) {
+            for service in &stored.report.services {
+                targets.insert(
+                    (node.clone(), service_column(service)),
+                    service.target.clone(),
+                );
+            }
+        }
+    }
 
-    let matrix = Matrix {
-        generated_unix_ms: now_unix_ms,
-        nodes,
-        rows,
-        host_rows,
-    };
-    (matrix, targets)
+    Built {
+        matrix: Matrix {
+            generated_unix_ms: now_unix_ms,
+            nodes,
+            rows,
+            host_rows,
+        },
+        targets,
+        windows,
+    }
 }
 
 struct RowBuilder<'a> {
@@ -149,7 +186,7 @@ impl RowBuilder<'_> {
     fn row(&self, node: &str, stored: Option<&StoredReport>) -> MatrixRow {
         let age_ms = stored.map(|s| s.age_ms(self.now_unix_ms) as f64);
         let fresh = stored.filter(|s| self.policy.is_fresh(s, self.now_unix_ms));
-        let cells = self
+        let cells: Vec<Cell> = self
             .nodes
             .iter()
             .map(|to| match fresh {
@@ -194,6 +231,7 @@ impl RowBuilder<'_> {
             ),
             None => (Vec::new(), Vec::new()),
         };
+        let mtu = self.mtu_summary(&cells, fresh.is_some(), age_ms);
         MatrixRow {
             node: node.to_owned(),
             reporting: fresh.is_some(),
@@ -201,9 +239,40 @@ impl RowBuilder<'_> {
             cells,
             services,
             dns,
-            state: Default::default(),
-            mtu: None,
+            state: NodeState::default(),
+            mtu,
         }
+    }
+
+    /// The row's `mtu` column: the worst large-echo status over its cells,
+    /// absent when no cell was MTU-probed.
+    fn mtu_summary(&self, cells: &[Cell], fresh: bool, age_ms: Option<f64>) -> Option<CheckCell> {
+        let probed: Vec<&Cell> = cells.iter().filter(|c| c.mtu.is_some()).collect();
+        if probed.is_empty() {
+            return None;
+        }
+        let worst = probed
+            .iter()
+            .filter_map(|c| c.mtu)
+            .filter(|s| *s != Status::Unknown)
+            .max_by_key(|s| match s {
+                Status::Ok => 0,
+                Status::Degraded => 1,
+                Status::Failed => 2,
+                Status::Unknown => -1,
+            })
+            .unwrap_or(Status::Unknown);
+        let last_error = probed
+            .iter()
+            .find(|c| c.mtu == Some(Status::Failed))
+            .and_then(|c| c.last_error.clone());
+        Some(CheckCell {
+            column: MTU_COLUMN.to_owned(),
+            status: if fresh { worst } else { Status::Unknown },
+            latency_ms: None,
+            last_error,
+            age_ms,
+        })
     }
 
     /// Aggregates every probed pod on `to`.
@@ -219,7 +288,25 @@ impl RowBuilder<'_> {
         let mut rtt_max: Option<f64> = None;
         // The error of the worst pod is the most telling one.
         let mut worst: Option<(f64, &ProbeError)> = None;
+        let (mut mtu_sent, mut mtu_received) = (0u64, 0u64);
+        let mut mtu_error: Option<ProbeError> = None;
         for peer in peers {
+            if let Some(EchoResult {
+                sent,
+                received,
+                error,
+                ..
+            }) = &peer.mtu
+            {
+                mtu_sent += u64::from(*sent);
+                mtu_received += u64::from((*received).min(*sent));
+                if let Some(e) = error.as_ref().filter(|_| mtu_error.is_none()) {
+                    mtu_error = Some(ProbeError::new(
+                        e.kind,
+                        format!("large Don't-Fragment echo: {}", e.message),
+                    ));
+                }
+            }
             let icmp = &peer.icmp;
             pods = pods.saturating_add(1);
             let answered = icmp.received.min(icmp.sent);
@@ -246,6 +333,10 @@ impl RowBuilder<'_> {
             return cell;
         }
         let loss = 1.0 - received as f64 / sent as f64;
+        let mtu = (mtu_sent > 0).then(|| {
+            self.policy
+                .status_for_loss(1.0 - mtu_received as f64 / mtu_sent as f64)
+        });
         Cell {
             to: to.to_owned(),
             status: self.policy.status_for_loss(loss),
@@ -253,8 +344,9 @@ impl RowBuilder<'_> {
             rtt_avg_ms: (rtt_samples > 0).then(|| rtt_weighted / rtt_samples as f64),
             rtt_max_ms: rtt_max,
             pods,
-            mtu: None,
-            last_error: worst.map(|(_, e)| e.clone()),
+            mtu,
+            // Small echoes all answered: the large echoes' error is the news.
+            last_error: worst.map(|(_, e)| e.clone()).or(mtu_error),
             age_ms,
         }
     }
@@ -324,7 +416,7 @@ mod tests {
             peer("n3", 3, 3, 1.0),
         ];
         ingest(&mut store, r, 1000);
-        let (m, _) = build(&store, &expected(), &MatrixPolicy::default(), 1000);
+        let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 1000).matrix;
         assert_eq!(m.nodes, ["n1", "n2", "n3"]);
         let row = &m.rows[0];
         assert!(row.reporting);
@@ -371,7 +463,11 @@ mod tests {
         ingest(&mut store, r, 0);
         let p = MatrixPolicy::default();
 
-        let (fresh, targets) = build(&store, &expected(), &p, 1000);
+        let Built {
+            matrix: fresh,
+            targets,
+            ..
+        } = build(&store, &expected(), &None, &p, 1000);
         let cells: Vec<_> = fresh.rows[0].cells.iter().map(|c| c.status).collect();
         assert_eq!(cells, [Status::Unknown, Status::Ok, Status::Unknown]);
         assert_eq!(fresh.rows[0].services[0].status, Status::Ok);
@@ -382,7 +478,7 @@ mod tests {
             Some("10.96.0.1:443")
         );
 
-        let (stale, _) = build(&store, &expected(), &p, 15_001);
+        let stale = build(&store, &expected(), &None, &p, 15_001).matrix;
         let row = &stale.rows[0];
         assert!(!row.reporting);
         assert_eq!(row.report_age_ms, Some(15_001.0));
@@ -394,7 +490,7 @@ mod tests {
     fn host_rows_only_when_host_agents_report() {
         let mut store = ReportStore::default();
         ingest(&mut store, report(0, "n1", 1), 0);
-        let (m, _) = build(&store, &expected(), &MatrixPolicy::default(), 0);
+        let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 0).matrix;
         assert!(m.host_rows.is_empty());
 
         let mut host = report(0, "n1", 1);
@@ -403,10 +499,89 @@ mod tests {
         store
             .ingest(&serde_json::to_vec(&host).unwrap(), None, 0)
             .unwrap();
-        let (m, _) = build(&store, &expected(), &MatrixPolicy::default(), 0);
+        let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 0).matrix;
         assert_eq!(m.host_rows.len(), 3);
         assert_eq!(m.host_rows[0].cells[1].status, Status::Ok);
         // Pod-network rows are untouched by host results.
         assert_eq!(m.rows[0].cells[1].status, Status::Unknown);
+    }
+
+    fn with_mtu(mut p: PeerResult, sent: u32, received: u32) -> PeerResult {
+        p.mtu = Some(EchoResult {
+            sent,
+            received,
+            error: (received < sent)
+                .then(|| ProbeError::new(ErrorKind::Other, "message too long, mtu=1200")),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn large_echoes_fill_the_mtu_cell_and_column() {
+        let mut store = ReportStore::default();
+        let mut r = report(0, "n1", 1);
+        r.peers = vec![
+            with_mtu(peer("n1", 3, 3, 0.1), 2, 2),
+            with_mtu(peer("n2", 3, 3, 1.0), 2, 0),
+            peer("n3", 3, 3, 1.0),
+        ];
+        ingest(&mut store, r, 1000);
+        let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 1000).matrix;
+        let row = &m.rows[0];
+        let mtu: Vec<_> = row.cells.iter().map(|c| c.mtu).collect();
+        assert_eq!(mtu, [Some(Status::Ok), Some(Status::Failed), None]);
+        // Small echoes fine: the large echoes' error is the cell's news.
+        assert_eq!(row.cells[1].status, Status::Ok);
+        let error = row.cells[1].last_error.as_ref().unwrap();
+        assert!(error.message.contains("Don't-Fragment"), "{error}");
+        let column = row.mtu.as_ref().unwrap();
+        assert_eq!(
+            (column.column.as_str(), column.status),
+            (MTU_COLUMN, Status::Failed)
+        );
+        assert!(column.last_error.is_some());
+        // A row without MTU probes has no mtu column.
+        assert!(m.rows[1].mtu.is_none());
+    }
+
+    #[test]
+    fn rows_carry_the_api_state_and_unknown_nodes_are_unknown() {
+        let mut store = ReportStore::default();
+        ingest(&mut store, report(0, "n1", 1), 1000);
+        let states: NodeStates = Some(
+            [("n1", NodeState::Ready), ("n2", NodeState::Cordoned)]
+                .map(|(n, s)| (n.to_owned(), s))
+                .into(),
+        );
+        let m = build(&store, &expected(), &states, &MatrixPolicy::default(), 1000).matrix;
+        let got: Vec<_> = m.rows.iter().map(|r| r.state).collect();
+        assert_eq!(
+            got,
+            [NodeState::Ready, NodeState::Cordoned, NodeState::Unknown]
+        );
+        let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 1000).matrix;
+        assert!(m.rows.iter().all(|r| r.state == NodeState::Ready));
+    }
+
+    #[test]
+    fn fresh_rows_get_windows_over_their_last_rounds() {
+        let mut store = ReportStore::default();
+        for round in 1..=3u64 {
+            let mut r = report(0, "n1", round);
+            r.peers = vec![peer("n2", 3, if round == 2 { 2 } else { 3 }, 1.0)];
+            ingest(&mut store, r, round * 1000);
+        }
+        let built = build(&store, &expected(), &None, &MatrixPolicy::default(), 3000);
+        let w = built.windows[&(NetworkMode::Pod, "n1".to_owned(), "n2".to_owned())];
+        assert_eq!(
+            (w.rounds, w.sent, w.received, w.partial_rounds),
+            (3, 9, 8, 1)
+        );
+        // The cell itself shows the latest round only.
+        assert_eq!(built.matrix.rows[0].cells[1].status, Status::Ok);
+        // A stale row has no window.
+        let stale = build(&store, &expected(), &None, &MatrixPolicy::default(), 60_000);
+        assert!(stale.windows.is_empty());
     }
 }

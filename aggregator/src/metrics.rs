@@ -91,7 +91,7 @@ impl Metrics {
             )?,
             node_check_up: gauges(
                 "node_check_up",
-                "1 when every check of this kind (apiserver, clusterip, dns) passes from this node, 0 when one fails.",
+                "1 when every check of this kind (apiserver, clusterip, dns, mtu) passes from this node, 0 when one fails.",
                 &["node", "check"],
             )?,
             finding_active: gauges(
@@ -244,12 +244,14 @@ impl Metrics {
 /// Groups with no known check are absent.
 fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
     let mut groups: BTreeMap<&'static str, bool> = BTreeMap::new();
-    let all = row.services.iter().chain(&row.dns);
+    let all = row.services.iter().chain(&row.dns).chain(&row.mtu);
     for check in all.filter(|c| c.status != Status::Unknown) {
         let group = if check.column == "apiserver" {
             "apiserver"
         } else if check.column.starts_with("clusterip/") {
             "clusterip"
+        } else if check.column == crate::matrix::MTU_COLUMN {
+            "mtu"
         } else {
             "dns"
         };
@@ -339,5 +341,77 @@ mod tests {
         assert!(!text.contains("netmatrix_pair_failed{"), "{text}");
         assert!(!text.contains("node=\"n3\""), "{text}");
         assert!(text.contains("netmatrix_nodes_expected 2"));
+    }
+
+    fn finding(kind: FindingKind, nodes: &[&str]) -> Finding {
+        Finding {
+            kind,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            groups: vec![],
+            paths: vec![],
+            summary: String::new(),
+            evidence: vec![],
+            hint: String::new(),
+            since: String::new(),
+            since_unix_ms: 0,
+        }
+    }
+
+    fn series(text: &str, name: &str) -> usize {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .count()
+    }
+
+    #[test]
+    fn finding_series_stay_bounded_and_vanish_when_cleared() {
+        let m = Metrics::new().unwrap();
+        let nodes: Vec<String> = (1..=6).map(|i| format!("n{i}")).collect();
+        let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        // Many rounds of changing findings: a partition over every node,
+        // node findings moving from node to node.
+        for round in 0..50 {
+            let moving = names[round % names.len()];
+            let findings = [
+                finding(FindingKind::Partition, &names),
+                finding(FindingKind::PacketLoss, &[moving]),
+                finding(FindingKind::AsymmetricPath, &[moving, "n1"]),
+            ];
+            m.observe(&matrix(&names, &[]), names.len(), &findings);
+            let text = m.encode().unwrap();
+            assert_eq!(series(&text, "netmatrix_finding_active"), ALL_KINDS.len());
+            assert!(series(&text, "netmatrix_finding") <= names.len() + 2 + 2);
+        }
+        let text = m.encode().unwrap();
+        assert!(text.contains("netmatrix_finding_active{kind=\"partition\"} 1"));
+        assert!(text.contains("netmatrix_finding{kind=\"partition\",node=\"n6\"} 1"));
+
+        // Everything clears and n6 leaves the cluster.
+        m.observe(&matrix(&names[..5], &[]), 5, &[]);
+        let text = m.encode().unwrap();
+        assert_eq!(series(&text, "netmatrix_finding"), 0, "{text}");
+        assert!(text.contains("netmatrix_finding_active{kind=\"partition\"} 0"));
+        assert!(!text.contains("node=\"n6\""), "{text}");
+    }
+
+    #[test]
+    fn mtu_column_is_a_check_group() {
+        let m = Metrics::new().unwrap();
+        let mut mx = matrix(&["n1", "n2"], &[]);
+        mx.rows[0].mtu = Some(netmatrix_api::CheckCell {
+            column: crate::matrix::MTU_COLUMN.into(),
+            status: Status::Failed,
+            latency_ms: None,
+            last_error: None,
+            age_ms: None,
+        });
+        m.observe(&mx, 2, &[]);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("netmatrix_node_check_up{check=\"mtu\",node=\"n1\"} 0"),
+            "{text}"
+        );
+        m.observe(&matrix(&["n1", "n2"], &[]), 2, &[]);
+        assert!(!m.encode().unwrap().contains("check=\"mtu\""));
     }
 }

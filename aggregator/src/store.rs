@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use netmatrix_api::{NetworkMode, Report};
 
+use crate::history::{History, RoundSample};
 use crate::inventory::{Inventory, SenderMismatch};
 
 /// A report as received, with the aggregator's receive time (agents' clocks
@@ -80,12 +81,14 @@ pub struct Accepted {
     pub unmapped_peers: usize,
 }
 
-/// Latest report per (node, network mode).
+/// Latest report per (node, network mode), and the last rounds' echo
+/// counts per probed peer (see [`History`]).
 #[derive(Debug, Default)]
 pub struct ReportStore {
     latest: BTreeMap<(String, NetworkMode), StoredReport>,
     /// Every node that ever reported: the expected nodes under `--no-kubernetes`.
     seen_nodes: BTreeSet<String>,
+    history: History,
 }
 
 /// Parses a report body. Done before taking the store's lock: parsing a
@@ -98,6 +101,14 @@ pub fn parse(body: &[u8]) -> Result<Report, Rejection> {
 }
 
 impl ReportStore {
+    /// A store keeping `history_rounds` rounds per peer (at least one).
+    pub fn with_history(history_rounds: usize) -> Self {
+        ReportStore {
+            history: History::new(history_rounds),
+            ..Default::default()
+        }
+    }
+
     /// Parses, verifies and stores one report body.
     pub fn ingest(
         &mut self,
@@ -153,6 +164,12 @@ impl ReportStore {
             unmapped_peers,
         };
         self.seen_nodes.insert(report.agent.node.clone());
+        let samples = report
+            .peers
+            .iter()
+            .map(|p| (p.ip, p.node.clone(), RoundSample::of(p)));
+        self.history
+            .record(&report.agent.node, report.agent.network, samples);
         self.latest.insert(
             key,
             StoredReport {
@@ -207,10 +224,23 @@ impl ReportStore {
         &self.seen_nodes
     }
 
+    /// The last rounds of every source's peers.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
     /// Drops the reports for which `keep` says no (nodes that left the
-    /// cluster), so memory and the matrix follow the cluster's size.
+    /// cluster), with their history, so memory and the matrix follow the
+    /// cluster's size.
     pub fn retain(&mut self, mut keep: impl FnMut(&StoredReport) -> bool) {
-        self.latest.retain(|_, stored| keep(stored));
+        let history = &mut self.history;
+        self.latest.retain(|(node, network), stored| {
+            let kept = keep(stored);
+            if !kept {
+                history.forget(node, *network);
+            }
+            kept
+        });
     }
 }
 
@@ -247,14 +277,25 @@ pub(crate) mod tests {
                     pod_cidrs: vec![format!("10.244.{}.0/24", i + 1).parse().unwrap()],
                     ready: true,
                     created_unix_ms: None,
+                    unschedulable: false,
                 },
             );
             inv.agents.insert(
                 node.to_string(),
-                vec![AgentPod {
-                    name: format!("agent-{node}"),
-                    ips: vec![format!("10.244.{}.2", i + 1).parse().unwrap()],
-                }],
+                vec![
+                    AgentPod {
+                        name: format!("agent-{node}"),
+                        ips: vec![format!("10.244.{}.2", i + 1).parse().unwrap()],
+                        network: NetworkMode::Pod,
+                        started_unix_ms: None,
+                    },
+                    AgentPod {
+                        name: format!("host-agent-{node}"),
+                        ips: vec![format!("198.18.0.{}", i + 1).parse().unwrap()],
+                        network: NetworkMode::Host,
+                        started_unix_ms: None,
+                    },
+                ],
             );
         }
         inv
@@ -277,6 +318,15 @@ pub(crate) mod tests {
             peer_source: Default::default(),
             mtu_probe_bytes: None,
         }
+    }
+
+    /// The host-network agent's report of node `node_index` (its IP is the node's).
+    pub(crate) fn host_report(node_index: usize, node: &str, started: u64) -> Report {
+        let mut r = report(node_index, node, started);
+        r.agent.pod = format!("host-agent-{node}");
+        r.agent.pod_ip = format!("198.18.0.{}", node_index + 1).parse().unwrap();
+        r.agent.network = NetworkMode::Host;
+        r
     }
 
     fn body(report: &Report) -> Vec<u8> {
@@ -381,5 +431,79 @@ pub(crate) mod tests {
         assert_eq!(store.seen_nodes().len(), 2);
         let err = store.ingest(b"", None, 1).unwrap_err();
         assert_eq!(err.reason(), "malformed-report");
+    }
+
+    #[test]
+    fn host_reports_are_verified_against_host_agent_pods() {
+        let inv = inventory(&["n1", "n2"]);
+        let mut store = ReportStore::default();
+        store
+            .ingest(&body(&host_report(0, "n1", 1)), Some(&inv), 1)
+            .unwrap();
+        assert!(store.get("n1", NetworkMode::Host).is_some());
+        assert!(store.get("n1", NetworkMode::Pod).is_none());
+
+        // The pod agent claiming to be a host agent, and the other way round.
+        let mut claims_host = report(0, "n1", 2);
+        claims_host.agent.network = NetworkMode::Host;
+        let err = store
+            .ingest(&body(&claims_host), Some(&inv), 2)
+            .unwrap_err();
+        assert_eq!(err.reason(), "unknown-sender");
+        assert!(err.to_string().contains("pod-network agent"), "{err}");
+        let mut claims_pod = host_report(1, "n2", 2);
+        claims_pod.agent.network = NetworkMode::Pod;
+        assert!(store.ingest(&body(&claims_pod), Some(&inv), 2).is_err());
+    }
+
+    fn echo(node: &str, ip: &str, sent: u32, received: u32) -> PeerResult {
+        PeerResult {
+            node: node.into(),
+            pod: format!("p-{ip}"),
+            ip: ip.parse().unwrap(),
+            icmp: EchoResult {
+                sent,
+                received,
+                ..Default::default()
+            },
+            mtu: None,
+        }
+    }
+
+    #[test]
+    fn history_follows_the_peers_and_departed_sources() {
+        let inv = inventory(&["n1", "n2"]);
+        let mut store = ReportStore::with_history(3);
+        for round in 1..=4u64 {
+            let mut r = report(0, "n1", round);
+            r.peers = vec![
+                echo("n2", "10.244.2.2", 3, 2),
+                echo("n2", "10.244.2.3", 3, 3),
+            ];
+            if round == 4 {
+                // The companion was re-created under a new address.
+                r.peers[1] = echo("n2", "10.244.2.9", 3, 3);
+            }
+            store.ingest(&body(&r), Some(&inv), round).unwrap();
+        }
+        let w = store
+            .history()
+            .window("n1", NetworkMode::Pod, "n2")
+            .unwrap();
+        assert_eq!(w.rounds, 3, "capped at --history-rounds");
+        assert_eq!(
+            (w.sent, w.received),
+            (9 + 3, 6 + 3),
+            "the old companion is gone"
+        );
+
+        store.retain(|s| s.report.agent.node != "n1");
+        assert!(
+            store
+                .history()
+                .window("n1", NetworkMode::Pod, "n2")
+                .is_none()
+        );
+        assert_eq!(store.history().sources(), 0);
     }
 }

@@ -93,8 +93,8 @@ fn finding(c: &Condition, since_unix_ms: u64) -> Finding {
     Finding {
         kind: c.kind,
         nodes: c.nodes.clone(),
-        groups: Vec::new(),
-        paths: Vec::new(),
+        groups: c.groups.clone(),
+        paths: c.paths.clone(),
         summary: c.summary.clone(),
         evidence: c.evidence.clone(),
         hint: c.hint.clone(),
@@ -108,14 +108,14 @@ mod tests {
     use super::*;
 
     fn condition(node: &str) -> Condition {
-        Condition {
-            kind: FindingKind::DnsFailure,
-            subject: Subject::Node(node.into()),
-            nodes: vec![node.into()],
-            summary: "s".into(),
-            evidence: vec![],
-            hint: "h".into(),
-        }
+        Condition::new(
+            FindingKind::DnsFailure,
+            Subject::Node(node.into()),
+            vec![node.into()],
+            "s".into(),
+            vec![],
+            "h".into(),
+        )
     }
 
     /// Runs rounds; `true` means the condition holds in that round.

@@ -1,7 +1,8 @@
 //! From a matrix to findings, in two steps:
 //!
 //! 1. [`evaluate`]: a pure function from one [`Matrix`](netmatrix_api::Matrix)
-//!    to the [`Condition`]s that hold in it right now;
+//!    (and each path's window of recent rounds) to the [`Condition`]s that
+//!    hold in it right now;
 //! 2. [`Hysteresis`]: a small state machine that raises a condition as a
 //!    [`Finding`](netmatrix_api::Finding) only after it held for a number of
 //!    consecutive rounds, and clears it likewise, so one lost echo or one late
@@ -17,9 +18,28 @@ pub use rules::evaluate;
 
 use std::collections::BTreeSet;
 
-use netmatrix_api::FindingKind;
+use netmatrix_api::{FindingKind, Path};
 
-use crate::matrix::CheckTargets;
+use crate::matrix::{CheckTargets, PathWindows};
+
+/// Thresholds of the windowed rules, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiagnosisPolicy {
+    /// A path loses packets when at least this fraction of its echoes was
+    /// lost over the window (`--loss-threshold`).
+    pub loss_threshold: f64,
+    /// A path is slow only above this mean RTT (`--latency-floor`).
+    pub latency_floor_ms: f64,
+}
+
+impl Default for DiagnosisPolicy {
+    fn default() -> Self {
+        DiagnosisPolicy {
+            loss_threshold: 0.1,
+            latency_floor_ms: 100.0,
+        }
+    }
+}
 
 /// What the rules need beside the matrix.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +49,9 @@ pub struct Context<'a> {
     pub expected: &'a BTreeSet<String>,
     /// `ip:port` behind service columns, quoted in evidence.
     pub check_targets: &'a CheckTargets,
+    /// Each fresh path's last rounds (loss, MTU, latency are judged on them).
+    pub windows: &'a PathWindows,
+    pub policy: &'a DiagnosisPolicy,
 }
 
 /// What a condition is about. Together with the kind it identifies a finding
@@ -38,6 +61,19 @@ pub struct Context<'a> {
 pub enum Subject {
     Cluster,
     Node(String),
+    /// An unordered node pair, sorted.
+    Pair(String, String),
+}
+
+impl Subject {
+    /// The subject of the pair `a`, `b` in either order.
+    pub fn pair(a: &str, b: &str) -> Subject {
+        if a <= b {
+            Subject::Pair(a.to_owned(), b.to_owned())
+        } else {
+            Subject::Pair(b.to_owned(), a.to_owned())
+        }
+    }
 }
 
 /// A diagnosis that holds in one matrix (before hysteresis).
@@ -47,7 +83,46 @@ pub struct Condition {
     pub subject: Subject,
     /// Nodes concerned, sorted.
     pub nodes: Vec<String>,
+    /// `partition`: the groups that still reach each other, largest first.
+    pub groups: Vec<Vec<String>>,
+    /// Path findings: the directed paths concerned, sorted.
+    pub paths: Vec<Path>,
     pub summary: String,
     pub evidence: Vec<String>,
     pub hint: String,
+}
+
+impl Condition {
+    /// A condition without groups or paths.
+    pub fn new(
+        kind: FindingKind,
+        subject: Subject,
+        nodes: Vec<String>,
+        summary: String,
+        evidence: Vec<String>,
+        hint: String,
+    ) -> Self {
+        Condition {
+            kind,
+            subject,
+            nodes,
+            groups: Vec::new(),
+            paths: Vec::new(),
+            summary,
+            evidence,
+            hint,
+        }
+    }
+
+    pub fn with_paths(mut self, mut paths: Vec<Path>) -> Self {
+        paths.sort();
+        paths.dedup();
+        self.paths = paths;
+        self
+    }
+
+    pub fn with_groups(mut self, groups: Vec<Vec<String>>) -> Self {
+        self.groups = groups;
+        self
+    }
 }

@@ -1,0 +1,310 @@
+//! The rules: which matrix signatures name which failure.
+//!
+//! Only diagnosable data counts: rows of reporting nodes that the API says
+//! are Ready, and their cells to Ready nodes (a joining, cordoned, NotReady
+//! or departed node is shown, never judged). Rules run from the lowest
+//! layer up, and each layer hides what it explains in the layers above, so
+//! only the root cause is named:
+//!
+//! 1. [`underlay`]: a node whose host-network and pod paths both fail;
+//! 2. [`overlay`]: the pod network split into groups (`cross-node-broken`,
+//!    `node-isolated`, `partition`);
+//! 3. [`paths`]: single broken paths inside a group (`pair-broken`,
+//!    `asymmetric-path`);
+//! 4. [`quality`]: paths that work but badly, judged over the window of
+//!    recent rounds (`packet-loss`, `mtu-mismatch`, `high-latency`);
+//! 5. [`services`] and [`dns`]: ClusterIP and DNS checks of the nodes no
+//!    network finding concerns (CoreDNS and service backends sit behind
+//!    the network);
+//! 6. [`agents`]: silent agents on nodes the underlay does not explain.
+
+mod agents;
+mod checks;
+mod dns;
+mod overlay;
+mod paths;
+mod quality;
+mod services;
+mod underlay;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netmatrix_api::{
+    Cell, CheckCell, FindingKind, Matrix, MatrixRow, NetworkMode, NodeState, Status,
+};
+
+use super::{Condition, Context, DiagnosisPolicy};
+use crate::history::PathWindow;
+use crate::matrix::{CheckTargets, PathWindows};
+
+/// "(Nearly) all failed": at least this share of the known cells.
+const NEARLY_ALL: f64 = 0.9;
+/// "Mostly fine": at least this share of the known cells reachable.
+const MOSTLY: f64 = 0.5;
+/// A cell is *broken* (the path is down, not lossy) when at least this
+/// share of its echoes was lost this round. With the usual six echoes per
+/// cell that is all of them, which random loss of 30 % does about once in
+/// 1400 rounds.
+const BROKEN_LOSS: f64 = 0.9;
+/// Evidence lines per finding; the rest is summarised in one line.
+const MAX_EVIDENCE: usize = 20;
+
+/// Evaluates every rule on one matrix.
+pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
+    let view = View::new(matrix, context.windows, context.policy);
+    let targets = context.check_targets;
+
+    let underlay = underlay::underlay_broken(&view);
+    let cut_off: BTreeSet<&str> = underlay
+        .iter()
+        .flat_map(|c| c.nodes.iter().map(String::as_str))
+        .collect();
+
+    let overlay = overlay::diagnose(&view, &cut_off);
+    let paths = paths::diagnose(&view, &cut_off, &overlay.components);
+    let quality = quality::diagnose(&view, &cut_off, &overlay.components);
+
+    let network: Vec<&Condition> = underlay
+        .iter()
+        .chain(&overlay.conditions)
+        .chain(&paths)
+        .chain(&quality)
+        .collect();
+    let behind_network: BTreeSet<&str> = network
+        .iter()
+        .flat_map(|c| c.nodes.iter().map(String::as_str))
+        .collect();
+    // A broken path anywhere may sit between any node and CoreDNS, whose
+    // node we do not know: DNS timeouts are then not a DNS finding.
+    let paths_broken = network
+        .iter()
+        .any(|c| !matches!(c.kind, FindingKind::MtuMismatch | FindingKind::HighLatency));
+    let suppress = Suppression {
+        nodes: behind_network,
+        lossy: view.lossy_nodes(),
+        dns_timeouts_everywhere: paths_broken,
+    };
+
+    let mut conditions = agents::agent_missing(&view, context.expected, &cut_off);
+    conditions.extend(services::diagnose(&view, targets, &suppress));
+    conditions.extend(dns::diagnose(&view, targets, &suppress));
+    conditions.extend(underlay);
+    conditions.extend(overlay.conditions);
+    conditions.extend(paths);
+    conditions.extend(quality);
+    conditions
+}
+
+/// What the network findings hide from the service and DNS rules.
+struct Suppression<'a> {
+    /// Nodes a network finding concerns: no service or DNS finding.
+    nodes: BTreeSet<&'a str>,
+    /// Nodes with a cell losing echoes this round: their DNS timeouts may be
+    /// lost packets (a `packet-loss` finding is still being established).
+    lossy: BTreeSet<&'a str>,
+    /// A path is broken or lossy somewhere: DNS timeouts anywhere are suspect.
+    dns_timeouts_everywhere: bool,
+}
+
+/// The matrix as the rules see it.
+struct View<'a> {
+    matrix: &'a Matrix,
+    ready: BTreeSet<&'a str>,
+    windows: &'a PathWindows,
+    policy: &'a DiagnosisPolicy,
+}
+
+impl<'a> View<'a> {
+    fn new(matrix: &'a Matrix, windows: &'a PathWindows, policy: &'a DiagnosisPolicy) -> Self {
+        let ready = matrix
+            .rows
+            .iter()
+            .filter(|r| r.state == NodeState::Ready)
+            .map(|r| r.node.as_str())
+            .collect();
+        View {
+            matrix,
+            ready,
+            windows,
+            policy,
+        }
+    }
+
+    fn is_ready(&self, node: &str) -> bool {
+        self.ready.contains(node)
+    }
+
+    fn rows(&self, network: NetworkMode) -> &'a [MatrixRow] {
+        match network {
+            NetworkMode::Pod => &self.matrix.rows,
+            NetworkMode::Host => &self.matrix.host_rows,
+        }
+    }
+
+    fn row(&self, network: NetworkMode, node: &str) -> Option<&'a MatrixRow> {
+        self.rows(network).iter().find(|r| r.node == node)
+    }
+
+    /// Rows whose data is judged: reporting, from a Ready node.
+    fn judged_rows<'s>(
+        &'s self,
+        network: NetworkMode,
+    ) -> impl Iterator<Item = &'a MatrixRow> + use<'a, 's> {
+        self.rows(network)
+            .iter()
+            .filter(move |r| r.reporting && self.is_ready(&r.node))
+    }
+
+    /// Known cells of judged rows to Ready nodes, as `(from, cell)`.
+    fn known_cells<'s>(
+        &'s self,
+        network: NetworkMode,
+    ) -> impl Iterator<Item = (&'a str, &'a Cell)> + use<'a, 's> {
+        self.judged_rows(network).flat_map(move |row| {
+            row.cells
+                .iter()
+                .filter(move |c| c.status != Status::Unknown && self.is_ready(&c.to))
+                .map(move |c| (row.node.as_str(), c))
+        })
+    }
+
+    fn cross_cells<'s>(
+        &'s self,
+        network: NetworkMode,
+    ) -> impl Iterator<Item = (&'a str, &'a Cell)> + use<'a, 's> {
+        self.known_cells(network).filter(|(from, c)| *from != c.to)
+    }
+
+    /// Pod cells touching each node (row and column, same-node included).
+    fn pod_tallies(&self) -> BTreeMap<&'a str, Tally> {
+        let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+        for (from, cell) in self.known_cells(NetworkMode::Pod) {
+            let t = Tally::of([cell]);
+            for node in [from, cell.to.as_str()] {
+                let entry = tallies.entry(node).or_default();
+                entry.reachable += t.reachable;
+                entry.broken += t.broken;
+                if from == cell.to {
+                    break; // a same-node cell counts once
+                }
+            }
+        }
+        tallies
+    }
+
+    fn window(&self, network: NetworkMode, from: &str, to: &str) -> Option<&'a PathWindow> {
+        self.windows.get(&(network, from.to_owned(), to.to_owned()))
+    }
+
+    /// Nodes touching a pod cross-node cell that lost echoes this round.
+    fn lossy_nodes(&self) -> BTreeSet<&'a str> {
+        self.cross_cells(NetworkMode::Pod)
+            .filter(|(_, c)| c.loss.is_some_and(|l| l > 0.0))
+            .flat_map(|(from, c)| [from, c.to.as_str()])
+            .collect()
+    }
+}
+
+/// The path is down this round (not merely lossy).
+fn is_broken(cell: &Cell) -> bool {
+    cell.status == Status::Failed && cell.loss.is_none_or(|l| l >= BROKEN_LOSS)
+}
+
+/// Known and not down: at least some echoes came back.
+fn is_reaching(cell: &Cell) -> bool {
+    cell.status != Status::Unknown && !is_broken(cell)
+}
+
+/// Counts of known cells.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    reachable: usize,
+    broken: usize,
+}
+
+impl Tally {
+    fn of<'c>(cells: impl IntoIterator<Item = &'c Cell>) -> Tally {
+        let mut t = Tally::default();
+        for cell in cells {
+            if is_broken(cell) {
+                t.broken += 1;
+            } else if cell.status != Status::Unknown {
+                t.reachable += 1;
+            }
+        }
+        t
+    }
+
+    fn known(self) -> usize {
+        self.reachable + self.broken
+    }
+
+    fn nearly_all_broken(self) -> bool {
+        self.known() > 0 && self.broken as f64 >= NEARLY_ALL * self.known() as f64
+    }
+
+    fn mostly_reachable(self) -> bool {
+        self.known() > 0 && self.reachable as f64 >= MOSTLY * self.known() as f64
+    }
+}
+
+fn describe_cell(from: &str, cell: &Cell) -> String {
+    let mut s = format!("{from} -> {}: {}", cell.to, cell.status);
+    if let Some(loss) = cell.loss {
+        s += &format!(", {:.0}% loss over {} pod(s)", loss * 100.0, cell.pods);
+    }
+    if let Some(error) = &cell.last_error {
+        s += &format!(": {error}");
+    }
+    s
+}
+
+fn describe_check(node: &str, check: &CheckCell, targets: &CheckTargets) -> String {
+    let mut s = format!("{node} -> {}", check.column);
+    if let Some(target) = targets.get(&(node.to_owned(), check.column.clone())) {
+        s += &format!(" {target}");
+    }
+    match &check.last_error {
+        Some(error) => s + &format!(": {error}"),
+        None => s + &format!(": {} (no error reported)", check.status),
+    }
+}
+
+/// Caps evidence so a 500-node cluster does not produce a 250 000-line finding.
+fn capped(mut lines: Vec<String>) -> Vec<String> {
+    if lines.len() > MAX_EVIDENCE {
+        let more = lines.len() - MAX_EVIDENCE;
+        lines.truncate(MAX_EVIDENCE);
+        lines.push(format!("... and {more} more"));
+    }
+    lines
+}
+
+fn broken_cells<'c>(cells: impl IntoIterator<Item = (&'c str, &'c Cell)>) -> Vec<String> {
+    cells
+        .into_iter()
+        .filter(|(_, c)| is_broken(c))
+        .map(|(from, c)| describe_cell(from, c))
+        .collect()
+}
+
+fn sorted_nodes<'n>(nodes: impl IntoIterator<Item = &'n str>) -> Vec<String> {
+    let set: BTreeSet<&str> = nodes.into_iter().collect();
+    set.into_iter().map(str::to_owned).collect()
+}
+
+/// Groups of nodes connected by reaching cells (in either direction), from
+/// [`overlay::diagnose`]; the path rules only judge pairs inside a group.
+#[derive(Debug, Default)]
+struct Components {
+    of: BTreeMap<String, usize>,
+}
+
+impl Components {
+    fn same(&self, a: &str, b: &str) -> bool {
+        match (self.of.get(a), self.of.get(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
+    }
+}

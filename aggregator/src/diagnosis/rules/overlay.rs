@@ -1,0 +1,195 @@
+//! The pod network split into groups: nodes are joined when a pod cell
+//! between them reaches (in either direction); every known cell between two
+//! groups is then broken by construction. The shape of the groups names the
+//! failure:
+//!
+//! - every node alone: `cross-node-broken` (if pods on the same node still
+//!   reach each other);
+//! - one group of two or more nodes plus lone nodes: each lone node that
+//!   reports and is seen failing both ways is `node-isolated` (a lone silent
+//!   node is left to `agent-missing`, whose hint then names the CNI);
+//! - two or more groups of two or more nodes: `partition`.
+//!
+//! So with three nodes one node cut off is `node-isolated`, not a partition,
+//! and with two nodes nothing says which side is broken: `cross-node-broken`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netmatrix_api::{Cell, FindingKind, NetworkMode};
+
+use super::{Components, Tally, View, broken_cells, capped, is_reaching, sorted_nodes};
+use crate::diagnosis::{Condition, Subject};
+
+pub(super) struct Overlay {
+    pub conditions: Vec<Condition>,
+    pub components: Components,
+}
+
+pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Overlay {
+    let cells: Vec<(&str, &Cell)> = view
+        .cross_cells(NetworkMode::Pod)
+        .filter(|(from, c)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
+        .collect();
+    let groups = groups(&cells);
+    let components = Components {
+        of: groups
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.iter().map(move |n| (n.clone(), i)))
+            .collect(),
+    };
+    let conditions = if groups.len() < 2 {
+        Vec::new()
+    } else if groups.iter().all(|g| g.len() == 1) {
+        cross_node_broken(view, &cells).into_iter().collect()
+    } else if groups.iter().filter(|g| g.len() >= 2).count() >= 2 {
+        vec![partition(&cells, &groups)]
+    } else {
+        groups
+            .iter()
+            .filter(|g| g.len() == 1)
+            .filter_map(|g| node_isolated(view, &cells, &g[0]))
+            .collect()
+    };
+    Overlay {
+        conditions,
+        components,
+    }
+}
+
+/// Connected components of the "reaches" relation, each sorted, largest
+/// first (then by first node).
+fn groups(cells: &[(&str, &Cell)]) -> Vec<Vec<String>> {
+    let nodes: BTreeSet<&str> = cells
+        .iter()
+        .flat_map(|(f, c)| [*f, c.to.as_str()])
+        .collect();
+    let index: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut parent: Vec<usize> = (0..nodes.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for (from, cell) in cells.iter().filter(|(_, c)| is_reaching(c)) {
+        if let (Some(&a), Some(&b)) = (index.get(from), index.get(cell.to.as_str())) {
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            parent[ra] = rb;
+        }
+    }
+    let mut by_root: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (node, &i) in &index {
+        let r = root(&mut parent, i);
+        by_root.entry(r).or_default().push((*node).to_owned());
+    }
+    let mut groups: Vec<Vec<String>> = by_root.into_values().collect();
+    groups.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    groups
+}
+
+/// Every node alone, seen from at least two reporting nodes, while pods on
+/// the same node reach each other (or that is not measured).
+fn cross_node_broken(view: &View, cells: &[(&str, &Cell)]) -> Option<Condition> {
+    let sources: BTreeSet<&str> = cells.iter().map(|(from, _)| *from).collect();
+    if sources.len() < 2 {
+        return None;
+    }
+    let same = Tally::of(
+        view.known_cells(NetworkMode::Pod)
+            .filter(|(from, c)| *from == c.to)
+            .map(|(_, c)| c),
+    );
+    if same.known() > 0 && !same.mostly_reachable() {
+        return None;
+    }
+    let tally = Tally::of(cells.iter().map(|(_, c)| *c));
+    let mut evidence = broken_cells(cells.iter().copied());
+    evidence.push(if same.known() > 0 {
+        format!(
+            "same-node cells: {} of {} reachable",
+            same.reachable,
+            same.known()
+        )
+    } else {
+        "no same-node data (no companion pods probed)".to_owned()
+    });
+    let nodes = sorted_nodes(cells.iter().flat_map(|(f, c)| [*f, c.to.as_str()]));
+    Some(Condition::new(
+        FindingKind::CrossNodeBroken,
+        Subject::Cluster,
+        nodes,
+        format!(
+            "pod traffic between nodes fails everywhere ({} of {} cross-node cells failed) while pods on the same node reach each other",
+            tally.broken,
+            tally.known()
+        ),
+        capped(evidence),
+        "the overlay transport between nodes is blocked or misconfigured: check that VXLAN (UDP 8472 for flannel, 4789 for calico and cilium) or IP-in-IP (IP protocol 4) passes between the nodes' addresses (host firewalls, security groups: iptables -S INPUT on a node), and that the CNI uses the right interface (flannel --iface, calico IP_AUTODETECTION_METHOD)".to_owned(),
+    ))
+}
+
+/// Groups of two or more nodes that reach each other, and nothing between.
+fn partition(cells: &[(&str, &Cell)], groups: &[Vec<String>]) -> Condition {
+    let group_of: BTreeMap<&str, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, g)| g.iter().map(move |n| (n.as_str(), i)))
+        .collect();
+    let between: Vec<(&str, &Cell)> = cells
+        .iter()
+        .copied()
+        .filter(|(from, c)| group_of.get(from) != group_of.get(c.to.as_str()))
+        .collect();
+    let nodes = sorted_nodes(groups.iter().flatten().map(String::as_str));
+    let shown: Vec<String> = groups
+        .iter()
+        .map(|g| format!("[{}]", g.join(", ")))
+        .collect();
+    let mut evidence = vec![format!("groups: {}", shown.join(" | "))];
+    evidence.extend(broken_cells(between.iter().copied()));
+    Condition::new(
+        FindingKind::Partition,
+        Subject::Cluster,
+        nodes,
+        format!(
+            "the pod network is split in {} groups that reach each other inside but not between ({} cells between groups failed): {}",
+            groups.len(),
+            between.len(),
+            shown.join(" | ")
+        ),
+        capped(evidence),
+        "something between the groups drops the overlay: compare the groups' subnets, racks or zones; check the firewall or security groups between them for the overlay's traffic (UDP 8472 flannel, 4789 calico/cilium VXLAN, IP protocol 4 for IP-in-IP, TCP 179 for calico BGP) and the routes between the subnets".to_owned(),
+    )
+    .with_groups(groups.to_vec())
+}
+
+/// A lone node that reports, fails to reach the others and is not reached.
+fn node_isolated(view: &View, cells: &[(&str, &Cell)], x: &str) -> Option<Condition> {
+    let reporting = view
+        .row(NetworkMode::Pod, x)
+        .is_some_and(|r| r.reporting && view.is_ready(x));
+    let outbound: Vec<(&str, &Cell)> = cells.iter().copied().filter(|(f, _)| *f == x).collect();
+    let inbound: Vec<(&str, &Cell)> = cells.iter().copied().filter(|(_, c)| c.to == x).collect();
+    if !reporting || outbound.is_empty() || inbound.is_empty() {
+        return None;
+    }
+    let evidence = broken_cells(outbound.iter().chain(&inbound).copied());
+    Some(Condition::new(
+        FindingKind::NodeIsolated,
+        Subject::Node(x.to_owned()),
+        vec![x.to_owned()],
+        format!(
+            "{x} is cut off from the other nodes' pods: {} of {} probes from {x} and {} of {} probes to {x} failed, while the other nodes reach each other",
+            outbound.len(),
+            outbound.len(),
+            inbound.len(),
+            inbound.len()
+        ),
+        capped(evidence),
+        format!(
+            "check the CNI on {x}: tunnel device (ip -d link show flannel.1; calico: vxlan.calico or tunl0; cilium: cilium_vxlan), its FDB and neighbours (bridge fdb show dev flannel.1; ip neigh show dev flannel.1), routes (ip route), the CNI agent's logs (flanneld, calico-node, cilium-agent)"
+        ),
+    ))
+}

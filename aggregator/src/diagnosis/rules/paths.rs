@@ -1,0 +1,105 @@
+//! Single broken paths between nodes that otherwise reach each other (same
+//! group, see [`super::overlay`]):
+//!
+//! - `pair-broken`: A -> B and B -> A both broken; one finding per pair;
+//! - `asymmetric-path`: A -> B broken while B -> A reaches; one finding per
+//!   source node, listing its broken paths.
+//!
+//! A path whose reverse is unknown (silent or unprobed node) names nothing:
+//! one direction alone cannot tell a one-way path from a dead node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netmatrix_api::{Cell, FindingKind, NetworkMode, Path};
+
+use super::{Components, View, capped, describe_cell, is_broken, is_reaching};
+use crate::diagnosis::{Condition, Subject};
+
+pub(super) fn diagnose(
+    view: &View,
+    cut_off: &BTreeSet<&str>,
+    components: &Components,
+) -> Vec<Condition> {
+    let cells: BTreeMap<(&str, &str), &Cell> = view
+        .cross_cells(NetworkMode::Pod)
+        .filter(|(from, c)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
+        .filter(|(from, c)| components.same(from, &c.to))
+        .map(|(from, c)| ((from, c.to.as_str()), c))
+        .collect();
+
+    let mut pairs = Vec::new();
+    let mut one_way: BTreeMap<&str, Vec<(&str, &Cell, &Cell)>> = BTreeMap::new();
+    for (&(a, b), &forward) in &cells {
+        if !is_broken(forward) {
+            continue;
+        }
+        let Some(&reverse) = cells.get(&(b, a)) else {
+            continue;
+        };
+        if is_broken(reverse) {
+            if a < b {
+                pairs.push(pair_broken(a, b, forward, reverse));
+            }
+        } else if is_reaching(reverse) {
+            one_way.entry(a).or_default().push((b, forward, reverse));
+        }
+    }
+    pairs.extend(
+        one_way
+            .into_iter()
+            .map(|(from, paths)| asymmetric(from, &paths)),
+    );
+    pairs
+}
+
+fn pair_broken(a: &str, b: &str, forward: &Cell, reverse: &Cell) -> Condition {
+    Condition::new(
+        FindingKind::PairBroken,
+        Subject::pair(a, b),
+        vec![a.to_owned(), b.to_owned()],
+        format!(
+            "pods on {a} and {b} cannot reach each other in either direction, while both reach the other nodes"
+        ),
+        vec![describe_cell(a, forward), describe_cell(b, reverse)],
+        format!(
+            "check what {a} and {b} know of each other: the overlay's FDB and neighbour entries (bridge fdb show dev flannel.1 | grep <peer VTEP MAC>; ip neigh show dev flannel.1), the routes to each other's pod subnet (ip route get <peer pod IP>; calico: BGP peering with calicoctl node status), and any firewall rule between the two nodes"
+        ),
+    )
+    .with_paths(vec![path(a, b), path(b, a)])
+}
+
+fn asymmetric(from: &str, broken: &[(&str, &Cell, &Cell)]) -> Condition {
+    let tos: Vec<&str> = broken.iter().map(|(to, _, _)| *to).collect();
+    let mut nodes: Vec<String> = std::iter::once(from)
+        .chain(tos.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    nodes.sort();
+    let mut evidence = Vec::new();
+    for (to, forward, reverse) in broken {
+        evidence.push(describe_cell(from, forward));
+        evidence.push(describe_cell(to, reverse));
+    }
+    Condition::new(
+        FindingKind::AsymmetricPath,
+        Subject::Node(from.to_owned()),
+        nodes,
+        format!(
+            "pods on {from} cannot reach the pods on {}, although traffic in the other direction works",
+            tos.join(", ")
+        ),
+        capped(evidence),
+        format!(
+            "a one-way path: check on {from} the route and overlay entry towards {} (ip route get <peer pod IP>; bridge fdb show dev flannel.1), reverse-path filtering (sysctl net.ipv4.conf.all.rp_filter), and firewall rules dropping new flows (iptables -S FORWARD; calico/cilium network policies)",
+            tos.join(", ")
+        ),
+    )
+    .with_paths(tos.iter().map(|to| path(from, to)).collect())
+}
+
+fn path(from: &str, to: &str) -> Path {
+    Path {
+        from: from.to_owned(),
+        to: to.to_owned(),
+    }
+}

@@ -1,0 +1,277 @@
+//! The last few rounds of echo counts per (source node, network, peer pod).
+//!
+//! One round holds about six echoes per cell (two pods, three echoes each):
+//! too few to tell a lossy path from bad luck. Loss, MTU and latency are
+//! therefore judged over a short window of rounds, kept here.
+//!
+//! History is kept per peer pod, not per destination node, so that a pod
+//! that went away (re-created under a new IP, deleted) leaves the window at
+//! the next report that no longer lists it, instead of weighing on its
+//! node's loss for several rounds.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+
+use netmatrix_api::{EchoResult, NetworkMode, PeerResult};
+
+/// Rounds kept per peer unless configured (`--history-rounds`).
+pub const DEFAULT_ROUNDS: usize = 5;
+
+/// One peer's echo counts in one round.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RoundSample {
+    pub sent: u32,
+    pub received: u32,
+    pub rtt_avg_ms: Option<f64>,
+    /// Large Don't-Fragment echoes: (sent, received), when probed.
+    pub mtu: Option<(u32, u32)>,
+}
+
+impl RoundSample {
+    pub fn of(peer: &PeerResult) -> Self {
+        let counts = |e: &EchoResult| (e.sent, e.received.min(e.sent));
+        let (sent, received) = counts(&peer.icmp);
+        RoundSample {
+            sent,
+            received,
+            rtt_avg_ms: peer.icmp.rtt_avg_ms.filter(|v| v.is_finite() && *v >= 0.0),
+            mtu: peer.mtu.as_ref().map(counts).filter(|(sent, _)| *sent > 0),
+        }
+    }
+
+    /// Every echo lost: the pod or the path was down, which is not "loss".
+    fn is_outage(&self) -> bool {
+        self.sent > 0 && self.received == 0
+    }
+
+    /// Some echoes lost, some answered: the signature of a lossy path.
+    fn is_partial(&self) -> bool {
+        self.received > 0 && self.received < self.sent
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PeerTrack {
+    node: String,
+    /// Newest first.
+    rounds: VecDeque<RoundSample>,
+}
+
+/// What the last rounds say about one directed path (all pods of `to` as
+/// probed from one source).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PathWindow {
+    /// Rounds held (the longest peer history).
+    pub rounds: usize,
+    /// Echoes sent and received over the window, leaving out the rounds in
+    /// which a pod answered nothing (outages are judged by the cell rules).
+    pub sent: u64,
+    pub received: u64,
+    /// Rounds in which at least one pod lost some, not all, of its echoes.
+    pub partial_rounds: usize,
+    /// Mean RTT over the window's answered echoes.
+    pub rtt_avg_ms: Option<f64>,
+    /// Rounds with at least one answered echo.
+    pub rtt_rounds: usize,
+    /// Large echoes over the window.
+    pub mtu_sent: u64,
+    pub mtu_received: u64,
+}
+
+impl PathWindow {
+    /// Loss over the window's rounds that were not outages.
+    pub fn loss(&self) -> Option<f64> {
+        (self.sent > 0).then(|| 1.0 - self.received as f64 / self.sent as f64)
+    }
+
+    pub fn mtu_loss(&self) -> Option<f64> {
+        (self.mtu_sent > 0).then(|| 1.0 - self.mtu_received as f64 / self.mtu_sent as f64)
+    }
+}
+
+/// Per source (node, network): the peers of its latest report and their
+/// last rounds.
+#[derive(Debug, Clone)]
+pub struct History {
+    rounds: usize,
+    sources: BTreeMap<(String, NetworkMode), BTreeMap<IpAddr, PeerTrack>>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History::new(DEFAULT_ROUNDS)
+    }
+}
+
+impl History {
+    pub fn new(rounds: usize) -> Self {
+        History {
+            rounds: rounds.max(1),
+            sources: BTreeMap::new(),
+        }
+    }
+
+    /// Records one report's round. Peers the report no longer lists are
+    /// dropped with their history; a peer IP now on another node starts over.
+    pub fn record(
+        &mut self,
+        source: &str,
+        network: NetworkMode,
+        samples: impl IntoIterator<Item = (IpAddr, String, RoundSample)>,
+    ) {
+        let mut previous = self
+            .sources
+            .remove(&(source.to_owned(), network))
+            .unwrap_or_default();
+        let mut current: BTreeMap<IpAddr, PeerTrack> = BTreeMap::new();
+        for (ip, node, sample) in samples {
+            if let Some(track) = current.get_mut(&ip) {
+                // The same pod listed twice in one round: one sample.
+                if let Some(front) = track.rounds.front_mut() {
+                    merge(front, &sample);
+                }
+                continue;
+            }
+            let mut track = previous
+                .remove(&ip)
+                .filter(|t| t.node == node)
+                .unwrap_or_else(|| PeerTrack {
+                    node,
+                    rounds: VecDeque::new(),
+                });
+            track.rounds.push_front(sample);
+            track.rounds.truncate(self.rounds);
+            current.insert(ip, track);
+        }
+        self.sources.insert((source.to_owned(), network), current);
+    }
+
+    /// Forgets a source (its node left the cluster).
+    pub fn forget(&mut self, source: &str, network: NetworkMode) {
+        self.sources.remove(&(source.to_owned(), network));
+    }
+
+    /// Number of sources held (tests, and a bound on memory).
+    pub fn sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// The window of `source`'s path to the pods on `to`.
+    pub fn window(&self, source: &str, network: NetworkMode, to: &str) -> Option<PathWindow> {
+        let peers = self.sources.get(&(source.to_owned(), network))?;
+        let tracks: Vec<&PeerTrack> = peers.values().filter(|t| t.node == to).collect();
+        if tracks.is_empty() {
+            return None;
+        }
+        let mut w = PathWindow {
+            rounds: tracks.iter().map(|t| t.rounds.len()).max().unwrap_or(0),
+            ..Default::default()
+        };
+        let (mut rtt_sum, mut rtt_weight) = (0.0, 0u64);
+        for round in 0..w.rounds {
+            let samples: Vec<&RoundSample> =
+                tracks.iter().filter_map(|t| t.rounds.get(round)).collect();
+            if samples.iter().any(|s| s.is_partial()) {
+                w.partial_rounds += 1;
+            }
+            if samples.iter().any(|s| s.received > 0) {
+                w.rtt_rounds += 1;
+            }
+            for s in samples {
+                if !s.is_outage() {
+                    w.sent += u64::from(s.sent);
+                    w.received += u64::from(s.received);
+                }
+                if let Some(rtt) = s.rtt_avg_ms.filter(|_| s.received > 0) {
+                    rtt_sum += rtt * f64::from(s.received);
+                    rtt_weight += u64::from(s.received);
+                }
+                if let Some((sent, received)) = s.mtu {
+                    w.mtu_sent += u64::from(sent);
+                    w.mtu_received += u64::from(received);
+                }
+            }
+        }
+        w.rtt_avg_ms = (rtt_weight > 0).then(|| rtt_sum / rtt_weight as f64);
+        Some(w)
+    }
+}
+
+fn merge(into: &mut RoundSample, other: &RoundSample) {
+    into.sent = into.sent.saturating_add(other.sent);
+    into.received = into.received.saturating_add(other.received);
+    into.rtt_avg_ms = into.rtt_avg_ms.or(other.rtt_avg_ms);
+    into.mtu = match (into.mtu, other.mtu) {
+        (Some((s1, r1)), Some((s2, r2))) => Some((s1.saturating_add(s2), r1.saturating_add(r2))),
+        (a, b) => a.or(b),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(sent: u32, received: u32) -> RoundSample {
+        RoundSample {
+            sent,
+            received,
+            rtt_avg_ms: (received > 0).then_some(1.0),
+            mtu: Some((2, if received > 0 { 2 } else { 0 })),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn round(h: &mut History, peers: &[(&str, &str, RoundSample)]) {
+        h.record(
+            "n1",
+            NetworkMode::Pod,
+            peers.iter().map(|(a, n, s)| (ip(a), (*n).to_owned(), *s)),
+        );
+    }
+
+    #[test]
+    fn keeps_the_last_rounds_and_leaves_outages_out_of_loss() {
+        let mut h = History::new(3);
+        for s in [sample(3, 0), sample(3, 3), sample(3, 2), sample(3, 1)] {
+            round(
+                &mut h,
+                &[("10.244.2.2", "n2", s), ("10.244.2.3", "n2", sample(3, 3))],
+            );
+        }
+        let w = h.window("n1", NetworkMode::Pod, "n2").unwrap();
+        // The outage round fell out of the 3-round window.
+        assert_eq!(w.rounds, 3);
+        assert_eq!((w.sent, w.received), (18, 15));
+        assert_eq!(w.partial_rounds, 2);
+        assert_eq!(w.rtt_rounds, 3);
+        assert_eq!((w.mtu_sent, w.mtu_received), (12, 12));
+        assert!(h.window("n1", NetworkMode::Pod, "n3").is_none());
+        assert!(h.window("n1", NetworkMode::Host, "n2").is_none());
+
+        round(&mut h, &[("10.244.2.2", "n2", sample(3, 0))]);
+        let w = h.window("n1", NetworkMode::Pod, "n2").unwrap();
+        assert_eq!(
+            w.loss(),
+            Some(1.0 - 3.0 / 6.0),
+            "the outage round is left out"
+        );
+    }
+
+    #[test]
+    fn peers_that_went_away_leave_the_window() {
+        let mut h = History::default();
+        round(&mut h, &[("10.244.2.9", "n2", sample(3, 0))]);
+        round(&mut h, &[("10.244.2.7", "n2", sample(3, 3))]);
+        let w = h.window("n1", NetworkMode::Pod, "n2").unwrap();
+        assert_eq!((w.rounds, w.sent, w.received), (1, 3, 3));
+        // An IP reused on another node starts a new history.
+        round(&mut h, &[("10.244.2.7", "n3", sample(3, 3))]);
+        assert!(h.window("n1", NetworkMode::Pod, "n2").is_none());
+        assert_eq!(h.window("n1", NetworkMode::Pod, "n3").unwrap().rounds, 1);
+        h.forget("n1", NetworkMode::Pod);
+        assert_eq!(h.sources(), 0);
+    }
+}
