@@ -177,7 +177,7 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(
             s,
-            r#"{"op":"fault","fault":{"kind":"overlay-down","node":"node-2"}}"#
+            r#"{"op":"fault","fault":{"kind":"overlay-down","nodes":["node-2"]}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert_eq!(

@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, labels};
@@ -23,9 +23,12 @@ use crate::services;
 use crate::state::{StateDir, StateError};
 use crate::topology::{
     AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, CLUSTER_DOMAIN, DNS_SVC,
-    KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay, PlanError, Topology, random_prefix,
+    HOST_AGENT_PORT, KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay, PlanError, Topology,
+    random_prefix,
 };
 use crate::view;
+
+mod churn;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -40,6 +43,9 @@ pub struct LabConfig {
     pub prefix: Option<String>,
     /// Start the aggregator and the agents (off: network and servers only).
     pub components: bool,
+    /// Also run a host-network agent in every node namespace (and register
+    /// its pod), as the chart's host-agent DaemonSet does.
+    pub host_agents: bool,
     /// Where the netmatrix binaries are (default: see [`Binaries::locate`]).
     pub bin_dir: Option<PathBuf>,
 }
@@ -53,6 +59,7 @@ impl Default for LabConfig {
             forward_port: 0,
             prefix: None,
             components: true,
+            host_agents: true,
             bin_dir: None,
         }
     }
@@ -74,6 +81,8 @@ pub enum LabError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Fault(#[from] FaultError),
+    #[error("no node {0} in this lab")]
+    UnknownNode(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -122,7 +131,15 @@ impl Servers {
 
 /// A running lab. Dropping it removes every namespace and process it made.
 pub struct Lab {
-    topo: Topology,
+    prefix: String,
+    /// The plan; changes with churn (a re-created pod), so behind a lock,
+    /// read through [`Lab::topology`] (a copy: nothing holds the lock while
+    /// running commands).
+    topo: RwLock<Topology>,
+    /// Pods re-created so far (names and addresses of new pods).
+    recreated: AtomicU32,
+    /// One churn operation at a time.
+    churn: Mutex<()>,
     config: LabConfig,
     state: StateDir,
     cluster: ClusterState,
@@ -162,7 +179,7 @@ impl Lab {
         };
         let pki = LabPki::generate(&cert_ips(&topo), &cert_names())?;
         let cluster = ClusterState::new();
-        register_cluster(&topo, &cluster);
+        register_cluster(&topo, &cluster, config.host_agents);
         let forwarder = crate::forward::bind(config.forward_port)
             .await
             .map_err(io(format!(
@@ -189,7 +206,10 @@ impl Lab {
             })?;
         let mut lab = Lab {
             procs: Processes::new(state.clone()),
-            topo,
+            prefix: prefix.clone(),
+            topo: RwLock::new(topo),
+            recreated: AtomicU32::new(0),
+            churn: Mutex::new(()),
             config,
             state,
             cluster,
@@ -204,13 +224,14 @@ impl Lab {
             up_took: Duration::ZERO,
             torn_down: AtomicBool::new(false),
         };
-        tracing::info!(prefix = %lab.topo.prefix, nodes = lab.topo.nodes.len(), overlay = %lab.topo.overlay, "building the lab");
+        let topo = lab.topology();
+        tracing::info!(prefix = %topo.prefix, nodes = topo.nodes.len(), overlay = %topo.overlay, "building the lab");
         lab.write_credentials()?;
-        let topo = lab.topo.clone();
+        let built = topo.clone();
         tokio::task::spawn_blocking(move || -> Result<(), NetnsError> {
-            network::build(&topo)?;
-            for node in &topo.nodes {
-                services::install(&topo, node)?;
+            network::build(&built)?;
+            for node in &built.nodes {
+                services::install(&built, node)?;
             }
             Ok(())
         })
@@ -223,14 +244,17 @@ impl Lab {
 
         lab.start_apiserver()?;
         lab.start_dns()?;
-        let cp = lab.topo.control_plane();
+        let cp = topo.control_plane();
         let target = SocketAddr::from((cp.ip, AGGREGATOR_PORT));
         let forward_task = tokio::spawn(crate::forward::serve(forwarder, cp.netns.clone(), target));
         lab.servers().forwarder = Some(forward_task);
         if lab.binaries.is_some() {
             lab.procs.start(lab.aggregator_spec()?)?;
-            for node in &lab.topo.nodes {
-                lab.procs.start(lab.agent_spec(node)?)?;
+            for node in &topo.nodes {
+                lab.procs.start(lab.agent_spec(node, AgentNetwork::Pod)?)?;
+                if lab.config.host_agents {
+                    lab.procs.start(lab.agent_spec(node, AgentNetwork::Host)?)?;
+                }
             }
         }
         lab.up_took = started.elapsed();
@@ -239,11 +263,12 @@ impl Lab {
     }
 
     pub fn prefix(&self) -> &str {
-        &self.topo.prefix
+        &self.prefix
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topo
+    /// A copy of the current plan.
+    pub fn topology(&self) -> Topology {
+        self.topo.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn config(&self) -> &LabConfig {
@@ -390,7 +415,7 @@ impl Lab {
             return Err(FaultError::AlreadyApplied(fault).into());
         }
         tracing::info!(%fault, "applying fault");
-        faults::apply(&self.topo, &fault, self)?;
+        faults::apply(&self.topology(), &fault, self)?;
         applied.push(fault);
         Ok(())
     }
@@ -416,7 +441,7 @@ impl Lab {
         let mut healed = Vec::new();
         while let Some(fault) = applied.pop() {
             tracing::info!(%fault, "healing");
-            if let Err(e) = faults::heal(&self.topo, &fault, self) {
+            if let Err(e) = faults::heal(&self.topology(), &fault, self) {
                 applied.push(fault);
                 return Err(e.into());
             }
@@ -444,11 +469,11 @@ impl Lab {
         let start = Instant::now();
         self.servers().abort_all();
         self.procs.stop_everything();
-        for e in network::destroy(&self.topo) {
+        for e in network::destroy(&self.topology()) {
             tracing::warn!(error = %e, "cleanup");
         }
         self.state.remove();
-        tracing::info!(prefix = %self.topo.prefix, took = ?start.elapsed(), "lab removed");
+        tracing::info!(prefix = %self.prefix, took = ?start.elapsed(), "lab removed");
     }
 
     fn servers(&self) -> std::sync::MutexGuard<'_, Servers> {
@@ -456,21 +481,22 @@ impl Lab {
     }
 
     fn write_credentials(&self) -> Result<(), LabError> {
+        let topo = self.topology();
         self.state.write(
             "kubeconfig-pods",
-            &self.pki.kubeconfig(&self.topo.apiserver_service_url()),
+            &self.pki.kubeconfig(&topo.apiserver_service_url()),
         )?;
         self.state.write(
             "kubeconfig",
-            &self.pki.kubeconfig(&self.topo.apiserver_node_url()),
+            &self.pki.kubeconfig(&topo.apiserver_node_url()),
         )?;
         self.state.write("ca.crt", &self.pki.ca_cert_pem)?;
         self.state.write(
             "lab.json",
             &serde_json::json!({
-                "prefix": self.topo.prefix,
-                "nodes": self.topo.nodes.len(),
-                "overlay": self.topo.overlay.to_string(),
+                "prefix": topo.prefix,
+                "nodes": topo.nodes.len(),
+                "overlay": topo.overlay.to_string(),
                 "aggregator": self.aggregator_url(),
             })
             .to_string(),
@@ -480,7 +506,8 @@ impl Lab {
 
     /// The API server emulator on 198.18.0.1:6443 (host network of node 1).
     fn start_apiserver(&self) -> Result<(), LabError> {
-        let cp = self.topo.control_plane();
+        let topo = self.topology();
+        let cp = topo.control_plane();
         let addr = SocketAddr::from((cp.ip, APISERVER_PORT));
         let listener = self.bind_tcp(&cp.netns, addr)?;
         let (state, tls, token) = (
@@ -500,7 +527,7 @@ impl Lab {
     /// The DNS server in the DNS pod, on :53 UDP and TCP. Retries binding for
     /// a while: after `dns-stop` the old sockets close asynchronously.
     fn start_dns(&self) -> Result<(), LabError> {
-        let ns = self.topo.dns.netns.clone();
+        let ns = self.topology().dns.netns;
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53));
         let deadline = Instant::now() + Duration::from_secs(3);
         let (udp, tcp) = loop {
@@ -570,7 +597,8 @@ impl Lab {
     }
 
     fn aggregator_spec(&self) -> Result<ProcessSpec, LabError> {
-        let cp = self.topo.control_plane();
+        let topo = self.topology();
+        let cp = topo.control_plane();
         let interval = humantime::format_duration(self.config.interval).to_string();
         Ok(ProcessSpec {
             name: "aggregator".into(),
@@ -586,6 +614,10 @@ impl Lab {
                 // Lab nodes are brand new: expect their agents right away.
                 "--node-grace",
                 "15s",
+                // Pod and host-network agents both report (the chart's
+                // value; without host agents only pod agents exist anyway).
+                "--agent-selector",
+                labels::REPORTER_SELECTOR,
             ]
             .map(String::from)
             .to_vec(),
@@ -593,7 +625,10 @@ impl Lab {
         })
     }
 
-    fn agent_spec(&self, node: &NodePlan) -> Result<ProcessSpec, LabError> {
+    /// The agent of `node`'s pod network (in its agent pod) or host network
+    /// (in the node namespace, with the node's address, probing the other
+    /// host agents).
+    fn agent_spec(&self, node: &NodePlan, network: AgentNetwork) -> Result<ProcessSpec, LabError> {
         let interval = humantime::format_duration(self.config.interval).to_string();
         // Every probe timeout must be shorter than the interval.
         let timeout = humantime::format_duration(
@@ -609,13 +644,27 @@ impl Lab {
             "KUBERNETES_SERVICE_PORT".into(),
             KUBERNETES_SVC.1.to_string(),
         ));
-        let args = vec![
+        let (pod_name, pod_ip, netns, port) = match network {
+            AgentNetwork::Pod => (
+                node.agent.name.clone(),
+                node.agent.ip,
+                node.agent.netns.clone(),
+                AGENT_SVC.1,
+            ),
+            AgentNetwork::Host => (
+                node.host_agent.clone(),
+                node.ip,
+                node.netns.clone(),
+                HOST_AGENT_PORT,
+            ),
+        };
+        let mut args = vec![
             "--node-name".into(),
             node.name.clone(),
             "--pod-name".into(),
-            node.agent.name.clone(),
+            pod_name,
             "--pod-ip".into(),
-            node.agent.ip.to_string(),
+            pod_ip.to_string(),
             "--namespace".into(),
             NAMESPACE.into(),
             "--aggregator-url".into(),
@@ -629,7 +678,7 @@ impl Lab {
             "--clusterip".into(),
             format!("kube-dns={}:{}", DNS_SVC.0, DNS_SVC.1),
             "--listen".into(),
-            format!("0.0.0.0:{}", AGENT_SVC.1),
+            format!("0.0.0.0:{port}"),
             "--icmp-timeout".into(),
             timeout.clone(),
             "--tcp-timeout".into(),
@@ -637,9 +686,22 @@ impl Lab {
             "--dns-timeout".into(),
             timeout,
         ];
+        if network == AgentNetwork::Host {
+            // Explicit, so that the lab does not depend on the agent's
+            // default for host mode: host agents probe each other.
+            args.extend(
+                [
+                    "--network",
+                    "host",
+                    "--peer-selector",
+                    labels::HOST_AGENT_SELECTOR,
+                ]
+                .map(String::from),
+            );
+        }
         Ok(ProcessSpec {
-            name: agent_process(node),
-            netns: node.agent.netns.clone(),
+            name: agent_process(node, network),
+            netns,
             program: self.binaries()?.agent.clone(),
             args,
             env,
@@ -662,16 +724,28 @@ impl Hooks for Lab {
         Lab::start_dns(self).map_err(|e| FaultError::Lab(e.to_string()))
     }
 
+    fn dns_servfail(&self, on: bool) {
+        self.dns.set_servfail(on);
+    }
+
+    fn dns_hide(&self, name: &str, hidden: bool) {
+        if hidden {
+            self.dns.hide(name);
+        } else {
+            self.dns.unhide(name);
+        }
+    }
+
     fn stop_agent(&self, node: &NodePlan) -> Result<(), FaultError> {
         self.procs
-            .stop(&agent_process(node))
+            .stop(&agent_process(node, AgentNetwork::Pod))
             .map(|_| ())
             .map_err(|e| FaultError::Lab(e.to_string()))
     }
 
     fn start_agent(&self, node: &NodePlan) -> Result<(), FaultError> {
         let spec = self
-            .agent_spec(node)
+            .agent_spec(node, AgentNetwork::Pod)
             .map_err(|e| FaultError::Lab(e.to_string()))?;
         self.procs
             .start(spec)
@@ -690,8 +764,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn agent_process(node: &NodePlan) -> String {
-    format!("agent-{}", node.name)
+/// Which network an agent process probes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentNetwork {
+    /// In the node's agent pod.
+    Pod,
+    /// In the node namespace (`hostNetwork: true`).
+    Host,
+}
+
+/// Process name (and log file name) of a node's agent.
+pub fn agent_process(node: &NodePlan, network: AgentNetwork) -> String {
+    match network {
+        AgentNetwork::Pod => format!("agent-{}", node.name),
+        AgentNetwork::Host => format!("host-agent-{}", node.name),
+    }
 }
 
 /// The API server certificate's addresses: its ClusterIP (what pods dial),
@@ -718,7 +805,7 @@ fn cert_names() -> Vec<String> {
 
 /// Nodes, pods and Services of the lab, as a real cluster running the
 /// netmatrix chart would have them.
-fn register_cluster(t: &Topology, state: &ClusterState) {
+fn register_cluster(t: &Topology, state: &ClusterState, host_agents: bool) {
     let agent_labels = [
         (labels::NAME, labels::APP),
         (labels::COMPONENT, labels::COMPONENT_AGENT),
@@ -729,8 +816,24 @@ fn register_cluster(t: &Topology, state: &ClusterState) {
         (labels::COMPONENT, labels::COMPONENT_COMPANION),
         (labels::PROBE_TARGET, "true"),
     ];
+    // Host agents report but are not probe targets of the pod agents: they
+    // have no probe-target label, and probe each other by their component.
+    let host_agent_labels = [
+        (labels::NAME, labels::APP),
+        (labels::COMPONENT, labels::COMPONENT_HOST_AGENT),
+    ];
     for n in &t.nodes {
         state.apply_node(cluster::node(&n.name, &n.ip.to_string(), &n.pod_cidr));
+        if host_agents {
+            state.apply_pod(cluster::pod(
+                NAMESPACE,
+                &n.host_agent,
+                &n.name,
+                &n.ip.to_string(),
+                &host_agent_labels,
+                true,
+            ));
+        }
         state.apply_pod(cluster::pod(
             NAMESPACE,
             &n.agent.name,

@@ -12,7 +12,7 @@
 //! - [`process`]: the agents and the aggregator, run inside the namespaces;
 //! - [`forward`]: `127.0.0.1:PORT` in the root namespace to the aggregator;
 //! - [`faults`]: breaking and healing the network with the kernel's tools;
-//! - [`lab`]: [`lab::Lab`], which brings all of it up and down;
+//! - [`lab`]: [`lab::Lab`], which brings all of it up and down, and churns it (cordon, agent restart, pod re-creation);
 //! - [`control`]: the Unix socket through which `netmatrix-lab fault` reaches a running lab;
 //! - [`view`]: queries on the matrix and findings, and their text tables.
 //!
@@ -36,5 +36,5 @@ pub mod topology;
 pub mod view;
 
 pub use faults::{Fault, FaultKind};
-pub use lab::{Lab, LabConfig, LabError, Snapshot};
+pub use lab::{AgentNetwork, Lab, LabConfig, LabError, Snapshot};
 pub use topology::Overlay;

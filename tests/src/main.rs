@@ -41,6 +41,9 @@ enum Command {
         /// Directory of netmatrix-agent and netmatrix-aggregator (default: next to this binary).
         #[arg(long, env = "NETMATRIX_BIN_DIR")]
         bin_dir: Option<PathBuf>,
+        /// Run no host-network agents (by default every node runs one beside its pod agent).
+        #[arg(long)]
+        no_host_agents: bool,
     },
     /// Remove labs left behind by a killed `up` or test.
     Down {
@@ -54,13 +57,19 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
     },
-    /// Break something in the running lab.
+    /// Break something in the running lab: `fault KIND [NODES...] [NUMBER]`, e.g.
+    /// `fault overlay-down node-2`, `fault one-way node-2 node-3`, `fault loss node-2 20`,
+    /// `fault partition node-1 node-2`, `fault vxlan-drop`. `heal` undoes it.
     Fault {
         #[arg(value_enum)]
         kind: FaultKind,
-        /// Node the fault is about, e.g. node-2.
+        /// The nodes the fault is about (see KIND), then the number of `loss` (percent) or
+        /// `mtu-lower` (MTU).
+        #[arg(value_name = "NODES")]
+        args: Vec<String>,
+        /// A node the fault is about (same as naming it after KIND; repeatable).
         #[arg(long)]
-        node: Option<String>,
+        node: Vec<String>,
         /// Which lab (needed when several run).
         #[arg(long)]
         prefix: Option<String>,
@@ -113,6 +122,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             port,
             prefix,
             bin_dir,
+            no_host_agents,
         } => {
             up(LabConfig {
                 nodes,
@@ -121,13 +131,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 forward_port: port,
                 prefix,
                 components: true,
+                host_agents: !no_host_agents,
                 bin_dir,
             })
             .await
         }
         Command::Down { all, force, prefix } => down(all, force, prefix),
-        Command::Fault { kind, node, prefix } => {
-            let fault = Fault::new(kind, node)?;
+        Command::Fault {
+            kind,
+            args,
+            node,
+            prefix,
+        } => {
+            let args: Vec<String> = node.into_iter().chain(args).collect();
+            let fault = Fault::parse(kind, &args)?;
             send(prefix.as_deref(), Request::Fault { fault }).await
         }
         Command::Heal { prefix } => send(prefix.as_deref(), Request::Heal).await,
@@ -153,12 +170,14 @@ async fn up(config: LabConfig) -> anyhow::Result<()> {
         "lab {prefix} is up in {took:.1?}: {nodes} nodes, {overlay} overlay\n\
          aggregator: {url}  (API: {url}/api/v1/matrix, {url}/api/v1/findings)\n\
          state, logs and kubeconfigs: {dir}\n\n\
-         break something from another terminal:\n  \
-         netmatrix-lab fault overlay-down --node node-2\n  \
-         netmatrix-lab fault service-route --node node-3\n  \
-         netmatrix-lab fault dnat --node node-2\n  \
+         break something from another terminal (netmatrix-lab fault --help lists every fault):\n  \
+         netmatrix-lab fault overlay-down node-2\n  \
+         netmatrix-lab fault vxlan-drop\n  \
+         netmatrix-lab fault one-way node-2 node-3\n  \
+         netmatrix-lab fault loss node-3 30\n  \
+         netmatrix-lab fault service-route node-3\n  \
          netmatrix-lab fault dns-stop\n  \
-         netmatrix-lab fault kill-agent --node node-3\n  \
+         netmatrix-lab fault kill-agent node-3\n  \
          netmatrix-lab heal\n\
          Ctrl-C removes the lab.\n",
         prefix = lab.prefix(),

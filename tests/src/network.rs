@@ -11,7 +11,7 @@
 use crate::netns::{self, NetnsError, bridge, ip, sysctl};
 use crate::topology::{
     NodePlan, Overlay, POD_CIDR, POD_MTU, PodPlan, SERVICE_CIDR, Topology, UNDERLAY_CIDR,
-    VXLAN_DEVICE, VXLAN_PORT,
+    UNDERLAY_MTU, VXLAN_DEVICE, VXLAN_PORT,
 };
 
 /// Sysctls of every lab namespace. New namespaces inherit IPv4 settings from
@@ -86,7 +86,33 @@ fn build_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
         ns,
         &["addr", "add", &format!("{}/15", node.ip), "dev", "eth0"],
     )?;
-    ip(ns, &["link", "set", "eth0", "up"])?;
+    ip(
+        ns,
+        &[
+            "link",
+            "set",
+            "eth0",
+            "mtu",
+            &UNDERLAY_MTU.to_string(),
+            "up",
+        ],
+    )?;
+    // Host-network processes (the host agents) dial ClusterIPs as on a real
+    // node, where the default route covers the service network and
+    // kube-proxy's nat OUTPUT rules rewrite the destination: without a
+    // route, connect() fails before those rules are reached.
+    ip(
+        ns,
+        &[
+            "route",
+            "add",
+            SERVICE_CIDR,
+            "dev",
+            "eth0",
+            "src",
+            &node.ip.to_string(),
+        ],
+    )?;
 
     ip(ns, &["link", "add", "cni0", "type", "bridge"])?;
     ip(
@@ -109,6 +135,24 @@ fn build_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
         &["link", "set", "cni0", "mtu", &POD_MTU.to_string(), "up"],
     )?;
     Ok(())
+}
+
+/// Creates one pod's namespace and wires it to its node (a pod created
+/// after the lab, e.g. a re-created companion).
+pub fn add_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
+    netns::add(&pod.netns)?;
+    sysctl(&pod.netns, &COMMON_SYSCTLS)?;
+    build_pod(node, pod)
+}
+
+/// Removes one pod: its veth pair first (deleting a namespace frees its
+/// devices asynchronously, and a pod re-created at once reuses the name of
+/// the node's end), then its namespace.
+pub fn remove_pod(pod: &PodPlan) -> Result<(), NetnsError> {
+    if netns::exists(&pod.netns) {
+        ip(&pod.netns, &["link", "del", "eth0"])?;
+    }
+    netns::delete(&pod.netns)
 }
 
 /// A pod namespace with `eth0` on the node's `cni0`, its address and routes.
@@ -293,6 +337,54 @@ pub fn connect_peer(overlay: Overlay, node: &NodePlan, peer: &NodePlan) -> Resul
         }
     }
     Ok(())
+}
+
+/// Removes every FDB and neighbour entry of `flannel.1` on `node` at once
+/// (`bridge fdb flush`, `ip neigh flush`), as when flanneld's state is wiped;
+/// [`connect_peer`] for every peer puts them back.
+pub fn flush_vtep(node: &NodePlan) -> Result<(), NetnsError> {
+    let ns = node.netns.as_str();
+    bridge(
+        ns,
+        &["fdb", "flush", "dev", VXLAN_DEVICE, "self", "permanent"],
+    )?;
+    ip(
+        ns,
+        &["neigh", "flush", "dev", VXLAN_DEVICE, "nud", "permanent"],
+    )?;
+    Ok(())
+}
+
+/// Sets `flannel.1`'s MTU on `node`.
+pub fn set_vtep_mtu(node: &NodePlan, mtu: u32) -> Result<(), NetnsError> {
+    ip(
+        &node.netns,
+        &["link", "set", VXLAN_DEVICE, "mtu", &mtu.to_string()],
+    )
+    .map(|_| ())
+}
+
+/// Forgets the path MTUs learnt from "fragmentation needed" errors in `ns`
+/// (they would outlive a healed MTU fault by 10 minutes,
+/// `net.ipv4.route.mtu_expires`).
+pub fn flush_route_cache(ns: &str) -> Result<(), NetnsError> {
+    ip(ns, &["route", "flush", "cache"]).map(|_| ())
+}
+
+/// Sets the switch's end of `node`'s underlay link down (or up): the node's
+/// `eth0` loses its carrier, as when its cable is pulled, and keeps its
+/// configuration.
+pub fn set_underlay_link(t: &Topology, node: &NodePlan, up: bool) -> Result<(), NetnsError> {
+    ip(
+        &t.switch_netns,
+        &[
+            "link",
+            "set",
+            &node.switch_veth,
+            if up { "up" } else { "down" },
+        ],
+    )
+    .map(|_| ())
 }
 
 /// Removes what [`connect_peer`] programmed for `peer` on `node` (the

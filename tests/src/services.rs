@@ -1,6 +1,7 @@
 //! The kube-proxy stand-in: iptables DNAT rules for the lab's Services, in a
 //! chain of our own in each node's `nat` table, jumped to from `PREROUTING`
-//! (traffic from the node's pods).
+//! (traffic from the node's pods) and `OUTPUT` (the node's own processes,
+//! the host-network agent), as kube-proxy does.
 //!
 //! Rules are written with `iptables-restore --noflush`: declaring the chain
 //! flushes it, so installing is idempotent and is also how the `dnat` fault
@@ -53,13 +54,15 @@ pub fn chain_rules(t: &Topology) -> String {
     rules
 }
 
-/// Creates the chain and the jump from `PREROUTING` on `node`.
+/// Creates the chain and the jumps from `PREROUTING` and `OUTPUT` on `node`.
 pub fn install(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
     netns::iptables_restore(&node.netns, &chain_rules(t))?;
-    netns::iptables(
-        &node.netns,
-        &["-t", "nat", "-A", "PREROUTING", "-j", SERVICES_CHAIN],
-    )?;
+    for hook in ["PREROUTING", "OUTPUT"] {
+        netns::iptables(
+            &node.netns,
+            &["-t", "nat", "-A", hook, "-j", SERVICES_CHAIN],
+        )?;
+    }
     Ok(())
 }
 

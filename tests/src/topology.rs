@@ -9,6 +9,7 @@
 //! | agent / companion pod on node K | `P-nK-agent` 10.244.K.2, `P-nK-comp` 10.244.K.3 |
 //! | DNS pod | `P-n1-dns` 10.244.1.10 |
 //! | API server emulator, aggregator | host network of node 1: 198.18.0.1:6443, 198.18.0.1:8080 |
+//! | host-network agent of node K | namespace `P-nK`, pod `netmatrix-host-agent-node-K`, 198.18.0.K, metrics on :9091 |
 //! | Services | 10.96.0.1:443 `kubernetes`, 10.96.0.10:53 `kube-dns`, 10.96.0.20:80 `netmatrix-aggregator`, 10.96.0.30:9090 `netmatrix-agent` |
 
 use std::net::Ipv4Addr;
@@ -19,13 +20,24 @@ pub const PREFIX_START: &str = "nm";
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const UNDERLAY_CIDR: &str = "198.18.0.0/15";
-/// Underlay MTU 1500 minus VXLAN's 50 bytes, as flannel sets it.
-pub const POD_MTU: u32 = 1450;
+/// MTU of the nodes' underlay links (`eth0`).
+pub const UNDERLAY_MTU: u32 = 1500;
+/// What VXLAN adds to every packet: outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// MTU of the pods, `cni0` and `flannel.1`: the underlay's minus VXLAN's
+/// overhead, as flannel sets it (1450).
+pub const POD_MTU: u32 = UNDERLAY_MTU - VXLAN_OVERHEAD;
 pub const VXLAN_DEVICE: &str = "flannel.1";
 pub const VXLAN_PORT: u16 = 8472;
 pub const APISERVER_PORT: u16 = 6443;
 pub const AGGREGATOR_PORT: u16 = 8080;
 pub const AGENT_METRICS_PORT: u16 = 9090;
+/// Metrics port of the host-network agents: they share the node's namespace
+/// with the API server (6443) and the aggregator (8080) on node 1, so not
+/// the pod agents' 9090 (which would also work, but reads as a clash).
+pub const HOST_AGENT_PORT: u16 = 9091;
+/// The agents' headless Service (SRV records of the agent pods).
+pub const AGENTS_HEADLESS_SVC: &str = "netmatrix-agents";
 pub const KUBERNETES_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 443);
 pub const DNS_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 53);
 pub const AGGREGATOR_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 20), 80);
@@ -88,12 +100,25 @@ pub struct NodePlan {
     pub vtep_mac: String,
     pub agent: PodPlan,
     pub companion: PodPlan,
+    /// Pod name of the node's host-network agent (it runs in `netns`, with
+    /// the node's address).
+    pub host_agent: String,
 }
 
 impl NodePlan {
     /// Pods of this node that carry the agent's probe-target label.
     pub fn probe_targets(&self) -> [&PodPlan; 2] {
         [&self.agent, &self.companion]
+    }
+
+    /// The agent pod's own name in the agents' headless Service
+    /// (`10-244-2-2.netmatrix-agents.netmatrix.svc.cluster.local`), under
+    /// which CoreDNS serves its A record and which its SRV records target.
+    pub fn agent_dns_name(&self) -> String {
+        format!(
+            "{}.{AGENTS_HEADLESS_SVC}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}",
+            self.agent.ip.to_string().replace('.', "-")
+        )
     }
 }
 
@@ -163,6 +188,7 @@ impl Topology {
                     index: k,
                     agent: pod("agent", format!("netmatrix-agent-{name}"), 2),
                     companion: pod("comp", format!("netmatrix-companion-{name}"), 3),
+                    host_agent: format!("netmatrix-host-agent-{name}"),
                     ip: Ipv4Addr::new(198, 18, 0, k),
                     switch_veth: format!("vn{k}"),
                     pod_cidr: format!("10.244.{k}.0/24"),
@@ -186,6 +212,30 @@ impl Topology {
             },
             nodes,
         })
+    }
+
+    /// The companion pod of node `node` after `generation` re-creations
+    /// (1, 2, ...): same namespace name, a new pod name and address
+    /// (10.244.K.20 onwards, clear of the agent .2, companion .3, DNS .10).
+    pub fn recreated_companion(node: &NodePlan, generation: u32) -> PodPlan {
+        let host = 20 + (generation.saturating_sub(1) % 200) as u8;
+        PodPlan {
+            name: format!("netmatrix-companion-{}-{generation}", node.name),
+            netns: node.companion.netns.clone(),
+            ip: Ipv4Addr::new(10, 244, node.index, host),
+            host_veth: node.companion.host_veth.clone(),
+        }
+    }
+
+    /// Replaces node `index`'s companion pod in the plan.
+    pub fn set_companion(&mut self, index: u8, pod: PodPlan) -> bool {
+        match self.nodes.iter_mut().find(|n| n.index == index) {
+            Some(n) => {
+                n.companion = pod;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Node 1: the control plane (API server, aggregator, DNS pod).
@@ -251,6 +301,12 @@ mod tests {
         assert_eq!(n2.pod_cidr, "10.244.2.0/24");
         assert_eq!(t.dns.netns, "nmabcdef-n1-dns");
         assert_eq!(t.apiserver_node_url(), "https://198.18.0.1:6443");
+        assert_eq!(n2.host_agent, "netmatrix-host-agent-node-2");
+        assert_eq!(
+            n2.agent_dns_name(),
+            "10-244-2-2.netmatrix-agents.netmatrix.svc.cluster.local"
+        );
+        assert_eq!(POD_MTU, 1450);
     }
 
     #[test]
@@ -282,6 +338,21 @@ mod tests {
         assert_eq!(prefix_of("nmab12-n1-agent"), Some("nmab12"));
         assert_eq!(prefix_of("nmab12"), None);
         assert_eq!(prefix_of("cni-1234"), None);
+    }
+
+    #[test]
+    fn recreated_companions_get_new_names_and_addresses() {
+        let mut t = Topology::plan("nmabcd", 3, Overlay::Vxlan).unwrap();
+        let n2 = t.node("node-2").unwrap().clone();
+        let p1 = Topology::recreated_companion(&n2, 1);
+        assert_eq!(p1.name, "netmatrix-companion-node-2-1");
+        assert_eq!(p1.ip, Ipv4Addr::new(10, 244, 2, 20));
+        assert_eq!(p1.netns, n2.companion.netns);
+        assert_eq!(Topology::recreated_companion(&n2, 200).ip.octets()[3], 219);
+        assert_eq!(Topology::recreated_companion(&n2, 201).ip.octets()[3], 20);
+        assert!(t.set_companion(2, p1.clone()));
+        assert_eq!(t.node("node-2").unwrap().companion, p1);
+        assert!(!t.set_companion(9, p1));
     }
 
     #[test]

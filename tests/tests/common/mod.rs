@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use netmatrix_lab::lab::is_root;
+use netmatrix_lab::netns;
+use netmatrix_lab::topology::Topology;
 use netmatrix_lab::{Lab, LabConfig};
 
 /// Each wait of the end-to-end tests is bounded by this.
@@ -41,4 +43,36 @@ pub async fn lab(components: bool) -> Lab {
     .unwrap_or_else(|e| panic!("lab up: {e}"));
     eprintln!("lab {} up in {:.2?}", lab.prefix(), lab.up_took());
     lab
+}
+
+/// One `ping` from namespace `ns` (1 s timeout) with `extra` options.
+pub fn ping_args(ns: &str, ip: &str, extra: &[&str]) -> bool {
+    let mut args = vec!["-c", "1", "-W", "1", "-q"];
+    args.extend_from_slice(extra);
+    args.push(ip);
+    netns::run(Some(ns), "ping", &args).is_ok()
+}
+
+/// Whether `ip` answers a ping from `ns`. Two tries: the first echo after a
+/// heal may wait for ARP.
+pub fn ping(ns: &str, ip: &str) -> bool {
+    ping_args(ns, ip, &[]) || ping_args(ns, ip, &[])
+}
+
+/// Every agent pod reaches every probe target (agent and companion pods) of
+/// every node, its own included.
+pub fn assert_pod_mesh(t: &Topology) {
+    for from in &t.nodes {
+        for to in &t.nodes {
+            for pod in to.probe_targets() {
+                let ip = pod.ip.to_string();
+                assert!(
+                    ping(&from.agent.netns, &ip),
+                    "{} -> {} ({ip})",
+                    from.name,
+                    pod.name
+                );
+            }
+        }
+    }
 }
