@@ -5,8 +5,10 @@
 //! found by the watch: a node whose ClusterIP path is broken must still be
 //! able to report that fact. A 4xx answer is final for that report (the
 //! aggregator said why, in an [`ApiError`]); connection failures and 5xx back
-//! off exponentially, capped at [`MAX_BACKOFF`], by skipping sends — probing
-//! goes on every round regardless.
+//! off exponentially, capped at [`MAX_BACKOFF`] or [`MAX_BACKOFF_ROUNDS`]
+//! rounds, by skipping sends — probing goes on every round regardless. The
+//! cap is short because a healed node must be heard from again soon: the
+//! aggregator excuses its silence only for its node grace (2 min).
 //!
 //! Delivery runs in its own task and always sends the newest report, so a
 //! slow or dead aggregator never delays a probing round.
@@ -25,6 +27,9 @@ use crate::metrics::{Metrics, ReportOutcome};
 
 /// Longest pause between delivery attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest pause between delivery attempts, in rounds (fast rounds retry
+/// sooner than [`MAX_BACKOFF`]).
+pub const MAX_BACKOFF_ROUNDS: u32 = 10;
 
 /// Where aggregator pods are (the discovery's last known view).
 pub type AggregatorPods = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;
@@ -67,7 +72,7 @@ impl Backoff {
     }
 
     /// After the n-th consecutive failure, wait about `interval * 2^(n-1)`
-    /// (at most [`MAX_BACKOFF`]) minus half an interval, so that the first
+    /// (at most [`MAX_BACKOFF`], or [`MAX_BACKOFF_ROUNDS`] intervals) minus half an interval, so that the first
     /// failure is retried at the next round, the second skips one round, and
     /// so on.
     fn failed(&mut self, now: Instant, interval: Duration) -> Duration {
@@ -76,6 +81,7 @@ impl Backoff {
         let delay = interval
             .saturating_mul(factor)
             .min(MAX_BACKOFF)
+            .min(interval.saturating_mul(MAX_BACKOFF_ROUNDS))
             .saturating_sub(interval / 2);
         self.next_attempt = Some(now + delay);
         delay
@@ -420,9 +426,23 @@ mod tests {
         for _ in 0..20 {
             b.failed(now, i);
         }
-        assert_eq!(b.failed(now, i), MAX_BACKOFF - i / 2);
+        // Ten 5 s rounds come before the minute.
+        assert_eq!(b.failed(now, i), Duration::from_millis(47_500));
         assert!(!b.ready(now));
+        let slow = Duration::from_secs(10);
+        assert_eq!(b.failed(now, slow), MAX_BACKOFF - slow / 2);
         b.succeeded();
         assert!(b.ready(now));
+    }
+
+    #[test]
+    fn fast_rounds_back_off_for_ten_rounds_at_most() {
+        let mut b = Backoff::default();
+        let now = Instant::now();
+        let i = Duration::from_secs(1);
+        for _ in 0..20 {
+            b.failed(now, i);
+        }
+        assert_eq!(b.failed(now, i), Duration::from_millis(9500));
     }
 }
