@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use netmatrix_api::{Finding, Findings, Matrix};
 
 use crate::config::Args;
-use crate::diagnosis::{self, Context, DiagnosisPolicy, Hysteresis};
+use crate::diagnosis::{self, Context, DiagnosisPolicy, Hysteresis, UnderlayRecovery};
 use crate::inventory::InventorySource;
 use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
 use crate::metrics::Metrics;
@@ -84,6 +84,8 @@ pub struct Aggregator {
     inventory: InventorySource,
     settings: Settings,
     hysteresis: Mutex<Hysteresis>,
+    /// Nodes back from an underlay cut, whose agents may still be backing off.
+    recovery: Mutex<UnderlayRecovery>,
     /// The latest hysteresis output, served by `GET /api/v1/findings`.
     findings: RwLock<Arc<Findings>>,
     metrics: Metrics,
@@ -97,6 +99,7 @@ impl Aggregator {
             inventory,
             settings,
             hysteresis: Mutex::new(Hysteresis::new(settings.raise_after, settings.clear_after)),
+            recovery: Mutex::new(UnderlayRecovery::default()),
             findings: RwLock::new(Arc::new(Findings {
                 generated_unix_ms: system_clock(),
                 findings: Vec::new(),
@@ -201,7 +204,10 @@ impl Aggregator {
     pub fn evaluate(&self) -> Arc<Findings> {
         let now = self.now();
         self.forget_departed_nodes(now);
-        let (built, expected) = self.matrix_at(now);
+        let (built, mut expected) = self.matrix_at(now);
+        let grace = self.settings.node_grace_ms;
+        let mut recovery = self.recovery.lock().unwrap_or_else(PoisonError::into_inner);
+        recovery.exclude_recovering(&mut expected, now, grace);
         let matrix = built.matrix;
         let context = Context {
             expected: &expected,
@@ -210,6 +216,8 @@ impl Aggregator {
             policy: &self.settings.diagnosis,
         };
         let conditions = diagnosis::evaluate(&matrix, &context);
+        recovery.observe(&conditions, now, grace);
+        drop(recovery);
         let findings = self
             .hysteresis
             .lock()

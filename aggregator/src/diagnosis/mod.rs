@@ -9,11 +9,13 @@
 //!    report pages nobody.
 
 mod hysteresis;
+mod recovery;
 mod rules;
 #[cfg(test)]
 mod tests;
 
 pub use hysteresis::Hysteresis;
+pub use recovery::UnderlayRecovery;
 pub use rules::evaluate;
 
 use std::collections::BTreeSet;
