@@ -1,0 +1,449 @@
+//! The failure catalog (DESIGN.md section 5), end to end: each fault is
+//! injected in a lab with the kernel's tools, and the aggregator must name it
+//! with the right kind, nodes, groups or paths, report nothing else from the
+//! injection until the cluster is healthy again, and clear it after healing.
+//!
+//! One test per family of faults, each in its own lab (unique prefix), the
+//! cases of a family one after the other. Every case prints how long the
+//! finding took to be named and to clear. Needs root and the binaries
+//! (`scripts/test` builds them).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::WAIT;
+use netmatrix_api::{ErrorKind, Finding, FindingKind, NodeState, Status};
+use netmatrix_lab::view::{self, all_pod_cells_ok, cell, row};
+use netmatrix_lab::{Fault, Lab, LabConfig, Snapshot};
+
+/// What the expected finding must name.
+#[derive(Debug, Clone, Copy)]
+enum Names {
+    /// Exactly these nodes.
+    Nodes(&'static [&'static str]),
+    /// These groups (in any order), for `partition`.
+    Groups(&'static [&'static [&'static str]]),
+    /// Exactly these directed paths.
+    Paths(&'static [(&'static str, &'static str)]),
+    /// Nodes including this one (cluster-wide findings name every node).
+    Including(&'static str),
+}
+
+/// One row of the catalog.
+struct Case {
+    fault: Fault,
+    kind: FindingKind,
+    names: Names,
+    /// Text the evidence must contain (the error the operator reads).
+    evidence: Option<&'static str>,
+    /// More assertions on the snapshot where the finding was named.
+    check: Option<fn(&Snapshot)>,
+}
+
+impl Case {
+    fn new(fault: Fault, kind: FindingKind, names: Names) -> Self {
+        Case {
+            fault,
+            kind,
+            names,
+            evidence: None,
+            check: None,
+        }
+    }
+
+    fn evidence(mut self, text: &'static str) -> Self {
+        self.evidence = Some(text);
+        self
+    }
+
+    fn check(mut self, check: fn(&Snapshot)) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    /// Whether `f` is the finding this case expects (kind and names).
+    fn matches(&self, f: &Finding) -> bool {
+        if f.kind != self.kind {
+            return false;
+        }
+        let names_ok = match self.names {
+            Names::Nodes(nodes) => f.nodes == nodes,
+            Names::Including(node) => f.nodes.iter().any(|n| n == node),
+            Names::Groups(groups) => {
+                let mut want: Vec<Vec<&str>> = groups.iter().map(|g| g.to_vec()).collect();
+                let mut got: Vec<Vec<&str>> = f
+                    .groups
+                    .iter()
+                    .map(|g| g.iter().map(String::as_str).collect())
+                    .collect();
+                want.sort();
+                got.sort();
+                want == got
+            }
+            Names::Paths(paths) => {
+                let mut want: Vec<(&str, &str)> = paths.to_vec();
+                let mut got: Vec<(&str, &str)> = f
+                    .paths
+                    .iter()
+                    .map(|p| (p.from.as_str(), p.to.as_str()))
+                    .collect();
+                want.sort();
+                got.sort();
+                want == got
+            }
+        };
+        let evidence_ok = self
+            .evidence
+            .is_none_or(|text| f.evidence.iter().any(|e| e.contains(text)));
+        names_ok && evidence_ok && !f.hint.is_empty()
+    }
+}
+
+/// A lab of `nodes` nodes with every component, healthy.
+async fn healthy_lab(nodes: usize) -> Lab {
+    common::require_root();
+    common::init_tracing();
+    let lab = Lab::up(LabConfig {
+        nodes,
+        ..LabConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("lab up: {e}"));
+    eprintln!("lab {} up in {:.2?}", lab.prefix(), lab.up_took());
+    // Past the node grace too: a joining node is shown, not judged.
+    lab.wait_for(
+        "a healthy cluster of Ready nodes before the faults",
+        WAIT,
+        |s| healthy(s, nodes) && s.matrix.rows.iter().all(|r| r.state == NodeState::Ready),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    lab
+}
+
+fn healthy(s: &Snapshot, nodes: usize) -> bool {
+    all_pod_cells_ok(&s.matrix, nodes) && s.findings.findings.is_empty()
+}
+
+/// Polls until `done` holds, failing at the first snapshot that reports a
+/// finding `allowed` rejects, or after [`WAIT`].
+async fn watch(
+    lab: &Lab,
+    what: &str,
+    allowed: impl Fn(&Finding) -> bool,
+    done: impl Fn(&Snapshot) -> bool,
+) -> Snapshot {
+    let start = Instant::now();
+    let mut last: String;
+    loop {
+        match lab.snapshot().await {
+            Ok(snap) => {
+                let wrong: Vec<&Finding> = snap
+                    .findings
+                    .findings
+                    .iter()
+                    .filter(|f| !allowed(f))
+                    .collect();
+                assert!(
+                    wrong.is_empty(),
+                    "{what}: unexpected finding after {:.1?}: {}\n{}",
+                    start.elapsed(),
+                    wrong
+                        .iter()
+                        .map(|f| format!("{} {:?}: {}", f.kind, f.nodes, f.summary))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    view::render(&snap.matrix, &snap.findings)
+                );
+                if done(&snap) {
+                    return snap;
+                }
+                last = view::render(&snap.matrix, &snap.findings);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{what}: not reached in {WAIT:?}; last:\n{last}\nlogs: {}",
+            lab.state_dir().path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Injects the case's fault, waits for its finding (nothing else may be
+/// reported meanwhile), checks it stays the only one for a few rounds,
+/// heals, and waits until the cluster is healthy again. Returns how long
+/// naming and clearing took.
+async fn run_case(lab: &Lab, nodes: usize, case: &Case) -> (Duration, Duration) {
+    let what = format!("{} after `{}`", case.kind, case.fault);
+    lab.fault(case.fault.clone()).expect("inject the fault");
+    let start = Instant::now();
+    let expected_kind = |f: &Finding| f.kind == case.kind;
+    let snap = watch(lab, &what, expected_kind, |s| {
+        s.findings.findings.iter().any(|f| case.matches(f))
+    })
+    .await;
+    let named = start.elapsed();
+    eprintln!(
+        "{what}: named in {named:.1?}\n{}",
+        view::render(&snap.matrix, &snap.findings)
+    );
+    if let Some(check) = case.check {
+        check(&snap);
+    }
+    // Stable, not a flicker: for longer than a finding takes to be raised,
+    // only findings of the expected kind, the expected one among them.
+    let hold = Instant::now();
+    watch(lab, &format!("{what} to hold"), expected_kind, |s| {
+        assert!(
+            s.findings.findings.iter().any(|f| case.matches(f)),
+            "{what}: the finding went away while the fault was in place\n{}",
+            view::render(&s.matrix, &s.findings)
+        );
+        hold.elapsed() >= Duration::from_secs(4)
+    })
+    .await;
+
+    let healed = lab.heal().expect("heal");
+    let start = Instant::now();
+    watch(
+        lab,
+        &format!("no findings after healing {healed:?}"),
+        expected_kind,
+        |s| healthy(s, nodes),
+    )
+    .await;
+    let cleared = start.elapsed();
+    eprintln!("{what}: cleared {cleared:.1?} after heal");
+    (named, cleared)
+}
+
+/// Runs the cases one after the other in one lab and prints their timings.
+async fn run_catalog(nodes: usize, cases: Vec<Case>) {
+    let lab = healthy_lab(nodes).await;
+    let mut timings = Vec::new();
+    for case in &cases {
+        let (named, cleared) = run_case(&lab, nodes, case).await;
+        timings.push(format!(
+            "| `{}` | `{}` | {named:.1?} | {cleared:.1?} |",
+            case.fault, case.kind
+        ));
+    }
+    eprintln!(
+        "| fault | finding | named after | cleared after heal |\n|---|---|---|---|\n{}",
+        timings.join("\n")
+    );
+    lab.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_faults_are_named() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::fdb_flush("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence("node-1 -> node-2"),
+            Case::new(
+                Fault::overlay_down("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .check(node_2_row_and_column_fail),
+            Case::new(
+                Fault::vxlan_drop(),
+                FindingKind::CrossNodeBroken,
+                Names::Including("node-1"),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// node-isolated's matrix: node-2's row and column fail cross-node, its
+/// diagonal and every other cell stay ok.
+fn node_2_row_and_column_fail(snap: &Snapshot) {
+    let m = &snap.matrix;
+    for from in ["node-1", "node-2", "node-3"] {
+        for to in ["node-1", "node-2", "node-3"] {
+            let c = cell(m, from, to).unwrap_or_else(|| panic!("no cell {from}->{to}"));
+            let crosses_node_2 = from != to && (from == "node-2" || to == "node-2");
+            let expected = if crosses_node_2 {
+                Status::Failed
+            } else {
+                Status::Ok
+            };
+            assert_eq!(
+                c.status,
+                expected,
+                "{from} -> {to}:\n{}",
+                view::render_matrix(m)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_faults_are_named() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::one_way("node-2", "node-3"),
+                FindingKind::AsymmetricPath,
+                Names::Paths(&[("node-2", "node-3")]),
+            ),
+            Case::new(
+                Fault::pair("node-2", "node-3"),
+                FindingKind::PairBroken,
+                Names::Paths(&[("node-2", "node-3"), ("node-3", "node-2")]),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Two groups need four nodes to be told from an isolated node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_names_both_groups() {
+    run_catalog(
+        4,
+        vec![Case::new(
+            Fault::partition(&["node-1", "node-2"]),
+            FindingKind::Partition,
+            Names::Groups(&[&["node-1", "node-2"], &["node-3", "node-4"]]),
+        )],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quality_faults_are_named() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::loss("node-2", 30),
+                FindingKind::PacketLoss,
+                Names::Nodes(&["node-2"]),
+            ),
+            Case::new(
+                Fault::mtu("node-2"),
+                FindingKind::MtuMismatch,
+                Names::Nodes(&["node-2"]),
+            ),
+            Case::new(
+                Fault::mtu_lower("node-3", 1200),
+                FindingKind::MtuMismatch,
+                Names::Nodes(&["node-3"]),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_faults_are_named() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::dnat("node-2"),
+                FindingKind::ClusteripBroken,
+                Names::Nodes(&["node-2"]),
+            ),
+            Case::new(
+                Fault::service_route("node-3"),
+                FindingKind::ClusteripBroken,
+                Names::Nodes(&["node-3"]),
+            )
+            .evidence("network is unreachable")
+            .check(service_route_evidence),
+            Case::new(
+                Fault::apiserver_block("node-2"),
+                FindingKind::ApiserverUnreachable,
+                Names::Nodes(&["node-2"]),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// The field's error verbatim in node-3's API server column, its pod
+/// traffic untouched.
+fn service_route_evidence(snap: &Snapshot) {
+    let r = row(&snap.matrix, "node-3").expect("node-3 row");
+    let api = r
+        .services
+        .iter()
+        .find(|c| c.column.starts_with("apiserver"))
+        .expect("apiserver column");
+    assert_eq!(api.status, Status::Failed);
+    let err = api.last_error.as_ref().expect("apiserver error");
+    assert_eq!(err.kind, ErrorKind::Unreachable, "{err}");
+    assert!(
+        err.message
+            .to_lowercase()
+            .contains("network is unreachable"),
+        "{err}"
+    );
+    assert!(
+        r.cells.iter().all(|c| c.status == Status::Ok),
+        "node-3's pod cells should stay ok:\n{}",
+        view::render_matrix(&snap.matrix)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_faults_are_named() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::dns_stop(),
+                FindingKind::DnsFailure,
+                Names::Including("node-2"),
+            ),
+            Case::new(
+                Fault::dns_servfail(),
+                FindingKind::DnsFailure,
+                Names::Including("node-2"),
+            )
+            .evidence("servfail"),
+            // The agent pod is older than the negative TTL (30 s), so its
+            // missing record is stale at once, not pending.
+            Case::new(
+                Fault::dns_hide("node-3"),
+                FindingKind::DnsStale,
+                Names::Including("node-3"),
+            )
+            .evidence("10.244.3.2"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_agent_faults_are_named() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::underlay_cut("node-3"),
+                FindingKind::UnderlayBroken,
+                Names::Nodes(&["node-3"]),
+            ),
+            Case::new(
+                Fault::kill_agent("node-3"),
+                FindingKind::AgentMissing,
+                Names::Nodes(&["node-3"]),
+            ),
+        ],
+    )
+    .await;
+}
