@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use netmatrix_api::{AgentIdentity, DnsResult, PeerResult, PeerSource, Report, ServiceResult};
+use netmatrix_api::{
+    AgentIdentity, DnsResult, NetworkMode, PeerResult, PeerSource, Report, ServiceResult,
+};
 use tokio::sync::watch;
 
 use crate::config::{ClusterIpTarget, DnsName};
@@ -299,12 +301,19 @@ impl RoundLoop {
     }
 
     /// Peers from the watch; before it has synced, from the agents' SRV
-    /// record; with neither, nothing (and say so).
+    /// record; with neither, nothing (and say so). A host-network agent has
+    /// no SRV fallback: the record lists pod agents, which are not its peers
+    /// (pinging them from the node would fail the MTU probe, the node MTU
+    /// being larger than the pods').
     async fn peer_view(&self) -> PeerView {
         if let Some(view) = self.discovery.view() {
             return view;
         }
-        if let Some(name) = &self.prober.srv_name {
+        let srv_fallback = match self.prober.identity.network {
+            NetworkMode::Pod => self.prober.srv_name.as_ref(),
+            NetworkMode::Host => None,
+        };
+        if let Some(name) = srv_fallback {
             match self.prober.dns.srv_addresses(name).await {
                 Ok(addresses) => {
                     return discovery::fallback_from_srv(&addresses, &self.prober.identity);
