@@ -38,15 +38,18 @@ async fn healthy_cluster_is_all_ok_without_findings() {
         start.elapsed(),
         view::render(&snap.matrix, &snap.findings)
     );
-    // The service and DNS columns are healthy too, and all of it stays so
-    // for longer than a finding takes to be raised.
-    lab.wait_for("every service and DNS column ok", WAIT, |s| {
-        view::all_checks_ok(&s.matrix)
-    })
+    // The host-network rows, the service and DNS columns (pod and host
+    // agents) are healthy too, and all of it stays so for longer than a
+    // finding takes to be raised.
+    lab.wait_for(
+        "every host-network cell, service and DNS column ok",
+        WAIT,
+        |s| view::all_host_cells_ok(&s.matrix, 3) && view::all_checks_ok(&s.matrix),
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     lab.hold_for("a healthy cluster", Duration::from_secs(8), |s| {
-        healthy(s) && view::all_checks_ok(&s.matrix)
+        healthy(s) && view::all_host_cells_ok(&s.matrix, 3) && view::all_checks_ok(&s.matrix)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
