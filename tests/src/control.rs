@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -16,9 +17,21 @@ use crate::state::{self, StateDir};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
-    Fault { fault: Fault },
+    Fault {
+        fault: Fault,
+    },
     Heal,
     Status,
+    /// A node joins ([`Lab::add_node`]).
+    AddNode,
+    /// A node leaves ([`Lab::remove_node`]).
+    RemoveNode {
+        node: String,
+    },
+    /// A churn run ([`Lab::churn`]); answered when it ends.
+    Churn {
+        duration_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +87,20 @@ async fn answer(stream: UnixStream, lab: Arc<Lab>) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        // Async: it polls the aggregator and runs its steps on the
+        // blocking pool itself.
+        Ok(Request::Churn { duration_ms }) => {
+            match lab.churn(Duration::from_millis(duration_ms)).await {
+                Ok(report) => Response {
+                    ok: report.clean(),
+                    message: report.to_string(),
+                },
+                Err(e) => Response {
+                    ok: false,
+                    message: format!("churn: {e}"),
+                },
+            }
+        }
         Ok(request) => tokio::task::spawn_blocking(move || handle(&lab, request))
             .await
             .unwrap_or_else(|e| Response {
@@ -103,6 +130,13 @@ fn handle(lab: &Lab, request: Request) -> Response {
                 format!("healed {}", names.join(", "))
             }
         }),
+        Request::AddNode => lab
+            .add_node()
+            .map(|n| format!("{} joined ({}, pods {})", n.name, n.ip, n.pod_cidr)),
+        Request::RemoveNode { node } => lab
+            .remove_node(&node)
+            .map(|n| format!("{} removed", n.name)),
+        Request::Churn { .. } => Ok("churn runs asynchronously".into()),
         Request::Status => Ok(format!(
             "lab {} at {}; faults: {}",
             lab.prefix(),

@@ -12,7 +12,7 @@ use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, labels};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{self, ClusterState};
+use crate::cluster::ClusterState;
 use crate::dns::{self, DnsControl};
 use crate::faults::{self, Fault, FaultError, Hooks};
 use crate::netns::{self, NetnsError};
@@ -23,12 +23,20 @@ use crate::services;
 use crate::state::{StateDir, StateError};
 use crate::topology::{
     AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, CLUSTER_DOMAIN, DNS_SVC,
-    HOST_AGENT_PORT, KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay, PlanError, Topology,
-    random_prefix,
+    HOST_AGENT_PORT, KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay, PlanError, RemoveError,
+    Topology, random_prefix,
 };
 use crate::view;
 
 mod churn;
+mod churn_run;
+mod objects;
+
+pub use churn_run::{ChurnReport, FalseAlarm, StepReport};
+
+/// The aggregator's `--node-grace` in the lab: its nodes are brand new, so
+/// their agents are expected right away, not after the default 2 minutes.
+pub const NODE_GRACE: Duration = Duration::from_secs(15);
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -83,6 +91,10 @@ pub enum LabError {
     Fault(#[from] FaultError),
     #[error("no node {0} in this lab")]
     UnknownNode(String),
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+    #[error("{0}")]
+    Busy(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -179,7 +191,7 @@ impl Lab {
         };
         let pki = LabPki::generate(&cert_ips(&topo), &cert_names())?;
         let cluster = ClusterState::new();
-        register_cluster(&topo, &cluster, config.host_agents);
+        objects::register_cluster(&topo, &cluster, config.host_agents);
         let forwarder = crate::forward::bind(config.forward_port)
             .await
             .map_err(io(format!(
@@ -611,9 +623,8 @@ impl Lab {
                 &interval,
                 "--namespace",
                 NAMESPACE,
-                // Lab nodes are brand new: expect their agents right away.
                 "--node-grace",
-                "15s",
+                &humantime::format_duration(NODE_GRACE).to_string(),
                 // Pod and host-network agents both report (the chart's
                 // value; without host agents only pod agents exist anyway).
                 "--agent-selector",
@@ -801,117 +812,4 @@ fn cert_names() -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-/// Nodes, pods and Services of the lab, as a real cluster running the
-/// netmatrix chart would have them.
-fn register_cluster(t: &Topology, state: &ClusterState, host_agents: bool) {
-    let agent_labels = [
-        (labels::NAME, labels::APP),
-        (labels::COMPONENT, labels::COMPONENT_AGENT),
-        (labels::PROBE_TARGET, "true"),
-    ];
-    let companion_labels = [
-        (labels::NAME, labels::APP),
-        (labels::COMPONENT, labels::COMPONENT_COMPANION),
-        (labels::PROBE_TARGET, "true"),
-    ];
-    // Host agents report but are not probe targets of the pod agents: they
-    // have no probe-target label, and probe each other by their component.
-    let host_agent_labels = [
-        (labels::NAME, labels::APP),
-        (labels::COMPONENT, labels::COMPONENT_HOST_AGENT),
-    ];
-    for n in &t.nodes {
-        state.apply_node(cluster::node(&n.name, &n.ip.to_string(), &n.pod_cidr));
-        if host_agents {
-            state.apply_pod(cluster::pod(
-                NAMESPACE,
-                &n.host_agent,
-                &n.name,
-                &n.ip.to_string(),
-                &host_agent_labels,
-                true,
-            ));
-        }
-        state.apply_pod(cluster::pod(
-            NAMESPACE,
-            &n.agent.name,
-            &n.name,
-            &n.agent.ip.to_string(),
-            &agent_labels,
-            false,
-        ));
-        state.apply_pod(cluster::pod(
-            NAMESPACE,
-            &n.companion.name,
-            &n.name,
-            &n.companion.ip.to_string(),
-            &companion_labels,
-            false,
-        ));
-    }
-    let cp = t.control_plane();
-    state.apply_pod(cluster::pod(
-        NAMESPACE,
-        "netmatrix-aggregator",
-        &cp.name,
-        &cp.ip.to_string(),
-        &[
-            (labels::NAME, labels::APP),
-            (labels::COMPONENT, labels::COMPONENT_AGGREGATOR),
-        ],
-        true,
-    ));
-    state.apply_pod(cluster::pod(
-        "kube-system",
-        &t.dns.name,
-        &cp.name,
-        &t.dns.ip.to_string(),
-        &[("k8s-app", "kube-dns")],
-        false,
-    ));
-    let ip = |a: Ipv4Addr| a.to_string();
-    state.apply_service(cluster::service(
-        "default",
-        "kubernetes",
-        Some(&ip(KUBERNETES_SVC.0)),
-        &[("https", i32::from(KUBERNETES_SVC.1), "TCP")],
-        &[],
-    ));
-    state.apply_service(cluster::service(
-        "kube-system",
-        "kube-dns",
-        Some(&ip(DNS_SVC.0)),
-        &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
-        &[("k8s-app", "kube-dns")],
-    ));
-    state.apply_service(cluster::service(
-        NAMESPACE,
-        "netmatrix-aggregator",
-        Some(&ip(AGGREGATOR_SVC.0)),
-        &[("http", i32::from(AGGREGATOR_SVC.1), "TCP")],
-        &[
-            (labels::NAME, labels::APP),
-            (labels::COMPONENT, labels::COMPONENT_AGGREGATOR),
-        ],
-    ));
-    let agent_selector = [
-        (labels::NAME, labels::APP),
-        (labels::COMPONENT, labels::COMPONENT_AGENT),
-    ];
-    state.apply_service(cluster::service(
-        NAMESPACE,
-        "netmatrix-agent",
-        Some(&ip(AGENT_SVC.0)),
-        &[("metrics", i32::from(AGENT_SVC.1), "TCP")],
-        &agent_selector,
-    ));
-    state.apply_service(cluster::service(
-        NAMESPACE,
-        "netmatrix-agents",
-        None,
-        &[("metrics", i32::from(AGENT_SVC.1), "TCP")],
-        &agent_selector,
-    ));
 }

@@ -12,7 +12,7 @@
 //! - [`process`]: the agents and the aggregator, run inside the namespaces;
 //! - [`forward`]: `127.0.0.1:PORT` in the root namespace to the aggregator;
 //! - [`faults`]: breaking and healing the network with the kernel's tools;
-//! - [`lab`]: [`lab::Lab`], which brings all of it up and down, and churns it (cordon, agent restart, pod re-creation);
+//! - [`lab`]: [`lab::Lab`], which brings all of it up and down, and churns it (cordon, agent restart, pod re-creation, nodes joining and leaving, and [`lab::Lab::churn`], a churn run that watches for false alarms);
 //! - [`control`]: the Unix socket through which `netmatrix-lab fault` reaches a running lab;
 //! - [`view`]: queries on the matrix and findings, and their text tables.
 //!

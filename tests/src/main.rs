@@ -79,6 +79,28 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Add a node to the running lab (node-4 in a 3-node lab): registered NotReady, network
+    /// wired both ways, then Ready with its pods and agents.
+    AddNode {
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Drain, delete and switch off a node of the running lab (not node-1, the control plane).
+    RemoveNode {
+        node: String,
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Take the running, healthy lab through churn (agents restarted one by one, a node
+    /// cordoned, pods re-created with new addresses, a node added and removed) and fail on any
+    /// finding: on a healthy cluster each one is a false alarm. Prints the rounds covered.
+    Churn {
+        /// Keep repeating the script until this much time has passed (at least one pass).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Show the running labs and their faults.
     Status {
         #[arg(long)]
@@ -149,6 +171,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Heal { prefix } => send(prefix.as_deref(), Request::Heal).await,
         Command::Status { prefix } => send(prefix.as_deref(), Request::Status).await,
+        Command::AddNode { prefix } => send(prefix.as_deref(), Request::AddNode).await,
+        Command::RemoveNode { node, prefix } => {
+            send(prefix.as_deref(), Request::RemoveNode { node }).await
+        }
+        Command::Churn { duration, prefix } => {
+            let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            send(prefix.as_deref(), Request::Churn { duration_ms }).await
+        }
     }
 }
 

@@ -25,25 +25,81 @@ const COMMON_SYSCTLS: [&str; 2] = [
 /// Creates every namespace, link, address, route and rule of the lab (except
 /// the service rules). On error the caller removes the namespaces.
 pub fn build(t: &Topology) -> Result<(), NetnsError> {
-    for ns in t.namespaces() {
-        netns::add(&ns)?;
-        sysctl(&ns, &COMMON_SYSCTLS)?;
-    }
+    netns::add(&t.switch_netns)?;
+    sysctl(&t.switch_netns, &COMMON_SYSCTLS)?;
     ip(&t.switch_netns, &["link", "add", "br0", "type", "bridge"])?;
     ip(&t.switch_netns, &["link", "set", "br0", "up"])?;
     for node in &t.nodes {
         build_node(t, node)?;
     }
     for node in &t.nodes {
-        if t.overlay == Overlay::Vxlan {
-            add_vtep(node)?;
-        }
-        for peer in t.nodes.iter().filter(|p| p.index != node.index) {
-            connect_peer(t.overlay, node, peer)?;
-        }
-        masquerade(node)?;
+        wire_overlay(t, node)?;
     }
     Ok(())
+}
+
+/// Builds a node joining a running lab (`t` includes it) and programs the
+/// overlay both ways between it and every other node, as flanneld does on
+/// every node when a Node object appears. On error the caller removes it
+/// with [`remove_node`].
+pub fn add_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
+    build_node(t, node)?;
+    wire_overlay(t, node)?;
+    for peer in t.nodes.iter().filter(|p| p.index != node.index) {
+        connect_peer(t.overlay, peer, node)?;
+    }
+    Ok(())
+}
+
+/// Takes a node out of a running lab (`t` no longer includes it): the
+/// other nodes forget its overlay entries and route, then its pods, its
+/// link to the switch and its namespace go. Keeps going after an error and
+/// returns them all, so that as much as possible is removed.
+pub fn remove_node(t: &Topology, node: &NodePlan) -> Vec<NetnsError> {
+    let mut errors = Vec::new();
+    for peer in t.nodes.iter().filter(|p| p.index != node.index) {
+        if let Err(e) = forget_peer(t.overlay, peer, node) {
+            errors.push(e);
+        }
+    }
+    for pod in t.pods_of(node) {
+        if let Err(e) = remove_pod(pod) {
+            errors.push(e);
+        }
+    }
+    // Explicitly, like pods' veths: the switch's end would otherwise go
+    // asynchronously with the namespace, and a node re-added at once
+    // reuses its name.
+    if netns::exists(&node.netns)
+        && let Err(e) = ip(&t.switch_netns, &["link", "del", &node.switch_veth])
+    {
+        errors.push(e);
+    }
+    if let Err(e) = netns::delete(&node.netns) {
+        errors.push(e);
+    }
+    errors
+}
+
+/// Removes everything [`connect_peer`] programmed for `peer` on `node`,
+/// route included (a peer gone for good, unlike [`disconnect_peer`]'s fault).
+fn forget_peer(overlay: Overlay, node: &NodePlan, peer: &NodePlan) -> Result<(), NetnsError> {
+    disconnect_peer(overlay, node, peer)?;
+    if overlay == Overlay::Vxlan {
+        ip(&node.netns, &["route", "del", &peer.pod_cidr])?;
+    }
+    Ok(())
+}
+
+/// `node`'s VTEP (VXLAN), its routes to every other node, and masquerade.
+fn wire_overlay(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
+    if t.overlay == Overlay::Vxlan {
+        add_vtep(node)?;
+    }
+    for peer in t.nodes.iter().filter(|p| p.index != node.index) {
+        connect_peer(t.overlay, node, peer)?;
+    }
+    masquerade(node)
 }
 
 /// Deletes every namespace of the plan that exists (pods first). Returns the
@@ -58,9 +114,12 @@ pub fn destroy(t: &Topology) -> Vec<NetnsError> {
     errors
 }
 
-/// Node K: `eth0` on the switch, forwarding on, `cni0` and its pods.
+/// Node K: its namespace, `eth0` on the switch, forwarding on, `cni0` and
+/// its pods.
 fn build_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
     let ns = node.netns.as_str();
+    netns::add(ns)?;
+    sysctl(ns, &COMMON_SYSCTLS)?;
     sysctl(ns, &["net.ipv4.ip_forward=1"])?;
     let sw = t.switch_netns.as_str();
     ip(
@@ -126,7 +185,7 @@ fn build_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
         ],
     )?;
     for pod in t.pods_of(node) {
-        build_pod(node, pod)?;
+        add_pod(node, pod)?;
     }
     // A bridge takes the smallest MTU of its ports; set it explicitly anyway
     // so that it holds before the first port, as flannel's bridge CNI does.

@@ -106,6 +106,32 @@ pub struct NodePlan {
 }
 
 impl NodePlan {
+    /// Node `k` (1-based) of the lab `prefix`.
+    pub fn new(prefix: &str, k: u8) -> Self {
+        let netns = format!("{prefix}-n{k}");
+        let name = format!("node-{k}");
+        let pod = |kind: &str, pod_name: String, host: u8| PodPlan {
+            name: pod_name,
+            netns: format!("{netns}-{kind}"),
+            ip: Ipv4Addr::new(10, 244, k, host),
+            host_veth: format!("v{kind}"),
+        };
+        NodePlan {
+            index: k,
+            agent: pod("agent", format!("netmatrix-agent-{name}"), 2),
+            companion: pod("comp", format!("netmatrix-companion-{name}"), 3),
+            host_agent: format!("netmatrix-host-agent-{name}"),
+            ip: Ipv4Addr::new(198, 18, 0, k),
+            switch_veth: format!("vn{k}"),
+            pod_cidr: format!("10.244.{k}.0/24"),
+            gateway: Ipv4Addr::new(10, 244, k, 1),
+            vtep_ip: Ipv4Addr::new(10, 244, k, 0),
+            vtep_mac: format!("0e:00:00:00:00:{k:02x}"),
+            name,
+            netns,
+        }
+    }
+
     /// Pods of this node that carry the agent's probe-target label.
     pub fn probe_targets(&self) -> [&PodPlan; 2] {
         [&self.agent, &self.companion]
@@ -144,6 +170,17 @@ pub enum PlanError {
     Prefix(String),
 }
 
+/// A node that cannot leave the plan.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RemoveError {
+    #[error("no node {0} in this lab")]
+    Unknown(String),
+    #[error(
+        "{0} is the control plane (API server, aggregator, DNS): it cannot be removed; remove another node"
+    )]
+    ControlPlane(String),
+}
+
 /// A fresh random prefix, `nm` + 6 hex digits: unique enough that parallel
 /// labs (tests) never collide.
 pub fn random_prefix() -> String {
@@ -175,30 +212,7 @@ impl Topology {
             return Err(PlanError::NodeCount(nodes));
         }
         let nodes = (1..=nodes as u8)
-            .map(|k| {
-                let netns = format!("{prefix}-n{k}");
-                let name = format!("node-{k}");
-                let pod = |kind: &str, pod_name: String, host: u8| PodPlan {
-                    name: pod_name,
-                    netns: format!("{netns}-{kind}"),
-                    ip: Ipv4Addr::new(10, 244, k, host),
-                    host_veth: format!("v{kind}"),
-                };
-                NodePlan {
-                    index: k,
-                    agent: pod("agent", format!("netmatrix-agent-{name}"), 2),
-                    companion: pod("comp", format!("netmatrix-companion-{name}"), 3),
-                    host_agent: format!("netmatrix-host-agent-{name}"),
-                    ip: Ipv4Addr::new(198, 18, 0, k),
-                    switch_veth: format!("vn{k}"),
-                    pod_cidr: format!("10.244.{k}.0/24"),
-                    gateway: Ipv4Addr::new(10, 244, k, 1),
-                    vtep_ip: Ipv4Addr::new(10, 244, k, 0),
-                    vtep_mac: format!("0e:00:00:00:00:{k:02x}"),
-                    name,
-                    netns,
-                }
-            })
+            .map(|k| NodePlan::new(prefix, k))
             .collect();
         Ok(Topology {
             prefix: prefix.to_string(),
@@ -236,6 +250,37 @@ impl Topology {
             }
             None => false,
         }
+    }
+
+    /// Plans a node joining the cluster: the lowest free index, so that a
+    /// node removed and added again gets the same name and addresses, as a
+    /// re-provisioned machine would. The caller builds it, then commits it
+    /// with [`Topology::insert_node`].
+    pub fn next_node(&self) -> Result<NodePlan, PlanError> {
+        let free = (1..=MAX_NODES as u8).find(|k| self.nodes.iter().all(|n| n.index != *k));
+        match free {
+            Some(k) => Ok(NodePlan::new(&self.prefix, k)),
+            None => Err(PlanError::NodeCount(self.nodes.len() + 1)),
+        }
+    }
+
+    /// Adds a planned node, keeping the nodes in index order.
+    pub fn insert_node(&mut self, node: NodePlan) {
+        let at = self.nodes.partition_point(|n| n.index < node.index);
+        self.nodes.insert(at, node);
+    }
+
+    /// Takes a node out of the plan. Node 1 (the control plane) stays.
+    pub fn remove_node(&mut self, name: &str) -> Result<NodePlan, RemoveError> {
+        let at = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| RemoveError::Unknown(name.to_owned()))?;
+        if self.nodes[at].index == 1 {
+            return Err(RemoveError::ControlPlane(name.to_owned()));
+        }
+        Ok(self.nodes.remove(at))
     }
 
     /// Node 1: the control plane (API server, aggregator, DNS pod).
@@ -353,6 +398,55 @@ mod tests {
         assert!(t.set_companion(2, p1.clone()));
         assert_eq!(t.node("node-2").unwrap().companion, p1);
         assert!(!t.set_companion(9, p1));
+    }
+
+    #[test]
+    fn nodes_join_at_the_lowest_free_index_and_leave() {
+        let mut t = Topology::plan("nmabcdef", 3, Overlay::Vxlan).unwrap();
+        let first = t.clone();
+        let n4 = t.next_node().unwrap();
+        assert_eq!(
+            (n4.name.as_str(), n4.index, n4.ip),
+            ("node-4", 4, Ipv4Addr::new(198, 18, 0, 4))
+        );
+        assert_eq!(
+            n4,
+            NodePlan::new("nmabcdef", 4),
+            "planned like node 4 of a 4-node lab"
+        );
+        t.insert_node(n4.clone());
+        assert_eq!(t, Topology::plan("nmabcdef", 4, Overlay::Vxlan).unwrap());
+
+        assert_eq!(t.remove_node("node-2").unwrap().index, 2);
+        // node-2's index is free again: a node joining now takes it.
+        let again = t.next_node().unwrap();
+        assert_eq!(again.name, "node-2");
+        t.insert_node(again);
+        let order: Vec<u8> = t.nodes.iter().map(|n| n.index).collect();
+        assert_eq!(order, [1, 2, 3, 4]);
+        assert!(t.namespaces().contains(&"nmabcdef-n4-agent".to_string()));
+
+        t.remove_node("node-4").unwrap();
+        assert_eq!(t, first);
+        assert!(
+            !t.namespaces()
+                .iter()
+                .any(|ns| ns.starts_with("nmabcdef-n4"))
+        );
+        assert_eq!(
+            t.remove_node("node-1"),
+            Err(RemoveError::ControlPlane("node-1".into()))
+        );
+        assert_eq!(
+            t.remove_node("node-9"),
+            Err(RemoveError::Unknown("node-9".into()))
+        );
+    }
+
+    #[test]
+    fn a_full_lab_has_no_room_for_a_node() {
+        let t = Topology::plan("nmabcdef", MAX_NODES, Overlay::HostGw).unwrap();
+        assert_eq!(t.next_node(), Err(PlanError::NodeCount(MAX_NODES + 1)));
     }
 
     #[test]

@@ -1,15 +1,13 @@
 //! Churn: what changes in a running cluster without anything being broken
 //! (a node cordoned, an agent restarted, a pod re-created with a new
-//! address). Netmatrix must follow it without raising findings.
+//! address, a node joining or leaving). Netmatrix must follow it without
+//! raising findings.
 
 use std::sync::atomic::Ordering;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
-use netmatrix_api::labels;
-
-use super::{AgentNetwork, Lab, LabError, agent_process, lock};
-use crate::cluster;
+use super::{AgentNetwork, Lab, LabError, agent_process, lock, objects};
 use crate::network;
+use crate::services;
 use crate::topology::{NAMESPACE, NodePlan, PodPlan, Topology};
 
 impl Lab {
@@ -69,19 +67,8 @@ impl Lab {
         self.cluster.delete_pod(NAMESPACE, &old.name);
         network::remove_pod(&old)?;
 
-        let running = companion_pod(&plan, &new);
-        let mut pending = running.clone();
-        if let Some(status) = pending.status.as_mut() {
-            status.phase = Some("Pending".to_owned());
-            status.pod_ip = None;
-            status.pod_ips = None;
-            status.conditions = Some(vec![PodCondition {
-                type_: "Ready".to_owned(),
-                status: "False".to_owned(),
-                ..Default::default()
-            }]);
-        }
-        self.cluster.apply_pod(pending);
+        let running = objects::companion_pod(&plan, &new);
+        self.cluster.apply_pod(objects::pending(&running));
         if let Err(e) = network::add_pod(&plan, &new) {
             // Leave no half-wired namespace; the Pod stays Pending, as a
             // pod whose sandbox cannot be created does.
@@ -96,20 +83,121 @@ impl Lab {
         tracing::info!(node, old = %old.name, new = %new.name, ip = %new.ip, "companion re-created");
         Ok(new)
     }
-}
 
-/// The Running Pod object of a companion.
-fn companion_pod(node: &NodePlan, pod: &PodPlan) -> Pod {
-    cluster::pod(
-        NAMESPACE,
-        &pod.name,
-        &node.name,
-        &pod.ip.to_string(),
-        &[
-            (labels::NAME, labels::APP),
-            (labels::COMPONENT, labels::COMPONENT_COMPANION),
-            (labels::PROBE_TARGET, "true"),
-        ],
-        false,
-    )
+    /// A machine joins the cluster, in the order a real one does: its
+    /// kubelet registers the Node (NotReady: no CNI yet); its network comes
+    /// up (flanneld on every node programs the overlay to it, kube-proxy
+    /// adds its agent to the Service rules); the Node turns Ready; the
+    /// DaemonSet pods are created Pending, then Running; their agents
+    /// start. Returns the new node (the lowest free index: `node-4` in a
+    /// 3-node lab). Blocks for about a second.
+    pub fn add_node(&self) -> Result<NodePlan, LabError> {
+        let _serial = lock(&self.churn);
+        self.refuse_with_faults("add a node")?;
+        let mut next = self.topology();
+        let node = next.next_node()?;
+        next.insert_node(node.clone());
+        tracing::info!(node = %node.name, ip = %node.ip, "node joining");
+
+        self.cluster.apply_node(objects::joining_node(&node));
+        let wired = network::add_node(&next, &node).and_then(|()| {
+            services::install(&next, &node)?;
+            for other in next.nodes.iter().filter(|n| n.index != node.index) {
+                services::restore(&next, other)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = wired {
+            // Undo it all: the node never made it.
+            let current = self.topology();
+            for cleanup in network::remove_node(&current, &node) {
+                tracing::debug!(error = %cleanup, "undoing a failed join");
+            }
+            for other in &current.nodes {
+                let _ = services::restore(&current, other);
+            }
+            self.cluster.delete_node(&node.name);
+            return Err(e.into());
+        }
+        *self.topo.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.cluster.set_node_ready(&node.name, true);
+
+        let pods = objects::node_pods(&node, self.config.host_agents);
+        for pod in &pods {
+            self.cluster.apply_pod(objects::pending(pod));
+        }
+        for pod in pods {
+            self.cluster.apply_pod(pod);
+        }
+        if self.binaries.is_some() {
+            self.procs
+                .start(self.agent_spec(&node, AgentNetwork::Pod)?)?;
+            if self.config.host_agents {
+                self.procs
+                    .start(self.agent_spec(&node, AgentNetwork::Host)?)?;
+            }
+        }
+        tracing::info!(node = %node.name, "node joined");
+        Ok(node)
+    }
+
+    /// A machine leaves, as an operator retires one: `kubectl drain`
+    /// (cordon; its pods terminate and their agents stop), `kubectl delete
+    /// node` (its pods go with it), then the machine is switched off (its
+    /// overlay entries and routes go from the other nodes, kube-proxy drops
+    /// its agent from the Service rules, its namespaces are removed). Node 1
+    /// (the control plane) cannot leave. Blocks up to the agents' stop grace
+    /// (2 s each).
+    pub fn remove_node(&self, name: &str) -> Result<NodePlan, LabError> {
+        let _serial = lock(&self.churn);
+        self.refuse_with_faults("remove a node")?;
+        let mut next = self.topology();
+        let node = next.remove_node(name)?;
+        tracing::info!(node = %node.name, "node leaving");
+
+        self.cluster.set_node_unschedulable(name, true);
+        let mut pods = vec![node.agent.name.clone(), node.companion.name.clone()];
+        if self.config.host_agents {
+            pods.push(node.host_agent.clone());
+        }
+        for pod in &pods {
+            self.cluster.set_pod_terminating(NAMESPACE, pod);
+        }
+        for network in [AgentNetwork::Pod, AgentNetwork::Host] {
+            if let Err(e) = self.procs.stop(&agent_process(&node, network)) {
+                tracing::debug!(error = %e, "agent was not running");
+            }
+        }
+        for pod in &pods {
+            self.cluster.delete_pod(NAMESPACE, pod);
+        }
+        self.cluster.delete_node(name);
+        *self.topo.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+
+        let mut errors = network::remove_node(&next, &node);
+        for other in &next.nodes {
+            if let Err(e) = services::restore(&next, other) {
+                errors.push(e);
+            }
+        }
+        match errors.into_iter().next() {
+            Some(first) => Err(first.into()),
+            None => {
+                tracing::info!(node = %node.name, "node removed");
+                Ok(node)
+            }
+        }
+    }
+
+    /// Joining and leaving rewrite every node's Service rules, which would
+    /// silently heal a `dnat` fault: churn wants a healthy lab.
+    fn refuse_with_faults(&self, what: &str) -> Result<(), LabError> {
+        if lock(&self.faults).is_empty() {
+            return Ok(());
+        }
+        Err(LabError::Busy(format!(
+            "cannot {what} while faults are applied ({}): `netmatrix-lab heal` first",
+            self.faults_summary()
+        )))
+    }
 }

@@ -1,0 +1,246 @@
+//! The lab's Kubernetes objects (Nodes, pods, Services), as a real cluster
+//! running the netmatrix chart has them: what the API server emulator and
+//! the DNS server serve.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use netmatrix_api::labels;
+
+use crate::cluster::{self, ClusterState};
+use crate::topology::{
+    AGENT_SVC, AGGREGATOR_SVC, DNS_SVC, KUBERNETES_SVC, NAMESPACE, NodePlan, PodPlan, Topology,
+};
+
+/// Everything at lab start: every node with its pods, the control plane's
+/// pods, the Services.
+pub(super) fn register_cluster(t: &Topology, state: &ClusterState, host_agents: bool) {
+    for n in &t.nodes {
+        state.apply_node(node(n));
+        for pod in node_pods(n, host_agents) {
+            state.apply_pod(pod);
+        }
+    }
+    register_control_plane(t, state);
+    register_services(state);
+}
+
+/// A Ready, schedulable Node object.
+pub(super) fn node(n: &NodePlan) -> Node {
+    cluster::node(&n.name, &n.ip.to_string(), &n.pod_cidr)
+}
+
+/// The Node object of a machine whose kubelet has registered but whose
+/// network plugin is not ready yet: `Ready` is `False`, with the reason the
+/// kubelet gives until the CNI configuration exists.
+pub(super) fn joining_node(n: &NodePlan) -> Node {
+    let mut joining = node(n);
+    let conditions = joining.status.as_mut().and_then(|s| s.conditions.as_mut());
+    for c in conditions.into_iter().flatten() {
+        if c.type_ == "Ready" {
+            c.status = "False".to_owned();
+            c.reason = Some("KubeletNotReady".to_owned());
+            c.message = Some(
+                "container runtime network not ready: NetworkReady=false \
+                 reason:NetworkPluginNotReady message:Network plugin returns error: \
+                 cni plugin not initialized"
+                    .to_owned(),
+            );
+        }
+    }
+    joining
+}
+
+/// The DaemonSet pods of node `n`, Running: agent, companion and (when
+/// the lab runs them) host-network agent.
+pub(super) fn node_pods(n: &NodePlan, host_agents: bool) -> Vec<Pod> {
+    let mut pods = vec![
+        cluster::pod(
+            NAMESPACE,
+            &n.agent.name,
+            &n.name,
+            &n.agent.ip.to_string(),
+            &[
+                (labels::NAME, labels::APP),
+                (labels::COMPONENT, labels::COMPONENT_AGENT),
+                (labels::PROBE_TARGET, "true"),
+            ],
+            false,
+        ),
+        companion_pod(n, &n.companion),
+    ];
+    if host_agents {
+        // Host agents report but are not probe targets of the pod agents:
+        // they have no probe-target label, and probe each other by their
+        // component.
+        pods.push(cluster::pod(
+            NAMESPACE,
+            &n.host_agent,
+            &n.name,
+            &n.ip.to_string(),
+            &[
+                (labels::NAME, labels::APP),
+                (labels::COMPONENT, labels::COMPONENT_HOST_AGENT),
+            ],
+            true,
+        ));
+    }
+    pods
+}
+
+/// The Running Pod object of a companion.
+pub(super) fn companion_pod(node: &NodePlan, pod: &PodPlan) -> Pod {
+    cluster::pod(
+        NAMESPACE,
+        &pod.name,
+        &node.name,
+        &pod.ip.to_string(),
+        &[
+            (labels::NAME, labels::APP),
+            (labels::COMPONENT, labels::COMPONENT_COMPANION),
+            (labels::PROBE_TARGET, "true"),
+        ],
+        false,
+    )
+}
+
+/// `running` as it is before its sandbox exists: `Pending`, no address,
+/// not Ready.
+pub(super) fn pending(running: &Pod) -> Pod {
+    let mut pod = running.clone();
+    if let Some(status) = pod.status.as_mut() {
+        status.phase = Some("Pending".to_owned());
+        status.pod_ip = None;
+        status.pod_ips = None;
+        status.conditions = Some(vec![PodCondition {
+            type_: "Ready".to_owned(),
+            status: "False".to_owned(),
+            ..Default::default()
+        }]);
+    }
+    pod
+}
+
+/// The aggregator (host network) and CoreDNS pods on node 1.
+fn register_control_plane(t: &Topology, state: &ClusterState) {
+    let cp = t.control_plane();
+    state.apply_pod(cluster::pod(
+        NAMESPACE,
+        "netmatrix-aggregator",
+        &cp.name,
+        &cp.ip.to_string(),
+        &[
+            (labels::NAME, labels::APP),
+            (labels::COMPONENT, labels::COMPONENT_AGGREGATOR),
+        ],
+        true,
+    ));
+    state.apply_pod(cluster::pod(
+        "kube-system",
+        &t.dns.name,
+        &cp.name,
+        &t.dns.ip.to_string(),
+        &[("k8s-app", "kube-dns")],
+        false,
+    ));
+}
+
+fn register_services(state: &ClusterState) {
+    let ip = |a: Ipv4Addr| a.to_string();
+    state.apply_service(cluster::service(
+        "default",
+        "kubernetes",
+        Some(&ip(KUBERNETES_SVC.0)),
+        &[("https", i32::from(KUBERNETES_SVC.1), "TCP")],
+        &[],
+    ));
+    state.apply_service(cluster::service(
+        "kube-system",
+        "kube-dns",
+        Some(&ip(DNS_SVC.0)),
+        &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+        &[("k8s-app", "kube-dns")],
+    ));
+    state.apply_service(cluster::service(
+        NAMESPACE,
+        "netmatrix-aggregator",
+        Some(&ip(AGGREGATOR_SVC.0)),
+        &[("http", i32::from(AGGREGATOR_SVC.1), "TCP")],
+        &[
+            (labels::NAME, labels::APP),
+            (labels::COMPONENT, labels::COMPONENT_AGGREGATOR),
+        ],
+    ));
+    let agent_selector = [
+        (labels::NAME, labels::APP),
+        (labels::COMPONENT, labels::COMPONENT_AGENT),
+    ];
+    state.apply_service(cluster::service(
+        NAMESPACE,
+        "netmatrix-agent",
+        Some(&ip(AGENT_SVC.0)),
+        &[("metrics", i32::from(AGENT_SVC.1), "TCP")],
+        &agent_selector,
+    ));
+    state.apply_service(cluster::service(
+        NAMESPACE,
+        "netmatrix-agents",
+        None,
+        &[("metrics", i32::from(AGENT_SVC.1), "TCP")],
+        &agent_selector,
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Overlay;
+
+    fn ready(node: &Node) -> Option<String> {
+        node.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status.clone())
+    }
+
+    #[test]
+    fn a_joining_node_is_not_ready_until_its_network_is() {
+        let t = Topology::plan("nmabcd", 2, Overlay::Vxlan).unwrap();
+        let n2 = &t.nodes[1];
+        assert_eq!(ready(&node(n2)).as_deref(), Some("True"));
+        let joining = joining_node(n2);
+        assert_eq!(ready(&joining).as_deref(), Some("False"));
+        assert_eq!(joining.metadata, node(n2).metadata);
+    }
+
+    #[test]
+    fn every_node_runs_the_daemonset_pods() {
+        let t = Topology::plan("nmabcd", 2, Overlay::Vxlan).unwrap();
+        let names = |pods: Vec<Pod>| -> Vec<String> {
+            pods.into_iter().filter_map(|p| p.metadata.name).collect()
+        };
+        assert_eq!(
+            names(node_pods(&t.nodes[1], true)),
+            [
+                "netmatrix-agent-node-2",
+                "netmatrix-companion-node-2",
+                "netmatrix-host-agent-node-2"
+            ]
+        );
+        assert_eq!(node_pods(&t.nodes[1], false).len(), 2);
+        let state = ClusterState::new();
+        register_cluster(&t, &state, true);
+        assert_eq!(state.nodes().len(), 2);
+        // 3 per node, the aggregator and CoreDNS.
+        assert_eq!(state.pods().len(), 8);
+        assert_eq!(state.services().len(), 5);
+
+        let pending = pending(&node_pods(&t.nodes[1], false)[0]);
+        let status = pending.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        assert_eq!(status.pod_ip, None);
+    }
+}
