@@ -45,6 +45,8 @@ pub struct Metrics {
     finding: IntGaugeVec,
     pair_failed: IntGaugeVec,
     report_age_seconds: GaugeVec,
+    node_rtt_seconds: GaugeVec,
+    node_loss_ratio: GaugeVec,
     reports_total: IntCounter,
     reports_rejected_total: IntCounterVec,
     peers_unplaced_total: IntCounter,
@@ -60,6 +62,8 @@ struct Published {
     findings: BTreeSet<Vec<String>>,
     pairs: BTreeSet<Vec<String>>,
     ages: BTreeSet<Vec<String>>,
+    rtts: BTreeSet<Vec<String>>,
+    losses: BTreeSet<Vec<String>>,
 }
 
 impl Metrics {
@@ -73,6 +77,12 @@ impl Metrics {
         let gauges =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
                 let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let float_gauges =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let g = GaugeVec::new(Opts::new(name, help), labels)?;
                 registry.register(Box::new(g.clone()))?;
                 Ok(g)
             };
@@ -109,17 +119,21 @@ impl Metrics {
                 "1 for each directed node pair whose pod-network cell is failed (absent otherwise).",
                 &["from", "to"],
             )?,
-            report_age_seconds: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "report_age_seconds",
-                        "Age of the node's last pod-network report.",
-                    ),
-                    &["node"],
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            report_age_seconds: float_gauges(
+                "report_age_seconds",
+                "Age of the node's last pod-network report.",
+                &["node"],
+            )?,
+            node_rtt_seconds: float_gauges(
+                "node_rtt_seconds",
+                "Mean ICMP round-trip time from this node to the nodes it reaches (pod network, last round).",
+                &["node"],
+            )?,
+            node_loss_ratio: float_gauges(
+                "node_loss_ratio",
+                "Fraction of ICMP echoes from this node that were lost, averaged over its destination nodes (pod network, last round).",
+                &["node"],
+            )?,
             reports_total: {
                 let c = IntCounter::new("reports_total", "Reports accepted.")?;
                 registry.register(Box::new(c.clone()))?;
@@ -177,6 +191,8 @@ impl Metrics {
         let mut checks = Vec::new();
         let mut pairs = Vec::new();
         let mut ages = Vec::new();
+        let mut rtts = Vec::new();
+        let mut losses = Vec::new();
         for row in &matrix.rows {
             let node = row.node.clone();
             let count = |wanted: &[Status]| {
@@ -194,6 +210,12 @@ impl Metrics {
             }
             for cell in row.cells.iter().filter(|c| c.status == Status::Failed) {
                 pairs.push((vec![node.clone(), cell.to.clone()], 1));
+            }
+            if let Some(rtt_ms) = mean(row.cells.iter().filter_map(|c| c.rtt_avg_ms)) {
+                rtts.push((vec![node.clone()], rtt_ms / 1000.0));
+            }
+            if let Some(loss) = mean(row.cells.iter().filter_map(|c| c.loss)) {
+                losses.push((vec![node.clone()], loss));
             }
             if let Some(age) = row.report_age_ms {
                 ages.push((vec![node], age / 1000.0));
@@ -228,6 +250,8 @@ impl Metrics {
         sync(&self.pair_failed, &mut published.pairs, pairs);
         sync(&self.finding, &mut published.findings, finding_nodes);
         sync(&self.report_age_seconds, &mut published.ages, ages);
+        sync(&self.node_rtt_seconds, &mut published.rtts, rtts);
+        sync(&self.node_loss_ratio, &mut published.losses, losses);
     }
 
     /// The text exposition format.
@@ -242,6 +266,13 @@ impl Metrics {
 
 /// Per check group of a row: up (every known check ok) or down (one failed).
 /// Groups with no known check are absent.
+/// Mean of the values, `None` when there are none (no series rather than a
+/// misleading 0).
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0u32), |(sum, n), v| (sum + v, n + 1));
+    (n > 0).then(|| sum / f64::from(n))
+}
+
 fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
     let mut groups: BTreeMap<&'static str, bool> = BTreeMap::new();
     let all = row.services.iter().chain(&row.dns).chain(&row.mtu);
@@ -303,8 +334,12 @@ mod tests {
                         } else {
                             Status::Ok
                         },
-                        loss: None,
-                        rtt_avg_ms: None,
+                        loss: Some(if failed.contains(&(*from, *to)) {
+                            1.0
+                        } else {
+                            0.0
+                        }),
+                        rtt_avg_ms: (!failed.contains(&(*from, *to))).then_some(2.0),
                         rtt_max_ms: None,
                         pods: 1,
                         mtu: None,
@@ -335,6 +370,14 @@ mod tests {
         assert!(text.contains("netmatrix_node_failing_peers{node=\"n1\"} 1"));
         assert!(text.contains("netmatrix_node_reachable_peers{node=\"n1\"} 2"));
         assert!(text.contains("netmatrix_report_age_seconds{node=\"n3\"} 2.5"));
+        // n1 lost everything to one of its three destinations.
+        let loss = value(&text, "netmatrix_node_loss_ratio{node=\"n1\"}");
+        assert!((loss - 1.0 / 3.0).abs() < 1e-9, "{text}");
+        assert_eq!(
+            value(&text, "netmatrix_node_rtt_seconds{node=\"n1\"}"),
+            0.002
+        );
+        assert_eq!(value(&text, "netmatrix_node_loss_ratio{node=\"n2\"}"), 0.0);
 
         m.observe(&matrix(&["n1", "n2"], &[]), 2, &[]);
         let text = m.encode().unwrap();
@@ -355,6 +398,12 @@ mod tests {
             since: String::new(),
             since_unix_ms: 0,
         }
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
     }
 
     fn series(text: &str, name: &str) -> usize {
