@@ -1,0 +1,95 @@
+//! A small client of the aggregator's `/api/v1` (plain HTTP, as served in
+//! the cluster and through `kubectl port-forward`).
+
+use std::time::Duration;
+
+use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix};
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid aggregator URL {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error(
+        "cannot reach the aggregator at {url}: {message} (is the aggregator running, and is --aggregator-url right?)"
+    )]
+    Unreachable { url: String, message: String },
+    #[error("the aggregator answered {url} with HTTP {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error(
+        "unexpected answer from {url}: {message} (is this a netmatrix aggregator of the same version?)"
+    )]
+    Decode { url: String, message: String },
+}
+
+pub struct AggregatorClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AggregatorClient {
+    /// `base`: e.g. `http://netmatrix-aggregator.netmatrix.svc:8080`.
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let url_error = |message: &str| ClientError::Url {
+            url: base.to_owned(),
+            message: message.to_owned(),
+        };
+        let parsed = reqwest::Url::parse(base).map_err(|e| url_error(&e.to_string()))?;
+        if parsed.scheme() != "http" {
+            return Err(url_error("only http:// is served by the aggregator"));
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| url_error(&e.to_string()))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    pub async fn matrix(&self) -> Result<Matrix, ClientError> {
+        self.get(MATRIX_PATH).await
+    }
+
+    pub async fn findings(&self) -> Result<Findings, ClientError> {
+        self.get(FINDINGS_PATH).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                message: netmatrix_runtime::cause_chain(&e),
+            })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                message: netmatrix_runtime::cause_chain(&e),
+            })?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                url,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! The `netmatrix` command line.
+//!
+//! - [`validate`]: the verdict on the pod network, from the aggregator
+//!   (`helm test` runs it right after an install).
+//! - [`companion`]: the companion DaemonSet's target-only mode.
+//!
+//! The agent and the aggregator are their own binaries
+//! (`netmatrix-agent`, `netmatrix-aggregator`); all three ship in one image.
+
+pub mod client;
+pub mod companion;
+pub mod validate;
+pub mod verdict;

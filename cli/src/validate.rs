@@ -1,0 +1,359 @@
+//! `netmatrix validate`: does the pod network work? One verdict, with an
+//! exit code for scripts, CI and `helm test`.
+//!
+//! It polls the aggregator until every expected node has reported, then
+//! needs `--rounds` consecutive aggregator rounds that agree: all healthy
+//! (exit 0) or all failing (exit 1). Without a verdict before `--timeout`
+//! it exits 2, unless the last rounds were failing (a network that fails
+//! until the deadline is broken, not undecided).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use netmatrix_api::{Finding, Matrix};
+use serde::Serialize;
+
+use crate::client::{AggregatorClient, ClientError};
+use crate::verdict::{Round, judge};
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Aggregator URL: the Service in the cluster, or
+    /// `http://127.0.0.1:8080` through `kubectl -n netmatrix port-forward
+    /// svc/netmatrix-aggregator 8080`
+    #[arg(
+        long,
+        env = "NETMATRIX_AGGREGATOR_URL",
+        default_value = "http://netmatrix-aggregator.netmatrix.svc:8080"
+    )]
+    pub aggregator_url: String,
+
+    /// Give up after this long without a verdict (exit 2); covers agents
+    /// still starting (image pulls) after an install
+    #[arg(long, env = "NETMATRIX_VALIDATE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Consecutive aggregator rounds that must agree (all healthy, or all
+    /// failing) before the verdict
+    #[arg(long, env = "NETMATRIX_VALIDATE_ROUNDS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+
+    /// Print the verdict as one JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How often the aggregator is asked; its rounds are seconds apart.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Extra failing rounds to wait for a finding when none names the failure
+/// yet (the aggregator raises one after 3 rounds by default).
+const UNNAMED_EXTRA_ROUNDS: u32 = 5;
+
+fn last_round_of(last: &Option<(Round, Matrix)>) -> Option<&Round> {
+    last.as_ref().map(|(r, _)| r)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Healthy,
+    Failing,
+    Undecided,
+}
+
+impl Outcome {
+    /// 0 healthy, 1 failing, 2 undecided.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Healthy => 0,
+            Outcome::Failing => 1,
+            Outcome::Undecided => 2,
+        }
+    }
+}
+
+/// The verdict, as printed (`--json`) or rendered as text.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// Why, in one sentence.
+    pub reason: String,
+    pub elapsed_seconds: f64,
+    /// Aggregator rounds looked at.
+    pub rounds_seen: u32,
+    pub last_round: Option<Round>,
+    #[serde(skip)]
+    pub matrix: Option<Matrix>,
+}
+
+/// Polls until a verdict; never fails: an unreachable aggregator is an
+/// `undecided` verdict with the reason.
+pub async fn run(args: &ValidateArgs) -> Verdict {
+    let started = Instant::now();
+    let client = match AggregatorClient::new(&args.aggregator_url, POLL * 5) {
+        Ok(c) => c,
+        Err(e) => return undecided(started, e.to_string(), 0, None),
+    };
+    let mut progress = Progress::new(!args.json);
+    let mut last_generated = None;
+    let mut streak: Option<(Outcome, u32)> = None;
+    let mut rounds_seen = 0;
+    let mut last_error: Option<ClientError>;
+    let mut last: Option<(Round, Matrix)> = None;
+    loop {
+        match fetch(&client).await {
+            Ok((matrix, findings)) => {
+                last_error = None;
+                // Count each aggregator round once, however often we poll.
+                if last_generated != Some(matrix.generated_unix_ms) {
+                    last_generated = Some(matrix.generated_unix_ms);
+                    rounds_seen += 1;
+                    let round = judge(&matrix, &findings);
+                    progress.show(&round, started.elapsed());
+                    let outcome = match round {
+                        Round::Waiting { .. } => None,
+                        Round::Healthy { .. } => Some(Outcome::Healthy),
+                        Round::Failing { .. } => Some(Outcome::Failing),
+                    };
+                    streak = match (outcome, streak) {
+                        (None, _) => None,
+                        (Some(o), Some((s, n))) if s == o => Some((o, n + 1)),
+                        (Some(o), _) => Some((o, 1)),
+                    };
+                    last = Some((round, matrix));
+                    // A failing network gets a few more rounds for the
+                    // aggregator to name the cause (findings are raised
+                    // after a few rounds of their own): the verdict is
+                    // far more useful with the finding and its hint.
+                    let named = matches!(&last_round_of(&last), Some(Round::Failing { findings, .. }) if !findings.is_empty());
+                    let needed = match streak {
+                        Some((Outcome::Failing, _)) if !named => args.rounds + UNNAMED_EXTRA_ROUNDS,
+                        _ => args.rounds,
+                    };
+                    if let Some((outcome, n)) = streak
+                        && n >= needed
+                    {
+                        let reason = match outcome {
+                            Outcome::Healthy => format!(
+                                "every node reached every node, and every check passed, for {n} consecutive rounds"
+                            ),
+                            _ => format!("failing for {n} consecutive rounds"),
+                        };
+                        return verdict(outcome, reason, started, rounds_seen, last);
+                    }
+                }
+            }
+            Err(e) => {
+                progress.unreachable(&e, started.elapsed());
+                last_error = Some(e);
+            }
+        }
+        if started.elapsed() + POLL > args.timeout {
+            let waited = humantime::format_duration(Duration::from_secs(args.timeout.as_secs()));
+            return match (last_error, streak) {
+                (Some(e), _) => undecided(
+                    started,
+                    format!("no verdict after {waited}: {e}"),
+                    rounds_seen,
+                    last,
+                ),
+                (None, Some((Outcome::Failing, n))) => verdict(
+                    Outcome::Failing,
+                    format!("still failing at the deadline ({waited}, {n} failing rounds)"),
+                    started,
+                    rounds_seen,
+                    last,
+                ),
+                (None, _) => {
+                    let reason = match &last {
+                        Some((
+                            Round::Waiting {
+                                reporting,
+                                expected,
+                            },
+                            _,
+                        )) => format!(
+                            "no verdict after {waited}: {reporting} of {expected} expected nodes reported (are the agent pods running on every node? `kubectl -n netmatrix get pods -o wide`)"
+                        ),
+                        None => {
+                            format!("no verdict after {waited}: the aggregator published no round")
+                        }
+                        Some(_) => format!(
+                            "no verdict after {waited}: the network did not stay healthy or failing for {} rounds",
+                            args.rounds
+                        ),
+                    };
+                    undecided(started, reason, rounds_seen, last)
+                }
+            };
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn fetch(client: &AggregatorClient) -> Result<(Matrix, Vec<Finding>), ClientError> {
+    let matrix = client.matrix().await?;
+    let findings = client.findings().await?;
+    Ok((matrix, findings.findings))
+}
+
+fn verdict(
+    outcome: Outcome,
+    reason: String,
+    started: Instant,
+    rounds_seen: u32,
+    last: Option<(Round, Matrix)>,
+) -> Verdict {
+    let (last_round, matrix) = last.map_or((None, None), |(r, m)| (Some(r), Some(m)));
+    Verdict {
+        outcome,
+        reason,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        rounds_seen,
+        last_round,
+        matrix,
+    }
+}
+
+fn undecided(
+    started: Instant,
+    reason: String,
+    rounds_seen: u32,
+    last: Option<(Round, Matrix)>,
+) -> Verdict {
+    verdict(Outcome::Undecided, reason, started, rounds_seen, last)
+}
+
+/// The verdict as text: the outcome, the matrix and every finding with its hint.
+pub fn render(v: &Verdict) -> String {
+    let mut out = String::new();
+    let word = match v.outcome {
+        Outcome::Healthy => "HEALTHY",
+        Outcome::Failing => "FAILING",
+        Outcome::Undecided => "UNDECIDED",
+    };
+    out.push_str(&format!(
+        "{word}: {} ({:.1}s, {} aggregator rounds)\n",
+        v.reason, v.elapsed_seconds, v.rounds_seen
+    ));
+    if let Some(matrix) = &v.matrix {
+        out.push_str(&render_matrix(matrix));
+    }
+    if let Some(Round::Failing { findings, failing }) = &v.last_round {
+        for f in findings {
+            out.push_str(&format!(
+                "\nfinding {} [{}]: {}\n  check: {}\n",
+                f.kind.as_str(),
+                f.nodes.join(", "),
+                f.summary,
+                f.hint
+            ));
+            for e in f.evidence.iter().take(5) {
+                out.push_str(&format!("  evidence: {e}\n"));
+            }
+        }
+        if findings.is_empty() && !failing.is_empty() {
+            out.push_str("\nfailing (no finding raised yet):\n");
+        }
+        if findings.is_empty() {
+            for f in failing.iter().take(20) {
+                out.push_str(&format!("  {f}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// One line per source node: a mark per destination node, then its checks.
+fn render_matrix(matrix: &Matrix) -> String {
+    let width = matrix
+        .nodes
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!(
+        "\n{:width$}  pod network to: {}\n",
+        "from",
+        matrix.nodes.join(" ")
+    );
+    for row in &matrix.rows {
+        let marks: Vec<&str> = row.cells.iter().map(|c| mark(c.status)).collect();
+        let checks: Vec<String> = row
+            .services
+            .iter()
+            .chain(&row.dns)
+            .chain(&row.mtu)
+            .map(|c| format!("{}={}", c.column, c.status.as_str()))
+            .collect();
+        let state = if row.reporting {
+            ""
+        } else {
+            " (not reporting)"
+        };
+        out.push_str(&format!(
+            "{:width$}  {}{state}  {}\n",
+            row.node,
+            marks.join(" "),
+            checks.join(" ")
+        ));
+    }
+    out
+}
+
+fn mark(status: netmatrix_api::Status) -> &'static str {
+    match status {
+        netmatrix_api::Status::Ok => "ok",
+        netmatrix_api::Status::Degraded => "~~",
+        netmatrix_api::Status::Failed => "XX",
+        netmatrix_api::Status::Unknown => "??",
+    }
+}
+
+/// Progress on stderr while waiting, one line per change.
+struct Progress {
+    enabled: bool,
+    last: String,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            last: String::new(),
+        }
+    }
+
+    fn show(&mut self, round: &Round, elapsed: Duration) {
+        let line = match round {
+            Round::Waiting {
+                reporting,
+                expected,
+            } => format!("waiting: {reporting}/{expected} nodes reported"),
+            Round::Healthy { nodes } => format!("{nodes}/{nodes} nodes reported: healthy round"),
+            Round::Failing { findings, failing } => format!(
+                "failing round: {} findings, {} failing cells or checks",
+                findings.len(),
+                failing.len()
+            ),
+        };
+        self.print(line, elapsed);
+    }
+
+    fn unreachable(&mut self, error: &ClientError, elapsed: Duration) {
+        self.print(format!("retrying: {error}"), elapsed);
+    }
+
+    fn print(&mut self, line: String, elapsed: Duration) {
+        if self.enabled && line != self.last {
+            let _ = writeln!(
+                std::io::stderr(),
+                "[{:>5.1}s] {line}",
+                elapsed.as_secs_f64()
+            );
+            self.last = line;
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Judging one aggregator round: is the pod network healthy, broken, or is
+//! it too early to say?
+//!
+//! Pure functions over the `/api/v1` wire types, so every rule is unit
+//! tested without a network.
+
+use netmatrix_api::{Finding, FindingKind, Matrix, NodeState, Status};
+use serde::Serialize;
+
+/// What one round of the aggregator says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Round {
+    /// Not every expected node has reported yet (or no node is known).
+    Waiting { reporting: usize, expected: usize },
+    /// Every expected node reported, every cell and check passed, and
+    /// there is no finding.
+    Healthy { nodes: usize },
+    /// Something failed: findings (root causes with hints) and/or failing
+    /// cells and checks that no finding explains yet (a finding needs a few
+    /// rounds to be raised).
+    Failing {
+        findings: Vec<Finding>,
+        failing: Vec<String>,
+    },
+}
+
+/// Nodes whose agents should report and whose cells count: Ready ones, and
+/// ones that joined recently (the aggregator gives those a grace period
+/// before naming findings, but right after a cluster is built every node is
+/// young, and their cells are measured all the same).
+fn is_expected(state: NodeState) -> bool {
+    matches!(state, NodeState::Ready | NodeState::Joining)
+}
+
+/// Judges one round. Nodes that are cordoned or NotReady are not expected
+/// to report (agents do not probe them either).
+pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
+    let expected: Vec<_> = matrix
+        .rows
+        .iter()
+        .filter(|r| is_expected(r.state))
+        .collect();
+    let reporting = expected.iter().filter(|r| r.reporting).count();
+    if expected.is_empty() || reporting < expected.len() {
+        return Round::Waiting {
+            reporting,
+            expected: expected.len(),
+        };
+    }
+    // `agent-missing` about a node that reports again is the aggregator
+    // still clearing it (it clears after a few healthy rounds): right after
+    // an install every agent was missing for a moment.
+    let findings: Vec<Finding> = findings
+        .iter()
+        .filter(|f| {
+            !(f.kind == FindingKind::AgentMissing
+                && f.nodes
+                    .iter()
+                    .all(|n| expected.iter().any(|r| &r.node == n && r.reporting)))
+        })
+        .cloned()
+        .collect();
+    let mut failing = Vec::new();
+    for row in &expected {
+        let ready = |to: &str| {
+            matrix
+                .rows
+                .iter()
+                .any(|r| r.node == to && is_expected(r.state))
+        };
+        for cell in &row.cells {
+            if cell.status == Status::Failed && ready(&cell.to) {
+                let error = cell
+                    .last_error
+                    .as_ref()
+                    .map(|e| format!(": {}", e.message))
+                    .unwrap_or_default();
+                failing.push(format!("{} -> {}{error}", row.node, cell.to));
+            }
+        }
+        for check in row.services.iter().chain(&row.dns).chain(&row.mtu) {
+            if check.status == Status::Failed {
+                let error = check
+                    .last_error
+                    .as_ref()
+                    .map(|e| format!(": {}", e.message))
+                    .unwrap_or_default();
+                failing.push(format!("{} {}{error}", row.node, check.column));
+            }
+        }
+    }
+    if findings.is_empty() && failing.is_empty() {
+        Round::Healthy {
+            nodes: expected.len(),
+        }
+    } else {
+        Round::Failing { findings, failing }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmatrix_api::{Cell, CheckCell, MatrixRow, ProbeError};
+
+    fn cell(to: &str, status: Status) -> Cell {
+        Cell {
+            to: to.into(),
+            status,
+            loss: None,
+            rtt_avg_ms: None,
+            rtt_max_ms: None,
+            pods: 2,
+            mtu: None,
+            last_error: None,
+            age_ms: None,
+        }
+    }
+
+    fn row(node: &str, reporting: bool, cells: Vec<Cell>) -> MatrixRow {
+        MatrixRow {
+            node: node.into(),
+            state: NodeState::Ready,
+            reporting,
+            report_age_ms: reporting.then_some(1000.0),
+            cells,
+            services: vec![],
+            dns: vec![],
+            mtu: None,
+        }
+    }
+
+    fn matrix(rows: Vec<MatrixRow>) -> Matrix {
+        Matrix {
+            generated_unix_ms: 1,
+            nodes: rows.iter().map(|r| r.node.clone()).collect(),
+            rows,
+            host_rows: vec![],
+        }
+    }
+
+    fn finding(kind: FindingKind, nodes: &[&str]) -> Finding {
+        Finding {
+            kind,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            groups: vec![],
+            paths: vec![],
+            summary: "s".into(),
+            evidence: vec![],
+            hint: "h".into(),
+            since: String::new(),
+            since_unix_ms: 0,
+        }
+    }
+
+    fn all_ok(nodes: &[&str]) -> Vec<MatrixRow> {
+        nodes
+            .iter()
+            .map(|n| {
+                row(
+                    n,
+                    true,
+                    nodes.iter().map(|to| cell(to, Status::Ok)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn waits_until_every_ready_node_reports() {
+        let mut rows = all_ok(&["a", "b"]);
+        rows[1].reporting = false;
+        assert_eq!(
+            judge(&matrix(rows), &[]),
+            Round::Waiting {
+                reporting: 1,
+                expected: 2
+            }
+        );
+        assert_eq!(
+            judge(&matrix(vec![]), &[]),
+            Round::Waiting {
+                reporting: 0,
+                expected: 0
+            }
+        );
+    }
+
+    #[test]
+    fn cordoned_and_not_ready_nodes_are_not_expected() {
+        let mut rows = all_ok(&["a", "b", "c"]);
+        rows[2].state = NodeState::Cordoned;
+        rows[2].reporting = false;
+        rows[1].state = NodeState::Joining;
+        // a's cell to the cordoned node is not probed and may read failed.
+        rows[0].cells[2].status = Status::Failed;
+        assert_eq!(judge(&matrix(rows), &[]), Round::Healthy { nodes: 2 });
+    }
+
+    #[test]
+    fn all_ok_without_findings_is_healthy() {
+        assert_eq!(
+            judge(&matrix(all_ok(&["a", "b"])), &[]),
+            Round::Healthy { nodes: 2 }
+        );
+    }
+
+    #[test]
+    fn findings_and_unexplained_failures_are_failing() {
+        let rows = all_ok(&["a", "b"]);
+        let f = finding(FindingKind::NodeIsolated, &["b"]);
+        let Round::Failing { findings, failing } = judge(&matrix(rows), &[f]) else {
+            panic!("not failing");
+        };
+        assert_eq!(findings.len(), 1);
+        assert!(failing.is_empty());
+
+        let mut rows = all_ok(&["a", "b"]);
+        rows[0].cells[1].status = Status::Failed;
+        rows[0].cells[1].last_error = Some(ProbeError {
+            kind: netmatrix_api::ErrorKind::Timeout,
+            message: "no echo reply".into(),
+        });
+        rows[1].services.push(CheckCell {
+            column: "apiserver".into(),
+            status: Status::Failed,
+            latency_ms: None,
+            last_error: None,
+            age_ms: None,
+        });
+        let Round::Failing { findings, failing } = judge(&matrix(rows), &[]) else {
+            panic!("not failing");
+        };
+        assert!(findings.is_empty());
+        assert_eq!(failing, ["a -> b: no echo reply", "b apiserver"]);
+    }
+
+    #[test]
+    fn agent_missing_of_a_node_that_reports_again_is_settling_not_failing() {
+        let rows = all_ok(&["a", "b"]);
+        let settled = finding(FindingKind::AgentMissing, &["b"]);
+        assert_eq!(
+            judge(&matrix(rows.clone()), &[settled]),
+            Round::Healthy { nodes: 2 }
+        );
+        let mut rows = rows;
+        rows.push(row("c", false, vec![]));
+        rows[2].state = NodeState::NotReady;
+        let missing = finding(FindingKind::AgentMissing, &["c"]);
+        assert!(matches!(
+            judge(&matrix(rows), &[missing]),
+            Round::Failing { .. }
+        ));
+    }
+}
