@@ -31,6 +31,9 @@ use crate::view;
 mod churn;
 mod churn_run;
 mod objects;
+mod prometheus;
+
+pub use prometheus::{Alert, LabPrometheus, Target, prometheus_binary};
 
 pub use churn_run::{ChurnReport, FalseAlarm, StepReport};
 
@@ -166,6 +169,29 @@ pub struct Lab {
     http: reqwest::Client,
     up_took: Duration,
     torn_down: AtomicBool,
+}
+
+/// `GET url` as JSON; any failure (connection, HTTP status, body) is a
+/// [`LabError::Http`] naming the URL.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+) -> Result<T, LabError> {
+    let err = |message: String| LabError::Http {
+        url: url.clone(),
+        message,
+    };
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(err(format!("{status}: {body}")));
+    }
+    resp.json().await.map_err(|e| err(e.to_string()))
 }
 
 /// Whether this process runs as root.
@@ -334,23 +360,7 @@ impl Lab {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, LabError> {
-        let url = format!("{}{path}", self.aggregator_url());
-        let err = |message: String| LabError::Http {
-            url: url.clone(),
-            message,
-        };
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(err(format!("{status}: {body}")));
-        }
-        resp.json().await.map_err(|e| err(e.to_string()))
+        get_json(&self.http, format!("{}{path}", self.aggregator_url())).await
     }
 
     /// Polls the aggregator about twice per interval until `predicate` holds

@@ -1,0 +1,126 @@
+{{/*
+Names. Resources are named after the release: "netmatrix" when the release
+is called netmatrix, "<release>-netmatrix" otherwise.
+*/}}
+{{- define "netmatrix.fullname" -}}
+{{- if contains "netmatrix" .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-netmatrix" .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "netmatrix.name" -}}{{ include "netmatrix.fullname" .root }}-{{ .component }}{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "netmatrix.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{ include "netmatrix.selectorLabels" . }}
+{{- end -}}
+
+{{/*
+Selector labels. The binaries find each other by these labels
+(api/src/labels.rs): app.kubernetes.io/name=netmatrix and the component.
+*/}}
+{{- define "netmatrix.selectorLabels" -}}
+app.kubernetes.io/name: netmatrix
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "netmatrix.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ $tag }}
+{{- end -}}
+{{- end -}}
+
+{{- define "netmatrix.serviceAccountName" -}}
+{{- if .root.Values.rbac.create -}}{{ include "netmatrix.name" . }}{{- else -}}default{{- end -}}
+{{- end -}}
+
+{{/* Service names, and the environment variables the kubelet derives from them. */}}
+{{- define "netmatrix.aggregatorService" -}}{{ include "netmatrix.fullname" . }}-aggregator{{- end -}}
+{{- define "netmatrix.agentsService" -}}{{ include "netmatrix.fullname" . }}-agents{{- end -}}
+{{- define "netmatrix.companionsService" -}}{{ include "netmatrix.fullname" . }}-companions{{- end -}}
+{{- define "netmatrix.serviceEnv" -}}{{ . | upper | replace "-" "_" }}{{- end -}}
+
+{{- define "netmatrix.aggregatorUrl" -}}
+http://{{ include "netmatrix.aggregatorService" . }}.{{ .Release.Namespace }}.svc:{{ .Values.aggregator.service.port }}
+{{- end -}}
+
+{{/* Pod security shared by every pod. ICMP sysctl is added by the agent. */}}
+{{- define "netmatrix.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurity.runAsUser }}
+runAsGroup: {{ .Values.podSecurity.runAsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "netmatrix.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* Downward-API identity of an agent. */}}
+{{- define "netmatrix.downwardEnv" -}}
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end -}}
+
+{{/*
+Environment of both agents (pod and host network). The ClusterIP checks use
+the Service environment variables the kubelet injects (Helm creates Services
+before DaemonSets, so they exist when the agent pods start); the kubelet
+expands $(VAR) references to them.
+*/}}
+{{- define "netmatrix.agentEnv" -}}
+{{ include "netmatrix.downwardEnv" . }}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+- name: NETMATRIX_INTERVAL
+  value: {{ .Values.interval | quote }}
+- name: NETMATRIX_AGGREGATOR_URL
+  value: {{ include "netmatrix.aggregatorUrl" . | quote }}
+- name: NETMATRIX_AGGREGATOR_PORT
+  value: {{ .Values.aggregator.port | quote }}
+- name: NETMATRIX_SRV_NAME
+  value: {{ printf "_metrics._tcp.%s.%s.svc.%s." (include "netmatrix.agentsService" .) .Release.Namespace (trimSuffix "." .Values.clusterDomain) | quote }}
+{{- $agg := include "netmatrix.serviceEnv" (include "netmatrix.aggregatorService" .) }}
+{{- $comp := include "netmatrix.serviceEnv" (include "netmatrix.companionsService" .) }}
+{{- $ips := list (printf "aggregator=$(%s_SERVICE_HOST):$(%s_SERVICE_PORT)" $agg $agg) }}
+{{- if .Values.companion.enabled }}
+{{- $ips = append $ips (printf "companions=$(%s_SERVICE_HOST):$(%s_SERVICE_PORT)" $comp $comp) }}
+{{- end }}
+{{- $ips = concat $ips .Values.agent.extraClusterIPs }}
+- name: NETMATRIX_CLUSTERIPS
+  value: {{ join "," $ips | quote }}
+{{- with .Values.agent.dnsNames }}
+- name: NETMATRIX_DNS_NAMES
+  value: {{ join "," . | quote }}
+{{- else }}
+- name: NETMATRIX_DNS_NAMES
+  value: {{ printf "kubernetes.default.svc.%s.=$(KUBERNETES_SERVICE_HOST)" (trimSuffix "." .Values.clusterDomain) | quote }}
+{{- end }}
+{{- end -}}
