@@ -215,6 +215,10 @@ pub enum ConfigError {
     )]
     ClusterIpAddress { value: String, addr: String },
     #[error(
+        "--clusterip {value:?}: $({var}) was not expanded: Kubernetes sets a Service's environment variables only in pods created after the Service; restart the pod (kubectl -n <namespace> rollout restart daemonset/<agent>)"
+    )]
+    ClusterIpUnexpanded { value: String, var: String },
+    #[error(
         "--clusterip: the name {name:?} is used twice; give every ClusterIP target its own name"
     )]
     ClusterIpDuplicate { name: String },
@@ -502,6 +506,18 @@ fn parse_clusterips(values: &[String]) -> Result<Vec<ClusterIpTarget>, ConfigErr
                 value: value.to_owned(),
             })?;
         let addr = addr.trim();
+        // The chart passes `$(SVC_SERVICE_HOST):$(SVC_SERVICE_PORT)`, which
+        // the kubelet leaves as is when the variable is not set.
+        if let Some(var) = addr
+            .split_once("$(")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(var, _)| var)
+        {
+            return Err(ConfigError::ClusterIpUnexpanded {
+                value: value.to_owned(),
+                var: var.to_owned(),
+            });
+        }
         let parsed = addr.parse().map_err(|_| ConfigError::ClusterIpAddress {
             value: value.to_owned(),
             addr: addr.to_owned(),
@@ -787,6 +803,18 @@ mod tests {
         let err =
             Settings::from_args(args(&["--clusterip", "a=svc.local:80"]), &host()).unwrap_err();
         assert!(matches!(err, ConfigError::ClusterIpAddress { .. }));
+
+        // The chart's form, with the Service created after the pod.
+        let err = Settings::from_args(
+            args(&["--clusterip", "a=$(A_SERVICE_HOST):$(A_SERVICE_PORT)"]),
+            &host(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::ClusterIpUnexpanded { var, .. } if var == "A_SERVICE_HOST"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("restart the pod"), "{err}");
 
         let err = Settings::from_args(args(&["--clusterip", "a=10.0.0.1:1,a=10.0.0.2:2"]), &host())
             .unwrap_err();
