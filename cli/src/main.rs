@@ -8,6 +8,7 @@ use netmatrix_cli::{companion, validate};
 
 #[derive(Debug, Parser)]
 #[command(
+    name = "netmatrix",
     version,
     about = "netmatrix: is the pod network healthy? Ask the aggregator."
 )]
