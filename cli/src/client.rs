@@ -26,6 +26,20 @@ pub enum ClientError {
     Decode { url: String, message: String },
 }
 
+/// Where the aggregator is; shared by every subcommand that asks it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AggregatorArgs {
+    /// Aggregator URL: the Service in the cluster, or
+    /// `http://127.0.0.1:8080` through `kubectl -n netmatrix port-forward
+    /// svc/netmatrix-aggregator 8080`
+    #[arg(
+        long,
+        env = "NETMATRIX_AGGREGATOR_URL",
+        default_value = "http://netmatrix-aggregator.netmatrix.svc:8080"
+    )]
+    pub aggregator_url: String,
+}
+
 pub struct AggregatorClient {
     base: String,
     http: reqwest::Client,

@@ -9,5 +9,6 @@
 
 pub mod client;
 pub mod companion;
+pub mod render;
 pub mod validate;
 pub mod verdict;

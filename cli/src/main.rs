@@ -2,8 +2,12 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use netmatrix_cli::client::{AggregatorArgs, AggregatorClient};
+use netmatrix_cli::render::{self, Style};
 use netmatrix_cli::{companion, validate};
 
 #[derive(Debug, Parser)]
@@ -23,6 +27,33 @@ enum Command {
     /// network. Exit 0 healthy, 1 failing (findings or failing paths),
     /// 2 undecided (aggregator unreachable, nodes that never reported)
     Validate(validate::ValidateArgs),
+    /// The live node-to-node matrix (pod network, then host network), with
+    /// the API server, ClusterIP, DNS and MTU columns
+    Matrix {
+        #[command(flatten)]
+        aggregator: AggregatorArgs,
+        /// The aggregator's JSON instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// The current findings with their evidence and what to check. Exit 0
+    /// when there are none, 1 when there are
+    Findings {
+        #[command(flatten)]
+        aggregator: AggregatorArgs,
+        /// The aggregator's JSON instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything known about one node: what it reaches (its row), who
+    /// reaches it (its column), its service, DNS and MTU checks with their
+    /// last errors, its report age, and the findings naming it
+    Explain {
+        /// Node name, as in `kubectl get nodes`
+        node: String,
+        #[command(flatten)]
+        aggregator: AggregatorArgs,
+    },
     /// Target-only mode of the companion pods: exist on every node so that
     /// agents have a same-node pod to ping; serves /healthz
     Companion {
@@ -32,24 +63,75 @@ enum Command {
     },
 }
 
+/// Timeout of one request to the aggregator.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Exit code when the aggregator could not be asked (as `validate`'s
+/// "undecided").
+const CANNOT_ASK: u8 = 2;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match run(cli.command).await {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(CANNOT_ASK)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<u8> {
+    let style = Style::for_stdout();
+    match command {
         Command::Validate(args) => {
             let verdict = validate::run(&args).await;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&verdict)?);
             } else {
-                print!("{}", validate::render(&verdict));
+                print!("{}", validate::render(&verdict, style));
             }
-            Ok(ExitCode::from(verdict.outcome.exit_code()))
+            Ok(verdict.outcome.exit_code())
+        }
+        Command::Matrix { aggregator, json } => {
+            let client = AggregatorClient::new(&aggregator.aggregator_url, REQUEST_TIMEOUT)?;
+            let matrix = client.matrix().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&matrix)?);
+            } else {
+                print!("{}", render::matrix(&matrix, style));
+            }
+            Ok(0)
+        }
+        Command::Findings { aggregator, json } => {
+            let client = AggregatorClient::new(&aggregator.aggregator_url, REQUEST_TIMEOUT)?;
+            let findings = client.findings().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings)?);
+            } else {
+                print!("{}", render::findings(&findings, style));
+            }
+            Ok(u8::from(!findings.findings.is_empty()))
+        }
+        Command::Explain { node, aggregator } => {
+            let client = AggregatorClient::new(&aggregator.aggregator_url, REQUEST_TIMEOUT)?;
+            let matrix = client.matrix().await?;
+            let findings = client.findings().await?;
+            let text = render::explain(&matrix, &findings, &node, style).with_context(|| {
+                format!(
+                    "no node {node:?} in the matrix; known nodes: {}",
+                    matrix.nodes.join(", ")
+                )
+            })?;
+            print!("{text}");
+            Ok(0)
         }
         Command::Companion { listen } => {
-            // Logs go to stdout; `validate` keeps stdout for its verdict.
+            // Logs go to stdout; the other subcommands keep stdout for their output.
             netmatrix_runtime::init();
             companion::run(listen).await?;
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
     }
 }

@@ -13,20 +13,14 @@ use std::time::{Duration, Instant};
 use netmatrix_api::{Finding, Matrix};
 use serde::Serialize;
 
-use crate::client::{AggregatorClient, ClientError};
+use crate::client::{AggregatorArgs, AggregatorClient, ClientError};
+use crate::render::{self, Style};
 use crate::verdict::{Round, judge};
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// Aggregator URL: the Service in the cluster, or
-    /// `http://127.0.0.1:8080` through `kubectl -n netmatrix port-forward
-    /// svc/netmatrix-aggregator 8080`
-    #[arg(
-        long,
-        env = "NETMATRIX_AGGREGATOR_URL",
-        default_value = "http://netmatrix-aggregator.netmatrix.svc:8080"
-    )]
-    pub aggregator_url: String,
+    #[command(flatten)]
+    pub aggregator: AggregatorArgs,
 
     /// Give up after this long without a verdict (exit 2); covers agents
     /// still starting (image pulls) after an install
@@ -90,12 +84,18 @@ pub struct Verdict {
 /// Polls until a verdict; never fails: an unreachable aggregator is an
 /// `undecided` verdict with the reason.
 pub async fn run(args: &ValidateArgs) -> Verdict {
+    let mut progress = Progress::new(!args.json);
+    let verdict = poll(args, &mut progress).await;
+    progress.finish();
+    verdict
+}
+
+async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
     let started = Instant::now();
-    let client = match AggregatorClient::new(&args.aggregator_url, POLL * 5) {
+    let client = match AggregatorClient::new(&args.aggregator.aggregator_url, POLL * 5) {
         Ok(c) => c,
         Err(e) => return undecided(started, e.to_string(), 0, None),
     };
-    let mut progress = Progress::new(!args.json);
     let mut last_generated = None;
     let mut streak: Option<(Outcome, u32)> = None;
     let mut rounds_seen = 0;
@@ -225,104 +225,59 @@ fn undecided(
     verdict(Outcome::Undecided, reason, started, rounds_seen, last)
 }
 
-/// The verdict as text: the outcome, the matrix and every finding with its hint.
-pub fn render(v: &Verdict) -> String {
-    let mut out = String::new();
+/// The verdict as text: the outcome, the matrix and every finding with its
+/// hint (or the failing cells and checks no finding names yet).
+pub fn render(v: &Verdict, style: Style) -> String {
     let word = match v.outcome {
         Outcome::Healthy => "HEALTHY",
         Outcome::Failing => "FAILING",
         Outcome::Undecided => "UNDECIDED",
     };
-    out.push_str(&format!(
+    let mut out = format!(
         "{word}: {} ({:.1}s, {} aggregator rounds)\n",
         v.reason, v.elapsed_seconds, v.rounds_seen
-    ));
+    );
     if let Some(matrix) = &v.matrix {
-        out.push_str(&render_matrix(matrix));
+        out.push('\n');
+        out.push_str(&render::matrix(matrix, style));
     }
     if let Some(Round::Failing { findings, failing }) = &v.last_round {
-        for f in findings {
-            out.push_str(&format!(
-                "\nfinding {} [{}]: {}\n  check: {}\n",
-                f.kind.as_str(),
-                f.nodes.join(", "),
-                f.summary,
-                f.hint
-            ));
-            for e in f.evidence.iter().take(5) {
-                out.push_str(&format!("  evidence: {e}\n"));
-            }
-        }
-        if findings.is_empty() && !failing.is_empty() {
-            out.push_str("\nfailing (no finding raised yet):\n");
-        }
+        out.push('\n');
         if findings.is_empty() {
+            out.push_str("failing (no finding raised yet):\n");
             for f in failing.iter().take(20) {
                 out.push_str(&format!("  {f}\n"));
             }
+        } else {
+            out.push_str(&render::findings(
+                &netmatrix_api::Findings {
+                    generated_unix_ms: 0,
+                    findings: findings.clone(),
+                },
+                style,
+            ));
         }
     }
     out
 }
 
-/// One line per source node: a mark per destination node, then its checks.
-fn render_matrix(matrix: &Matrix) -> String {
-    let width = matrix
-        .nodes
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let mut out = format!(
-        "\n{:width$}  pod network to: {}\n",
-        "from",
-        matrix.nodes.join(" ")
-    );
-    for row in &matrix.rows {
-        let marks: Vec<&str> = row.cells.iter().map(|c| mark(c.status)).collect();
-        let checks: Vec<String> = row
-            .services
-            .iter()
-            .chain(&row.dns)
-            .chain(&row.mtu)
-            .map(|c| format!("{}={}", c.column, c.status.as_str()))
-            .collect();
-        let state = if row.reporting {
-            ""
-        } else {
-            " (not reporting)"
-        };
-        out.push_str(&format!(
-            "{:width$}  {}{state}  {}\n",
-            row.node,
-            marks.join(" "),
-            checks.join(" ")
-        ));
-    }
-    out
-}
-
-fn mark(status: netmatrix_api::Status) -> &'static str {
-    match status {
-        netmatrix_api::Status::Ok => "ok",
-        netmatrix_api::Status::Degraded => "~~",
-        netmatrix_api::Status::Failed => "XX",
-        netmatrix_api::Status::Unknown => "??",
-    }
-}
-
-/// Progress on stderr while waiting, one line per change.
+/// Progress on stderr while waiting: on a terminal one line rewritten in
+/// place (nodes reported / expected, elapsed); otherwise a line per change.
 struct Progress {
     enabled: bool,
+    tty: bool,
     last: String,
+    drawn: bool,
 }
 
 impl Progress {
     fn new(enabled: bool) -> Self {
+        use std::io::IsTerminal;
         Self {
             enabled,
+            tty: std::io::stderr().is_terminal(),
             last: String::new(),
+            drawn: false,
         }
     }
 
@@ -347,13 +302,25 @@ impl Progress {
     }
 
     fn print(&mut self, line: String, elapsed: Duration) {
-        if self.enabled && line != self.last {
-            let _ = writeln!(
-                std::io::stderr(),
-                "[{:>5.1}s] {line}",
-                elapsed.as_secs_f64()
-            );
-            self.last = line;
+        if !self.enabled {
+            return;
+        }
+        let mut err = std::io::stderr();
+        if self.tty {
+            // \r and "erase line": the same line, with the elapsed time ticking.
+            let _ = write!(err, "\r\x1b[2K[{:>5.1}s] {line}", elapsed.as_secs_f64());
+            let _ = err.flush();
+            self.drawn = true;
+        } else if line != self.last {
+            let _ = writeln!(err, "[{:>5.1}s] {line}", elapsed.as_secs_f64());
+        }
+        self.last = line;
+    }
+
+    /// Ends the in-place line before the verdict is printed.
+    fn finish(&mut self) {
+        if self.drawn {
+            let _ = writeln!(std::io::stderr());
         }
     }
 }

@@ -40,14 +40,22 @@ fn cli_binary() -> PathBuf {
         })
 }
 
-/// Runs `netmatrix validate` (blocking, so on a blocking thread).
-async fn validate(url: &str, extra: &[&str]) -> Output {
+/// Runs `netmatrix ARGS` (blocking, so on a blocking thread).
+async fn netmatrix(args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(cli_binary());
-    cmd.args(["validate", "--aggregator-url", url]).args(extra);
+    cmd.args(args);
+    let shown = args.join(" ");
     tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap_or_else(|e| panic!("join: {e}"))
-        .unwrap_or_else(|e| panic!("netmatrix validate: {e}"))
+        .unwrap_or_else(|e| panic!("netmatrix {shown}: {e}"))
+}
+
+/// Runs `netmatrix validate --aggregator-url URL EXTRA`.
+async fn validate(url: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["validate", "--aggregator-url", url];
+    args.extend_from_slice(extra);
+    netmatrix(&args).await
 }
 
 fn describe(out: &Output) -> String {
@@ -107,6 +115,36 @@ async fn validate_exits_0_healthy_1_broken_2_undecided() {
         "{verdict:#}"
     );
     assert_eq!(findings[0]["nodes"], serde_json::json!(["node-2"]));
+
+    // The terminal views, on the same broken lab.
+    let findings = netmatrix(&["findings", "--aggregator-url", &url]).await;
+    assert_eq!(findings.status.code(), Some(1), "{}", describe(&findings));
+    let text = String::from_utf8_lossy(&findings.stdout);
+    assert!(
+        text.contains("node-isolated") && text.contains("hint: "),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "colour off a terminal: {text}");
+    let explain = netmatrix(&["explain", "node-2", "--aggregator-url", &url]).await;
+    assert_eq!(explain.status.code(), Some(0), "{}", describe(&explain));
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        text.contains("what it reaches (its row)\n  node-1          FAIL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("findings naming it") || text.contains("node-isolated"),
+        "{text}"
+    );
+    let unknown = netmatrix(&["explain", "node-9", "--aggregator-url", &url]).await;
+    assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
+    let matrix = netmatrix(&["matrix", "--aggregator-url", &url]).await;
+    assert_eq!(matrix.status.code(), Some(0), "{}", describe(&matrix));
+    assert!(
+        String::from_utf8_lossy(&matrix.stdout).contains("node-2     FAIL       ok         FAIL"),
+        "{}",
+        describe(&matrix)
+    );
 
     // Nothing listens on port 1 of loopback.
     let unreachable = validate("http://127.0.0.1:1", &["--timeout", "3s"]).await;

@@ -1,0 +1,413 @@
+//! Terminal views of the aggregator's answers: the matrix, the findings and
+//! everything known about one node. Colour only when asked (stdout is a
+//! terminal); the plain text is the same characters without escape codes,
+//! so scripts and tests read the same table.
+
+use netmatrix_api::{Cell, CheckCell, Finding, Findings, Matrix, MatrixRow, NodeState, Status};
+
+/// How to render: with ANSI colours or plain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    pub const PLAIN: Style = Style { color: false };
+
+    /// Colour when stdout is a terminal and `NO_COLOR` is not set.
+    pub fn for_stdout() -> Style {
+        use std::io::IsTerminal;
+        Style {
+            color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+
+    /// `text` padded to `width`, coloured by `status`. Padding is outside
+    /// the escape codes so columns stay aligned.
+    fn status(self, status: Status, text: &str, width: usize) -> String {
+        let pad = " ".repeat(width.saturating_sub(text.chars().count()));
+        if !self.color {
+            return format!("{text}{pad}");
+        }
+        let code = match status {
+            Status::Ok => "32",
+            Status::Degraded => "33",
+            Status::Failed => "1;31",
+            Status::Unknown => "90",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m{pad}")
+    }
+
+    fn bold(self, text: &str) -> String {
+        if self.color {
+            format!("\x1b[1m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn alarm(self, text: &str) -> String {
+        if self.color {
+            format!("\x1b[1;31m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+fn short(s: Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::Degraded => "DEGR",
+        Status::Failed => "FAIL",
+        Status::Unknown => "?",
+    }
+}
+
+fn severity(s: Status) -> u8 {
+    match s {
+        Status::Ok => 0,
+        Status::Unknown => 1,
+        Status::Degraded => 2,
+        Status::Failed => 3,
+    }
+}
+
+/// Worst status of the checks whose column starts with `prefix` (`None`:
+/// no such check).
+fn worst<'a>(checks: impl Iterator<Item = &'a CheckCell>, prefix: &str) -> Option<Status> {
+    checks
+        .filter(|c| c.column.starts_with(prefix))
+        .map(|c| c.status)
+        .max_by_key(|s| severity(*s))
+}
+
+/// The matrix as a table: rows are sources, columns destinations, then the
+/// API server, ClusterIP, DNS and MTU columns (the worst of each group).
+/// Host-network rows follow in their own block.
+pub fn matrix(m: &Matrix, style: Style) -> String {
+    let mut out = rows(m, &m.rows, "pod network", style);
+    if !m.host_rows.is_empty() {
+        out.push_str(&rows(m, &m.host_rows, "host network", style));
+    }
+    out
+}
+
+/// One block of rows: a cell shows `MTU` when small echoes pass and large
+/// ones do not; rows of nodes that are not judged say why.
+fn rows(m: &Matrix, rows: &[MatrixRow], title: &str, style: Style) -> String {
+    let width = m.nodes.iter().map(String::len).max().unwrap_or(4).max(9) + 2;
+    let mut out = format!("{}\n{:width$}", style.bold(title), "from \\ to");
+    for n in &m.nodes {
+        out.push_str(&format!("{n:width$}"));
+    }
+    out.push_str("apiserver  clusterip  dns        mtu\n");
+    for r in rows {
+        out.push_str(&format!("{:width$}", r.node));
+        for n in &m.nodes {
+            let cell = r.cells.iter().find(|c| &c.to == n);
+            let unprobed = *n == r.node && cell.is_none_or(|c| c.status == Status::Unknown);
+            let (status, text) = match cell {
+                _ if unprobed => (Status::Unknown, "-"),
+                None => (Status::Unknown, "?"),
+                Some(c) if c.status == Status::Ok && c.mtu == Some(Status::Failed) => {
+                    (Status::Failed, "MTU")
+                }
+                Some(c) => (c.status, short(c.status)),
+            };
+            out.push_str(&style.status(status, text, width));
+        }
+        let col =
+            |checks: &[CheckCell], prefix: &str, width: usize| match worst(checks.iter(), prefix) {
+                Some(s) => style.status(s, short(s), width),
+                None => format!("{:width$}", "-"),
+            };
+        out.push_str(&col(&r.services, "apiserver", 11));
+        out.push_str(&col(&r.services, "clusterip", 11));
+        out.push_str(&col(&r.dns, "dns", 11));
+        out.push_str(&match &r.mtu {
+            Some(c) => style.status(c.status, short(c.status), 0),
+            None => "-".to_owned(),
+        });
+        out.push_str(state_note(r));
+        out.push('\n');
+    }
+    out
+}
+
+fn state_note(r: &MatrixRow) -> &'static str {
+    match (r.state, r.reporting) {
+        (NodeState::Ready, true) => "",
+        (NodeState::Ready, false) => "   (not reporting)",
+        (NodeState::Joining, _) => "   (joining)",
+        (NodeState::Cordoned, _) => "   (cordoned)",
+        (NodeState::NotReady, _) => "   (NotReady)",
+        (NodeState::Unknown, _) => "   (not in the API)",
+    }
+}
+
+/// The findings, one line each, with their first evidence and the hint.
+pub fn findings(f: &Findings, style: Style) -> String {
+    if f.findings.is_empty() {
+        return "findings: none\n".to_string();
+    }
+    let nodes_width = f
+        .findings
+        .iter()
+        .map(|x| x.nodes.join(",").len())
+        .max()
+        .unwrap_or(0)
+        .max(5)
+        + 2;
+    let indent = 24 + nodes_width;
+    let mut out = format!("{:24}{:nodes_width$}summary\n", "finding", "nodes");
+    for x in &f.findings {
+        let kind = format!("{:24}", x.kind.as_str());
+        out.push_str(&format!(
+            "{}{:nodes_width$}{}\n",
+            style.alarm(&kind),
+            x.nodes.join(","),
+            x.summary
+        ));
+        for e in x.evidence.iter().take(3) {
+            out.push_str(&format!("{:indent$}- {e}\n", ""));
+        }
+        out.push_str(&format!("{:indent$}hint: {}\n", "", x.hint));
+    }
+    out
+}
+
+/// Everything known about `node`: its state and report age, what it sees
+/// (its row), what others see of it (its column), its service, DNS and MTU
+/// checks, and the findings naming it. `None` when the matrix has no such
+/// node.
+pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<String> {
+    let row = m.rows.iter().find(|r| r.node == node)?;
+    let mut out = format!(
+        "{} ({:?}, {})\n",
+        style.bold(node),
+        row.state,
+        match row.report_age_ms {
+            Some(ms) if row.reporting => format!("last report {:.1}s ago", ms / 1000.0),
+            Some(ms) => format!("NOT reporting: last report {:.1}s ago", ms / 1000.0),
+            None => "NOT reporting: no report yet".to_owned(),
+        }
+    );
+    out.push_str(&format!("\n{}\n", style.bold("what it reaches (its row)")));
+    for c in &row.cells {
+        out.push_str(&cell_line(&c.to, c, style));
+    }
+    out.push_str(&format!(
+        "\n{}\n",
+        style.bold("who reaches it (its column)")
+    ));
+    for r in m.rows.iter().filter(|r| r.node != node) {
+        if let Some(c) = r.cells.iter().find(|c| c.to == node) {
+            out.push_str(&cell_line(&r.node, c, style));
+        }
+    }
+    out.push_str(&format!(
+        "\n{}\n",
+        style.bold("checks (API server, ClusterIPs, DNS, MTU)")
+    ));
+    let host = m.host_rows.iter().find(|r| r.node == node);
+    let width = row
+        .services
+        .iter()
+        .chain(&row.dns)
+        .chain(host.iter().flat_map(|h| h.services.iter().chain(&h.dns)))
+        .map(|c| c.column.len())
+        .max()
+        .unwrap_or(0)
+        + 2;
+    for c in row.services.iter().chain(&row.dns).chain(&row.mtu) {
+        out.push_str(&check_line(c, width, style));
+    }
+    if let Some(host) = host {
+        out.push_str(&format!(
+            "\n{}\n",
+            style.bold("host network (node IP to node IP)")
+        ));
+        // A host agent does not ping its own node.
+        for c in host.cells.iter().filter(|c| c.to != node) {
+            out.push_str(&cell_line(&c.to, c, style));
+        }
+        for c in host.services.iter().chain(&host.dns) {
+            out.push_str(&check_line(c, width, style));
+        }
+    }
+    let naming: Vec<&Finding> = f
+        .findings
+        .iter()
+        .filter(|x| x.nodes.iter().any(|n| n == node))
+        .collect();
+    out.push('\n');
+    if naming.is_empty() {
+        out.push_str("findings naming it: none\n");
+    } else {
+        out.push_str(&findings(
+            &Findings {
+                generated_unix_ms: f.generated_unix_ms,
+                findings: naming.into_iter().cloned().collect(),
+            },
+            style,
+        ));
+    }
+    Some(out)
+}
+
+fn cell_line(peer: &str, c: &Cell, style: Style) -> String {
+    let mut line = format!("  {peer:16}{}", style.status(c.status, short(c.status), 6));
+    if let Some(loss) = c.loss {
+        line.push_str(&format!("loss {:>3.0}%  ", loss * 100.0));
+    }
+    if let Some(rtt) = c.rtt_avg_ms {
+        line.push_str(&format!("rtt {rtt:.2} ms  "));
+    }
+    if c.mtu == Some(Status::Failed) {
+        line.push_str("large DF echoes lost  ");
+    }
+    if let Some(e) = c.last_error.as_ref().filter(|_| c.status != Status::Ok) {
+        line.push_str(&format!("{}: {}", e.kind, e.message));
+    }
+    format!("{}\n", line.trim_end())
+}
+
+fn check_line(c: &CheckCell, width: usize, style: Style) -> String {
+    let mut line = format!(
+        "  {:width$}{}",
+        c.column,
+        style.status(c.status, short(c.status), 6)
+    );
+    if let Some(ms) = c.latency_ms {
+        line.push_str(&format!("{ms:.1} ms  "));
+    }
+    if let Some(e) = c.last_error.as_ref().filter(|_| c.status != Status::Ok) {
+        line.push_str(&format!("{}: {}", e.kind, e.message));
+    }
+    format!("{}\n", line.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmatrix_api::{ErrorKind, FindingKind, ProbeError};
+
+    fn cell(to: &str, status: Status) -> Cell {
+        Cell {
+            to: to.into(),
+            status,
+            loss: Some(if status == Status::Failed { 1.0 } else { 0.0 }),
+            rtt_avg_ms: (status == Status::Ok).then_some(0.25),
+            rtt_max_ms: None,
+            pods: 2,
+            mtu: None,
+            last_error: (status == Status::Failed)
+                .then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply from 10.244.2.2")),
+            age_ms: None,
+        }
+    }
+
+    fn sample() -> (Matrix, Findings) {
+        let nodes = ["node-1", "node-2"];
+        let rows = nodes
+            .iter()
+            .map(|from| MatrixRow {
+                node: from.to_string(),
+                state: NodeState::Ready,
+                reporting: true,
+                report_age_ms: Some(800.0),
+                cells: nodes
+                    .iter()
+                    .map(|to| {
+                        let failed = from != to;
+                        cell(to, if failed { Status::Failed } else { Status::Ok })
+                    })
+                    .collect(),
+                services: vec![CheckCell {
+                    column: "apiserver".into(),
+                    status: Status::Ok,
+                    latency_ms: Some(1.5),
+                    last_error: None,
+                    age_ms: None,
+                }],
+                dns: vec![],
+                mtu: None,
+            })
+            .collect();
+        let matrix = Matrix {
+            generated_unix_ms: 1,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            rows,
+            host_rows: vec![],
+        };
+        let findings = Findings {
+            generated_unix_ms: 1,
+            findings: vec![Finding {
+                kind: FindingKind::PairBroken,
+                nodes: vec!["node-1".into(), "node-2".into()],
+                groups: vec![],
+                paths: vec![],
+                summary: "node-1 and node-2 cannot reach each other".into(),
+                evidence: vec!["node-1 -> node-2: failed".into()],
+                hint: "bridge fdb show dev flannel.1".into(),
+                since: String::new(),
+                since_unix_ms: 0,
+            }],
+        };
+        (matrix, findings)
+    }
+
+    #[test]
+    fn plain_matrix_has_no_escape_codes_and_colour_keeps_alignment() {
+        let (m, _) = sample();
+        let plain = matrix(&m, Style::PLAIN);
+        assert!(!plain.contains('\x1b'), "{plain}");
+        assert!(plain.contains("node-1     ok         FAIL"), "{plain}");
+        let coloured = matrix(&m, Style { color: true });
+        assert!(coloured.contains("\x1b[1;31mFAIL\x1b[0m"), "{coloured}");
+        // Stripping the escape codes gives back the plain table.
+        let stripped = coloured
+            .split('\x1b')
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 0 {
+                    part
+                } else {
+                    part.split_once('m').map_or(part, |(_, rest)| rest)
+                }
+            })
+            .collect::<String>();
+        assert_eq!(stripped, plain);
+    }
+
+    #[test]
+    fn explain_shows_row_column_checks_and_findings() {
+        let (m, f) = sample();
+        let text = explain(&m, &f, "node-2", Style::PLAIN).expect("node-2 exists");
+        assert!(
+            text.starts_with("node-2 (Ready, last report 0.8s ago)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("what it reaches (its row)\n  node-1          FAIL  loss 100%  timeout: no echo reply from 10.244.2.2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("who reaches it (its column)\n  node-1          FAIL"),
+            "{text}"
+        );
+        assert!(text.contains("apiserver"), "{text}");
+        assert!(text.contains("pair-broken"), "{text}");
+        assert!(explain(&m, &f, "node-9", Style::PLAIN).is_none());
+    }
+
+    #[test]
+    fn no_findings_says_so() {
+        let f = Findings {
+            generated_unix_ms: 0,
+            findings: vec![],
+        };
+        assert_eq!(findings(&f, Style { color: true }), "findings: none\n");
+    }
+}
