@@ -6,13 +6,16 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use netmatrix_api::{
-    ApiError, FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, REPORTS_PATH, ReportAccepted,
+    ApiError, Cell, CompactMatrix, FINDINGS_PATH, Findings, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH,
+    MATRIX_PATH, Matrix, NetworkMode, REPORTS_PATH, ReportAccepted,
 };
+
+use crate::web;
 
 use crate::state::Aggregator;
 use crate::store::Rejection;
@@ -35,10 +38,14 @@ pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
             post(post_report).layer(DefaultBodyLimit::max(max_body)),
         )
         .route(MATRIX_PATH, get(get_matrix))
+        .route(MATRIX_COMPACT_PATH, get(get_matrix_compact))
+        .route(MATRIX_CELL_PATH, get(get_matrix_cell))
         .route(FINDINGS_PATH, get(get_findings))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/", get(index))
+        .route("/", get(web::index))
+        .route(web::ASSETS_PATH, get(web::asset))
+        .route("/api", get(web::api_index))
         .fallback(not_found)
         .with_state(state)
 }
@@ -97,6 +104,53 @@ async fn get_matrix(State(state): State<AppState>) -> Json<Matrix> {
     Json(state.aggregator.matrix())
 }
 
+/// Built off the async threads: at 1,000 nodes this is a million cells.
+async fn get_matrix_compact(State(state): State<AppState>) -> Response {
+    let aggregator = Arc::clone(&state.aggregator);
+    match tokio::task::spawn_blocking(move || web::compact(&aggregator.matrix())).await {
+        Ok(compact) => Json::<CompactMatrix>(compact).into_response(),
+        Err(error) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "matrix-failed",
+            error.to_string(),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CellQuery {
+    from: String,
+    to: String,
+    #[serde(default)]
+    network: NetworkMode,
+}
+
+async fn get_matrix_cell(
+    State(state): State<AppState>,
+    query: Result<Query<CellQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Cell>, Response> {
+    let Query(q) = query.map_err(|rejection| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            format!(
+                "{}; use ?from=NODE&to=NODE[&network=pod|host]",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let matrix = state.aggregator.matrix();
+    web::cell(&matrix, &q.from, &q.to, q.network)
+        .map(Json)
+        .ok_or_else(|| {
+            api_error(
+                StatusCode::NOT_FOUND,
+                "no-such-cell",
+                format!("no cell {} -> {} in the matrix", q.from, q.to),
+            )
+        })
+}
+
 async fn get_findings(State(state): State<AppState>) -> Json<Findings> {
     Json(Findings::clone(&state.aggregator.findings()))
 }
@@ -116,22 +170,11 @@ async fn get_metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn index() -> &'static str {
-    concat!(
-        "netmatrix aggregator\n\n",
-        "GET  /api/v1/matrix    node-to-node connectivity matrix (JSON)\n",
-        "GET  /api/v1/findings  what is broken and where (JSON)\n",
-        "POST /api/v1/reports   agent reports\n",
-        "GET  /metrics          Prometheus metrics\n",
-        "GET  /healthz          liveness\n",
-    )
-}
-
 async fn not_found() -> Response {
     api_error(
         StatusCode::NOT_FOUND,
         "not-found",
-        "no such endpoint; GET / lists them".to_owned(),
+        "no such endpoint; GET /api lists them".to_owned(),
     )
 }
 
@@ -297,13 +340,121 @@ mod tests {
             send(&app, "GET", "/healthz", vec![]).await.0,
             StatusCode::OK
         );
-        let (status, body) = send(&app, "GET", "/", vec![]).await;
+        let (status, body) = send(&app, "GET", "/api", vec![]).await;
         assert_eq!(status, StatusCode::OK);
         assert!(String::from_utf8(body).unwrap().contains(MATRIX_PATH));
         let (status, body) = send(&app, "GET", "/nope", vec![]).await;
         assert_eq!(
             (status, reason(&body).as_str()),
             (StatusCode::NOT_FOUND, "not-found")
+        );
+    }
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, String, Vec<u8>) {
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, bytes.to_vec())
+    }
+
+    #[tokio::test]
+    async fn the_page_and_its_assets_are_served() {
+        let (app, _) = app();
+        let (status, content_type, body) = get(&app, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "text/html; charset=utf-8");
+        let html = String::from_utf8(body).unwrap();
+        assert!(html.starts_with("<!doctype html>"), "{html}");
+        assert!(html.contains("<canvas id=\"heatmap\""));
+        for (path, expected) in [
+            ("/assets/app.js", "text/javascript; charset=utf-8"),
+            ("/assets/app.css", "text/css; charset=utf-8"),
+            ("/assets/favicon.svg", "image/svg+xml"),
+        ] {
+            assert!(html.contains(path), "{path} not linked");
+            let (status, content_type, body) = get(&app, path).await;
+            assert_eq!((status, content_type.as_str()), (StatusCode::OK, expected));
+            assert!(!body.is_empty());
+        }
+        let (_, _, js) = get(&app, "/assets/app.js").await;
+        assert!(String::from_utf8(js).unwrap().contains("window.netmatrix"));
+        assert_eq!(get(&app, "/assets/nope.js").await.0, StatusCode::NOT_FOUND);
+        let (status, content_type, body) = get(&app, "/api").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with("text/plain"));
+        let text = String::from_utf8(body).unwrap();
+        for path in [
+            MATRIX_PATH,
+            MATRIX_COMPACT_PATH,
+            FINDINGS_PATH,
+            REPORTS_PATH,
+        ] {
+            assert!(text.contains(path), "{path} missing from /api");
+        }
+    }
+
+    #[tokio::test]
+    async fn compact_and_cell_endpoints_match_the_full_matrix() {
+        let (app, _) = app();
+        let mut r = report(0, "n1", 10);
+        r.peers.push(PeerResult {
+            node: "n2".into(),
+            pod: "agent-n2".into(),
+            ip: "10.244.2.2".parse().unwrap(),
+            icmp: EchoResult {
+                sent: 4,
+                received: 3,
+                rtt_avg_ms: Some(0.4567),
+                rtt_max_ms: Some(0.9),
+                ..Default::default()
+            },
+            mtu: None,
+        });
+        let (status, _) = send(&app, "POST", REPORTS_PATH, serde_json::to_vec(&r).unwrap()).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+
+        let full = matrix(&app).await;
+        let (status, content_type, body) = get(&app, MATRIX_COMPACT_PATH).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "application/json");
+        let compact: CompactMatrix = serde_json::from_slice(&body).unwrap();
+        assert_eq!(compact.nodes, full.nodes);
+        assert_eq!(compact.rows.len(), full.rows.len());
+        for (row, small) in full.rows.iter().zip(&compact.rows) {
+            assert_eq!(small.node, row.node);
+            let statuses: String = row
+                .cells
+                .iter()
+                .map(|c| netmatrix_api::status_char(c.status))
+                .collect();
+            assert_eq!(small.status, statuses);
+        }
+        let cell = &full.rows[0].cells[1];
+        assert_eq!(compact.rows[0].rtt_avg_us[1], 457);
+        assert_eq!(
+            compact.rows[0].loss_pct[1],
+            (cell.loss.unwrap() * 100.0).ceil() as i16
+        );
+
+        let (status, _, body) = get(&app, "/api/v1/matrix/cell?from=n1&to=n2").await;
+        assert_eq!(status, StatusCode::OK);
+        let got: Cell = serde_json::from_slice(&body).unwrap();
+        assert_eq!(&got, cell);
+        let (status, _, body) = get(&app, "/api/v1/matrix/cell?from=n1&to=n9&network=pod").await;
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (StatusCode::NOT_FOUND, "no-such-cell")
+        );
+        let (status, _, body) = get(&app, "/api/v1/matrix/cell?from=n1").await;
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (StatusCode::BAD_REQUEST, "bad-query")
         );
     }
 }

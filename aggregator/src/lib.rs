@@ -20,6 +20,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod state;
 pub mod store;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -56,6 +56,11 @@ pub fn finding_naming<'a>(f: &'a Findings, kind: FindingKind, node: &str) -> Opt
         .find(|x| x.kind == kind && x.nodes.iter().any(|n| n == node))
 }
 
+/// The matrix as a plain text table.
+pub fn render_matrix(m: &Matrix) -> String {
+    netmatrix_cli::render::matrix(m, netmatrix_cli::render::Style::PLAIN)
+}
+
 /// The matrix and findings as plain text tables (`netmatrix matrix` and
 /// `netmatrix findings` render the same, coloured on a terminal).
 pub fn render(m: &Matrix, f: &Findings) -> String {
