@@ -518,7 +518,7 @@ fn parse_clusterips(values: &[String]) -> Result<Vec<ClusterIpTarget>, ConfigErr
                 var: var.to_owned(),
             });
         }
-        let parsed = addr.parse().map_err(|_| ConfigError::ClusterIpAddress {
+        let parsed = parse_ip_port(addr).ok_or_else(|| ConfigError::ClusterIpAddress {
             value: value.to_owned(),
             addr: addr.to_owned(),
         })?;
@@ -529,6 +529,18 @@ fn parse_clusterips(values: &[String]) -> Result<Vec<ClusterIpTarget>, ConfigErr
         targets.push(ClusterIpTarget { name, addr: parsed });
     }
     Ok(targets)
+}
+
+/// `IP:PORT` where IP may be IPv6 with or without brackets (`[fd00::a]:80`,
+/// or `fd00::a:80` as the chart's `$(SVC_SERVICE_HOST):$(SVC_SERVICE_PORT)`
+/// expands on an IPv6 cluster): the port is after the last colon.
+fn parse_ip_port(value: &str) -> Option<SocketAddr> {
+    let (ip, port) = value.rsplit_once(':')?;
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(ip);
+    Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
 }
 
 fn parse_dns_server(value: &str) -> Result<SocketAddr, ConfigError> {
@@ -803,6 +815,16 @@ mod tests {
         let err =
             Settings::from_args(args(&["--clusterip", "a=svc.local:80"]), &host()).unwrap_err();
         assert!(matches!(err, ConfigError::ClusterIpAddress { .. }));
+
+        // IPv6 ClusterIPs, bracketed or as the chart's expansion writes them.
+        for v in ["a=[fd00::a]:80", "a=fd00::a:80"] {
+            let s = Settings::from_args(args(&["--clusterip", v]), &host()).unwrap();
+            assert_eq!(
+                s.clusterips[0].addr,
+                "[fd00::a]:80".parse::<SocketAddr>().unwrap(),
+                "{v}"
+            );
+        }
 
         // The chart's form, with the Service created after the pod.
         let err = Settings::from_args(

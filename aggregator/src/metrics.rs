@@ -264,8 +264,6 @@ impl Metrics {
     }
 }
 
-/// Per check group of a row: up (every known check ok) or down (one failed).
-/// Groups with no known check are absent.
 /// Mean of the values, `None` when there are none (no series rather than a
 /// misleading 0).
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -273,6 +271,8 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / f64::from(n))
 }
 
+/// Per check group of a row: up (every known check ok) or down (one failed).
+/// Groups with no known check are absent.
 fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
     let mut groups: BTreeMap<&'static str, bool> = BTreeMap::new();
     let all = row.services.iter().chain(&row.dns).chain(&row.mtu);

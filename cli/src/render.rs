@@ -129,21 +129,26 @@ fn rows(m: &Matrix, rows: &[MatrixRow], title: &str, style: Style) -> String {
             Some(c) => style.status(c.status, short(c.status), 0),
             None => "-".to_owned(),
         });
-        out.push_str(state_note(r));
+        out.push_str(&state_note(r));
         out.push('\n');
     }
     out
 }
 
-fn state_note(r: &MatrixRow) -> &'static str {
-    match (r.state, r.reporting) {
-        (NodeState::Ready, true) => "",
-        (NodeState::Ready, false) => "   (not reporting)",
-        (NodeState::Joining, _) => "   (joining)",
-        (NodeState::Cordoned, _) => "   (cordoned)",
-        (NodeState::NotReady, _) => "   (NotReady)",
-        (NodeState::Unknown, _) => "   (not in the API)",
-    }
+fn state_note(r: &MatrixRow) -> String {
+    let state = match r.state {
+        NodeState::Ready => "",
+        NodeState::Joining => "   (joining)",
+        NodeState::Cordoned => "   (cordoned)",
+        NodeState::NotReady => "   (NotReady)",
+        NodeState::Unknown => "   (not in the API)",
+    };
+    let reporting = if r.reporting {
+        ""
+    } else {
+        "   (not reporting)"
+    };
+    format!("{state}{reporting}")
 }
 
 /// The findings, one line each, with their first evidence and the hint.

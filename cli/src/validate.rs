@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use netmatrix_api::{Finding, Matrix};
+use netmatrix_api::{Findings, Matrix};
 use serde::Serialize;
 
 use crate::client::{AggregatorArgs, AggregatorClient, ClientError};
@@ -43,10 +43,6 @@ const POLL: Duration = Duration::from_secs(1);
 /// Extra failing rounds to wait for a finding when none names the failure
 /// yet (the aggregator raises one after 3 rounds by default).
 const UNNAMED_EXTRA_ROUNDS: u32 = 5;
-
-fn last_round_of(last: &Option<(Round, Matrix)>) -> Option<&Round> {
-    last.as_ref().map(|(r, _)| r)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -106,10 +102,13 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
             Ok((matrix, findings)) => {
                 last_error = None;
                 // Count each aggregator round once, however often we poll.
-                if last_generated != Some(matrix.generated_unix_ms) {
-                    last_generated = Some(matrix.generated_unix_ms);
+                // The findings are published once per evaluation round (the
+                // matrix is rebuilt at every request, so its timestamp
+                // changes at every poll).
+                if last_generated != Some(findings.generated_unix_ms) {
+                    last_generated = Some(findings.generated_unix_ms);
                     rounds_seen += 1;
-                    let round = judge(&matrix, &findings);
+                    let round = judge(&matrix, &findings.findings);
                     progress.show(&round, started.elapsed());
                     let outcome = match round {
                         Round::Waiting { .. } => None,
@@ -126,7 +125,7 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                     // aggregator to name the cause (findings are raised
                     // after a few rounds of their own): the verdict is
                     // far more useful with the finding and its hint.
-                    let named = matches!(&last_round_of(&last), Some(Round::Failing { findings, .. }) if !findings.is_empty());
+                    let named = matches!(&last, Some((Round::Failing { findings, .. }, _)) if !findings.is_empty());
                     let needed = match streak {
                         Some((Outcome::Failing, _)) if !named => args.rounds + UNNAMED_EXTRA_ROUNDS,
                         _ => args.rounds,
@@ -167,10 +166,14 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                 ),
                 (None, _) => {
                     let reason = match &last {
+                        Some((Round::Waiting { unmeasured, .. }, _)) if *unmeasured > 0 => format!(
+                            "no verdict after {waited}: {unmeasured} paths between nodes were never measured (agents that do not see their peers' pods? `netmatrix matrix` shows them as ?)"
+                        ),
                         Some((
                             Round::Waiting {
                                 reporting,
                                 expected,
+                                ..
                             },
                             _,
                         )) => format!(
@@ -192,10 +195,10 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
     }
 }
 
-async fn fetch(client: &AggregatorClient) -> Result<(Matrix, Vec<Finding>), ClientError> {
+async fn fetch(client: &AggregatorClient) -> Result<(Matrix, Findings), ClientError> {
     let matrix = client.matrix().await?;
     let findings = client.findings().await?;
-    Ok((matrix, findings.findings))
+    Ok((matrix, findings))
 }
 
 fn verdict(
@@ -286,7 +289,15 @@ impl Progress {
             Round::Waiting {
                 reporting,
                 expected,
+                unmeasured: 0,
             } => format!("waiting: {reporting}/{expected} nodes reported"),
+            Round::Waiting {
+                reporting,
+                expected,
+                unmeasured,
+            } => format!(
+                "waiting: {reporting}/{expected} nodes reported, {unmeasured} paths not measured yet"
+            ),
             Round::Healthy { nodes } => format!("{nodes}/{nodes} nodes reported: healthy round"),
             Round::Failing { findings, failing } => format!(
                 "failing round: {} findings, {} failing cells or checks",

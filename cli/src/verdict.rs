@@ -4,6 +4,8 @@
 //! Pure functions over the `/api/v1` wire types, so every rule is unit
 //! tested without a network.
 
+use std::collections::HashSet;
+
 use netmatrix_api::{Finding, FindingKind, Matrix, NodeState, Status};
 use serde::Serialize;
 
@@ -11,8 +13,14 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum Round {
-    /// Not every expected node has reported yet (or no node is known).
-    Waiting { reporting: usize, expected: usize },
+    /// Not every expected node has reported yet (or no node is known), or
+    /// some paths between them were not measured yet (an agent that has
+    /// not discovered a new peer's pods).
+    Waiting {
+        reporting: usize,
+        expected: usize,
+        unmeasured: usize,
+    },
     /// Every expected node reported, every cell and check passed, and
     /// there is no finding.
     Healthy { nodes: usize },
@@ -46,8 +54,10 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
         return Round::Waiting {
             reporting,
             expected: expected.len(),
+            unmeasured: 0,
         };
     }
+    let names: HashSet<&str> = expected.iter().map(|r| r.node.as_str()).collect();
     // `agent-missing` about a node that reports again is the aggregator
     // still clearing it (it clears after a few healthy rounds): right after
     // an install every agent was missing for a moment.
@@ -55,22 +65,20 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
         .iter()
         .filter(|f| {
             !(f.kind == FindingKind::AgentMissing
-                && f.nodes
-                    .iter()
-                    .all(|n| expected.iter().any(|r| &r.node == n && r.reporting)))
+                && f.nodes.iter().all(|n| names.contains(n.as_str())))
         })
         .cloned()
         .collect();
     let mut failing = Vec::new();
+    let mut unmeasured = 0;
     for row in &expected {
-        let ready = |to: &str| {
-            matrix
-                .rows
-                .iter()
-                .any(|r| r.node == to && is_expected(r.state))
-        };
-        for cell in &row.cells {
-            if cell.status == Status::Failed && ready(&cell.to) {
+        for cell in row.cells.iter().filter(|c| names.contains(c.to.as_str())) {
+            // Not probed yet. The node's own cell stays unknown when it has
+            // no companion pod, and that is not a gap.
+            if cell.status == Status::Unknown && cell.to != row.node {
+                unmeasured += 1;
+            }
+            if cell.status == Status::Failed {
                 let error = cell
                     .last_error
                     .as_ref()
@@ -90,12 +98,18 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
             }
         }
     }
-    if findings.is_empty() && failing.is_empty() {
+    if !findings.is_empty() || !failing.is_empty() {
+        Round::Failing { findings, failing }
+    } else if unmeasured > 0 {
+        Round::Waiting {
+            reporting,
+            expected: expected.len(),
+            unmeasured,
+        }
+    } else {
         Round::Healthy {
             nodes: expected.len(),
         }
-    } else {
-        Round::Failing { findings, failing }
     }
 }
 
@@ -175,14 +189,16 @@ mod tests {
             judge(&matrix(rows), &[]),
             Round::Waiting {
                 reporting: 1,
-                expected: 2
+                expected: 2,
+                unmeasured: 0
             }
         );
         assert_eq!(
             judge(&matrix(vec![]), &[]),
             Round::Waiting {
                 reporting: 0,
-                expected: 0
+                expected: 0,
+                unmeasured: 0
             }
         );
     }
@@ -196,6 +212,25 @@ mod tests {
         // a's cell to the cordoned node is not probed and may read failed.
         rows[0].cells[2].status = Status::Failed;
         assert_eq!(judge(&matrix(rows), &[]), Round::Healthy { nodes: 2 });
+    }
+
+    #[test]
+    fn paths_not_measured_yet_are_waiting_not_healthy() {
+        let mut rows = all_ok(&["a", "b"]);
+        rows[0].cells[1].status = Status::Unknown;
+        // No companion: a node's own cell is never measured, and that is fine.
+        rows[1].cells[1].status = Status::Unknown;
+        assert_eq!(
+            judge(&matrix(rows.clone()), &[]),
+            Round::Waiting {
+                reporting: 2,
+                expected: 2,
+                unmeasured: 1
+            }
+        );
+        // A failure is a failure, measured or not elsewhere.
+        rows[1].cells[0].status = Status::Failed;
+        assert!(matches!(judge(&matrix(rows), &[]), Round::Failing { .. }));
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::state::StateDir;
 
 pub const AGENT_BIN: &str = "netmatrix-agent";
 pub const AGGREGATOR_BIN: &str = "netmatrix-aggregator";
+/// The command line (`validate`, `matrix`...), run by tests as an operator would.
+pub const CLI_BIN: &str = "netmatrix";
 /// Overrides where the binaries are looked for.
 pub const BIN_DIR_ENV: &str = "NETMATRIX_BIN_DIR";
 /// How long a process gets to exit after SIGTERM before SIGKILL.
@@ -52,6 +54,7 @@ pub enum ProcessError {
 pub struct Binaries {
     pub agent: PathBuf,
     pub aggregator: PathBuf,
+    pub cli: PathBuf,
 }
 
 impl Binaries {
@@ -90,6 +93,7 @@ impl Binaries {
         Ok(Binaries {
             agent: find(AGENT_BIN)?,
             aggregator: find(AGGREGATOR_BIN)?,
+            cli: find(CLI_BIN)?,
         })
     }
 }

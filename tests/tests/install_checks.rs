@@ -21,23 +21,14 @@ use std::time::{Duration, Instant};
 use netmatrix_api::{FindingKind, NodeState};
 use netmatrix_lab::Fault;
 use netmatrix_lab::lab::{Alert, LabPrometheus};
+use netmatrix_lab::process::Binaries;
 
-/// The `netmatrix` binary, next to the lab's other binaries.
+/// The `netmatrix` binary, found like the lab's other binaries
+/// (`NETMATRIX_BIN_DIR`, or next to the test executable).
 fn cli_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("netmatrix"))
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!("no netmatrix binary in {candidates:?}: cargo build --workspace --bins")
-        })
+    Binaries::locate(None)
+        .unwrap_or_else(|e| panic!("{e}: cargo build --workspace --bins"))
+        .cli
 }
 
 /// Runs `netmatrix ARGS` (blocking, so on a blocking thread).
