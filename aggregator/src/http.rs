@@ -214,18 +214,24 @@ mod tests {
         (status, bytes.to_vec())
     }
 
-    fn good_report() -> Vec<u8> {
+    /// n1's report of round 0 with one peer, n2's agent, echoed as `icmp`.
+    fn report_with_peer(icmp: EchoResult) -> netmatrix_api::Report {
         let mut r = report(0, "n1", 10);
         r.peers.push(PeerResult {
             node: "n2".into(),
             pod: "agent-n2".into(),
             ip: "10.244.2.2".parse().unwrap(),
-            icmp: EchoResult {
-                sent: 3,
-                received: 3,
-                ..Default::default()
-            },
+            icmp,
             mtu: None,
+        });
+        r
+    }
+
+    fn good_report() -> Vec<u8> {
+        let r = report_with_peer(EchoResult {
+            sent: 3,
+            received: 3,
+            ..Default::default()
         });
         serde_json::to_vec(&r).unwrap()
     }
@@ -402,19 +408,12 @@ mod tests {
     #[tokio::test]
     async fn compact_and_cell_endpoints_match_the_full_matrix() {
         let (app, _) = app();
-        let mut r = report(0, "n1", 10);
-        r.peers.push(PeerResult {
-            node: "n2".into(),
-            pod: "agent-n2".into(),
-            ip: "10.244.2.2".parse().unwrap(),
-            icmp: EchoResult {
-                sent: 4,
-                received: 3,
-                rtt_avg_ms: Some(0.4567),
-                rtt_max_ms: Some(0.9),
-                ..Default::default()
-            },
-            mtu: None,
+        let r = report_with_peer(EchoResult {
+            sent: 4,
+            received: 3,
+            rtt_avg_ms: Some(0.4567),
+            rtt_max_ms: Some(0.9),
+            ..Default::default()
         });
         let (status, _) = send(&app, "POST", REPORTS_PATH, serde_json::to_vec(&r).unwrap()).await;
         assert_eq!(status, StatusCode::ACCEPTED);

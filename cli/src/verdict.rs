@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use netmatrix_api::{Finding, FindingKind, Matrix, NodeState, Status};
+use netmatrix_api::{Finding, FindingKind, Matrix, NodeState, ProbeError, Status};
 use serde::Serialize;
 
 /// What one round of the aggregator says.
@@ -79,21 +79,13 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
                 unmeasured += 1;
             }
             if cell.status == Status::Failed {
-                let error = cell
-                    .last_error
-                    .as_ref()
-                    .map(|e| format!(": {}", e.message))
-                    .unwrap_or_default();
+                let error = error_suffix(cell.last_error.as_ref());
                 failing.push(format!("{} -> {}{error}", row.node, cell.to));
             }
         }
         for check in row.services.iter().chain(&row.dns).chain(&row.mtu) {
             if check.status == Status::Failed {
-                let error = check
-                    .last_error
-                    .as_ref()
-                    .map(|e| format!(": {}", e.message))
-                    .unwrap_or_default();
+                let error = error_suffix(check.last_error.as_ref());
                 failing.push(format!("{} {}{error}", row.node, check.column));
             }
         }
@@ -113,10 +105,17 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
     }
 }
 
+/// `": MESSAGE"` of a cell's or check's last error, empty without one.
+fn error_suffix(error: Option<&ProbeError>) -> String {
+    error
+        .map(|e| format!(": {}", e.message))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{Cell, CheckCell, MatrixRow, ProbeError};
+    use netmatrix_api::{Cell, CheckCell, MatrixRow};
 
     fn cell(to: &str, status: Status) -> Cell {
         Cell {
