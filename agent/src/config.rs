@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use netmatrix_api::sampling::PeerSampling;
 use netmatrix_api::{AgentIdentity, NetworkMode, labels};
 
 use crate::netif::{self, LocalInterface};
@@ -151,6 +152,29 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_DNS_NEGATIVE_TTL", default_value = "30s",
           value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub dns_negative_ttl: Duration,
+
+    /// Clusters of up to this many nodes are probed as a full mesh (every
+    /// agent probes every node). Above it each agent probes its own node and
+    /// --sampled-nodes + --rotating-nodes remote nodes picked on a hash ring
+    /// over node names, so that every node is probed by that many agents.
+    /// Use the same value on every agent.
+    #[arg(long, env = "NETMATRIX_FULL_MESH_MAX_NODES", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_mesh_max_nodes: u32,
+
+    /// In a sampled cluster: remote nodes each agent always probes (the ones
+    /// following it on the ring). A node joining or leaving changes one of
+    /// them on this many agents.
+    #[arg(long, env = "NETMATRIX_SAMPLED_NODES", default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub sampled_nodes: u32,
+
+    /// In a sampled cluster: remote nodes probed in addition, moving along
+    /// the ring every 6 rounds, so that over time every pair of nodes is
+    /// probed (0: none).
+    #[arg(long, env = "NETMATRIX_ROTATING_NODES", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub rotating_nodes: u32,
 
     /// Address of the HTTP server for /metrics, /healthz and /status.
     #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090")]
@@ -312,6 +336,8 @@ pub struct Settings {
     pub aggregator_url: Option<reqwest::Url>,
     pub aggregator_port: u16,
     pub interval: Duration,
+    /// Which remote nodes to probe in a large cluster.
+    pub sampling: PeerSampling,
     pub icmp_count: u16,
     pub icmp_timeout: Duration,
     /// Large Don't-Fragment echoes; `None` when off.
@@ -417,6 +443,11 @@ impl Settings {
             aggregator_url,
             aggregator_port: args.aggregator_port,
             interval: args.interval,
+            sampling: PeerSampling {
+                full_mesh_max_nodes: args.full_mesh_max_nodes as usize,
+                stable: args.sampled_nodes as usize,
+                rotating: args.rotating_nodes as usize,
+            },
             icmp_count: args.icmp_count,
             icmp_timeout,
             mtu_probe,

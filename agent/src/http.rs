@@ -148,6 +148,7 @@ mod tests {
             dns: vec![],
             peer_source: PeerSource::LastKnown,
             mtu_probe_bytes: None,
+            sampled: None,
         }));
         let app = router(AppState {
             metrics: Arc::new(Metrics::new().unwrap()),

@@ -220,6 +220,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         discovery,
         status,
         reports: reports_tx,
+        sampling: settings.sampling,
     };
     tokio::select! {
         () = rounds.run() => {}

@@ -381,6 +381,7 @@ mod tests {
             dns: vec![],
             peer_source: PeerSource::LastKnown,
             mtu_probe_bytes: None,
+            sampled: None,
         }
     }
 

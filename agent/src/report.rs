@@ -305,6 +305,7 @@ mod tests {
             dns: vec![],
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
+            sampled: None,
         }
     }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use netmatrix_api::sampling::{self, PeerSampling};
 use netmatrix_api::{
     AgentIdentity, DnsResult, NetworkMode, PeerResult, PeerSource, Report, ServiceResult,
 };
@@ -129,6 +130,7 @@ impl Prober {
             dns,
             peer_source: view.source,
             mtu_probe_bytes: self.icmp.mtu_probe_bytes(),
+            sampled: view.sampled,
         }
     }
 
@@ -248,7 +250,13 @@ pub struct RoundLoop {
     pub discovery: Arc<Discovery>,
     pub status: Arc<StatusBoard>,
     pub reports: watch::Sender<Option<Arc<Report>>>,
+    /// Which remote nodes to probe in a large cluster.
+    pub sampling: PeerSampling,
 }
+
+/// Rounds between two moves of the rotating sampled nodes: long enough for
+/// the aggregator to confirm a broken path (it raises after 3 rounds).
+const ROTATE_EVERY_ROUNDS: u64 = 6;
 
 impl RoundLoop {
     pub async fn run(self) {
@@ -260,7 +268,10 @@ impl RoundLoop {
         for round in 1u64.. {
             ticker.tick().await;
             self.status.heartbeat();
-            let view = self.peer_view().await;
+            let mut view = self.peer_view().await;
+            let interval_ms = u64::try_from(self.prober.interval.as_millis()).unwrap_or(u64::MAX);
+            let epoch = sampling::epoch(unix_ms_now(), interval_ms, ROTATE_EVERY_ROUNDS);
+            discovery::sample::apply(&mut view, &self.prober.identity.node, &self.sampling, epoch);
             if last_source != Some(view.source) {
                 tracing::info!(source = ?view.source, peers = view.peers.len(), "peer source");
                 last_source = Some(view.source);
@@ -328,6 +339,7 @@ impl RoundLoop {
             agents: None,
             source: PeerSource::LastKnown,
             skipped_nodes: BTreeMap::new(),
+            sampled: None,
         }
     }
 }
@@ -475,6 +487,7 @@ mod tests {
             dns: vec![],
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
+            sampled: None,
         };
         let mut moved = info("10.244.2.9");
         moved.pod = "moved".into();
@@ -555,6 +568,7 @@ mod tests {
             agents: Some(vec![info("127.0.0.1")]),
             source: PeerSource::Api,
             skipped_nodes: BTreeMap::new(),
+            sampled: None,
         };
         let expectation = AgentHistory::default().update(&[info("127.0.0.1")], unix_ms_now());
         let report = prober.round(3, &view, Some(expectation)).await;

@@ -160,41 +160,58 @@ impl History {
     pub fn window(&self, source: &str, network: NetworkMode, to: &str) -> Option<PathWindow> {
         let peers = self.sources.get(&(source.to_owned(), network))?;
         let tracks: Vec<&PeerTrack> = peers.values().filter(|t| t.node == to).collect();
-        if tracks.is_empty() {
-            return None;
-        }
-        let mut w = PathWindow {
-            rounds: tracks.iter().map(|t| t.rounds.len()).max().unwrap_or(0),
-            ..Default::default()
-        };
-        let (mut rtt_sum, mut rtt_weight) = (0.0, 0u64);
-        for round in 0..w.rounds {
-            let samples: Vec<&RoundSample> =
-                tracks.iter().filter_map(|t| t.rounds.get(round)).collect();
-            if samples.iter().any(|s| s.is_partial()) {
-                w.partial_rounds += 1;
-            }
-            if samples.iter().any(|s| s.received > 0) {
-                w.rtt_rounds += 1;
-            }
-            for s in samples {
-                if !s.is_outage() {
-                    w.sent += u64::from(s.sent);
-                    w.received += u64::from(s.received);
-                }
-                if let Some(rtt) = s.rtt_avg_ms.filter(|_| s.received > 0) {
-                    rtt_sum += rtt * f64::from(s.received);
-                    rtt_weight += u64::from(s.received);
-                }
-                if let Some((sent, received)) = s.mtu {
-                    w.mtu_sent += u64::from(sent);
-                    w.mtu_received += u64::from(received);
-                }
-            }
-        }
-        w.rtt_avg_ms = (rtt_weight > 0).then(|| rtt_sum / rtt_weight as f64);
-        Some(w)
+        (!tracks.is_empty()).then(|| window_of(&tracks))
     }
+
+    /// The windows of all of `source`'s paths, by destination node, in one
+    /// pass over its peers (the matrix build calls this once per source).
+    pub fn windows(&self, source: &str, network: NetworkMode) -> BTreeMap<&str, PathWindow> {
+        let Some(peers) = self.sources.get(&(source.to_owned(), network)) else {
+            return BTreeMap::new();
+        };
+        let mut by_node: BTreeMap<&str, Vec<&PeerTrack>> = BTreeMap::new();
+        for track in peers.values() {
+            by_node.entry(track.node.as_str()).or_default().push(track);
+        }
+        by_node
+            .into_iter()
+            .map(|(node, tracks)| (node, window_of(&tracks)))
+            .collect()
+    }
+}
+
+/// One path's window over the tracks of its pods.
+fn window_of(tracks: &[&PeerTrack]) -> PathWindow {
+    let mut w = PathWindow {
+        rounds: tracks.iter().map(|t| t.rounds.len()).max().unwrap_or(0),
+        ..Default::default()
+    };
+    let (mut rtt_sum, mut rtt_weight) = (0.0, 0u64);
+    for round in 0..w.rounds {
+        let samples = || tracks.iter().filter_map(move |t| t.rounds.get(round));
+        if samples().any(|s| s.is_partial()) {
+            w.partial_rounds += 1;
+        }
+        if samples().any(|s| s.received > 0) {
+            w.rtt_rounds += 1;
+        }
+        for s in samples() {
+            if !s.is_outage() {
+                w.sent += u64::from(s.sent);
+                w.received += u64::from(s.received);
+            }
+            if let Some(rtt) = s.rtt_avg_ms.filter(|_| s.received > 0) {
+                rtt_sum += rtt * f64::from(s.received);
+                rtt_weight += u64::from(s.received);
+            }
+            if let Some((sent, received)) = s.mtu {
+                w.mtu_sent += u64::from(sent);
+                w.mtu_received += u64::from(received);
+            }
+        }
+    }
+    w.rtt_avg_ms = (rtt_weight > 0).then(|| rtt_sum / rtt_weight as f64);
+    w
 }
 
 fn merge(into: &mut RoundSample, other: &RoundSample) {

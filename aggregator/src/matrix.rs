@@ -118,6 +118,11 @@ pub fn build(
             .map(|s| s.report.agent.node.clone()),
     );
     let nodes: Vec<String> = nodes.into_iter().collect();
+    // Agents of a large cluster probe a sample of the nodes: their rows then
+    // hold only the probed paths, or N² unknown cells would dwarf them.
+    let sampled = store
+        .reports()
+        .any(|s| s.report.sampled.is_some() && policy.is_fresh(s, now_unix_ms));
     let state_of = |node: &str| match states {
         None => NodeState::Ready,
         Some(states) => states.get(node).copied().unwrap_or(NodeState::Unknown),
@@ -129,13 +134,14 @@ pub fn build(
         nodes: &nodes,
         policy,
         now_unix_ms,
+        dense: !sampled,
     };
     let mut row = |node: &String, network: NetworkMode| {
         let stored = store.get(node, network);
         if stored.is_some_and(|s| policy.is_fresh(s, now_unix_ms)) {
-            for to in &nodes {
-                if let Some(w) = store.history().window(node, network, to) {
-                    windows.insert((network, node.clone(), to.clone()), w);
+            for (to, w) in store.history().windows(node, network) {
+                if builder.has_node(to) {
+                    windows.insert((network, node.clone(), to.to_owned()), w);
                 }
             }
         }
@@ -177,26 +183,45 @@ pub fn build(
 }
 
 struct RowBuilder<'a> {
+    /// Sorted.
     nodes: &'a [String],
     policy: &'a MatrixPolicy,
     now_unix_ms: u64,
+    /// A cell for every node (full mesh), or only for the probed ones.
+    dense: bool,
 }
 
 impl RowBuilder<'_> {
+    fn has_node(&self, node: &str) -> bool {
+        self.nodes
+            .binary_search_by(|n| n.as_str().cmp(node))
+            .is_ok()
+    }
+
     fn row(&self, node: &str, stored: Option<&StoredReport>) -> MatrixRow {
         let age_ms = stored.map(|s| s.age_ms(self.now_unix_ms) as f64);
         let fresh = stored.filter(|s| self.policy.is_fresh(s, self.now_unix_ms));
-        let cells: Vec<Cell> = self
-            .nodes
-            .iter()
-            .map(|to| match fresh {
-                Some(s) => {
-                    let peers = s.report.peers.iter().filter(|p| &p.node == to);
-                    self.cell(to, peers, age_ms)
-                }
-                None => unknown_cell(to, age_ms),
-            })
-            .collect();
+        // One pass over the report: its peers by destination node.
+        let mut probed: BTreeMap<&str, Vec<&PeerResult>> = BTreeMap::new();
+        for peer in fresh.iter().flat_map(|s| &s.report.peers) {
+            if self.has_node(&peer.node) {
+                probed.entry(peer.node.as_str()).or_default().push(peer);
+            }
+        }
+        let cells: Vec<Cell> = if self.dense {
+            self.nodes
+                .iter()
+                .map(|to| match (fresh, probed.get(to.as_str())) {
+                    (Some(_), Some(peers)) => self.cell(to, peers.iter().copied(), age_ms),
+                    _ => unknown_cell(to, age_ms),
+                })
+                .collect()
+        } else {
+            probed
+                .iter()
+                .map(|(to, peers)| self.cell(to, peers.iter().copied(), age_ms))
+                .collect()
+        };
         // A silent node keeps its last check columns, all `unknown`, so the
         // operator still sees what it last saw; diagnosis ignores them.
         let check_status = |ok: bool| match (fresh.is_some(), ok) {

@@ -2,7 +2,9 @@
 //! report, building the matrix, and one evaluation round.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use bytes::Bytes;
 
 use netmatrix_api::{Finding, Findings, Matrix};
 
@@ -88,6 +90,9 @@ pub struct Aggregator {
     recovery: Mutex<UnderlayRecovery>,
     /// The latest hysteresis output, served by `GET /api/v1/findings`.
     findings: RwLock<Arc<Findings>>,
+    /// The matrix of the latest evaluation round, served by the matrix
+    /// endpoints as it is: a request costs no rebuild and no store lock.
+    published: RwLock<Option<Arc<Published>>>,
     metrics: Metrics,
     clock: Clock,
 }
@@ -104,6 +109,7 @@ impl Aggregator {
                 generated_unix_ms: system_clock(),
                 findings: Vec::new(),
             })),
+            published: RwLock::new(None),
             metrics: Metrics::new()?,
             clock: system_clock,
         })
@@ -153,9 +159,27 @@ impl Aggregator {
         tracing::info!(reason = rejection.reason(), %rejection, "report rejected");
     }
 
-    /// The matrix as of now, from the held reports.
-    pub fn matrix(&self) -> Matrix {
-        self.matrix_at(self.now()).0.matrix
+    /// The matrix of the latest evaluation round (the one the findings come
+    /// from); before the first round, one built from the reports held now.
+    pub fn matrix(&self) -> Arc<Matrix> {
+        self.published().matrix.clone()
+    }
+
+    /// The latest round's matrix with its lazily encoded forms.
+    pub fn published(&self) -> Arc<Published> {
+        let slot = self
+            .published
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*slot {
+            Some(published) => Arc::clone(published),
+            None => {
+                drop(slot);
+                Arc::new(Published::new(Arc::new(
+                    self.matrix_at(self.now()).0.matrix,
+                )))
+            }
+        }
     }
 
     fn matrix_at(&self, now: u64) -> (Built, BTreeSet<String>) {
@@ -208,7 +232,7 @@ impl Aggregator {
         let grace = self.settings.node_grace_ms;
         let mut recovery = self.recovery.lock().unwrap_or_else(PoisonError::into_inner);
         recovery.exclude_recovering(&mut expected, now, grace);
-        let matrix = built.matrix;
+        let matrix = Arc::new(built.matrix);
         let context = Context {
             expected: &expected,
             check_targets: &built.targets,
@@ -224,6 +248,10 @@ impl Aggregator {
             .unwrap_or_else(PoisonError::into_inner)
             .observe(conditions, now);
         self.metrics.observe(&matrix, expected.len(), &findings);
+        *self
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Published::new(matrix)));
 
         let published = Arc::new(Findings {
             generated_unix_ms: now,
@@ -255,6 +283,49 @@ impl Aggregator {
     fn lock_store(&self) -> std::sync::MutexGuard<'_, ReportStore> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// One evaluation round's matrix, and its JSON encodings made on first
+/// request: at 1,000 nodes encoding a million cells is the expensive part of
+/// serving it, and every client polling within a round shares one encoding.
+pub struct Published {
+    pub matrix: Arc<Matrix>,
+    json: OnceLock<Bytes>,
+    compact_json: OnceLock<Bytes>,
+}
+
+impl Published {
+    fn new(matrix: Arc<Matrix>) -> Self {
+        Published {
+            matrix,
+            json: OnceLock::new(),
+            compact_json: OnceLock::new(),
+        }
+    }
+
+    /// `GET /api/v1/matrix`'s body.
+    pub fn json(&self) -> Result<Bytes, serde_json::Error> {
+        cached(&self.json, || serde_json::to_vec(&*self.matrix))
+    }
+
+    /// `GET /api/v1/matrix/compact`'s body.
+    pub fn compact_json(&self) -> Result<Bytes, serde_json::Error> {
+        cached(&self.compact_json, || {
+            serde_json::to_vec(&crate::web::compact(&self.matrix))
+        })
+    }
+}
+
+fn cached(
+    slot: &OnceLock<Bytes>,
+    encode: impl FnOnce() -> Result<Vec<u8>, serde_json::Error>,
+) -> Result<Bytes, serde_json::Error> {
+    if let Some(bytes) = slot.get() {
+        return Ok(bytes.clone());
+    }
+    // Two racing requests may both encode; the first result is kept.
+    let bytes = Bytes::from(encode()?);
+    Ok(slot.get_or_init(|| bytes).clone())
 }
 
 fn log_transitions(before: &[Finding], after: &[Finding]) {

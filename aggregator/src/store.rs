@@ -317,6 +317,7 @@ pub(crate) mod tests {
             dns: vec![],
             peer_source: Default::default(),
             mtu_probe_bytes: None,
+            sampled: None,
         }
     }
 

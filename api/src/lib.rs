@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub mod labels;
+pub mod sampling;
 
 /// Path prefix of every versioned endpoint.
 pub const API_PREFIX: &str = "/api/v1";
@@ -82,6 +83,20 @@ pub struct Report {
     /// with Don't Fragment set; absent when the MTU probe is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu_probe_bytes: Option<u32>,
+    /// Present when the cluster is too large for a full mesh and this agent
+    /// probes a sample of the remote nodes ([`sampling`]): the aggregator
+    /// then shows unprobed paths as absent rather than unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<Sampled>,
+}
+
+/// How an agent sampled the remote nodes this round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sampled {
+    /// Nodes the agent knows (its own included).
+    pub nodes: u32,
+    /// Remote nodes it probes this round.
+    pub probed: u32,
 }
 
 /// Where an agent's peer list came from.
@@ -368,7 +383,10 @@ pub struct MatrixRow {
     /// Age of the node's last report, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_age_ms: Option<f64>,
-    /// Directed cells from `node` to each destination node, in `Matrix::nodes` order.
+    /// Directed cells from `node` to each destination node, in `Matrix::nodes`
+    /// order. In a sampled cluster (more nodes than a full mesh covers, see
+    /// [`sampling`]) only the probed destinations have a cell; find a cell by
+    /// its `to`, never by position.
     pub cells: Vec<Cell>,
     /// API server and ClusterIP checks of this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

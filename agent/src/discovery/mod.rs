@@ -34,10 +34,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use netmatrix_api::{AgentIdentity, PeerSource};
+use netmatrix_api::{AgentIdentity, PeerSource, Sampled};
 use serde::de::DeserializeOwned;
 
 pub mod filter;
+pub mod sample;
 
 pub use filter::{NodeSkip, PodInfo};
 
@@ -60,6 +61,8 @@ pub struct PeerView {
     pub source: PeerSource,
     /// Nodes whose pods are left out of `peers`, and why.
     pub skipped_nodes: BTreeMap<String, NodeSkip>,
+    /// Set when the cluster is large and `peers` is a sample ([`sample`]).
+    pub sampled: Option<Sampled>,
 }
 
 /// Live discovery; cheap to share.
@@ -145,6 +148,7 @@ impl Discovery {
             agents,
             source,
             skipped_nodes,
+            sampled: None,
         })
     }
 
@@ -184,6 +188,7 @@ pub fn fallback_from_srv(addresses: &BTreeSet<IpAddr>, me: &AgentIdentity) -> Pe
         agents: None,
         source: PeerSource::Dns,
         skipped_nodes: BTreeMap::new(),
+        sampled: None,
     }
 }
 

@@ -63,7 +63,8 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 pub const MAX_SOA_NEGATIVE_TTL: Duration = Duration::from_secs(1800);
 /// At most this many SRV targets without glue records are resolved per round.
 const MAX_TARGET_LOOKUPS: usize = 256;
-/// At most this many names are listed in a wrong-answer message.
+/// At most this many names are listed in a wrong-answer message, and
+/// records per list of a result.
 const MAX_LISTED: usize = 10;
 
 /// A Ready agent pod: what the SRV answer should list.
@@ -310,6 +311,7 @@ impl DnsProber {
             }
         }
         result.ok = result.error.is_none();
+        cap_listed(&mut result);
         result
     }
 
@@ -494,6 +496,21 @@ impl SrvEndpoints {
             .map(ToString::to_string)
             .chain(self.unresolved.iter().cloned())
             .collect()
+    }
+}
+
+/// Caps the record lists of a result at [`MAX_LISTED`] each. In a cluster of
+/// thousands of nodes the SRV record lists every agent: 5,000 answers and
+/// 5,000 expected addresses in every report would be most of what the
+/// aggregator parses. The error message names what disagrees; the lists are
+/// for a human.
+fn cap_listed(result: &mut DnsResult) {
+    for list in [&mut result.answers, &mut result.expected, &mut result.pending] {
+        if list.len() > MAX_LISTED {
+            let more = list.len() - MAX_LISTED;
+            list.truncate(MAX_LISTED);
+            list.push(format!("... and {more} more"));
+        }
     }
 }
 
@@ -748,6 +765,24 @@ fn join<T: ToString>(items: impl ExactSizeIterator<Item = T>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_record_lists_are_capped() {
+        let mut r = DnsResult {
+            name: "agents.netmatrix.svc.cluster.local.".into(),
+            record: RecordType::Srv,
+            ok: true,
+            latency_ms: None,
+            answers: (0..5000).map(|i| format!("10.0.{}.{}", i / 250, i % 250)).collect(),
+            expected: vec!["10.0.0.1".into()],
+            pending: Vec::new(),
+            error: None,
+        };
+        super::cap_listed(&mut r);
+        assert_eq!(r.answers.len(), super::MAX_LISTED + 1);
+        assert_eq!(r.answers.last().map(String::as_str), Some("... and 4990 more"));
+        assert_eq!(r.expected, ["10.0.0.1"]);
+    }
+
     use super::*;
 
     const NOW: u64 = 1_000_000_000;

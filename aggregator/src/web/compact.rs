@@ -1,7 +1,8 @@
 //! [`Matrix`] to [`CompactMatrix`]: the same data, a few bytes per cell.
 
 use netmatrix_api::{
-    CheckCell, CompactError, CompactMatrix, CompactRow, Matrix, MatrixRow, ProbeError, status_char,
+    CheckCell, CompactError, CompactMatrix, CompactRow, Matrix, MatrixRow, ProbeError, Status,
+    status_char,
 };
 
 /// Builds the compact form of `matrix` (see [`CompactMatrix`] for the layout).
@@ -15,7 +16,9 @@ pub fn compact(matrix: &Matrix) -> CompactMatrix {
         }
     }
     let rows = |rows: &[MatrixRow]| -> Vec<CompactRow> {
-        rows.iter().map(|row| compact_row(row, &columns)).collect()
+        rows.iter()
+            .map(|row| compact_row(row, &matrix.nodes, &columns))
+            .collect()
     };
     CompactMatrix {
         generated_unix_ms: matrix.generated_unix_ms,
@@ -31,16 +34,29 @@ fn row_checks(row: &MatrixRow) -> impl Iterator<Item = &CheckCell> {
     row.services.iter().chain(&row.dns).chain(&row.mtu)
 }
 
-fn compact_row(row: &MatrixRow, columns: &[String]) -> CompactRow {
+/// One row, a column per node. A sampled row (cells only for the probed
+/// nodes) is spread out, the unprobed nodes shown unknown.
+fn compact_row(row: &MatrixRow, nodes: &[String], columns: &[String]) -> CompactRow {
     let mut errors = Vec::new();
-    let mut status = String::with_capacity(row.cells.len());
-    let mut loss_pct = Vec::with_capacity(row.cells.len());
-    let mut rtt_avg_us = Vec::with_capacity(row.cells.len());
-    for (i, cell) in row.cells.iter().enumerate() {
-        status.push(status_char(cell.status));
-        loss_pct.push(cell.loss.map_or(-1, percent_up));
-        rtt_avg_us.push(cell.rtt_avg_ms.map_or(-1, micros));
-        push_error(&mut errors, i, cell.last_error.as_ref());
+    let mut status = String::with_capacity(nodes.len());
+    let mut loss_pct = Vec::with_capacity(nodes.len());
+    let mut rtt_avg_us = Vec::with_capacity(nodes.len());
+    let mut cells = row.cells.iter().peekable();
+    for (i, node) in nodes.iter().enumerate() {
+        // Cells are in node order, so one merge pass places them.
+        match cells.next_if(|c| &c.to == node) {
+            Some(cell) => {
+                status.push(status_char(cell.status));
+                loss_pct.push(cell.loss.map_or(-1, percent_up));
+                rtt_avg_us.push(cell.rtt_avg_ms.map_or(-1, micros));
+                push_error(&mut errors, i, cell.last_error.as_ref());
+            }
+            None => {
+                status.push(status_char(Status::Unknown));
+                loss_pct.push(-1);
+                rtt_avg_us.push(-1);
+            }
+        }
     }
     let mut checks = String::with_capacity(columns.len());
     let mut check_latency_us = Vec::with_capacity(columns.len());
@@ -236,6 +252,24 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         let back: CompactMatrix = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn sampled_rows_are_spread_over_the_node_columns() {
+        let mut m = healthy(4);
+        m.rows[1].cells = vec![
+            cell("node-0000", Status::Ok, Some(0.0), Some(0.5)),
+            cell("node-0003", Status::Failed, Some(1.0), None),
+        ];
+        m.rows[1].cells[1].last_error = Some(ProbeError::new(ErrorKind::Timeout, "no reply"));
+        let c = compact(&m);
+        assert_eq!(c.rows[1].status, "ouuf");
+        assert_eq!(c.rows[1].loss_pct, [0, -1, -1, 100]);
+        assert_eq!(
+            c.rows[1].errors[0].i, 3,
+            "error placed at the node's column"
+        );
+        assert_eq!(c.rows[0].status, "oooo");
     }
 
     #[test]

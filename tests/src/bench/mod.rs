@@ -1,0 +1,202 @@
+//! `netmatrix-lab bench`: measurements in throw-away network namespaces.
+//!
+//! - [`sweep`]: one echo to each of 1,000 addresses (some silently
+//!   dropped) with netmatrix's own ICMP prober and with `fping`: wall time
+//!   and per-address verdicts, which must agree;
+//! - [`agent`]: the real `netmatrix-agent` against the lab's Kubernetes API
+//!   emulator with thousands of answering peers: CPU and memory per round.
+//!
+//! Every bench builds its namespaces under a fresh lab prefix (`nm` + hex
+//! digits) with a state directory, exactly as a lab does, so `netmatrix-lab
+//! down --all` removes whatever a killed bench left behind. [`Scratch`]
+//! removes them on every other exit path: success, error, panic, and
+//! Ctrl-C/SIGTERM ([`interruptible`] drops the bench, and with it the
+//! scratch, when a signal arrives).
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use netmatrix_lab::lab::is_root;
+use netmatrix_lab::netns;
+use netmatrix_lab::state::StateDir;
+use netmatrix_lab::topology::{is_prefix, prefix_of, random_prefix};
+
+mod agent;
+mod sweep;
+
+/// `netmatrix-lab bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One ICMP echo to each of N addresses (some silently dropped), with
+    /// netmatrix's prober and with fping, several times each; prints wall
+    /// times and fails when the two disagree on any address.
+    Sweep(sweep::SweepArgs),
+    /// The real netmatrix-agent probing N answering peers against the API
+    /// server emulator; prints its CPU and memory per round.
+    Agent(agent::AgentArgs),
+    /// Internal: the netmatrix side of `bench sweep`, run inside the prober
+    /// namespace by `ip netns exec`.
+    #[command(hide = true)]
+    IcmpSweep(sweep::IcmpSweepArgs),
+}
+
+/// Runs a bench command.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Sweep(args) => interruptible(sweep::run(args)).await,
+        BenchCommand::Agent(args) => interruptible(agent::run(args)).await,
+        BenchCommand::IcmpSweep(args) => sweep::icmp_sweep(args).await,
+    }
+}
+
+/// Runs `bench` until it ends or SIGINT/SIGTERM arrives; on a signal the
+/// bench future is dropped, which drops its [`Scratch`] and processes, so
+/// the namespaces are removed before this returns.
+async fn interruptible(bench: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        r = bench => r,
+        _ = int.recv() => bail!("interrupted (SIGINT); the bench's namespaces were removed"),
+        _ = term.recv() => bail!("terminated (SIGTERM); the bench's namespaces were removed"),
+    }
+}
+
+/// The namespaces of one bench run, under one lab prefix with a state
+/// directory; removed when dropped.
+pub struct Scratch {
+    state: StateDir,
+    namespaces: Vec<String>,
+}
+
+impl Scratch {
+    /// Claims `prefix` (or a random one): root only, the prefix must be
+    /// unused (no namespace, no state directory).
+    pub fn create(prefix: Option<String>) -> anyhow::Result<Self> {
+        if !is_root() {
+            bail!("the bench creates network namespaces: run as root (sudo)");
+        }
+        let prefix = prefix.unwrap_or_else(random_prefix);
+        if !is_prefix(&prefix) {
+            bail!("--prefix {prefix}: a lab prefix is `nm` and 4 to 6 lowercase hex digits");
+        }
+        if StateDir::of(&prefix).path().exists()
+            || netns::list()
+                .iter()
+                .any(|ns| prefix_of(ns) == Some(prefix.as_str()))
+        {
+            bail!("prefix {prefix} is in use (netmatrix-lab down --prefix {prefix} removes it)");
+        }
+        let state = StateDir::create(&prefix)?;
+        tracing::info!(%prefix, dir = %state.path().display(), "bench scratch");
+        Ok(Scratch {
+            state,
+            namespaces: Vec::new(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        self.state.prefix()
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// Creates namespace `PREFIX-NAME` (with `lo` up) and returns its name.
+    pub fn netns(&mut self, name: &str) -> anyhow::Result<String> {
+        let full = format!("{}-{name}", self.prefix());
+        // Recorded first: a half-made namespace is removed too.
+        self.namespaces.push(full.clone());
+        netns::add(&full)?;
+        Ok(full)
+    }
+
+    fn cleanup(&mut self) {
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = netns::delete(&ns) {
+                tracing::warn!(error = %e, "cleanup");
+            }
+        }
+        self.state.remove();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        tracing::info!(prefix = %self.state.prefix(), "removing the bench's namespaces");
+        self.cleanup();
+    }
+}
+
+/// `ip -n NS -batch -` with `commands`, one per line: thousands of
+/// addresses in one process.
+pub fn ip_batch(ns: &str, commands: &str) -> anyhow::Result<()> {
+    netns::run_with_input(None, "ip", &["-n", ns, "-batch", "-"], Some(commands))?;
+    Ok(())
+}
+
+/// Middle value (mean of the two middle ones for an even count).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        f64::midpoint(v[mid - 1], v[mid])
+    } else {
+        v[mid]
+    })
+}
+
+/// Smallest and largest value.
+pub fn min_max(values: &[f64]) -> Option<(f64, f64)> {
+    let min = values.iter().copied().reduce(f64::min)?;
+    let max = values.iter().copied().reduce(f64::max)?;
+    Some((min, max))
+}
+
+/// A markdown table.
+pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    fn row<S: AsRef<str>>(cells: impl IntoIterator<Item = S>) -> String {
+        let cells: Vec<String> = cells.into_iter().map(|c| c.as_ref().to_owned()).collect();
+        format!("| {} |\n", cells.join(" | "))
+    }
+    let mut out = row(header);
+    out.push_str(&row(header.iter().map(|_| "---")));
+    for r in rows {
+        out.push_str(&row(r));
+    }
+    out
+}
+
+/// Milliseconds with one decimal.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(min_max(&[4.0, 1.0, 3.0]), Some((1.0, 4.0)));
+        assert_eq!(min_max(&[]), None);
+    }
+
+    #[test]
+    fn tables_are_markdown() {
+        let t = markdown_table(&["a", "b"], &[vec!["1".into(), "2".into()]]);
+        assert_eq!(t, "| a | b |\n| --- | --- |\n| 1 | 2 |\n");
+    }
+}
