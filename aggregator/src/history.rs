@@ -35,7 +35,13 @@ impl RoundSample {
             sent,
             received,
             rtt_avg_ms: peer.icmp.rtt_avg_ms.filter(|v| v.is_finite() && *v >= 0.0),
-            mtu: peer.mtu.as_ref().map(counts).filter(|(sent, _)| *sent > 0),
+            // A pod that answered no small echo says nothing about the MTU.
+            mtu: peer
+                .mtu
+                .as_ref()
+                .filter(|_| received > 0)
+                .map(counts)
+                .filter(|(sent, _)| *sent > 0),
         }
     }
 

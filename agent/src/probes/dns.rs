@@ -505,7 +505,11 @@ impl SrvEndpoints {
 /// aggregator parses. The error message names what disagrees; the lists are
 /// for a human.
 fn cap_listed(result: &mut DnsResult) {
-    for list in [&mut result.answers, &mut result.expected, &mut result.pending] {
+    for list in [
+        &mut result.answers,
+        &mut result.expected,
+        &mut result.pending,
+    ] {
         if list.len() > MAX_LISTED {
             let more = list.len() - MAX_LISTED;
             list.truncate(MAX_LISTED);
@@ -772,14 +776,19 @@ mod tests {
             record: RecordType::Srv,
             ok: true,
             latency_ms: None,
-            answers: (0..5000).map(|i| format!("10.0.{}.{}", i / 250, i % 250)).collect(),
+            answers: (0..5000)
+                .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+                .collect(),
             expected: vec!["10.0.0.1".into()],
             pending: Vec::new(),
             error: None,
         };
         super::cap_listed(&mut r);
         assert_eq!(r.answers.len(), super::MAX_LISTED + 1);
-        assert_eq!(r.answers.last().map(String::as_str), Some("... and 4990 more"));
+        assert_eq!(
+            r.answers.last().map(String::as_str),
+            Some("... and 4990 more")
+        );
         assert_eq!(r.expected, ["10.0.0.1"]);
     }
 

@@ -128,10 +128,14 @@ impl IcmpProber {
     ) -> Result<Self, IcmpSocketError> {
         let v4 = Client::new(&Config::builder().kind(ICMP::V4).build())
             .map_err(|source| IcmpSocketError { source })?;
+        enlarge_receive_buffer(&v4);
         let v6 = Client::new(&Config::builder().kind(ICMP::V6).build()).map_err(|e| {
             tracing::debug!(error = %e, "no ICMPv6 socket; IPv6 peers will be reported as failing");
             format!("no ICMPv6 socket: {e}")
         });
+        if let Ok(v6) = &v6 {
+            enlarge_receive_buffer(v6);
+        }
         tracing::info!(socket = ?v4.get_socket().get_type(), "ICMP socket open");
         let count = count.max(1);
         let gap = echo_gap(interval, count);
@@ -242,6 +246,7 @@ impl DfClients {
         let open = |kind: ICMP| -> io::Result<Client> {
             let client = Client::new(&Config::builder().kind(kind).build())?;
             set_dont_fragment(&client, kind)?;
+            enlarge_receive_buffer(&client);
             Ok(client)
         };
         let v4 = match open(ICMP::V4) {
@@ -295,12 +300,41 @@ fn set_dont_fragment(client: &Client, kind: ICMP) -> io::Result<()> {
             V6_DONT_FRAGMENT,
         ),
     };
+    set_int_option(client, level, name, value)
+}
+
+/// Receive buffer asked for on every ICMP socket. Replies to a round's
+/// echoes arrive in bursts (thousands of peers answer within milliseconds);
+/// with the kernel's default (about 200 KB) the queue overflows while the
+/// receive task is descheduled, and live peers read as lost. The kernel caps
+/// the request at `net.core.rmem_max`.
+const RECEIVE_BUFFER_BYTES: libc::c_int = 4 << 20;
+
+/// Enlarges the socket's receive buffer ([`RECEIVE_BUFFER_BYTES`]); a
+/// failure only costs headroom, so it is logged, not fatal.
+fn enlarge_receive_buffer(client: &Client) {
+    if let Err(error) = set_int_option(
+        client,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUF,
+        RECEIVE_BUFFER_BYTES,
+    ) {
+        tracing::warn!(%error, "cannot enlarge the ICMP receive buffer; replies to large rounds may be dropped");
+    }
+}
+
+fn set_int_option(
+    client: &Client,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     let fd = client.get_socket().get_native_sock();
     let len =
         libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).map_err(io::Error::other)?;
     // SAFETY: `fd` is the open socket owned by `client`, which outlives this
     // call; `value` is a c_int that lives on this stack frame, and `len` is
-    // its exact size, as setsockopt(2) requires for this option.
+    // its exact size, as setsockopt(2) requires for integer options.
     let rc = unsafe {
         libc::setsockopt(
             fd,
@@ -479,6 +513,10 @@ mod tests {
             ICMP::V4 => (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
             ICMP::V6 => (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
         };
+        sock_option(client, level, name)
+    }
+
+    fn sock_option(client: &Client, level: libc::c_int, name: libc::c_int) -> libc::c_int {
         let mut value: libc::c_int = -1;
         let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap();
         // SAFETY: a live socket, and a c_int buffer with its size.
@@ -493,6 +531,23 @@ mod tests {
         };
         assert_eq!(rc, 0, "{}", io::Error::last_os_error());
         value
+    }
+
+    #[tokio::test]
+    async fn receive_buffers_are_enlarged_as_far_as_the_kernel_allows() {
+        let rmem_max: libc::c_int = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let prober = mtu_prober(1400);
+        let df = prober.df.as_ref().expect("DF socket");
+        // The kernel doubles the value asked for (bookkeeping overhead).
+        let want = 2 * RECEIVE_BUFFER_BYTES.min(rmem_max);
+        for client in [&prober.v4, &df.v4] {
+            let got = sock_option(client, libc::SOL_SOCKET, libc::SO_RCVBUF);
+            assert!(got >= want, "SO_RCVBUF {got}, expected at least {want}");
+        }
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Grid {
 
     fn window(&mut self, from: &str, to: &str) -> &mut PathWindow {
         self.windows
-            .get_mut(&(NetworkMode::Pod, from.to_owned(), to.to_owned()))
+            .get_mut(NetworkMode::Pod, from, to)
             .expect("window in grid")
     }
 

@@ -27,7 +27,7 @@ mod quality;
 mod services;
 mod underlay;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use netmatrix_api::{
     Cell, CheckCell, FindingKind, Matrix, MatrixRow, NetworkMode, NodeState, Status,
@@ -109,7 +109,8 @@ struct Suppression<'a> {
 /// The matrix as the rules see it.
 struct View<'a> {
     matrix: &'a Matrix,
-    ready: BTreeSet<&'a str>,
+    /// Hashed: looked up for every cell.
+    ready: HashSet<&'a str>,
     windows: &'a PathWindows,
     policy: &'a DiagnosisPolicy,
 }
@@ -141,8 +142,22 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Rows are in `Matrix::nodes` order (sorted).
     fn row(&self, network: NetworkMode, node: &str) -> Option<&'a MatrixRow> {
-        self.rows(network).iter().find(|r| r.node == node)
+        let rows = self.rows(network);
+        rows.binary_search_by(|r| r.node.as_str().cmp(node))
+            .ok()
+            .map(|i| &rows[i])
+    }
+
+    /// The known cell `from -> to` of a judged row, as [`View::known_cells`]
+    /// would yield it (cells are sorted by destination).
+    fn known_cell(&self, network: NetworkMode, from: &str, to: &str) -> Option<&'a Cell> {
+        let row = self
+            .row(network, from)
+            .filter(|r| r.reporting && self.is_ready(&r.node))?;
+        let i = row.cells.binary_search_by(|c| c.to.as_str().cmp(to)).ok()?;
+        Some(&row.cells[i]).filter(|c| c.status != Status::Unknown && self.is_ready(&c.to))
     }
 
     /// Rows whose data is judged: reporting, from a Ready node.
@@ -176,8 +191,8 @@ impl<'a> View<'a> {
     }
 
     /// Pod cells touching each node (row and column, same-node included).
-    fn pod_tallies(&self) -> BTreeMap<&'a str, Tally> {
-        let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    fn pod_tallies(&self) -> HashMap<&'a str, Tally> {
+        let mut tallies: HashMap<&str, Tally> = HashMap::new();
         for (from, cell) in self.known_cells(NetworkMode::Pod) {
             let t = Tally::of([cell]);
             for node in [from, cell.to.as_str()] {
@@ -193,7 +208,7 @@ impl<'a> View<'a> {
     }
 
     fn window(&self, network: NetworkMode, from: &str, to: &str) -> Option<&'a PathWindow> {
-        self.windows.get(&(network, from.to_owned(), to.to_owned()))
+        self.windows.get(network, from, to)
     }
 
     /// Nodes touching a pod cross-node cell that lost echoes this round.
@@ -297,7 +312,7 @@ fn sorted_nodes<'n>(nodes: impl IntoIterator<Item = &'n str>) -> Vec<String> {
 /// [`overlay::diagnose`]; the path rules only judge pairs inside a group.
 #[derive(Debug, Default)]
 struct Components {
-    of: BTreeMap<String, usize>,
+    of: HashMap<String, usize>,
 }
 
 impl Components {

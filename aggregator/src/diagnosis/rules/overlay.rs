@@ -13,7 +13,7 @@
 //! So with three nodes one node cut off is `node-isolated`, not a partition,
 //! and with two nodes nothing says which side is broken: `cross-node-broken`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use netmatrix_api::{Cell, FindingKind, NetworkMode};
 
@@ -60,11 +60,14 @@ pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Overlay {
 /// Connected components of the "reaches" relation, each sorted, largest
 /// first (then by first node).
 fn groups(cells: &[(&str, &Cell)]) -> Vec<Vec<String>> {
-    let nodes: BTreeSet<&str> = cells
-        .iter()
-        .flat_map(|(f, c)| [*f, c.to.as_str()])
-        .collect();
-    let index: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    // Hashed: two lookups per cell.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for node in cells.iter().flat_map(|(f, c)| [*f, c.to.as_str()]) {
+        let next = index.len();
+        index.entry(node).or_insert(next);
+    }
+    let mut nodes: Vec<(&str, usize)> = index.iter().map(|(n, i)| (*n, *i)).collect();
+    nodes.sort_unstable();
     let mut parent: Vec<usize> = (0..nodes.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -74,13 +77,13 @@ fn groups(cells: &[(&str, &Cell)]) -> Vec<Vec<String>> {
         i
     }
     for (from, cell) in cells.iter().filter(|(_, c)| is_reaching(c)) {
-        if let (Some(&a), Some(&b)) = (index.get(from), index.get(cell.to.as_str())) {
+        if let (Some(&a), Some(&b)) = (index.get(*from), index.get(cell.to.as_str())) {
             let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
             parent[ra] = rb;
         }
     }
     let mut by_root: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for (node, &i) in &index {
+    for &(node, i) in &nodes {
         let r = root(&mut parent, i);
         by_root.entry(r).or_default().push((*node).to_owned());
     }

@@ -20,20 +20,21 @@ pub(super) fn diagnose(
     cut_off: &BTreeSet<&str>,
     components: &Components,
 ) -> Vec<Condition> {
-    let cells: BTreeMap<(&str, &str), &Cell> = view
-        .cross_cells(NetworkMode::Pod)
-        .filter(|(from, c)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
-        .filter(|(from, c)| components.same(from, &c.to))
-        .map(|(from, c)| ((from, c.to.as_str()), c))
-        .collect();
-
+    let judged = |from: &str, c: &Cell| {
+        !cut_off.contains(from) && !cut_off.contains(c.to.as_str()) && components.same(from, &c.to)
+    };
     let mut pairs = Vec::new();
     let mut one_way: BTreeMap<&str, Vec<(&str, &Cell, &Cell)>> = BTreeMap::new();
-    for (&(a, b), &forward) in &cells {
-        if !is_broken(forward) {
-            continue;
-        }
-        let Some(&reverse) = cells.get(&(b, a)) else {
+    // Cells come sorted by (from, to); only broken ones need their reverse.
+    for (a, forward) in view
+        .cross_cells(NetworkMode::Pod)
+        .filter(|(from, c)| is_broken(c) && judged(from, c))
+    {
+        let b = forward.to.as_str();
+        let Some(reverse) = view
+            .known_cell(NetworkMode::Pod, b, a)
+            .filter(|c| judged(b, c))
+        else {
             continue;
         };
         if is_broken(reverse) {

@@ -1,0 +1,201 @@
+//! A generated cluster for the aggregator's benchmarks: `n` nodes, one agent
+//! each, probing the remote nodes the hash ring picks (or all of them), every
+//! path healthy but for the faults asked for. Shared by `benches/` and
+//! `examples/scale.rs`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
+use netmatrix_aggregator::state::{Aggregator, Settings};
+use netmatrix_api::sampling::{PeerSampling, Ring};
+use netmatrix_api::{
+    AgentIdentity, DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource,
+    ProbeError, RecordType, Report, Sampled, ServiceKind, ServiceResult,
+};
+
+pub struct Cluster {
+    pub nodes: Vec<String>,
+    pub sampling: PeerSampling,
+    /// Nodes whose every path (both ways) is down.
+    pub isolated: Vec<String>,
+}
+
+pub fn node_name(i: usize) -> String {
+    format!("node-{i:05}")
+}
+
+fn agent_ip(i: usize) -> IpAddr {
+    IpAddr::from([10, (i / 250) as u8, (i % 250) as u8, 2])
+}
+
+impl Cluster {
+    /// `n` nodes, each probing `peers` remote nodes (a full mesh when
+    /// `peers >= n - 1`).
+    pub fn new(n: usize, peers: usize) -> Self {
+        let sampling = if peers + 1 >= n {
+            PeerSampling {
+                full_mesh_max_nodes: n,
+                ..PeerSampling::default()
+            }
+        } else {
+            PeerSampling {
+                full_mesh_max_nodes: 0,
+                stable: peers.saturating_sub(2),
+                rotating: peers.min(2),
+            }
+        };
+        Cluster {
+            nodes: (0..n).map(node_name).collect(),
+            sampling,
+            isolated: Vec::new(),
+        }
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.nodes.len() > self.sampling.full_mesh_max_nodes
+    }
+
+    /// What the Kubernetes API would say: every node Ready for long, one
+    /// Running agent pod each.
+    pub fn inventory(&self) -> Inventory {
+        let mut inv = Inventory {
+            synced: true,
+            ..Default::default()
+        };
+        for (i, node) in self.nodes.iter().enumerate() {
+            let IpAddr::V4(ip) = agent_ip(i) else {
+                unreachable!("v4 addresses only")
+            };
+            let [a, b, c, _] = ip.octets();
+            inv.nodes.insert(
+                node.clone(),
+                NodeInfo {
+                    pod_cidrs: vec![format!("{a}.{b}.{c}.0/24").parse().expect("valid CIDR")],
+                    ready: true,
+                    created_unix_ms: Some(0),
+                    unschedulable: false,
+                },
+            );
+            inv.agents.insert(
+                node.clone(),
+                vec![AgentPod {
+                    name: format!("agent-{node}"),
+                    ips: vec![agent_ip(i)],
+                    network: NetworkMode::Pod,
+                    started_unix_ms: Some(0),
+                }],
+            );
+        }
+        inv
+    }
+
+    pub fn aggregator(&self, interval_ms: u64, clock: fn() -> u64) -> Aggregator {
+        let mut settings = Settings::default();
+        settings.policy.interval_ms = interval_ms;
+        Aggregator::new(InventorySource::Fixed(Arc::new(self.inventory())), settings)
+            .expect("metrics registry")
+            .with_clock(clock)
+    }
+
+    /// Every node's report body for the round started at `now`, as the
+    /// agents would post them.
+    pub fn report_bodies(&self, round: u64, now: u64) -> Vec<Vec<u8>> {
+        let index: BTreeMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let ring = Ring::new(self.nodes.iter().map(String::as_str));
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let targets = ring.targets(node, &self.sampling, round / 6);
+                let peers = targets
+                    .iter()
+                    .map(|to| {
+                        let j = index[to];
+                        let down = self.isolated.iter().any(|x| x == node || x == to);
+                        PeerResult {
+                            node: (*to).to_owned(),
+                            pod: format!("agent-{to}"),
+                            ip: agent_ip(j),
+                            icmp: echoes(3, down, (i * 7 + j * 13) % 900),
+                            mtu: Some(echoes(2, down, 0)),
+                        }
+                    })
+                    .collect();
+                let report = Report {
+                    agent: AgentIdentity {
+                        node: node.clone(),
+                        pod: format!("agent-{node}"),
+                        pod_ip: agent_ip(i),
+                        network: NetworkMode::Pod,
+                    },
+                    round,
+                    started_unix_ms: now,
+                    interval_ms: 10_000,
+                    peers,
+                    services: vec![
+                        service(ServiceKind::Apiserver, "kubernetes", "10.96.0.1:443"),
+                        service(ServiceKind::Clusterip, "companion", "10.96.0.20:80"),
+                    ],
+                    dns: vec![
+                        dns("kubernetes.default.svc.cluster.local.", RecordType::A),
+                        dns(
+                            "netmatrix-agents.netmatrix.svc.cluster.local.",
+                            RecordType::Srv,
+                        ),
+                    ],
+                    peer_source: PeerSource::Api,
+                    mtu_probe_bytes: Some(1450),
+                    sampled: self.sampled().then_some(Sampled {
+                        nodes: self.nodes.len() as u32,
+                        probed: targets.len() as u32,
+                    }),
+                };
+                serde_json::to_vec(&report).expect("a report encodes")
+            })
+            .collect()
+    }
+}
+
+fn echoes(sent: u32, down: bool, jitter_us: usize) -> EchoResult {
+    let rtt = 0.3 + jitter_us as f64 / 1000.0;
+    EchoResult {
+        sent,
+        received: if down { 0 } else { sent },
+        rtt_min_ms: (!down).then_some(rtt * 0.8),
+        rtt_avg_ms: (!down).then_some(rtt),
+        rtt_max_ms: (!down).then_some(rtt * 1.5),
+        error: down.then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply in 1s")),
+    }
+}
+
+fn service(kind: ServiceKind, name: &str, target: &str) -> ServiceResult {
+    ServiceResult {
+        kind,
+        name: name.to_owned(),
+        target: target.to_owned(),
+        ok: true,
+        reached: None,
+        latency_ms: Some(1.2),
+        error: None,
+    }
+}
+
+fn dns(name: &str, record: RecordType) -> DnsResult {
+    DnsResult {
+        name: name.to_owned(),
+        record,
+        ok: true,
+        latency_ms: Some(0.8),
+        answers: vec!["10.96.0.1".to_owned()],
+        expected: vec!["10.96.0.1".to_owned()],
+        pending: Vec::new(),
+        error: None,
+    }
+}
