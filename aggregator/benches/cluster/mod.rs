@@ -20,6 +20,9 @@ pub struct Cluster {
     pub sampling: PeerSampling,
     /// Nodes whose every path (both ways) is down.
     pub isolated: Vec<String>,
+    /// With `Some(k)`, paths between nodes below index `k` and the others
+    /// are down (a partition in two groups).
+    pub split_at: Option<usize>,
 }
 
 pub fn node_name(i: usize) -> String {
@@ -50,6 +53,7 @@ impl Cluster {
             nodes: (0..n).map(node_name).collect(),
             sampling,
             isolated: Vec::new(),
+            split_at: None,
         }
     }
 
@@ -118,7 +122,8 @@ impl Cluster {
                     .iter()
                     .map(|to| {
                         let j = index[to];
-                        let down = self.isolated.iter().any(|x| x == node || x == to);
+                        let split = self.split_at.is_some_and(|k| (i < k) != (j < k));
+                        let down = split || self.isolated.iter().any(|x| x == node || x == to);
                         PeerResult {
                             node: (*to).to_owned(),
                             pod: format!("agent-{to}"),

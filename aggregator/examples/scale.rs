@@ -1,0 +1,84 @@
+//! One aggregator fed a generated cluster: memory, metric series and the
+//! time of one round, at a given size. Run each size in its own process so
+//! that the peak RSS is that size's:
+//!
+//! ```text
+//! cargo run --release -p netmatrix-aggregator --example scale -- 5000 50
+//! ```
+//!
+//! Arguments: nodes (default 5000), remote peers per agent (default 50; a
+//! full mesh when at least nodes - 1).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+#[path = "../benches/cluster/mod.rs"]
+mod cluster;
+
+static NOW: AtomicU64 = AtomicU64::new(1_800_000_000_000);
+
+fn clock() -> u64 {
+    NOW.load(Ordering::Relaxed)
+}
+
+/// `VmHWM` and `VmRSS` of this process, in MiB.
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let nodes: usize = args.next().map_or(Ok(5000), |a| a.parse())?;
+    let peers: usize = args.next().map_or(Ok(50), |a| a.parse())?;
+    let (_, rss_start) = memory_mib();
+    let cluster = cluster::Cluster::new(nodes, peers.min(nodes.saturating_sub(1)));
+    let aggregator = cluster.aggregator(10_000, clock);
+    let mut ingest_ms = 0.0;
+    let mut evaluate_ms = 0.0;
+    // Several rounds, so that the path history holds several rounds.
+    for round in 1..=4 {
+        NOW.fetch_add(10_000, Ordering::Relaxed);
+        let bodies = cluster.report_bodies(round, clock());
+        let started = Instant::now();
+        for body in &bodies {
+            aggregator
+                .ingest(body)
+                .map_err(|e| anyhow::anyhow!("report rejected: {e}"))?;
+        }
+        ingest_ms = started.elapsed().as_secs_f64() * 1000.0;
+        drop(bodies);
+        let started = Instant::now();
+        let findings = aggregator.evaluate();
+        evaluate_ms = started.elapsed().as_secs_f64() * 1000.0;
+        anyhow::ensure!(
+            findings.findings.is_empty(),
+            "a healthy cluster has no findings"
+        );
+    }
+    let matrix = aggregator.matrix();
+    let cells: usize = matrix.rows.iter().map(|r| r.cells.len()).sum();
+    let metrics = aggregator.metrics().encode()?;
+    let series = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let (peak, rss) = memory_mib();
+    println!(
+        "| {nodes} | {} | {cells} | {series} | {ingest_ms:.0} | {evaluate_ms:.0} | {peak:.0} | {:.0} |",
+        if cluster.sampled() {
+            format!("{peers} sampled")
+        } else {
+            "full mesh".to_owned()
+        },
+        rss - rss_start
+    );
+    Ok(())
+}
