@@ -171,17 +171,15 @@ impl History {
 
     /// The windows of all of `source`'s paths, by destination node, in one
     /// pass over its peers (the matrix build calls this once per source).
-    pub fn windows(&self, source: &str, network: NetworkMode) -> BTreeMap<&str, PathWindow> {
+    pub fn windows(&self, source: &str, network: NetworkMode) -> Vec<(&str, PathWindow)> {
         let Some(peers) = self.sources.get(&(source.to_owned(), network)) else {
-            return BTreeMap::new();
+            return Vec::new();
         };
-        let mut by_node: BTreeMap<&str, Vec<&PeerTrack>> = BTreeMap::new();
-        for track in peers.values() {
-            by_node.entry(track.node.as_str()).or_default().push(track);
-        }
-        by_node
-            .into_iter()
-            .map(|(node, tracks)| (node, window_of(&tracks)))
+        let mut tracks: Vec<&PeerTrack> = peers.values().collect();
+        tracks.sort_by(|a, b| a.node.cmp(&b.node));
+        tracks
+            .chunk_by(|a, b| a.node == b.node)
+            .map(|same_node| (same_node[0].node.as_str(), window_of(same_node)))
             .collect()
     }
 }

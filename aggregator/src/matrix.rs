@@ -12,7 +12,9 @@
 //! A cell shows the latest round; the diagnosis also gets each path's
 //! [`PathWindow`] over the last rounds (see [`crate::history`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use netmatrix_api::{
     Cell, CheckCell, DnsResult, EchoResult, Matrix, MatrixRow, NetworkMode, NodeState, PeerResult,
@@ -246,25 +248,28 @@ impl RowBuilder<'_> {
     fn row(&self, node: &str, stored: Option<&StoredReport>) -> MatrixRow {
         let age_ms = stored.map(|s| s.age_ms(self.now_unix_ms) as f64);
         let fresh = stored.filter(|s| self.policy.is_fresh(s, self.now_unix_ms));
-        // One pass over the report: its peers by destination node.
-        let mut probed: BTreeMap<&str, Vec<&PeerResult>> = BTreeMap::new();
-        for peer in fresh.iter().flat_map(|s| &s.report.peers) {
-            if self.has_node(&peer.node) {
-                probed.entry(peer.node.as_str()).or_default().push(peer);
-            }
-        }
+        // The report's peers grouped by destination node (a stable sort
+        // keeps each node's pods in report order).
+        let mut peers: Vec<&PeerResult> = fresh
+            .iter()
+            .flat_map(|s| &s.report.peers)
+            .filter(|p| self.has_node(&p.node))
+            .collect();
+        peers.sort_by(|a, b| a.node.cmp(&b.node));
+        let probed = peers.chunk_by(|a, b| a.node == b.node);
         let cells: Vec<Cell> = if self.dense {
+            // Both sorted by node: one merge pass.
+            let mut probed = probed.peekable();
             self.nodes
                 .iter()
-                .map(|to| match (fresh, probed.get(to.as_str())) {
-                    (Some(_), Some(peers)) => self.cell(to, peers.iter().copied(), age_ms),
-                    _ => unknown_cell(to, age_ms),
+                .map(|to| match probed.next_if(|group| &group[0].node == to) {
+                    Some(group) => self.cell(to, group.iter().copied(), age_ms),
+                    None => unknown_cell(to, age_ms),
                 })
                 .collect()
         } else {
             probed
-                .iter()
-                .map(|(to, peers)| self.cell(to, peers.iter().copied(), age_ms))
+                .map(|group| self.cell(&group[0].node, group.iter().copied(), age_ms))
                 .collect()
         };
         // A silent node keeps its last check columns, all `unknown`, so the

@@ -27,7 +27,9 @@ mod quality;
 mod services;
 mod underlay;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use netmatrix_api::{
     Cell, CheckCell, FindingKind, Matrix, MatrixRow, NetworkMode, NodeState, Status,

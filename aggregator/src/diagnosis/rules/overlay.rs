@@ -13,7 +13,9 @@
 //! So with three nodes one node cut off is `node-isolated`, not a partition,
 //! and with two nodes nothing says which side is broken: `cross-node-broken`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 
 use netmatrix_api::{Cell, FindingKind, NetworkMode};
 
