@@ -65,11 +65,13 @@ impl Prober {
         let max_jitter = self.interval / 10;
 
         let mtu_probed = mtu_probed_peers(&view.peers);
+        let pods_on = pods_per_node(&view.peers);
         let peers = join_all(view.peers.iter().map(|peer| {
             let large = mtu_probed.contains(&peer.ip);
+            let count = echoes_per_pod(self.icmp.count(), pods_on.get(peer.node.as_str()));
             self.timed(Probe::Icmp, max_jitter, async move {
                 // Small and large echoes together: both see the same path.
-                let (icmp, mtu) = tokio::join!(self.icmp.echo(peer.ip), async {
+                let (icmp, mtu) = tokio::join!(self.icmp.echo_n(peer.ip, count), async {
                     if large {
                         self.icmp.echo_large(peer.ip).await
                     } else {
@@ -274,6 +276,27 @@ fn mtu_probed_peers(peers: &[PodInfo]) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+fn pods_per_node(peers: &[PodInfo]) -> HashMap<&str, u16> {
+    let mut pods: HashMap<&str, u16> = HashMap::new();
+    for p in peers.iter().filter(|p| !p.node.is_empty()) {
+        let n = pods.entry(p.node.as_str()).or_default();
+        *n = n.saturating_add(1);
+    }
+    pods
+}
+
+/// Small echoes per pod: `--icmp-count`, or one when the pod's node has at
+/// least that many pods to probe. A cell (all pods of a node) then still
+/// gets at least `--icmp-count` echoes a round, while a node running 50
+/// probe targets does not cost 150 echoes: at 2,500 peers that is a third
+/// of the echoes.
+fn echoes_per_pod(count: u16, pods_on_node: Option<&u16>) -> u16 {
+    match pods_on_node {
+        Some(&pods) if pods >= count => 1,
+        _ => count,
+    }
+}
+
 /// Rounds between two moves of the rotating sampled nodes: long enough for
 /// the aggregator to confirm a broken path (it raises after 3 rounds).
 const ROTATE_EVERY_ROUNDS: u64 = 6;
@@ -421,6 +444,26 @@ mod tests {
             ready: true,
             ready_since_unix_ms: None,
         }
+    }
+
+    #[test]
+    fn busy_nodes_get_one_echo_per_pod_and_every_cell_at_least_the_count() {
+        assert_eq!(echoes_per_pod(3, Some(&2)), 3, "2 pods: 6 echoes");
+        assert_eq!(echoes_per_pod(3, Some(&3)), 1, "3 pods: 3 echoes");
+        assert_eq!(echoes_per_pod(3, Some(&50)), 1);
+        assert_eq!(echoes_per_pod(3, None), 3, "no node name (SRV fallback)");
+        assert_eq!(echoes_per_pod(1, Some(&1)), 1);
+        let peers = [
+            info("10.0.0.1"),
+            info("10.0.0.2"),
+            PodInfo {
+                node: String::new(),
+                ..info("10.0.0.3")
+            },
+        ];
+        let pods = pods_per_node(&peers);
+        assert_eq!(pods.get("n1"), Some(&2));
+        assert_eq!(pods.len(), 1);
     }
 
     #[test]

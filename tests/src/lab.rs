@@ -30,7 +30,7 @@ use crate::view;
 
 mod churn;
 mod churn_run;
-mod objects;
+pub mod objects;
 mod prometheus;
 
 pub use prometheus::{Alert, LabPrometheus, Target, prometheus_binary};

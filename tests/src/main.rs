@@ -13,6 +13,8 @@ use netmatrix_lab::lab::{Lab, LabConfig, is_root};
 use netmatrix_lab::topology::Overlay;
 use netmatrix_lab::{Fault, FaultKind, state, view};
 
+mod bench;
+
 /// A virtual Kubernetes cluster of network namespaces, running netmatrix.
 #[derive(Debug, Parser)]
 #[command(name = "netmatrix-lab", version, about)]
@@ -106,6 +108,10 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Benchmarks in throw-away namespaces: `bench sweep` (ICMP sweep, netmatrix vs fping),
+    /// `bench agent` (the agent's CPU and memory at thousands of peers).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -179,6 +185,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
             send(prefix.as_deref(), Request::Churn { duration_ms }).await
         }
+        Command::Bench(command) => bench::run(command).await,
     }
 }
 

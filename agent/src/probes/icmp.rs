@@ -154,21 +154,32 @@ impl IcmpProber {
         })
     }
 
+    /// Echoes per target and round (`--icmp-count`).
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
     /// Sends this round's echoes to `ip` and summarises them.
     pub async fn echo(&self, ip: IpAddr) -> EchoResult {
+        self.echo_n(ip, self.count).await
+    }
+
+    /// Sends `count` echoes to `ip`, spaced as usual, and summarises them.
+    pub async fn echo_n(&self, ip: IpAddr, count: u16) -> EchoResult {
+        let count = count.max(1);
         let client = match (ip, &self.v6) {
             (IpAddr::V4(_), _) => &self.v4,
             (IpAddr::V6(_), Ok(v6)) => v6,
             (IpAddr::V6(_), Err(msg)) => {
                 return EchoResult {
-                    sent: u32::from(self.count),
+                    sent: u32::from(count),
                     error: Some(ProbeError::new(ErrorKind::Other, msg.clone())),
                     ..EchoResult::default()
                 };
             }
         };
-        let (ident, first_seq) = self.reserve(ip, self.count);
-        let echoes = (0..self.count).map(|i| {
+        let (ident, first_seq) = self.reserve(ip, count);
+        let echoes = (0..count).map(|i| {
             let seq = first_seq.wrapping_add(i);
             let delay = self.gap * u32::from(i);
             let echo = Echo {

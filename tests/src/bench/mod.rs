@@ -14,6 +14,7 @@
 //! scratch, when a signal arrives).
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -134,6 +135,67 @@ impl Drop for Scratch {
 
 /// `ip -n NS -batch -` with `commands`, one per line: thousands of
 /// addresses in one process.
+/// A "pod" namespace linked to the namespace holding the targets: a veth
+/// `eth0` in each, `inner/prefix` and `outer/prefix` on its ends, `route`
+/// (e.g. `default`) via the outer end, and unprivileged ICMP echo sockets
+/// in the inner namespace, as the chart sets for the agent pod. Then the
+/// `targets` on the outer namespace's `lo` (local addresses answer ICMP; no
+/// `dummy` driver needed).
+pub fn link_prober(
+    inner: &str,
+    outer: &str,
+    (inner_ip, outer_ip, prefix): (Ipv4Addr, Ipv4Addr, u8),
+    route: &str,
+    targets: impl IntoIterator<Item = Ipv4Addr>,
+) -> anyhow::Result<()> {
+    netns::ip(
+        inner,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", outer,
+        ],
+    )?;
+    netns::ip(
+        inner,
+        &[
+            "addr",
+            "add",
+            &format!("{inner_ip}/{prefix}"),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    netns::ip(inner, &["link", "set", "eth0", "up"])?;
+    netns::ip(
+        inner,
+        &[
+            "route",
+            "add",
+            route,
+            "via",
+            &outer_ip.to_string(),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    netns::sysctl(inner, &["net.ipv4.ping_group_range=0 2147483647"])?;
+    netns::ip(
+        outer,
+        &[
+            "addr",
+            "add",
+            &format!("{outer_ip}/{prefix}"),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    netns::ip(outer, &["link", "set", "eth0", "up"])?;
+    let batch: String = targets
+        .into_iter()
+        .map(|ip| format!("addr add {ip}/32 dev lo\n"))
+        .collect();
+    ip_batch(outer, &batch)
+}
+
 pub fn ip_batch(ns: &str, commands: &str) -> anyhow::Result<()> {
     netns::run_with_input(None, "ip", &["-n", ns, "-batch", "-"], Some(commands))?;
     Ok(())
@@ -147,7 +209,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         f64::midpoint(v[mid - 1], v[mid])
     } else {
         v[mid]

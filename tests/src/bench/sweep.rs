@@ -6,7 +6,7 @@
 //! ```text
 //!  PREFIX-prober                         PREFIX-targets
 //!  eth0 10.249.0.1/30  <── veth ──>  eth0 10.249.0.2/30
-//!  10.250.0.0/16 via 10.249.0.2          dummy targets0: N addresses 10.250.x.y/32
+//!  10.250.0.0/16 via 10.249.0.2          lo: N addresses 10.250.x.y/32
 //!                                        iptables: ICMP to M of them -j DROP
 //! ```
 //!
@@ -28,12 +28,12 @@ use netmatrix_agent::probes::icmp::IcmpProber;
 use netmatrix_lab::netns;
 use serde::{Deserialize, Serialize};
 
-use super::{Scratch, ip_batch, markdown_table, median, min_max, ms};
+use super::{Scratch, link_prober, markdown_table, median, min_max, ms};
 
 /// Address of the prober's end of the veth.
-const PROBER_IP: &str = "10.249.0.1";
+const PROBER_IP: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 1);
 /// Address of the targets' end, the prober's gateway to the targets.
-const TARGETS_GW: &str = "10.249.0.2";
+const TARGETS_GW: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 2);
 /// Where the targets live (only inside the bench's namespaces).
 const TARGETS_CIDR: &str = "10.250.0.0/16";
 /// Addresses per third octet (10.250.K.1 to 10.250.K.250).
@@ -123,7 +123,9 @@ pub fn target(i: usize) -> Ipv4Addr {
 /// evenly (0, targets/unreachable, ...).
 pub fn dropped_indices(targets: usize, unreachable: usize) -> Vec<usize> {
     let unreachable = unreachable.min(targets);
-    (0..unreachable).map(|k| k * targets / unreachable).collect()
+    (0..unreachable)
+        .map(|k| k * targets / unreachable)
+        .collect()
 }
 
 /// Addresses on which two verdict lists disagree (an address missing from
@@ -165,7 +167,9 @@ fn parse_fping(output: &str) -> anyhow::Result<Vec<(Ipv4Addr, bool)>> {
             .trim()
             .parse()
             .with_context(|| format!("fping host {host:?}"))?;
-        let rcv: u32 = rcv.parse().with_context(|| format!("fping rcv in {line}"))?;
+        let rcv: u32 = rcv
+            .parse()
+            .with_context(|| format!("fping rcv in {line}"))?;
         verdicts.push((ip, rcv > 0));
     }
     Ok(verdicts)
@@ -348,38 +352,13 @@ fn build(
     targets: &[Ipv4Addr],
     dropped: &[usize],
 ) -> anyhow::Result<()> {
-    netns::ip(
+    link_prober(
         prober,
-        &[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", targets_ns,
-        ],
-    )?;
-    netns::ip(
-        prober,
-        &["addr", "add", &format!("{PROBER_IP}/30"), "dev", "eth0"],
-    )?;
-    netns::ip(prober, &["link", "set", "eth0", "up"])?;
-    netns::ip(
-        prober,
-        &["route", "add", TARGETS_CIDR, "via", TARGETS_GW, "dev", "eth0"],
-    )?;
-    // As the chart sets for the agent pod: unprivileged ICMP echo sockets.
-    netns::sysctl(prober, &["net.ipv4.ping_group_range=0 2147483647"])?;
-    netns::ip(
         targets_ns,
-        &["addr", "add", &format!("{TARGETS_GW}/30"), "dev", "eth0"],
+        (PROBER_IP, TARGETS_GW, 30),
+        TARGETS_CIDR,
+        targets.iter().copied(),
     )?;
-    netns::ip(targets_ns, &["link", "set", "eth0", "up"])?;
-    netns::ip(
-        targets_ns,
-        &["link", "add", "targets0", "type", "dummy"],
-    )?;
-    netns::ip(targets_ns, &["link", "set", "targets0", "up"])?;
-    let batch: String = targets
-        .iter()
-        .map(|ip| format!("addr add {ip}/32 dev targets0\n"))
-        .collect();
-    ip_batch(targets_ns, &batch)?;
     if !dropped.is_empty() {
         let mut rules = String::from("*filter\n");
         for &i in dropped {

@@ -145,7 +145,9 @@ fn register_control_plane(t: &Topology, state: &ClusterState) {
     ));
 }
 
-fn register_services(state: &ClusterState) {
+/// The Services every lab has: kubernetes, kube-dns and netmatrix's own
+/// (benches with a cluster of their own register them too).
+pub fn register_services(state: &ClusterState) {
     let ip = |a: Ipv4Addr| a.to_string();
     state.apply_service(cluster::service(
         "default",
