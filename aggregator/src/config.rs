@@ -37,6 +37,12 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_RAISE_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub raise_after: u32,
 
+    /// Rounds an outage must hold before it is raised: node-isolated,
+    /// partition, cross-node-broken and underlay-broken, where every echo of
+    /// many paths, seen from several nodes, was lost. Capped at --raise-after.
+    #[arg(long, env = "NETMATRIX_RAISE_AFTER_OUTAGE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub raise_after_outage: u32,
+
     /// A raised finding is cleared after its condition was absent for this many consecutive rounds.
     #[arg(long, env = "NETMATRIX_CLEAR_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub clear_after: u32,

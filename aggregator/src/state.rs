@@ -30,6 +30,8 @@ pub fn system_clock() -> u64 {
 pub struct Settings {
     pub policy: MatrixPolicy,
     pub raise_after: u32,
+    /// For outages (see [`crate::diagnosis::hysteresis::is_outage`]).
+    pub raise_after_outage: u32,
     pub clear_after: u32,
     /// A node is expected to report once it is Ready and this old.
     pub node_grace_ms: u64,
@@ -43,6 +45,7 @@ impl Default for Settings {
         Settings {
             policy: MatrixPolicy::default(),
             raise_after: 3,
+            raise_after_outage: 2,
             clear_after: 3,
             node_grace_ms: 120_000,
             diagnosis: DiagnosisPolicy::default(),
@@ -61,6 +64,7 @@ impl Settings {
                 failed_loss: args.failed_loss,
             },
             raise_after: args.raise_after,
+            raise_after_outage: args.raise_after_outage,
             clear_after: args.clear_after,
             node_grace_ms: ms(args.node_grace),
             diagnosis: DiagnosisPolicy {
@@ -106,7 +110,10 @@ impl Aggregator {
             store: Mutex::new(ReportStore::with_history(settings.history_rounds)),
             inventory,
             settings,
-            hysteresis: Mutex::new(Hysteresis::new(settings.raise_after, settings.clear_after)),
+            hysteresis: Mutex::new(
+                Hysteresis::new(settings.raise_after, settings.clear_after)
+                    .with_outage_rounds(settings.raise_after_outage),
+            ),
             recovery: Mutex::new(UnderlayRecovery::default()),
             findings: RwLock::new(Arc::new(Findings {
                 generated_unix_ms: system_clock(),

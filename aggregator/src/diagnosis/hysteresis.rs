@@ -20,6 +20,8 @@ use super::{Condition, Subject};
 #[derive(Debug)]
 pub struct Hysteresis {
     raise_after: u32,
+    /// For outages ([`is_outage`]): complete loss seen by several nodes.
+    raise_after_outage: u32,
     clear_after: u32,
     tracks: BTreeMap<(FindingKind, Subject), Track>,
 }
@@ -38,8 +40,24 @@ impl Hysteresis {
     pub fn new(raise_after: u32, clear_after: u32) -> Self {
         Hysteresis {
             raise_after: raise_after.max(1),
+            raise_after_outage: raise_after.max(1),
             clear_after: clear_after.max(1),
             tracks: BTreeMap::new(),
+        }
+    }
+
+    /// Raises outages ([`is_outage`]) after `rounds` instead (at most the
+    /// general count).
+    pub fn with_outage_rounds(mut self, rounds: u32) -> Self {
+        self.raise_after_outage = rounds.clamp(1, self.raise_after);
+        self
+    }
+
+    fn raise_after(&self, kind: FindingKind) -> u32 {
+        if is_outage(kind) {
+            self.raise_after_outage
+        } else {
+            self.raise_after
         }
     }
 
@@ -51,12 +69,14 @@ impl Hysteresis {
             .map(|c| ((c.kind, c.subject.clone()), c))
             .collect();
 
-        let (raise_after, clear_after) = (self.raise_after, self.clear_after);
+        let clear_after = self.clear_after;
+        let (general, outage) = (self.raise_after, self.raise_after_outage);
+        let raise_after = |kind| if is_outage(kind) { outage } else { general };
         self.tracks.retain(|key, track| match present.remove(key) {
             Some(condition) => {
                 track.held_rounds = track.held_rounds.saturating_add(1);
                 track.missed_rounds = 0;
-                track.raised |= track.held_rounds >= raise_after;
+                track.raised |= track.held_rounds >= raise_after(key.0);
                 track.condition = condition;
                 true
             }
@@ -68,13 +88,14 @@ impl Hysteresis {
             None => false,
         });
         for (key, condition) in present {
+            let raised = self.raise_after(key.0) <= 1;
             self.tracks.insert(
                 key,
                 Track {
                     since_unix_ms: now_unix_ms,
                     held_rounds: 1,
                     missed_rounds: 0,
-                    raised: raise_after <= 1,
+                    raised,
                     condition,
                 },
             );
@@ -86,6 +107,20 @@ impl Hysteresis {
             .map(|t| finding(&t.condition, t.since_unix_ms))
             .collect()
     }
+}
+
+/// Paths down both ways for whole nodes or groups, seen from several nodes
+/// at once: many independent echoes all lost in the same round are not a
+/// blip, so these may be raised sooner than findings built on one path or
+/// one check.
+pub fn is_outage(kind: FindingKind) -> bool {
+    matches!(
+        kind,
+        FindingKind::NodeIsolated
+            | FindingKind::Partition
+            | FindingKind::CrossNodeBroken
+            | FindingKind::UnderlayBroken
+    )
 }
 
 fn finding(c: &Condition, since_unix_ms: u64) -> Finding {
@@ -107,9 +142,40 @@ fn finding(c: &Condition, since_unix_ms: u64) -> Finding {
 mod tests {
     use super::*;
 
+    #[test]
+    fn outages_may_be_raised_sooner() {
+        let isolated = |node: &str| condition_of(FindingKind::NodeIsolated, node);
+        let mut h = Hysteresis::new(3, 3).with_outage_rounds(2);
+        assert!(
+            h.observe(vec![isolated("n1"), condition("n1")], 1)
+                .is_empty()
+        );
+        let raised = h.observe(vec![isolated("n1"), condition("n1")], 2);
+        assert_eq!(raised.len(), 1, "the outage after 2 rounds, DNS not yet");
+        assert_eq!(raised[0].kind, FindingKind::NodeIsolated);
+        assert_eq!(h.observe(vec![isolated("n1"), condition("n1")], 3).len(), 2);
+        // Never more than the general count, never less than one.
+        assert_eq!(
+            Hysteresis::new(2, 2)
+                .with_outage_rounds(5)
+                .raise_after_outage,
+            2
+        );
+        assert_eq!(
+            Hysteresis::new(3, 2)
+                .with_outage_rounds(0)
+                .raise_after_outage,
+            1
+        );
+    }
+
     fn condition(node: &str) -> Condition {
+        condition_of(FindingKind::DnsFailure, node)
+    }
+
+    fn condition_of(kind: FindingKind, node: &str) -> Condition {
         Condition::new(
-            FindingKind::DnsFailure,
+            kind,
             Subject::Node(node.into()),
             vec![node.into()],
             "s".into(),

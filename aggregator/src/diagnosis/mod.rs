@@ -8,7 +8,7 @@
 //!    consecutive rounds, and clears it likewise, so one lost echo or one late
 //!    report pages nobody.
 
-mod hysteresis;
+pub mod hysteresis;
 mod recovery;
 mod rules;
 #[cfg(test)]

@@ -198,11 +198,17 @@ struct AgentMetrics {
     rounds: f64,
     peers: f64,
     peers_failing: f64,
+    /// Series exposed (sample lines).
+    series: usize,
 }
 
 impl AgentMetrics {
     fn parse(text: &str) -> Self {
         AgentMetrics {
+            series: text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .count(),
             rounds: metric_sum(text, "netmatrix_agent_rounds_total").unwrap_or(0.0),
             peers: metric_sum(text, "netmatrix_agent_peers").unwrap_or(0.0),
             peers_failing: metric_sum(text, "netmatrix_agent_peers_failing").unwrap_or(0.0),
@@ -439,6 +445,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             ),
             format!("{}", args.peers),
             ok(end_metrics.peers as usize == args.peers),
+        ],
+        vec![
+            "metric series exposed (healthy peers add none)".into(),
+            format!("{}", end_metrics.series),
+            "-".into(),
+            "-".into(),
         ],
         vec![
             "last report posted (report sink)".into(),

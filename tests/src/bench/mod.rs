@@ -25,6 +25,7 @@ use netmatrix_lab::state::StateDir;
 use netmatrix_lab::topology::{is_prefix, prefix_of, random_prefix};
 
 mod agent;
+mod detect;
 mod sweep;
 
 /// `netmatrix-lab bench ...`.
@@ -37,6 +38,9 @@ pub enum BenchCommand {
     /// The real netmatrix-agent probing N answering peers against the API
     /// server emulator; prints its CPU and memory per round.
     Agent(agent::AgentArgs),
+    /// Fault injected to finding named, and heal to findings cleared, over
+    /// several trials in one lab; prints every trial and the median.
+    Detect(detect::DetectArgs),
     /// Internal: the netmatrix side of `bench sweep`, run inside the prober
     /// namespace by `ip netns exec`.
     #[command(hide = true)]
@@ -48,6 +52,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Sweep(args) => interruptible(sweep::run(args)).await,
         BenchCommand::Agent(args) => interruptible(agent::run(args)).await,
+        BenchCommand::Detect(args) => interruptible(detect::run(args)).await,
         BenchCommand::IcmpSweep(args) => sweep::icmp_sweep(args).await,
     }
 }
