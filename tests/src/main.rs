@@ -109,7 +109,8 @@ enum Command {
         prefix: Option<String>,
     },
     /// Benchmarks in throw-away namespaces: `bench sweep` (ICMP sweep, netmatrix vs fping),
-    /// `bench agent` (the agent's CPU and memory at thousands of peers).
+    /// `bench agent` (the agent's CPU and memory at thousands of peers), `bench detect` (fault
+    /// to finding and heal to clear in a lab, per trial and the median).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

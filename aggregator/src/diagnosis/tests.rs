@@ -83,7 +83,9 @@ fn row(node: &str, nodes: &[String]) -> MatrixRow {
 
 impl Grid {
     fn new(n: usize) -> Self {
-        let nodes: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        // Sorted, as the aggregator builds them: the rules binary-search rows.
+        let mut nodes: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        nodes.sort();
         let mut targets = CheckTargets::new();
         let mut windows = PathWindows::new();
         for node in &nodes {
