@@ -185,25 +185,51 @@ impl History {
 }
 
 /// One path's window over the tracks of its pods.
+///
+/// A pod probed with several echoes a round is judged on its own: all lost
+/// is an outage (left out), some lost is partial loss. A pod probed with a
+/// single echo (the agent sends one per pod to nodes with many pods) cannot
+/// tell a lost echo from a down pod, so the round's single echoes to the
+/// node are pooled and judged together; a pod whose every single echo in
+/// the window was lost (two rounds at least) is down, not lossy, and is
+/// left out like an outage.
 fn window_of(tracks: &[&PeerTrack]) -> PathWindow {
     let mut w = PathWindow {
         rounds: tracks.iter().map(|t| t.rounds.len()).max().unwrap_or(0),
         ..Default::default()
     };
+    let judged: Vec<&PeerTrack> = tracks
+        .iter()
+        .copied()
+        .filter(|t| !is_down_single_echo(t))
+        .collect();
     let (mut rtt_sum, mut rtt_weight) = (0.0, 0u64);
     for round in 0..w.rounds {
         let samples = || tracks.iter().filter_map(move |t| t.rounds.get(round));
-        if samples().any(|s| s.is_partial()) {
+        let mut pooled = RoundSample::default();
+        let mut partial = false;
+        for s in judged.iter().filter_map(|t| t.rounds.get(round)) {
+            if s.sent == 1 {
+                merge(&mut pooled, s);
+            } else {
+                partial |= s.is_partial();
+                if !s.is_outage() {
+                    w.sent += u64::from(s.sent);
+                    w.received += u64::from(s.received);
+                }
+            }
+        }
+        if !pooled.is_outage() {
+            w.sent += u64::from(pooled.sent);
+            w.received += u64::from(pooled.received);
+        }
+        if partial || pooled.is_partial() {
             w.partial_rounds += 1;
         }
         if samples().any(|s| s.received > 0) {
             w.rtt_rounds += 1;
         }
         for s in samples() {
-            if !s.is_outage() {
-                w.sent += u64::from(s.sent);
-                w.received += u64::from(s.received);
-            }
             if let Some(rtt) = s.rtt_avg_ms.filter(|_| s.received > 0) {
                 rtt_sum += rtt * f64::from(s.received);
                 rtt_weight += u64::from(s.received);
@@ -216,6 +242,13 @@ fn window_of(tracks: &[&PeerTrack]) -> PathWindow {
     }
     w.rtt_avg_ms = (rtt_weight > 0).then(|| rtt_sum / rtt_weight as f64);
     w
+}
+
+/// A pod probed with single echoes that answered none of them over at least
+/// two rounds: at 10 % random loss, five lost in a row is a 1-in-100,000
+/// event, so the pod is down (its cell says so), not behind a lossy path.
+fn is_down_single_echo(track: &PeerTrack) -> bool {
+    track.rounds.len() >= 2 && track.rounds.iter().all(|s| s.sent == 1 && s.received == 0)
 }
 
 fn merge(into: &mut RoundSample, other: &RoundSample) {
@@ -294,5 +327,38 @@ mod tests {
         assert_eq!(h.window("n1", NetworkMode::Pod, "n3").unwrap().rounds, 1);
         h.forget("n1", NetworkMode::Pod);
         assert_eq!(h.sources(), 0);
+    }
+
+    /// Nodes with many pods get one echo per pod: a lost echo is loss when
+    /// other pods answered, and a pod that never answers is down, not loss.
+    #[test]
+    fn single_echoes_are_judged_per_node() {
+        let pods: Vec<String> = (10..20).map(|i| format!("10.244.2.{i}")).collect();
+        let mut h = History::new(5);
+        for r in 0..5 {
+            // Two of ten echoes lost each round, different pods each time;
+            // the pod .19 is down throughout.
+            let samples: Vec<(&str, &str, RoundSample)> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let lost = i == 9 || i == r || i == r + 4;
+                    (a.as_str(), "n2", sample(1, u32::from(!lost)))
+                })
+                .collect();
+            round(&mut h, &samples);
+        }
+        let w = h.window("n1", NetworkMode::Pod, "n2").unwrap();
+        assert_eq!(w.partial_rounds, 5, "every round lost some echoes");
+        assert_eq!((w.sent, w.received), (45, 35), "the down pod is left out");
+
+        // Every pod of the node lost its echo: an outage round, left out.
+        let all_lost: Vec<(&str, &str, RoundSample)> = pods
+            .iter()
+            .map(|a| (a.as_str(), "n2", sample(1, 0)))
+            .collect();
+        round(&mut h, &all_lost);
+        let w = h.window("n1", NetworkMode::Pod, "n2").unwrap();
+        assert_eq!((w.sent, w.received, w.partial_rounds), (36, 28, 4));
     }
 }
