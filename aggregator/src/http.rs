@@ -17,7 +17,8 @@ use netmatrix_api::{
 
 use crate::web;
 
-use crate::state::{Aggregator, Published};
+use crate::published::Form;
+use crate::state::Aggregator;
 use crate::store::Rejection;
 
 #[derive(Clone)]
@@ -103,19 +104,19 @@ fn api_error(status: StatusCode, reason: &str, message: String) -> Response {
 /// The latest round's matrix, encoded once per round and off the async
 /// threads (at 1,000 nodes this is a million cells).
 async fn get_matrix(State(state): State<AppState>) -> Response {
-    encoded_matrix(&state, Published::json).await
+    encoded_matrix(&state, Form::Full).await
 }
 
 async fn get_matrix_compact(State(state): State<AppState>) -> Response {
-    encoded_matrix(&state, Published::compact_json).await
+    encoded_matrix(&state, Form::Compact).await
 }
 
-async fn encoded_matrix(
-    state: &AppState,
-    encode: fn(&Published) -> Result<Bytes, serde_json::Error>,
-) -> Response {
+async fn encoded_matrix(state: &AppState, form: Form) -> Response {
     let published = state.aggregator.published();
-    let encoded = tokio::task::spawn_blocking(move || encode(&published)).await;
+    let encoded = match published.request(form) {
+        Some(cached) => Ok(cached),
+        None => tokio::task::spawn_blocking(move || published.encoded(form)).await,
+    };
     match encoded {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Ok(Err(error)) => api_error(
@@ -157,11 +158,23 @@ async fn get_matrix_cell(
     web::cell(&matrix, &q.from, &q.to, q.network)
         .map(Json)
         .ok_or_else(|| {
-            api_error(
-                StatusCode::NOT_FOUND,
-                "no-such-cell",
-                format!("no cell {} -> {} in the matrix", q.from, q.to),
-            )
+            let known = |n: &str| matrix.nodes.binary_search_by(|x| x.as_str().cmp(n)).is_ok();
+            if known(&q.from) && known(&q.to) {
+                api_error(
+                    StatusCode::NOT_FOUND,
+                    "not-probed",
+                    format!(
+                        "{} does not probe {} this round: above --full-mesh-max-nodes each agent probes a sample of the nodes (see the row's cells)",
+                        q.from, q.to
+                    ),
+                )
+            } else {
+                api_error(
+                    StatusCode::NOT_FOUND,
+                    "no-such-cell",
+                    format!("no cell {} -> {} in the matrix", q.from, q.to),
+                )
+            }
         })
 }
 

@@ -8,6 +8,7 @@
 //! - [`matrix`]: reports to matrix;
 //! - [`diagnosis`]: matrix to findings, with hysteresis;
 //! - [`metrics`]: Prometheus series bounded by the number of nodes;
+//! - [`published`]: a round's matrix and its JSON, encoded once;
 //! - [`http`]: the `/api/v1` routes, `/metrics`, `/healthz`;
 //! - [`state`]: the shared state tying them together.
 
@@ -18,6 +19,7 @@ pub mod http;
 pub mod inventory;
 pub mod matrix;
 pub mod metrics;
+pub mod published;
 pub mod state;
 pub mod store;
 mod web;

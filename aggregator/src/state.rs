@@ -2,9 +2,7 @@
 //! report, building the matrix, and one evaluation round.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-
-use bytes::Bytes;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use netmatrix_api::{Finding, Findings, Matrix};
 
@@ -13,6 +11,7 @@ use crate::diagnosis::{self, Context, DiagnosisPolicy, Hysteresis, UnderlayRecov
 use crate::inventory::InventorySource;
 use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
 use crate::metrics::Metrics;
+use crate::published::{Form, Published};
 use crate::store::{self, Accepted, Rejection, ReportStore};
 
 /// Source of "now" in Unix milliseconds; tests pin it.
@@ -184,14 +183,11 @@ impl Aggregator {
     pub fn encode_ahead(&self) {
         let (full, compact) = *self.polled.lock().unwrap_or_else(PoisonError::into_inner);
         let published = self.published();
-        let result = match (full, compact) {
-            (true, true) => published.json().and_then(|_| published.compact_json()),
-            (true, false) => published.json(),
-            (false, true) => published.compact_json(),
-            (false, false) => return,
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "cannot encode the matrix");
+        let forms = [(Form::Full, full), (Form::Compact, compact)];
+        for (form, _) in forms.into_iter().filter(|(_, polled)| *polled) {
+            if let Err(error) = published.encoded(form) {
+                tracing::warn!(%error, ?form, "cannot encode the matrix");
+            }
         }
     }
 
@@ -287,8 +283,8 @@ impl Aggregator {
             // Remember which encodings clients asked for last round.
             let mut polled = self.polled.lock().unwrap_or_else(PoisonError::into_inner);
             *polled = (
-                previous.json.get().is_some(),
-                previous.compact_json.get().is_some(),
+                previous.was_requested(Form::Full),
+                previous.was_requested(Form::Compact),
             );
         }
 
@@ -322,59 +318,6 @@ impl Aggregator {
     fn lock_store(&self) -> std::sync::MutexGuard<'_, ReportStore> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// A cell's JSON is about 115 bytes (loss, RTTs, age, pods, destination).
-const BYTES_PER_CELL: usize = 128;
-
-/// One evaluation round's matrix, and its JSON encodings made on first
-/// request: at 1,000 nodes encoding a million cells is the expensive part of
-/// serving it, and every client polling within a round shares one encoding.
-pub struct Published {
-    pub matrix: Arc<Matrix>,
-    json: OnceLock<Bytes>,
-    compact_json: OnceLock<Bytes>,
-}
-
-impl Published {
-    fn new(matrix: Arc<Matrix>) -> Self {
-        Published {
-            matrix,
-            json: OnceLock::new(),
-            compact_json: OnceLock::new(),
-        }
-    }
-
-    /// `GET /api/v1/matrix`'s body.
-    pub fn json(&self) -> Result<Bytes, serde_json::Error> {
-        cached(&self.json, || {
-            // Sized up front: growing a 100 MB buffer by doubling copies it
-            // several times over (a tenth of the encoding time at 1M cells).
-            let cells: usize = self.matrix.rows.iter().map(|r| r.cells.len()).sum();
-            let mut out = Vec::with_capacity(cells.saturating_mul(BYTES_PER_CELL) + 4096);
-            serde_json::to_writer(&mut out, &*self.matrix)?;
-            Ok(out)
-        })
-    }
-
-    /// `GET /api/v1/matrix/compact`'s body.
-    pub fn compact_json(&self) -> Result<Bytes, serde_json::Error> {
-        cached(&self.compact_json, || {
-            serde_json::to_vec(&crate::web::compact(&self.matrix))
-        })
-    }
-}
-
-fn cached(
-    slot: &OnceLock<Bytes>,
-    encode: impl FnOnce() -> Result<Vec<u8>, serde_json::Error>,
-) -> Result<Bytes, serde_json::Error> {
-    if let Some(bytes) = slot.get() {
-        return Ok(bytes.clone());
-    }
-    // Two racing requests may both encode; the first result is kept.
-    let bytes = Bytes::from(encode()?);
-    Ok(slot.get_or_init(|| bytes).clone())
 }
 
 fn log_transitions(before: &[Finding], after: &[Finding]) {
@@ -449,13 +392,14 @@ mod tests {
         // A report after the round shows in the next round, not before.
         post(&aggregator, 1, "n2");
         assert_eq!(aggregator.matrix().nodes, ["n1"]);
-        let body = first.json().unwrap();
+        assert!(first.request(Form::Full).is_none());
+        let body = first.encoded(Form::Full).unwrap();
         assert!(
             Arc::ptr_eq(&aggregator.published(), &first),
             "cached, not rebuilt"
         );
         assert_eq!(
-            first.json().unwrap().as_ptr(),
+            first.request(Form::Full).unwrap().unwrap().as_ptr(),
             body.as_ptr(),
             "encoded once"
         );
@@ -465,12 +409,26 @@ mod tests {
         let second = aggregator.published();
         assert_eq!(second.matrix.nodes, ["n1", "n2"]);
         assert!(
-            second.json.get().is_some(),
+            second.request(Form::Full).is_some(),
             "polled last round: encoded ahead"
         );
         assert!(
-            second.compact_json.get().is_none(),
+            second.request(Form::Compact).is_none(),
             "never polled: not encoded"
+        );
+
+        // Polled in the second round (the checks above are requests), not
+        // in the third: encoded ahead once more, then no longer.
+        aggregator.evaluate();
+        aggregator.encode_ahead();
+        let third = aggregator.published();
+        assert!(third.request(Form::Compact).is_some());
+        aggregator.evaluate();
+        aggregator.encode_ahead();
+        assert!(
+            !aggregator.published().was_requested(Form::Full)
+                && aggregator.published().request(Form::Full).is_none(),
+            "nobody polled the full form last round"
         );
     }
 
