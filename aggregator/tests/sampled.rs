@@ -1,9 +1,11 @@
 //! Diagnosis on a sampled matrix: with each node probed by only K peers
 //! (hash-ring sampling above the full-mesh size), an isolated node and a
-//! partition are still named, and a healthy cluster raises nothing.
+//! partition are still named, so are one-way and two-way failures of a
+//! single pair, and a healthy cluster raises nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use netmatrix_api::sampling::Ring;
 use netmatrix_api::{FindingKind, Findings};
 
 #[path = "../benches/cluster/mod.rs"]
@@ -83,4 +85,48 @@ fn a_partition_is_named_with_both_groups() {
     let f = &findings.findings[0];
     assert_eq!(f.kind, FindingKind::Partition);
     assert_eq!(f.nodes.len(), 1000, "both groups are named");
+}
+
+/// A node and one of its stable targets (probed every round, both ways).
+fn stable_pair(cluster: &Cluster) -> (String, String) {
+    let ring = Ring::new(cluster.nodes.iter().map(String::as_str));
+    let from = node_name(42);
+    let to = ring.targets(&from, &cluster.sampling, 0)[0].to_owned();
+    (from, to)
+}
+
+fn kinds(findings: &Findings) -> Vec<(FindingKind, Vec<String>)> {
+    findings
+        .findings
+        .iter()
+        .map(|f| {
+            let mut nodes = f.nodes.clone();
+            nodes.sort();
+            (f.kind, nodes)
+        })
+        .collect()
+}
+
+#[test]
+fn a_one_way_failure_between_two_sampled_nodes_is_named() {
+    clock!(NOW);
+    let mut cluster = sampled();
+    let (a, b) = stable_pair(&cluster);
+    cluster.broken = vec![(a.clone(), b.clone())];
+    let findings = run(&cluster, &NOW, || NOW.load(Ordering::SeqCst), 4);
+    let mut pair = vec![a, b];
+    pair.sort();
+    assert_eq!(kinds(&findings), [(FindingKind::AsymmetricPath, pair)]);
+}
+
+#[test]
+fn a_pair_broken_both_ways_is_named() {
+    clock!(NOW);
+    let mut cluster = sampled();
+    let (a, b) = stable_pair(&cluster);
+    cluster.broken = vec![(a.clone(), b.clone()), (b.clone(), a.clone())];
+    let findings = run(&cluster, &NOW, || NOW.load(Ordering::SeqCst), 4);
+    let mut pair = vec![a, b];
+    pair.sort();
+    assert_eq!(kinds(&findings), [(FindingKind::PairBroken, pair)]);
 }

@@ -8,10 +8,11 @@
 //! - every node has a place on the ring from a stable hash of its name, so
 //!   all agents and versions agree on the order without talking to each
 //!   other, and neighbours on the ring are unrelated in name or rack;
-//! - a node probes the [`stable`](PeerSampling::stable) nodes that follow it
-//!   on the ring. Every node is therefore probed by exactly `stable` others
-//!   (a circulant graph), and a node joining or leaving changes one target of
-//!   `stable` nodes and nothing else;
+//! - a node probes the [`stable`](PeerSampling::stable) nodes nearest to it
+//!   on the ring, half ahead and half behind. Every node is therefore probed
+//!   by exactly `stable` others (a circulant graph), every stable pair is
+//!   probed both ways (one-way failures are seen), and a node joining or
+//!   leaving changes one target of `stable` nodes and nothing else;
 //! - it also probes [`rotating`](PeerSampling::rotating) nodes further along
 //!   the ring, at offsets that advance every epoch (a few rounds, the same
 //!   for every agent as it comes from the wall clock), so that over time the
@@ -94,31 +95,36 @@ impl<'a> Ring<'a> {
     /// on the ring (its own node may be cordoned): it is placed where its
     /// hash says. With at most `full_mesh_max_nodes` nodes, every other node.
     pub fn targets(&self, me: &str, sampling: &PeerSampling, epoch: u64) -> Vec<&'a str> {
+        let len = self.nodes.len();
         let key = (ring_position(me), me);
         let (start, on_ring) = match self.nodes.binary_search_by(|(h, n)| (*h, *n).cmp(&key)) {
             Ok(i) => (i + 1, true),
             Err(i) => (i, false),
         };
-        let others = self.nodes.len() - usize::from(on_ring);
-        let at = |offset: usize| self.nodes[(start + offset) % self.nodes.len()].1;
-        if self.nodes.len() <= sampling.full_mesh_max_nodes || others <= sampling.per_agent() {
-            return (0..others).map(at).collect();
+        let others = len - usize::from(on_ring);
+        // `ahead(0)` is the node following `me`, `behind(0)` the one before.
+        let ahead = |offset: usize| self.nodes[(start + offset) % len].1;
+        let behind = |offset: usize| {
+            let back = 1 + usize::from(on_ring) + offset;
+            self.nodes[(start + len * 2 - back % len) % len].1
+        };
+        if len <= sampling.full_mesh_max_nodes || others <= sampling.per_agent() {
+            return (0..others).map(ahead).collect();
         }
-        // Offsets 0.. are the nodes following `me` (itself excluded).
-        let mut targets: Vec<&str> = (0..sampling.stable).map(at).collect();
-        // The rotating block starts at a multiple of `rotating` modulo a power
-        // of two rather than modulo the span: views that differ by a node or
-        // two then still agree on the offsets (they only disagree when the
-        // span crosses a power of two). Offsets past the span are skipped,
-        // the same way on every agent.
+        // Half of the stable nodes ahead, half behind: if `me` probes a node
+        // at distance d, that node probes `me` back at -d, so both
+        // directions of every stable pair are measured (one-way failures
+        // need both).
+        let (up, down) = (sampling.stable.div_ceil(2), sampling.stable / 2);
+        let mut targets: Vec<&str> = (0..up).map(ahead).chain((0..down).map(behind)).collect();
+        // The rotating block walks the rest of the ring ahead. It starts at
+        // a multiple of `rotating` modulo a power of two rather than modulo
+        // the span, and wraps: views that differ by a node or two then still
+        // agree on the offsets (except where the block wraps).
         let span = others - sampling.stable;
         let cycle = span.next_power_of_two() as u64;
         let first = (epoch.wrapping_mul(sampling.rotating as u64) % cycle) as usize;
-        targets.extend(
-            (first..first + sampling.rotating)
-                .filter(|c| *c < span)
-                .map(|c| at(sampling.stable + c)),
-        );
+        targets.extend((first..first + sampling.rotating).map(|c| ahead(up + c % span)));
         targets
     }
 }
@@ -187,19 +193,27 @@ mod tests {
     fn at_5000_nodes_every_node_is_probed_by_exactly_k_peers() {
         let nodes = names(5000);
         let s = sampled();
-        for epoch in [0, 1, 977] {
+        for epoch in [0, 1, 977, 2047, 2048] {
             let e = edges(&nodes, &s, epoch);
-            let k = e.len() / 5000;
-            assert!(
-                k == s.per_agent() || k == s.stable,
-                "{k}: the rotating block may be skipped"
-            );
+            let k = s.per_agent();
             assert_eq!(e.len(), 5000 * k, "distinct targets, none twice");
             assert!(e.iter().all(|(from, to)| from != to));
             let d = in_degrees(&e);
             assert_eq!(d.len(), 5000, "every node probed");
             assert!(d.values().all(|&x| x == k), "{:?}", d.values().min());
         }
+    }
+
+    #[test]
+    fn stable_pairs_are_probed_both_ways() {
+        let nodes = names(1000);
+        let s = PeerSampling {
+            rotating: 0,
+            ..sampled()
+        };
+        let e = edges(&nodes, &s, 0);
+        assert_eq!(e.len(), 1000 * s.stable);
+        assert!(e.iter().all(|(a, b)| e.contains(&(b.clone(), a.clone()))));
     }
 
     #[test]
@@ -243,8 +257,9 @@ mod tests {
             .difference(&a)
             .filter(|(f, _)| f != "node-joined")
             .collect();
-        // The K nodes before the newcomer each drop their farthest target and
-        // probe the newcomer instead; nobody else changes.
+        // The K nodes nearest the newcomer (K/2 on each side) each drop their
+        // farthest target on its side and probe the newcomer instead; nobody
+        // else changes.
         assert_eq!(removed.len(), s.stable);
         assert_eq!(added.len(), s.stable);
         assert!(added.iter().all(|(_, to)| to == "node-joined"));
@@ -271,7 +286,9 @@ mod tests {
         let span: usize = 299 - 10;
         let mut seen = BTreeSet::new();
         for epoch in 0..span.next_power_of_two().div_ceil(3) as u64 {
-            seen.extend(edges(&nodes, &s, epoch));
+            let e = edges(&nodes, &s, epoch);
+            assert_eq!(e.len(), 300 * 13, "the rotating block is never skipped");
+            seen.extend(e);
         }
         assert_eq!(
             seen.len(),

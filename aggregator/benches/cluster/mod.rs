@@ -23,6 +23,8 @@ pub struct Cluster {
     /// With `Some(k)`, paths between nodes below index `k` and the others
     /// are down (a partition in two groups).
     pub split_at: Option<usize>,
+    /// Directed paths (from, to) that are down.
+    pub broken: Vec<(String, String)>,
 }
 
 pub fn node_name(i: usize) -> String {
@@ -54,6 +56,7 @@ impl Cluster {
             sampling,
             isolated: Vec::new(),
             split_at: None,
+            broken: Vec::new(),
         }
     }
 
@@ -123,7 +126,9 @@ impl Cluster {
                     .map(|to| {
                         let j = index[to];
                         let split = self.split_at.is_some_and(|k| (i < k) != (j < k));
-                        let down = split || self.isolated.iter().any(|x| x == node || x == to);
+                        let down = split
+                            || self.isolated.iter().any(|x| x == node || x == to)
+                            || self.broken.iter().any(|(f, t)| f == node && t == to);
                         PeerResult {
                             node: (*to).to_owned(),
                             pod: format!("agent-{to}"),
