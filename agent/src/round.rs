@@ -35,7 +35,7 @@ use crate::metrics::{Metrics, Probe};
 use crate::probes::apiserver::ApiserverProbe;
 use crate::probes::dns::{DnsProber, ExpectedAgent, MAX_SOA_NEGATIVE_TTL, SrvExpectation};
 use crate::probes::icmp::IcmpProber;
-use crate::probes::tcp;
+use crate::probes::{dns, tcp};
 use crate::report::unix_ms_now;
 
 /// Everything a round probes with.
@@ -54,17 +54,20 @@ pub struct Prober {
 
 impl Prober {
     /// Runs one round against `view`'s peers. `expectation` is what the SRV
-    /// answer is compared with (`None`: no API view of the agents).
+    /// answer is compared with (`None`: no API view of the agents);
+    /// `answered` are the peers that answered last round (they are preferred
+    /// for the large echoes).
     pub async fn round(
         &self,
         round: u64,
         view: &PeerView,
         expectation: Option<SrvExpectation>,
+        answered: &HashSet<IpAddr>,
     ) -> Report {
         let started_unix_ms = unix_ms_now();
         let max_jitter = self.interval / 10;
 
-        let mtu_probed = mtu_probed_peers(&view.peers);
+        let mtu_probed = mtu_probed_peers(&view.peers, answered);
         let pods_on = pods_per_node(&view.peers);
         let peers = join_all(view.peers.iter().map(|peer| {
             let large = mtu_probed.contains(&peer.ip);
@@ -265,15 +268,29 @@ pub struct RoundLoop {
 
 /// The peers that get the large (MTU) echoes: one pod per node, since the
 /// MTU is a property of the path between two nodes, not of a pod (at 50 pods
-/// a node this saves 98 % of the large echoes). Peers without a node name
-/// (SRV fallback) all get them.
-fn mtu_probed_peers(peers: &[PodInfo]) -> BTreeSet<IpAddr> {
-    let mut seen = BTreeSet::new();
-    peers
-        .iter()
-        .filter(|p| p.node.is_empty() || seen.insert(p.node.as_str()))
-        .map(|p| p.ip)
-        .collect()
+/// a node this saves 98 % of the large echoes). The pod is one that answered
+/// small echoes last round when there is one: only such a pod speaks for the
+/// MTU (the aggregator ignores large echoes to a pod that answers nothing).
+/// Peers without a node name (SRV fallback) all get them.
+fn mtu_probed_peers(peers: &[PodInfo], answered: &HashSet<IpAddr>) -> BTreeSet<IpAddr> {
+    let mut chosen: HashMap<&str, IpAddr> = HashMap::new();
+    let mut out = BTreeSet::new();
+    for p in peers {
+        if p.node.is_empty() {
+            out.insert(p.ip);
+            continue;
+        }
+        chosen
+            .entry(p.node.as_str())
+            .and_modify(|ip| {
+                if !answered.contains(ip) && answered.contains(&p.ip) {
+                    *ip = p.ip;
+                }
+            })
+            .or_insert(p.ip);
+    }
+    out.extend(chosen.into_values());
+    out
 }
 
 fn pods_per_node(peers: &[PodInfo]) -> HashMap<&str, u16> {
@@ -308,6 +325,8 @@ impl RoundLoop {
         let mut agents = AgentHistory::default();
         let mut last_source = None;
         let mut last_skipped = BTreeMap::new();
+        // Peers that answered small echoes last round (large echoes go to them).
+        let mut answered = HashSet::new();
         for round in 1u64.. {
             ticker.tick().await;
             self.status.heartbeat();
@@ -331,7 +350,16 @@ impl RoundLoop {
                 .icmp
                 .retain_targets(&view.peers.iter().map(|p| p.ip).collect());
 
-            let mut report = self.prober.round(round, &view, expectation).await;
+            let mut report = self
+                .prober
+                .round(round, &view, expectation, &answered)
+                .await;
+            answered = report
+                .peers
+                .iter()
+                .filter(|p| p.icmp.received > 0)
+                .map(|p| p.ip)
+                .collect();
             // Only the API's view can say a peer left; results of a round
             // run on the SRV fallback (no pod names) are all kept.
             if view.source != PeerSource::Dns
@@ -345,8 +373,10 @@ impl RoundLoop {
                     );
                 }
             }
-            let report = Arc::new(report);
+            // Metrics count the full DNS lists; the report carries capped ones.
             self.prober.metrics.observe_round(&report);
+            report.dns.iter_mut().for_each(dns::cap_listed);
+            let report = Arc::new(report);
             log_summary(&report);
             self.status.set_report(report.clone());
             // No receiver (reporting disabled) is fine.
@@ -479,11 +509,22 @@ mod tests {
             on("", "10.0.9.9"),
             on("", "10.0.9.8"),
         ];
-        let probed: Vec<String> = mtu_probed_peers(&peers)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(probed, ["10.0.1.2", "10.0.2.2", "10.0.9.8", "10.0.9.9"]);
+        let probed = |answered: &[&str]| -> Vec<String> {
+            let answered = answered.iter().map(|a| a.parse().unwrap()).collect();
+            mtu_probed_peers(&peers, &answered)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            probed(&[]),
+            ["10.0.1.2", "10.0.2.2", "10.0.9.8", "10.0.9.9"]
+        );
+        assert_eq!(
+            probed(&["10.0.1.3", "10.0.2.2"]),
+            ["10.0.1.3", "10.0.2.2", "10.0.9.8", "10.0.9.9"],
+            "a pod that answered last round is preferred"
+        );
     }
 
     fn ready_since(ip: &str, since: u64) -> PodInfo {
@@ -654,7 +695,9 @@ mod tests {
             sampled: None,
         };
         let expectation = AgentHistory::default().update(&[info("127.0.0.1")], unix_ms_now());
-        let report = prober.round(3, &view, Some(expectation)).await;
+        let report = prober
+            .round(3, &view, Some(expectation), &HashSet::new())
+            .await;
         assert_eq!(report.round, 3);
         assert_eq!(report.interval_ms, 1000);
         assert_eq!(report.mtu_probe_bytes, Some(1450));

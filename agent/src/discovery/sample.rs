@@ -10,8 +10,8 @@ use super::PeerView;
 
 /// Keeps the peers on `my_node` and on the remote nodes the ring picks for
 /// `epoch`; below the full-mesh size, keeps everything. The ring is built
-/// from the nodes of the view's agent pods (the pods every node runs) and
-/// its peers, so companions alone do not add nodes.
+/// from this node and the nodes of the view's peers: agents that see the
+/// same pods build the same ring.
 pub fn apply(view: &mut PeerView, my_node: &str, sampling: &PeerSampling, epoch: u64) {
     // SRV fallback peers have no node names: nothing to sample by.
     if view.peers.iter().all(|p| p.node.is_empty()) {

@@ -311,7 +311,6 @@ impl DnsProber {
             }
         }
         result.ok = result.error.is_none();
-        cap_listed(&mut result);
         result
     }
 
@@ -499,12 +498,13 @@ impl SrvEndpoints {
     }
 }
 
-/// Caps the record lists of a result at [`MAX_LISTED`] each. In a cluster of
+/// Caps the record lists of a result at [`MAX_LISTED`] each, before the
+/// report is sent (and after the metrics counted them). In a cluster of
 /// thousands of nodes the SRV record lists every agent: 5,000 answers and
 /// 5,000 expected addresses in every report would be most of what the
 /// aggregator parses. The error message names what disagrees; the lists are
 /// for a human.
-fn cap_listed(result: &mut DnsResult) {
+pub fn cap_listed(result: &mut DnsResult) {
     for list in [
         &mut result.answers,
         &mut result.expected,

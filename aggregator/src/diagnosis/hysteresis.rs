@@ -19,11 +19,27 @@ use super::{Condition, Subject};
 ///   so the operator sees how long the failure has lasted.
 #[derive(Debug)]
 pub struct Hysteresis {
-    raise_after: u32,
-    /// For outages ([`is_outage`]): complete loss seen by several nodes.
-    raise_after_outage: u32,
+    raise_after: RaiseAfter,
     clear_after: u32,
     tracks: BTreeMap<(FindingKind, Subject), Track>,
+}
+
+/// Rounds a condition must hold before it is raised.
+#[derive(Debug, Clone, Copy)]
+struct RaiseAfter {
+    general: u32,
+    /// For outages ([`is_outage`]): complete loss seen by several nodes.
+    outage: u32,
+}
+
+impl RaiseAfter {
+    fn of(self, kind: FindingKind) -> u32 {
+        if is_outage(kind) {
+            self.outage
+        } else {
+            self.general
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -39,8 +55,10 @@ struct Track {
 impl Hysteresis {
     pub fn new(raise_after: u32, clear_after: u32) -> Self {
         Hysteresis {
-            raise_after: raise_after.max(1),
-            raise_after_outage: raise_after.max(1),
+            raise_after: RaiseAfter {
+                general: raise_after.max(1),
+                outage: raise_after.max(1),
+            },
             clear_after: clear_after.max(1),
             tracks: BTreeMap::new(),
         }
@@ -49,16 +67,8 @@ impl Hysteresis {
     /// Raises outages ([`is_outage`]) after `rounds` instead (at most the
     /// general count).
     pub fn with_outage_rounds(mut self, rounds: u32) -> Self {
-        self.raise_after_outage = rounds.clamp(1, self.raise_after);
+        self.raise_after.outage = rounds.clamp(1, self.raise_after.general);
         self
-    }
-
-    fn raise_after(&self, kind: FindingKind) -> u32 {
-        if is_outage(kind) {
-            self.raise_after_outage
-        } else {
-            self.raise_after
-        }
     }
 
     /// Feeds one round's conditions and returns the raised findings, ordered
@@ -70,13 +80,12 @@ impl Hysteresis {
             .collect();
 
         let clear_after = self.clear_after;
-        let (general, outage) = (self.raise_after, self.raise_after_outage);
-        let raise_after = |kind| if is_outage(kind) { outage } else { general };
+        let raise_after = self.raise_after;
         self.tracks.retain(|key, track| match present.remove(key) {
             Some(condition) => {
                 track.held_rounds = track.held_rounds.saturating_add(1);
                 track.missed_rounds = 0;
-                track.raised |= track.held_rounds >= raise_after(key.0);
+                track.raised |= track.held_rounds >= raise_after.of(key.0);
                 track.condition = condition;
                 true
             }
@@ -88,7 +97,7 @@ impl Hysteresis {
             None => false,
         });
         for (key, condition) in present {
-            let raised = self.raise_after(key.0) <= 1;
+            let raised = raise_after.of(key.0) <= 1;
             self.tracks.insert(
                 key,
                 Track {
@@ -158,13 +167,15 @@ mod tests {
         assert_eq!(
             Hysteresis::new(2, 2)
                 .with_outage_rounds(5)
-                .raise_after_outage,
+                .raise_after
+                .outage,
             2
         );
         assert_eq!(
             Hysteresis::new(3, 2)
                 .with_outage_rounds(0)
-                .raise_after_outage,
+                .raise_after
+                .outage,
             1
         );
     }

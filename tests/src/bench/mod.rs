@@ -201,6 +201,7 @@ pub fn link_prober(
     ip_batch(outer, &batch)
 }
 
+/// Runs `ip -batch` in `ns`: thousands of address changes in one process.
 pub fn ip_batch(ns: &str, commands: &str) -> anyhow::Result<()> {
     netns::run_with_input(None, "ip", &["-n", ns, "-batch", "-"], Some(commands))?;
     Ok(())
