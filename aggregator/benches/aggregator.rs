@@ -31,7 +31,7 @@ fn round_5000(c: &mut Criterion) {
     let mut cluster = Cluster::new(5000, 50);
     // One node cut off, so the rules have something to find.
     cluster.isolated = vec![cluster::node_name(1234)];
-    let bodies = cluster.report_bodies(1, clock());
+    let bodies: Vec<Vec<u8>> = cluster.report_bodies(1, clock()).collect();
     let aggregator = cluster.aggregator(INTERVAL_MS, clock);
     let ingest_all = |a: &netmatrix_aggregator::state::Aggregator| {
         for body in &bodies {
@@ -72,7 +72,7 @@ fn round_5000(c: &mut Criterion) {
 /// A full mesh of 1,000 nodes (a million cells) served as JSON.
 fn matrix_json_1000(c: &mut Criterion) {
     let cluster = Cluster::new(1000, 999);
-    let bodies = cluster.report_bodies(1, clock());
+    let bodies: Vec<Vec<u8>> = cluster.report_bodies(1, clock()).collect();
     let aggregator = Arc::new(cluster.aggregator(INTERVAL_MS, clock));
     for body in &bodies {
         aggregator

@@ -143,7 +143,8 @@ impl History {
                 .filter(|t| t.node == node)
                 .unwrap_or_else(|| PeerTrack {
                     node,
-                    rounds: VecDeque::new(),
+                    // Full size at once: growing by doubling ends at 8.
+                    rounds: VecDeque::with_capacity(self.rounds),
                 });
             track.rounds.push_front(sample);
             track.rounds.truncate(self.rounds);
@@ -164,23 +165,36 @@ impl History {
 
     /// The window of `source`'s path to the pods on `to`.
     pub fn window(&self, source: &str, network: NetworkMode, to: &str) -> Option<PathWindow> {
-        let peers = self.sources.get(&(source.to_owned(), network))?;
-        let tracks: Vec<&PeerTrack> = peers.values().filter(|t| t.node == to).collect();
-        (!tracks.is_empty()).then(|| window_of(&tracks))
+        let tracks = self.tracks(source, network)?;
+        let pods = tracks.0.iter().filter(|(_, t)| t.node == to);
+        tracks.window(pods.map(|(ip, t)| (*ip, t.node.as_str())))
     }
 
-    /// The windows of all of `source`'s paths, by destination node, in one
-    /// pass over its peers (the matrix build calls this once per source).
-    pub fn windows(&self, source: &str, network: NetworkMode) -> Vec<(&str, PathWindow)> {
-        let Some(peers) = self.sources.get(&(source.to_owned(), network)) else {
-            return Vec::new();
-        };
-        let mut tracks: Vec<&PeerTrack> = peers.values().collect();
-        tracks.sort_by(|a, b| a.node.cmp(&b.node));
-        tracks
-            .chunk_by(|a, b| a.node == b.node)
-            .map(|same_node| (same_node[0].node.as_str(), window_of(same_node)))
-            .collect()
+    /// `source`'s peer tracks, for windows over groups of its pods.
+    pub fn tracks(&self, source: &str, network: NetworkMode) -> Option<Tracks<'_>> {
+        self.sources.get(&(source.to_owned(), network)).map(Tracks)
+    }
+}
+
+/// One source's peer tracks ([`History::tracks`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Tracks<'a>(&'a BTreeMap<IpAddr, PeerTrack>);
+
+impl Tracks<'_> {
+    /// The window over the given pods (address, node), those with a history
+    /// on that node; `None` when none has. The matrix build passes the pods
+    /// of one destination node as its report lists them.
+    pub fn window<'p>(&self, pods: impl Iterator<Item = (IpAddr, &'p str)>) -> Option<PathWindow> {
+        let mut tracks: Vec<&PeerTrack> = Vec::new();
+        for (ip, node) in pods {
+            if let Some(track) = self.0.get(&ip).filter(|t| t.node == node) {
+                // A pod listed twice in a report has one track.
+                if !tracks.iter().any(|t| std::ptr::eq(*t, track)) {
+                    tracks.push(track);
+                }
+            }
+        }
+        (!tracks.is_empty()).then(|| window_of(&tracks))
     }
 }
 

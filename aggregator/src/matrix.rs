@@ -27,18 +27,27 @@ use crate::store::{ReportStore, StoredReport};
 /// Column name of the row's MTU summary.
 pub const MTU_COLUMN: &str = "mtu";
 
-/// Windows of the fresh rows' paths, by (network, from, to). Hash maps
-/// keyed by source then destination, so that the rules look a path up
-/// without allocating: at 5,000 nodes they do so a quarter million times a
-/// round.
+/// Windows of the fresh rows' paths, by (network, from, to). Node names
+/// are numbered once per round and paths keyed by the pair of numbers: at
+/// 5,000 nodes the build stores, and the rules look up, a quarter million
+/// paths a round, which string keys made a quarter million allocations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PathWindows {
-    by_network: [HashMap<String, HashMap<String, PathWindow>>; 2],
+    ids: HashMap<String, u32>,
+    by_network: [HashMap<(u32, u32), PathWindow>; 2],
 }
 
 impl PathWindows {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Windows between `nodes`, numbered by their position.
+    fn for_nodes(nodes: &[String]) -> Self {
+        PathWindows {
+            ids: (0u32..).zip(nodes).map(|(i, n)| (n.clone(), i)).collect(),
+            by_network: Default::default(),
+        }
     }
 
     fn slot(network: NetworkMode) -> usize {
@@ -48,15 +57,22 @@ impl PathWindows {
         }
     }
 
+    fn id_or_insert(&mut self, node: String) -> u32 {
+        let next = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        *self.ids.entry(node).or_insert(next)
+    }
+
     pub fn insert(&mut self, (network, from, to): (NetworkMode, String, String), w: PathWindow) {
-        self.by_network[Self::slot(network)]
-            .entry(from)
-            .or_default()
-            .insert(to, w);
+        let key = (self.id_or_insert(from), self.id_or_insert(to));
+        self.by_network[Self::slot(network)].insert(key, w);
+    }
+
+    fn key(&self, from: &str, to: &str) -> Option<(u32, u32)> {
+        Some((*self.ids.get(from)?, *self.ids.get(to)?))
     }
 
     pub fn get(&self, network: NetworkMode, from: &str, to: &str) -> Option<&PathWindow> {
-        self.by_network[Self::slot(network)].get(from)?.get(to)
+        self.by_network[Self::slot(network)].get(&self.key(from, to)?)
     }
 
     pub fn get_mut(
@@ -65,9 +81,8 @@ impl PathWindows {
         from: &str,
         to: &str,
     ) -> Option<&mut PathWindow> {
-        self.by_network[Self::slot(network)]
-            .get_mut(from)?
-            .get_mut(to)
+        let key = self.key(from, to)?;
+        self.by_network[Self::slot(network)].get_mut(&key)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -176,33 +191,35 @@ pub fn build(
     };
 
     let mut targets = CheckTargets::new();
-    let mut windows = PathWindows::new();
+    let mut windows = PathWindows::for_nodes(&nodes);
     let builder = RowBuilder {
         nodes: &nodes,
+        ids: (0u32..).zip(&nodes).map(|(i, n)| (n.as_str(), i)).collect(),
+        store,
         policy,
         now_unix_ms,
         dense: !sampled,
     };
-    let mut row = |node: &String, network: NetworkMode| {
-        let stored = store.get(node, network);
-        if stored.is_some_and(|s| policy.is_fresh(s, now_unix_ms)) {
-            for (to, w) in store.history().windows(node, network) {
-                if builder.has_node(to) {
-                    windows.insert((network, node.clone(), to.to_owned()), w);
-                }
-            }
-        }
-        let mut row = builder.row(node, stored);
+    let mut row = |(id, node): (u32, &String), network: NetworkMode| {
+        let (mut row, row_windows) = builder.row(node, network);
         row.state = state_of(node);
+        let slot = &mut windows.by_network[PathWindows::slot(network)];
+        slot.extend(row_windows.into_iter().map(|(to, w)| ((id, to), w)));
         row
     };
-    let rows: Vec<MatrixRow> = nodes.iter().map(|n| row(n, NetworkMode::Pod)).collect();
+    let rows: Vec<MatrixRow> = (0u32..)
+        .zip(&nodes)
+        .map(|n| row(n, NetworkMode::Pod))
+        .collect();
 
     let any_host = store
         .reports()
         .any(|s| s.report.agent.network == NetworkMode::Host);
     let host_rows = if any_host {
-        nodes.iter().map(|n| row(n, NetworkMode::Host)).collect()
+        (0u32..)
+            .zip(&nodes)
+            .map(|n| row(n, NetworkMode::Host))
+            .collect()
     } else {
         Vec::new()
     };
@@ -232,6 +249,10 @@ pub fn build(
 struct RowBuilder<'a> {
     /// Sorted.
     nodes: &'a [String],
+    /// Position of each node in `nodes`: hashed once per peer, where a
+    /// binary search compared a dozen strings.
+    ids: HashMap<&'a str, u32>,
+    store: &'a ReportStore,
     policy: &'a MatrixPolicy,
     now_unix_ms: u64,
     /// A cell for every node (full mesh), or only for the probed ones.
@@ -239,38 +260,50 @@ struct RowBuilder<'a> {
 }
 
 impl RowBuilder<'_> {
-    fn has_node(&self, node: &str) -> bool {
-        self.nodes
-            .binary_search_by(|n| n.as_str().cmp(node))
-            .is_ok()
-    }
-
-    fn row(&self, node: &str, stored: Option<&StoredReport>) -> MatrixRow {
+    /// `node`'s row, and the windows of its fresh paths by destination id.
+    fn row(&self, node: &str, network: NetworkMode) -> (MatrixRow, Vec<(u32, PathWindow)>) {
+        let stored = self.store.get(node, network);
         let age_ms = stored.map(|s| s.age_ms(self.now_unix_ms) as f64);
         let fresh = stored.filter(|s| self.policy.is_fresh(s, self.now_unix_ms));
         // The report's peers grouped by destination node (a stable sort
-        // keeps each node's pods in report order).
-        let mut peers: Vec<&PeerResult> = fresh
+        // keeps each node's pods in report order; ids sort like names).
+        let mut peers: Vec<(u32, &PeerResult)> = fresh
             .iter()
             .flat_map(|s| &s.report.peers)
-            .filter(|p| self.has_node(&p.node))
+            .filter_map(|p| Some((*self.ids.get(p.node.as_str())?, p)))
             .collect();
-        peers.sort_by(|a, b| a.node.cmp(&b.node));
-        let probed = peers.chunk_by(|a, b| a.node == b.node);
+        peers.sort_by_key(|(id, _)| *id);
+        let probed = peers.chunk_by(|a, b| a.0 == b.0);
+        // The windows of the same groups of pods, from their history.
+        let history = fresh.and_then(|_| self.store.history().tracks(node, network));
+        let windows: Vec<(u32, PathWindow)> = match history {
+            Some(tracks) => probed
+                .clone()
+                .filter_map(|group| {
+                    let w = tracks.window(group.iter().map(|(_, p)| (p.ip, p.node.as_str())))?;
+                    Some((group[0].0, w))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let cells: Vec<Cell> = if self.dense {
             // Both sorted by node: one merge pass.
             let mut probed = probed.peekable();
-            self.nodes
-                .iter()
-                .map(|to| match probed.next_if(|group| &group[0].node == to) {
-                    Some(group) => self.cell(to, group.iter().copied(), age_ms),
+            (0u32..)
+                .zip(self.nodes)
+                .map(|(id, to)| match probed.next_if(|group| group[0].0 == id) {
+                    Some(group) => self.cell(to, group.iter().map(|(_, p)| *p), age_ms),
                     None => unknown_cell(to, age_ms),
                 })
                 .collect()
         } else {
-            probed
-                .map(|group| self.cell(&group[0].node, group.iter().copied(), age_ms))
-                .collect()
+            // Sized up front (the rows live for a round, two rounds at once).
+            let mut cells = Vec::with_capacity(probed.clone().count());
+            cells.extend(probed.map(|group| {
+                let to = self.nodes[group[0].0 as usize].as_str();
+                self.cell(to, group.iter().map(|(_, p)| *p), age_ms)
+            }));
+            cells
         };
         // A silent node keeps its last check columns, all `unknown`, so the
         // operator still sees what it last saw; diagnosis ignores them.
@@ -307,7 +340,7 @@ impl RowBuilder<'_> {
             None => (Vec::new(), Vec::new()),
         };
         let mtu = self.mtu_summary(&cells, fresh.is_some(), age_ms);
-        MatrixRow {
+        let row = MatrixRow {
             node: node.to_owned(),
             reporting: fresh.is_some(),
             report_age_ms: age_ms,
@@ -316,7 +349,8 @@ impl RowBuilder<'_> {
             dns,
             state: NodeState::default(),
             mtu,
-        }
+        };
+        (row, windows)
     }
 
     /// The row's `mtu` column: the worst large-echo status over its cells,

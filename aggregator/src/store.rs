@@ -94,9 +94,12 @@ pub struct ReportStore {
 /// Parses a report body. Done before taking the store's lock: parsing a
 /// large body must not hold up other agents.
 pub fn parse(body: &[u8]) -> Result<Report, Rejection> {
-    let report: Report =
+    let mut report: Report =
         serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
     check_shape(&report)?;
+    // Kept until the next report: without the slack of the parser's
+    // doubling (64 slots for 50 peers), a fifth of the store's memory.
+    report.peers.shrink_to_fit();
     Ok(report)
 }
 

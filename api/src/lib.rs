@@ -128,6 +128,14 @@ pub struct PeerResult {
     pub mtu: Option<EchoResult>,
 }
 
+/// Milliseconds to the microsecond, the precision latencies carry on the
+/// wire: finer digits are timer and scheduling noise, and every digit is
+/// parsed by the aggregator a quarter of a million times a round at 5,000
+/// nodes (`0.348` instead of `0.34812345600000003`).
+pub fn round_ms(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
+}
+
 /// Outcome of a series of ICMP echoes to one address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct EchoResult {

@@ -487,7 +487,7 @@ fn summarise(outcomes: Vec<Result<Duration, ProbeError>>) -> EchoResult {
     } else {
         let min = rtts.iter().copied().fold(f64::INFINITY, f64::min);
         let max = rtts.iter().copied().fold(0.0, f64::max);
-        let avg = rtts.iter().sum::<f64>() / rtts.len() as f64;
+        let avg = netmatrix_api::round_ms(rtts.iter().sum::<f64>() / rtts.len() as f64);
         (Some(min), Some(avg), Some(max))
     };
     EchoResult {

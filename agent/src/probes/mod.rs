@@ -62,9 +62,9 @@ pub(crate) fn io_probe_error(context: &str, err: &io::Error) -> ProbeError {
     )
 }
 
-/// Milliseconds as the wire types carry them.
+/// Milliseconds as the wire types carry them (to the microsecond).
 pub(crate) fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    netmatrix_api::round_ms(d.as_secs_f64() * 1000.0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use netmatrix_aggregator::state::{Aggregator, Settings};
 use netmatrix_api::sampling::{PeerSampling, Ring};
 use netmatrix_api::{
     AgentIdentity, DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource,
-    ProbeError, RecordType, Report, Sampled, ServiceKind, ServiceResult,
+    ProbeError, RecordType, Report, Sampled, ServiceKind, ServiceResult, round_ms,
 };
 
 pub struct Cluster {
@@ -107,8 +107,9 @@ impl Cluster {
     }
 
     /// Every node's report body for the round started at `now`, as the
-    /// agents would post them.
-    pub fn report_bodies(&self, round: u64, now: u64) -> Vec<Vec<u8>> {
+    /// agents would post them; made one at a time, so that holding them
+    /// does not weigh on the memory measured.
+    pub fn report_bodies(&self, round: u64, now: u64) -> impl Iterator<Item = Vec<u8>> + '_ {
         let index: BTreeMap<&str, usize> = self
             .nodes
             .iter()
@@ -116,60 +117,56 @@ impl Cluster {
             .map(|(i, n)| (n.as_str(), i))
             .collect();
         let ring = Ring::new(self.nodes.iter().map(String::as_str));
-        self.nodes
-            .iter()
-            .enumerate()
-            .map(|(i, node)| {
-                let targets = ring.targets(node, &self.sampling, round / 6);
-                let peers = targets
-                    .iter()
-                    .map(|to| {
-                        let j = index[to];
-                        let split = self.split_at.is_some_and(|k| (i < k) != (j < k));
-                        let down = split
-                            || self.isolated.iter().any(|x| x == node || x == to)
-                            || self.broken.iter().any(|(f, t)| f == node && t == to);
-                        PeerResult {
-                            node: (*to).to_owned(),
-                            pod: format!("agent-{to}"),
-                            ip: agent_ip(j),
-                            icmp: echoes(3, down, (i * 7 + j * 13) % 900),
-                            mtu: Some(echoes(2, down, 0)),
-                        }
-                    })
-                    .collect();
-                let report = Report {
-                    agent: AgentIdentity {
-                        node: node.clone(),
-                        pod: format!("agent-{node}"),
-                        pod_ip: agent_ip(i),
-                        network: NetworkMode::Pod,
-                    },
-                    round,
-                    started_unix_ms: now,
-                    interval_ms: 10_000,
-                    peers,
-                    services: vec![
-                        service(ServiceKind::Apiserver, "kubernetes", "10.96.0.1:443"),
-                        service(ServiceKind::Clusterip, "companion", "10.96.0.20:80"),
-                    ],
-                    dns: vec![
-                        dns("kubernetes.default.svc.cluster.local.", RecordType::A),
-                        dns(
-                            "netmatrix-agents.netmatrix.svc.cluster.local.",
-                            RecordType::Srv,
-                        ),
-                    ],
-                    peer_source: PeerSource::Api,
-                    mtu_probe_bytes: Some(1450),
-                    sampled: self.sampled().then_some(Sampled {
-                        nodes: self.nodes.len() as u32,
-                        probed: targets.len() as u32,
-                    }),
-                };
-                serde_json::to_vec(&report).expect("a report encodes")
-            })
-            .collect()
+        self.nodes.iter().enumerate().map(move |(i, node)| {
+            let targets = ring.targets(node, &self.sampling, round / 6);
+            let peers = targets
+                .iter()
+                .map(|to| {
+                    let j = index[to];
+                    let split = self.split_at.is_some_and(|k| (i < k) != (j < k));
+                    let down = split
+                        || self.isolated.iter().any(|x| x == node || x == to)
+                        || self.broken.iter().any(|(f, t)| f == node && t == to);
+                    PeerResult {
+                        node: (*to).to_owned(),
+                        pod: format!("agent-{to}"),
+                        ip: agent_ip(j),
+                        icmp: echoes(3, down, (i * 7 + j * 13) % 900),
+                        mtu: Some(echoes(2, down, 0)),
+                    }
+                })
+                .collect();
+            let report = Report {
+                agent: AgentIdentity {
+                    node: node.clone(),
+                    pod: format!("agent-{node}"),
+                    pod_ip: agent_ip(i),
+                    network: NetworkMode::Pod,
+                },
+                round,
+                started_unix_ms: now,
+                interval_ms: 10_000,
+                peers,
+                services: vec![
+                    service(ServiceKind::Apiserver, "kubernetes", "10.96.0.1:443"),
+                    service(ServiceKind::Clusterip, "companion", "10.96.0.20:80"),
+                ],
+                dns: vec![
+                    dns("kubernetes.default.svc.cluster.local.", RecordType::A),
+                    dns(
+                        "netmatrix-agents.netmatrix.svc.cluster.local.",
+                        RecordType::Srv,
+                    ),
+                ],
+                peer_source: PeerSource::Api,
+                mtu_probe_bytes: Some(1450),
+                sampled: self.sampled().then_some(Sampled {
+                    nodes: self.nodes.len() as u32,
+                    probed: targets.len() as u32,
+                }),
+            };
+            serde_json::to_vec(&report).expect("a report encodes")
+        })
     }
 }
 
@@ -178,9 +175,10 @@ fn echoes(sent: u32, down: bool, jitter_us: usize) -> EchoResult {
     EchoResult {
         sent,
         received: if down { 0 } else { sent },
-        rtt_min_ms: (!down).then_some(rtt * 0.8),
-        rtt_avg_ms: (!down).then_some(rtt),
-        rtt_max_ms: (!down).then_some(rtt * 1.5),
+        // Rounded to the microsecond, as agents send them.
+        rtt_min_ms: (!down).then(|| round_ms(rtt * 0.8)),
+        rtt_avg_ms: (!down).then(|| round_ms(rtt)),
+        rtt_max_ms: (!down).then(|| round_ms(rtt * 1.5)),
         error: down.then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply in 1s")),
     }
 }

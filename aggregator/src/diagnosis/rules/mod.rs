@@ -113,21 +113,37 @@ struct View<'a> {
     matrix: &'a Matrix,
     /// Hashed: looked up for every cell.
     ready: HashSet<&'a str>,
+    /// [`View::known_cells`] by network, collected once: the rules walk
+    /// them several times, and each walk checked every destination.
+    known: [Vec<(&'a str, &'a Cell)>; 2],
     windows: &'a PathWindows,
     policy: &'a DiagnosisPolicy,
 }
 
 impl<'a> View<'a> {
     fn new(matrix: &'a Matrix, windows: &'a PathWindows, policy: &'a DiagnosisPolicy) -> Self {
-        let ready = matrix
+        let ready: HashSet<&str> = matrix
             .rows
             .iter()
             .filter(|r| r.state == NodeState::Ready)
             .map(|r| r.node.as_str())
             .collect();
+        let known = |rows: &'a [MatrixRow]| -> Vec<(&'a str, &'a Cell)> {
+            rows.iter()
+                .filter(|r| r.reporting && ready.contains(r.node.as_str()))
+                .flat_map(|row| {
+                    row.cells
+                        .iter()
+                        .filter(|c| c.status != Status::Unknown && ready.contains(c.to.as_str()))
+                        .map(move |c| (row.node.as_str(), c))
+                })
+                .collect()
+        };
+        let known = [known(&matrix.rows), known(&matrix.host_rows)];
         View {
             matrix,
             ready,
+            known,
             windows,
             policy,
         }
@@ -177,12 +193,11 @@ impl<'a> View<'a> {
         &'s self,
         network: NetworkMode,
     ) -> impl Iterator<Item = (&'a str, &'a Cell)> + use<'a, 's> {
-        self.judged_rows(network).flat_map(move |row| {
-            row.cells
-                .iter()
-                .filter(move |c| c.status != Status::Unknown && self.is_ready(&c.to))
-                .map(move |c| (row.node.as_str(), c))
-        })
+        let slot = match network {
+            NetworkMode::Pod => 0,
+            NetworkMode::Host => 1,
+        };
+        self.known[slot].iter().copied()
     }
 
     fn cross_cells<'s>(
