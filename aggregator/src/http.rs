@@ -118,7 +118,14 @@ async fn encoded_matrix(state: &AppState, form: Form) -> Response {
         None => tokio::task::spawn_blocking(move || published.encoded(form)).await,
     };
     match encoded {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Ok(encoded)) => (
+            [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (header::CONTENT_LENGTH, encoded.len().to_string()),
+            ],
+            encoded.body(),
+        )
+            .into_response(),
         Ok(Err(error)) => api_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "matrix-failed",
