@@ -162,9 +162,10 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub full_mesh_max_nodes: u32,
 
-    /// In a sampled cluster: remote nodes each agent always probes (the ones
-    /// following it on the ring). A node joining or leaving changes one of
-    /// them on this many agents.
+    /// In a sampled cluster: remote nodes each agent always probes (its
+    /// nearest on the ring, half on each side, so that these pairs are
+    /// probed both ways). A node joining or leaving changes one of them on
+    /// this many agents.
     #[arg(long, env = "NETMATRIX_SAMPLED_NODES", default_value_t = 40,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub sampled_nodes: u32,
@@ -179,6 +180,13 @@ pub struct Args {
     /// Address of the HTTP server for /metrics, /healthz and /status.
     #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
+
+    /// Threads running the agent's tasks. One (a single-threaded runtime)
+    /// is plenty: probing thousands of peers is mostly waiting, and every
+    /// extra thread costs memory on every node.
+    #[arg(long, env = "NETMATRIX_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
 
     /// API server address to probe, IP:PORT [default: KUBERNETES_SERVICE_HOST:
     /// KUBERNETES_SERVICE_PORT, else 10.96.0.1:443].

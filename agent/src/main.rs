@@ -4,9 +4,24 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = netmatrix_agent::Args::parse();
     netmatrix_runtime::init();
-    netmatrix_runtime::exit_code(netmatrix_agent::run(args).await)
+    // One thread by default (`--worker-threads`), as linkerd2-proxy does on
+    // one core: the agent mostly waits for replies.
+    let mut builder = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(n));
+            builder
+        }
+    };
+    match builder.enable_all().build() {
+        Ok(runtime) => netmatrix_runtime::exit_code(runtime.block_on(netmatrix_agent::run(args))),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use netmatrix_api::{AgentIdentity, labels};
 
@@ -73,6 +73,60 @@ pub fn running_pod(pod: &Pod) -> Option<PodInfo> {
         ready_since_unix_ms: ready_condition
             .and_then(|c| c.last_transition_time.as_ref().and_then(unix_ms)),
     })
+}
+
+/// Drops what [`running_pod`] does not read before a pod enters the watch's
+/// cache. A real pod object is several kilobytes (containers, volumes,
+/// managed fields), and the agent caches every probe target.
+pub fn trim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            start_time: status.start_time.take(),
+            conditions: status
+                .conditions
+                .take()
+                .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+            ..Default::default()
+        };
+    }
+}
+
+/// Drops what [`node_skip`] does not read before a node enters the watch's
+/// cache. A real node object is 10 to 50 KB (its image list above all), and
+/// every agent caches every node: at 5,000 nodes that would be hundreds of
+/// megabytes per agent.
+pub fn trim_node(node: &mut Node) {
+    let meta = &mut node.metadata;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.managed_fields = None;
+    if let Some(spec) = node.spec.as_mut() {
+        *spec = NodeSpec {
+            unschedulable: spec.unschedulable,
+            ..Default::default()
+        };
+    }
+    if let Some(status) = node.status.as_mut() {
+        *status = NodeStatus {
+            conditions: status
+                .conditions
+                .take()
+                .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+            ..Default::default()
+        };
+    }
 }
 
 fn unix_ms(t: &Time) -> Option<u64> {
@@ -269,6 +323,61 @@ pub(crate) mod node_tests {
                 ..Default::default()
             }),
         }
+    }
+
+    /// What the cache keeps still gives the same verdicts, and the bulk of
+    /// a real object (images, containers, annotations) is gone.
+    #[test]
+    fn trimmed_objects_read_the_same_and_weigh_little() {
+        use k8s_openapi::api::core::v1::{Container, ContainerImage, NodeSystemInfo};
+        let bulky_node = |mut n: Node| {
+            n.metadata.annotations = Some([("a".to_owned(), "x".repeat(2000))].into());
+            let status = n.status.get_or_insert_default();
+            status.images = Some(vec![
+                ContainerImage {
+                    names: Some(vec!["registry.example/image:tag".repeat(4)]),
+                    size_bytes: Some(1),
+                };
+                50
+            ]);
+            status.node_info = Some(NodeSystemInfo::default());
+            n
+        };
+        for (unschedulable, ready) in [(false, Some("True")), (true, Some("True")), (false, None)] {
+            let full = bulky_node(node("n1", unschedulable, ready));
+            let mut trimmed = full.clone();
+            trim_node(&mut trimmed);
+            assert_eq!(node_skip(&trimmed), node_skip(&full));
+            let size = |n: &Node| serde_json::to_vec(n).unwrap().len();
+            assert!(
+                size(&trimmed) * 20 < size(&full),
+                "{} of {}",
+                size(&trimmed),
+                size(&full)
+            );
+        }
+
+        let mut full = pod("p1", "n1", "10.244.1.5", "Running", "agent");
+        full.metadata.annotations = Some([("a".to_owned(), "x".repeat(2000))].into());
+        full.spec.get_or_insert_default().containers = vec![Container::default(); 3];
+        full.status.get_or_insert_default().conditions = Some(vec![
+            PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time(Timestamp::from_millisecond(5).unwrap())),
+                ..Default::default()
+            },
+            PodCondition {
+                type_: "PodScheduled".into(),
+                status: "True".into(),
+                ..Default::default()
+            },
+        ]);
+        let mut trimmed = full.clone();
+        trim_pod(&mut trimmed);
+        assert_eq!(running_pod(&trimmed), running_pod(&full));
+        assert!(running_pod(&trimmed).is_some_and(|p| p.ready_since_unix_ms == Some(5)));
+        assert!(trimmed.metadata.annotations.is_none());
     }
 
     #[test]

@@ -96,12 +96,23 @@ impl Discovery {
         me: AgentIdentity,
     ) -> Self {
         let pods = || Api::<Pod>::namespaced(client.clone(), namespace);
-        let (peers, peer_watch) = spawn_reflector(pods(), Some(selectors.peers), "peers");
+        let (peers, peer_watch) =
+            spawn_reflector(pods(), Some(selectors.peers), "peers", filter::trim_pod);
         let agents = selectors
             .agents
-            .map(|selector| spawn_reflector(pods(), Some(selector), "agents"));
-        let (aggregators, _) = spawn_reflector(pods(), Some(selectors.aggregators), "aggregators");
-        let (nodes, _) = spawn_reflector(Api::<Node>::all(client.clone()), None, "nodes");
+            .map(|selector| spawn_reflector(pods(), Some(selector), "agents", filter::trim_pod));
+        let (aggregators, _) = spawn_reflector(
+            pods(),
+            Some(selectors.aggregators),
+            "aggregators",
+            filter::trim_pod,
+        );
+        let (nodes, _) = spawn_reflector(
+            Api::<Node>::all(client.clone()),
+            None,
+            "nodes",
+            filter::trim_node,
+        );
         Self {
             me,
             peers,
@@ -193,11 +204,13 @@ pub fn fallback_from_srv(addresses: &BTreeSet<IpAddr>, me: &AgentIdentity) -> Pe
 }
 
 /// Runs `watcher(...).default_backoff().reflect(...)` in a task: the store
-/// only advances while the stream is polled.
+/// only advances while the stream is polled. Objects are cached as `trim`
+/// leaves them (only the fields discovery reads).
 fn spawn_reflector<K>(
     api: Api<K>,
     selector: Option<&str>,
     what: &'static str,
+    trim: fn(&mut K),
 ) -> (Store<K>, Arc<WatchHealth>)
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -209,7 +222,10 @@ where
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
     };
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
     let task_health = health.clone();
     let selector = selector.unwrap_or("").to_owned();
     tokio::spawn(async move {

@@ -135,6 +135,9 @@ struct ProcSample {
     sys_ticks: u64,
     rss_kb: u64,
     hwm_kb: u64,
+    /// The parts of `rss_kb`: heap and stacks, and mapped files (the binary).
+    anon_kb: u64,
+    file_kb: u64,
 }
 
 /// `(utime, stime)` (fields 14 and 15) of a `/proc/PID/stat` line. The
@@ -167,6 +170,8 @@ fn sample(pid: u32) -> anyhow::Result<ProcSample> {
         sys_ticks: stime,
         rss_kb: parse_status_kb(&status, "VmRSS").context("no VmRSS")?,
         hwm_kb: parse_status_kb(&status, "VmHWM").context("no VmHWM")?,
+        anon_kb: parse_status_kb(&status, "RssAnon").unwrap_or(0),
+        file_kb: parse_status_kb(&status, "RssFile").unwrap_or(0),
     })
 }
 
@@ -424,6 +429,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             format!("{:.1} MB / {:.1} MB", mb(last.rss_kb), mb(rss_max_kb)),
             format!("< {} MB", TARGET_RSS_BYTES / 1_000_000),
             ok(rss_ok),
+        ],
+        vec![
+            "RSS: anonymous (heap, stacks) / mapped files (the binary)".into(),
+            format!("{:.1} MB / {:.1} MB", mb(last.anon_kb), mb(last.file_kb)),
+            "-".into(),
+            "-".into(),
         ],
         vec![
             "peak RSS since start (VmHWM)".into(),
