@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use netmatrix_api::{AgentIdentity, labels};
 
 /// What the agent needs to know about a Running pod.
@@ -79,10 +79,7 @@ pub fn running_pod(pod: &Pod) -> Option<PodInfo> {
 /// cache. A real pod object is several kilobytes (containers, volumes,
 /// managed fields), and the agent caches every probe target.
 pub fn trim_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.annotations = None;
-    meta.managed_fields = None;
-    meta.owner_references = None;
+    trim_metadata(&mut pod.metadata);
     if let Some(spec) = pod.spec.as_mut() {
         *spec = PodSpec {
             node_name: spec.node_name.take(),
@@ -108,10 +105,8 @@ pub fn trim_pod(pod: &mut Pod) {
 /// every agent caches every node: at 5,000 nodes that would be hundreds of
 /// megabytes per agent.
 pub fn trim_node(node: &mut Node) {
-    let meta = &mut node.metadata;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.managed_fields = None;
+    trim_metadata(&mut node.metadata);
+    node.metadata.labels = None;
     if let Some(spec) = node.spec.as_mut() {
         *spec = NodeSpec {
             unschedulable: spec.unschedulable,
@@ -127,6 +122,14 @@ pub fn trim_node(node: &mut Node) {
             ..Default::default()
         };
     }
+}
+
+/// Annotations, managed fields and owners: read by nobody here, often the
+/// largest part of an object's metadata.
+fn trim_metadata(meta: &mut ObjectMeta) {
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
 }
 
 fn unix_ms(t: &Time) -> Option<u64> {
