@@ -113,10 +113,10 @@ struct View<'a> {
     matrix: &'a Matrix,
     /// Hashed: looked up for every cell.
     ready: HashSet<&'a str>,
-    /// [`View::known_cells`] by network, collected once: the rules walk
-    /// them several times, and each walk checked every destination.
-    known: [Vec<(&'a str, &'a Cell)>; 2],
-    windows: &'a PathWindows,
+    /// [`View::known_cells`] by network with each path's window, collected
+    /// once: the rules walk them several times, and each walk checked every
+    /// destination.
+    known: [Vec<(&'a str, &'a Cell, Option<&'a PathWindow>)>; 2],
     policy: &'a DiagnosisPolicy,
 }
 
@@ -128,23 +128,30 @@ impl<'a> View<'a> {
             .filter(|r| r.state == NodeState::Ready)
             .map(|r| r.node.as_str())
             .collect();
-        let known = |rows: &'a [MatrixRow]| -> Vec<(&'a str, &'a Cell)> {
-            rows.iter()
+        let known = |network, rows: &'a [MatrixRow]| {
+            let mut known: Vec<(&'a str, &'a Cell, Option<&'a PathWindow>)> = Vec::new();
+            for row in rows
+                .iter()
                 .filter(|r| r.reporting && ready.contains(r.node.as_str()))
-                .flat_map(|row| {
+            {
+                let mut row_windows = windows.row_windows(network, &row.node);
+                known.extend(
                     row.cells
                         .iter()
                         .filter(|c| c.status != Status::Unknown && ready.contains(c.to.as_str()))
-                        .map(move |c| (row.node.as_str(), c))
-                })
-                .collect()
+                        .map(|c| (row.node.as_str(), c, row_windows.find(&c.to))),
+                );
+            }
+            known
         };
-        let known = [known(&matrix.rows), known(&matrix.host_rows)];
+        let known = [
+            known(NetworkMode::Pod, &matrix.rows),
+            known(NetworkMode::Host, &matrix.host_rows),
+        ];
         View {
             matrix,
             ready,
             known,
-            windows,
             policy,
         }
     }
@@ -193,6 +200,15 @@ impl<'a> View<'a> {
         &'s self,
         network: NetworkMode,
     ) -> impl Iterator<Item = (&'a str, &'a Cell)> + use<'a, 's> {
+        self.known_with_windows(network)
+            .map(|(from, c, _)| (from, c))
+    }
+
+    /// [`View::known_cells`] with each path's window over the last rounds.
+    fn known_with_windows<'s>(
+        &'s self,
+        network: NetworkMode,
+    ) -> impl Iterator<Item = (&'a str, &'a Cell, Option<&'a PathWindow>)> + use<'a, 's> {
         let slot = match network {
             NetworkMode::Pod => 0,
             NetworkMode::Host => 1,
@@ -222,10 +238,6 @@ impl<'a> View<'a> {
             }
         }
         tallies
-    }
-
-    fn window(&self, network: NetworkMode, from: &str, to: &str) -> Option<&'a PathWindow> {
-        self.windows.get(network, from, to)
     }
 
     /// Nodes touching a pod cross-node cell that lost echoes this round.

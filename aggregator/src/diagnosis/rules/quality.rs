@@ -51,11 +51,11 @@ pub(super) fn diagnose(
 ) -> Vec<Condition> {
     // Candidate paths: known, not broken, between nodes of one group.
     let candidates: Vec<(&str, &Cell, Option<&PathWindow>)> = view
-        .cross_cells(NetworkMode::Pod)
-        .filter(|(from, c)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
-        .filter(|(from, c)| components.of.is_empty() || components.same(from, &c.to))
-        .filter(|(_, c)| !is_broken(c))
-        .map(|(from, c)| (from, c, view.window(NetworkMode::Pod, from, &c.to)))
+        .known_with_windows(NetworkMode::Pod)
+        .filter(|(from, c, _)| *from != c.to)
+        .filter(|(from, c, _)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
+        .filter(|(from, c, _)| components.of.is_empty() || components.same(from, &c.to))
+        .filter(|(_, c, _)| !is_broken(c))
         .collect();
     let known: Vec<(&str, &str)> = candidates
         .iter()
