@@ -164,8 +164,9 @@ pub struct Args {
 
     /// In a sampled cluster: remote nodes each agent always probes (its
     /// nearest on the ring, half on each side, so that these pairs are
-    /// probed both ways). A node joining or leaving changes one of them on
-    /// this many agents.
+    /// probed both ways; with an odd number the farthest one ahead is probed
+    /// one way only). A node joining or leaving changes one of them on this
+    /// many agents.
     #[arg(long, env = "NETMATRIX_SAMPLED_NODES", default_value_t = 40,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub sampled_nodes: u32,
@@ -183,7 +184,11 @@ pub struct Args {
 
     /// Threads running the agent's tasks. One (a single-threaded runtime)
     /// is plenty: probing thousands of peers is mostly waiting, and every
-    /// extra thread costs memory on every node.
+    /// extra thread costs CPU and memory on every node. Echo replies are
+    /// timed when the agent gets to them, so while it parses a large API
+    /// list (the node watch re-listing thousands of nodes) RTTs measured in
+    /// that moment read a few tens of milliseconds longer; give it 2 on very
+    /// large clusters if that matters.
     #[arg(long, env = "NETMATRIX_WORKER_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,

@@ -166,7 +166,13 @@ async fn get_matrix_cell(
         .map(Json)
         .ok_or_else(|| {
             let known = |n: &str| matrix.nodes.binary_search_by(|x| x.as_str().cmp(n)).is_ok();
-            if known(&q.from) && known(&q.to) {
+            // A reporting row with fewer cells than nodes: a sampled agent.
+            let sampled_row = matrix
+                .rows
+                .iter()
+                .find(|r| r.node == q.from)
+                .is_some_and(|r| r.reporting && r.cells.len() < matrix.nodes.len());
+            if q.network == NetworkMode::Pod && sampled_row && known(&q.to) {
                 api_error(
                     StatusCode::NOT_FOUND,
                     "not-probed",

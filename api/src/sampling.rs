@@ -114,7 +114,7 @@ impl<'a> Ring<'a> {
         // Half of the stable nodes ahead, half behind: if `me` probes a node
         // at distance d, that node probes `me` back at -d, so both
         // directions of every stable pair are measured (one-way failures
-        // need both).
+        // need both). An odd count leaves the farthest one ahead one-way.
         let (up, down) = (sampling.stable.div_ceil(2), sampling.stable / 2);
         let mut targets: Vec<&str> = (0..up).map(ahead).chain((0..down).map(behind)).collect();
         // The rotating block walks the rest of the ring ahead. It starts at
@@ -202,6 +202,25 @@ mod tests {
             assert_eq!(d.len(), 5000, "every node probed");
             assert!(d.values().all(|&x| x == k), "{:?}", d.values().min());
         }
+    }
+
+    #[test]
+    fn an_odd_stable_count_keeps_the_in_degree() {
+        let nodes = names(500);
+        let s = PeerSampling {
+            full_mesh_max_nodes: 100,
+            stable: 7,
+            rotating: 1,
+        };
+        let e = edges(&nodes, &s, 3);
+        assert_eq!(e.len(), 500 * 8);
+        assert!(in_degrees(&e).values().all(|&d| d == 8));
+        let one_way = e
+            .iter()
+            .filter(|(a, b)| !e.contains(&(b.clone(), a.clone())))
+            .count();
+        // The farthest stable node ahead, and the rotating one.
+        assert!(one_way <= 500 * 2, "{one_way}");
     }
 
     #[test]
