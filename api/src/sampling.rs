@@ -152,6 +152,15 @@ mod tests {
         }
     }
 
+    /// Sampled above 100 nodes.
+    fn sampling_of(stable: usize, rotating: usize) -> PeerSampling {
+        PeerSampling {
+            full_mesh_max_nodes: 100,
+            stable,
+            rotating,
+        }
+    }
+
     /// Every node's targets in one epoch, as a set of directed edges.
     fn edges(nodes: &[String], s: &PeerSampling, epoch: u64) -> BTreeSet<(String, String)> {
         let ring = Ring::new(nodes.iter().map(String::as_str));
@@ -207,11 +216,7 @@ mod tests {
     #[test]
     fn an_odd_stable_count_keeps_the_in_degree() {
         let nodes = names(500);
-        let s = PeerSampling {
-            full_mesh_max_nodes: 100,
-            stable: 7,
-            rotating: 1,
-        };
+        let s = sampling_of(7, 1);
         let e = edges(&nodes, &s, 3);
         assert_eq!(e.len(), 500 * 8);
         assert!(in_degrees(&e).values().all(|&d| d == 8));
@@ -297,11 +302,7 @@ mod tests {
     #[test]
     fn rotation_covers_every_pair_over_the_epochs() {
         let nodes = names(300);
-        let s = PeerSampling {
-            full_mesh_max_nodes: 100,
-            stable: 10,
-            rotating: 3,
-        };
+        let s = sampling_of(10, 3);
         let span: usize = 299 - 10;
         let mut seen = BTreeSet::new();
         for epoch in 0..span.next_power_of_two().div_ceil(3) as u64 {
