@@ -216,17 +216,21 @@ impl Tracks<'_> {
     /// on that node; `None` when none has. The matrix build passes the pods
     /// of one destination node as its report lists them.
     pub fn window<'p>(&self, pods: impl Iterator<Item = (IpAddr, &'p str)>) -> Option<PathWindow> {
-        let mut found: Vec<usize> = pods
-            .filter_map(|(ip, node)| {
-                let i = self.tracks.binary_search_by_key(&ip, |t| t.ip).ok()?;
-                (self.tracks[i].node == node).then_some(i)
-            })
-            .collect();
+        let mut found = pods.filter_map(|(ip, node)| {
+            let i = self.tracks.binary_search_by_key(&ip, |t| t.ip).ok()?;
+            (self.tracks[i].node == node).then_some(i)
+        });
+        let first = found.next()?;
+        let Some(second) = found.next() else {
+            // One pod (the usual case): nothing to allocate.
+            return Some(window_of(&[judged(&self.tracks[first])], self.rounds));
+        };
+        let mut all: Vec<usize> = [first, second].into_iter().chain(found).collect();
         // A pod listed twice in a report has one track.
-        found.sort_unstable();
-        found.dedup();
-        let tracks: Vec<&PeerTrack> = found.into_iter().map(|i| &self.tracks[i]).collect();
-        (!tracks.is_empty()).then(|| window_of(&tracks, self.rounds))
+        all.sort_unstable();
+        all.dedup();
+        let tracks: Vec<Judged> = all.iter().map(|&i| judged(&self.tracks[i])).collect();
+        Some(window_of(&tracks, self.rounds))
     }
 }
 
@@ -238,23 +242,21 @@ impl Tracks<'_> {
 /// tell a lost echo from a down pod, so the round's single echoes to the
 /// node are pooled and judged together, leaving out the rounds in which a
 /// pod was down rather than lossy ([`down_edges`]).
-fn window_of(tracks: &[&PeerTrack], rounds: usize) -> PathWindow {
+fn window_of(tracks: &[Judged], rounds: usize) -> PathWindow {
     let mut w = PathWindow {
         rounds: tracks
             .iter()
-            .map(|t| t.rounds.len().min(rounds))
+            .map(|(t, _)| t.rounds.len().min(rounds))
             .max()
             .unwrap_or(0),
         ..Default::default()
     };
-    let judged: Vec<(&PeerTrack, (usize, usize))> =
-        tracks.iter().map(|t| (*t, down_edges(t))).collect();
     let (mut rtt_sum, mut rtt_weight) = (0.0, 0u64);
     for round in 0..w.rounds {
-        let samples = || tracks.iter().filter_map(move |t| t.rounds.get(round));
+        let samples = || tracks.iter().filter_map(move |(t, _)| t.rounds.get(round));
         let mut pooled = RoundSample::default();
         let mut partial = false;
-        let up = judged
+        let up = tracks
             .iter()
             .filter(|(t, (newest, oldest))| round >= *newest && round + oldest < t.rounds.len());
         for s in up.filter_map(|(t, _)| t.rounds.get(round)) {
@@ -291,6 +293,13 @@ fn window_of(tracks: &[&PeerTrack], rounds: usize) -> PathWindow {
     }
     w.rtt_avg_ms = (rtt_weight > 0).then(|| rtt_sum / rtt_weight as f64);
     w
+}
+
+/// A pod's track with its [`down_edges`].
+type Judged<'a> = (&'a PeerTrack, (usize, usize));
+
+fn judged(track: &PeerTrack) -> Judged<'_> {
+    (track, down_edges(track))
 }
 
 /// Rounds at the newest and the oldest end of a single-echo pod's history in
