@@ -16,6 +16,15 @@ use std::net::IpAddr;
 
 use netmatrix_api::{EchoResult, NetworkMode, PeerResult};
 
+/// Index of `network` in the per-network arrays (pod, host) kept here, by
+/// the path windows and by the rules.
+pub(crate) fn network_slot(network: NetworkMode) -> usize {
+    match network {
+        NetworkMode::Pod => 0,
+        NetworkMode::Host => 1,
+    }
+}
+
 /// Rounds kept per peer unless configured (`--history-rounds`).
 pub const DEFAULT_ROUNDS: usize = 5;
 
@@ -125,13 +134,6 @@ impl History {
         }
     }
 
-    fn slot(network: NetworkMode) -> usize {
-        match network {
-            NetworkMode::Pod => 0,
-            NetworkMode::Host => 1,
-        }
-    }
-
     /// Records one report's round. Peers the report no longer lists are
     /// dropped with their history; a peer IP now on another node starts over.
     pub fn record(
@@ -140,7 +142,7 @@ impl History {
         network: NetworkMode,
         samples: impl IntoIterator<Item = (IpAddr, String, RoundSample)>,
     ) {
-        let sources = &mut self.sources[Self::slot(network)];
+        let sources = &mut self.sources[network_slot(network)];
         let previous = sources.remove(source).unwrap_or_default();
         let mut incoming: Vec<(IpAddr, String, RoundSample)> = samples.into_iter().collect();
         // Stable: of a pod listed twice, the first listing comes first.
@@ -177,7 +179,7 @@ impl History {
 
     /// Forgets a source (its node left the cluster).
     pub fn forget(&mut self, source: &str, network: NetworkMode) {
-        self.sources[Self::slot(network)].remove(source);
+        self.sources[network_slot(network)].remove(source);
     }
 
     /// Number of sources held (tests, and a bound on memory).
@@ -187,14 +189,18 @@ impl History {
 
     /// The window of `source`'s path to the pods on `to`.
     pub fn window(&self, source: &str, network: NetworkMode, to: &str) -> Option<PathWindow> {
-        let tracks = self.tracks(source, network)?;
-        let pods = tracks.tracks.iter().filter(|t| t.node == to);
-        tracks.window(pods.map(|t| (t.ip, t.node.as_str())))
+        let tracks: Vec<Judged> = self.sources[network_slot(network)]
+            .get(source)?
+            .iter()
+            .filter(|t| t.node == to)
+            .map(judged)
+            .collect();
+        (!tracks.is_empty()).then(|| window_of(&tracks, self.rounds))
     }
 
     /// `source`'s peer tracks, for windows over groups of its pods.
     pub fn tracks(&self, source: &str, network: NetworkMode) -> Option<Tracks<'_>> {
-        self.sources[Self::slot(network)]
+        self.sources[network_slot(network)]
             .get(source)
             .map(|tracks| Tracks {
                 tracks,

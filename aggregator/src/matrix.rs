@@ -21,7 +21,7 @@ use netmatrix_api::{
     ProbeError, RecordType, ServiceKind, ServiceResult, Status,
 };
 
-use crate::history::PathWindow;
+use crate::history::{PathWindow, network_slot};
 use crate::store::{ReportStore, StoredReport};
 
 /// Column name of the row's MTU summary.
@@ -56,13 +56,6 @@ impl PathWindows {
         }
     }
 
-    fn slot(network: NetworkMode) -> usize {
-        match network {
-            NetworkMode::Pod => 0,
-            NetworkMode::Host => 1,
-        }
-    }
-
     fn id_or_insert(&mut self, node: String) -> u32 {
         if let Some(id) = self.ids.get(&node) {
             return *id;
@@ -74,7 +67,7 @@ impl PathWindows {
     }
 
     fn row_mut(&mut self, network: NetworkMode, from: u32) -> &mut Vec<(u32, PathWindow)> {
-        let rows = &mut self.rows[Self::slot(network)];
+        let rows = &mut self.rows[network_slot(network)];
         let i = from as usize;
         if rows.len() <= i {
             rows.resize_with(i + 1, Vec::new);
@@ -94,7 +87,7 @@ impl PathWindows {
     fn row(&self, network: NetworkMode, from: &str) -> &[(u32, PathWindow)] {
         self.ids
             .get(from)
-            .and_then(|id| self.rows[Self::slot(network)].get(*id as usize))
+            .and_then(|id| self.rows[network_slot(network)].get(*id as usize))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -112,7 +105,7 @@ impl PathWindows {
         to: &str,
     ) -> Option<&mut PathWindow> {
         let (from, to) = (*self.ids.get(from)?, *self.ids.get(to)?);
-        let row = self.rows[Self::slot(network)].get_mut(from as usize)?;
+        let row = self.rows[network_slot(network)].get_mut(from as usize)?;
         let i = row.binary_search_by_key(&to, |(id, _)| *id).ok()?;
         Some(&mut row[i].1)
     }
@@ -265,35 +258,31 @@ pub fn build(
     let mut windows = PathWindows::for_nodes(&nodes);
     let builder = RowBuilder {
         nodes: &nodes,
-        ids: (0u32..).zip(&nodes).map(|(i, n)| (n.as_str(), i)).collect(),
+        ids: &windows.ids,
         store,
         policy,
         now_unix_ms,
         dense: !sampled,
     };
-    let mut row = |(id, node): (u32, &String), network: NetworkMode| {
-        let (mut row, row_windows) = builder.row(node, network);
+    // Each row's windows, by network then source id (rows are in id order).
+    let mut row_windows: [Vec<Vec<(u32, PathWindow)>>; 2] = Default::default();
+    let mut row = |node: &String, network: NetworkMode| {
+        let (mut row, windows) = builder.row(node, network);
         row.state = state_of(node);
-        // Destination ids ascending: the groups are sorted.
-        *windows.row_mut(network, id) = row_windows;
+        row_windows[network_slot(network)].push(windows);
         row
     };
-    let rows: Vec<MatrixRow> = (0u32..)
-        .zip(&nodes)
-        .map(|n| row(n, NetworkMode::Pod))
-        .collect();
+    let rows: Vec<MatrixRow> = nodes.iter().map(|n| row(n, NetworkMode::Pod)).collect();
 
     let any_host = store
         .reports()
         .any(|s| s.report.agent.network == NetworkMode::Host);
     let host_rows = if any_host {
-        (0u32..)
-            .zip(&nodes)
-            .map(|n| row(n, NetworkMode::Host))
-            .collect()
+        nodes.iter().map(|n| row(n, NetworkMode::Host)).collect()
     } else {
         Vec::new()
     };
+    windows.rows = row_windows;
     for node in &nodes {
         if let Some(stored) = store.get(node, NetworkMode::Pod) {
             for service in &stored.report.services {
@@ -320,9 +309,9 @@ pub fn build(
 struct RowBuilder<'a> {
     /// Sorted.
     nodes: &'a [String],
-    /// Position of each node in `nodes`: hashed once per peer, where a
-    /// binary search compared a dozen strings.
-    ids: HashMap<&'a str, u32>,
+    /// Position of each node in `nodes` (the windows' ids): hashed once per
+    /// peer, where a binary search compared a dozen strings.
+    ids: &'a HashMap<String, u32>,
     store: &'a ReportStore,
     policy: &'a MatrixPolicy,
     now_unix_ms: u64,

@@ -36,7 +36,7 @@ use netmatrix_api::{
 };
 
 use super::{Condition, Context, DiagnosisPolicy};
-use crate::history::PathWindow;
+use crate::history::{PathWindow, network_slot};
 use crate::matrix::{CheckTargets, PathWindows};
 
 /// "(Nearly) all failed": at least this share of the known cells.
@@ -209,11 +209,7 @@ impl<'a> View<'a> {
         &'s self,
         network: NetworkMode,
     ) -> impl Iterator<Item = (&'a str, &'a Cell, Option<&'a PathWindow>)> + use<'a, 's> {
-        let slot = match network {
-            NetworkMode::Pod => 0,
-            NetworkMode::Host => 1,
-        };
-        self.known[slot].iter().copied()
+        self.known[network_slot(network)].iter().copied()
     }
 
     fn cross_cells<'s>(
