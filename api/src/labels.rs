@@ -36,3 +36,12 @@ pub const REPORTER_SELECTOR: &str =
 /// aggregator Service is unreachable).
 pub const AGGREGATOR_SELECTOR: &str =
     "app.kubernetes.io/name=netmatrix,app.kubernetes.io/component=aggregator";
+
+/// ServiceAccount of the pod-network agents (the chart's name for a release
+/// called `netmatrix`).
+pub const AGENT_SERVICE_ACCOUNT: &str = "netmatrix-agent";
+/// ServiceAccount of the host-network agents.
+pub const HOST_AGENT_SERVICE_ACCOUNT: &str = "netmatrix-host-agent";
+/// Audience of the agents' projected ServiceAccount tokens: the aggregator
+/// refuses tokens issued for anyone else (the API server's among them).
+pub const TOKEN_AUDIENCE: &str = "netmatrix";

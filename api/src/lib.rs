@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod labels;
 pub mod sampling;
+pub mod validate;
 
 /// Path prefix of every versioned endpoint.
 pub const API_PREFIX: &str = "/api/v1";
@@ -163,7 +164,7 @@ impl EchoResult {
 }
 
 /// What kind of service check this was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceKind {
     /// TCP connect, TLS handshake and `GET /livez` to the API server's ClusterIP.
@@ -200,7 +201,7 @@ pub struct ServiceResult {
 }
 
 /// DNS record type probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum RecordType {
     A,
@@ -313,10 +314,33 @@ pub struct ReportAccepted {
 /// Error body of every 4xx/5xx answer of the aggregator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// Stable machine-readable reason, e.g. `malformed-report`, `unknown-sender`.
+    /// Stable machine-readable reason, one of [`reasons`].
     pub reason: String,
-    /// What happened and what to do, for a human.
+    /// What happened and what to do, for a human: short, and never quoting
+    /// what the client sent or what the Kubernetes API knows.
     pub message: String,
+}
+
+/// The stable `reason`s of [`ApiError`] for `POST /api/v1/reports`, also
+/// the `reason` label of `netmatrix_reports_rejected_total`.
+pub mod reasons {
+    /// No bearer token, or one the Kubernetes API does not accept (401).
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// A valid token, but not of a running agent pod, or the report claims
+    /// another identity than the token's (403).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// Not a well-formed v1 report; the message names the field (400).
+    pub const INVALID: &str = "invalid";
+    /// The body is larger than the aggregator accepts (413).
+    pub const TOO_LARGE: &str = "too-large";
+    /// Older than the report held for the same pod (409).
+    pub const STALE: &str = "stale";
+    /// The aggregator has not listed nodes and agents from the API yet (503).
+    pub const NOT_READY: &str = "not-ready";
+    /// The token could not be verified right now: the Kubernetes API is
+    /// unreachable, or token reviews are being rate limited (503). A client
+    /// may retry with an older token it still holds.
+    pub const AUTH_UNAVAILABLE: &str = "auth-unavailable";
 }
 
 /// Status of one matrix cell or check.
