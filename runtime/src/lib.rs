@@ -8,7 +8,10 @@
 //! - [`kube_config`]: `--kubeconfig` (several files, like `KUBECONFIG`) or
 //!   the in-cluster service account;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM (Kubernetes stops pods with SIGTERM);
-//! - [`exit_code`]: the operator-facing error chain, without a backtrace.
+//! - [`exit_code`]: the operator-facing error chain, without a backtrace;
+//! - [`serve`]: the bounded HTTP server both binaries serve with.
+
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
