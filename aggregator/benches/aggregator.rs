@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 mod cluster;
 use cluster::Cluster;
+use netmatrix_aggregator::auth::Sender;
 
 const INTERVAL_MS: u64 = 10_000;
 static NOW: AtomicU64 = AtomicU64::new(1_800_000_000_000);
@@ -31,16 +32,25 @@ fn round_5000(c: &mut Criterion) {
     let mut cluster = Cluster::new(5000, 50);
     // One node cut off, so the rules have something to find.
     cluster.isolated = vec![cluster::node_name(1234)];
-    let bodies: Vec<Vec<u8>> = cluster.report_bodies(1, clock()).collect();
     let aggregator = cluster.aggregator(INTERVAL_MS, clock);
-    let ingest_all = |a: &netmatrix_aggregator::state::Aggregator| {
-        for body in &bodies {
-            a.ingest(body).expect("a generated report is accepted");
+    // A pod's reports are ordered by round: each ingest is of a new round,
+    // made (untimed) before it, at the next interval.
+    let round = AtomicU64::new(0);
+    let next_round = || {
+        let round = round.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = NOW.fetch_add(INTERVAL_MS, Ordering::Relaxed) + INTERVAL_MS;
+        cluster.report_bodies(round, now).collect::<Vec<_>>()
+    };
+    let ingest_all = |a: &netmatrix_aggregator::state::Aggregator,
+                      bodies: Vec<(Sender, Vec<u8>)>| {
+        for (sender, body) in &bodies {
+            a.ingest(body, sender)
+                .expect("a generated report is accepted");
         }
     };
     // Warm up the history so that windows hold several rounds.
     for _ in 0..3 {
-        ingest_all(&aggregator);
+        ingest_all(&aggregator, next_round());
         aggregator.evaluate();
     }
     let mut group = c.benchmark_group("round_5000_nodes_x_50_peers");
@@ -48,14 +58,22 @@ fn round_5000(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
     group.bench_function("ingest_5000_reports", |b| {
-        b.iter(|| ingest_all(&aggregator))
+        b.iter_batched(
+            next_round,
+            |bodies| ingest_all(&aggregator, bodies),
+            BatchSize::PerIteration,
+        )
     });
     group.bench_function("evaluate", |b| b.iter(|| black_box(aggregator.evaluate())));
     group.bench_function("ingest_and_evaluate", |b| {
-        b.iter(|| {
-            ingest_all(&aggregator);
-            black_box(aggregator.evaluate())
-        })
+        b.iter_batched(
+            next_round,
+            |bodies| {
+                ingest_all(&aggregator, bodies);
+                black_box(aggregator.evaluate())
+            },
+            BatchSize::PerIteration,
+        )
     });
     group.finish();
     let findings = aggregator.evaluate();
@@ -72,11 +90,11 @@ fn round_5000(c: &mut Criterion) {
 /// A full mesh of 1,000 nodes (a million cells) served as JSON.
 fn matrix_json_1000(c: &mut Criterion) {
     let cluster = Cluster::new(1000, 999);
-    let bodies: Vec<Vec<u8>> = cluster.report_bodies(1, clock()).collect();
+    let bodies: Vec<_> = cluster.report_bodies(1, clock()).collect();
     let aggregator = Arc::new(cluster.aggregator(INTERVAL_MS, clock));
-    for body in &bodies {
+    for (sender, body) in &bodies {
         aggregator
-            .ingest(body)
+            .ingest(body, sender)
             .expect("a generated report is accepted");
     }
     drop(bodies);

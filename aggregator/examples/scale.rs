@@ -57,10 +57,10 @@ fn main() -> anyhow::Result<()> {
         // Bodies are made one at a time (as they arrive one request at a
         // time); only the ingest is timed.
         let mut ingest = std::time::Duration::ZERO;
-        for body in cluster.report_bodies(round, clock()) {
+        for (sender, body) in cluster.report_bodies(round, clock()) {
             let started = Instant::now();
             aggregator
-                .ingest(&body)
+                .ingest(&body, &sender)
                 .map_err(|e| anyhow::anyhow!("report rejected: {e}"))?;
             ingest += started.elapsed();
         }

@@ -15,9 +15,46 @@ use netmatrix_api::labels;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "netmatrix-aggregator", version, about, long_about = None)]
 pub struct Args {
-    /// Address the HTTP API, `/metrics` and the web page listen on.
-    #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// Addresses the HTTP API, `/metrics` and the web page listen on,
+    /// comma-separated (`IP:PORT`; IPv6 with or without brackets). On the
+    /// host network the chart gives the node's own address and 127.0.0.1
+    /// (for `kubectl port-forward`), not 0.0.0.0.
+    #[arg(
+        long,
+        env = "NETMATRIX_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_delimiter = ',',
+        value_parser = netmatrix_runtime::serve::parse_listen
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// Most client connections served at once; more wait in the kernel's
+    /// backlog. Agents open one short connection per report.
+    #[arg(long, env = "NETMATRIX_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// The audience of the agents' projected ServiceAccount tokens; tokens
+    /// for any other audience (the API server's, say) are refused.
+    #[arg(long, env = "NETMATRIX_TOKEN_AUDIENCE", default_value = "netmatrix")]
+    pub token_audience: String,
+
+    /// ServiceAccounts (in --namespace) whose tokens may report, comma-separated.
+    #[arg(
+        long,
+        env = "NETMATRIX_AGENT_SERVICE_ACCOUNTS",
+        default_value = "netmatrix-agent,netmatrix-host-agent",
+        value_delimiter = ','
+    )]
+    pub agent_service_accounts: Vec<String>,
+
+    /// TokenReviews sent to the API server per second at most (twice that in
+    /// a burst). Each agent token is reviewed once and cached until it
+    /// expires; after an aggregator restart every agent needs one review, so
+    /// on thousands of nodes the first reports trickle in at this rate.
+    #[arg(long, env = "NETMATRIX_TOKEN_REVIEW_QPS", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_review_qps: u32,
 
     /// Evaluation period (matrix, diagnosis, metrics); should match the agents' probe interval.
     #[arg(
@@ -28,8 +65,8 @@ pub struct Args {
     )]
     pub interval: Duration,
 
-    /// A node whose last report is older than this many intervals (the larger of
-    /// --interval and the agent's own) is `unknown`.
+    /// A node whose last report is older than this many intervals (of the
+    /// aggregator's --interval; the agents' own is not trusted) is `unknown`.
     #[arg(long, env = "NETMATRIX_STALE_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub stale_after: u32,
 
@@ -52,7 +89,7 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_NODE_GRACE", default_value = "2m", value_parser = humantime::parse_duration)]
     pub node_grace: Duration,
 
-    /// Largest accepted report body, in bytes; larger reports get 413 `body-too-large`.
+    /// Largest accepted report body, in bytes; larger reports get 413 `too-large`.
     #[arg(long, env = "NETMATRIX_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
 
@@ -92,7 +129,8 @@ pub struct Args {
     pub kubeconfig: Option<PathBuf>,
 
     /// Run without the Kubernetes API, for tests and trials only: expected nodes
-    /// are the nodes that have reported, and senders' identities are NOT verified.
+    /// are the nodes that have reported, and reports are NOT authenticated:
+    /// anyone who reaches the aggregator can write any node's row.
     #[arg(long, env = "NETMATRIX_NO_KUBERNETES")]
     pub no_kubernetes: bool,
 }
@@ -120,7 +158,12 @@ mod tests {
     #[test]
     fn defaults_match_the_documentation() {
         let args = Args::try_parse_from(["netmatrix-aggregator"]).unwrap();
-        assert_eq!(args.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(args.listen, ["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(args.token_audience, "netmatrix");
+        assert_eq!(
+            args.agent_service_accounts,
+            ["netmatrix-agent", "netmatrix-host-agent"]
+        );
         assert_eq!(args.interval, Duration::from_secs(5));
         assert_eq!(
             (args.stale_after, args.raise_after, args.clear_after),
@@ -145,6 +188,14 @@ mod tests {
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?} was accepted");
         }
+        let args = Args::try_parse_from(["x", "--listen", "fd00::1:8080,127.0.0.1:8080"]).unwrap();
+        assert_eq!(
+            args.listen,
+            [
+                "[fd00::1]:8080".parse().unwrap(),
+                "127.0.0.1:8080".parse().unwrap()
+            ]
+        );
         let args = Args::try_parse_from(["x", "--interval", "2s", "--no-kubernetes"]).unwrap();
         assert_eq!(args.interval, Duration::from_secs(2));
         assert!(args.no_kubernetes);

@@ -5,18 +5,19 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use netmatrix_api::{
     ApiError, Cell, FINDINGS_PATH, Findings, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH,
     NetworkMode, REPORTS_PATH, ReportAccepted,
 };
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::web;
 
+use crate::auth::AuthError;
 use crate::published::Form;
 use crate::state::Aggregator;
 use crate::store::Rejection;
@@ -27,17 +28,25 @@ struct AppState {
     max_body: usize,
 }
 
-/// Every route. `max_body` bounds report bodies (`--max-body`).
+/// Every route. `max_body` bounds report bodies (`--max-body`): a larger
+/// `Content-Length` is refused before the body is read (tower-http's
+/// `RequestBodyLimitLayer`), a longer chunked body when it passes the limit.
 pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
     let state = AppState {
         aggregator,
         max_body,
     };
+    // Layers wrap what is above them: the limit sees the request first,
+    // and its plain 413 is rewritten on the way out.
+    let reports = post(post_report)
+        .route_layer(DefaultBodyLimit::disable())
+        .route_layer(RequestBodyLimitLayer::new(max_body))
+        .route_layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            explain_too_large,
+        ));
     Router::new()
-        .route(
-            REPORTS_PATH,
-            post(post_report).layer(DefaultBodyLimit::max(max_body)),
-        )
+        .route(REPORTS_PATH, reports)
         .route(MATRIX_PATH, get(get_matrix))
         .route(MATRIX_COMPACT_PATH, get(get_matrix_compact))
         .route(MATRIX_CELL_PATH, get(get_matrix_cell))
@@ -51,25 +60,49 @@ pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
         .with_state(state)
 }
 
-async fn post_report(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
+/// The body limit layer answers a plain-text 413 before any handler runs:
+/// count it, and answer in the API's words.
+async fn explain_too_large(State(state): State<AppState>, response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return response;
+    }
+    let rejection = Rejection::TooLarge {
+        limit: state.max_body,
+    };
+    state.aggregator.rejected(&rejection);
+    rejection_response(&rejection)
+}
+
+/// `POST /api/v1/reports`: the body (bounded in size and time by the
+/// layers), then the token, then the report. The body is read even from a
+/// caller that turns out unauthenticated: closing a connection with unread
+/// data resets it, and the client would never see why it was refused.
+async fn post_report(State(state): State<AppState>, request: Request) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
         Err(rejection) => {
             let rejection = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Rejection::BodyTooLarge {
+                Rejection::TooLarge {
                     limit: state.max_body,
                 }
             } else {
-                Rejection::Malformed(rejection.body_text())
+                Rejection::Malformed("body: not received in time, or unreadable".into())
             };
             state.aggregator.rejected(&rejection);
             return rejection_response(&rejection);
         }
     };
-    match state.aggregator.ingest(&body) {
+    let authorization = authorization.as_ref().map(HeaderValue::as_bytes);
+    let sender = match state.aggregator.authenticate(authorization).await {
+        Ok(sender) => sender,
+        Err(rejection) => return rejection_response(&rejection),
+    };
+    match state.aggregator.ingest(&body, &sender) {
         Ok(accepted) => (
             StatusCode::ACCEPTED,
             Json(ReportAccepted {
@@ -84,13 +117,26 @@ async fn post_report(
 
 fn rejection_response(rejection: &Rejection) -> Response {
     let status = match rejection {
-        Rejection::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
-        Rejection::UnknownSender { .. } => StatusCode::FORBIDDEN,
-        Rejection::InventoryNotSynced => StatusCode::SERVICE_UNAVAILABLE,
+        Rejection::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Rejection::Malformed(_) | Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
+        Rejection::Auth(AuthError::Missing | AuthError::Rejected(_)) => StatusCode::UNAUTHORIZED,
+        Rejection::Auth(AuthError::NotAnAgent(_)) | Rejection::Forbidden(_) => {
+            StatusCode::FORBIDDEN
+        }
+        Rejection::Auth(AuthError::Unavailable(_)) | Rejection::NotReady => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Rejection::Stale { .. } => StatusCode::CONFLICT,
     };
-    api_error(status, rejection.reason(), rejection.to_string())
+    let mut response = api_error(status, rejection.reason(), rejection.client_message());
+    let headers = response.headers_mut();
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn api_error(status: StatusCode, reason: &str, message: String) -> Response {
@@ -221,6 +267,7 @@ async fn not_found() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{Authenticator, Caller};
     use crate::inventory::InventorySource;
     use crate::state::Settings;
     use crate::store::tests::{inventory, report};
@@ -233,31 +280,61 @@ mod tests {
 
     const MAX_BODY: usize = 4096;
 
+    const NOW: u64 = 1_000_000_000;
+
+    /// An aggregator knowing nodes n1 and n2, whose agents' tokens are
+    /// `token-agent-n1` and `token-agent-n2`.
     fn app() -> (Router, Arc<Aggregator>) {
         let inv = InventorySource::Fixed(Arc::new(inventory(&["n1", "n2"])));
+        let tokens = ["agent-n1", "agent-n2"]
+            .map(|pod| {
+                let caller = Caller {
+                    service_account: "netmatrix-agent".into(),
+                    pod: pod.into(),
+                    pod_uid: format!("uid-{pod}"),
+                    node: None,
+                };
+                (format!("token-{pod}"), caller)
+            })
+            .into();
         let aggregator = Aggregator::new(inv, Settings::default())
             .unwrap()
-            .with_clock(|| 1_000_000);
+            .with_authenticator(Authenticator::with_static_tokens(tokens))
+            .with_clock(|| NOW);
         let aggregator = Arc::new(aggregator);
         (router(Arc::clone(&aggregator), MAX_BODY), aggregator)
     }
 
+    /// A request as n1's agent (GETs carry the token too: it is ignored).
     async fn send(app: &Router, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-        let request = Request::builder()
+        send_as(app, Some("token-agent-n1"), method, uri, body).await
+    }
+
+    async fn send_as(
+        app: &Router,
+        token: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut request = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body))
-            .unwrap();
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Body::from(body)).unwrap();
         let response = app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, bytes.to_vec())
     }
 
-    /// n1's report of round 0 with one peer, n2's agent, echoed as `icmp`.
+    /// n1's report of round 10 with one peer, n2's agent, echoed as `icmp`.
     fn report_with_peer(icmp: EchoResult) -> netmatrix_api::Report {
-        let mut r = report(0, "n1", 10);
+        let mut r = report(0, "n1", NOW);
+        r.round = 10;
         r.peers.push(PeerResult {
             node: "n2".into(),
             pod: "agent-n2".into(),
@@ -318,7 +395,7 @@ mod tests {
         let (status, body) = send(&app, "POST", REPORTS_PATH, b"{not json".to_vec()).await;
         assert_eq!(
             (status, reason(&body).as_str()),
-            (StatusCode::BAD_REQUEST, "malformed-report")
+            (StatusCode::BAD_REQUEST, "invalid")
         );
 
         let mut huge = good_report();
@@ -326,43 +403,103 @@ mod tests {
         let (status, body) = send(&app, "POST", REPORTS_PATH, huge).await;
         assert_eq!(
             (status, reason(&body).as_str()),
-            (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
+            (StatusCode::PAYLOAD_TOO_LARGE, "too-large")
         );
 
-        let mut impostor = report(0, "n2", 20);
-        impostor.agent.pod = "agent-n1".into();
+        // No token, an unknown one, and n2's agent's token with n1's body.
+        for (token, expected, why) in [
+            (None, StatusCode::UNAUTHORIZED, "unauthenticated"),
+            (Some("forged"), StatusCode::UNAUTHORIZED, "unauthenticated"),
+            (Some("token-agent-n2"), StatusCode::FORBIDDEN, "forbidden"),
+        ] {
+            let mut r = report_with_peer(EchoResult::default());
+            r.round = 20;
+            let body = serde_json::to_vec(&r).unwrap();
+            let (status, body) = send_as(&app, token, "POST", REPORTS_PATH, body).await;
+            assert_eq!(
+                (status, reason(&body).as_str()),
+                (expected, why),
+                "{token:?}"
+            );
+        }
+
+        let mut old = report(0, "n1", NOW);
+        old.round = 5;
         let (status, body) = send(
             &app,
             "POST",
             REPORTS_PATH,
-            serde_json::to_vec(&impostor).unwrap(),
+            serde_json::to_vec(&old).unwrap(),
         )
         .await;
         assert_eq!(
             (status, reason(&body).as_str()),
-            (StatusCode::FORBIDDEN, "unknown-sender")
-        );
-
-        let old = serde_json::to_vec(&report(0, "n1", 5)).unwrap();
-        let (status, body) = send(&app, "POST", REPORTS_PATH, old).await;
-        assert_eq!(
-            (status, reason(&body).as_str()),
-            (StatusCode::CONFLICT, "stale-report")
+            (StatusCode::CONFLICT, "stale")
         );
 
         assert_eq!(matrix(&app).await, before);
 
         let text = aggregator.metrics().encode().unwrap();
-        for reason in [
-            "malformed-report",
-            "body-too-large",
-            "unknown-sender",
-            "stale-report",
+        for (reason, count) in [
+            ("invalid", 1),
+            ("too-large", 1),
+            ("unauthenticated", 2),
+            ("forbidden", 1),
+            ("stale", 1),
         ] {
-            let line = format!("netmatrix_reports_rejected_total{{reason=\"{reason}\"}} 1");
+            let line = format!("netmatrix_reports_rejected_total{{reason=\"{reason}\"}} {count}");
             assert!(text.contains(&line), "missing {line} in\n{text}");
         }
         assert!(text.contains("netmatrix_reports_total 1"));
+    }
+
+    #[tokio::test]
+    async fn refusals_are_short_and_say_what_to_do() {
+        let (app, _) = app();
+        let request = Request::post(REPORTS_PATH).body(Body::from("{}")).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+
+        let (status, body) = send(&app, "POST", REPORTS_PATH, vec![b' '; 10]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.len() < 200, "{}", String::from_utf8_lossy(&body));
+        let (_, body) = send(
+            &app,
+            "POST",
+            REPORTS_PATH,
+            br#"{"agent":{"node":"n1\nforged log line","pod":"agent-n1","pod_ip":"10.244.1.2"},"round":11,"started_unix_ms":1000000000,"interval_ms":5000}"#.to_vec(),
+        )
+        .await;
+        let error: ApiError = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            error.message,
+            "invalid: agent.node: not a Kubernetes name (DNS-1123 subdomain)"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_content_length_is_refused_before_the_body() {
+        let (app, aggregator) = app();
+        // The body never arrives: a stream that stays pending.
+        let never = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let request = Request::post(REPORTS_PATH)
+            .header(header::CONTENT_LENGTH, "1000000000000")
+            .header(header::AUTHORIZATION, "Bearer token-agent-n1")
+            .body(never)
+            .unwrap();
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            app.clone().oneshot(request),
+        )
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(reason(&body), "too-large");
+        let text = aggregator.metrics().encode().unwrap();
+        assert!(text.contains("netmatrix_reports_rejected_total{reason=\"too-large\"} 1"));
     }
 
     #[tokio::test]

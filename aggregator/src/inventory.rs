@@ -20,10 +20,15 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use netmatrix_api::{AgentIdentity, NetworkMode, NodeState, labels};
 
+use crate::auth::Caller;
+
 /// A running, non-terminating agent pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPod {
     pub name: String,
+    /// `metadata.uid`: a token is bound to one pod UID, so a token that
+    /// outlived its pod (or a pod re-created under the same name) is refused.
+    pub uid: String,
     /// `status.podIPs` (a host-network agent has its node's addresses).
     pub ips: Vec<IpAddr>,
     /// Pod network (`component=agent`) or host network (`component=host-agent`
@@ -60,14 +65,19 @@ pub struct Inventory {
     pub agents: BTreeMap<String, Vec<AgentPod>>,
 }
 
-/// Why a report's sender does not match the API. The text says what the API
-/// says instead, so the operator can tell a stale agent from an impostor.
+/// Why a verified caller may not send its report. The text says what the
+/// API says instead, for the aggregator's log (never for the client), so the
+/// operator can tell a stale agent from an impostor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SenderMismatch {
     #[error("the API lists no running agent pod named {pod}")]
     NoSuchPod { pod: String },
+    #[error("the API lists agent pod {pod} under another UID (the pod was re-created)")]
+    WrongUid { pod: String },
     #[error("the API says agent pod {pod} runs on node {actual}")]
     WrongNode { pod: String, actual: String },
+    #[error("the token is agent pod {token}'s, not {claimed}'s")]
+    WrongPod { token: String, claimed: String },
     #[error("the API says agent pod {pod} has IP(s) {actual}")]
     WrongIp { pod: String, actual: String },
     #[error(
@@ -88,34 +98,63 @@ fn network_name(network: NetworkMode) -> &'static str {
 }
 
 impl Inventory {
-    /// Checks a report's claimed identity: there must be a running agent pod
-    /// with that name, on that node, with that IP.
-    pub fn verify_sender(&self, id: &AgentIdentity) -> Result<(), SenderMismatch> {
+    /// Checks a caller the API server vouched for, and the identity its
+    /// report claims: the token's pod must be a running agent pod with the
+    /// token's UID, on the token's node (when the review names it), and the
+    /// report must claim exactly that pod, its node, its network and one of
+    /// its IPs.
+    pub fn verify_caller(
+        &self,
+        caller: &Caller,
+        claimed: &AgentIdentity,
+    ) -> Result<(), SenderMismatch> {
+        let node = caller.node.as_deref().unwrap_or(&claimed.node);
         let on_node = self
             .agents
-            .get(&id.node)
-            .and_then(|pods| pods.iter().find(|p| p.name == id.pod));
-        match on_node {
-            Some(pod) if pod.network != id.network => Err(SenderMismatch::WrongNetwork {
-                pod: id.pod.clone(),
-                actual: network_name(pod.network),
-                claimed: network_name(id.network),
-            }),
-            Some(pod) if pod.ips.contains(&id.pod_ip) => Ok(()),
-            Some(pod) => Err(SenderMismatch::WrongIp {
-                pod: id.pod.clone(),
-                actual: join(&pod.ips),
-            }),
-            None => match self.agent_by_name(&id.pod) {
-                Some((node, _)) => Err(SenderMismatch::WrongNode {
-                    pod: id.pod.clone(),
-                    actual: node.to_owned(),
-                }),
-                None => Err(SenderMismatch::NoSuchPod {
-                    pod: id.pod.clone(),
-                }),
-            },
+            .get(node)
+            .and_then(|pods| pods.iter().find(|p| p.name == caller.pod));
+        let Some(pod) = on_node else {
+            return Err(match self.agent_by_name(&caller.pod) {
+                Some((actual, _)) => SenderMismatch::WrongNode {
+                    pod: caller.pod.clone(),
+                    actual: actual.to_owned(),
+                },
+                None => SenderMismatch::NoSuchPod {
+                    pod: caller.pod.clone(),
+                },
+            });
+        };
+        if pod.uid != caller.pod_uid {
+            return Err(SenderMismatch::WrongUid {
+                pod: caller.pod.clone(),
+            });
         }
+        if claimed.pod != caller.pod {
+            return Err(SenderMismatch::WrongPod {
+                token: caller.pod.clone(),
+                claimed: claimed.pod.clone(),
+            });
+        }
+        if claimed.node != node {
+            return Err(SenderMismatch::WrongNode {
+                pod: caller.pod.clone(),
+                actual: node.to_owned(),
+            });
+        }
+        if pod.network != claimed.network {
+            return Err(SenderMismatch::WrongNetwork {
+                pod: caller.pod.clone(),
+                actual: network_name(pod.network),
+                claimed: network_name(claimed.network),
+            });
+        }
+        if !pod.ips.contains(&claimed.pod_ip) {
+            return Err(SenderMismatch::WrongIp {
+                pod: caller.pod.clone(),
+                actual: join(&pod.ips),
+            });
+        }
+        Ok(())
     }
 
     fn agent_by_name(&self, pod: &str) -> Option<(&str, &AgentPod)> {
@@ -293,6 +332,7 @@ fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
         node,
         AgentPod {
             name: pod.name_any(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
             ips,
             network,
             started_unix_ms: started_running(pod),
@@ -529,6 +569,7 @@ mod tests {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -551,6 +592,20 @@ mod tests {
             pod_ip: ip.parse().unwrap(),
             network: NetworkMode::Pod,
         }
+    }
+
+    /// The caller a TokenReview would give for the pod `id` claims.
+    fn caller(pod: &str) -> Caller {
+        Caller {
+            service_account: "netmatrix-agent".into(),
+            pod: pod.into(),
+            pod_uid: format!("uid-{pod}"),
+            node: None,
+        }
+    }
+
+    fn verify(inv: &Inventory, id: &AgentIdentity) -> Result<(), SenderMismatch> {
+        inv.verify_caller(&caller(&id.pod), id)
     }
 
     fn sample() -> Inventory {
@@ -580,18 +635,58 @@ mod tests {
     fn verifies_sender_and_says_what_the_api_says() {
         let inv = sample();
         assert_eq!(
-            inv.verify_sender(&identity("n1", "agent-a", "10.244.1.2")),
+            verify(&inv, &identity("n1", "agent-a", "10.244.1.2")),
             Ok(())
         );
-        let wrong_node = inv.verify_sender(&identity("n2", "agent-a", "10.244.1.2"));
+        let wrong_node = verify(&inv, &identity("n2", "agent-a", "10.244.1.2"));
         assert_eq!(
             wrong_node.unwrap_err().to_string(),
             "the API says agent pod agent-a runs on node n1"
         );
-        let wrong_ip = inv.verify_sender(&identity("n1", "agent-a", "10.244.1.3"));
+        let wrong_ip = verify(&inv, &identity("n1", "agent-a", "10.244.1.3"));
         assert!(wrong_ip.unwrap_err().to_string().contains("10.244.1.2"));
-        let terminating = inv.verify_sender(&identity("n1", "agent-old", "10.244.1.9"));
+        let terminating = verify(&inv, &identity("n1", "agent-old", "10.244.1.9"));
         assert!(matches!(terminating, Err(SenderMismatch::NoSuchPod { .. })));
+    }
+
+    #[test]
+    fn the_token_decides_who_is_speaking() {
+        let inv = sample();
+        let a = identity("n1", "agent-a", "10.244.1.2");
+        // agent-b's token, with agent-a's real identity in the body.
+        assert!(matches!(
+            inv.verify_caller(&caller("agent-b"), &a),
+            Err(SenderMismatch::WrongNode { .. })
+        ));
+        let b_as_a = identity("n2", "agent-a", "10.244.2.2");
+        assert_eq!(
+            inv.verify_caller(&caller("agent-b"), &b_as_a),
+            Err(SenderMismatch::WrongPod {
+                token: "agent-b".into(),
+                claimed: "agent-a".into()
+            })
+        );
+        // A token of an earlier pod of the same name.
+        let mut old = caller("agent-a");
+        old.pod_uid = "uid-before".into();
+        assert_eq!(
+            inv.verify_caller(&old, &a),
+            Err(SenderMismatch::WrongUid {
+                pod: "agent-a".into()
+            })
+        );
+        // The review names the node: the body must agree.
+        let mut on_n2 = caller("agent-a");
+        on_n2.node = Some("n2".into());
+        assert!(inv.verify_caller(&on_n2, &a).is_err());
+        let mut on_n1 = caller("agent-a");
+        on_n1.node = Some("n1".into());
+        assert_eq!(inv.verify_caller(&on_n1, &a), Ok(()));
+        let elsewhere = identity("n2", "agent-a", "10.244.1.2");
+        assert!(matches!(
+            inv.verify_caller(&on_n1, &elsewhere),
+            Err(SenderMismatch::WrongNode { .. })
+        ));
     }
 
     #[test]
@@ -693,13 +788,11 @@ mod tests {
         );
         let mut host = identity("n1", "host-a", "198.18.0.1");
         host.network = NetworkMode::Host;
-        assert_eq!(inv.verify_sender(&host), Ok(()));
+        assert_eq!(verify(&inv, &host), Ok(()));
         let mut host_b = identity("n2", "host-b", "198.18.0.2");
         host_b.network = NetworkMode::Host;
-        assert_eq!(inv.verify_sender(&host_b), Ok(()));
-        let err = inv
-            .verify_sender(&identity("n1", "host-a", "198.18.0.1"))
-            .unwrap_err();
+        assert_eq!(verify(&inv, &host_b), Ok(()));
+        let err = verify(&inv, &identity("n1", "host-a", "198.18.0.1")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the API says agent pod host-a is a host-network agent, not a pod-network one"
@@ -707,7 +800,7 @@ mod tests {
         let mut pod_as_host = identity("n1", "agent-a", "10.244.1.2");
         pod_as_host.network = NetworkMode::Host;
         assert!(matches!(
-            inv.verify_sender(&pod_as_host),
+            verify(&inv, &pod_as_host),
             Err(SenderMismatch::WrongNetwork { .. })
         ));
         // The node's address belongs to the node.
@@ -806,7 +899,7 @@ mod tests {
         assert!(snapshot.synced);
         assert_eq!(snapshot.nodes.keys().collect::<Vec<_>>(), ["n1"]);
         assert_eq!(
-            snapshot.verify_sender(&identity("n1", "agent-a", "10.244.1.2")),
+            verify(&snapshot, &identity("n1", "agent-a", "10.244.1.2")),
             Ok(())
         );
         // Unchanged generation: the same snapshot, not a rebuild.

@@ -2,6 +2,7 @@
 //! node-to-node connectivity [`Matrix`](netmatrix_api::Matrix), names what is
 //! broken ([`Findings`](netmatrix_api::Findings)) and exports metrics.
 //!
+//! - [`auth`]: who is posting (agents' tokens, verified by TokenReview);
 //! - [`store`]: the latest report per (node, network) and its validation;
 //! - [`history`]: the last rounds' echo counts per peer (windowed loss);
 //! - [`inventory`]: nodes and agent pods according to the Kubernetes API;
@@ -12,6 +13,7 @@
 //! - [`http`]: the `/api/v1` routes, `/metrics`, `/healthz`;
 //! - [`state`]: the shared state tying them together.
 
+pub mod auth;
 pub mod config;
 pub mod diagnosis;
 pub mod history;
@@ -27,9 +29,10 @@ mod web;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use netmatrix_runtime::serve::{self, ServerLimits};
 use tokio::time::MissedTickBehavior;
 
+use auth::{Authenticator, TokenPolicy};
 pub use config::Args;
 use inventory::{InventorySource, KubeInventory};
 use state::{Aggregator, Settings};
@@ -48,50 +51,61 @@ pub enum Error {
     KubeClient(#[source] kube::Error),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Runs the aggregator until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
-    let inventory = if args.no_kubernetes {
+    let (inventory, authenticator) = if args.no_kubernetes {
         tracing::warn!(
-            "--no-kubernetes: sender identities are NOT verified and only nodes that have reported are expected"
+            "--no-kubernetes: reports are NOT authenticated (anyone who reaches this aggregator can write any node's row) and only nodes that have reported are expected; for trials only"
         );
-        InventorySource::Unverified
+        (InventorySource::Unverified, Authenticator::unverified())
     } else {
         let config = netmatrix_runtime::kube_config(args.kubeconfig.as_deref()).await?;
         let client = kube::Client::try_from(config).map_err(Error::KubeClient)?;
-        InventorySource::Kubernetes(KubeInventory::spawn(
-            client,
-            &args.namespace,
-            &args.agent_selector,
-        ))
+        let policy = TokenPolicy {
+            audience: args.token_audience.clone(),
+            namespace: args.namespace.clone(),
+            service_accounts: args.agent_service_accounts.iter().cloned().collect(),
+            reviews_per_second: args.token_review_qps,
+        };
+        (
+            InventorySource::Kubernetes(KubeInventory::spawn(
+                client.clone(),
+                &args.namespace,
+                &args.agent_selector,
+            )),
+            Authenticator::with_reviews(client, policy),
+        )
     };
 
-    let aggregator = Arc::new(Aggregator::new(inventory, Settings::from_args(&args))?);
+    let aggregator =
+        Aggregator::new(inventory, Settings::from_args(&args))?.with_authenticator(authenticator);
+    let aggregator = Arc::new(aggregator);
 
-    let listener = TcpListener::bind(args.listen)
+    let listeners = serve::bind_all(&args.listen)
         .await
-        .map_err(|source| Error::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    let local = listener.local_addr().unwrap_or(args.listen);
+        .map_err(|(addr, source)| Error::Listen { addr, source })?;
+    let local: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
     tracing::info!(
-        listen = %local,
+        listen = %local.join(","),
         interval = %humantime::format_duration(args.interval),
         "aggregator ready"
     );
 
     let evaluation = tokio::spawn(evaluate_every(Arc::clone(&aggregator), args.interval));
     let app = http::router(aggregator, args.max_body);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(netmatrix_runtime::shutdown_signal())
-        .await
-        .map_err(Error::Serve);
+    let limits = ServerLimits {
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        ..ServerLimits::default()
+    };
+    serve::serve(listeners, app, limits, netmatrix_runtime::shutdown_signal()).await;
     evaluation.abort();
-    served
+    Ok(())
 }
 
 /// The evaluation loop: one round per interval. A slow round delays the next

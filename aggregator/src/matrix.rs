@@ -188,12 +188,11 @@ impl Default for MatrixPolicy {
 }
 
 impl MatrixPolicy {
-    /// Fresh means younger than `stale_after` intervals, counting the slower
-    /// of the aggregator's and the agent's own interval, so an agent
-    /// configured with a longer interval is not declared silent.
+    /// Fresh means received less than `stale_after` of the aggregator's
+    /// intervals ago. The agent's own interval is not trusted: a report
+    /// claiming an hour-long interval would otherwise pin its row.
     pub fn is_fresh(&self, stored: &StoredReport, now_unix_ms: u64) -> bool {
-        let interval = self.interval_ms.max(stored.report.interval_ms);
-        stored.age_ms(now_unix_ms) <= interval.saturating_mul(u64::from(self.stale_after))
+        stored.age_ms(now_unix_ms) <= self.interval_ms.saturating_mul(u64::from(self.stale_after))
     }
 
     pub fn status_for_loss(&self, loss: f64) -> Status {
@@ -547,14 +546,18 @@ fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{inventory, report};
+    use crate::store::tests::{agent, inventory, report};
     use netmatrix_api::{EchoResult, ErrorKind, Report};
 
+    /// A peer pod on `node`, each under its own address (a report lists
+    /// every pod once).
     fn peer(node: &str, sent: u32, received: u32, rtt: f64) -> PeerResult {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         PeerResult {
             node: node.into(),
             pod: format!("p-{node}"),
-            ip: "10.244.9.9".parse().unwrap(),
+            ip: std::net::Ipv4Addr::from(0x0a64_0000 + n).into(),
             icmp: EchoResult {
                 sent,
                 received,
@@ -569,9 +572,11 @@ mod tests {
 
     fn ingest(store: &mut ReportStore, r: Report, now: u64) {
         let nodes = ["n1", "n2", "n3"];
+        let sender = agent(&r.agent.pod);
         store
             .ingest(
                 &serde_json::to_vec(&r).unwrap(),
+                &sender,
                 Some(&inventory(&nodes)),
                 now,
             )
@@ -675,7 +680,12 @@ mod tests {
         host.agent.network = NetworkMode::Host;
         host.peers = vec![peer("n2", 3, 3, 1.0)];
         store
-            .ingest(&serde_json::to_vec(&host).unwrap(), None, 0)
+            .ingest(
+                &serde_json::to_vec(&host).unwrap(),
+                &crate::auth::Sender::Unverified,
+                None,
+                0,
+            )
             .unwrap();
         let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 0).matrix;
         assert_eq!(m.host_rows.len(), 3);
@@ -747,7 +757,9 @@ mod tests {
         let mut store = ReportStore::default();
         for round in 1..=3u64 {
             let mut r = report(0, "n1", round);
-            r.peers = vec![peer("n2", 3, if round == 2 { 2 } else { 3 }, 1.0)];
+            let mut same_pod = peer("n2", 3, if round == 2 { 2 } else { 3 }, 1.0);
+            same_pod.ip = "10.244.2.2".parse().unwrap();
+            r.peers = vec![same_pod];
             ingest(&mut store, r, round * 1000);
         }
         let built = build(&store, &expected(), &None, &MatrixPolicy::default(), 3000);

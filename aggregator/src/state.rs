@@ -6,13 +6,17 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use netmatrix_api::{Finding, Findings, Matrix};
 
+use crate::auth::{Authenticator, Sender};
 use crate::config::Args;
 use crate::diagnosis::{self, Context, DiagnosisPolicy, Hysteresis, UnderlayRecovery};
 use crate::inventory::InventorySource;
 use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
 use crate::metrics::Metrics;
 use crate::published::{Form, Published};
-use crate::store::{self, Accepted, Rejection, ReportStore};
+use crate::store::{self, Accepted, Rejection, ReportStore, TimeBounds};
+
+/// Lines of "report rejected" logged per second at most.
+pub const REJECTIONS_LOGGED_PER_SECOND: u32 = 10;
 
 /// Source of "now" in Unix milliseconds; tests pin it.
 pub type Clock = fn() -> u64;
@@ -37,6 +41,8 @@ pub struct Settings {
     pub diagnosis: DiagnosisPolicy,
     /// Rounds of echo counts kept per peer.
     pub history_rounds: usize,
+    /// What a report may carry.
+    pub limits: netmatrix_api::validate::Limits,
 }
 
 impl Default for Settings {
@@ -49,6 +55,7 @@ impl Default for Settings {
             node_grace_ms: 120_000,
             diagnosis: DiagnosisPolicy::default(),
             history_rounds: crate::history::DEFAULT_ROUNDS,
+            limits: Default::default(),
         }
     }
 }
@@ -72,6 +79,7 @@ impl Settings {
             },
             history_rounds: usize::try_from(args.history_rounds)
                 .unwrap_or(crate::history::DEFAULT_ROUNDS),
+            limits: Default::default(),
         }
     }
 }
@@ -87,6 +95,10 @@ struct NodeSets {
 pub struct Aggregator {
     store: Mutex<ReportStore>,
     inventory: InventorySource,
+    authenticator: Authenticator,
+    /// Rejections logged this second, to keep a flood of bad requests
+    /// from flooding the log (the metric counts every one).
+    rejection_log: Mutex<(u64, u32)>,
     settings: Settings,
     hysteresis: Mutex<Hysteresis>,
     /// Nodes back from an underlay cut, whose agents may still be backing off.
@@ -105,9 +117,17 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(inventory: InventorySource, settings: Settings) -> Result<Self, prometheus::Error> {
+        let time = TimeBounds {
+            interval_ms: settings.policy.interval_ms,
+            ..Default::default()
+        };
         Ok(Aggregator {
-            store: Mutex::new(ReportStore::with_history(settings.history_rounds)),
+            store: Mutex::new(
+                ReportStore::with_history(settings.history_rounds).with_time_bounds(time),
+            ),
             inventory,
+            authenticator: Authenticator::unverified(),
+            rejection_log: Mutex::new((0, 0)),
             settings,
             hysteresis: Mutex::new(
                 Hysteresis::new(settings.raise_after, settings.clear_after)
@@ -125,6 +145,13 @@ impl Aggregator {
         })
     }
 
+    /// Verifies senders with `authenticator` (without one, nobody is
+    /// verified, which [`ReportStore`] refuses once an inventory is set).
+    pub fn with_authenticator(mut self, authenticator: Authenticator) -> Self {
+        self.authenticator = authenticator;
+        self
+    }
+
     /// Replaces the clock (tests).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -139,12 +166,33 @@ impl Aggregator {
         &self.metrics
     }
 
-    /// Validates and stores one report body, counting the outcome.
-    pub fn ingest(&self, body: &[u8]) -> Result<Accepted, Rejection> {
-        let outcome = store::parse(body).and_then(|report| {
+    /// Who sent a request with this `Authorization` header.
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Sender, Rejection> {
+        // Accepted tokens are cached per pod, a few per pod as they rotate;
+        // the bound follows the cluster, not the clients.
+        let agents = self
+            .inventory
+            .snapshot()
+            .map_or(0, |inv| inv.agents.values().map(Vec::len).sum::<usize>());
+        let capacity = agents.saturating_mul(4).saturating_add(1024);
+        let sender = self
+            .authenticator
+            .authenticate(authorization, self.now(), capacity)
+            .await;
+        sender.map_err(|error| {
+            let rejection = Rejection::Auth(error);
+            self.rejected(&rejection);
+            rejection
+        })
+    }
+
+    /// Validates and stores one report body from `sender`, counting the outcome.
+    pub fn ingest(&self, body: &[u8], sender: &Sender) -> Result<Accepted, Rejection> {
+        let outcome = store::parse(body, &self.settings.limits).and_then(|report| {
             let inventory = self.inventory.snapshot();
             let now = self.now();
-            self.lock_store().insert(report, inventory.as_deref(), now)
+            self.lock_store()
+                .insert(report, sender, inventory.as_deref(), now)
         });
         match &outcome {
             Ok(accepted) => {
@@ -163,10 +211,28 @@ impl Aggregator {
     }
 
     /// Counts and logs a rejection (also those decided before parsing, such
-    /// as an oversized body).
+    /// as an oversized body). At most [`REJECTIONS_LOGGED_PER_SECOND`] lines
+    /// a second: the metric counts every rejection, the log samples them.
     pub fn rejected(&self, rejection: &Rejection) {
         self.metrics.report_rejected(rejection.reason());
-        tracing::info!(reason = rejection.reason(), %rejection, "report rejected");
+        let second = self.now() / 1000;
+        let mut log = self
+            .rejection_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if log.0 != second {
+            if log.1 > REJECTIONS_LOGGED_PER_SECOND {
+                tracing::info!(
+                    suppressed = log.1 - REJECTIONS_LOGGED_PER_SECOND,
+                    "more reports rejected than logged (see netmatrix_reports_rejected_total)"
+                );
+            }
+            *log = (second, 0);
+        }
+        log.1 = log.1.saturating_add(1);
+        if log.1 <= REJECTIONS_LOGGED_PER_SECOND {
+            tracing::info!(reason = rejection.reason(), %rejection, "report rejected");
+        }
     }
 
     /// The matrix of the latest evaluation round (the one the findings come
@@ -348,8 +414,11 @@ mod tests {
     }
 
     fn post(aggregator: &Aggregator, index: usize, node: &str) {
-        let r = report(index, node, clock());
-        aggregator.ingest(&serde_json::to_vec(&r).unwrap()).unwrap();
+        let mut r = report(index, node, clock());
+        r.round = clock() / 1000;
+        aggregator
+            .ingest(&serde_json::to_vec(&r).unwrap(), &Sender::Unverified)
+            .unwrap();
     }
 
     #[test]
@@ -524,7 +593,9 @@ mod tests {
             let lossy = (round <= 300).then_some("n2");
             for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
                 let r = lab_round(i, node, now, lossy, 0.3, &mut rng);
-                aggregator.ingest(&serde_json::to_vec(&r).unwrap()).unwrap();
+                aggregator
+                    .ingest(&serde_json::to_vec(&r).unwrap(), &Sender::Unverified)
+                    .unwrap();
             }
             let findings = aggregator.evaluate().findings.clone();
             for f in &findings {
@@ -596,7 +667,9 @@ mod tests {
                         p.ip = "10.244.3.77".parse().unwrap();
                     }
                 }
-                aggregator.ingest(&serde_json::to_vec(&r).unwrap()).unwrap();
+                aggregator
+                    .ingest(&serde_json::to_vec(&r).unwrap(), &Sender::Unverified)
+                    .unwrap();
             }
             let findings = aggregator.evaluate().findings.clone();
             assert!(findings.is_empty(), "round {round}: {findings:#?}");

@@ -1,23 +1,36 @@
 //! The latest report of every agent, and the validation that guards it.
 //!
-//! A report is only stored after it parsed, its sender matched the Kubernetes
-//! API, and it is not older than what is held. A rejected report changes
-//! nothing: the matrix keeps showing the last good data until that ages out.
+//! A report is only stored after it parsed, passed [`Report::validate`], its
+//! sender's token ([`crate::auth`]) named a running agent pod that matches the
+//! body, its time is plausible by the aggregator's clock, and it is not older
+//! than what is held for that pod. A rejected report changes nothing: the
+//! matrix keeps showing the last good data until that ages out.
+//!
+//! The aggregator owns time: reports are ordered per pod by the agent's round
+//! counter while the held report is fresh, and by arrival otherwise (a
+//! restarted container counts from 1 again); freshness is judged on the
+//! receive time. The agent's own clock is data, bounded
+//! ([`TimeBounds`]), and never decides what is kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use netmatrix_api::{NetworkMode, Report};
+use netmatrix_api::validate::{Invalid, Limits};
+use netmatrix_api::{NetworkMode, Report, reasons};
 
+use crate::auth::{AuthError, Caller, Sender, truncated};
 use crate::history::{History, RoundSample};
 use crate::inventory::{Inventory, SenderMismatch};
 
 /// A report as received, with the aggregator's receive time (agents' clocks
-/// are not trusted for freshness).
+/// are not trusted for freshness) and who sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredReport {
     pub report: Report,
     pub received_unix_ms: u64,
+    /// The sending pod's UID when verified (its name otherwise): reports
+    /// are ordered per pod.
+    pub sender: String,
 }
 
 impl StoredReport {
@@ -27,48 +40,110 @@ impl StoredReport {
 }
 
 /// Why a report was refused. [`Rejection::reason`] is the stable reason put in
-/// the `ApiError` body and in `netmatrix_reports_rejected_total{reason}`.
+/// the `ApiError` body and in `netmatrix_reports_rejected_total{reason}`;
+/// [`Rejection::client_message`] is all the client hears; the `Display` text,
+/// with the detail, is for the log (client-chosen parts escaped and cut).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    #[error(
-        "report body exceeds {limit} bytes; raise --max-body on the aggregator, or probe a subset of nodes per agent"
-    )]
-    BodyTooLarge { limit: usize },
-    #[error("report is not a valid /api/v1 report: {0}")]
+    #[error("report body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("not a v1 report: {0}")]
     Malformed(String),
-    #[error(
-        "report claims node {node}, pod {pod}, IP {ip}, but {mismatch}; check that the agent runs from the DaemonSet selected by --agent-selector in the aggregator's namespace"
-    )]
-    UnknownSender {
-        node: String,
-        pod: String,
-        ip: IpAddr,
-        mismatch: SenderMismatch,
-    },
-    #[error(
-        "the aggregator has not listed nodes and agent pods from the Kubernetes API yet; retry next round"
-    )]
-    InventoryNotSynced,
-    #[error(
-        "report of round {round} from {pod} started at {started_unix_ms}, before the report held (started at {held_unix_ms}); late retries are dropped"
-    )]
-    Stale {
-        pod: String,
-        round: u64,
-        started_unix_ms: u64,
-        held_unix_ms: u64,
-    },
+    #[error("invalid report: {0}")]
+    Invalid(Invalid),
+    /// Decided by the token alone ([`crate::auth`]).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the aggregator has not listed nodes and agent pods from the Kubernetes API yet")]
+    NotReady,
+    #[error("round {round} of {pod} is not newer than round {held} held")]
+    Stale { pod: String, round: u64, held: u64 },
 }
 
 impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
-            Rejection::BodyTooLarge { .. } => "body-too-large",
-            Rejection::Malformed(_) => "malformed-report",
-            Rejection::UnknownSender { .. } => "unknown-sender",
-            Rejection::InventoryNotSynced => "inventory-not-synced",
-            Rejection::Stale { .. } => "stale-report",
+            Rejection::TooLarge { .. } => reasons::TOO_LARGE,
+            Rejection::Malformed(_) | Rejection::Invalid(_) => reasons::INVALID,
+            Rejection::Auth(AuthError::Missing | AuthError::Rejected(_)) => {
+                reasons::UNAUTHENTICATED
+            }
+            Rejection::Auth(AuthError::NotAnAgent(_)) | Rejection::Forbidden(_) => {
+                reasons::FORBIDDEN
+            }
+            Rejection::Auth(AuthError::Unavailable(_)) => reasons::AUTH_UNAVAILABLE,
+            Rejection::NotReady => reasons::NOT_READY,
+            Rejection::Stale { .. } => reasons::STALE,
         }
+    }
+
+    /// The short answer for the client: never a value it sent, nor anything
+    /// the Kubernetes API knows.
+    pub fn client_message(&self) -> String {
+        match self {
+            Rejection::TooLarge { limit } => format!(
+                "too-large: the report exceeds {limit} bytes; raise --max-body on the aggregator"
+            ),
+            Rejection::Malformed(path) => format!("invalid: {path}"),
+            Rejection::Invalid(invalid) => format!("invalid: {invalid}"),
+            Rejection::Auth(auth) => auth.client_message().to_owned(),
+            Rejection::Forbidden(_) => {
+                "forbidden: the report does not match the agent pod of its token".to_owned()
+            }
+            Rejection::NotReady => {
+                "not-ready: the aggregator has not synced with the Kubernetes API yet; retry next round"
+                    .to_owned()
+            }
+            Rejection::Stale { .. } => {
+                "stale: a newer report of this pod is held; late retries are dropped".to_owned()
+            }
+        }
+    }
+}
+
+/// How far a report's start time may stray from the aggregator's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBounds {
+    /// The aggregator's interval: a round cannot start more than two of
+    /// them in the future (a clock ahead by more is broken, or a forgery
+    /// trying to pin the row), and a held report orders its pod's next
+    /// ones for two of them.
+    pub interval_ms: u64,
+    /// A report of a round that started longer ago than this is refused.
+    pub max_age_ms: u64,
+}
+
+impl Default for TimeBounds {
+    fn default() -> Self {
+        TimeBounds {
+            interval_ms: 5000,
+            max_age_ms: MAX_REPORT_AGE_MS,
+        }
+    }
+}
+
+/// A report describes the last round: ten minutes is far beyond any
+/// delivery delay, and within any sane clock skew.
+pub const MAX_REPORT_AGE_MS: u64 = 10 * 60 * 1000;
+
+impl TimeBounds {
+    fn check(&self, started_unix_ms: u64, now_unix_ms: u64) -> Result<(), Rejection> {
+        let field = "started_unix_ms".to_owned();
+        if started_unix_ms > now_unix_ms.saturating_add(self.interval_ms.saturating_mul(2)) {
+            return Err(Rejection::Invalid(Invalid {
+                field,
+                problem: "ahead of the aggregator's clock by more than two intervals; check the node's clock (NTP)",
+            }));
+        }
+        if started_unix_ms < now_unix_ms.saturating_sub(self.max_age_ms) {
+            return Err(Rejection::Invalid(Invalid {
+                field,
+                problem: "more than 10 minutes behind the aggregator's clock; check the node's clock (NTP)",
+            }));
+        }
+        Ok(())
     }
 }
 
@@ -86,21 +161,43 @@ pub struct Accepted {
 #[derive(Debug, Default)]
 pub struct ReportStore {
     latest: BTreeMap<(String, NetworkMode), StoredReport>,
+    time: TimeBounds,
     /// Every node that ever reported: the expected nodes under `--no-kubernetes`.
     seen_nodes: BTreeSet<String>,
     history: History,
 }
 
-/// Parses a report body. Done before taking the store's lock: parsing a
-/// large body must not hold up other agents.
-pub fn parse(body: &[u8]) -> Result<Report, Rejection> {
-    let mut report: Report =
-        serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
-    check_shape(&report)?;
+/// Parses and validates a report body. Done before taking the store's
+/// lock: parsing a large body must not hold up other agents.
+pub fn parse(body: &[u8], limits: &Limits) -> Result<Report, Rejection> {
+    let mut report: Report = serde_json::from_slice(body).map_err(|_| malformed(body))?;
+    report.validate(limits).map_err(Rejection::Invalid)?;
+    report.truncate_messages();
     // Kept until the next report: without the slack of the parser's
     // doubling (64 slots for 50 peers), a fifth of the store's memory.
     report.peers.shrink_to_fit();
     Ok(report)
+}
+
+/// Where a body stops being a v1 report, as a field path (`peers[3].icmp.sent`)
+/// and the kind of problem, without quoting the body. Parsed a second time,
+/// with path tracking, only for bodies that failed: the common case pays
+/// nothing for it.
+fn malformed(body: &[u8]) -> Rejection {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let problem = match serde_path_to_error::deserialize::<_, Report>(&mut de) {
+        Ok(_) => return Rejection::Malformed("body: trailing data after the report".into()),
+        Err(error) => error,
+    };
+    let kind = match problem.inner().classify() {
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Eof => "cut short",
+        serde_json::error::Category::Data => "wrong type or value",
+        serde_json::error::Category::Io => "unreadable",
+    };
+    let path = problem.path().to_string();
+    let path = if path == "." { "body".to_owned() } else { path };
+    Rejection::Malformed(format!("{}: {kind}", truncated(&path)))
 }
 
 impl ReportStore {
@@ -112,14 +209,26 @@ impl ReportStore {
         }
     }
 
+    /// Sets how far reports' start times may stray from the aggregator's clock.
+    pub fn with_time_bounds(mut self, time: TimeBounds) -> Self {
+        self.time = time;
+        self
+    }
+
     /// Parses, verifies and stores one report body.
     pub fn ingest(
         &mut self,
         body: &[u8],
+        sender: &Sender,
         inventory: Option<&Inventory>,
         now_unix_ms: u64,
     ) -> Result<Accepted, Rejection> {
-        self.insert(parse(body)?, inventory, now_unix_ms)
+        self.insert(
+            parse(body, &Limits::default())?,
+            sender,
+            inventory,
+            now_unix_ms,
+        )
     }
 
     /// Verifies and stores a parsed report.
@@ -128,34 +237,38 @@ impl ReportStore {
     pub fn insert(
         &mut self,
         mut report: Report,
+        sender: &Sender,
         inventory: Option<&Inventory>,
         now_unix_ms: u64,
     ) -> Result<Accepted, Rejection> {
-        if let Some(inventory) = inventory {
-            if !inventory.synced {
-                return Err(Rejection::InventoryNotSynced);
+        let sender_id = match (inventory, sender) {
+            (Some(inventory), _) if !inventory.synced => return Err(Rejection::NotReady),
+            (Some(inventory), Sender::Agent(caller)) => {
+                inventory
+                    .verify_caller(caller, &report.agent)
+                    .map_err(|mismatch| forbidden(caller, &report, &mismatch))?;
+                caller.pod_uid.clone()
             }
-            inventory.verify_sender(&report.agent).map_err(|mismatch| {
-                Rejection::UnknownSender {
-                    node: report.agent.node.clone(),
-                    pod: report.agent.pod.clone(),
-                    ip: report.agent.pod_ip,
-                    mismatch,
-                }
-            })?;
-        }
+            (Some(_), Sender::Unverified) => {
+                return Err(Rejection::Forbidden(
+                    "an unverified sender in verified mode".into(),
+                ));
+            }
+            (None, _) => report.agent.pod.clone(),
+        };
+        self.time.check(report.started_unix_ms, now_unix_ms)?;
 
         let key = (report.agent.node.clone(), report.agent.network);
         if let Some(held) = self.latest.get(&key) {
-            // Only the same pod's reports are ordered: a replacement pod
-            // (verified above) always wins over its predecessor.
-            let same_pod = held.report.agent.pod == report.agent.pod;
-            if same_pod && report.started_unix_ms < held.report.started_unix_ms {
+            // A pod's reports are ordered by its round counter while the
+            // held one is fresh; a replacement pod, or a container that
+            // restarted (counting from 1 again) after a pause, always wins.
+            let recent = held.age_ms(now_unix_ms) < self.time.interval_ms.saturating_mul(2);
+            if held.sender == sender_id && recent && report.round <= held.report.round {
                 return Err(Rejection::Stale {
                     pod: report.agent.pod.clone(),
                     round: report.round,
-                    started_unix_ms: report.started_unix_ms,
-                    held_unix_ms: held.report.started_unix_ms,
+                    held: held.report.round,
                 });
             }
         }
@@ -178,6 +291,7 @@ impl ReportStore {
             StoredReport {
                 report,
                 received_unix_ms: now_unix_ms,
+                sender: sender_id,
             },
         );
         Ok(accepted)
@@ -247,18 +361,17 @@ impl ReportStore {
     }
 }
 
-/// Checks what serde cannot: identities must name something.
-fn check_shape(report: &Report) -> Result<(), Rejection> {
-    let agent = &report.agent;
-    if agent.node.trim().is_empty() || agent.pod.trim().is_empty() {
-        return Err(Rejection::Malformed(
-            "agent.node and agent.pod must not be empty".into(),
-        ));
-    }
-    if report.interval_ms == 0 {
-        return Err(Rejection::Malformed("interval_ms must be positive".into()));
-    }
-    Ok(())
+/// A 403 whose log line says what the token and the body claimed (escaped)
+/// and what the API says.
+fn forbidden(caller: &Caller, report: &Report, mismatch: &SenderMismatch) -> Rejection {
+    Rejection::Forbidden(format!(
+        "token of pod {} ({}), report claims node {}, pod {}, IP {}: {mismatch}",
+        truncated(&caller.pod),
+        caller.service_account,
+        truncated(&report.agent.node),
+        truncated(&report.agent.pod),
+        report.agent.pod_ip,
+    ))
 }
 
 #[cfg(test)]
@@ -288,12 +401,14 @@ pub(crate) mod tests {
                 vec![
                     AgentPod {
                         name: format!("agent-{node}"),
+                        uid: format!("uid-agent-{node}"),
                         ips: vec![format!("10.244.{}.2", i + 1).parse().unwrap()],
                         network: NetworkMode::Pod,
                         started_unix_ms: None,
                     },
                     AgentPod {
                         name: format!("host-agent-{node}"),
+                        uid: format!("uid-host-agent-{node}"),
                         ips: vec![format!("198.18.0.{}", i + 1).parse().unwrap()],
                         network: NetworkMode::Host,
                         started_unix_ms: None,
@@ -337,47 +452,86 @@ pub(crate) mod tests {
         serde_json::to_vec(report).unwrap()
     }
 
+    /// The sender a TokenReview gives for the agent pod `pod`.
+    pub(crate) fn agent(pod: &str) -> Sender {
+        Sender::Agent(Caller {
+            service_account: "netmatrix-agent".into(),
+            pod: pod.into(),
+            pod_uid: format!("uid-{pod}"),
+            node: None,
+        })
+    }
+
+    /// Stores `r` as sent by its own pod (verified against `inv`, or
+    /// unverified without one).
+    fn ingest(
+        store: &mut ReportStore,
+        r: &Report,
+        inv: Option<&Inventory>,
+        now: u64,
+    ) -> Result<Accepted, Rejection> {
+        let sender = match inv {
+            Some(_) => agent(&r.agent.pod),
+            None => Sender::Unverified,
+        };
+        store.ingest(&body(r), &sender, inv, now)
+    }
+
     #[test]
     fn accepts_a_verified_report() {
         let inv = inventory(&["n1", "n2"]);
         let mut store = ReportStore::default();
-        let ok = store.ingest(&body(&report(0, "n1", 10)), Some(&inv), 1000);
+        let ok = ingest(&mut store, &report(0, "n1", 10), Some(&inv), 1000);
         assert_eq!(ok.unwrap().node, "n1");
         let held = store.get("n1", NetworkMode::Pod).unwrap();
         assert_eq!(held.received_unix_ms, 1000);
+        assert_eq!(held.sender, "uid-agent-n1");
     }
 
     #[test]
     fn rejections_change_nothing() {
         let inv = inventory(&["n1", "n2"]);
         let mut store = ReportStore::default();
-        store
-            .ingest(&body(&report(0, "n1", 10)), Some(&inv), 1000)
-            .unwrap();
+        ingest(&mut store, &report(0, "n1", 10), Some(&inv), 1000).unwrap();
         let before = store.get("n1", NetworkMode::Pod).cloned();
+        let n1 = agent("agent-n1");
 
-        let malformed = store.ingest(b"{\"agent\": 3}", Some(&inv), 2000);
-        assert_eq!(malformed.unwrap_err().reason(), "malformed-report");
+        let malformed = store.ingest(b"{\"agent\": 3}", &n1, Some(&inv), 2000);
+        let err = malformed.unwrap_err();
+        assert_eq!(err.reason(), "invalid");
+        assert_eq!(err.client_message(), "invalid: agent: wrong type or value");
         let wrong_type = json!({"agent": {"node": "n1", "pod": "agent-n1", "pod_ip": "10.244.1.2"},
             "round": "three", "started_unix_ms": 20, "interval_ms": 5000});
         let err = store
-            .ingest(wrong_type.to_string().as_bytes(), Some(&inv), 2000)
+            .ingest(wrong_type.to_string().as_bytes(), &n1, Some(&inv), 2000)
             .unwrap_err();
-        assert!(err.to_string().contains("invalid type"), "{err}");
+        assert_eq!(err.client_message(), "invalid: round: wrong type or value");
+        let err = store
+            .ingest(b"{\"agent\"", &n1, Some(&inv), 2000)
+            .unwrap_err();
+        assert_eq!(err.client_message(), "invalid: body: cut short");
 
-        // n1's agent pretending to be n2's.
+        // n1's agent, with its own token, pretending to be n2's.
         let mut impostor = report(0, "n1", 20);
         impostor.agent.node = "n2".into();
         let err = store
-            .ingest(&body(&impostor), Some(&inv), 2000)
+            .ingest(&body(&impostor), &n1, Some(&inv), 2000)
             .unwrap_err();
-        assert_eq!(err.reason(), "unknown-sender");
+        assert_eq!(err.reason(), "forbidden");
         assert!(err.to_string().contains("runs on node n1"), "{err}");
-
+        assert!(
+            !err.client_message().contains("n1"),
+            "{}",
+            err.client_message()
+        );
+        // n1's token, n2's whole identity in the body.
         let err = store
-            .ingest(&body(&report(0, "n1", 5)), Some(&inv), 2000)
+            .ingest(&body(&report(1, "n2", 20)), &n1, Some(&inv), 2000)
             .unwrap_err();
-        assert_eq!(err.reason(), "stale-report");
+        assert_eq!(err.reason(), "forbidden");
+
+        let err = ingest(&mut store, &report(0, "n1", 5), Some(&inv), 2000).unwrap_err();
+        assert_eq!(err.reason(), "stale");
 
         assert_eq!(store.get("n1", NetworkMode::Pod).cloned(), before);
         assert!(store.get("n2", NetworkMode::Pod).is_none());
@@ -387,23 +541,94 @@ pub(crate) mod tests {
     fn refuses_everyone_until_the_inventory_synced() {
         let mut inv = inventory(&["n1"]);
         inv.synced = false;
-        let err = ReportStore::default()
-            .ingest(&body(&report(0, "n1", 1)), Some(&inv), 1)
+        let err = ingest(
+            &mut ReportStore::default(),
+            &report(0, "n1", 1),
+            Some(&inv),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(err, Rejection::NotReady);
+        inv.synced = true;
+        let unverified = ReportStore::default()
+            .ingest(
+                &body(&report(0, "n1", 1)),
+                &Sender::Unverified,
+                Some(&inv),
+                1,
+            )
             .unwrap_err();
-        assert_eq!(err, Rejection::InventoryNotSynced);
+        assert_eq!(unverified.reason(), "forbidden");
     }
 
     #[test]
     fn a_replacement_pod_is_not_stale() {
         let mut inv = inventory(&["n1"]);
         let mut store = ReportStore::default();
-        store
-            .ingest(&body(&report(0, "n1", 100)), Some(&inv), 1)
-            .unwrap();
-        inv.agents.get_mut("n1").unwrap()[0].name = "agent-n1-new".into();
+        ingest(&mut store, &report(0, "n1", 100), Some(&inv), 100).unwrap();
+        let pods = inv.agents.get_mut("n1").unwrap();
+        pods[0].name = "agent-n1-new".into();
+        pods[0].uid = "uid-agent-n1-new".into();
         let mut new = report(0, "n1", 50);
         new.agent.pod = "agent-n1-new".into();
-        assert!(store.ingest(&body(&new), Some(&inv), 2).is_ok());
+        new.round = 1;
+        assert!(ingest(&mut store, &new, Some(&inv), 200).is_ok());
+    }
+
+    #[test]
+    fn the_aggregator_orders_a_pods_reports_by_round_not_by_its_clock() {
+        let inv = inventory(&["n1"]);
+        let bounds = TimeBounds {
+            interval_ms: 1000,
+            max_age_ms: MAX_REPORT_AGE_MS,
+        };
+        let mut store = ReportStore::default().with_time_bounds(bounds);
+        let now = 10_000_000;
+        let at = |round: u64, started: u64| {
+            let mut r = report(0, "n1", started);
+            r.round = round;
+            r
+        };
+        ingest(&mut store, &at(10, now), Some(&inv), now).unwrap();
+        // The node's clock steps back a minute: the next round is accepted.
+        assert!(ingest(&mut store, &at(11, now - 60_000), Some(&inv), now + 1000).is_ok());
+        // A late retry of an earlier round is not.
+        let late = ingest(&mut store, &at(10, now), Some(&inv), now + 1100);
+        assert_eq!(late.unwrap_err().reason(), "stale");
+        // The container restarts and counts from 1 again: accepted once the
+        // last report is two intervals old.
+        assert!(ingest(&mut store, &at(1, now + 1200), Some(&inv), now + 1200).is_err());
+        assert!(ingest(&mut store, &at(1, now + 3100), Some(&inv), now + 3100).is_ok());
+    }
+
+    #[test]
+    fn start_times_are_bounded_by_the_aggregators_clock() {
+        let inv = inventory(&["n1"]);
+        let bounds = TimeBounds {
+            interval_ms: 5000,
+            max_age_ms: MAX_REPORT_AGE_MS,
+        };
+        let now = 1_000_000_000;
+        for (started, ok) in [
+            (now, true),
+            (now + 9_000, true),
+            (now + 11_000, false),
+            (u64::MAX, false),
+            (now - MAX_REPORT_AGE_MS + 1000, true),
+            (now - MAX_REPORT_AGE_MS - 1000, false),
+            (0, false),
+        ] {
+            let mut store = ReportStore::default().with_time_bounds(bounds);
+            let got = ingest(&mut store, &report(0, "n1", started), Some(&inv), now);
+            assert_eq!(got.is_ok(), ok, "started {started}: {got:?}");
+            if let Err(err) = got {
+                assert_eq!(
+                    err.client_message().split(':').nth(1),
+                    Some(" started_unix_ms")
+                );
+                assert!(store.get("n1", NetworkMode::Pod).is_none());
+            }
+        }
     }
 
     #[test]
@@ -420,7 +645,7 @@ pub(crate) mod tests {
             });
         }
         let mut store = ReportStore::default();
-        let accepted = store.ingest(&body(&r), Some(&inv), 1).unwrap();
+        let accepted = ingest(&mut store, &r, Some(&inv), 1).unwrap();
         assert_eq!(accepted.unmapped_peers, 1);
         let held = &store.get("n1", NetworkMode::Pod).unwrap().report;
         let nodes: Vec<_> = held.peers.iter().map(|p| p.node.as_str()).collect();
@@ -430,34 +655,30 @@ pub(crate) mod tests {
     #[test]
     fn unverified_mode_accepts_anyone_and_remembers_nodes() {
         let mut store = ReportStore::default();
-        store.ingest(&body(&report(0, "n1", 1)), None, 1).unwrap();
-        store.ingest(&body(&report(1, "n2", 1)), None, 1).unwrap();
+        ingest(&mut store, &report(0, "n1", 1), None, 1).unwrap();
+        ingest(&mut store, &report(1, "n2", 1), None, 1).unwrap();
         assert_eq!(store.seen_nodes().len(), 2);
-        let err = store.ingest(b"", None, 1).unwrap_err();
-        assert_eq!(err.reason(), "malformed-report");
+        let err = store.ingest(b"", &Sender::Unverified, None, 1).unwrap_err();
+        assert_eq!(err.reason(), "invalid");
     }
 
     #[test]
     fn host_reports_are_verified_against_host_agent_pods() {
         let inv = inventory(&["n1", "n2"]);
         let mut store = ReportStore::default();
-        store
-            .ingest(&body(&host_report(0, "n1", 1)), Some(&inv), 1)
-            .unwrap();
+        ingest(&mut store, &host_report(0, "n1", 1), Some(&inv), 1).unwrap();
         assert!(store.get("n1", NetworkMode::Host).is_some());
         assert!(store.get("n1", NetworkMode::Pod).is_none());
 
         // The pod agent claiming to be a host agent, and the other way round.
         let mut claims_host = report(0, "n1", 2);
         claims_host.agent.network = NetworkMode::Host;
-        let err = store
-            .ingest(&body(&claims_host), Some(&inv), 2)
-            .unwrap_err();
-        assert_eq!(err.reason(), "unknown-sender");
+        let err = ingest(&mut store, &claims_host, Some(&inv), 2).unwrap_err();
+        assert_eq!(err.reason(), "forbidden");
         assert!(err.to_string().contains("pod-network agent"), "{err}");
         let mut claims_pod = host_report(1, "n2", 2);
         claims_pod.agent.network = NetworkMode::Pod;
-        assert!(store.ingest(&body(&claims_pod), Some(&inv), 2).is_err());
+        assert!(ingest(&mut store, &claims_pod, Some(&inv), 2).is_err());
     }
 
     fn echo(node: &str, ip: &str, sent: u32, received: u32) -> PeerResult {
@@ -488,7 +709,7 @@ pub(crate) mod tests {
                 // The companion was re-created under a new address.
                 r.peers[1] = echo("n2", "10.244.2.9", 3, 3);
             }
-            store.ingest(&body(&r), Some(&inv), round).unwrap();
+            ingest(&mut store, &r, Some(&inv), round).unwrap();
         }
         let w = store
             .history()

@@ -26,9 +26,9 @@ fn run(cluster: &Cluster, now: &'static AtomicU64, clock: fn() -> u64, rounds: u
     let mut findings = None;
     for round in 1..=rounds {
         now.fetch_add(10_000, Ordering::SeqCst);
-        for body in cluster.report_bodies(round, clock()) {
+        for (sender, body) in cluster.report_bodies(round, clock()) {
             aggregator
-                .ingest(&body)
+                .ingest(&body, &sender)
                 .expect("a generated report is accepted");
         }
         findings = Some(aggregator.evaluate());

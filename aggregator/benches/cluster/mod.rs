@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use netmatrix_aggregator::auth::{Caller, Sender};
 use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
 use netmatrix_aggregator::state::{Aggregator, Settings};
 use netmatrix_api::sampling::{PeerSampling, Ring};
@@ -89,6 +90,7 @@ impl Cluster {
                 node.clone(),
                 vec![AgentPod {
                     name: format!("agent-{node}"),
+                    uid: format!("uid-agent-{node}"),
                     ips: vec![agent_ip(i)],
                     network: NetworkMode::Pod,
                     started_unix_ms: Some(0),
@@ -107,9 +109,13 @@ impl Cluster {
     }
 
     /// Every node's report body for the round started at `now`, as the
-    /// agents would post them; made one at a time, so that holding them
-    /// does not weigh on the memory measured.
-    pub fn report_bodies(&self, round: u64, now: u64) -> impl Iterator<Item = Vec<u8>> + '_ {
+    /// agents would post them, with the sender their tokens prove; made one
+    /// at a time, so that holding them does not weigh on the memory measured.
+    pub fn report_bodies(
+        &self,
+        round: u64,
+        now: u64,
+    ) -> impl Iterator<Item = (Sender, Vec<u8>)> + '_ {
         let index: BTreeMap<&str, usize> = self
             .nodes
             .iter()
@@ -165,7 +171,16 @@ impl Cluster {
                     probed: targets.len() as u32,
                 }),
             };
-            serde_json::to_vec(&report).expect("a report encodes")
+            let sender = Sender::Agent(Caller {
+                service_account: "netmatrix-agent".to_owned(),
+                pod: format!("agent-{node}"),
+                pod_uid: format!("uid-agent-{node}"),
+                node: Some(node.clone()),
+            });
+            (
+                sender,
+                serde_json::to_vec(&report).expect("a report encodes"),
+            )
         })
     }
 }

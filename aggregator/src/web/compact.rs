@@ -1,23 +1,30 @@
 //! [`Matrix`] to [`CompactMatrix`]: the same data, a few bytes per cell.
 
+use std::collections::HashMap;
+
 use netmatrix_api::{
     CheckCell, CompactError, CompactMatrix, CompactRow, Matrix, MatrixRow, ProbeError, Status,
     status_char,
 };
 
 /// Builds the compact form of `matrix` (see [`CompactMatrix`] for the layout).
+///
+/// Linear in the rows times the columns: columns are numbered once, and
+/// each row's checks are placed by number.
 pub fn compact(matrix: &Matrix) -> CompactMatrix {
     let mut columns: Vec<String> = Vec::new();
+    let mut numbers: HashMap<&str, usize> = HashMap::new();
     for row in matrix.rows.iter().chain(&matrix.host_rows) {
         for check in row_checks(row) {
-            if !columns.contains(&check.column) {
+            numbers.entry(&check.column).or_insert_with(|| {
                 columns.push(check.column.clone());
-            }
+                columns.len() - 1
+            });
         }
     }
     let rows = |rows: &[MatrixRow]| -> Vec<CompactRow> {
         rows.iter()
-            .map(|row| compact_row(row, &matrix.nodes, &columns))
+            .map(|row| compact_row(row, &matrix.nodes, &numbers, columns.len()))
             .collect()
     };
     CompactMatrix {
@@ -36,7 +43,12 @@ fn row_checks(row: &MatrixRow) -> impl Iterator<Item = &CheckCell> {
 
 /// One row, a column per node. A sampled row (cells only for the probed
 /// nodes) is spread out, the unprobed nodes shown unknown.
-fn compact_row(row: &MatrixRow, nodes: &[String], columns: &[String]) -> CompactRow {
+fn compact_row(
+    row: &MatrixRow,
+    nodes: &[String],
+    numbers: &HashMap<&str, usize>,
+    columns: usize,
+) -> CompactRow {
     let mut errors = Vec::new();
     let mut status = String::with_capacity(nodes.len());
     let mut loss_pct = Vec::with_capacity(nodes.len());
@@ -58,11 +70,21 @@ fn compact_row(row: &MatrixRow, nodes: &[String], columns: &[String]) -> Compact
             }
         }
     }
-    let mut checks = String::with_capacity(columns.len());
-    let mut check_latency_us = Vec::with_capacity(columns.len());
+    let mut placed: Vec<Option<&CheckCell>> = vec![None; columns];
+    for check in row_checks(row) {
+        if let Some(slot) = numbers
+            .get(check.column.as_str())
+            .and_then(|&j| placed.get_mut(j))
+        {
+            // The first check of a column wins, as a search would find it.
+            slot.get_or_insert(check);
+        }
+    }
+    let mut checks = String::with_capacity(columns);
+    let mut check_latency_us = Vec::with_capacity(columns);
     let mut check_errors = Vec::new();
-    for (j, column) in columns.iter().enumerate() {
-        match row_checks(row).find(|c| &c.column == column) {
+    for (j, check) in placed.into_iter().enumerate() {
+        match check {
             Some(check) => {
                 checks.push(status_char(check.status));
                 check_latency_us.push(check.latency_ms.map_or(-1, micros));
