@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use netmatrix_api::sampling::PeerSampling;
 use netmatrix_api::{AgentIdentity, NetworkMode, labels};
+use netmatrix_runtime::serve::parse_ip_port;
 
 use crate::netif::{self, LocalInterface};
 use crate::probes::icmp::MtuProbe;
@@ -178,9 +179,31 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(0..=1_000))]
     pub rotating_nodes: u32,
 
-    /// Address of the HTTP server for /metrics, /healthz and /status.
-    #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Address serving /metrics and /healthz (Prometheus, the kubelet's
+    /// probes). IPv6 with or without brackets (the chart's `$(HOST_IP):9091`).
+    #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090",
+          value_parser = netmatrix_runtime::serve::parse_listen)]
     pub listen: SocketAddr,
+
+    /// Address serving /status (the last round's full report and the
+    /// delivery state) besides /metrics and /healthz: loopback by default,
+    /// for `kubectl port-forward pod/<agent> 9092` only.
+    #[arg(long, env = "NETMATRIX_STATUS_LISTEN", default_value = "127.0.0.1:9092",
+          value_parser = netmatrix_runtime::serve::parse_listen)]
+    pub status_listen: SocketAddr,
+
+    /// The agent's projected ServiceAccount token (audience `netmatrix`),
+    /// sent to the aggregator as `Authorization: Bearer` and read again
+    /// before every report, since the kubelet rotates it. Without the file,
+    /// reports go without a token (only an aggregator run with
+    /// --no-kubernetes accepts them).
+    #[arg(
+        long,
+        env = "NETMATRIX_TOKEN_FILE",
+        value_name = "PATH",
+        default_value = "/var/run/secrets/netmatrix.io/token"
+    )]
+    pub token_file: PathBuf,
 
     /// Threads running the agent's tasks. One (a single-threaded runtime)
     /// is plenty: probing thousands of peers is mostly waiting, and every
@@ -285,6 +308,16 @@ pub enum ConfigError {
     MtuProbeBytes { got: u32 },
     #[error("--{flag} must not be empty")]
     Empty { flag: &'static str },
+    #[error(
+        "--{flag} {value:?}: not a Kubernetes object name (lowercase letters, digits, '-' and '.'); set it from the downward API"
+    )]
+    ObjectName { flag: &'static str, value: String },
+    #[error(
+        "--clusterip: the name {name:?} must be letters, digits, '-', '_' or '.', at most 63 characters"
+    )]
+    ClusterIpName { name: String },
+    #[error("--interval must be at most 1h (got {got:?})")]
+    IntervalTooLong { got: Duration },
     #[error("--interval must be at least 100ms (got {got:?})")]
     IntervalTooShort { got: Duration },
     #[error(
@@ -358,6 +391,8 @@ pub struct Settings {
     pub tcp_timeout: Duration,
     pub dns_timeout: Duration,
     pub listen: SocketAddr,
+    pub status_listen: SocketAddr,
+    pub token_file: PathBuf,
     pub apiserver: SocketAddr,
     pub apiserver_ca: Option<PathBuf>,
     pub clusterips: Vec<ClusterIpTarget>,
@@ -390,6 +425,18 @@ impl Settings {
             if value.trim().is_empty() {
                 return Err(ConfigError::Empty { flag });
             }
+        }
+        // The aggregator refuses reports whose names break Kubernetes' rules.
+        for (flag, value) in [("node-name", &args.node_name), ("pod-name", &args.pod_name)] {
+            if !netmatrix_api::validate::is_object_name(value) {
+                return Err(ConfigError::ObjectName {
+                    flag,
+                    value: value.clone(),
+                });
+            }
+        }
+        if args.interval > Duration::from_millis(netmatrix_api::validate::MAX_INTERVAL_MS) {
+            return Err(ConfigError::IntervalTooLong { got: args.interval });
         }
         let mtu_probe = mtu_probe(&args, host)?;
         if args.interval < Duration::from_millis(100) {
@@ -467,6 +514,8 @@ impl Settings {
             tcp_timeout,
             dns_timeout,
             listen: args.listen,
+            status_listen: args.status_listen,
+            token_file: args.token_file,
             apiserver,
             apiserver_ca: args.apiserver_ca,
             clusterips,
@@ -567,24 +616,15 @@ fn parse_clusterips(values: &[String]) -> Result<Vec<ClusterIpTarget>, ConfigErr
             addr: addr.to_owned(),
         })?;
         let name = name.trim().to_owned();
+        if !netmatrix_api::validate::is_check_name(&name) {
+            return Err(ConfigError::ClusterIpName { name });
+        }
         if targets.iter().any(|t| t.name == name) {
             return Err(ConfigError::ClusterIpDuplicate { name });
         }
         targets.push(ClusterIpTarget { name, addr: parsed });
     }
     Ok(targets)
-}
-
-/// `IP:PORT` where IP may be IPv6 with or without brackets (`[fd00::a]:80`,
-/// or `fd00::a:80` as the chart's `$(SVC_SERVICE_HOST):$(SVC_SERVICE_PORT)`
-/// expands on an IPv6 cluster): the port is after the last colon.
-fn parse_ip_port(value: &str) -> Option<SocketAddr> {
-    let (ip, port) = value.rsplit_once(':')?;
-    let ip = ip
-        .strip_prefix('[')
-        .and_then(|i| i.strip_suffix(']'))
-        .unwrap_or(ip);
-    Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
 }
 
 fn parse_dns_server(value: &str) -> Result<SocketAddr, ConfigError> {
@@ -606,7 +646,7 @@ fn parse_dns_name(value: &str) -> Result<DnsName, ConfigError> {
         None => (value.trim(), None),
     };
     let name = name.trim();
-    if name.is_empty() || name.contains(char::is_whitespace) {
+    if !netmatrix_api::validate::is_dns_name(&fully_qualified(name)) {
         return Err(err());
     }
     Ok(DnsName {

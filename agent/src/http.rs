@@ -1,8 +1,12 @@
-//! The agent's own HTTP server: `/metrics`, `/healthz`, `/status`.
+//! The agent's own HTTP servers: `/metrics` and `/healthz` on the pod's
+//! address ([`router`]), and `/status` besides them on loopback
+//! ([`status_router`]).
 //!
 //! `/status` is the operator's view when the node is cut off from the
-//! aggregator: `kubectl port-forward` to the agent and read the last round's
-//! report and the delivery state directly.
+//! aggregator: `kubectl port-forward pod/<agent> 9092` reaches 127.0.0.1 inside
+//! the pod, where the last round's report and the delivery state are
+//! served. It is not on the pod's address: a full report tells a stranger
+//! every peer and check of the node, which is what a forger would copy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,12 +80,20 @@ struct StatusBody<'a> {
     reporting: ReportingState,
 }
 
+/// What the pod's address serves: `/metrics` and `/healthz`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/status", get(status))
         .with_state(state)
+}
+
+/// What loopback serves: `/status` as well.
+pub fn status_router(state: AppState) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .with_state(state.clone())
+        .merge(router(state))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -150,13 +162,18 @@ mod tests {
             mtu_probe_bytes: None,
             sampled: None,
         }));
-        let app = router(AppState {
+        let state = AppState {
             metrics: Arc::new(Metrics::new().unwrap()),
             status,
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        };
+        let serve = |app: Router| async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            addr
+        };
+        let public = serve(router(state.clone())).await;
+        let addr = serve(status_router(state)).await;
 
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
@@ -175,6 +192,12 @@ mod tests {
         assert_eq!(body["last_round"]["peer_source"], "last-known");
         assert_eq!(body["agent"]["pod"], "agent-1");
         assert_eq!(body["reporting"]["enabled"], false);
+
+        // The pod's address serves metrics and health, not the full report.
+        let on_pod_ip = |path: &str| client.get(format!("http://{public}{path}")).send();
+        assert_eq!(on_pod_ip("/metrics").await.unwrap().status(), 200);
+        assert_eq!(on_pod_ip("/healthz").await.unwrap().status(), 200);
+        assert_eq!(on_pod_ip("/status").await.unwrap().status(), 404);
     }
 
     #[test]

@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::client::ConfigExt;
+use netmatrix_runtime::serve::{self, ServerLimits};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -56,6 +57,16 @@ pub mod report;
 pub mod round;
 
 pub use config::{Args, Settings};
+
+/// The agent's servers answer Prometheus, the kubelet and an operator's
+/// port-forward: a few connections, each bounded in time.
+const SERVER_LIMITS: ServerLimits = ServerLimits {
+    max_connections: 32,
+    header_timeout: Duration::from_secs(10),
+    body_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(30),
+    write_timeout: Duration::from_secs(10),
+};
 
 /// How long the first round waits for the initial pod list before falling
 /// back to the SRV record.
@@ -80,7 +91,9 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     #[error("cannot build the HTTP client for reporting: {0}")]
     ReportClient(#[source] reqwest::Error),
-    #[error("cannot listen on {addr}: {source}; choose another --listen address")]
+    #[error(
+        "cannot listen on {addr}: {source}; choose another --listen or --status-listen address"
+    )]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -173,22 +186,29 @@ pub async fn run(args: Args) -> Result<(), Error> {
         settings.identity.clone(),
         settings.interval,
     ));
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: settings.listen,
-            source,
-        })?;
-    let app = http::router(http::AppState {
+    let state = http::AppState {
         metrics: metrics.clone(),
         status: status.clone(),
-    });
-    tracing::info!(addr = %settings.listen, "serving /metrics, /healthz, /status");
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "HTTP server stopped");
-        }
-    });
+    };
+    for (addr, app) in [
+        (settings.listen, http::router(state.clone())),
+        (settings.status_listen, http::status_router(state)),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { addr, source })?;
+        tokio::spawn(serve::serve(
+            vec![listener],
+            app,
+            SERVER_LIMITS,
+            std::future::pending(),
+        ));
+    }
+    tracing::info!(
+        addr = %settings.listen,
+        status = %settings.status_listen,
+        "serving /metrics and /healthz, and /status on the second address"
+    );
 
     let (reports_tx, reports_rx) = watch::channel(None);
     match &settings.aggregator_url {
@@ -196,6 +216,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             let pods = discovery.clone();
             let reporter = report::Reporter::new(
                 url,
+                report::TokenFile::new(Some(settings.token_file.clone())),
                 settings.aggregator_port,
                 Arc::new(move || pods.aggregator_ips()),
                 settings.interval,

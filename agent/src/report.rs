@@ -12,14 +12,22 @@
 //!
 //! Delivery runs in its own task and always sends the newest report, so a
 //! slow or dead aggregator never delays a probing round.
+//!
+//! Every report carries the agent's projected ServiceAccount token
+//! ([`TokenFile`]), read again before each send because the kubelet rotates
+//! it. When the aggregator cannot verify a new token (the API server is
+//! down: `503 auth-unavailable`), the report is sent once more with the
+//! last token it accepted, which stays valid until it expires: a control
+//! plane outage is exactly when the rows must keep coming.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netmatrix_runtime::cause_chain;
 
-use netmatrix_api::{ApiError, REPORTS_PATH, Report};
+use netmatrix_api::{ApiError, REPORTS_PATH, Report, reasons};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -54,9 +62,27 @@ pub struct ReportingState {
 /// What happened to one report.
 #[derive(Debug, Clone, PartialEq)]
 enum Delivery {
-    Accepted { endpoint: String },
-    Rejected { endpoint: String, error: ApiError },
-    Failed(String),
+    Accepted {
+        endpoint: String,
+    },
+    Rejected {
+        endpoint: String,
+        error: ApiError,
+    },
+    Failed {
+        message: String,
+        /// The aggregator could not verify the token just now.
+        auth_unavailable: bool,
+    },
+}
+
+impl Delivery {
+    fn failed(message: String) -> Self {
+        Delivery::Failed {
+            message,
+            auth_unavailable: false,
+        }
+    }
 }
 
 /// Exponential backoff counted in failures.
@@ -92,8 +118,54 @@ impl Backoff {
     }
 }
 
+/// The agent's token file, and the last token the aggregator accepted.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: Option<PathBuf>,
+    accepted: Option<String>,
+    missing_logged: bool,
+}
+
+impl TokenFile {
+    /// `None`: send no token (an aggregator run with `--no-kubernetes`).
+    pub fn new(path: Option<PathBuf>) -> Self {
+        TokenFile {
+            path,
+            accepted: None,
+            missing_logged: false,
+        }
+    }
+
+    /// The token as the kubelet last wrote it.
+    fn read(&mut self) -> Option<String> {
+        let path = self.path.as_ref()?;
+        match std::fs::read_to_string(path) {
+            Ok(token) if !token.trim().is_empty() => {
+                self.missing_logged = false;
+                Some(token.trim().to_owned())
+            }
+            Ok(_) | Err(_) => {
+                if !self.missing_logged {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "no token to send: the aggregator will refuse the reports unless it runs with --no-kubernetes; mount the projected ServiceAccount token (the chart does) or set --token-file"
+                    );
+                    self.missing_logged = true;
+                }
+                None
+            }
+        }
+    }
+
+    /// The last accepted token, when it differs from `current`.
+    fn fallback(&self, current: Option<&str>) -> Option<&str> {
+        self.accepted.as_deref().filter(|a| Some(*a) != current)
+    }
+}
+
 pub struct Reporter {
     client: reqwest::Client,
+    token: TokenFile,
     service: reqwest::Url,
     pod_port: u16,
     aggregator_pods: AggregatorPods,
@@ -107,6 +179,7 @@ impl Reporter {
     /// `service_base` is the aggregator Service URL (`http://host:port`).
     pub fn new(
         service_base: &reqwest::Url,
+        token: TokenFile,
         pod_port: u16,
         aggregator_pods: AggregatorPods,
         interval: Duration,
@@ -117,6 +190,9 @@ impl Reporter {
             // In-cluster traffic: an HTTP_PROXY meant for the outside world
             // must not capture it.
             .no_proxy()
+            // One short connection per report: the aggregator serves
+            // thousands of agents and closes idle connections anyway.
+            .pool_max_idle_per_host(0)
             .connect_timeout(
                 (interval / 4).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             )
@@ -131,6 +207,7 @@ impl Reporter {
         }
         Ok(Self {
             client,
+            token,
             service,
             pod_port,
             aggregator_pods,
@@ -163,7 +240,25 @@ impl Reporter {
             self.metrics.record_report(ReportOutcome::Skipped);
             return;
         }
-        let delivery = self.send(report).await;
+        let token = self.token.read();
+        let mut delivery = self.send(report, token.as_deref()).await;
+        if let Delivery::Failed {
+            auth_unavailable: true,
+            ..
+        } = delivery
+            && let Some(previous) = self.token.fallback(token.as_deref()).map(str::to_owned)
+        {
+            tracing::info!(
+                "the aggregator cannot verify the new token now; sending the previous one"
+            );
+            delivery = self.send(report, Some(&previous)).await;
+            if matches!(delivery, Delivery::Accepted { .. }) {
+                // Keep the previous one as the fallback: it was accepted.
+                self.token.accepted = Some(previous);
+            }
+        } else if matches!(delivery, Delivery::Accepted { .. }) {
+            self.token.accepted = token;
+        }
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -188,7 +283,7 @@ impl Reporter {
                 self.metrics.record_report(ReportOutcome::Rejected);
                 state.last_error = Some(format!("rejected ({}): {}", error.reason, error.message));
             }
-            Delivery::Failed(message) => {
+            Delivery::Failed { message, .. } => {
                 let delay = self.backoff.failed(now, self.interval);
                 self.metrics.record_report(ReportOutcome::Error);
                 state.consecutive_failures = self.backoff.failures;
@@ -205,14 +300,14 @@ impl Reporter {
     }
 
     /// Service first; aggregator pods when the Service cannot be reached.
-    async fn send(&self, report: &Report) -> Delivery {
-        let service_error = match self.post(self.service.clone(), report).await {
+    async fn send(&self, report: &Report, token: Option<&str>) -> Delivery {
+        let service_error = match self.post(self.service.clone(), report, token).await {
             Ok(delivery) => return delivery,
             Err(e) => e,
         };
         let pods = (self.aggregator_pods)();
         if pods.is_empty() {
-            return Delivery::Failed(format!(
+            return Delivery::failed(format!(
                 "{service_error}; no aggregator pod known for direct delivery"
             ));
         }
@@ -226,7 +321,7 @@ impl Reporter {
             )) else {
                 continue;
             };
-            match self.post(url, report).await {
+            match self.post(url, report, token).await {
                 Ok(delivery) => {
                     tracing::debug!(aggregator = %ip, "report delivered directly to an aggregator pod");
                     return delivery;
@@ -234,13 +329,22 @@ impl Reporter {
                 Err(e) => errors.push(e),
             }
         }
-        Delivery::Failed(errors.join("; "))
+        Delivery::failed(errors.join("; "))
     }
 
     /// `Err` only when the endpoint could not be reached (try the next one).
-    async fn post(&self, url: reqwest::Url, report: &Report) -> Result<Delivery, String> {
+    async fn post(
+        &self,
+        url: reqwest::Url,
+        report: &Report,
+        token: Option<&str>,
+    ) -> Result<Delivery, String> {
         let endpoint = url.to_string();
-        let response = match self.client.post(url).json(report).send().await {
+        let mut request = self.client.post(url).json(report);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_timeout() => {
                 // reqwest's top-level message hides the cause ("error sending
@@ -248,7 +352,7 @@ impl Reporter {
                 return Err(format!("POST {endpoint}: {}", cause_chain(&e)));
             }
             Err(e) => {
-                return Ok(Delivery::Failed(format!(
+                return Ok(Delivery::failed(format!(
                     "POST {endpoint}: {}",
                     cause_chain(&e)
                 )));
@@ -266,10 +370,13 @@ impl Reporter {
         if status.is_client_error() {
             Ok(Delivery::Rejected { endpoint, error })
         } else {
-            Ok(Delivery::Failed(format!(
-                "POST {endpoint}: HTTP {status} ({}): {}",
-                error.reason, error.message
-            )))
+            Ok(Delivery::Failed {
+                auth_unavailable: error.reason == reasons::AUTH_UNAVAILABLE,
+                message: format!(
+                    "POST {endpoint}: HTTP {status} ({}): {}",
+                    error.reason, error.message
+                ),
+            })
         }
     }
 }
@@ -341,6 +448,7 @@ mod tests {
         let url = reqwest::Url::parse(&format!("http://{service}")).unwrap();
         let r = Reporter::new(
             &url,
+            TokenFile::new(None),
             pod_port,
             Arc::new(move || pods.clone()),
             Duration::from_secs(1),
@@ -414,6 +522,77 @@ mod tests {
             text.contains("reports_total{result=\"skipped\"} 1"),
             "{text}"
         );
+    }
+
+    /// An aggregator that accepts the tokens in `accepted` and cannot
+    /// verify any other (503 auth-unavailable); it records what it was sent.
+    async fn verifying_aggregator(
+        accepted: Arc<Mutex<Vec<String>>>,
+        seen: Arc<Mutex<Vec<Option<String>>>>,
+    ) -> SocketAddr {
+        let app = Router::new().route(
+            REPORTS_PATH,
+            post(move |headers: axum::http::HeaderMap| async move {
+                let token = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_owned);
+                seen.lock().unwrap().push(token.clone());
+                let ok = token.is_some_and(|t| accepted.lock().unwrap().contains(&t));
+                if ok {
+                    (StatusCode::ACCEPTED, "{}")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"reason":"auth-unavailable","message":"retry"}"#,
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_token_is_reread_and_the_last_accepted_one_covers_an_api_outage() {
+        let dir = std::env::temp_dir().join(format!("netmatrix-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        let accepted = Arc::new(Mutex::new(vec!["first".to_owned()]));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let addr = verifying_aggregator(accepted.clone(), seen.clone()).await;
+        let (mut r, state, _) = reporter(addr, vec![], 0);
+        r.token = TokenFile::new(Some(file.clone()));
+
+        // No file yet: sent without a token, which this aggregator refuses.
+        r.deliver(&report()).await;
+        std::fs::write(&file, "first\n").unwrap();
+        r.backoff.succeeded();
+        r.deliver(&report()).await;
+        assert!(state.lock().unwrap().last_success_unix_ms.is_some());
+        // The kubelet rotates the token while the API is down: the new one
+        // cannot be verified, the previous one still can.
+        std::fs::write(&file, "second").unwrap();
+        r.deliver(&report()).await;
+        // The API is back: the new token is used on its own.
+        accepted.lock().unwrap().push("second".into());
+        r.deliver(&report()).await;
+        let seen = seen.lock().unwrap().clone();
+        let seen: Vec<Option<&str>> = seen.iter().map(Option::as_deref).collect();
+        assert_eq!(
+            seen,
+            [
+                None,
+                Some("first"),
+                Some("second"),
+                Some("first"),
+                Some("second")
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

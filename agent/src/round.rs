@@ -132,7 +132,7 @@ impl Prober {
         services.extend(clusterips);
         let mut dns = a_lookups;
         dns.extend(srv);
-        Report {
+        let mut report = Report {
             agent: self.identity.clone(),
             round,
             started_unix_ms,
@@ -143,7 +143,10 @@ impl Prober {
             peer_source: view.source,
             mtu_probe_bytes: self.icmp.mtu_probe_bytes(),
             sampled: view.sampled,
-        }
+        };
+        // OS and TLS errors can be long; the aggregator keeps 300 characters.
+        report.truncate_messages();
+        report
     }
 
     /// Waits a random jitter, runs `probe`, records its duration and failure.

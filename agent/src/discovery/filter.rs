@@ -189,16 +189,20 @@ pub fn running_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodInfo>
 
 /// Peers: the Running pods, without this agent (by name, and by IP: with
 /// `hostNetwork` other pods on this node share our IP, and pinging ourselves
-/// proves nothing), and without the pods of cordoned or NotReady nodes.
+/// proves nothing), without the pods of cordoned or NotReady nodes, and each
+/// address once (a pod's IP reused by its successor while the watch still
+/// lists both): the aggregator counts a report's peers by address.
 pub fn peers(
     running: &[PodInfo],
     me: &AgentIdentity,
     skipped_nodes: &BTreeMap<String, NodeSkip>,
 ) -> Vec<PodInfo> {
+    let mut addresses = std::collections::HashSet::new();
     running
         .iter()
         .filter(|p| p.pod != me.pod && p.ip != me.pod_ip)
         .filter(|p| !skipped_nodes.contains_key(&p.node))
+        .filter(|p| addresses.insert(p.ip))
         .cloned()
         .collect()
 }
@@ -284,13 +288,29 @@ pub(crate) mod tests {
             // Same IP as ours (hostNetwork neighbour): not a peer either.
             pod("other", "n1", "10.244.1.2", "Running", "companion"),
             pod("agent-2", "n2", "10.244.2.2", "Running", "agent"),
+            // A companion whose address its successor already has.
+            pod(
+                "companion-2-old",
+                "n2",
+                "10.244.2.3",
+                "Running",
+                "companion",
+            ),
+            pod(
+                "companion-2-new",
+                "n2",
+                "10.244.2.3",
+                "Running",
+                "companion",
+            ),
         ];
         let running = running_pods(&pods);
         let peers: Vec<_> = peers(&running, &me(), &BTreeMap::new())
             .into_iter()
             .map(|p| p.pod)
             .collect();
-        assert_eq!(peers, ["companion-1", "agent-2"]);
+        assert_eq!(peers.len(), 3, "each address once: {peers:?}");
+        assert!(peers.starts_with(&["companion-1".to_owned(), "agent-2".to_owned()]));
         let agents: Vec<_> = agents(&running).into_iter().map(|p| p.pod).collect();
         assert_eq!(agents, ["agent-1", "agent-2"]);
     }
