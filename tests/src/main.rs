@@ -46,6 +46,10 @@ enum Command {
         /// Run no host-network agents (by default every node runs one beside its pod agent).
         #[arg(long)]
         no_host_agents: bool,
+        /// Lifetime of the agents' ServiceAccount tokens, rotated at 80 %
+        /// of it as the kubelet does.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
     },
     /// Remove labs left behind by a killed `up` or test.
     Down {
@@ -152,6 +156,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             prefix,
             bin_dir,
             no_host_agents,
+            token_ttl,
         } => {
             up(LabConfig {
                 nodes,
@@ -162,6 +167,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 components: true,
                 host_agents: !no_host_agents,
                 bin_dir,
+                token_ttl,
             })
             .await
         }

@@ -92,6 +92,11 @@ impl StateDir {
             .map(|_| ())
     }
 
+    /// The pid of the lab's running process `name` (`aggregator`, `agent-node-2`...).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        read_pid(&self.path.join(PIDS_DIR).join(name))
+    }
+
     pub fn forget_pid(&self, name: &str) {
         let _ = std::fs::remove_file(self.path.join(PIDS_DIR).join(name));
     }

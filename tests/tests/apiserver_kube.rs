@@ -2,6 +2,7 @@
 //! selectors, get, reflectors (list-then-watch and streaming lists) following
 //! adds, updates, relabels and deletes, and the token check. Loopback only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,6 +11,7 @@ use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+use netmatrix_lab::apiserver::tokens::TokenAuthority;
 use netmatrix_lab::cluster::{self, ClusterState};
 use netmatrix_lab::{apiserver, pki::LabPki};
 
@@ -32,6 +34,7 @@ async fn start() -> Lab {
         state.clone(),
         pki.server_config().unwrap(),
         pki.token.clone(),
+        Arc::new(TokenAuthority::new().unwrap()),
     ));
     // The way the lab hands credentials to its processes: a kubeconfig.
     let kubeconfig = Kubeconfig::from_yaml(&pki.kubeconfig(&format!("https://{addr}"))).unwrap();

@@ -18,12 +18,16 @@
 //!   `400 BadRequest`;
 //! - watches (`watch=true` on a list URL): see [`watch`] for where they start,
 //!   `410 Expired` ERROR events, selector transitions and BOOKMARKs;
-//! - errors as `Status` objects (`NotFound`, `BadRequest`, `Invalid`, ...).
+//! - errors as `Status` objects (`NotFound`, `BadRequest`, `Invalid`, ...);
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews`, with the bearer
+//!   token required, checking the bound ServiceAccount tokens the lab mounts
+//!   for its agents ([`tokens`]).
 //!
 //! Everything is read from [`ClusterState`], which the lab changes directly;
-//! there are no writes through the API.
+//! there are no other writes through the API.
 
 mod selector;
+pub mod tokens;
 mod watch;
 
 use std::sync::Arc;
@@ -36,7 +40,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
@@ -46,6 +50,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::cluster::{ClusterState, Kind};
 use selector::{Filter, SelectorError};
+use tokens::TokenAuthority;
 
 use watch::{Start, WatchRequest};
 
@@ -76,9 +81,10 @@ pub async fn serve(
     state: ClusterState,
     tls: Arc<rustls::ServerConfig>,
     token: String,
+    authority: Arc<TokenAuthority>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(state, token);
+    let app = router(state, token, authority);
     // Connections live in this set: dropping `serve` aborts them all.
     let mut connections = JoinSet::new();
     loop {
@@ -120,13 +126,15 @@ struct Api {
     state: ClusterState,
     /// `Bearer <token>`, the whole expected header value.
     authorization: Arc<str>,
+    authority: Arc<TokenAuthority>,
 }
 
 /// The emulator's routes, without TLS (for tests and plain-HTTP use).
-pub fn router(state: ClusterState, token: String) -> Router {
+pub fn router(state: ClusterState, token: String, authority: Arc<TokenAuthority>) -> Router {
     let api = Api {
         state,
         authorization: format!("Bearer {token}").into(),
+        authority,
     };
     let resources = Router::new()
         .route("/api/v1/{resource}", get(list_cluster_wide))
@@ -136,6 +144,7 @@ pub fn router(state: ClusterState, token: String) -> Router {
             "/api/v1/namespaces/{ns}/{resource}/{name}",
             get(get_namespaced),
         )
+        .route(TOKEN_REVIEWS_PATH, post(create_token_review))
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
     Router::new()
         .route("/version", get(version))
@@ -150,6 +159,45 @@ pub fn router(state: ClusterState, token: String) -> Router {
 
 async fn ok() -> &'static str {
     "ok"
+}
+
+const TOKEN_REVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// `POST .../tokenreviews`: `201 Created` with the review's status, `400`
+/// for a body that is not a TokenReview, `422` without `spec.token`.
+async fn create_token_review(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a TokenReview: {e}")))?;
+    if request.get("kind").is_some_and(|k| k != "TokenReview") {
+        return Err(ApiError::BadRequest(format!(
+            "the body is a {}, not a TokenReview",
+            request["kind"]
+        )));
+    }
+    let token = request["spec"]["token"].as_str().unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::Invalid(
+            "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value".into(),
+        ));
+    }
+    let audiences: Vec<String> = request["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let status = api.authority.review(&api.state, token, &audiences, now);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(tokens::review_response(&request, status)),
+    )
+        .into_response())
 }
 
 async fn version() -> Response {
@@ -453,7 +501,8 @@ mod tests {
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(state.clone(), TOKEN.into());
+        let authority = Arc::new(TokenAuthority::new().unwrap());
+        let app = router(state.clone(), TOKEN.into(), authority);
         tokio::spawn(async move { axum::serve(listener, app).await });
         (state, base, reqwest::Client::new())
     }

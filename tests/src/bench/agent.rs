@@ -657,7 +657,15 @@ fn start_servers(
     let (tls, token) = (pki.server_config()?, pki.token.clone());
     let mut tasks = Tasks(Vec::new());
     tasks.0.push(tokio::spawn(async move {
-        if let Err(error) = netmatrix_lab::apiserver::serve(api_l, s1, tls, token).await {
+        let authority = match netmatrix_lab::apiserver::tokens::TokenAuthority::new() {
+            Ok(authority) => Arc::new(authority),
+            Err(error) => {
+                tracing::error!(%error, "API server emulator not started");
+                return;
+            }
+        };
+        if let Err(error) = netmatrix_lab::apiserver::serve(api_l, s1, tls, token, authority).await
+        {
             tracing::error!(%error, "API server emulator stopped");
         }
     }));

@@ -54,26 +54,12 @@ pub(super) fn joining_node(n: &NodePlan) -> Node {
 /// The DaemonSet pods of node `n`, Running: agent, companion and (when
 /// the lab runs them) host-network agent.
 pub(super) fn node_pods(n: &NodePlan, host_agents: bool) -> Vec<Pod> {
-    let mut pods = vec![
-        cluster::pod(
-            NAMESPACE,
-            &n.agent.name,
-            &n.name,
-            &n.agent.ip.to_string(),
-            &[
-                (labels::NAME, labels::APP),
-                (labels::COMPONENT, labels::COMPONENT_AGENT),
-                (labels::PROBE_TARGET, "true"),
-            ],
-            false,
-        ),
-        companion_pod(n, &n.companion),
-    ];
+    let mut pods = vec![agent_pod(n), companion_pod(n, &n.companion)];
     if host_agents {
         // Host agents report but are not probe targets of the pod agents:
         // they have no probe-target label, and probe each other by their
         // component.
-        pods.push(cluster::pod(
+        let host_agent = cluster::pod(
             NAMESPACE,
             &n.host_agent,
             &n.name,
@@ -83,9 +69,39 @@ pub(super) fn node_pods(n: &NodePlan, host_agents: bool) -> Vec<Pod> {
                 (labels::COMPONENT, labels::COMPONENT_HOST_AGENT),
             ],
             true,
+        );
+        pods.push(with_service_account(
+            host_agent,
+            labels::HOST_AGENT_SERVICE_ACCOUNT,
         ));
     }
     pods
+}
+
+/// The Running Pod object of node `n`'s pod-network agent.
+pub(super) fn agent_pod(n: &NodePlan) -> Pod {
+    let agent = cluster::pod(
+        NAMESPACE,
+        &n.agent.name,
+        &n.name,
+        &n.agent.ip.to_string(),
+        &[
+            (labels::NAME, labels::APP),
+            (labels::COMPONENT, labels::COMPONENT_AGENT),
+            (labels::PROBE_TARGET, "true"),
+        ],
+        false,
+    );
+    with_service_account(agent, labels::AGENT_SERVICE_ACCOUNT)
+}
+
+/// Agents run under their own ServiceAccount, as the chart's do: their
+/// tokens say so, and the aggregator accepts only those.
+fn with_service_account(mut pod: Pod, name: &str) -> Pod {
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.service_account_name = Some(name.to_owned());
+    }
+    pod
 }
 
 /// The Running Pod object of a companion.
