@@ -43,6 +43,50 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .root.Values.rbac.create -}}{{ include "netmatrix.name" . }}{{- else -}}default{{- end -}}
 {{- end -}}
 
+{{/*
+ServiceAccount names whose tokens the aggregator accepts reports from: the
+agent's and, when enabled, the host agent's (both "default" without RBAC).
+*/}}
+{{- define "netmatrix.agentServiceAccounts" -}}
+{{- $names := list (include "netmatrix.serviceAccountName" (dict "root" . "component" "agent")) -}}
+{{- if .Values.hostAgent.enabled -}}
+{{- $names = append $names (include "netmatrix.serviceAccountName" (dict "root" . "component" "host-agent")) -}}
+{{- end -}}
+{{- join "," (uniq $names) -}}
+{{- end -}}
+
+{{/*
+The agents' identity towards the aggregator: a projected ServiceAccount token
+for the chart's audience, rotated by the kubelet, at the path the agent reads
+by default (--token-file). The usual API token stays mounted: the agents
+still watch the API.
+*/}}
+{{- define "netmatrix.tokenDir" -}}/var/run/secrets/netmatrix.io{{- end -}}
+
+{{- define "netmatrix.tokenVolume" -}}
+- name: netmatrix-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          audience: {{ .Values.tokenAudience | quote }}
+          expirationSeconds: {{ .Values.agent.tokenExpirationSeconds | int64 }}
+{{- end -}}
+
+{{- define "netmatrix.tokenVolumeMount" -}}
+- name: netmatrix-token
+  mountPath: {{ include "netmatrix.tokenDir" . }}
+  readOnly: true
+{{- end -}}
+
+{{/* The node's primary address, for listeners on the host network. */}}
+{{- define "netmatrix.hostIPEnv" -}}
+- name: HOST_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end -}}
+
 {{/* Service names, and the environment variables the kubelet derives from them. */}}
 {{- define "netmatrix.aggregatorService" -}}{{ include "netmatrix.fullname" . }}-aggregator{{- end -}}
 {{- define "netmatrix.agentsService" -}}{{ include "netmatrix.fullname" . }}-agents{{- end -}}
@@ -105,6 +149,8 @@ expands $(VAR) references to them.
   value: {{ include "netmatrix.aggregatorUrl" . | quote }}
 - name: NETMATRIX_AGGREGATOR_PORT
   value: {{ .Values.aggregator.port | quote }}
+- name: NETMATRIX_TOKEN_FILE
+  value: {{ printf "%s/token" (include "netmatrix.tokenDir" .) | quote }}
 - name: NETMATRIX_SRV_NAME
   value: {{ printf "_metrics._tcp.%s.%s.svc.%s." (include "netmatrix.agentsService" .) .Release.Namespace (trimSuffix "." .Values.clusterDomain) | quote }}
 {{- $agg := include "netmatrix.serviceEnv" (include "netmatrix.aggregatorService" .) }}
