@@ -62,10 +62,14 @@ pub use config::{Args, Settings};
 /// port-forward: a few connections, each bounded in time.
 const SERVER_LIMITS: ServerLimits = ServerLimits {
     max_connections: 32,
+    // The kubelet's probes come from the node's address: one neighbour
+    // cannot take the slots they need.
+    max_connections_per_ip: 8,
     header_timeout: Duration::from_secs(10),
     body_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(30),
     write_timeout: Duration::from_secs(10),
+    max_connection_age: Duration::from_secs(60),
 };
 
 /// How long the first round waits for the initial pod list before falling

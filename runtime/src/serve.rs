@@ -6,7 +6,9 @@
 //! every connection is bounded, with kept parts only:
 //!
 //! - at most [`ServerLimits::max_connections`] at once (a semaphore around
-//!   `accept`; further clients wait in the kernel's backlog);
+//!   `accept`; further clients wait in the kernel's backlog), and at most
+//!   [`ServerLimits::max_connections_per_ip`] from one address (more are
+//!   closed at once), so that one client cannot take every slot;
 //! - request headers must arrive within [`ServerLimits::header_timeout`],
 //!   which hyper also applies to the wait for the next request on a kept-alive
 //!   connection, so idle connections close too (hyper's
@@ -18,14 +20,19 @@
 //!   (tower-http's `TimeoutLayer`, `408`);
 //! - no write to the client may stall longer than
 //!   [`ServerLimits::write_timeout`] (`tokio-io-timeout`: a client that
-//!   requests the matrix and stops reading is dropped).
+//!   requests the matrix and stops reading is dropped);
+//! - a connection lives at most [`ServerLimits::max_connection_age`]: then
+//!   it finishes the answer in progress, within as long again, and closes (as
+//!   gRPC's `MaxConnectionAge`: a client reading the matrix a trickle at a
+//!   time, never stalling a write for long, is cut off too).
 //!
 //! Handlers can read the client's address with
 //! `axum::extract::ConnectInfo<SocketAddr>`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -44,10 +51,12 @@ use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub request_timeout: Duration,
     pub write_timeout: Duration,
+    pub max_connection_age: Duration,
 }
 
 impl Default for ServerLimits {
@@ -56,10 +65,15 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 4096,
+            // Agents behind one address (pods masqueraded to their node's),
+            // Prometheus, a browser: far fewer than this.
+            max_connections_per_ip: 64,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            // The full matrix of 1,000 nodes is 100 MB.
+            max_connection_age: Duration::from_secs(120),
         }
     }
 }
@@ -84,6 +98,7 @@ pub async fn serve(
             limits.request_timeout,
         ));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = PerIp::default();
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
         accepting.spawn(accept_loop(
@@ -91,10 +106,48 @@ pub async fn serve(
             app.clone(),
             limits,
             Arc::clone(&slots),
+            per_ip.clone(),
         ));
     }
     shutdown.await;
     accepting.abort_all();
+}
+
+/// Connections open per client address.
+#[derive(Clone, Default)]
+struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection counted in [`PerIp`] until dropped.
+struct Counted {
+    per_ip: PerIp,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn admit(&self, ip: IpAddr, max: usize) -> Option<Counted> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_default();
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn accept_loop(
@@ -102,6 +155,7 @@ async fn accept_loop(
     app: Router,
     limits: ServerLimits,
     slots: Arc<Semaphore>,
+    per_ip: PerIp,
 ) {
     loop {
         // Wait for a free slot before accepting: over the limit, clients
@@ -118,6 +172,10 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(counted) = per_ip.admit(peer.ip(), limits.max_connections_per_ip) else {
+            tracing::debug!(%peer, "too many connections from this address; closed");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let service = ServiceBuilder::new()
             .layer(AddExtensionLayer::new(ConnectInfo(peer)))
@@ -125,19 +183,29 @@ async fn accept_loop(
         tokio::spawn(async move {
             let mut io = TimeoutStream::new(tcp);
             io.set_write_timeout(Some(limits.write_timeout));
-            let served = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(MAX_READ_BUFFER)
                 .serve_connection(
                     TokioIo::new(Box::pin(io)),
                     TowerToHyperService::new(service),
-                )
-                .await;
+                );
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = tokio::time::sleep(limits.max_connection_age) => {
+                    // Old enough: finish the answer in progress, then close.
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(limits.max_connection_age, connection)
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection closed with an error");
             }
-            drop(slot);
+            drop((slot, counted));
         });
     }
 }
@@ -200,10 +268,12 @@ mod tests {
     fn short() -> ServerLimits {
         ServerLimits {
             max_connections: 4,
+            max_connections_per_ip: 16,
             header_timeout: Duration::from_millis(300),
             body_timeout: Duration::from_millis(300),
             request_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_millis(300),
+            max_connection_age: Duration::from_secs(2),
         }
     }
 
@@ -314,6 +384,67 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_slot() {
+        let addr = start(ServerLimits {
+            max_connections: 64,
+            max_connections_per_ip: 3,
+            ..short()
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost:").await.unwrap();
+            held.push(s);
+        }
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut fourth, Duration::from_millis(200)).await,
+            "a fourth connection from the same address was kept"
+        );
+        // Once one of the three is gone, the address may connect again.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        again
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        again.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_a_trickle_is_cut_off() {
+        // Writes never stall long enough for the write timeout: only the
+        // connection's age can end this.
+        let addr = start(ServerLimits {
+            write_timeout: Duration::from_secs(30),
+            ..short()
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // A little at a time, never stalling the server's writes for long.
+        let started = tokio::time::Instant::now();
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => received += n,
+                Err(_) => panic!("neither data nor close for 10 s"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(started.elapsed() < Duration::from_secs(20), "still sending");
+        }
+        assert!(received < 64 << 20, "the whole body was sent: {received}");
     }
 
     #[test]
