@@ -12,17 +12,26 @@
 //! [`crate::store`] then checks that pod against the agent pods the API
 //! lists and the body against the pod.
 //!
-//! Reviews cost the API server a little, so they are bounded on our side:
-//! - a verdict is cached by the token's SHA-256 until the token expires (at
-//!   most [`MAX_POSITIVE_TTL`]), a refusal for [`NEGATIVE_TTL`]; both caches
-//!   are bounded;
-//! - a token that cannot be ours (not a JWT, another audience, expired) is
-//!   refused without asking the API (it reads the claims without trusting
-//!   them: only the review decides);
-//! - reviews run at most `--token-review-qps` a second and
-//!   [`MAX_CONCURRENT_REVIEWS`] at a time, each bounded by
-//!   [`REVIEW_TIMEOUT`]; over that the caller is told to retry
-//!   (`503 auth-unavailable`).
+//! Reviews cost the API server a little, and a flood of forged tokens must
+//! neither reach it nor use up the reviews real agents need, so they are
+//! bounded on our side:
+//! - a verdict is cached by the token's SHA-256: an accepted token until it
+//!   expires (so an API outage does not stop agents whose token was seen, and
+//!   a pod deleted meanwhile is caught by the UID check against the watch), a
+//!   refusal for [`NEGATIVE_TTL`]; both caches are bounded;
+//! - a token is reviewed only if its claims, read without trusting them,
+//!   could be an agent's: a JWT for our audience, not expired, bound to a pod
+//!   whose name and UID are those of a running agent pod in the watch (UIDs
+//!   are served nowhere, so a forger must first read the pods);
+//! - at most [`REVIEWS_PER_POD`] reviews per pod in a burst, refilled one
+//!   every [`POD_REVIEW_EVERY`] (an agent needs one per token rotation), and
+//!   `--token-review-qps` in all, [`MAX_CONCURRENT_REVIEWS`] at a time, each
+//!   bounded by [`REVIEW_TIMEOUT`];
+//! - after a review the API could not answer, new tokens are told to retry
+//!   for [`API_DOWN_PAUSE`] at once, so that agents fall back to their
+//!   previous token quickly instead of waiting on a dead API.
+//!
+//! Over a bound the caller is told to retry (`503 auth-unavailable`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -34,16 +43,24 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::Semaphore;
 
-/// Longest a verdict on a token is reused without asking the API again.
-pub const MAX_POSITIVE_TTL: Duration = Duration::from_secs(10 * 60);
+/// Longest an accepted token is trusted without asking the API again, however
+/// far its expiry (tokens with a year-long `exp` exist).
+pub const MAX_POSITIVE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a refused token stays refused without asking again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// Refused tokens remembered (oldest forgotten first).
 const NEGATIVE_ENTRIES: usize = 4096;
 /// Reviews in flight at once.
 pub const MAX_CONCURRENT_REVIEWS: usize = 16;
-/// Longest wait for one review.
-pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one review: shorter than an agent's wait for its report
+/// to be answered, so that it hears `auth-unavailable` and falls back.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the API failed a review, how long new tokens are refused at once.
+pub const API_DOWN_PAUSE: Duration = Duration::from_secs(10);
+/// Reviews one pod may cause in a burst...
+pub const REVIEWS_PER_POD: f64 = 3.0;
+/// ...refilled one per this long.
+pub const POD_REVIEW_EVERY: Duration = Duration::from_secs(20);
 
 const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
@@ -101,6 +118,16 @@ impl AuthError {
     }
 }
 
+/// The agent pods as the Kubernetes watch knows them: who may be worth a
+/// TokenReview at all.
+pub trait Roster: Sync {
+    /// Whether a running agent pod is named `pod` with UID `uid` (on `node`
+    /// when the token names one).
+    fn is_agent(&self, pod: &str, uid: &str, node: Option<&str>) -> bool;
+    /// How many agent pods there are: the caches are sized after it.
+    fn agents(&self) -> usize;
+}
+
 /// Verifies bearer tokens.
 pub struct Authenticator {
     mode: Mode,
@@ -133,7 +160,11 @@ struct Reviewer {
     policy: TokenPolicy,
     cache: Mutex<Cache>,
     bucket: Mutex<TokenBucket>,
+    /// Reviews left per pod UID.
+    per_pod: Mutex<HashMap<String, TokenBucket>>,
     in_flight: Semaphore,
+    /// Until when the API is deemed down (after a failed review).
+    api_down_until: Mutex<Option<Instant>>,
 }
 
 impl Authenticator {
@@ -152,7 +183,9 @@ impl Authenticator {
                 client,
                 cache: Mutex::new(Cache::default()),
                 bucket: Mutex::new(TokenBucket::new(rate, (2.0 * rate).max(10.0))),
+                per_pod: Mutex::new(HashMap::new()),
                 in_flight: Semaphore::new(MAX_CONCURRENT_REVIEWS),
+                api_down_until: Mutex::new(None),
                 policy,
             })),
         }
@@ -166,14 +199,13 @@ impl Authenticator {
         }
     }
 
-    /// The sender of a request whose `Authorization` header is `header`.
-    /// `positive_capacity` bounds the cache of accepted tokens (a few per
-    /// agent pod: each rotation adds one).
+    /// The sender of a request whose `Authorization` header is `header`,
+    /// with `roster` the agent pods the watch knows now.
     pub async fn authenticate(
         &self,
         header: Option<&[u8]>,
         now_unix_ms: u64,
-        positive_capacity: usize,
+        roster: &dyn Roster,
     ) -> Result<Sender, AuthError> {
         let reviewer = match &self.mode {
             Mode::Unverified => return Ok(Sender::Unverified),
@@ -192,35 +224,45 @@ impl Authenticator {
         if let Some(cached) = reviewer.lock_cache().get(&key, now_unix_ms) {
             return cached.map(Sender::Agent);
         }
-        let expires = peek_claims(token, &reviewer.policy.audience, now_unix_ms)
-            .map_err(|why| AuthError::Rejected(why.to_owned()));
-        let outcome = match expires {
-            Ok(expires_unix_ms) => {
-                let outcome = reviewer.review(token).await;
-                if let Err(AuthError::Unavailable(_)) = outcome {
-                    return outcome.map(Sender::Agent);
-                }
-                let until = match outcome {
-                    Ok(_) => expires_unix_ms.min(now_unix_ms + millis(MAX_POSITIVE_TTL)),
-                    Err(_) => now_unix_ms + millis(NEGATIVE_TTL),
-                };
-                let mut cache = reviewer.lock_cache();
-                cache.insert(key, outcome.clone(), until, now_unix_ms, positive_capacity);
-                outcome
-            }
-            Err(refused) => {
+        // A few KiB per accepted token, a few tokens per pod as they rotate:
+        // the bound follows the cluster, not the clients.
+        let capacity = roster.agents().saturating_mul(4).saturating_add(1024);
+        let claims = match peek_claims(token, &reviewer.policy.audience, now_unix_ms) {
+            Ok(claims) => claims,
+            Err(why) => {
+                let refused = AuthError::Rejected(why.to_owned());
                 let until = now_unix_ms + millis(NEGATIVE_TTL);
-                let refused = Err(refused);
                 reviewer.lock_cache().insert(
                     key,
-                    refused.clone(),
+                    Err(refused.clone()),
                     until,
                     now_unix_ms,
-                    positive_capacity,
+                    capacity,
                 );
-                refused
+                return Err(refused);
             }
         };
+        // Not cached: a pod the watch has not seen yet may be known next round.
+        if !roster.is_agent(&claims.pod, &claims.pod_uid, claims.node.as_deref()) {
+            return Err(AuthError::NotAnAgent(format!(
+                "the token names pod {} ({}), not a running agent pod",
+                truncated(&claims.pod),
+                truncated(&claims.pod_uid)
+            )));
+        }
+        let outcome = reviewer.review(token, &claims.pod_uid, capacity).await;
+        if let Err(AuthError::Unavailable(_)) = outcome {
+            return outcome.map(Sender::Agent);
+        }
+        let until = match outcome {
+            Ok(_) => claims
+                .expires_unix_ms
+                .min(now_unix_ms + millis(MAX_POSITIVE_TTL)),
+            Err(_) => now_unix_ms + millis(NEGATIVE_TTL),
+        };
+        reviewer
+            .lock_cache()
+            .insert(key, outcome.clone(), until, now_unix_ms, capacity);
         outcome.map(Sender::Agent)
     }
 }
@@ -230,18 +272,43 @@ impl Reviewer {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn review(&self, token: &str) -> Result<Caller, AuthError> {
-        let busy = || AuthError::Unavailable("token reviews are rate limited".into());
+    /// Asks the API, within the bounds: the pod's own budget, the API's
+    /// health, the global rate, the reviews in flight.
+    async fn review(&self, token: &str, pod_uid: &str, pods: usize) -> Result<Caller, AuthError> {
+        let busy = |why: &str| AuthError::Unavailable(why.to_owned());
+        let now = Instant::now();
+        if self
+            .api_down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| now < until)
+        {
+            return Err(busy("the Kubernetes API failed the last token review"));
+        }
+        {
+            let mut per_pod = self.per_pod.lock().unwrap_or_else(PoisonError::into_inner);
+            if per_pod.len() >= pods && !per_pod.contains_key(pod_uid) {
+                // Pods come and go: forget the budgets rather than grow.
+                per_pod.clear();
+            }
+            let rate = 1.0 / POD_REVIEW_EVERY.as_secs_f64();
+            let bucket = per_pod
+                .entry(pod_uid.to_owned())
+                .or_insert_with(|| TokenBucket::new(rate, REVIEWS_PER_POD));
+            if !bucket.take(now) {
+                return Err(busy("too many new tokens for this pod"));
+            }
+        }
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Err(busy());
+            return Err(busy("token reviews are rate limited"));
         };
         if !self
             .bucket
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take(Instant::now())
+            .take(now)
         {
-            return Err(busy());
+            return Err(busy("token reviews are rate limited"));
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -254,9 +321,19 @@ impl Reviewer {
         let answer =
             tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
                 .await
-                .map_err(|_| AuthError::Unavailable("the TokenReview timed out".into()))?
-                .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
-        caller_of(&answer, &self.policy)
+                .map_err(|_| "the TokenReview timed out".to_owned())
+                .and_then(|created| created.map_err(|e| format!("TokenReview failed: {e}")));
+        match answer {
+            Ok(answer) => caller_of(&answer, &self.policy),
+            Err(why) => {
+                *self
+                    .api_down_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some(Instant::now() + API_DOWN_PAUSE);
+                Err(AuthError::Unavailable(why))
+            }
+        }
     }
 }
 
@@ -326,14 +403,25 @@ fn token_hash(token: &str) -> [u8; 32] {
     key
 }
 
+/// What a token says of itself, unverified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claims {
+    expires_unix_ms: u64,
+    pod: String,
+    pod_uid: String,
+    node: Option<String>,
+}
+
 /// Reads a JWT's claims WITHOUT verifying it, to refuse tokens that cannot
-/// be an agent's before bothering the API: returns the expiry (Unix ms).
-fn peek_claims(token: &str, audience: &str, now_unix_ms: u64) -> Result<u64, &'static str> {
+/// be an agent's before bothering the API.
+fn peek_claims(token: &str, audience: &str, now_unix_ms: u64) -> Result<Claims, &'static str> {
     #[derive(serde::Deserialize)]
-    struct Claims {
+    struct Raw {
         #[serde(default)]
         aud: Audience,
         exp: Option<u64>,
+        #[serde(rename = "kubernetes.io", default)]
+        kubernetes: Option<Bound>,
     }
     #[derive(serde::Deserialize, Default)]
     #[serde(untagged)]
@@ -342,6 +430,17 @@ fn peek_claims(token: &str, audience: &str, now_unix_ms: u64) -> Result<u64, &'s
         Many(Vec<String>),
         #[default]
         None,
+    }
+    #[derive(serde::Deserialize)]
+    struct Bound {
+        pod: Option<Named>,
+        node: Option<Named>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+        #[serde(default)]
+        uid: String,
     }
     let mut parts = token.split('.');
     let (Some(_header), Some(payload), Some(_signature), None) =
@@ -352,7 +451,7 @@ fn peek_claims(token: &str, audience: &str, now_unix_ms: u64) -> Result<u64, &'s
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|_| "not a JWT")?;
-    let claims: Claims = serde_json::from_slice(&json).map_err(|_| "not a JWT")?;
+    let claims: Raw = serde_json::from_slice(&json).map_err(|_| "not a JWT")?;
     let ours = match &claims.aud {
         Audience::One(a) => a == audience,
         Audience::Many(all) => all.iter().any(|a| a == audience),
@@ -362,11 +461,21 @@ fn peek_claims(token: &str, audience: &str, now_unix_ms: u64) -> Result<u64, &'s
         return Err("token is not for this audience");
     }
     let exp = claims.exp.ok_or("token without expiry")?;
-    let exp_ms = exp.saturating_mul(1000);
-    if exp_ms <= now_unix_ms {
+    let expires_unix_ms = exp.saturating_mul(1000);
+    if expires_unix_ms <= now_unix_ms {
         return Err("token expired");
     }
-    Ok(exp_ms)
+    let bound = claims.kubernetes.ok_or("token not bound to a pod")?;
+    let pod = bound.pod.ok_or("token not bound to a pod")?;
+    if pod.uid.is_empty() {
+        return Err("token not bound to a pod");
+    }
+    Ok(Claims {
+        expires_unix_ms,
+        pod: pod.name,
+        pod_uid: pod.uid,
+        node: bound.node.map(|n| n.name),
+    })
 }
 
 fn millis(d: Duration) -> u64 {
@@ -573,12 +682,28 @@ mod tests {
         )
     }
 
+    fn bound() -> serde_json::Value {
+        serde_json::json!({"pod": {"name": "agent-x", "uid": "u-1"}, "node": {"name": "node-2", "uid": "n"}})
+    }
+
     #[test]
     fn tokens_that_cannot_be_ours_are_refused_without_a_review() {
         let now = 1_000_000_000;
-        let good = jwt(serde_json::json!({"aud": ["netmatrix"], "exp": 1_000_600}));
-        assert_eq!(peek_claims(&good, "netmatrix", now), Ok(1_000_600_000));
-        let one = jwt(serde_json::json!({"aud": "netmatrix", "exp": 1_000_600}));
+        let good = jwt(
+            serde_json::json!({"aud": ["netmatrix"], "exp": 1_000_600, "kubernetes.io": bound()}),
+        );
+        assert_eq!(
+            peek_claims(&good, "netmatrix", now),
+            Ok(Claims {
+                expires_unix_ms: 1_000_600_000,
+                pod: "agent-x".into(),
+                pod_uid: "u-1".into(),
+                node: Some("node-2".into()),
+            })
+        );
+        let one = jwt(
+            serde_json::json!({"aud": "netmatrix", "exp": 1_000_600, "kubernetes.io": bound()}),
+        );
         assert!(peek_claims(&one, "netmatrix", now).is_ok());
         for (token, why) in [
             ("garbage".to_owned(), "not a JWT"),
@@ -596,6 +721,10 @@ mod tests {
             (
                 jwt(serde_json::json!({"aud": ["netmatrix"]})),
                 "token without expiry",
+            ),
+            (
+                jwt(serde_json::json!({"aud": ["netmatrix"], "exp": 1_000_600})),
+                "token not bound to a pod",
             ),
         ] {
             assert_eq!(peek_claims(&token, "netmatrix", now), Err(why), "{token}");

@@ -9,10 +9,12 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use netmatrix_api::{
     ApiError, Cell, FINDINGS_PATH, Findings, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH,
     NetworkMode, REPORTS_PATH, ReportAccepted,
 };
+use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::web;
@@ -26,6 +28,15 @@ use crate::store::Rejection;
 struct AppState {
     aggregator: Arc<Aggregator>,
     max_body: usize,
+    /// KiB of report bodies being read at once, at most: a client may hold
+    /// a body for the body timeout, and many clients many bodies.
+    body_budget: Arc<Semaphore>,
+}
+
+/// Report bodies buffered at once, at most (in KiB): 64 MiB, or eight
+/// bodies of `--max-body` when that is larger.
+fn body_budget_kib(max_body: usize) -> usize {
+    (64 * 1024).max(8 * max_body.div_ceil(1024))
 }
 
 /// Every route. `max_body` bounds report bodies (`--max-body`): a larger
@@ -35,6 +46,7 @@ pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
     let state = AppState {
         aggregator,
         max_body,
+        body_budget: Arc::new(Semaphore::new(body_budget_kib(max_body))),
     };
     // Layers wrap what is above them: the limit sees the request first,
     // and its plain 413 is rewritten on the way out.
@@ -77,12 +89,40 @@ async fn explain_too_large(State(state): State<AppState>, response: Response) ->
     rejection_response(&rejection)
 }
 
-/// `POST /api/v1/reports`: the body (bounded in size and time by the
-/// layers), then the token, then the report. The body is read even from a
-/// caller that turns out unauthenticated: closing a connection with unread
-/// data resets it, and the client would never see why it was refused.
+/// `POST /api/v1/reports`: the token first, then the body (bounded in size
+/// and time by the layers, and in all by the body budget), then the report.
+/// A refused caller's body is read and thrown away, not kept: closing a
+/// connection with unread data resets it, and the client would never see
+/// why it was refused.
 async fn post_report(State(state): State<AppState>, request: Request) -> Response {
-    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let (parts, body) = request.into_parts();
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let sender = match state.aggregator.authenticate(authorization).await {
+        Ok(sender) => sender,
+        Err(rejection) => {
+            let mut discarded = body.into_data_stream();
+            while let Some(Ok(_)) = discarded.next().await {}
+            return rejection_response(&rejection);
+        }
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(state.max_body)
+        .min(state.max_body);
+    let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let Ok(_budget) = state.body_budget.acquire_many(kib).await else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the aggregator is shutting down".to_owned(),
+        );
+    };
+    let request = Request::from_parts(parts, body);
     let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
         Err(rejection) => {
@@ -96,11 +136,6 @@ async fn post_report(State(state): State<AppState>, request: Request) -> Respons
             state.aggregator.rejected(&rejection);
             return rejection_response(&rejection);
         }
-    };
-    let authorization = authorization.as_ref().map(HeaderValue::as_bytes);
-    let sender = match state.aggregator.authenticate(authorization).await {
-        Ok(sender) => sender,
-        Err(rejection) => return rejection_response(&rejection),
     };
     match state.aggregator.ingest(&body, &sender) {
         Ok(accepted) => (

@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use netmatrix_api::{AgentIdentity, NetworkMode, NodeState, labels};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Roster};
 
 /// A running, non-terminating agent pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,6 +290,24 @@ impl Inventory {
             nodes,
             agents,
         }
+    }
+}
+
+/// Only agent pods of the watch are worth a TokenReview.
+impl Roster for Inventory {
+    fn is_agent(&self, pod: &str, uid: &str, node: Option<&str>) -> bool {
+        let this = |p: &AgentPod| p.name == pod && p.uid == uid;
+        match node {
+            Some(node) => self
+                .agents
+                .get(node)
+                .is_some_and(|pods| pods.iter().any(this)),
+            None => self.agents.values().flatten().any(this),
+        }
+    }
+
+    fn agents(&self) -> usize {
+        self.agents.values().map(Vec::len).sum()
     }
 }
 

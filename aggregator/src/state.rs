@@ -9,7 +9,7 @@ use netmatrix_api::{Finding, Findings, Matrix};
 use crate::auth::{Authenticator, Sender};
 use crate::config::Args;
 use crate::diagnosis::{self, Context, DiagnosisPolicy, Hysteresis, UnderlayRecovery};
-use crate::inventory::InventorySource;
+use crate::inventory::{Inventory, InventorySource};
 use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
 use crate::metrics::Metrics;
 use crate::published::{Form, Published};
@@ -168,22 +168,22 @@ impl Aggregator {
 
     /// Who sent a request with this `Authorization` header.
     pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Sender, Rejection> {
-        // Accepted tokens are cached per pod, a few per pod as they rotate;
-        // the bound follows the cluster, not the clients.
-        let agents = self
-            .inventory
-            .snapshot()
-            .map_or(0, |inv| inv.agents.values().map(Vec::len).sum::<usize>());
-        let capacity = agents.saturating_mul(4).saturating_add(1024);
-        let sender = self
-            .authenticator
-            .authenticate(authorization, self.now(), capacity)
-            .await;
-        sender.map_err(|error| {
-            let rejection = Rejection::Auth(error);
-            self.rejected(&rejection);
-            rejection
-        })
+        let inventory = self.inventory.snapshot();
+        let sender = match inventory.as_deref() {
+            // Nobody can be told from an impostor before the first listing.
+            Some(inventory) if !inventory.synced => Err(Rejection::NotReady),
+            Some(inventory) => self
+                .authenticator
+                .authenticate(authorization, self.now(), inventory)
+                .await
+                .map_err(Rejection::Auth),
+            None => self
+                .authenticator
+                .authenticate(authorization, self.now(), &Inventory::default())
+                .await
+                .map_err(Rejection::Auth),
+        };
+        sender.inspect_err(|rejection| self.rejected(rejection))
     }
 
     /// Validates and stores one report body from `sender`, counting the outcome.
