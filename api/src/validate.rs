@@ -105,8 +105,14 @@ impl Report {
         if self.peers.len() > limits.max_peers {
             return Err(invalid("peers", "too many entries"));
         }
+        // An echo times out before the next round: no RTT is longer than
+        // the agent's interval.
+        let echo_limits = Limits {
+            max_latency_ms: limits.max_latency_ms.min(self.interval_ms as f64),
+            ..*limits
+        };
         for (i, peer) in self.peers.iter().enumerate() {
-            peer_ok(peer, limits).map_err(|e| e.under(&format!("peers[{i}]")))?;
+            peer_ok(peer, &echo_limits).map_err(|e| e.under(&format!("peers[{i}]")))?;
         }
         if let Some(i) = first_duplicate(self.peers.iter().map(|p| p.ip)) {
             return Err(invalid(format!("peers[{i}].ip"), "listed twice"));
@@ -254,7 +260,10 @@ fn echoes_ok(echoes: &EchoResult, limits: &Limits) -> Result<(), Invalid> {
 fn latency(ms: Option<f64>, field: &'static str, limits: &Limits) -> Result<Option<f64>, Invalid> {
     match ms {
         Some(ms) if !(ms.is_finite() && (0.0..=limits.max_latency_ms).contains(&ms)) => {
-            Err(invalid(field, "out of range (0 to 60 s)"))
+            Err(invalid(
+                field,
+                "out of range (0 to 60 s, and echoes within the interval)",
+            ))
         }
         ms => Ok(ms),
     }
@@ -399,7 +408,7 @@ mod tests {
     #[test]
     fn values_are_bounded() {
         type Mutation = fn(&mut Report);
-        let cases: [(&str, Mutation); 10] = [
+        let cases: [(&str, Mutation); 11] = [
             ("peers[0].icmp.rtt_avg_ms", |r| {
                 r.peers[0].icmp.rtt_avg_ms = Some(-1.0)
             }),
@@ -417,6 +426,10 @@ mod tests {
                 r.peers[0].icmp.sent = 100_000;
             }),
             ("interval_ms", |r| r.interval_ms = u64::MAX),
+            ("peers[0].icmp.rtt_max_ms", |r| {
+                r.interval_ms = 1000;
+                r.peers[0].icmp.rtt_max_ms = Some(1500.0);
+            }),
             ("services[0].target", |r| {
                 r.services[0].target = "x".repeat(100)
             }),
