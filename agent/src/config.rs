@@ -180,7 +180,7 @@ pub struct Args {
     pub rotating_nodes: u32,
 
     /// Address serving /metrics and /healthz (Prometheus, the kubelet's
-    /// probes). IPv6 with or without brackets (the chart's `$(HOST_IP):9091`).
+    /// probes). IPv6 with or without brackets (the chart's `$(HOST_IP):9095`).
     #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9090",
           value_parser = netmatrix_runtime::serve::parse_listen)]
     pub listen: SocketAddr,

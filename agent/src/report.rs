@@ -83,6 +83,18 @@ impl Delivery {
             auth_unavailable: false,
         }
     }
+
+    /// Whether the aggregator took the token: the report was accepted, or
+    /// refused for what it said (invalid, stale), not for who sent it.
+    fn passed_authentication(&self) -> bool {
+        match self {
+            Delivery::Accepted { .. } => true,
+            Delivery::Rejected { error, .. } => {
+                error.reason == reasons::INVALID || error.reason == reasons::STALE
+            }
+            Delivery::Failed { .. } => false,
+        }
+    }
 }
 
 /// Exponential backoff counted in failures.
@@ -240,7 +252,7 @@ impl Reporter {
             self.metrics.record_report(ReportOutcome::Skipped);
             return;
         }
-        let token = self.token.read();
+        let mut token = self.token.read();
         let mut delivery = self.send(report, token.as_deref()).await;
         if let Delivery::Failed {
             auth_unavailable: true,
@@ -252,11 +264,9 @@ impl Reporter {
                 "the aggregator cannot verify the new token now; sending the previous one"
             );
             delivery = self.send(report, Some(&previous)).await;
-            if matches!(delivery, Delivery::Accepted { .. }) {
-                // Keep the previous one as the fallback: it was accepted.
-                self.token.accepted = Some(previous);
-            }
-        } else if matches!(delivery, Delivery::Accepted { .. }) {
+            token = Some(previous);
+        }
+        if delivery.passed_authentication() {
             self.token.accepted = token;
         }
         let Ok(mut state) = self.state.lock() else {
