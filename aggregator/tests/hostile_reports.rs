@@ -5,8 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use netmatrix_aggregator::auth::Sender;
-use netmatrix_aggregator::inventory::InventorySource;
+use netmatrix_aggregator::auth::{Caller, Sender};
+use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
 use netmatrix_aggregator::published::Form;
 use netmatrix_aggregator::state::{Aggregator, Settings};
 use netmatrix_api::{
@@ -19,6 +19,43 @@ static NOW: AtomicU64 = AtomicU64::new(1_800_000_000_000);
 
 fn clock() -> u64 {
     NOW.load(Ordering::Relaxed)
+}
+
+/// Nodes `node-1` to `node-3`, each with its agent `agent-N` (UID
+/// `uid-agent-N`, IP `10.244.N.2`), as the watch would list them; an
+/// aggregator with a 5 s interval checking senders against them.
+fn verified_aggregator() -> Aggregator {
+    let mut inventory = Inventory {
+        synced: true,
+        ..Default::default()
+    };
+    for n in 1..=3 {
+        inventory.nodes.insert(
+            format!("node-{n}"),
+            NodeInfo {
+                pod_cidrs: vec![format!("10.244.{n}.0/24").parse().unwrap()],
+                ready: true,
+                created_unix_ms: Some(0),
+                unschedulable: false,
+            },
+        );
+        inventory.agents.insert(
+            format!("node-{n}"),
+            vec![AgentPod {
+                name: format!("agent-{n}"),
+                uid: format!("uid-agent-{n}"),
+                ips: vec![format!("10.244.{n}.2").parse().unwrap()],
+                network: NetworkMode::Pod,
+                started_unix_ms: Some(0),
+            }],
+        );
+    }
+    Aggregator::new(
+        InventorySource::Fixed(std::sync::Arc::new(inventory)),
+        Settings::default(),
+    )
+    .expect("metrics registry")
+    .with_clock(clock)
 }
 
 /// `--no-kubernetes`: every well-formed report is stored, so the random
@@ -285,14 +322,46 @@ fn report() -> impl Strategy<Value = Report> {
 }
 
 proptest! {
-    // 3,200 cases in all, about 20 s in a debug build.
-    #![proptest_config(ProptestConfig::with_cases(800))]
+    // 2,500 cases in all, about 20 s in a debug build.
+    #![proptest_config(ProptestConfig::with_cases(500))]
 
     #[test]
     fn random_bytes_are_refused_quietly(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let aggregator = aggregator();
         ingest(&aggregator, &bytes);
-        prop_assert!(aggregator.matrix().rows.is_empty());
+        aggregator.evaluate();
+        prop_assert!(aggregator.matrix().nodes.is_empty(), "random bytes made a row");
+    }
+
+    #[test]
+    fn verified_reports_are_stored_only_for_their_own_pod_and_time(
+        cases in proptest::collection::vec((sane_report(), 1usize..=3, 1usize..=3, -1_200_000i64..1_200_000), 1..6)
+    ) {
+        let aggregator = verified_aggregator();
+        for (mut r, claimed, token_of, skew_ms) in cases {
+            // The body claims agent `claimed`; the token is agent `token_of`'s.
+            r.agent.node = format!("node-{claimed}");
+            r.agent.pod = format!("agent-{claimed}");
+            r.agent.pod_ip = format!("10.244.{claimed}.2").parse().unwrap();
+            r.started_unix_ms = clock().saturating_add_signed(skew_ms);
+            let sender = Sender::Agent(Caller {
+                service_account: "netmatrix-agent".into(),
+                pod: format!("agent-{token_of}"),
+                pod_uid: format!("uid-agent-{token_of}"),
+                node: None,
+            });
+            let outcome = aggregator.ingest(&serde_json::to_vec(&r).unwrap(), &sender);
+            let in_time = (-600_000..=10_000).contains(&skew_ms);
+            if claimed != token_of {
+                prop_assert_eq!(outcome.map_err(|e| e.reason()), Err("forbidden"));
+            } else if !in_time {
+                prop_assert_eq!(outcome.map_err(|e| e.reason()), Err("invalid"));
+            } else if let Err(e) = outcome {
+                // Only the pod's own earlier-or-equal rounds may be refused.
+                prop_assert_eq!(e.reason(), "stale");
+            }
+        }
+        serve_everything(&aggregator);
     }
 
     #[test]

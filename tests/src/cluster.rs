@@ -482,17 +482,23 @@ fn to_json<'a, T: Serialize + 'a>(objects: impl Iterator<Item = &'a T>) -> Vec<V
     objects.filter_map(json).collect()
 }
 
-fn new_uid() -> String {
-    // A version 4 UUID, the format Kubernetes uses.
-    let b = rand::random::<u128>().to_be_bytes();
+/// A random version 4 UUID, the format Kubernetes gives object UIDs.
+pub fn new_uid() -> String {
+    uuid_v4(rand::random::<u128>().to_be_bytes())
+}
+
+/// `bytes` as a version 4 UUID (random bytes make a random one, a digest a
+/// stable one).
+pub fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
-        "{}-{}-4{}-{:x}{}-{}",
+        "{}-{}-{}-{}-{}",
         &hex[0..8],
         &hex[8..12],
-        &hex[13..16],
-        (b[8] & 0x3) | 0x8,
-        &hex[17..20],
+        &hex[12..16],
+        &hex[16..20],
         &hex[20..32]
     )
 }

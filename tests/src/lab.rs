@@ -12,7 +12,7 @@ use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, labels};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::apiserver::tokens::{Binding, KeyError, TokenAuthority};
+use crate::apiserver::tokens::{KeyError, TokenAuthority};
 use crate::cluster::ClusterState;
 use crate::dns::{self, DnsControl};
 use crate::faults::{self, Fault, FaultError, Hooks};
@@ -31,12 +31,14 @@ use crate::view;
 
 mod churn;
 mod churn_run;
+mod kubelet;
 pub mod objects;
 mod prometheus;
 
 pub use prometheus::{Alert, LabPrometheus, Target, prometheus_binary};
 
 pub use churn_run::{ChurnReport, FalseAlarm, StepReport};
+use kubelet::TokenMounts;
 
 /// The aggregator's `--node-grace` in the lab: its nodes are brand new, so
 /// their agents are expected right away, not after the default 2 minutes.
@@ -176,9 +178,8 @@ pub struct Lab {
     state: StateDir,
     cluster: ClusterState,
     pki: LabPki,
-    /// The API server's token signing key: the lab mints the agents'
-    /// tokens with it, as the kubelet has the API server do.
-    tokens: Arc<TokenAuthority>,
+    /// Mounts the agents' tokens, signed by the API emulator's key.
+    kubelet: Arc<TokenMounts>,
     dns: DnsControl,
     runtime: Handle,
     binaries: Option<Binaries>,
@@ -262,6 +263,12 @@ impl Lab {
                 url: String::new(),
                 message: e.to_string(),
             })?;
+        let kubelet = Arc::new(TokenMounts::new(
+            cluster.clone(),
+            Arc::new(TokenAuthority::new()?),
+            state.clone(),
+            config.token_ttl,
+        ));
         let mut lab = Lab {
             procs: Processes::new(state.clone()),
             prefix: prefix.clone(),
@@ -272,7 +279,7 @@ impl Lab {
             state,
             cluster,
             pki,
-            tokens: Arc::new(TokenAuthority::new()?),
+            kubelet,
             dns: DnsControl::default(),
             runtime: Handle::current(),
             binaries,
@@ -558,7 +565,7 @@ impl Lab {
             self.cluster.clone(),
             self.pki.server_config()?,
             self.pki.token.clone(),
-            Arc::clone(&self.tokens),
+            Arc::clone(self.kubelet.authority()),
         );
         let task = self.runtime.spawn(async move {
             if let Err(error) =
@@ -571,36 +578,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Writes `pod`'s projected ServiceAccount token (audience `netmatrix`)
-    /// where its agent reads it, as the kubelet does when the pod starts
-    /// and again at 80 % of the token's life: atomically, so a reader sees
-    /// the old token or the new one. Returns the file.
+    /// Writes `pod`'s projected ServiceAccount token where its agent reads
+    /// it, as the kubelet does when the pod starts. Returns the file.
     pub fn mint_token(&self, pod: &str) -> Result<PathBuf, LabError> {
-        let binding =
-            Binding::of_pod(&self.cluster, NAMESPACE, pod).ok_or_else(|| LabError::Io {
-                what: format!("minting a token for pod {pod}"),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such pod or node"),
-            })?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let token = self.tokens.issue(
-            &binding,
-            &[labels::TOKEN_AUDIENCE],
-            self.config.token_ttl,
-            now,
-        );
-        let path = self.token_path(pod);
-        let staged = path.with_extension("new");
-        std::fs::write(&staged, token)
-            .and_then(|()| std::fs::rename(&staged, &path))
-            .map_err(io(format!("writing {}", path.display())))?;
-        Ok(path)
-    }
-
-    /// Where the token of agent pod `pod` is mounted.
-    pub fn token_path(&self, pod: &str) -> PathBuf {
-        self.state.file(&format!("token-{pod}"))
+        self.kubelet
+            .mount_token(pod)
+            .map_err(io(format!("mounting the token of pod {pod}")))
     }
 
     /// The token an agent of `node` sends right now.
@@ -610,56 +593,22 @@ impl Lab {
             .node(node)
             .cloned()
             .ok_or_else(|| LabError::UnknownNode(node.to_owned()))?;
-        let path = self.token_path(&agent_pod_name(&plan, network));
+        let path = self.kubelet.token_path(&agent_pod_name(&plan, network));
         std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))
+    }
+
+    /// TokenReviews the API emulator has answered so far.
+    pub fn token_reviews(&self) -> u64 {
+        self.kubelet.authority().reviews()
     }
 
     /// Re-mints every agent's token at 80 % of its life, as the kubelet
     /// rotates projected tokens.
     fn start_token_rotation(&self) {
-        let every = self
-            .config
-            .token_ttl
-            .mul_f64(0.8)
-            .max(Duration::from_secs(1));
-        let (state, tokens, ttl, dir) = (
-            self.cluster.clone(),
-            Arc::clone(&self.tokens),
-            self.config.token_ttl,
-            self.state.clone(),
-        );
-        let task = self.runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let agents = [
-                    labels::AGENT_SERVICE_ACCOUNT,
-                    labels::HOST_AGENT_SERVICE_ACCOUNT,
-                ];
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                for pod in state.pods() {
-                    let Some(name) = pod.metadata.name.as_deref() else {
-                        continue;
-                    };
-                    let Some(binding) = Binding::of_pod(&state, NAMESPACE, name) else {
-                        continue;
-                    };
-                    if !agents.contains(&binding.service_account.as_str()) {
-                        continue;
-                    }
-                    let token = tokens.issue(&binding, &[labels::TOKEN_AUDIENCE], ttl, now);
-                    let path = dir.file(&format!("token-{name}"));
-                    let staged = path.with_extension("new");
-                    if let Err(error) = std::fs::write(&staged, token)
-                        .and_then(|()| std::fs::rename(&staged, &path))
-                    {
-                        tracing::warn!(%error, pod = name, "cannot rotate a token");
-                    }
-                }
-                tracing::debug!("agent tokens rotated");
-            }
-        });
+        let kubelet = Arc::clone(&self.kubelet);
+        let task = self
+            .runtime
+            .spawn(async move { kubelet.rotate_forever().await });
         self.servers().token_rotation = Some(task);
     }
 

@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::WAIT;
 use netmatrix_api::{ApiError, REPORTS_PATH, Report};
 use netmatrix_lab::lab::{AgentNetwork, agent_status_addr};
@@ -367,8 +368,42 @@ async fn hostile_reports_and_connections_change_nothing() {
     *expected_rejections.entry("too-large").or_default() += 1;
     drop(raw);
 
+    // Forged tokens by the hundred, shaped like the agents' (our audience,
+    // not expired, bound to node-2's agent pod by name) but with made-up
+    // UIDs and no valid signature: refused without one TokenReview each.
+    let reviews_before = lab.token_reviews();
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    for i in 0..200 {
+        let claims = serde_json::json!({
+            "aud": ["netmatrix"],
+            "exp": now_ms() / 1000 + 3600,
+            "kubernetes.io": {"namespace": "netmatrix",
+                "pod": {"name": node2.agent.name, "uid": format!("00000000-0000-4000-8000-{i:012}")}},
+        });
+        let forged = format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"ES256"}"#),
+            b64(claims.to_string().as_bytes()),
+            b64(b"not a signature")
+        );
+        let (status, body) = post(&http, &url, Some(&forged), all_failed.clone()).await;
+        let error: ApiError = serde_json::from_slice(&body).unwrap();
+        assert_eq!((status, error.reason.as_str()), (403, "forbidden"));
+    }
+    let reviews_spent = lab.token_reviews() - reviews_before;
+    // The agents' own rotations may need a few meanwhile, never 200.
+    assert!(
+        reviews_spent <= 12,
+        "{reviews_spent} reviews for 200 forged tokens"
+    );
+    table.push(format!(
+        "| 200 forged JWTs (our audience, node-2's pod name, made-up UIDs) | 403 forbidden each | TokenReviews meanwhile: {reviews_spent} (only the agents' own rotations may cause any) |"
+    ));
+    *expected_rejections.entry("forbidden").or_default() += 200;
+
     // Slow and idle connections: 300 idle, 50 sending headers a byte at a
-    // time, 20 stalling in a 1 MB body.
+    // time, 20 stalling in a 1 MB body. Through the forwarder they all come
+    // from one address: 64 are served, the rest closed at once.
     let started = Instant::now();
     let mut held = Vec::new();
     for _ in 0..300 {
@@ -405,14 +440,18 @@ async fn hostile_reports_and_connections_change_nothing() {
         let (rss, fds) = usage(pid);
         peak = (peak.0.max(rss), peak.1.max(fds));
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // Closed means end of stream (or a reset): an answer alone is not.
         open = 0;
         for s in held.iter_mut().chain(slow.iter_mut()) {
-            let mut buf = [0u8; 1024];
-            match tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
-                Err(_) => open += 1,     // still open, nothing to read
-                Ok(Ok(n)) if n > 0 => {} // an answer (408/400): closing
-                Ok(_) => {}              // closed
-            }
+            let mut buf = [0u8; 4096];
+            let closed = loop {
+                match tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+                    Err(_) => break false,
+                    Ok(Ok(0) | Err(_)) => break true,
+                    Ok(Ok(_)) => continue,
+                }
+            };
+            open += usize::from(!closed);
         }
     }
     let cut_after = started.elapsed();
@@ -422,7 +461,7 @@ async fn hostile_reports_and_connections_change_nothing() {
     drop(slow);
     let (rss_after, fds_after) = usage(pid);
     eprintln!(
-        "aggregator under 370 slow/idle connections: RSS {} KiB before, {} KiB peak, {} KiB after; open files {} before, {} peak, {} after; every connection closed by the server within {:.1?}",
+        "aggregator under 370 slow/idle connections from one address: RSS {} KiB before, {} KiB peak, {} KiB after; open files {} before, {} peak, {} after; every connection closed by the server within {:.1?}",
         rss_before, peak.0, rss_after, fds_before, peak.1, fds_after, cut_after
     );
     // Bounded: each held connection costs one descriptor (and the forwarder's
@@ -437,6 +476,70 @@ async fn hostile_reports_and_connections_change_nothing() {
         "RSS grew from {rss_before} to {} KiB",
         peak.0
     );
+
+    // The agents' servers too: a neighbour pod on node-2 opens 40 idle
+    // connections to node-2's agent; the kubelet (the node's address) still
+    // gets its /healthz answered, and the neighbour's connections are cut.
+    let agent_addr = SocketAddr::from((node2.agent.ip, 9090));
+    let companion_ns = node2.companion.netns.clone();
+    let mut neighbour = Vec::new();
+    for _ in 0..40 {
+        let ns = companion_ns.clone();
+        let stream = tokio::task::spawn_blocking(move || {
+            netns::in_netns(&ns, move || {
+                let s = std::net::TcpStream::connect(agent_addr)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+        })
+        .await
+        .unwrap()
+        .expect("a connection from the neighbour pod");
+        neighbour.push(TcpStream::from_std(stream).unwrap());
+    }
+    let node_ns = node2.netns.clone();
+    let healthz = tokio::task::spawn_blocking(move || {
+        let mut stream = netns::in_netns(&node_ns, move || {
+            let s = std::net::TcpStream::connect(agent_addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            Ok(s)
+        })?;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(answer)
+    })
+    .await
+    .unwrap()
+    .expect("the kubelet's probe is answered");
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let started = Instant::now();
+    let mut open = neighbour.len();
+    let mut open_at_first_look = None;
+    while open > 0 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        open = 0;
+        for s in &mut neighbour {
+            let mut buf = [0u8; 1024];
+            let closed = matches!(
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await,
+                Ok(Ok(0) | Err(_))
+            );
+            open += usize::from(!closed);
+        }
+        open_at_first_look.get_or_insert(open);
+    }
+    assert_eq!(open, 0, "{open} idle connections to the agent still open");
+    let first = open_at_first_look.unwrap_or(0);
+    assert!(
+        first <= 8,
+        "{first} of 40 kept from one address (at most 8)"
+    );
+    table.push(format!(
+        "| 40 idle connections from a neighbour pod to node-2's agent :9090 | {first} kept, the others closed at once; the kubelet's /healthz answered meanwhile; all closed within {:.1?} | |",
+        started.elapsed()
+    ));
+    drop(neighbour);
 
     // Nothing changed: the cluster is healthy and stays so, with the real
     // agents reporting through two token rotations.

@@ -22,6 +22,7 @@
 //! objects are not stored (the ServiceAccount claims are trusted as issued;
 //! its UID is derived from its name).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -33,7 +34,7 @@ use ring::signature::{
 };
 use serde_json::{Value, json};
 
-use crate::cluster::{ClusterState, Kind};
+use crate::cluster::{ClusterState, Kind, new_uid, uuid_v4};
 
 /// The issuer of the lab's tokens (kube-apiserver's `--service-account-issuer`
 /// on kubeadm clusters).
@@ -47,6 +48,8 @@ pub struct KeyError(String);
 /// The API server's token signing key.
 pub struct TokenAuthority {
     key: EcdsaKeyPair,
+    /// TokenReviews answered (tests check that forgeries cost none).
+    reviews: AtomicU64,
     /// `kid` of the JWT header: which key signed (here, the only one).
     key_id: String,
     rng: SystemRandom,
@@ -85,23 +88,15 @@ impl Binding {
     }
 }
 
+/// ServiceAccounts are not stored: a stable UID from the name stands in.
 fn service_account_uid(namespace: &str, name: &str) -> String {
     let digest = ring::digest::digest(
         &ring::digest::SHA256,
         format!("{namespace}/{name}").as_bytes(),
     );
-    let h: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid_v4(bytes)
 }
 
 impl TokenAuthority {
@@ -114,9 +109,15 @@ impl TokenAuthority {
         let thumb = ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref());
         Ok(TokenAuthority {
             key,
+            reviews: AtomicU64::new(0),
             key_id: URL_SAFE_NO_PAD.encode(&thumb.as_ref()[..16]),
             rng,
         })
+    }
+
+    /// TokenReviews answered so far.
+    pub fn reviews(&self) -> u64 {
+        self.reviews.load(Ordering::Relaxed)
     }
 
     /// A token bound to `binding`, for `audiences`, valid for `ttl` from
@@ -129,7 +130,7 @@ impl TokenAuthority {
         now_unix: u64,
     ) -> String {
         let header = json!({"alg": "ES256", "kid": self.key_id, "typ": "JWT"});
-        let jti = uuid_v4(&self.rng);
+        let jti = new_uid();
         let claims = json!({
             "aud": audiences,
             "exp": now_unix + ttl.as_secs().max(1),
@@ -172,6 +173,7 @@ impl TokenAuthority {
         audiences: &[String],
         now_unix: u64,
     ) -> Value {
+        self.reviews.fetch_add(1, Ordering::Relaxed);
         match self.verify(state, token, audiences, now_unix) {
             Ok(status) => status,
             Err(why) => json!({
@@ -310,24 +312,6 @@ impl TokenAuthority {
 /// Length of `header.payload` in a JWT (what the signature covers).
 fn header_len(token: &str) -> usize {
     token.rfind('.').unwrap_or(token.len())
-}
-
-fn uuid_v4(rng: &SystemRandom) -> String {
-    let mut b = [0u8; 16];
-    if ring::rand::SecureRandom::fill(rng, &mut b).is_err() {
-        b = rand::random();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 /// The answer to `POST .../tokenreviews`: the request's `spec` echoed, the
