@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use netmatrix_api::{
     ApiError, Cell, FINDINGS_PATH, Findings, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH,
-    NetworkMode, REPORTS_PATH, ReportAccepted,
+    NetworkMode, REPORTS_PATH, ReportAccepted, reasons,
 };
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -115,11 +115,12 @@ async fn post_report(State(state): State<AppState>, request: Request) -> Respons
         .unwrap_or(state.max_body)
         .min(state.max_body);
     let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    // The budget is never closed; a failure here would be a shutdown.
     let Ok(_budget) = state.body_budget.acquire_many(kib).await else {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "the aggregator is shutting down".to_owned(),
+            reasons::NOT_READY,
+            "not-ready: the aggregator is shutting down".to_owned(),
         );
     };
     let request = Request::from_parts(parts, body);
