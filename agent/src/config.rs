@@ -109,6 +109,13 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_AGGREGATOR_PORT", default_value_t = 8080)]
     pub aggregator_port: u16,
 
+    /// Host-network agents: port of the pod-network agents' /metrics
+    /// listener, where this node's pod agent serves the report it could not
+    /// deliver; the host agent relays it (over the node-local path) so a
+    /// node whose pods cannot reach the aggregator is still heard.
+    #[arg(long, env = "NETMATRIX_POD_AGENT_PORT", default_value_t = 9090)]
+    pub pod_agent_port: u16,
+
     /// Time between probing rounds.
     #[arg(long, env = "NETMATRIX_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -381,6 +388,8 @@ pub struct Settings {
     /// Aggregator Service base URL (no trailing slash), if reporting is on.
     pub aggregator_url: Option<reqwest::Url>,
     pub aggregator_port: u16,
+    /// Host agents: where the local pod agent serves its undelivered report.
+    pub pod_agent_port: u16,
     pub interval: Duration,
     /// Which remote nodes to probe in a large cluster.
     pub sampling: PeerSampling,
@@ -502,6 +511,7 @@ impl Settings {
             aggregator_selector: args.aggregator_selector,
             aggregator_url,
             aggregator_port: args.aggregator_port,
+            pod_agent_port: args.pod_agent_port,
             interval: args.interval,
             sampling: PeerSampling {
                 full_mesh_max_nodes: args.full_mesh_max_nodes as usize,

@@ -1,12 +1,18 @@
-//! The agent's own HTTP servers: `/metrics` and `/healthz` on the pod's
-//! address ([`router`]), and `/status` besides them on loopback
+//! The agent's own HTTP servers: `/metrics`, `/healthz` and `/undelivered`
+//! on the pod's address ([`router`]), and `/status` besides them on loopback
 //! ([`status_router`]).
 //!
 //! `/status` is the operator's view when the node is cut off from the
 //! aggregator: `kubectl port-forward pod/<agent> 9092` reaches 127.0.0.1 inside
 //! the pod, where the last round's report and the delivery state are
-//! served. It is not on the pod's address: a full report tells a stranger
-//! every peer and check of the node, which is what a forger would copy.
+//! served.
+//!
+//! `/undelivered` is for the node's host-network agent: when this agent
+//! cannot reach the aggregator (its node's pod network is cut, the commonest
+//! CNI failure), the host agent fetches the report the aggregator did not
+//! get over the node-local path (node to local pod needs no forwarding) and
+//! relays it under its own token. It holds what `/metrics` already shows;
+//! nobody but that node's host agent can make the aggregator take it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,11 +23,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use netmatrix_api::{AgentIdentity, Report};
+use netmatrix_api::{AGENT_UNDELIVERED_PATH, AgentIdentity, Report};
 use serde::Serialize;
 
 use crate::metrics::Metrics;
-use crate::report::{ReportingState, unix_ms_now};
+use crate::report::{ReportingState, Undelivered, unix_ms_now};
 
 /// What the round loop and the reporter publish for the HTTP server.
 pub struct StatusBoard {
@@ -29,6 +35,8 @@ pub struct StatusBoard {
     last_report: RwLock<Option<Arc<Report>>>,
     /// Shared with the [`Reporter`](crate::report::Reporter).
     pub reporting: Arc<Mutex<ReportingState>>,
+    /// Shared with the [`Reporter`](crate::report::Reporter).
+    pub undelivered: Undelivered,
     heartbeat_unix_ms: AtomicU64,
     /// `/healthz` fails when the loop has not ticked for this long.
     stale_after: Duration,
@@ -40,6 +48,7 @@ impl StatusBoard {
             agent,
             last_report: RwLock::new(None),
             reporting: Arc::new(Mutex::new(ReportingState::default())),
+            undelivered: Undelivered::default(),
             heartbeat_unix_ms: AtomicU64::new(unix_ms_now()),
             // A round can take up to about one interval; allow a few, plus
             // slack for a stalled-but-recovering runtime.
@@ -80,11 +89,12 @@ struct StatusBody<'a> {
     reporting: ReportingState,
 }
 
-/// What the pod's address serves: `/metrics` and `/healthz`.
+/// What the pod's address serves: `/metrics`, `/healthz`, `/undelivered`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route(AGENT_UNDELIVERED_PATH, get(undelivered))
         .with_state(state)
 }
 
@@ -115,6 +125,13 @@ async fn healthz(State(state): State<AppState>) -> Response {
             "the probing loop has stalled\n",
         )
             .into_response()
+    }
+}
+
+async fn undelivered(State(state): State<AppState>) -> Response {
+    match state.status.undelivered.get() {
+        Some(report) => axum::Json(&*report).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
@@ -198,6 +215,8 @@ mod tests {
         assert_eq!(on_pod_ip("/metrics").await.unwrap().status(), 200);
         assert_eq!(on_pod_ip("/healthz").await.unwrap().status(), 200);
         assert_eq!(on_pod_ip("/status").await.unwrap().status(), 404);
+        // What the node's host agent relays: nothing while reports go through.
+        assert_eq!(on_pod_ip("/undelivered").await.unwrap().status(), 204);
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     match &settings.aggregator_url {
         Some(url) => {
             let pods = discovery.clone();
-            let reporter = report::Reporter::new(
+            let mut reporter = report::Reporter::new(
                 url,
                 report::TokenFile::new(Some(settings.token_file.clone())),
                 settings.aggregator_port,
@@ -227,7 +227,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 metrics.clone(),
                 status.reporting.clone(),
             )
-            .map_err(Error::ReportClient)?;
+            .map_err(Error::ReportClient)?
+            .with_undelivered(status.undelivered.clone());
+            if settings.identity.network == netmatrix_api::NetworkMode::Host {
+                let local = discovery.clone();
+                reporter = reporter.with_relay(report::Relay::new(
+                    Arc::new(move || local.local_agent_ip()),
+                    settings.pod_agent_port,
+                ));
+            }
             tokio::spawn(reporter.run(reports_rx));
         }
         None => tracing::info!("no --aggregator-url: probing and serving metrics only"),

@@ -121,6 +121,7 @@ pub struct Metrics {
     peer_node_failing: NodeSeries,
     peer_node_mtu_failing: NodeSeries,
     reports: IntCounterVec,
+    relays: IntCounterVec,
     peer_source: IntGaugeVec,
 }
 
@@ -210,6 +211,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let relays = IntCounterVec::new(
+            Opts::new(
+                name("relays_total"),
+                "Host agents: the node's pod agent's undelivered reports relayed to the aggregator, by result (unreachable: the pod agent could not be asked).",
+            ),
+            &["result"],
+        )?;
         let peer_source = IntGaugeVec::new(
             Opts::new(
                 name("peer_source"),
@@ -230,6 +238,7 @@ impl Metrics {
         registry.register(Box::new(dns_up.clone()))?;
         registry.register(Box::new(peer_node_failing.clone()))?;
         registry.register(Box::new(reports.clone()))?;
+        registry.register(Box::new(relays.clone()))?;
         registry.register(Box::new(peer_source.clone()))?;
         Ok(Self {
             registry,
@@ -246,6 +255,7 @@ impl Metrics {
             peer_node_failing: NodeSeries::new(peer_node_failing),
             peer_node_mtu_failing: NodeSeries::new(peer_node_mtu_failing),
             reports,
+            relays,
             peer_source,
         })
     }
@@ -325,6 +335,12 @@ impl Metrics {
 
     pub fn record_report(&self, outcome: ReportOutcome) {
         self.reports.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// A relay attempt's result: a [`ReportOutcome`], or `unreachable`.
+    pub fn record_relay(&self, outcome: Option<ReportOutcome>) {
+        let label = outcome.map_or("unreachable", ReportOutcome::as_str);
+        self.relays.with_label_values(&[label]).inc();
     }
 
     /// The Prometheus text exposition of every series.

@@ -19,15 +19,25 @@
 //! down: `503 auth-unavailable`), the report is sent once more with the
 //! last token it accepted, which stays valid until it expires: a control
 //! plane outage is exactly when the rows must keep coming.
+//!
+//! A report the aggregator did not take is kept as [`Undelivered`] and
+//! served on the pod address. A host-network agent ([`Relay`]) fetches its
+//! own node's pod agent's undelivered report after each of its own
+//! deliveries and sends it to [`RELAYED_REPORTS_PATH`] under its own token:
+//! when a node's pods cannot send anything off the node, its pod agent's
+//! row still arrives, and the aggregator names the node's pod network
+//! rather than a missing agent.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use netmatrix_runtime::cause_chain;
 
-use netmatrix_api::{ApiError, REPORTS_PATH, Report, reasons};
+use netmatrix_api::{
+    AGENT_UNDELIVERED_PATH, ApiError, RELAYED_REPORTS_PATH, REPORTS_PATH, Report, reasons,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -41,6 +51,57 @@ pub const MAX_BACKOFF_ROUNDS: u32 = 10;
 
 /// Where aggregator pods are (the discovery's last known view).
 pub type AggregatorPods = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;
+
+/// Where this node's pod-network agent is (the discovery's last known view).
+pub type LocalAgent = Arc<dyn Fn() -> Option<IpAddr> + Send + Sync>;
+
+/// Largest undelivered report a relay fetches: the aggregator's default
+/// `--max-body`.
+const MAX_RELAYED_BYTES: usize = 32 << 20;
+/// How long a relay may wait for the local pod agent (no network between).
+const RELAY_FETCH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The newest report the aggregator has not taken (the send failed, or was
+/// skipped while backing off); served on [`AGENT_UNDELIVERED_PATH`].
+#[derive(Debug, Clone, Default)]
+pub struct Undelivered(Arc<RwLock<Option<Arc<Report>>>>);
+
+impl Undelivered {
+    pub fn get(&self) -> Option<Arc<Report>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, report: Option<Arc<Report>>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = report;
+    }
+}
+
+/// A host agent's relay of its node's pod agent's undelivered reports.
+pub struct Relay {
+    local_agent: LocalAgent,
+    /// The pod agents' HTTP port.
+    port: u16,
+    /// The last relayed (pod, round), not sent twice.
+    last: Option<(String, u64)>,
+    /// Whether the last attempt found something to relay (logs changes).
+    relaying: bool,
+    unreachable_logged: bool,
+}
+
+impl Relay {
+    pub fn new(local_agent: LocalAgent, port: u16) -> Self {
+        Relay {
+            local_agent,
+            port,
+            last: None,
+            relaying: false,
+            unreachable_logged: false,
+        }
+    }
+}
 
 /// Delivery state, shown on `/status`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -178,12 +239,15 @@ impl TokenFile {
 pub struct Reporter {
     client: reqwest::Client,
     token: TokenFile,
+    /// The aggregator Service's base URL.
     service: reqwest::Url,
     pod_port: u16,
     aggregator_pods: AggregatorPods,
     interval: Duration,
     metrics: Arc<Metrics>,
     state: Arc<Mutex<ReportingState>>,
+    undelivered: Undelivered,
+    relay: Option<Relay>,
     backoff: Backoff,
 }
 
@@ -211,9 +275,7 @@ impl Reporter {
             .timeout(interval.clamp(Duration::from_millis(500), Duration::from_secs(5)))
             .user_agent(concat!("netmatrix-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let service = service_base
-            .join(REPORTS_PATH)
-            .unwrap_or_else(|_| service_base.clone());
+        let service = service_base.clone();
         if let Ok(mut s) = state.lock() {
             s.enabled = true;
         }
@@ -226,8 +288,22 @@ impl Reporter {
             interval,
             metrics,
             state,
+            undelivered: Undelivered::default(),
+            relay: None,
             backoff: Backoff::default(),
         })
+    }
+
+    /// Keeps undelivered reports in `undelivered` (served for the host agent).
+    pub fn with_undelivered(mut self, undelivered: Undelivered) -> Self {
+        self.undelivered = undelivered;
+        self
+    }
+
+    /// Relays the local pod agent's undelivered reports (host agents).
+    pub fn with_relay(mut self, relay: Relay) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Sends the newest report each time one is published, until the
@@ -237,12 +313,16 @@ impl Reporter {
             let report = reports.borrow_and_update().clone();
             if let Some(report) = report {
                 self.deliver(&report).await;
+                // Not while the aggregator refuses our own connections.
+                if self.backoff.failures == 0 {
+                    self.relay().await;
+                }
             }
         }
     }
 
     /// One delivery attempt (or a skip, while backing off).
-    pub async fn deliver(&mut self, report: &Report) {
+    pub async fn deliver(&mut self, report: &Arc<Report>) {
         let now = Instant::now();
         if !self.backoff.ready(now) {
             tracing::debug!(
@@ -250,25 +330,12 @@ impl Reporter {
                 "not reporting this round: backing off"
             );
             self.metrics.record_report(ReportOutcome::Skipped);
+            self.undelivered.set(Some(report.clone()));
             return;
         }
-        let mut token = self.token.read();
-        let mut delivery = self.send(report, token.as_deref()).await;
-        if let Delivery::Failed {
-            auth_unavailable: true,
-            ..
-        } = delivery
-            && let Some(previous) = self.token.fallback(token.as_deref()).map(str::to_owned)
-        {
-            tracing::info!(
-                "the aggregator cannot verify the new token now; sending the previous one"
-            );
-            delivery = self.send(report, Some(&previous)).await;
-            token = Some(previous);
-        }
-        if delivery.passed_authentication() {
-            self.token.accepted = token;
-        }
+        let delivery = self.send_with_token(REPORTS_PATH, report).await;
+        let taken = !matches!(delivery, Delivery::Failed { .. });
+        self.undelivered.set((!taken).then(|| report.clone()));
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -309,9 +376,94 @@ impl Reporter {
         }
     }
 
+    /// Sends with the current token, and once more with the last one that
+    /// passed authentication when the aggregator cannot verify the new one.
+    async fn send_with_token(&mut self, path: &str, report: &Report) -> Delivery {
+        let mut token = self.token.read();
+        let mut delivery = self.send(path, report, token.as_deref()).await;
+        if let Delivery::Failed {
+            auth_unavailable: true,
+            ..
+        } = delivery
+            && let Some(previous) = self.token.fallback(token.as_deref()).map(str::to_owned)
+        {
+            tracing::info!(
+                "the aggregator cannot verify the new token now; sending the previous one"
+            );
+            delivery = self.send(path, report, Some(&previous)).await;
+            token = Some(previous);
+        }
+        if delivery.passed_authentication() {
+            self.token.accepted = token;
+        }
+        delivery
+    }
+
+    /// Host agents: fetches the local pod agent's undelivered report and
+    /// relays it, once per round of that agent. Failures are logged once
+    /// until the next success; the next round tries again.
+    async fn relay(&mut self) {
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        let Some(ip) = (relay.local_agent)() else {
+            return;
+        };
+        let url = format!(
+            "http://{}{AGENT_UNDELIVERED_PATH}",
+            SocketAddr::new(ip, relay.port)
+        );
+        let report = match fetch_undelivered(&self.client, &url).await {
+            Ok(Some(report)) => report,
+            Ok(None) => {
+                if relay.relaying {
+                    tracing::info!(%ip, "the node's pod agent reports by itself again; relaying stops");
+                }
+                relay.relaying = false;
+                relay.unreachable_logged = false;
+                return;
+            }
+            Err(error) => {
+                self.metrics.record_relay(None);
+                if !relay.unreachable_logged {
+                    tracing::warn!(%url, %error, "cannot ask the node's pod agent for its undelivered report (is the node's pod bridge down?)");
+                    relay.unreachable_logged = true;
+                }
+                return;
+            }
+        };
+        relay.unreachable_logged = false;
+        let key = (report.agent.pod.clone(), report.round);
+        if relay.last.as_ref() == Some(&key) {
+            return;
+        }
+        if !relay.relaying {
+            tracing::warn!(pod = %report.agent.pod, round = report.round, "the node's pod agent cannot deliver its reports; relaying them");
+        }
+        relay.relaying = true;
+        relay.last = Some(key);
+        let delivery = self.send_with_token(RELAYED_REPORTS_PATH, &report).await;
+        let outcome = match &delivery {
+            Delivery::Accepted { .. } => ReportOutcome::Ok,
+            Delivery::Rejected { endpoint, error } => {
+                tracing::warn!(%endpoint, reason = %error.reason, message = %error.message, "aggregator refused the relayed report");
+                ReportOutcome::Rejected
+            }
+            Delivery::Failed { message, .. } => {
+                tracing::debug!(error = %message, "cannot deliver the relayed report");
+                ReportOutcome::Error
+            }
+        };
+        self.metrics.record_relay(Some(outcome));
+    }
+
     /// Service first; aggregator pods when the Service cannot be reached.
-    async fn send(&self, report: &Report, token: Option<&str>) -> Delivery {
-        let service_error = match self.post(self.service.clone(), report, token).await {
+    async fn send(&self, path: &str, report: &Report, token: Option<&str>) -> Delivery {
+        let service = self
+            .service
+            .join(path)
+            .unwrap_or_else(|_| self.service.clone());
+        let service_error = match self.post(service, report, token).await {
             Ok(delivery) => return delivery,
             Err(e) => e,
         };
@@ -326,7 +478,7 @@ impl Reporter {
         let start = rand::random_range(0..pods.len());
         for ip in pods.iter().cycle().skip(start).take(pods.len()) {
             let Ok(url) = reqwest::Url::parse(&format!(
-                "http://{}{REPORTS_PATH}",
+                "http://{}{path}",
                 SocketAddr::new(*ip, self.pod_port)
             )) else {
                 continue;
@@ -391,6 +543,33 @@ impl Reporter {
     }
 }
 
+/// `GET` the local pod agent's undelivered report: `None` when it has none
+/// (204), an error when it cannot be asked or answers nonsense.
+async fn fetch_undelivered(client: &reqwest::Client, url: &str) -> Result<Option<Report>, String> {
+    let mut response = client
+        .get(url)
+        .timeout(RELAY_FETCH_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| cause_chain(&e))?;
+    if response.status() == reqwest::StatusCode::NO_CONTENT {
+        return Ok(None);
+    }
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| cause_chain(&e))? {
+        if body.len() + chunk.len() > MAX_RELAYED_BYTES {
+            return Err(format!("report larger than {MAX_RELAYED_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| format!("not a report: {e}"))
+}
+
 pub(crate) fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -403,11 +582,12 @@ mod tests {
     use super::*;
     use axum::Router;
     use axum::http::StatusCode;
+    use axum::response::IntoResponse;
     use axum::routing::post;
     use netmatrix_api::{AgentIdentity, NetworkMode, PeerSource};
 
-    fn report() -> Report {
-        Report {
+    fn report() -> Arc<Report> {
+        Arc::new(Report {
             agent: AgentIdentity {
                 node: "n1".into(),
                 pod: "agent-1".into(),
@@ -423,7 +603,7 @@ mod tests {
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
             sampled: None,
-        }
+        })
     }
 
     async fn aggregator(status: StatusCode, body: &'static str) -> SocketAddr {
@@ -513,6 +693,91 @@ mod tests {
             s.last_endpoint,
             Some(format!("http://{pod}{REPORTS_PATH}")),
             "{s:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn undelivered_reports_are_kept_for_the_relay_until_one_is_taken() {
+        let (mut r, _, _) = reporter(closed_port().await, vec![], 0);
+        r.deliver(&report()).await;
+        assert_eq!(r.undelivered.get().map(|u| u.round), Some(7));
+        // Skipped while backing off: still undelivered.
+        r.deliver(&report()).await;
+        assert!(r.undelivered.get().is_some());
+        r.service = reqwest::Url::parse(&format!(
+            "http://{}",
+            aggregator(StatusCode::ACCEPTED, "{}").await
+        ))
+        .unwrap();
+        r.backoff.succeeded();
+        r.deliver(&report()).await;
+        assert_eq!(r.undelivered.get(), None);
+    }
+
+    /// A host agent relays its node's pod agent's undelivered report once
+    /// per round, to the relay path, and stops when there is none.
+    #[tokio::test]
+    async fn the_host_agent_relays_the_pod_agents_undelivered_report_once() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let relayed = Arc::new(AtomicU32::new(0));
+        let count = relayed.clone();
+        let app = Router::new().route(
+            RELAYED_REPORTS_PATH,
+            post(move |axum::Json(r): axum::Json<Report>| async move {
+                assert_eq!(r.agent.pod, "agent-1");
+                count.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::ACCEPTED, "{}")
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let aggregator = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let held = Undelivered::default();
+        let served = held.clone();
+        let pod_agent = Router::new().route(
+            AGENT_UNDELIVERED_PATH,
+            axum::routing::get(move || {
+                let served = served.clone();
+                async move {
+                    match served.get() {
+                        Some(r) => axum::Json(&*r).into_response(),
+                        None => StatusCode::NO_CONTENT.into_response(),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pod = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, pod_agent).await });
+
+        let (r, _, metrics) = reporter(aggregator, vec![], 0);
+        let mut r = r.with_relay(Relay::new(Arc::new(move || Some(pod.ip())), pod.port()));
+        r.relay().await;
+        assert_eq!(relayed.load(Ordering::SeqCst), 0, "nothing undelivered");
+        held.set(Some(report()));
+        r.relay().await;
+        r.relay().await;
+        assert_eq!(relayed.load(Ordering::SeqCst), 1, "one round, relayed once");
+        let mut next = (*report()).clone();
+        next.round = 8;
+        held.set(Some(Arc::new(next)));
+        r.relay().await;
+        assert_eq!(relayed.load(Ordering::SeqCst), 2);
+        assert!(
+            metrics
+                .encode()
+                .unwrap()
+                .contains("relays_total{result=\"ok\"} 2")
+        );
+        // The pod agent cannot be asked: counted, nothing sent.
+        let mut r = r.with_relay(Relay::new(Arc::new(|| Some([127, 0, 0, 1].into())), 1));
+        r.relay().await;
+        assert!(
+            metrics
+                .encode()
+                .unwrap()
+                .contains("relays_total{result=\"unreachable\"} 1")
         );
     }
 

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use netmatrix_api::{
     ApiError, Cell, FINDINGS_PATH, Findings, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH,
-    NetworkMode, REPORTS_PATH, ReportAccepted, reasons,
+    NetworkMode, RELAYED_REPORTS_PATH, REPORTS_PATH, ReportAccepted, reasons,
 };
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -50,15 +50,18 @@ pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
     };
     // Layers wrap what is above them: the limit sees the request first,
     // and its plain 413 is rewritten on the way out.
-    let reports = post(post_report)
-        .route_layer(DefaultBodyLimit::disable())
-        .route_layer(RequestBodyLimitLayer::new(max_body))
-        .route_layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            explain_too_large,
-        ));
+    let bounded = |route: axum::routing::MethodRouter<AppState>| {
+        route
+            .route_layer(DefaultBodyLimit::disable())
+            .route_layer(RequestBodyLimitLayer::new(max_body))
+            .route_layer(axum::middleware::map_response_with_state(
+                state.clone(),
+                explain_too_large,
+            ))
+    };
     Router::new()
-        .route(REPORTS_PATH, reports)
+        .route(REPORTS_PATH, bounded(post(post_report)))
+        .route(RELAYED_REPORTS_PATH, bounded(post(post_relayed_report)))
         .route(MATRIX_PATH, get(get_matrix))
         .route(MATRIX_COMPACT_PATH, get(get_matrix_compact))
         .route(MATRIX_CELL_PATH, get(get_matrix_cell))
@@ -95,6 +98,16 @@ async fn explain_too_large(State(state): State<AppState>, response: Response) ->
 /// connection with unread data resets it, and the client would never see
 /// why it was refused.
 async fn post_report(State(state): State<AppState>, request: Request) -> Response {
+    intake(&state, request, false).await
+}
+
+/// `POST /api/v1/relayed-reports`: as [`post_report`], for a pod agent's
+/// report carried by its node's host agent (whose token this is).
+async fn post_relayed_report(State(state): State<AppState>, request: Request) -> Response {
+    intake(&state, request, true).await
+}
+
+async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
     let (parts, body) = request.into_parts();
     let authorization = parts
         .headers
@@ -138,7 +151,12 @@ async fn post_report(State(state): State<AppState>, request: Request) -> Respons
             return rejection_response(&rejection);
         }
     };
-    match state.aggregator.ingest(&body, &sender) {
+    let outcome = if relayed {
+        state.aggregator.ingest_relayed(&body, &sender)
+    } else {
+        state.aggregator.ingest(&body, &sender)
+    };
+    match outcome {
         Ok(accepted) => (
             StatusCode::ACCEPTED,
             Json(ReportAccepted {
@@ -322,7 +340,7 @@ mod tests {
     /// `token-agent-n1` and `token-agent-n2`.
     fn app() -> (Router, Arc<Aggregator>) {
         let inv = InventorySource::Fixed(Arc::new(inventory(&["n1", "n2"])));
-        let tokens = ["agent-n1", "agent-n2"]
+        let tokens = ["agent-n1", "agent-n2", "host-agent-n1", "host-agent-n2"]
             .map(|pod| {
                 let caller = Caller {
                     service_account: "netmatrix-agent".into(),
@@ -388,6 +406,36 @@ mod tests {
             ..Default::default()
         });
         serde_json::to_vec(&r).unwrap()
+    }
+
+    /// n1's host agent relays n1's pod agent's report; nobody else may.
+    #[tokio::test]
+    async fn relayed_reports_come_only_from_the_nodes_host_agent() {
+        let (app, aggregator) = app();
+        for (token, expected) in [
+            ("token-agent-n1", StatusCode::FORBIDDEN),
+            ("token-host-agent-n2", StatusCode::FORBIDDEN),
+            ("token-host-agent-n1", StatusCode::ACCEPTED),
+        ] {
+            let (status, body) = send_as(
+                &app,
+                Some(token),
+                "POST",
+                RELAYED_REPORTS_PATH,
+                good_report(),
+            )
+            .await;
+            assert_eq!(
+                status,
+                expected,
+                "{token}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let row = matrix(&app).await.rows.remove(0);
+        assert_eq!(row.relayed_by.as_deref(), Some("host-agent-n1"));
+        let text = aggregator.metrics().encode().unwrap();
+        assert!(text.contains("netmatrix_reports_relayed_total 1"), "{text}");
     }
 
     async fn matrix(app: &Router) -> Matrix {

@@ -88,6 +88,20 @@ pub enum SenderMismatch {
         actual: &'static str,
         claimed: &'static str,
     },
+    #[error(
+        "agent pod {pod} is a {relay}-network agent relaying a {claimed}-network report; only host-network agents relay, and only pod-network reports"
+    )]
+    NotARelay {
+        pod: String,
+        relay: &'static str,
+        claimed: &'static str,
+    },
+    #[error("host agent {pod} on node {node} relayed a report of node {claimed}")]
+    RelayAcrossNodes {
+        pod: String,
+        node: String,
+        claimed: String,
+    },
 }
 
 fn network_name(network: NetworkMode) -> &'static str {
@@ -109,26 +123,7 @@ impl Inventory {
         claimed: &AgentIdentity,
     ) -> Result<(), SenderMismatch> {
         let node = caller.node.as_deref().unwrap_or(&claimed.node);
-        let on_node = self
-            .agents
-            .get(node)
-            .and_then(|pods| pods.iter().find(|p| p.name == caller.pod));
-        let Some(pod) = on_node else {
-            return Err(match self.agent_by_name(&caller.pod) {
-                Some((actual, _)) => SenderMismatch::WrongNode {
-                    pod: caller.pod.clone(),
-                    actual: actual.to_owned(),
-                },
-                None => SenderMismatch::NoSuchPod {
-                    pod: caller.pod.clone(),
-                },
-            });
-        };
-        if pod.uid != caller.pod_uid {
-            return Err(SenderMismatch::WrongUid {
-                pod: caller.pod.clone(),
-            });
-        }
+        let pod = self.caller_pod(caller, node)?;
         if claimed.pod != caller.pod {
             return Err(SenderMismatch::WrongPod {
                 token: caller.pod.clone(),
@@ -155,6 +150,86 @@ impl Inventory {
             });
         }
         Ok(())
+    }
+
+    /// Checks a host-network agent relaying its node's pod-network agent's
+    /// report ([`netmatrix_api::RELAYED_REPORTS_PATH`]): the caller must be a
+    /// running host-network agent pod with the token's UID, and the report
+    /// must claim the running pod-network agent of the caller's own node
+    /// (name and one of its IPs). Returns that pod agent's UID: its reports
+    /// are ordered as one pod's, whoever carried them.
+    pub fn verify_relay(
+        &self,
+        caller: &Caller,
+        claimed: &AgentIdentity,
+    ) -> Result<String, SenderMismatch> {
+        let node = caller.node.as_deref().unwrap_or(&claimed.node);
+        let relay = self.caller_pod(caller, node)?;
+        if relay.network != NetworkMode::Host || claimed.network != NetworkMode::Pod {
+            return Err(SenderMismatch::NotARelay {
+                pod: caller.pod.clone(),
+                relay: network_name(relay.network),
+                claimed: network_name(claimed.network),
+            });
+        }
+        if claimed.node != node {
+            return Err(SenderMismatch::RelayAcrossNodes {
+                pod: caller.pod.clone(),
+                node: node.to_owned(),
+                claimed: claimed.node.clone(),
+            });
+        }
+        let agent = self
+            .agents
+            .get(node)
+            .and_then(|pods| {
+                pods.iter()
+                    .find(|p| p.name == claimed.pod && p.network == NetworkMode::Pod)
+            })
+            .ok_or_else(|| SenderMismatch::NoSuchPod {
+                pod: claimed.pod.clone(),
+            })?;
+        if !agent.ips.contains(&claimed.pod_ip) {
+            return Err(SenderMismatch::WrongIp {
+                pod: claimed.pod.clone(),
+                actual: join(&agent.ips),
+            });
+        }
+        Ok(agent.uid.clone())
+    }
+
+    /// The caller's pod on `node`, with the token's UID.
+    fn caller_pod(&self, caller: &Caller, node: &str) -> Result<&AgentPod, SenderMismatch> {
+        let on_node = self
+            .agents
+            .get(node)
+            .and_then(|pods| pods.iter().find(|p| p.name == caller.pod));
+        let Some(pod) = on_node else {
+            return Err(match self.agent_by_name(&caller.pod) {
+                Some((actual, _)) => SenderMismatch::WrongNode {
+                    pod: caller.pod.clone(),
+                    actual: actual.to_owned(),
+                },
+                None => SenderMismatch::NoSuchPod {
+                    pod: caller.pod.clone(),
+                },
+            });
+        };
+        if pod.uid != caller.pod_uid {
+            return Err(SenderMismatch::WrongUid {
+                pod: caller.pod.clone(),
+            });
+        }
+        Ok(pod)
+    }
+
+    /// Nodes whose pod-network agent pod the API lists as Running.
+    pub fn running_pod_agents(&self) -> BTreeSet<String> {
+        self.agents
+            .iter()
+            .filter(|(_, pods)| pods.iter().any(|p| p.network == NetworkMode::Pod))
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 
     fn agent_by_name(&self, pod: &str) -> Option<(&str, &AgentPod)> {

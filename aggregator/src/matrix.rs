@@ -402,6 +402,7 @@ impl RowBuilder<'_> {
         let row = MatrixRow {
             node: node.to_owned(),
             reporting: fresh.is_some(),
+            relayed_by: fresh.and_then(|s| s.relayed_by.clone()),
             report_age_ms: age_ms,
             cells,
             services,

@@ -48,6 +48,7 @@ pub struct Metrics {
     node_rtt_seconds: GaugeVec,
     node_loss_ratio: GaugeVec,
     reports_total: IntCounter,
+    reports_relayed_total: IntCounter,
     reports_rejected_total: IntCounterVec,
     peers_unplaced_total: IntCounter,
     /// Label sets published last round, per vector, to delete what vanished.
@@ -139,6 +140,14 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            reports_relayed_total: {
+                let c = IntCounter::new(
+                    "reports_relayed_total",
+                    "Pod agents' reports accepted from their node's host agent (the pod agent could not reach the aggregator); also counted in reports_total.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             reports_rejected_total: {
                 let c = IntCounterVec::new(
                     Opts::new("reports_rejected_total", "Reports rejected, by reason."),
@@ -167,8 +176,11 @@ impl Metrics {
         Ok(metrics)
     }
 
-    pub fn report_accepted(&self, unplaced_peers: usize) {
+    pub fn report_accepted(&self, unplaced_peers: usize, relayed: bool) {
         self.reports_total.inc();
+        if relayed {
+            self.reports_relayed_total.inc();
+        }
         self.peers_unplaced_total
             .inc_by(u64::try_from(unplaced_peers).unwrap_or(u64::MAX));
     }
@@ -324,6 +336,7 @@ mod tests {
             .map(|from| MatrixRow {
                 node: from.to_string(),
                 reporting: true,
+                relayed_by: None,
                 report_age_ms: Some(2500.0),
                 cells: nodes
                     .iter()

@@ -265,6 +265,7 @@ mod tests {
         let row = |node: &String| MatrixRow {
             node: node.clone(),
             reporting: true,
+            relayed_by: None,
             report_age_ms: Some(1.5),
             cells: vec![cell.clone(); per_row],
             services: Vec::new(),

@@ -8,7 +8,7 @@ use netmatrix_api::{Finding, Findings, Matrix};
 
 use crate::auth::{Authenticator, Sender};
 use crate::config::Args;
-use crate::diagnosis::{self, Context, DiagnosisPolicy, Hysteresis, UnderlayRecovery};
+use crate::diagnosis::{self, Context, CutRecovery, DiagnosisPolicy, Hysteresis};
 use crate::inventory::{Inventory, InventorySource};
 use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
 use crate::metrics::Metrics;
@@ -90,6 +90,8 @@ struct NodeSets {
     known: BTreeSet<String>,
     expected: BTreeSet<String>,
     states: NodeStates,
+    /// Nodes whose pod agent the API lists as Running (`None`: no API).
+    running: Option<BTreeSet<String>>,
 }
 
 pub struct Aggregator {
@@ -102,7 +104,7 @@ pub struct Aggregator {
     settings: Settings,
     hysteresis: Mutex<Hysteresis>,
     /// Nodes back from an underlay cut, whose agents may still be backing off.
-    recovery: Mutex<UnderlayRecovery>,
+    recovery: Mutex<CutRecovery>,
     /// The latest hysteresis output, served by `GET /api/v1/findings`.
     findings: RwLock<Arc<Findings>>,
     /// The matrix of the latest evaluation round, served by the matrix
@@ -133,7 +135,7 @@ impl Aggregator {
                 Hysteresis::new(settings.raise_after, settings.clear_after)
                     .with_outage_rounds(settings.raise_after_outage),
             ),
-            recovery: Mutex::new(UnderlayRecovery::default()),
+            recovery: Mutex::new(CutRecovery::default()),
             findings: RwLock::new(Arc::new(Findings {
                 generated_unix_ms: system_clock(),
                 findings: Vec::new(),
@@ -184,17 +186,38 @@ impl Aggregator {
         sender.inspect_err(|rejection| self.rejected(rejection))
     }
 
-    /// Validates and stores one report body from `sender`, counting the outcome.
+    /// Validates and stores one report body from `sender`, counting the
+    /// outcome.
     pub fn ingest(&self, body: &[u8], sender: &Sender) -> Result<Accepted, Rejection> {
+        self.ingest_as(body, sender, false)
+    }
+
+    /// As [`Aggregator::ingest`], for a pod agent's report that `sender`,
+    /// its node's host agent, relays ([`ReportStore::insert_relayed`]).
+    pub fn ingest_relayed(&self, body: &[u8], sender: &Sender) -> Result<Accepted, Rejection> {
+        self.ingest_as(body, sender, true)
+    }
+
+    fn ingest_as(
+        &self,
+        body: &[u8],
+        sender: &Sender,
+        relayed: bool,
+    ) -> Result<Accepted, Rejection> {
         let outcome = store::parse(body, &self.settings.limits).and_then(|report| {
             let inventory = self.inventory.snapshot();
             let now = self.now();
-            self.lock_store()
-                .insert(report, sender, inventory.as_deref(), now)
+            let mut store = self.lock_store();
+            if relayed {
+                store.insert_relayed(report, sender, inventory.as_deref(), now)
+            } else {
+                store.insert(report, sender, inventory.as_deref(), now)
+            }
         });
         match &outcome {
             Ok(accepted) => {
-                self.metrics.report_accepted(accepted.unmapped_peers);
+                self.metrics
+                    .report_accepted(accepted.unmapped_peers, relayed);
                 if accepted.unmapped_peers > 0 {
                     tracing::debug!(
                         node = %accepted.node,
@@ -272,7 +295,9 @@ impl Aggregator {
         }
     }
 
-    fn matrix_at(&self, now: u64) -> (Built, BTreeSet<String>) {
+    /// The matrix, the expected nodes, and the nodes whose pod agent is
+    /// Running per the API (`None` without Kubernetes).
+    fn matrix_at(&self, now: u64) -> (Built, BTreeSet<String>, Option<BTreeSet<String>>) {
         let store = self.lock_store();
         let nodes = self.node_sets(&store, now);
         let built = matrix::build(
@@ -282,7 +307,7 @@ impl Aggregator {
             &self.settings.policy,
             now,
         );
-        (built, nodes.expected)
+        (built, nodes.expected, nodes.running)
     }
 
     /// With Kubernetes: every node the API lists is known, the Ready ones
@@ -294,16 +319,19 @@ impl Aggregator {
                 known: inventory.nodes.keys().cloned().collect(),
                 expected: inventory.expected_nodes(now, self.settings.node_grace_ms),
                 states: Some(inventory.node_states(now, self.settings.node_grace_ms)),
+                running: Some(inventory.running_pod_agents()),
             },
             Some(_) => NodeSets {
                 known: BTreeSet::new(),
                 expected: BTreeSet::new(),
                 states: Some(Default::default()),
+                running: Some(BTreeSet::new()),
             },
             None => NodeSets {
                 known: store.seen_nodes().clone(),
                 expected: store.seen_nodes().clone(),
                 states: None,
+                running: None,
             },
         }
     }
@@ -318,13 +346,14 @@ impl Aggregator {
     pub fn evaluate(&self) -> Arc<Findings> {
         let now = self.now();
         self.forget_departed_nodes(now);
-        let (built, mut expected) = self.matrix_at(now);
+        let (built, mut expected, running) = self.matrix_at(now);
         let grace = self.settings.node_grace_ms;
         let mut recovery = self.recovery.lock().unwrap_or_else(PoisonError::into_inner);
         recovery.exclude_recovering(&mut expected, now, grace);
         let matrix = Arc::new(built.matrix);
         let context = Context {
             expected: &expected,
+            pod_agents_running: running.as_ref(),
             check_targets: &built.targets,
             windows: &built.windows,
             policy: &self.settings.diagnosis,

@@ -31,6 +31,8 @@ pub struct StoredReport {
     /// The sending pod's UID when verified (its name otherwise): reports
     /// are ordered per pod.
     pub sender: String,
+    /// The host-network agent pod that relayed it, if it was relayed.
+    pub relayed_by: Option<String>,
 }
 
 impl StoredReport {
@@ -236,7 +238,7 @@ impl ReportStore {
     /// `inventory` is `None` when identities are not verified (`--no-kubernetes`).
     pub fn insert(
         &mut self,
-        mut report: Report,
+        report: Report,
         sender: &Sender,
         inventory: Option<&Inventory>,
         now_unix_ms: u64,
@@ -256,6 +258,54 @@ impl ReportStore {
             }
             (None, _) => report.agent.pod.clone(),
         };
+        self.store(report, sender_id, None, inventory, now_unix_ms)
+    }
+
+    /// Verifies and stores a pod-network agent's report relayed by
+    /// `sender`, the host-network agent of the same node
+    /// ([`Inventory::verify_relay`]). It is ordered with the pod agent's own
+    /// reports: a round it delivered itself is not taken twice.
+    pub fn insert_relayed(
+        &mut self,
+        report: Report,
+        sender: &Sender,
+        inventory: Option<&Inventory>,
+        now_unix_ms: u64,
+    ) -> Result<Accepted, Rejection> {
+        let (sender_id, relayed_by) = match (inventory, sender) {
+            (Some(inventory), _) if !inventory.synced => return Err(Rejection::NotReady),
+            (Some(inventory), Sender::Agent(caller)) => {
+                let uid = inventory
+                    .verify_relay(caller, &report.agent)
+                    .map_err(|mismatch| forbidden(caller, &report, &mismatch))?;
+                (uid, caller.pod.clone())
+            }
+            (Some(_), Sender::Unverified) => {
+                return Err(Rejection::Forbidden(
+                    "an unverified sender in verified mode".into(),
+                ));
+            }
+            (None, _) if report.agent.network != NetworkMode::Pod => {
+                return Err(Rejection::Forbidden(
+                    "only a pod-network agent's report can be relayed".into(),
+                ));
+            }
+            (None, _) => (
+                report.agent.pod.clone(),
+                format!("the host agent of {} (unverified)", report.agent.node),
+            ),
+        };
+        self.store(report, sender_id, Some(relayed_by), inventory, now_unix_ms)
+    }
+
+    fn store(
+        &mut self,
+        mut report: Report,
+        sender_id: String,
+        relayed_by: Option<String>,
+        inventory: Option<&Inventory>,
+        now_unix_ms: u64,
+    ) -> Result<Accepted, Rejection> {
         self.time.check(report.started_unix_ms, now_unix_ms)?;
 
         let key = (report.agent.node.clone(), report.agent.network);
@@ -292,6 +342,7 @@ impl ReportStore {
                 report,
                 received_unix_ms: now_unix_ms,
                 sender: sender_id,
+                relayed_by,
             },
         );
         Ok(accepted)
@@ -693,6 +744,82 @@ pub(crate) mod tests {
             },
             mtu: None,
         }
+    }
+
+    #[test]
+    fn only_the_same_nodes_host_agent_relays_a_pod_agents_report() {
+        let inv = inventory(&["n1", "n2"]);
+        let mut store = ReportStore::default();
+        let relay = |store: &mut ReportStore, r: &Report, by: &str, now: u64| {
+            store.insert_relayed(r.clone(), &agent(by), Some(&inv), now)
+        };
+        relay(&mut store, &report(0, "n1", 5), "host-agent-n1", 5).unwrap();
+        let held = store.get("n1", NetworkMode::Pod).unwrap();
+        assert_eq!(held.relayed_by.as_deref(), Some("host-agent-n1"));
+        // Ordered as the pod's own reports: the same round is not taken
+        // twice, the pod's next round directly is.
+        let err = ingest(&mut store, &report(0, "n1", 5), Some(&inv), 6).unwrap_err();
+        assert_eq!(err.reason(), "stale");
+        ingest(&mut store, &report(0, "n1", 6), Some(&inv), 7).unwrap();
+        assert_eq!(store.get("n1", NetworkMode::Pod).unwrap().relayed_by, None);
+
+        let refused = |store: &mut ReportStore, r: Report, by: &str, words: &str| {
+            let err = relay(store, &r, by, 8).unwrap_err();
+            assert_eq!(err.reason(), "forbidden", "{err}");
+            assert!(err.to_string().contains(words), "{err}");
+        };
+        // Another node's host agent, a pod agent, a host report, a pod the
+        // API does not list on that node, an IP that is not the pod's.
+        refused(
+            &mut store,
+            report(0, "n1", 9),
+            "host-agent-n2",
+            "runs on node n2",
+        );
+        refused(
+            &mut store,
+            report(0, "n1", 9),
+            "agent-n1",
+            "only host-network agents relay",
+        );
+        refused(
+            &mut store,
+            host_report(0, "n1", 9),
+            "host-agent-n1",
+            "relay",
+        );
+        let mut other_pod = report(0, "n1", 9);
+        other_pod.agent.pod = "agent-n2".into();
+        refused(
+            &mut store,
+            other_pod,
+            "host-agent-n1",
+            "no running agent pod named agent-n2",
+        );
+        let mut other_ip = report(0, "n1", 9);
+        other_ip.agent.pod_ip = "10.244.1.99".parse().unwrap();
+        refused(
+            &mut store,
+            other_ip,
+            "host-agent-n1",
+            "has IP(s) 10.244.1.2",
+        );
+        // A review that names the node: the relay's node decides.
+        let from_n2 = Sender::Agent(Caller {
+            node: Some("n2".into()),
+            ..match agent("host-agent-n2") {
+                Sender::Agent(caller) => caller,
+                Sender::Unverified => unreachable!(),
+            }
+        });
+        let err = store
+            .insert_relayed(report(0, "n1", 9), &from_n2, Some(&inv), 8)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("relayed a report of node n1"),
+            "{err}"
+        );
+        assert_eq!(store.get("n1", NetworkMode::Pod).unwrap().report.round, 6);
     }
 
     #[test]

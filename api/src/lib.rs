@@ -24,6 +24,15 @@ pub mod validate;
 pub const API_PREFIX: &str = "/api/v1";
 /// `POST` a [`Report`] here.
 pub const REPORTS_PATH: &str = "/api/v1/reports";
+/// `POST` a pod-network agent's [`Report`] here on its behalf: a host-network
+/// agent relays its own node's pod agent's report when that agent cannot
+/// reach the aggregator (its node's pod network is cut). The aggregator
+/// accepts it only from the authenticated host agent of that same node.
+pub const RELAYED_REPORTS_PATH: &str = "/api/v1/relayed-reports";
+/// An agent serves its newest report that the aggregator has not taken
+/// here (`204 No Content` when there is none), on its pod address, for its
+/// node's host agent to relay ([`RELAYED_REPORTS_PATH`]).
+pub const AGENT_UNDELIVERED_PATH: &str = "/undelivered";
 /// `GET` a [`Matrix`] here.
 pub const MATRIX_PATH: &str = "/api/v1/matrix";
 /// `GET` a [`Findings`] here.
@@ -412,6 +421,10 @@ pub struct MatrixRow {
     pub state: NodeState,
     /// `true` when the node's agent has reported recently.
     pub reporting: bool,
+    /// The host-network agent pod that relayed this row's latest report:
+    /// the agent could not reach the aggregator itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
     /// Age of the node's last report, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_age_ms: Option<f64>,
@@ -597,6 +610,9 @@ pub struct CompactRow {
     #[serde(default)]
     pub state: NodeState,
     pub reporting: bool,
+    /// As [`MatrixRow::relayed_by`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
     /// Age of the node's last report, rounded to milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_age_ms: Option<u64>,

@@ -143,10 +143,10 @@ fn state_note(r: &MatrixRow) -> String {
         NodeState::NotReady => "   (NotReady)",
         NodeState::Unknown => "   (not in the API)",
     };
-    let reporting = if r.reporting {
-        ""
-    } else {
-        "   (not reporting)"
+    let reporting = match (&r.relayed_by, r.reporting) {
+        (Some(relay), true) => format!("   (relayed by {relay})"),
+        (None, true) => String::new(),
+        (_, false) => "   (not reporting)".to_owned(),
     };
     format!("{state}{reporting}")
 }
@@ -321,6 +321,7 @@ mod tests {
                 node: from.to_string(),
                 state: NodeState::Ready,
                 reporting: true,
+                relayed_by: None,
                 report_age_ms: Some(800.0),
                 cells: nodes
                     .iter()

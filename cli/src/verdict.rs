@@ -136,6 +136,7 @@ mod tests {
             node: node.into(),
             state: NodeState::Ready,
             reporting,
+            relayed_by: None,
             report_age_ms: reporting.then_some(1000.0),
             cells,
             services: vec![],

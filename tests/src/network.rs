@@ -8,7 +8,7 @@
 //! ever appears in the root namespace and the lab has no link to the host's
 //! interfaces: the underlay is a bridge inside the switch namespace.
 
-use crate::netns::{self, NetnsError, bridge, ip, sysctl};
+use crate::netns::{self, NetnsError, bridge, ip, iptables, sysctl};
 use crate::topology::{
     NodePlan, Overlay, POD_CIDR, POD_MTU, PodPlan, SERVICE_CIDR, Topology, UNDERLAY_CIDR,
     UNDERLAY_MTU, VXLAN_DEVICE, VXLAN_PORT,
@@ -442,6 +442,34 @@ pub fn set_underlay_link(t: &Topology, node: &NodePlan, up: bool) -> Result<(), 
             &node.switch_veth,
             if up { "up" } else { "down" },
         ],
+    )
+    .map(|_| ())
+}
+
+/// IPv4 forwarding in the node (the `forwarding-off` fault and its heal).
+pub fn set_forwarding(node: &NodePlan, on: bool) -> Result<(), NetnsError> {
+    let setting = if on {
+        "net.ipv4.ip_forward=1"
+    } else {
+        "net.ipv4.ip_forward=0"
+    };
+    sysctl(&node.netns, &[setting])
+}
+
+/// The node's `FORWARD` policy (`forward-policy-drop`): `DROP` as Docker
+/// sets it, `ACCEPT` as the lab has it (it adds no FORWARD rule that
+/// relies on the policy).
+pub fn set_forward_policy(node: &NodePlan, accept: bool) -> Result<(), NetnsError> {
+    let policy = if accept { "ACCEPT" } else { "DROP" };
+    iptables(&node.netns, &["-P", "FORWARD", policy]).map(|_| ())
+}
+
+/// The node's pod bridge (`bridge-down`). The kernel drops the subnet's
+/// route with the link and restores it when the link comes up again.
+pub fn set_pod_bridge(node: &NodePlan, up: bool) -> Result<(), NetnsError> {
+    ip(
+        &node.netns,
+        &["link", "set", "cni0", if up { "up" } else { "down" }],
     )
     .map(|_| ())
 }

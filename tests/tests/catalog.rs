@@ -102,14 +102,20 @@ impl Case {
 
 /// A lab of `nodes` nodes with every component, healthy.
 async fn healthy_lab(nodes: usize) -> Lab {
-    common::require_root();
-    common::init_tracing();
-    let lab = Lab::up(LabConfig {
+    healthy_lab_with(LabConfig {
         nodes,
         ..LabConfig::default()
     })
     .await
-    .unwrap_or_else(|e| panic!("lab up: {e}"));
+}
+
+async fn healthy_lab_with(config: LabConfig) -> Lab {
+    common::require_root();
+    common::init_tracing();
+    let nodes = config.nodes;
+    let lab = Lab::up(config)
+        .await
+        .unwrap_or_else(|e| panic!("lab up: {e}"));
     eprintln!("lab {} up in {:.2?}", lab.prefix(), lab.up_took());
     // Past the node grace too: a joining node is shown, not judged.
     lab.wait_for(
@@ -222,7 +228,19 @@ async fn run_case(lab: &Lab, nodes: usize, case: &Case) -> (Duration, Duration) 
 
 /// Runs the cases one after the other in one lab and prints their timings.
 async fn run_catalog(nodes: usize, cases: Vec<Case>) {
-    let lab = healthy_lab(nodes).await;
+    run_catalog_in(
+        LabConfig {
+            nodes,
+            ..LabConfig::default()
+        },
+        cases,
+    )
+    .await;
+}
+
+async fn run_catalog_in(config: LabConfig, cases: Vec<Case>) {
+    let nodes = config.nodes;
+    let lab = healthy_lab_with(config).await;
     let mut timings = Vec::new();
     for case in &cases {
         let (named, cleared) = run_case(&lab, nodes, case).await;
@@ -446,4 +464,106 @@ async fn node_and_agent_faults_are_named() {
         ],
     )
     .await;
+}
+
+/// Three ways a node's pods lose all traffic off the node (a kernel
+/// setting, a firewall policy, a device). Its pod agent cannot report
+/// either; the host agent relays its report when it can reach it, and
+/// says the node itself is up when it cannot (bridge down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_cut_off_their_node_are_named_with_host_agents() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::forwarding_off("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence("relayed by node-2's host agent"),
+            Case::new(
+                Fault::forward_policy_drop("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence("relayed by node-2's host agent"),
+            Case::new(
+                Fault::bridge_down("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence("node-2's host-network agent reports"),
+        ],
+    )
+    .await;
+}
+
+/// The same without host agents: the API says the node is Ready and its
+/// agent pod Running, so the silence is the node's pod network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_cut_off_their_node_are_named_without_host_agents() {
+    let api = "the API says node-2 is Ready (its kubelet reaches the control plane) and its agent pod is Running";
+    run_catalog_in(
+        LabConfig {
+            nodes: 3,
+            host_agents: false,
+            ..LabConfig::default()
+        },
+        vec![
+            Case::new(
+                Fault::forwarding_off("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence(api),
+            Case::new(
+                Fault::forward_policy_drop("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence(api),
+            Case::new(
+                Fault::bridge_down("node-2"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence(api),
+        ],
+    )
+    .await;
+}
+
+/// Two unrelated faults at once: node-2's pods cut off and the cluster DNS
+/// stopped. Both are named, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_fault_is_named_while_a_node_is_cut_off() {
+    let lab = healthy_lab(3).await;
+    lab.fault(Fault::forward_policy_drop("node-2"))
+        .expect("inject the first fault");
+    lab.fault(Fault::dns_stop())
+        .expect("inject the second fault");
+    let start = Instant::now();
+    let isolated = |f: &Finding| f.kind == FindingKind::NodeIsolated && f.nodes == ["node-2"];
+    let dns = |f: &Finding| {
+        f.kind == FindingKind::DnsFailure
+            && f.nodes.iter().any(|n| n == "node-1")
+            && f.nodes.iter().any(|n| n == "node-3")
+    };
+    let allowed =
+        |f: &Finding| matches!(f.kind, FindingKind::NodeIsolated | FindingKind::DnsFailure);
+    let snap = watch(&lab, "node-isolated and dns-failure", allowed, |s| {
+        s.findings.findings.iter().any(isolated) && s.findings.findings.iter().any(dns)
+    })
+    .await;
+    eprintln!(
+        "both named in {:.1?}\n{}",
+        start.elapsed(),
+        view::render(&snap.matrix, &snap.findings)
+    );
+    lab.heal().expect("heal");
+    watch(&lab, "no findings after healing both", allowed, |s| {
+        healthy(s, 3)
+    })
+    .await;
+    lab.down().await;
 }

@@ -168,6 +168,17 @@ impl Discovery {
         self.peer_watch.healthy.load(Ordering::Acquire)
     }
 
+    /// The IP of this node's Running pod-network agent, when the agents are
+    /// watched apart from the peers (host agents); last known, like peers.
+    pub fn local_agent_ip(&self) -> Option<IpAddr> {
+        let (agents, _) = self.agents.as_ref()?;
+        let state = agents.state();
+        filter::running_pods(state.iter().map(|p| p.as_ref()))
+            .into_iter()
+            .find(|p| p.node == self.me.node)
+            .map(|p| p.ip)
+    }
+
     /// IPs of the Running aggregator pods (last known, like peers).
     pub fn aggregator_ips(&self) -> Vec<IpAddr> {
         let state = self.aggregators.state();

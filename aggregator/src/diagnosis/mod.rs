@@ -15,7 +15,7 @@ mod rules;
 mod tests;
 
 pub use hysteresis::Hysteresis;
-pub use recovery::UnderlayRecovery;
+pub use recovery::CutRecovery;
 pub use rules::evaluate;
 
 use std::collections::BTreeSet;
@@ -49,6 +49,10 @@ pub struct Context<'a> {
     /// Nodes whose agent must be reporting; other silent rows are shown but
     /// raise nothing (nodes that just joined, NotReady nodes).
     pub expected: &'a BTreeSet<String>,
+    /// Nodes whose pod-network agent pod the API lists as Running; `None`
+    /// without Kubernetes. A Running agent that is silent while no node
+    /// reaches its node's pods is the node's pod network, not the agent.
+    pub pod_agents_running: Option<&'a BTreeSet<String>>,
     /// `ip:port` behind service columns, quoted in evidence.
     pub check_targets: &'a CheckTargets,
     /// Each fresh path's last rounds (loss, MTU, latency are judged on them).

@@ -1,11 +1,13 @@
-//! Nodes coming back from an underlay cut. While a node is cut off, its
-//! agents cannot reach the aggregator and back off their reporting (up to a
-//! minute). When the link returns, the other nodes see it at once, but its
+//! Nodes coming back from a cut (`underlay-broken`, or `node-isolated`:
+//! a node whose pods cannot leave it). While a node is cut off, its agents
+//! cannot reach the aggregator and back off their reporting (up to a
+//! minute). When the node heals, the other nodes see it at once, but its
 //! own agent reports again only at its next attempt: without a grace, the
-//! end of `underlay-broken` would be followed by a spurious
-//! `agent-missing`. A node named by `underlay-broken` is therefore not
-//! expected to report until the node grace has passed since it was last
-//! cut off, as if it had just joined.
+//! end of the cut would be followed by a spurious `agent-missing`. A node
+//! named by either finding is therefore not expected to report until the
+//! node grace has passed since it was last cut off, as if it had just
+//! joined. (An isolated node whose agent kept reporting loses nothing: it
+//! is reporting.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,19 +16,21 @@ use netmatrix_api::FindingKind;
 use super::Condition;
 
 #[derive(Debug, Default)]
-pub struct UnderlayRecovery {
+pub struct CutRecovery {
     /// Node -> last time (Unix ms) an `underlay-broken` condition named it.
     last_cut: BTreeMap<String, u64>,
 }
 
-impl UnderlayRecovery {
+impl CutRecovery {
     /// Records the nodes this round's conditions find cut off, and forgets
     /// those whose grace is over.
     pub fn observe(&mut self, conditions: &[Condition], now: u64, grace_ms: u64) {
-        for c in conditions
-            .iter()
-            .filter(|c| c.kind == FindingKind::UnderlayBroken)
-        {
+        for c in conditions.iter().filter(|c| {
+            matches!(
+                c.kind,
+                FindingKind::UnderlayBroken | FindingKind::NodeIsolated
+            )
+        }) {
             for node in &c.nodes {
                 self.last_cut.insert(node.clone(), now);
             }
@@ -66,8 +70,19 @@ mod tests {
     }
 
     #[test]
+    fn an_isolated_node_gets_the_grace_too() {
+        let mut recovery = CutRecovery::default();
+        let mut isolated = cut("n2");
+        isolated.kind = FindingKind::NodeIsolated;
+        recovery.observe(&[isolated], 10_000, 15_000);
+        let mut e = expected();
+        recovery.exclude_recovering(&mut e, 11_000, 15_000);
+        assert_eq!(e, ["n1", "n3"].map(String::from).into());
+    }
+
+    #[test]
     fn a_node_back_from_a_cut_is_not_expected_during_the_grace() {
-        let mut recovery = UnderlayRecovery::default();
+        let mut recovery = CutRecovery::default();
         recovery.observe(&[cut("n3")], 10_000, 15_000);
         // The link is back at 12 s: no condition any more.
         recovery.observe(&[], 12_000, 15_000);
@@ -84,10 +99,10 @@ mod tests {
 
     #[test]
     fn other_findings_do_not_start_a_grace() {
-        let mut recovery = UnderlayRecovery::default();
-        let mut isolated = cut("n2");
-        isolated.kind = FindingKind::NodeIsolated;
-        recovery.observe(&[isolated], 10_000, 15_000);
+        let mut recovery = CutRecovery::default();
+        let mut pair = cut("n2");
+        pair.kind = FindingKind::PairBroken;
+        recovery.observe(&[pair], 10_000, 15_000);
         let mut e = expected();
         recovery.exclude_recovering(&mut e, 11_000, 15_000);
         assert_eq!(e, expected());

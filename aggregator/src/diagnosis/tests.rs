@@ -29,6 +29,8 @@ struct Grid {
     matrix: Matrix,
     targets: CheckTargets,
     windows: PathWindows,
+    /// Nodes whose agent pod the API lists as Running (`None`: no API).
+    running: Option<BTreeSet<String>>,
 }
 
 fn ok_cell(to: &str) -> Cell {
@@ -72,6 +74,7 @@ fn row(node: &str, nodes: &[String]) -> MatrixRow {
     MatrixRow {
         node: node.to_owned(),
         reporting: true,
+        relayed_by: None,
         report_age_ms: Some(1000.0),
         cells: nodes.iter().map(|to| ok_cell(to)).collect(),
         services: vec![check(APISERVER), check(KUBE_DNS), check(AGENTS)],
@@ -106,7 +109,20 @@ impl Grid {
             },
             targets,
             windows,
+            running: None,
         }
+    }
+
+    /// The API lists every node's agent pod as Running.
+    fn agents_running(mut self) -> Self {
+        self.running = Some(self.matrix.nodes.iter().cloned().collect());
+        self
+    }
+
+    /// `node`'s silent agent's report comes relayed by its host agent.
+    fn relayed(mut self, node: &str) -> Self {
+        self.row_in(NetworkMode::Pod, node).relayed_by = Some(format!("host-agent-{node}"));
+        self
     }
 
     /// Adds host-network rows, all fine.
@@ -338,6 +354,7 @@ impl Grid {
         let policy = DiagnosisPolicy::default();
         let context = Context {
             expected,
+            pod_agents_running: self.running.as_ref(),
             check_targets: &self.targets,
             windows: &self.windows,
             policy: &policy,
@@ -418,7 +435,7 @@ fn catalog_node_isolated() {
         c.evidence
     );
     assert!(c.evidence.iter().any(|e| e.starts_with("n2 -> n3: failed")));
-    assert!(c.hint.contains("check the CNI on n2"));
+    assert!(c.hint.contains("check the pod network on n2"));
     assert!(c.hint.contains("bridge fdb show dev flannel.1"));
     assert!(c.hint.contains("ip -d link show flannel.1"));
 }
@@ -932,6 +949,123 @@ fn silent_isolated_node_is_agent_missing_with_a_cni_hint() {
     let c = only(&conditions, FindingKind::AgentMissing, &["n3"]);
     assert!(c.hint.contains("CNI on n3"));
     assert_eq!(c.evidence.len(), 4);
+}
+
+/// A node whose pods cannot send anything off the node (forwarding off,
+/// FORWARD dropped, its bridge down): its pod agent cannot report either.
+/// Its host agent reports, or the API says its agent pod runs: that is the
+/// node's pod network, not a missing agent.
+#[test]
+fn a_silent_node_nobody_reaches_is_isolated_when_it_is_otherwise_alive() {
+    let by_host = Grid::new(3).with_hosts().isolate("n2").silent("n2");
+    let c = only(&by_host.conditions(), FindingKind::NodeIsolated, &["n2"]);
+    assert_eq!(
+        c.evidence[0],
+        "n2's agent is silent (last report 1m 5s ago)"
+    );
+    assert_eq!(
+        c.evidence[1],
+        "n2's host-network agent reports (the node network works), and 2 of 2 host-network probes to n2 succeed"
+    );
+    assert!(
+        c.summary.contains("its agent cannot report"),
+        "{}",
+        c.summary
+    );
+    assert!(c.hint.contains("ip_forward"), "{}", c.hint);
+
+    let by_api = Grid::new(3).isolate("n2").silent("n2").agents_running();
+    let c = only(&by_api.conditions(), FindingKind::NodeIsolated, &["n2"]);
+    assert!(
+        c.evidence[1].contains("agent pod is Running"),
+        "{:?}",
+        c.evidence
+    );
+
+    // Nothing says the node is up: the agent may be gone with the node.
+    let neither = Grid::new(3).isolate("n2").silent("n2");
+    only(&neither.conditions(), FindingKind::AgentMissing, &["n2"]);
+    // Joining: shown, not judged.
+    let grid = Grid::new(3)
+        .with_hosts()
+        .isolate("n2")
+        .silent("n2")
+        .state("n2", NodeState::Joining);
+    assert_eq!(kinds(&grid.conditions()), []);
+    // Back from a cut (not expected for the grace): still isolated while
+    // the cut lasts, not missing after.
+    let expected: BTreeSet<String> = ["n1".to_owned(), "n3".to_owned()].into();
+    let grid = Grid::new(3).with_hosts().isolate("n2").silent("n2");
+    only(
+        &grid.conditions_expecting(&expected),
+        FindingKind::NodeIsolated,
+        &["n2"],
+    );
+    assert_eq!(
+        kinds(&Grid::new(3).silent("n2").conditions_expecting(&expected)),
+        []
+    );
+    // Its host network is cut as well: the underlay, as before.
+    let mut grid = Grid::new(3).with_hosts().isolate("n2").silent("n2");
+    for other in ["n1", "n3"] {
+        grid = grid.host_fail(other, "n2");
+    }
+    let grid = grid.silent_in(NetworkMode::Host, "n2").agents_running();
+    only(&grid.conditions(), FindingKind::UnderlayBroken, &["n2"]);
+}
+
+#[test]
+fn a_relayed_row_is_judged_and_said_to_be_relayed() {
+    let grid = Grid::new(3).with_hosts().isolate("n2").relayed("n2");
+    let c = only(&grid.conditions(), FindingKind::NodeIsolated, &["n2"]);
+    assert_eq!(
+        c.evidence[0],
+        "n2's agent cannot reach the aggregator: its report was relayed by n2's host agent (host-agent-n2)"
+    );
+    assert_eq!(c.evidence.len(), 5, "{:?}", c.evidence);
+}
+
+/// Two faults at once: n2 cut off and CoreDNS down. Both are named; the
+/// DNS finding says the cut may explain it if CoreDNS runs only on n2.
+#[test]
+fn a_second_fault_is_named_while_a_node_is_cut_off() {
+    let mut grid = Grid::new(4).with_hosts().isolate("n2").silent("n2");
+    for n in ["n1", "n3", "n4"] {
+        grid = grid.dns_fails(n, ErrorKind::Timeout);
+    }
+    let mut found = kinds(&grid.conditions());
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            on(FindingKind::NodeIsolated, &["n2"]),
+            on(FindingKind::DnsFailure, &["n1", "n3", "n4"]),
+        ]
+    );
+    let conditions = grid.conditions();
+    let dns = conditions
+        .iter()
+        .find(|c| c.kind == FindingKind::DnsFailure)
+        .expect("dns-failure");
+    assert_eq!(
+        dns.evidence
+            .iter()
+            .filter(|e| e.starts_with("n2 cut off"))
+            .count(),
+        1,
+        "{:?}",
+        dns.evidence
+    );
+    // Split across the cluster, DNS timeouts stay suspect.
+    let mut grid = Grid::new(4).all_cross_node_failed();
+    for n in ["n1", "n2", "n3", "n4"] {
+        grid = grid.dns_fails(n, ErrorKind::Timeout);
+    }
+    only(
+        &grid.conditions(),
+        FindingKind::CrossNodeBroken,
+        &["n1", "n2", "n3", "n4"],
+    );
 }
 
 #[test]

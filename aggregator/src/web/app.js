@@ -501,6 +501,7 @@
     }
     add("last error", info.error ? fmtErr(info.error) : "none");
     add("source node", info.row.state + (info.row.reporting ? ", reporting" : ", NOT reporting") +
+      (info.row.relayed_by ? " (relayed by " + info.row.relayed_by + ": its agent cannot reach the aggregator)" : "") +
       (info.row.report_age_ms !== undefined ? " (last report " + fmtAge(info.row.report_age_ms) + " ago)" : ""));
     const hist = historyOf(sec, r, sel.c);
     const strip = el("div", "history");

@@ -69,7 +69,11 @@ pub struct DetectArgs {
 /// `tests/tests/catalog.rs`).
 pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
     Ok(match fault {
-        FaultKind::OverlayDown | FaultKind::FdbFlush => FindingKind::NodeIsolated,
+        FaultKind::OverlayDown
+        | FaultKind::FdbFlush
+        | FaultKind::ForwardingOff
+        | FaultKind::ForwardPolicyDrop
+        | FaultKind::BridgeDown => FindingKind::NodeIsolated,
         FaultKind::VxlanDrop => FindingKind::CrossNodeBroken,
         FaultKind::Partition => FindingKind::Partition,
         FaultKind::OneWay => FindingKind::AsymmetricPath,

@@ -21,6 +21,14 @@
 //! | `dns-hide NODE` | the DNS server stops serving the node's agent pod in the agents' headless Service | `dns-stale` |
 //! | `underlay-cut NODE` | the node's underlay link is set down (switch side) | `underlay-broken` |
 //! | `kill-agent NODE` | the node's agent process is killed (heal starts it again) | `agent-missing` |
+//! | `forwarding-off NODE` | `net.ipv4.ip_forward=0` in the node: its pods' packets are no longer routed off the node (nor others' to them) | `node-isolated` |
+//! | `forward-policy-drop NODE` | the node's `FORWARD` chain policy set to `DROP`, as a Docker install does | `node-isolated` |
+//! | `bridge-down NODE` | the node's pod bridge `cni0` set down | `node-isolated` |
+//!
+//! The last three cut the node's pods off the node entirely, so its pod
+//! agent cannot report either: the aggregator must still name the node's
+//! pod network (from its host agent, the relayed report, or the API), not
+//! a missing agent.
 //!
 //! The packet filters are in [`rules`].
 
@@ -85,6 +93,12 @@ pub enum FaultKind {
     UnderlayCut,
     /// NODE: kill NODE's agent process.
     KillAgent,
+    /// NODE: turn IPv4 forwarding off in NODE (net.ipv4.ip_forward=0).
+    ForwardingOff,
+    /// NODE: set NODE's FORWARD chain policy to DROP (as a Docker install does).
+    ForwardPolicyDrop,
+    /// NODE: set NODE's pod bridge cni0 down.
+    BridgeDown,
 }
 
 /// How many nodes a fault is about.
@@ -128,6 +142,9 @@ impl FaultKind {
             FaultKind::DnsHide => "dns-hide",
             FaultKind::UnderlayCut => "underlay-cut",
             FaultKind::KillAgent => "kill-agent",
+            FaultKind::ForwardingOff => "forwarding-off",
+            FaultKind::ForwardPolicyDrop => "forward-policy-drop",
+            FaultKind::BridgeDown => "bridge-down",
         }
     }
 
@@ -358,6 +375,18 @@ impl Fault {
         Self::on(FaultKind::UnderlayCut, &[node], None)
     }
 
+    pub fn forwarding_off(node: &str) -> Self {
+        Self::on(FaultKind::ForwardingOff, &[node], None)
+    }
+
+    pub fn forward_policy_drop(node: &str) -> Self {
+        Self::on(FaultKind::ForwardPolicyDrop, &[node], None)
+    }
+
+    pub fn bridge_down(node: &str) -> Self {
+        Self::on(FaultKind::BridgeDown, &[node], None)
+    }
+
     pub fn kill_agent(node: &str) -> Self {
         Self::on(FaultKind::KillAgent, &[node], None)
     }
@@ -512,6 +541,9 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
         FaultKind::DnsHide => hooks.dns_hide(&n.agent_dns_name(), true),
         FaultKind::UnderlayCut => network::set_underlay_link(t, n, false)?,
         FaultKind::KillAgent => hooks.stop_agent(n)?,
+        FaultKind::ForwardingOff => network::set_forwarding(n, false)?,
+        FaultKind::ForwardPolicyDrop => network::set_forward_policy(n, false)?,
+        FaultKind::BridgeDown => network::set_pod_bridge(n, false)?,
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to do"))),
     }
     Ok(())
@@ -554,6 +586,9 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
         FaultKind::DnsHide => hooks.dns_hide(&n.agent_dns_name(), false),
         FaultKind::UnderlayCut => network::set_underlay_link(t, n, true)?,
         FaultKind::KillAgent => hooks.start_agent(n)?,
+        FaultKind::ForwardingOff => network::set_forwarding(n, true)?,
+        FaultKind::ForwardPolicyDrop => network::set_forward_policy(n, true)?,
+        FaultKind::BridgeDown => network::set_pod_bridge(n, true)?,
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to undo"))),
     }
     Ok(())

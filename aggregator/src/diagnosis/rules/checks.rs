@@ -87,7 +87,13 @@ pub(super) fn everywhere<'n>(
         _ => (format!("{kind} on every node"), first.hint.clone()),
     };
     let nodes = holding.iter().map(|n| (*n).to_owned()).collect();
-    let evidence = per_node.into_iter().flat_map(|c| c.evidence).collect();
+    // Per-node conditions may share a line (a note on the whole cluster).
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let evidence: Vec<String> = per_node
+        .into_iter()
+        .flat_map(|c| c.evidence)
+        .filter(|line| seen.insert(line.clone()))
+        .collect();
     vec![Condition::new(
         kind,
         Subject::Cluster,

@@ -62,7 +62,10 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         .flat_map(|c| c.nodes.iter().map(String::as_str))
         .collect();
 
-    let overlay = overlay::diagnose(&view, &cut_off);
+    let alive = overlay::Liveness {
+        running: context.pod_agents_running,
+    };
+    let overlay = overlay::diagnose(&view, &cut_off, &alive);
     let paths = paths::diagnose(&view, &cut_off, &overlay.components);
     let quality = quality::diagnose(&view, &cut_off, &overlay.components);
 
@@ -76,18 +79,48 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         .iter()
         .flat_map(|c| c.nodes.iter().map(String::as_str))
         .collect();
-    // A broken path anywhere may sit between any node and CoreDNS, whose
-    // node we do not know: DNS timeouts are then not a DNS finding.
-    let paths_broken = network
+    // The pod network split across the cluster may sit between any node
+    // and CoreDNS, whose node we do not know: DNS timeouts are then not a
+    // DNS finding. A finding about some nodes only (one node cut off, a
+    // pair, loss) leaves the others' DNS judged: a second fault must not
+    // hide behind the first.
+    let split = network.iter().any(|c| {
+        matches!(
+            c.kind,
+            FindingKind::CrossNodeBroken | FindingKind::Partition
+        )
+    });
+    let cut_nodes: Vec<&str> = network
         .iter()
-        .any(|c| !matches!(c.kind, FindingKind::MtuMismatch | FindingKind::HighLatency));
+        .filter(|c| {
+            matches!(
+                c.kind,
+                FindingKind::NodeIsolated | FindingKind::UnderlayBroken
+            )
+        })
+        .flat_map(|c| c.nodes.iter().map(String::as_str))
+        .collect();
     let suppress = Suppression {
         nodes: behind_network,
         lossy: view.lossy_nodes(),
-        dns_timeouts_everywhere: paths_broken,
+        dns_timeouts_everywhere: split,
+        cut_off: cut_nodes,
     };
 
-    let mut conditions = agents::agent_missing(&view, context.expected, &cut_off);
+    // A node the underlay or the pod network cuts off is not missing an
+    // agent: its agent cannot reach the aggregator, and the finding says why.
+    let explained: BTreeSet<&str> = cut_off
+        .iter()
+        .copied()
+        .chain(
+            overlay
+                .conditions
+                .iter()
+                .filter(|c| c.kind == FindingKind::NodeIsolated)
+                .flat_map(|c| c.nodes.iter().map(String::as_str)),
+        )
+        .collect();
+    let mut conditions = agents::agent_missing(&view, context.expected, &explained);
     conditions.extend(services::diagnose(&view, targets, &suppress));
     conditions.extend(dns::diagnose(&view, targets, &suppress));
     conditions.extend(underlay);
@@ -104,8 +137,12 @@ struct Suppression<'a> {
     /// Nodes with a cell losing echoes this round: their DNS timeouts may be
     /// lost packets (a `packet-loss` finding is still being established).
     lossy: BTreeSet<&'a str>,
-    /// A path is broken or lossy somewhere: DNS timeouts anywhere are suspect.
+    /// The pod network is split across the cluster: DNS timeouts anywhere
+    /// are suspect.
     dns_timeouts_everywhere: bool,
+    /// Nodes cut off (`node-isolated`, `underlay-broken`): if CoreDNS runs
+    /// only there, the other nodes' DNS timeouts follow; DNS findings say so.
+    cut_off: Vec<&'a str>,
 }
 
 /// The matrix as the rules see it.
@@ -236,10 +273,12 @@ impl<'a> View<'a> {
         tallies
     }
 
-    /// Nodes touching a pod cross-node cell that lost echoes this round.
+    /// Nodes touching a pod cross-node cell that lost some (not all) of its
+    /// echoes this round. A path that is down is a network finding's, not
+    /// loss on every node that probes it.
     fn lossy_nodes(&self) -> BTreeSet<&'a str> {
         self.cross_cells(NetworkMode::Pod)
-            .filter(|(_, c)| c.loss.is_some_and(|l| l > 0.0))
+            .filter(|(_, c)| c.loss.is_some_and(|l| l > 0.0) && !is_broken(c))
             .flat_map(|(from, c)| [from, c.to.as_str()])
             .collect()
     }

@@ -5,9 +5,15 @@
 //!
 //! - every node alone: `cross-node-broken` (if pods on the same node still
 //!   reach each other);
-//! - one group of two or more nodes plus lone nodes: each lone node that
-//!   reports and is seen failing both ways is `node-isolated` (a lone silent
-//!   node is left to `agent-missing`, whose hint then names the CNI);
+//! - one group of two or more nodes plus lone nodes: each lone node seen
+//!   failing both ways is `node-isolated`. A lone node whose agent is
+//!   silent is isolated too when something else says the node itself is
+//!   alive: its host-network agent reports, or the API says the node is
+//!   Ready and its agent pod Running. A node whose pods cannot send
+//!   anything off the node cannot report either; that is the commonest
+//!   CNI failure, and blaming the agent would send the operator to the
+//!   DaemonSet. A lone silent node without such a sign is left to
+//!   `agent-missing`, whose hint then names the CNI;
 //! - two or more groups of two or more nodes: `partition`.
 //!
 //! So with three nodes one node cut off is `node-isolated`, not a partition,
@@ -27,7 +33,14 @@ pub(super) struct Overlay {
     pub components: Components,
 }
 
-pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Overlay {
+/// What says a silent node is alive, besides its pod agent (and its state
+/// in the API: only Ready nodes past their grace are judged).
+pub(super) struct Liveness<'a> {
+    /// Nodes whose pod agent pod the API lists as Running (`None`: no API).
+    pub running: Option<&'a BTreeSet<String>>,
+}
+
+pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>, alive: &Liveness) -> Overlay {
     let cells: Vec<(&str, &Cell)> = view
         .cross_cells(NetworkMode::Pod)
         .filter(|(from, c)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
@@ -50,7 +63,7 @@ pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Overlay {
         groups
             .iter()
             .filter(|g| g.len() == 1)
-            .filter_map(|g| node_isolated(view, &cells, &g[0]))
+            .filter_map(|g| node_isolated(view, &cells, &g[0], alive))
             .collect()
     };
     Overlay {
@@ -170,31 +183,107 @@ fn partition(cells: &[(&str, &Cell)], groups: &[Vec<String>]) -> Condition {
     .with_groups(groups.to_vec())
 }
 
-/// A lone node that reports, fails to reach the others and is not reached.
-fn node_isolated(view: &View, cells: &[(&str, &Cell)], x: &str) -> Option<Condition> {
-    let reporting = view
-        .row(NetworkMode::Pod, x)
-        .is_some_and(|r| r.reporting && view.is_ready(x));
+/// A lone node that fails to reach the others (or is silent but alive,
+/// [`silent_but_alive`]) and is not reached.
+fn node_isolated(
+    view: &View,
+    cells: &[(&str, &Cell)],
+    x: &str,
+    alive: &Liveness,
+) -> Option<Condition> {
+    let row = view.row(NetworkMode::Pod, x);
+    let reporting = row.is_some_and(|r| r.reporting && view.is_ready(x));
     let outbound: Vec<(&str, &Cell)> = cells.iter().copied().filter(|(f, _)| *f == x).collect();
     let inbound: Vec<(&str, &Cell)> = cells.iter().copied().filter(|(_, c)| c.to == x).collect();
-    if !reporting || outbound.is_empty() || inbound.is_empty() {
+    if inbound.is_empty() {
         return None;
     }
-    let evidence = broken_cells(outbound.iter().chain(&inbound).copied());
-    Some(Condition::new(
-        FindingKind::NodeIsolated,
-        Subject::Node(x.to_owned()),
-        vec![x.to_owned()],
+    let mut evidence = Vec::new();
+    let summary = if reporting && !outbound.is_empty() {
+        if let Some(relay) = row.and_then(|r| r.relayed_by.as_deref()) {
+            evidence.push(format!(
+                "{x}'s agent cannot reach the aggregator: its report was relayed by {x}'s host agent ({relay})"
+            ));
+        }
         format!(
             "{x} is cut off from the other nodes' pods: {} of {} probes from {x} and {} of {} probes to {x} failed, while the other nodes reach each other",
             outbound.len(),
             outbound.len(),
             inbound.len(),
             inbound.len()
-        ),
+        )
+    } else if !reporting {
+        evidence.extend(silent_but_alive(view, x, alive)?);
+        format!(
+            "{x} is cut off from the other nodes' pods: its agent cannot report and {} of {} probes to {x} failed, while {x} itself is up and the other nodes reach each other",
+            inbound.len(),
+            inbound.len()
+        )
+    } else {
+        return None;
+    };
+    evidence.extend(broken_cells(outbound.iter().chain(&inbound).copied()));
+    Some(Condition::new(
+        FindingKind::NodeIsolated,
+        Subject::Node(x.to_owned()),
+        vec![x.to_owned()],
+        summary,
         capped(evidence),
         format!(
-            "check the CNI on {x}: tunnel device (ip -d link show flannel.1; calico: vxlan.calico or tunl0; cilium: cilium_vxlan), its FDB and neighbours (bridge fdb show dev flannel.1; ip neigh show dev flannel.1), routes (ip route), the CNI agent's logs (flanneld, calico-node, cilium-agent)"
+            "check the pod network on {x}: forwarding (sysctl net.ipv4.ip_forward must be 1), the FORWARD chain (iptables -S FORWARD: a DROP policy, as a Docker install sets, drops every pod packet leaving the node), the pods' bridge and veths (ip link show cni0), the tunnel device (ip -d link show flannel.1; calico: vxlan.calico or tunl0; cilium: cilium_vxlan), its FDB and neighbours (bridge fdb show dev flannel.1; ip neigh show dev flannel.1), routes (ip route), and the CNI agent's logs (flanneld, calico-node, cilium-agent)"
         ),
     ))
+}
+
+/// The signs that a node whose pod agent is silent is itself up, as
+/// evidence lines; `None` when there are none (then the agent may really be
+/// missing, or the whole node down).
+fn silent_but_alive(view: &View, x: &str, alive: &Liveness) -> Option<Vec<String>> {
+    let age = view
+        .row(NetworkMode::Pod, x)
+        .and_then(|r| r.report_age_ms)
+        .map_or_else(
+            || "no report received since the aggregator started".to_owned(),
+            |ms| {
+                format!(
+                    "last report {} ago",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        (ms / 1000.0) as u64
+                    ))
+                )
+            },
+        );
+    let mut signs = Vec::new();
+    if view.row(NetworkMode::Host, x).is_some_and(|r| r.reporting) {
+        let host_in = Tally::of(
+            view.cross_cells(NetworkMode::Host)
+                .filter(|(_, c)| c.to == x)
+                .map(|(_, c)| c),
+        );
+        if host_in.known() > 0 && !host_in.mostly_reachable() {
+            return None;
+        }
+        let reached = if host_in.known() > 0 {
+            format!(
+                ", and {} of {} host-network probes to {x} succeed",
+                host_in.reachable,
+                host_in.known()
+            )
+        } else {
+            String::new()
+        };
+        signs.push(format!(
+            "{x}'s host-network agent reports (the node network works){reached}"
+        ));
+    }
+    if alive.running.is_some_and(|running| running.contains(x)) {
+        signs.push(format!(
+            "the API says {x} is Ready (its kubelet reaches the control plane) and its agent pod is Running"
+        ));
+    }
+    if signs.is_empty() {
+        return None;
+    }
+    signs.insert(0, format!("{x}'s agent is silent ({age})"));
+    Some(signs)
 }
