@@ -84,6 +84,12 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_CLEAR_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub clear_after: u32,
 
+    /// A finding raised again within this many rounds after it cleared is
+    /// flapping: held raised through its gaps (so alerts fire on it) until
+    /// it stays away for this many rounds. At least --clear-after.
+    #[arg(long, env = "NETMATRIX_FLAP_WINDOW", default_value_t = crate::diagnosis::hysteresis::FLAP_WINDOW_ROUNDS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flap_window: u32,
+
     /// A node is expected to report once it is Ready and at least this old, so
     /// nodes that just joined do not raise agent-missing while their agent starts.
     #[arg(long, env = "NETMATRIX_NODE_GRACE", default_value = "2m", value_parser = humantime::parse_duration)]

@@ -43,6 +43,7 @@ pub struct Metrics {
     node_check_up: IntGaugeVec,
     finding_active: IntGaugeVec,
     finding: IntGaugeVec,
+    finding_flapping: IntGaugeVec,
     pair_failed: IntGaugeVec,
     report_age_seconds: GaugeVec,
     node_rtt_seconds: GaugeVec,
@@ -61,6 +62,7 @@ struct Published {
     failing: BTreeSet<Vec<String>>,
     checks: BTreeSet<Vec<String>>,
     findings: BTreeSet<Vec<String>>,
+    flapping: BTreeSet<Vec<String>>,
     pairs: BTreeSet<Vec<String>>,
     ages: BTreeSet<Vec<String>>,
     rtts: BTreeSet<Vec<String>>,
@@ -113,6 +115,11 @@ impl Metrics {
             finding: gauges(
                 "finding",
                 "1 for each node concerned by an active finding of this kind.",
+                &["kind", "node"],
+            )?,
+            finding_flapping: gauges(
+                "finding_flapping",
+                "1 for each node concerned by an active finding that is flapping (it cleared and came back within the flap window, and is held raised).",
                 &["kind", "node"],
             )?,
             pair_failed: gauges(
@@ -236,10 +243,15 @@ impl Metrics {
 
         let mut active: BTreeMap<FindingKind, i64> = ALL_KINDS.iter().map(|k| (*k, 0)).collect();
         let mut finding_nodes = Vec::new();
+        let mut flapping = Vec::new();
         for f in findings {
             *active.entry(f.kind).or_default() += 1;
             for node in &f.nodes {
-                finding_nodes.push((vec![f.kind.as_str().to_owned(), node.clone()], 1));
+                let labels = vec![f.kind.as_str().to_owned(), node.clone()];
+                if f.flapping {
+                    flapping.push((labels.clone(), 1));
+                }
+                finding_nodes.push((labels, 1));
             }
         }
         for (kind, n) in active {
@@ -261,6 +273,7 @@ impl Metrics {
         sync(&self.node_check_up, &mut published.checks, checks);
         sync(&self.pair_failed, &mut published.pairs, pairs);
         sync(&self.finding, &mut published.findings, finding_nodes);
+        sync(&self.finding_flapping, &mut published.flapping, flapping);
         sync(&self.report_age_seconds, &mut published.ages, ages);
         sync(&self.node_rtt_seconds, &mut published.rtts, rtts);
         sync(&self.node_loss_ratio, &mut published.losses, losses);
@@ -410,6 +423,7 @@ mod tests {
             hint: String::new(),
             since: String::new(),
             since_unix_ms: 0,
+            flapping: false,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Settings {
     /// For outages (see [`crate::diagnosis::hysteresis::is_outage`]).
     pub raise_after_outage: u32,
     pub clear_after: u32,
+    /// Rounds a cleared finding is remembered; back within them, it flaps.
+    pub flap_window: u32,
     /// A node is expected to report once it is Ready and this old.
     pub node_grace_ms: u64,
     pub diagnosis: DiagnosisPolicy,
@@ -52,6 +54,7 @@ impl Default for Settings {
             raise_after: 3,
             raise_after_outage: 2,
             clear_after: 3,
+            flap_window: crate::diagnosis::hysteresis::FLAP_WINDOW_ROUNDS,
             node_grace_ms: 120_000,
             diagnosis: DiagnosisPolicy::default(),
             history_rounds: crate::history::DEFAULT_ROUNDS,
@@ -72,6 +75,7 @@ impl Settings {
             raise_after: args.raise_after,
             raise_after_outage: args.raise_after_outage,
             clear_after: args.clear_after,
+            flap_window: args.flap_window,
             node_grace_ms: ms(args.node_grace),
             diagnosis: DiagnosisPolicy {
                 loss_threshold: args.loss_threshold,
@@ -133,12 +137,14 @@ impl Aggregator {
             settings,
             hysteresis: Mutex::new(
                 Hysteresis::new(settings.raise_after, settings.clear_after)
-                    .with_outage_rounds(settings.raise_after_outage),
+                    .with_outage_rounds(settings.raise_after_outage)
+                    .with_flap_window(settings.flap_window),
             ),
             recovery: Mutex::new(CutRecovery::default()),
             findings: RwLock::new(Arc::new(Findings {
                 generated_unix_ms: system_clock(),
                 findings: Vec::new(),
+                pending: Vec::new(),
             })),
             published: RwLock::new(None),
             polled: Mutex::new((false, false)),
@@ -361,11 +367,14 @@ impl Aggregator {
         let conditions = diagnosis::evaluate(&matrix, &context);
         recovery.observe(&conditions, now, grace);
         drop(recovery);
-        let findings = self
-            .hysteresis
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(conditions, now);
+        let (findings, pending) = {
+            let mut hysteresis = self
+                .hysteresis
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let findings = hysteresis.observe(conditions, now);
+            (findings, hysteresis.pending())
+        };
         self.metrics.observe(&matrix, expected.len(), &findings);
         let previous = self
             .published
@@ -384,6 +393,7 @@ impl Aggregator {
         let published = Arc::new(Findings {
             generated_unix_ms: now,
             findings,
+            pending,
         });
         let mut slot = self
             .findings

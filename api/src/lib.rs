@@ -558,6 +558,11 @@ pub struct Finding {
     pub since: String,
     /// Same instant as `since`, for machines.
     pub since_unix_ms: u64,
+    /// The finding came back soon after it cleared: it is held raised
+    /// through the gaps (until it stays away for the flap window) instead of
+    /// being raised and cleared with every cycle, so alerts fire on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flapping: bool,
 }
 
 /// A directed node-to-node path.
@@ -572,6 +577,21 @@ pub struct Path {
 pub struct Findings {
     pub generated_unix_ms: u64,
     pub findings: Vec<Finding>,
+    /// Conditions seen in the latest rounds but not raised yet (a finding
+    /// needs a few rounds): a failure being named, for `validate` to wait on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingFinding>,
+}
+
+/// A condition that held in the latest round and is not raised yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFinding {
+    pub kind: FindingKind,
+    pub nodes: Vec<String>,
+    /// Consecutive rounds it held so far.
+    pub held_rounds: u32,
+    /// Rounds it must hold to be raised.
+    pub raise_after: u32,
 }
 
 /// `GET` a [`CompactMatrix`] here: the matrix of [`MATRIX_PATH`] in a few

@@ -254,6 +254,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
             &Findings {
                 generated_unix_ms: f.generated_unix_ms,
                 findings: naming.into_iter().cloned().collect(),
+                pending: Vec::new(),
             },
             style,
         ));
@@ -359,7 +360,9 @@ mod tests {
                 hint: "bridge fdb show dev flannel.1".into(),
                 since: String::new(),
                 since_unix_ms: 0,
+                flapping: false,
             }],
+            pending: Vec::new(),
         };
         (matrix, findings)
     }
@@ -413,6 +416,7 @@ mod tests {
         let f = Findings {
             generated_unix_ms: 0,
             findings: vec![],
+            pending: Vec::new(),
         };
         assert_eq!(findings(&f, Style { color: true }), "findings: none\n");
     }

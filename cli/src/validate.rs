@@ -3,9 +3,13 @@
 //!
 //! It polls the aggregator until every expected node has reported, then
 //! needs `--rounds` consecutive aggregator rounds that agree: all healthy
-//! (exit 0) or all failing (exit 1). Without a verdict before `--timeout`
-//! it exits 2, unless the last rounds were failing (a network that fails
-//! until the deadline is broken, not undecided).
+//! (exit 0) or all failing (exit 1). A failing network is worth more with
+//! its diagnosis: while the aggregator says a finding is pending (seen, not
+//! yet held long enough to raise), validate waits for it, up to
+//! `--timeout`; once nothing is pending for a few rounds, it answers with
+//! the failing cells alone. Without a verdict before `--timeout` it exits
+//! 2, unless the last rounds were failing (a network that fails until the
+//! deadline is broken, not undecided).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -40,8 +44,9 @@ pub struct ValidateArgs {
 /// How often the aggregator is asked; its rounds are seconds apart.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Extra failing rounds to wait for a finding when none names the failure
-/// yet (the aggregator raises one after 3 rounds by default).
+/// Failing rounds with no finding and none pending after which validate
+/// stops waiting for a name (the aggregator raises a finding after 3 rounds
+/// by default, and says so while it waits).
 const UNNAMED_EXTRA_ROUNDS: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,6 +99,8 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
     };
     let mut last_generated = None;
     let mut streak: Option<(Outcome, u32)> = None;
+    // Failing rounds in a row with nothing named and nothing pending.
+    let mut unnamed_quiet: u32 = 0;
     let mut rounds_seen = 0;
     let mut last_error: Option<ClientError>;
     let mut last: Option<(Round, Matrix)> = None;
@@ -126,12 +133,22 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                     // after a few rounds of their own): the verdict is
                     // far more useful with the finding and its hint.
                     let named = matches!(&last, Some((Round::Failing { findings, .. }, _)) if !findings.is_empty());
-                    let needed = match streak {
-                        Some((Outcome::Failing, _)) if !named => args.rounds + UNNAMED_EXTRA_ROUNDS,
-                        _ => args.rounds,
+                    let pending = !findings.pending.is_empty();
+                    unnamed_quiet = match streak {
+                        Some((Outcome::Failing, _)) if !named && !pending => unnamed_quiet + 1,
+                        _ => 0,
+                    };
+                    let decided = match streak {
+                        // Being named: wait for it (the deadline still holds).
+                        Some((Outcome::Failing, _)) if !named && pending => false,
+                        Some((Outcome::Failing, n)) if !named => {
+                            n >= args.rounds && unnamed_quiet >= UNNAMED_EXTRA_ROUNDS
+                        }
+                        Some((_, n)) => n >= args.rounds,
+                        None => false,
                     };
                     if let Some((outcome, n)) = streak
-                        && n >= needed
+                        && decided
                     {
                         let reason = match outcome {
                             Outcome::Healthy => format!(
@@ -256,6 +273,7 @@ pub fn render(v: &Verdict, style: Style) -> String {
                 &netmatrix_api::Findings {
                     generated_unix_ms: 0,
                     findings: findings.clone(),
+                    pending: Vec::new(),
                 },
                 style,
             ));

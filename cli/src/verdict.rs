@@ -165,6 +165,7 @@ mod tests {
             hint: "h".into(),
             since: String::new(),
             since_unix_ms: 0,
+            flapping: false,
         }
     }
 

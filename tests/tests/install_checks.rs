@@ -6,7 +6,8 @@
 //! - the chart's alert rules (`charts/netmatrix/files/netmatrix-alerts.yaml`)
 //!   in a real Prometheus that scrapes the lab: healthy means no alert; a node
 //!   cut off fires `NetmatrixNodeIsolated` for that node and nothing else;
-//!   healing resolves it.
+//!   healing resolves it; a fault that comes and goes every few seconds is
+//!   one held finding, marked flapping, and its alerts fire.
 //!
 //! Needs root, the binaries (`scripts/test` builds them) and Debian's
 //! `prometheus` (`scripts/setup` installs it).
@@ -195,9 +196,47 @@ fn node_isolated(a: &Alert, node: &str) -> bool {
     a.name() == "NetmatrixNodeIsolated" && a.labels.get("node").map(String::as_str) == Some(node)
 }
 
+/// A CNI broken from the first second (node-2's overlay down before any
+/// node is past its joining grace): right after an install every node is
+/// new, so the aggregator judges them, and validate waits for the finding
+/// it is told is pending instead of answering with bare cells.
 #[tokio::test]
-async fn prometheus_fires_the_charts_alert_for_a_cut_off_node_and_resolves_it() {
+async fn validate_names_a_failure_present_from_the_first_second() {
     let lab = common::lab(true).await;
+    lab.fault(Fault::overlay_down("node-2"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let broken = validate(&lab.aggregator_url(), &["--timeout", "60s", "--json"]).await;
+    let states: Vec<String> = match lab.snapshot().await {
+        Ok(s) => s
+            .matrix
+            .rows
+            .iter()
+            .map(|r| format!("{} {:?}", r.node, r.state))
+            .collect(),
+        Err(e) => vec![e.to_string()],
+    };
+    eprintln!(
+        "validate on a lab broken from its first second: {:.1?}, nodes then: {states:?}",
+        started.elapsed()
+    );
+    assert_eq!(broken.status.code(), Some(1), "{}", describe(&broken));
+    let verdict: serde_json::Value = serde_json::from_slice(&broken.stdout)
+        .unwrap_or_else(|e| panic!("--json output: {e}\n{}", describe(&broken)));
+    let findings = verdict["last_round"]["findings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no findings in {verdict:#}"));
+    assert_eq!(findings.len(), 1, "{verdict:#}");
+    assert_eq!(findings[0]["kind"], "node-isolated", "{verdict:#}");
+    assert_eq!(findings[0]["nodes"], serde_json::json!(["node-2"]));
+    tokio::task::spawn_blocking(move || lab.shutdown())
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+}
+
+/// A real Prometheus with the chart's rules, every target up, on a lab
+/// that is healthy with Ready nodes and shows no alert at all.
+async fn quiet_prometheus(lab: &netmatrix_lab::Lab) -> LabPrometheus {
     let rules = alert_rules();
     let prometheus = lab
         .start_prometheus(&[rules.as_path()])
@@ -229,13 +268,20 @@ async fn prometheus_fires_the_charts_alert_for_a_cut_off_node_and_resolves_it() 
     .await
     .unwrap_or_else(|e| panic!("{e}"));
 
-    wait_nodes_ready(&lab).await;
+    wait_nodes_ready(lab).await;
 
     // Healthy: a few evaluation rounds, and no alert at all (not even pending).
-    let mut fired = BTreeSet::new();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let alerts = prometheus.alerts().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(alerts.is_empty(), "alerts on a healthy lab: {alerts:#?}");
+    prometheus
+}
+
+#[tokio::test]
+async fn prometheus_fires_the_charts_alert_for_a_cut_off_node_and_resolves_it() {
+    let lab = common::lab(true).await;
+    let prometheus = quiet_prometheus(&lab).await;
+    let mut fired = BTreeSet::new();
 
     lab.fault(Fault::overlay_down("node-2"))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -271,6 +317,115 @@ async fn prometheus_fires_the_charts_alert_for_a_cut_off_node_and_resolves_it() 
         "alerts that fired besides node-2's isolation"
     );
 
+    drop(prometheus);
+    tokio::task::spawn_blocking(move || lab.shutdown())
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+}
+
+/// A fault that comes and goes every few seconds for a minute (node-2's
+/// pods cut off the node for 6 s, back for 6 s): one finding, held through
+/// the gaps and marked flapping, on which the chart's alerts fire (the
+/// finding's own and `NetmatrixFindingFlapping`); healing clears both.
+#[tokio::test]
+async fn a_flapping_fault_is_one_held_finding_and_its_alerts_fire() {
+    const HALF_CYCLE: Duration = Duration::from_secs(6);
+    let lab = common::lab(true).await;
+    let prometheus = quiet_prometheus(&lab).await;
+    let mut fired = BTreeSet::new();
+    let started = Instant::now();
+    let mut broken = false;
+    let mut held_since: Option<u64> = None;
+    let mut raises = 0;
+    let mut was_raised = false;
+    loop {
+        let elapsed = started.elapsed();
+        let break_now = (elapsed.as_millis() / HALF_CYCLE.as_millis()).is_multiple_of(2);
+        if break_now != broken {
+            if break_now {
+                lab.fault(Fault::forward_policy_drop("node-2"))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            } else {
+                lab.heal().unwrap_or_else(|e| panic!("{e}"));
+            }
+            broken = break_now;
+        }
+        if let Ok(snap) = lab.snapshot().await {
+            let isolated = snap
+                .findings
+                .findings
+                .iter()
+                .find(|f| f.kind == FindingKind::NodeIsolated && f.nodes == ["node-2"]);
+            let others: Vec<_> = snap
+                .findings
+                .findings
+                .iter()
+                .filter(|f| !(f.kind == FindingKind::NodeIsolated && f.nodes == ["node-2"]))
+                .map(|f| format!("{} {:?}", f.kind, f.nodes))
+                .collect();
+            assert!(others.is_empty(), "other findings: {others:?}");
+            if isolated.is_some() && !was_raised {
+                raises += 1;
+            }
+            was_raised = isolated.is_some();
+            match (isolated, held_since) {
+                (Some(f), None) if f.flapping => held_since = Some(f.since_unix_ms),
+                (Some(f), Some(since)) => {
+                    assert!(f.flapping, "no longer marked flapping: {f:?}");
+                    assert_eq!(f.since_unix_ms, since, "the held finding changed");
+                }
+                (None, Some(_)) => panic!(
+                    "the flapping finding cleared during a gap after {:.1?}",
+                    started.elapsed()
+                ),
+                _ => {}
+            }
+        }
+        let alerts = prometheus.alerts().await.unwrap_or_else(|e| panic!("{e}"));
+        for a in alerts.iter().filter(|a| a.state == "firing") {
+            let node = a.labels.get("node").map_or("", String::as_str);
+            fired.insert(format!("{}{{node={node}}}", a.name()));
+        }
+        let firing = |name: &str| {
+            alerts.iter().any(|a| {
+                a.name() == name
+                    && a.state == "firing"
+                    && a.labels.get("node").map(String::as_str) == Some("node-2")
+            })
+        };
+        if firing("NetmatrixNodeIsolated") && firing("NetmatrixFindingFlapping") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "alerts did not fire on the flapping fault; raised {raises} time(s), held since {held_since:?}; alerts: {alerts:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "flapping forward-policy-drop node-2 ({HALF_CYCLE:?} on, {HALF_CYCLE:?} off): raised {raises} time(s), both alerts firing after {:.1?}",
+        started.elapsed()
+    );
+    assert!(held_since.is_some(), "never marked flapping");
+    assert!(raises <= 2, "raised {raises} times: not held");
+
+    lab.heal().unwrap_or_else(|e| panic!("{e}"));
+    let resolved = wait_alerts(
+        &prometheus,
+        "every alert resolved",
+        Duration::from_secs(60),
+        &mut fired,
+        |alerts| alerts.is_empty(),
+    )
+    .await;
+    eprintln!("healed -> no alert after {resolved:.1?}");
+    assert_eq!(
+        fired,
+        BTreeSet::from([
+            "NetmatrixFindingFlapping{node=node-2}".to_owned(),
+            "NetmatrixNodeIsolated{node=node-2}".to_owned()
+        ]),
+    );
     drop(prometheus);
     tokio::task::spawn_blocking(move || lab.shutdown())
         .await

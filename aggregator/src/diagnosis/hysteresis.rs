@@ -1,9 +1,9 @@
-//! Raise after N rounds, clear after M rounds.
+//! Raise after N rounds, clear after M rounds, hold what keeps coming back.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use netmatrix_api::{Finding, FindingKind};
+use netmatrix_api::{Finding, FindingKind, PendingFinding};
 
 use super::{Condition, Subject};
 
@@ -15,14 +15,27 @@ use super::{Condition, Subject};
 ///   blips never accumulate into a finding.
 /// - A raised finding is cleared after `clear_after` consecutive rounds
 ///   without its condition; a round with the condition resets that count.
+/// - A cleared finding is remembered for the flap window. Raised again
+///   within it (after `raise_after` rounds, as any finding), it is
+///   *flapping*: the same finding (its first `since`), held raised through
+///   the gaps and cleared only once its condition stayed away for the whole
+///   window, as Prometheus' `keep_firing_for` or BGP's route-flap damping
+///   do. A fault that comes and goes is then one steady finding that
+///   alerts can fire on, not a raise and a clear every cycle (which resets
+///   every alert's `for:`). A finding that heals for good still clears
+///   after `clear_after` rounds.
 /// - `since` is the round the condition first held, not when it was raised,
 ///   so the operator sees how long the failure has lasted.
 #[derive(Debug)]
 pub struct Hysteresis {
     raise_after: RaiseAfter,
     clear_after: u32,
+    flap_window: u32,
     tracks: BTreeMap<(FindingKind, Subject), Track>,
 }
+
+/// Default flap window, in rounds (a minute at the default 5 s interval).
+pub const FLAP_WINDOW_ROUNDS: u32 = 12;
 
 /// Rounds a condition must hold before it is raised.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +61,11 @@ struct Track {
     held_rounds: u32,
     missed_rounds: u32,
     raised: bool,
+    flapping: bool,
+    /// Rounds since the finding last cleared, while it is remembered.
+    cleared_rounds_ago: Option<u32>,
+    /// Times it was raised while remembered (the first raise included).
+    raises: u32,
     /// The latest evidence; kept while a raised finding waits to clear.
     condition: Condition,
 }
@@ -60,6 +78,7 @@ impl Hysteresis {
                 outage: raise_after.max(1),
             },
             clear_after: clear_after.max(1),
+            flap_window: FLAP_WINDOW_ROUNDS.max(clear_after),
             tracks: BTreeMap::new(),
         }
     }
@@ -68,6 +87,13 @@ impl Hysteresis {
     /// general count).
     pub fn with_outage_rounds(mut self, rounds: u32) -> Self {
         self.raise_after.outage = rounds.clamp(1, self.raise_after.general);
+        self
+    }
+
+    /// Sets the flap window in rounds (at least the clear count: a window
+    /// shorter than that would hold nothing).
+    pub fn with_flap_window(mut self, rounds: u32) -> Self {
+        self.flap_window = rounds.max(self.clear_after);
         self
     }
 
@@ -80,21 +106,44 @@ impl Hysteresis {
             .collect();
 
         let clear_after = self.clear_after;
+        let window = self.flap_window;
         let raise_after = self.raise_after;
         self.tracks.retain(|key, track| match present.remove(key) {
             Some(condition) => {
                 track.held_rounds = track.held_rounds.saturating_add(1);
                 track.missed_rounds = 0;
-                track.raised |= track.held_rounds >= raise_after.of(key.0);
                 track.condition = condition;
+                if !track.raised && track.held_rounds >= raise_after.of(key.0) {
+                    track.raised = true;
+                    track.raises = track.raises.saturating_add(1);
+                    // Back within the window after it cleared: flapping.
+                    track.flapping |= track.cleared_rounds_ago.take().is_some();
+                }
                 true
             }
             None if track.raised => {
                 track.held_rounds = 0;
                 track.missed_rounds = track.missed_rounds.saturating_add(1);
-                track.missed_rounds < clear_after
+                let clear = if track.flapping { window } else { clear_after };
+                if track.missed_rounds >= clear {
+                    track.raised = false;
+                    track.flapping = false;
+                    track.cleared_rounds_ago = Some(0);
+                }
+                true
             }
-            None => false,
+            None => {
+                // Pending: forgotten at the first miss, unless remembered
+                // from an earlier raise for the flap window.
+                track.held_rounds = 0;
+                match &mut track.cleared_rounds_ago {
+                    Some(rounds) => {
+                        *rounds = rounds.saturating_add(1);
+                        *rounds < window
+                    }
+                    None => false,
+                }
+            }
         });
         for (key, condition) in present {
             let raised = raise_after.of(key.0) <= 1;
@@ -105,6 +154,9 @@ impl Hysteresis {
                     held_rounds: 1,
                     missed_rounds: 0,
                     raised,
+                    flapping: false,
+                    cleared_rounds_ago: None,
+                    raises: u32::from(raised),
                     condition,
                 },
             );
@@ -113,7 +165,23 @@ impl Hysteresis {
         self.tracks
             .values()
             .filter(|t| t.raised)
-            .map(|t| finding(&t.condition, t.since_unix_ms))
+            .map(|t| finding(t, window))
+            .collect()
+    }
+}
+
+impl Hysteresis {
+    /// Conditions that held in the last round and are not raised yet.
+    pub fn pending(&self) -> Vec<PendingFinding> {
+        self.tracks
+            .iter()
+            .filter(|(_, t)| !t.raised && t.held_rounds > 0)
+            .map(|((kind, _), t)| PendingFinding {
+                kind: *kind,
+                nodes: t.condition.nodes.clone(),
+                held_rounds: t.held_rounds,
+                raise_after: self.raise_after.of(*kind),
+            })
             .collect()
     }
 }
@@ -132,18 +200,31 @@ pub fn is_outage(kind: FindingKind) -> bool {
     )
 }
 
-fn finding(c: &Condition, since_unix_ms: u64) -> Finding {
+fn finding(track: &Track, window: u32) -> Finding {
+    let c = &track.condition;
+    let since_unix_ms = track.since_unix_ms;
     let since = UNIX_EPOCH + Duration::from_millis(since_unix_ms);
+    let mut evidence = c.evidence.clone();
+    if track.flapping {
+        evidence.insert(
+            0,
+            format!(
+                "flapping: raised {} times, clearing and coming back; held until it stays away for {window} rounds",
+                track.raises
+            ),
+        );
+    }
     Finding {
         kind: c.kind,
         nodes: c.nodes.clone(),
         groups: c.groups.clone(),
         paths: c.paths.clone(),
         summary: c.summary.clone(),
-        evidence: c.evidence.clone(),
+        evidence,
         hint: c.hint.clone(),
         since: humantime::format_rfc3339_millis(since).to_string(),
         since_unix_ms,
+        flapping: track.flapping,
     }
 }
 
@@ -236,6 +317,39 @@ mod tests {
     fn raise_after_one_is_immediate() {
         let mut h = Hysteresis::new(1, 1);
         assert_eq!(run(&mut h, &[true, false, true]), [1, 0, 1]);
+    }
+
+    #[test]
+    fn a_finding_that_comes_back_is_held_as_flapping() {
+        let mut h = Hysteresis::new(2, 2).with_flap_window(6);
+        // Raised, cleared after 2 misses, back within the window: raised
+        // after 2 rounds again, then held through gaps shorter than 6.
+        let cycle = [true, true, false, false, true, true, false, false, false];
+        assert_eq!(run(&mut h, &cycle), [0, 1, 1, 0, 0, 1, 1, 1, 1]);
+        let f = h.observe(vec![condition("n1")], 9000);
+        assert!(f[0].flapping);
+        assert_eq!(f[0].since_unix_ms, 0, "the same finding as the first raise");
+        assert!(f[0].evidence[0].starts_with("flapping: raised 2 times"));
+        // It clears only after the whole window without it.
+        let rounds = [false; 6];
+        assert_eq!(run(&mut h, &rounds), [1, 1, 1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn a_finding_that_heals_for_good_clears_in_its_normal_time_and_is_then_forgotten() {
+        let mut h = Hysteresis::new(2, 2).with_flap_window(4);
+        assert_eq!(run(&mut h, &[true, true, false, false]), [0, 1, 1, 0]);
+        assert!(!h.tracks.is_empty(), "remembered for the window");
+        assert_eq!(run(&mut h, &[false; 4]), [0; 4]);
+        assert!(h.tracks.is_empty(), "forgotten after it");
+        // Back later than the window: a new finding, not flapping.
+        let raised = run(&mut h, &[true, true]);
+        assert_eq!(raised, [0, 1]);
+        assert!(!h.observe(vec![condition("n1")], 99_000)[0].flapping);
+        // Blips after a clear do not make it flap.
+        let mut h = Hysteresis::new(2, 2).with_flap_window(6);
+        let blips = [true, true, false, false, true, false, true, false];
+        assert_eq!(run(&mut h, &blips), [0, 1, 1, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -1068,6 +1068,23 @@ fn a_second_fault_is_named_while_a_node_is_cut_off() {
     );
 }
 
+/// Right after an install every node is joining: nothing churns, so a
+/// failure is named at once. One node joining a working cluster keeps its
+/// grace.
+#[test]
+fn a_cluster_of_joining_nodes_is_judged_a_joining_node_among_ready_ones_is_not() {
+    let mut grid = Grid::new(3).with_hosts().isolate("n2");
+    for n in ["n1", "n2", "n3"] {
+        grid = grid.state(n, NodeState::Joining);
+    }
+    only(&grid.conditions(), FindingKind::NodeIsolated, &["n2"]);
+    let grid = Grid::new(3)
+        .with_hosts()
+        .isolate("n2")
+        .state("n2", NodeState::Joining);
+    assert_eq!(kinds(&grid.conditions()), []);
+}
+
 #[test]
 fn silent_node_that_is_not_expected_raises_nothing() {
     let grid = Grid::new(3).silent("n3");

@@ -551,6 +551,11 @@
       const head = el("div", "f-head");
       head.appendChild(el("span", "kind", f.kind));
       for (const n of f.nodes) head.appendChild(el("span", "nodes", n));
+      if (f.flapping) {
+        const flap = el("span", "flapping", "flapping");
+        flap.title = "it cleared and came back: held until it stays away for the flap window";
+        head.appendChild(flap);
+      }
       const since = el("span", "since", "since " + new Date(f.since_unix_ms).toLocaleTimeString());
       since.title = f.since;
       head.appendChild(since);

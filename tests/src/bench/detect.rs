@@ -509,6 +509,7 @@ mod tests {
             hint: String::new(),
             since: String::new(),
             since_unix_ms: 0,
+            flapping: false,
         };
         let on = ["node-2".to_owned()];
         assert!(names(&finding(&["node-2"]), &on));

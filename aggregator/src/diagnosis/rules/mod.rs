@@ -2,7 +2,11 @@
 //!
 //! Only diagnosable data counts: rows of reporting nodes that the API says
 //! are Ready, and their cells to Ready nodes (a joining, cordoned, NotReady
-//! or departed node is shown, never judged). Rules run from the lowest
+//! or departed node is shown, never judged). The joining grace is for nodes
+//! that join a working cluster; when no node is Ready, every node is new
+//! (netmatrix or the cluster was just installed), nothing is churning, and
+//! the joining nodes are judged: a CNI broken from the start is named at
+//! once, which is what `netmatrix validate` after an install is for. Rules run from the lowest
 //! layer up, and each layer hides what it explains in the layers above, so
 //! only the root cause is named:
 //!
@@ -159,10 +163,14 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     fn new(matrix: &'a Matrix, windows: &'a PathWindows, policy: &'a DiagnosisPolicy) -> Self {
+        let fresh_install = !matrix.rows.iter().any(|r| r.state == NodeState::Ready);
+        let judged = |state: NodeState| {
+            state == NodeState::Ready || (fresh_install && state == NodeState::Joining)
+        };
         let ready: HashSet<&str> = matrix
             .rows
             .iter()
-            .filter(|r| r.state == NodeState::Ready)
+            .filter(|r| judged(r.state))
             .map(|r| r.node.as_str())
             .collect();
         let known = |network, rows: &'a [MatrixRow]| {
