@@ -125,9 +125,17 @@ impl Grid {
         self
     }
 
-    /// Adds host-network rows, all fine.
+    /// Adds host-network rows, all fine, with clean windows.
     fn with_hosts(mut self) -> Self {
         let nodes = self.matrix.nodes.clone();
+        for from in &nodes {
+            for to in &nodes {
+                self.windows.insert(
+                    (NetworkMode::Host, from.clone(), to.clone()),
+                    clean_window(),
+                );
+            }
+        }
         self.matrix.host_rows = nodes
             .iter()
             .map(|node| {
@@ -204,6 +212,20 @@ impl Grid {
     /// Random loss on the path: this round `round_loss` (status from it, as
     /// the matrix does), and over the window `window_loss`, with partial
     /// loss in four of five rounds.
+    /// `lossy` on the host network.
+    fn host_lossy(mut self, from: &str, to: &str, window_loss: f64) -> Self {
+        let cell = self.cell_in(NetworkMode::Host, from, to);
+        cell.loss = Some(1.0 / 6.0);
+        cell.status = Status::Degraded;
+        let w = self
+            .windows
+            .get_mut(NetworkMode::Host, from, to)
+            .expect("host window in grid");
+        w.received = ((1.0 - window_loss) * w.sent as f64).round() as u64;
+        w.partial_rounds = 4;
+        self
+    }
+
     fn lossy(mut self, from: &str, to: &str, round_loss: f64, window_loss: f64) -> Self {
         let cell = self.cell(from, to);
         cell.loss = Some(round_loss);
@@ -578,6 +600,64 @@ fn catalog_packet_loss() {
         c.evidence
     );
     assert!(c.hint.contains("ip -s link"));
+}
+
+/// The same loss on n2's host-network paths: n2's node network or the
+/// underlay, not the pod network.
+#[test]
+fn loss_on_the_host_network_too_is_the_node_network() {
+    let mut grid = loss_on_n2();
+    for (a, b) in [("n1", "n2"), ("n2", "n1"), ("n2", "n3"), ("n3", "n2")] {
+        grid = grid.host_lossy(a, b, 0.3);
+    }
+    let c = only(&grid.conditions(), FindingKind::PacketLoss, &["n2"]);
+    assert!(
+        c.summary.contains("on the node network itself"),
+        "{}",
+        c.summary
+    );
+    assert!(c.hint.contains("ethtool -S eth0"), "{}", c.hint);
+    assert!(
+        c.evidence[0].starts_with("host network: "),
+        "{:?}",
+        c.evidence
+    );
+    // Pod paths only: the pod network, and the hint says so.
+    let c = only(&loss_on_n2().conditions(), FindingKind::PacketLoss, &["n2"]);
+    assert!(c.summary.contains("the pod network"), "{}", c.summary);
+    assert!(c.hint.contains("flannel.1"), "{}", c.hint);
+}
+
+/// Early in the window only n1 <-> n2 is over the threshold: n2 is named
+/// (all its paths lose echoes), never n1 by its name.
+#[test]
+fn loss_is_pinned_on_the_node_all_of_whose_paths_lose() {
+    let grid = Grid::new(3)
+        .lossy("n1", "n2", 1.0 / 6.0, 0.3)
+        .lossy("n2", "n1", 2.0 / 6.0, 0.3)
+        .lossy("n2", "n3", 0.0, 0.03)
+        .lossy("n3", "n2", 0.0, 0.03);
+    only(&grid.conditions(), FindingKind::PacketLoss, &["n2"]);
+    // Two lossy nodes of five: both, and nothing else.
+    let mut grid = Grid::new(5);
+    for bad in ["n2", "n4"] {
+        for other in ["n1", "n2", "n3", "n4", "n5"] {
+            if other != bad {
+                grid = grid
+                    .lossy(bad, other, 2.0 / 6.0, 0.3)
+                    .lossy(other, bad, 1.0 / 6.0, 0.3);
+            }
+        }
+    }
+    let mut found = kinds(&grid.conditions());
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            on(FindingKind::PacketLoss, &["n2"]),
+            on(FindingKind::PacketLoss, &["n4"])
+        ]
+    );
 }
 
 #[test]

@@ -25,6 +25,7 @@
 mod agents;
 mod checks;
 mod dns;
+mod localize;
 mod overlay;
 mod paths;
 mod quality;

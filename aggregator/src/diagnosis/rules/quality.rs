@@ -15,14 +15,18 @@
 //!   one slow node touches most paths of a small cluster, so the median
 //!   would be slow itself).
 //!
-//! Flagged paths are then blamed on a node when that node touches most of
-//! its paths' trouble while other paths are clean (one finding per node),
-//! else reported per node pair.
+//! Flagged paths are then attributed to the nodes that explain them
+//! ([`localize`](super::localize)): one finding per blamed node, else per
+//! node pair. And the layer: the host-network agents measure the same
+//! nodes node to node. When a blamed node's host paths suffer the same way
+//! (or a pair's host path does), the fault is in the node network or the
+//! underlay, not the pod network, and the finding says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use netmatrix_api::{Cell, FindingKind, NetworkMode, Path, Status};
 
+use super::localize::{PathVote, localize};
 use super::{Components, View, capped, describe_cell, is_broken};
 use crate::diagnosis::{Condition, Subject};
 use crate::history::PathWindow;
@@ -44,139 +48,149 @@ struct Flagged<'a> {
     line: String,
 }
 
+/// One candidate path as a rule judged it.
+struct Judged {
+    /// Why it is flagged, when it is.
+    line: Option<String>,
+    /// It showed the trouble at all over the window.
+    tainted: bool,
+}
+
+type Candidate<'a> = (&'a str, &'a Cell, Option<&'a PathWindow>);
+
 pub(super) fn diagnose(
     view: &View,
     cut_off: &BTreeSet<&str>,
     components: &Components,
 ) -> Vec<Condition> {
-    // Candidate paths: known, not broken, between nodes of one group.
-    let candidates: Vec<(&str, &Cell, Option<&PathWindow>)> = view
-        .known_with_windows(NetworkMode::Pod)
-        .filter(|(from, c, _)| *from != c.to)
-        .filter(|(from, c, _)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
-        .filter(|(from, c, _)| components.of.is_empty() || components.same(from, &c.to))
-        .filter(|(_, c, _)| !is_broken(c))
-        .collect();
-    let known: Vec<(&str, &str)> = candidates
-        .iter()
-        .map(|(f, c, _)| (*f, c.to.as_str()))
-        .collect();
+    let candidates = |network| -> Vec<Candidate> {
+        // Known, not broken, between nodes of one group.
+        view.known_with_windows(network)
+            .filter(|(from, c, _)| *from != c.to)
+            .filter(|(from, c, _)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
+            .filter(|(from, c, _)| components.of.is_empty() || components.same(from, &c.to))
+            .filter(|(_, c, _)| !is_broken(c))
+            .collect()
+    };
+    let pod = candidates(NetworkMode::Pod);
+    let host = candidates(NetworkMode::Host);
+    let policy = view.policy;
+    let judge = |kind, paths: &[Candidate]| match kind {
+        FindingKind::MtuMismatch => mtu_flags(paths, policy.loss_threshold),
+        FindingKind::PacketLoss => loss_flags(paths, policy.loss_threshold),
+        _ => latency_flags(paths, policy.latency_floor_ms),
+    };
 
     let mut out = Vec::new();
-    let kinds: [(FindingKind, Vec<Flagged>); 3] = [
-        (
-            FindingKind::MtuMismatch,
-            mtu_flags(&candidates, view.policy.loss_threshold),
-        ),
-        (
-            FindingKind::PacketLoss,
-            loss_flags(&candidates, view.policy.loss_threshold),
-        ),
-        (
-            FindingKind::HighLatency,
-            latency_flags(&candidates, view.policy.latency_floor_ms),
-        ),
-    ];
-    for (kind, flagged) in kinds {
-        out.extend(attribute(kind, &flagged, &known));
+    for kind in [
+        FindingKind::MtuMismatch,
+        FindingKind::PacketLoss,
+        FindingKind::HighLatency,
+    ] {
+        let judged = judge(kind, &pod);
+        if judged.iter().all(|j| j.line.is_none()) {
+            continue;
+        }
+        let host_judged = judge(kind, &host);
+        let host_layer = HostLayer::new(&host, &host_judged);
+        out.extend(attribute(kind, &pod, &judged, &host_layer));
     }
     out
 }
 
-fn loss_flags<'a>(
-    candidates: &[(&'a str, &'a Cell, Option<&PathWindow>)],
-    threshold: f64,
-) -> Vec<Flagged<'a>> {
+fn loss_flags(candidates: &[Candidate], threshold: f64) -> Vec<Judged> {
     candidates
         .iter()
-        .filter_map(|&(from, cell, window)| {
-            let w = window?;
-            let loss = w.loss()?;
-            (w.partial_rounds >= MIN_LOSSY_ROUNDS && loss >= threshold).then(|| Flagged {
-                from,
-                to: &cell.to,
-                line: format!(
-                    "{from} -> {}: {:.0}% of {} echoes lost over the last {} rounds (partial loss in {} of them); this round {}",
-                    cell.to,
-                    loss * 100.0,
-                    w.sent,
-                    w.rounds,
-                    w.partial_rounds,
-                    this_round(from, cell)
-                ),
-            })
+        .map(|&(from, cell, window)| {
+            let loss = window.and_then(PathWindow::loss);
+            let tainted = loss.is_some_and(|l| l > 0.0);
+            let line = window
+                .zip(loss)
+                .filter(|(w, loss)| w.partial_rounds >= MIN_LOSSY_ROUNDS && *loss >= threshold)
+                .map(|(w, loss)| {
+                    format!(
+                        "{from} -> {}: {:.0}% of {} echoes lost over the last {} rounds (partial loss in {} of them); this round {}",
+                        cell.to,
+                        loss * 100.0,
+                        w.sent,
+                        w.rounds,
+                        w.partial_rounds,
+                        this_round(from, cell)
+                    )
+                });
+            Judged { line, tainted }
         })
         .collect()
 }
 
-fn mtu_flags<'a>(
-    candidates: &[(&'a str, &'a Cell, Option<&PathWindow>)],
-    loss_threshold: f64,
-) -> Vec<Flagged<'a>> {
+fn mtu_flags(candidates: &[Candidate], loss_threshold: f64) -> Vec<Judged> {
     candidates
         .iter()
-        .filter(|(_, cell, _)| {
-            cell.mtu == Some(Status::Failed)
-                && matches!(cell.status, Status::Ok | Status::Degraded)
-        })
-        .filter_map(|&(from, cell, window)| {
+        .map(|&(from, cell, window)| {
             let window_loss = window.and_then(PathWindow::mtu_loss);
-            if window_loss.is_some_and(|l| l < MTU_WINDOW_LOSS) {
-                return None;
-            }
-            if window
-                .and_then(PathWindow::loss)
-                .is_some_and(|l| l >= loss_threshold)
-            {
-                return None;
-            }
-            let over = match (window, window_loss) {
-                (Some(w), Some(l)) => format!(", {:.0}% over the last {} rounds", l * 100.0, w.rounds),
-                _ => String::new(),
-            };
-            let error = cell
-                .last_error
-                .as_ref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            Some(Flagged {
-                from,
-                to: &cell.to,
-                line: format!(
+            let tainted =
+                cell.mtu == Some(Status::Failed) || window_loss.is_some_and(|l| l > 0.0);
+            let small_fine = matches!(cell.status, Status::Ok | Status::Degraded);
+            let flagged = cell.mtu == Some(Status::Failed)
+                && small_fine
+                && !window_loss.is_some_and(|l| l < MTU_WINDOW_LOSS)
+                // Random loss also takes large echoes: that is packet-loss.
+                && !window
+                    .and_then(PathWindow::loss)
+                    .is_some_and(|l| l >= loss_threshold);
+            let line = flagged.then(|| {
+                let over = match (window, window_loss) {
+                    (Some(w), Some(l)) => {
+                        format!(", {:.0}% over the last {} rounds", l * 100.0, w.rounds)
+                    }
+                    _ => String::new(),
+                };
+                let error = cell
+                    .last_error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                format!(
                     "{from} -> {}: small echoes {}, large Don't-Fragment echoes failed{over}{error}",
                     cell.to, cell.status
-                ),
-            })
+                )
+            });
+            Judged { line, tainted }
         })
         .collect()
 }
 
-fn latency_flags<'a>(
-    candidates: &[(&'a str, &'a Cell, Option<&PathWindow>)],
-    floor_ms: f64,
-) -> Vec<Flagged<'a>> {
-    let rtts: Vec<(&str, &Cell, f64)> = candidates
-        .iter()
-        .filter_map(|&(from, cell, window)| {
-            let w = window.filter(|w| w.rtt_rounds >= MIN_RTT_ROUNDS)?;
-            Some((from, cell, w.rtt_avg_ms?))
-        })
-        .collect();
-    if rtts.len() < MIN_PATHS_FOR_BASELINE {
-        return Vec::new();
+fn latency_flags(candidates: &[Candidate], floor_ms: f64) -> Vec<Judged> {
+    let rtt = |window: Option<&PathWindow>| {
+        window
+            .filter(|w| w.rtt_rounds >= MIN_RTT_ROUNDS)
+            .and_then(|w| w.rtt_avg_ms)
+    };
+    let mut sorted: Vec<f64> = candidates.iter().filter_map(|(_, _, w)| rtt(*w)).collect();
+    if sorted.len() < MIN_PATHS_FOR_BASELINE {
+        return candidates
+            .iter()
+            .map(|_| Judged {
+                line: None,
+                tainted: false,
+            })
+            .collect();
     }
-    let mut sorted: Vec<f64> = rtts.iter().map(|(_, _, r)| *r).collect();
     sorted.sort_by(f64::total_cmp);
     let typical = sorted[sorted.len() / 4];
-    rtts.into_iter()
-        .filter(|(_, _, rtt)| *rtt >= floor_ms && *rtt >= LATENCY_FACTOR * typical)
-        .map(|(from, cell, rtt)| Flagged {
-            from,
-            to: &cell.to,
-            line: format!(
-                "{from} -> {}: mean RTT {rtt:.1} ms over the window, {typical:.2} ms on the cluster's fast paths",
-                cell.to
-            ),
+    candidates
+        .iter()
+        .map(|&(from, cell, window)| {
+            let slow = rtt(window).filter(|r| *r >= floor_ms && *r >= LATENCY_FACTOR * typical);
+            Judged {
+                line: slow.map(|rtt| {
+                    format!(
+                        "{from} -> {}: mean RTT {rtt:.1} ms over the window, {typical:.2} ms on the cluster's fast paths",
+                        cell.to
+                    )
+                }),
+                tainted: slow.is_some(),
+            }
         })
         .collect()
 }
@@ -190,57 +204,124 @@ fn this_round(from: &str, cell: &Cell) -> String {
     }
 }
 
-/// Blames flagged paths on nodes, greedily: the node touching most of the
-/// remaining flagged paths (at least two) is blamed when at least half of
-/// its known paths are flagged and some path not touching it is clean (with
-/// two nodes nothing is clean elsewhere: no blame). What no node explains
-/// is reported per node pair.
-fn attribute(kind: FindingKind, flagged: &[Flagged], known: &[(&str, &str)]) -> Vec<Condition> {
-    let is_flagged: BTreeSet<(&str, &str)> = flagged.iter().map(|f| (f.from, f.to)).collect();
-    let touches = |n: &str, (a, b): (&str, &str)| a == n || b == n;
-    let mut residual: Vec<&Flagged> = flagged.iter().collect();
-    let mut out = Vec::new();
-    loop {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for f in &residual {
-            *counts.entry(f.from).or_default() += 1;
-            *counts.entry(f.to).or_default() += 1;
-        }
-        let mut ranked: Vec<(&str, usize)> = counts.into_iter().filter(|(_, n)| *n >= 2).collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let blamed = ranked.into_iter().map(|(n, _)| n).find(|&n| {
-            let mine: Vec<_> = known.iter().filter(|p| touches(n, **p)).collect();
-            let mine_flagged = mine.iter().filter(|p| is_flagged.contains(p)).count();
-            let clean_elsewhere = known
-                .iter()
-                .any(|p| !touches(n, *p) && !is_flagged.contains(p));
-            2 * mine_flagged >= mine.len() && clean_elsewhere
-        });
-        let Some(node) = blamed else { break };
-        let (mine, rest): (Vec<&Flagged>, Vec<&Flagged>) = residual
-            .into_iter()
-            .partition(|f| touches(node, (f.from, f.to)));
-        residual = rest;
-        out.push(node_condition(kind, node, &mine));
-    }
-    let mut by_pair: BTreeMap<(&str, &str), Vec<&Flagged>> = BTreeMap::new();
-    for f in residual {
-        let key = if f.from <= f.to {
-            (f.from, f.to)
-        } else {
-            (f.to, f.from)
+/// The host-network paths of the same rule, to tell the layer.
+struct HostLayer<'a> {
+    /// Per node: known host paths touching it, and how many are flagged.
+    by_node: BTreeMap<&'a str, (usize, usize)>,
+    /// Flagged host paths, directed.
+    flagged: BTreeSet<(&'a str, &'a str)>,
+    lines: Vec<String>,
+}
+
+impl<'a> HostLayer<'a> {
+    fn new(paths: &[Candidate<'a>], judged: &[Judged]) -> Self {
+        let mut layer = HostLayer {
+            by_node: BTreeMap::new(),
+            flagged: BTreeSet::new(),
+            lines: Vec::new(),
         };
-        by_pair.entry(key).or_default().push(f);
+        for ((from, cell, _), j) in paths.iter().zip(judged) {
+            for node in [*from, cell.to.as_str()] {
+                let e = layer.by_node.entry(node).or_default();
+                e.0 += 1;
+                e.1 += usize::from(j.line.is_some());
+            }
+            if let Some(line) = &j.line {
+                layer.flagged.insert((*from, cell.to.as_str()));
+                layer.lines.push(format!("host network: {line}"));
+            }
+        }
+        layer
     }
-    out.extend(
-        by_pair
-            .into_iter()
-            .map(|((a, b), paths)| pair_condition(kind, a, b, &paths)),
-    );
+
+    /// Most of `node`'s host paths suffer too: the node network.
+    fn node_suffers(&self, node: &str) -> bool {
+        self.by_node
+            .get(node)
+            .is_some_and(|(known, flagged)| *known > 0 && 2 * flagged >= *known)
+    }
+
+    fn pair_suffers(&self, a: &str, b: &str) -> bool {
+        self.flagged.contains(&(a, b)) || self.flagged.contains(&(b, a))
+    }
+
+    /// Up to three of the flagged host lines touching `nodes`.
+    fn lines_about(&self, nodes: &[&str]) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter(|l| {
+                nodes
+                    .iter()
+                    .any(|n| l.contains(&format!("{n} -> ")) || l.contains(&format!("-> {n}:")))
+            })
+            .take(3)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Attributes the flagged pod paths to nodes or pairs ([`localize`]) and
+/// tells the layer from the host paths.
+fn attribute(
+    kind: FindingKind,
+    paths: &[Candidate],
+    judged: &[Judged],
+    host: &HostLayer,
+) -> Vec<Condition> {
+    let votes: Vec<PathVote> = paths
+        .iter()
+        .zip(judged)
+        .map(|((from, cell, _), j)| PathVote {
+            from,
+            to: &cell.to,
+            flagged: j.line.is_some(),
+            tainted: j.tainted,
+        })
+        .collect();
+    let localized = localize(&votes);
+    let flagged_of = |indices: &[usize]| -> Vec<Flagged> {
+        indices
+            .iter()
+            .filter_map(|&i| {
+                let (from, cell, _) = paths[i];
+                judged[i].line.clone().map(|line| Flagged {
+                    from,
+                    to: &cell.to,
+                    line,
+                })
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (node, indices) in &localized.nodes {
+        let layer = Layer::of(host.node_suffers(node), host.lines_about(&[node]));
+        out.push(node_condition(kind, node, &flagged_of(indices), layer));
+    }
+    for ((a, b), indices) in &localized.pairs {
+        let layer = Layer::of(host.pair_suffers(a, b), host.lines_about(&[a, b]));
+        out.push(pair_condition(kind, a, b, &flagged_of(indices), layer));
+    }
     out
 }
 
-fn paths_of(flagged: &[&Flagged]) -> Vec<Path> {
+/// Where the trouble is: only the pod network, or the node network too.
+enum Layer {
+    Pod,
+    /// The host-network paths suffer too; their evidence lines.
+    Node(Vec<String>),
+}
+
+impl Layer {
+    fn of(host_suffers: bool, lines: Vec<String>) -> Layer {
+        if host_suffers {
+            Layer::Node(lines)
+        } else {
+            Layer::Pod
+        }
+    }
+}
+
+fn paths_of(flagged: &[Flagged]) -> Vec<Path> {
     flagged
         .iter()
         .map(|f| Path {
@@ -250,57 +331,96 @@ fn paths_of(flagged: &[&Flagged]) -> Vec<Path> {
         .collect()
 }
 
-fn node_condition(kind: FindingKind, node: &str, flagged: &[&Flagged]) -> Condition {
-    let (summary, hint) = texts(kind, node, flagged.len());
+fn node_condition(kind: FindingKind, node: &str, flagged: &[Flagged], layer: Layer) -> Condition {
+    let (summary, hint) = texts(kind, node, flagged.len(), &layer);
+    let mut evidence: Vec<String> = flagged.iter().map(|f| f.line.clone()).collect();
+    if let Layer::Node(lines) = layer {
+        evidence.splice(0..0, lines);
+    }
     Condition::new(
         kind,
         Subject::Node(node.to_owned()),
         vec![node.to_owned()],
         summary,
-        capped(flagged.iter().map(|f| f.line.clone()).collect()),
+        capped(evidence),
         hint,
     )
     .with_paths(paths_of(flagged))
 }
 
-fn pair_condition(kind: FindingKind, a: &str, b: &str, flagged: &[&Flagged]) -> Condition {
-    let (summary, hint) = texts(kind, &format!("{a} and {b}"), flagged.len());
+fn pair_condition(
+    kind: FindingKind,
+    a: &str,
+    b: &str,
+    flagged: &[Flagged],
+    layer: Layer,
+) -> Condition {
+    let (summary, hint) = texts(kind, &format!("{a} and {b}"), flagged.len(), &layer);
+    let mut evidence: Vec<String> = flagged.iter().map(|f| f.line.clone()).collect();
+    if let Layer::Node(lines) = layer {
+        evidence.splice(0..0, lines);
+    }
     Condition::new(
         kind,
         Subject::pair(a, b),
         vec![a.to_owned(), b.to_owned()],
         summary,
-        flagged.iter().map(|f| f.line.clone()).collect(),
+        capped(evidence),
         hint,
     )
     .with_paths(paths_of(flagged))
 }
 
 /// Summary and hint of a quality finding about `who` (a node, or "A and B").
-fn texts(kind: FindingKind, who: &str, paths: usize) -> (String, String) {
-    match kind {
-        FindingKind::PacketLoss => (
+fn texts(kind: FindingKind, who: &str, paths: usize, layer: &Layer) -> (String, String) {
+    let node_network = matches!(layer, Layer::Node(_));
+    match (kind, node_network) {
+        (FindingKind::PacketLoss, false) => (
             format!(
-                "pod traffic to and from {who} loses packets ({paths} path(s) over the last rounds), though it gets through"
+                "pod traffic to and from {who} loses packets ({paths} path(s) over the last rounds), though it gets through, while the node network between the same nodes is clean: the pod network"
             ),
             format!(
-                "check {who}'s interfaces for drops and errors (ip -s link show eth0; ip -s link show flannel.1; ethtool -S eth0), a saturated or flapping link, conntrack table full (dmesg | grep conntrack), and the CNI agent's logs"
-            ),
-        ),
-        FindingKind::MtuMismatch => (
-            format!(
-                "small packets to and from {who} pass but full-size ones with Don't Fragment are lost ({paths} path(s)): an MTU mismatch"
-            ),
-            format!(
-                "compare MTUs on {who} and the other nodes (ip link show eth0; ip -d link show flannel.1; calico: vxlan.calico/tunl0, cilium: cilium_vxlan): the overlay device must be the underlay MTU minus its overhead (VXLAN 50 bytes, IP-in-IP 20, WireGuard 60) and pods' eth0 no larger (calico veth_mtu, cilium --mtu); look for firewall rules matching packet length (iptables -S | grep length)"
+                "check {who}'s pod network: the overlay device and the pods' bridge for drops (ip -s link show flannel.1; ip -s link show cni0), conntrack table full (dmesg | grep conntrack), filters matching the overlay (iptables -S | grep -e statistic -e 8472), and the CNI agent's logs"
             ),
         ),
-        _ => (
+        (FindingKind::PacketLoss, true) => (
+            format!(
+                "traffic to and from {who} loses packets on the node network itself ({paths} pod path(s), and the host-network paths as well): the node's network or the underlay, not the pod network"
+            ),
+            format!(
+                "check {who}'s node network: its NIC and link for drops and errors (ip -s link show eth0; ethtool -S eth0; dmesg), a saturated or flapping link, the switch port, and the path between the nodes (VPC, security groups, firewalls on eth0); the pod network rides on it and will recover with it"
+            ),
+        ),
+        (FindingKind::MtuMismatch, false) => (
+            format!(
+                "small packets to and from {who} pass but full-size ones with Don't Fragment are lost ({paths} path(s)), while the node network passes them: an MTU mismatch in the pod network"
+            ),
+            format!(
+                "compare MTUs on {who} and the other nodes (ip -d link show flannel.1; calico: vxlan.calico/tunl0, cilium: cilium_vxlan; the pods' eth0): the overlay device must be the underlay MTU minus its overhead (VXLAN 50 bytes, IP-in-IP 20, WireGuard 60) and pods' eth0 no larger (calico veth_mtu, cilium --mtu); look for firewall rules matching packet length (iptables -S | grep length)"
+            ),
+        ),
+        (FindingKind::MtuMismatch, true) => (
+            format!(
+                "full-size packets with Don't Fragment to and from {who} are lost on the node network itself ({paths} pod path(s), and the host-network paths as well): the underlay's MTU, not the overlay's"
+            ),
+            format!(
+                "compare the node network's MTU on {who} and along the path (ip link show eth0 on each node; tracepath <other node IP>): a link, tunnel or VPN between the nodes with a smaller MTU, or ICMP \"fragmentation needed\" filtered on the way; lower the underlay-facing MTU consistently, then the overlay's below it"
+            ),
+        ),
+        (_, false) => (
             format!(
                 "pod traffic to and from {who} is much slower than the rest of the cluster ({paths} path(s))"
             ),
             format!(
                 "check {who}'s load and links: CPU steal and saturation (top, vmstat), interface queues and errors (ip -s link; tc -s qdisc), and the path between the nodes"
+            ),
+        ),
+        (_, true) => (
+            format!(
+                "traffic to and from {who} is much slower than the rest of the cluster on the node network too ({paths} pod path(s), and the host-network paths as well)"
+            ),
+            format!(
+                "check {who}'s node: CPU steal and saturation (top, vmstat), its NIC's queues and errors (ip -s link show eth0; tc -s qdisc show dev eth0), and the path between the nodes"
             ),
         ),
     }
