@@ -177,10 +177,7 @@ async fn wait_alerts(
             .alerts()
             .await
             .unwrap_or_else(|e| panic!("GET alerts: {e}"));
-        for a in alerts.iter().filter(|a| a.state == "firing") {
-            let node = a.labels.get("node").map_or("", String::as_str);
-            fired.insert(format!("{}{{node={node}}}", a.name()));
-        }
+        record_firing(&alerts, fired);
         if done(&alerts) {
             return started.elapsed();
         }
@@ -189,6 +186,14 @@ async fn wait_alerts(
             "timed out after {timeout:?} waiting for {what}; alerts: {alerts:#?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Adds every firing alert, as `NAME{node=NODE}`, to `fired`.
+fn record_firing(alerts: &[Alert], fired: &mut BTreeSet<String>) {
+    for a in alerts.iter().filter(|a| a.state == "firing") {
+        let node = a.labels.get("node").map_or("", String::as_str);
+        fired.insert(format!("{}{{node={node}}}", a.name()));
     }
 }
 
@@ -382,10 +387,7 @@ async fn a_flapping_fault_is_one_held_finding_and_its_alerts_fire() {
             }
         }
         let alerts = prometheus.alerts().await.unwrap_or_else(|e| panic!("{e}"));
-        for a in alerts.iter().filter(|a| a.state == "firing") {
-            let node = a.labels.get("node").map_or("", String::as_str);
-            fired.insert(format!("{}{{node={node}}}", a.name()));
-        }
+        record_firing(&alerts, &mut fired);
         let firing = |name: &str| {
             alerts.iter().any(|a| {
                 a.name() == name

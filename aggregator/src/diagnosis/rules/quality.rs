@@ -208,17 +208,15 @@ fn this_round(from: &str, cell: &Cell) -> String {
 struct HostLayer<'a> {
     /// Per node: known host paths touching it, and how many are flagged.
     by_node: BTreeMap<&'a str, (usize, usize)>,
-    /// Flagged host paths, directed.
-    flagged: BTreeSet<(&'a str, &'a str)>,
-    lines: Vec<String>,
+    /// Flagged host paths, directed, with their evidence lines.
+    flagged: BTreeMap<(&'a str, &'a str), String>,
 }
 
 impl<'a> HostLayer<'a> {
     fn new(paths: &[Candidate<'a>], judged: &[Judged]) -> Self {
         let mut layer = HostLayer {
             by_node: BTreeMap::new(),
-            flagged: BTreeSet::new(),
-            lines: Vec::new(),
+            flagged: BTreeMap::new(),
         };
         for ((from, cell, _), j) in paths.iter().zip(judged) {
             for node in [*from, cell.to.as_str()] {
@@ -227,8 +225,9 @@ impl<'a> HostLayer<'a> {
                 e.1 += usize::from(j.line.is_some());
             }
             if let Some(line) = &j.line {
-                layer.flagged.insert((*from, cell.to.as_str()));
-                layer.lines.push(format!("host network: {line}"));
+                layer
+                    .flagged
+                    .insert((*from, cell.to.as_str()), format!("host network: {line}"));
             }
         }
         layer
@@ -242,20 +241,16 @@ impl<'a> HostLayer<'a> {
     }
 
     fn pair_suffers(&self, a: &str, b: &str) -> bool {
-        self.flagged.contains(&(a, b)) || self.flagged.contains(&(b, a))
+        self.flagged.contains_key(&(a, b)) || self.flagged.contains_key(&(b, a))
     }
 
     /// Up to three of the flagged host lines touching `nodes`.
     fn lines_about(&self, nodes: &[&str]) -> Vec<String> {
-        self.lines
+        self.flagged
             .iter()
-            .filter(|l| {
-                nodes
-                    .iter()
-                    .any(|n| l.contains(&format!("{n} -> ")) || l.contains(&format!("-> {n}:")))
-            })
+            .filter(|((from, to), _)| nodes.contains(from) || nodes.contains(to))
             .take(3)
-            .cloned()
+            .map(|(_, line)| line.clone())
             .collect()
     }
 }
