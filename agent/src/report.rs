@@ -44,10 +44,10 @@ use tokio::sync::watch;
 use crate::metrics::{Metrics, ReportOutcome};
 
 /// Longest pause between delivery attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(netmatrix_api::REPORT_BACKOFF_MAX_MS);
 /// Longest pause between delivery attempts, in rounds (fast rounds retry
 /// sooner than [`MAX_BACKOFF`]).
-pub const MAX_BACKOFF_ROUNDS: u32 = 10;
+pub const MAX_BACKOFF_ROUNDS: u32 = netmatrix_api::REPORT_BACKOFF_MAX_ROUNDS;
 
 /// Where aggregator pods are (the discovery's last known view).
 pub type AggregatorPods = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;

@@ -1,14 +1,16 @@
 //! The aggregator's shared state and the operations on it: ingesting a
 //! report, building the matrix, and one evaluation round.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use netmatrix_api::{Finding, Findings, Matrix};
 
 use crate::auth::{Authenticator, Sender};
 use crate::config::Args;
-use crate::diagnosis::{self, Context, CutRecovery, DiagnosisPolicy, Hysteresis};
+use crate::diagnosis::{
+    self, AgentDown, Context, CutRecovery, DiagnosisPolicy, Hysteresis, SilenceGate,
+};
 use crate::inventory::{Inventory, InventorySource};
 use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
 use crate::metrics::Metrics;
@@ -96,6 +98,8 @@ struct NodeSets {
     states: NodeStates,
     /// Nodes whose pod agent the API lists as Running (`None`: no API).
     running: Option<BTreeSet<String>>,
+    /// Why the API says some nodes' agents cannot run (`None`: no API).
+    down: Option<BTreeMap<String, AgentDown>>,
 }
 
 pub struct Aggregator {
@@ -109,6 +113,9 @@ pub struct Aggregator {
     hysteresis: Mutex<Hysteresis>,
     /// Nodes back from an underlay cut, whose agents may still be backing off.
     recovery: Mutex<CutRecovery>,
+    /// Whether agents have had time to report since this aggregator started
+    /// or was last stalled.
+    silence: Mutex<SilenceGate>,
     /// The latest hysteresis output, served by `GET /api/v1/findings`.
     findings: RwLock<Arc<Findings>>,
     /// The matrix of the latest evaluation round, served by the matrix
@@ -141,6 +148,7 @@ impl Aggregator {
                     .with_flap_window(settings.flap_window),
             ),
             recovery: Mutex::new(CutRecovery::default()),
+            silence: Mutex::new(SilenceGate::default()),
             findings: RwLock::new(Arc::new(Findings {
                 generated_unix_ms: system_clock(),
                 findings: Vec::new(),
@@ -303,7 +311,7 @@ impl Aggregator {
 
     /// The matrix, the expected nodes, and the nodes whose pod agent is
     /// Running per the API (`None` without Kubernetes).
-    fn matrix_at(&self, now: u64) -> (Built, BTreeSet<String>, Option<BTreeSet<String>>) {
+    fn matrix_at(&self, now: u64) -> (Built, NodeSets) {
         let store = self.lock_store();
         let nodes = self.node_sets(&store, now);
         let built = matrix::build(
@@ -313,7 +321,7 @@ impl Aggregator {
             &self.settings.policy,
             now,
         );
-        (built, nodes.expected, nodes.running)
+        (built, nodes)
     }
 
     /// With Kubernetes: every node the API lists is known, the Ready ones
@@ -326,18 +334,21 @@ impl Aggregator {
                 expected: inventory.expected_nodes(now, self.settings.node_grace_ms),
                 states: Some(inventory.node_states(now, self.settings.node_grace_ms)),
                 running: Some(inventory.running_pod_agents()),
+                down: Some(inventory.agents_down.clone()),
             },
             Some(_) => NodeSets {
                 known: BTreeSet::new(),
                 expected: BTreeSet::new(),
                 states: Some(Default::default()),
                 running: Some(BTreeSet::new()),
+                down: Some(BTreeMap::new()),
             },
             None => NodeSets {
                 known: store.seen_nodes().clone(),
                 expected: store.seen_nodes().clone(),
                 states: None,
                 running: None,
+                down: None,
             },
         }
     }
@@ -352,14 +363,37 @@ impl Aggregator {
     pub fn evaluate(&self) -> Arc<Findings> {
         let now = self.now();
         self.forget_departed_nodes(now);
-        let (built, mut expected, running) = self.matrix_at(now);
+        let (built, nodes) = self.matrix_at(now);
+        let mut expected = nodes.expected;
         let grace = self.settings.node_grace_ms;
         let mut recovery = self.recovery.lock().unwrap_or_else(PoisonError::into_inner);
         recovery.exclude_recovering(&mut expected, now, grace);
         let matrix = Arc::new(built.matrix);
+        let policy = &self.settings.policy;
+        // After its start or a stall, agents that failed to deliver are
+        // backing off, up to their longest pause: wait for that, and for a
+        // report to be fresh, before reading silence.
+        let backoff_ms = policy
+            .interval_ms
+            .saturating_mul(u64::from(netmatrix_api::REPORT_BACKOFF_MAX_ROUNDS))
+            .min(netmatrix_api::REPORT_BACKOFF_MAX_MS);
+        let listen_ms = policy
+            .interval_ms
+            .saturating_mul(u64::from(policy.stale_after))
+            .saturating_add(backoff_ms);
+        // Rounds are `interval` apart (a slow round delays the next by its
+        // own length); two intervals without one is the aggregator stalled.
+        let stall_ms = policy.interval_ms.saturating_mul(2).max(2_000);
+        let judge_silence = self
+            .silence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(now, listen_ms, stall_ms);
         let context = Context {
             expected: &expected,
-            pod_agents_running: running.as_ref(),
+            pod_agents_running: nodes.running.as_ref(),
+            agents_down: nodes.down.as_ref(),
+            judge_silence,
             check_targets: &built.targets,
             windows: &built.windows,
             policy: &self.settings.diagnosis,
@@ -469,12 +503,17 @@ mod tests {
 
         // n2 falls silent; n1 keeps reporting every 5 s.
         let mut findings = Vec::new();
-        for round in 1..=6 {
+        for round in 1..=16 {
             NOW.store(round * 5000, Ordering::SeqCst);
             post(&aggregator, 0, "n1");
             findings = aggregator.evaluate().findings.clone();
+            if round < 16 {
+                assert_eq!(findings, [], "round {round}");
+            }
         }
-        // Stale after 15 s (round 4), raised on the third round (round 6).
+        // Stale after 15 s, but silence is judged only 65 s after the first
+        // round (a report's freshness, 15 s, and the agents' longest
+        // backoff, 10 rounds): from round 14, raised on its third (16).
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert_eq!(findings[0].kind, FindingKind::AgentMissing);
         assert_eq!(findings[0].nodes, ["n2"]);

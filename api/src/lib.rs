@@ -38,6 +38,15 @@ pub const MATRIX_PATH: &str = "/api/v1/matrix";
 /// `GET` a [`Findings`] here.
 pub const FINDINGS_PATH: &str = "/api/v1/findings";
 
+/// Longest pause, in milliseconds, between an agent's attempts to deliver
+/// a report after failures. The aggregator waits this long (beside its
+/// freshness window) after its own start or stall before it reads the
+/// agents' silence.
+pub const REPORT_BACKOFF_MAX_MS: u64 = 60_000;
+/// The same pause in rounds of the probe interval (fast rounds retry
+/// sooner than [`REPORT_BACKOFF_MAX_MS`]).
+pub const REPORT_BACKOFF_MAX_ROUNDS: u32 = 10;
+
 /// Which network an agent probes from.
 ///
 /// Pod-network and host-network results are kept apart so that "pod path

@@ -1,5 +1,5 @@
 //! The emulated cluster's state: what etcd holds for the objects netmatrix
-//! reads (Nodes, Pods, Services, as k8s-openapi types), one global
+//! reads (Nodes, Pods, Services, Events, as k8s-openapi types), one global
 //! resourceVersion, and a bounded history of changes for watchers.
 //!
 //! Every change bumps the resourceVersion and stamps it into the object, as
@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec,
-    PodStatus, Service, ServicePort, ServiceSpec,
+    Event as KubeEvent, EventSource, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus,
+    ObjectReference, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service, ServicePort,
+    ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -36,6 +37,8 @@ pub enum Kind {
     Node,
     Pod,
     Service,
+    /// `core/v1` Events (what `kubectl describe` shows under "Events").
+    Event,
 }
 
 impl Kind {
@@ -45,6 +48,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
+            Kind::Event => "Event",
         }
     }
 
@@ -54,12 +58,13 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Pod => "pods",
             Kind::Service => "services",
+            Kind::Event => "events",
         }
     }
 
     /// The kind from a URL's resource name.
     pub fn from_plural(plural: &str) -> Option<Kind> {
-        [Kind::Node, Kind::Pod, Kind::Service]
+        [Kind::Node, Kind::Pod, Kind::Service, Kind::Event]
             .into_iter()
             .find(|k| k.plural() == plural)
     }
@@ -121,6 +126,7 @@ struct Inner {
     nodes: BTreeMap<Key, Node>,
     pods: BTreeMap<Key, Pod>,
     services: BTreeMap<Key, Service>,
+    events: BTreeMap<Key, KubeEvent>,
     history: VecDeque<Arc<Event>>,
     /// resourceVersion of the newest event dropped from `history`.
     evicted: u64,
@@ -150,6 +156,13 @@ impl Stored for Service {
     const STORED: Kind = Kind::Service;
     fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
         &mut inner.services
+    }
+}
+
+impl Stored for KubeEvent {
+    const STORED: Kind = Kind::Event;
+    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
+        &mut inner.events
     }
 }
 
@@ -222,6 +235,7 @@ impl ClusterState {
             Kind::Node => to_json(Node::table(&mut inner).values()),
             Kind::Pod => to_json(Pod::table(&mut inner).values()),
             Kind::Service => to_json(Service::table(&mut inner).values()),
+            Kind::Event => to_json(KubeEvent::table(&mut inner).values()),
         };
         (inner.rv, items)
     }
@@ -237,6 +251,7 @@ impl ClusterState {
             Kind::Node => Node::table(&mut inner).get(&key).and_then(json),
             Kind::Pod => Pod::table(&mut inner).get(&key).and_then(json),
             Kind::Service => Service::table(&mut inner).get(&key).and_then(json),
+            Kind::Event => KubeEvent::table(&mut inner).get(&key).and_then(json),
         }
     }
 
@@ -301,11 +316,26 @@ impl ClusterState {
     pub fn set_node_ready(&self, name: &str, ready: bool) -> bool {
         self.modify::<Node>("", name, |node| {
             let status = node.status.get_or_insert_with(Default::default);
-            set_condition(
-                status.conditions.get_or_insert_with(Vec::new),
-                "Ready",
-                ready,
-            );
+            let conditions = status.conditions.get_or_insert_with(Vec::new);
+            set_condition(conditions, "Ready", ready);
+            if let Some(ready) = conditions.iter_mut().find(|c| c.type_ == "Ready") {
+                ready.reason = None;
+                ready.message = None;
+            }
+        })
+    }
+
+    /// Sets a node's Ready condition to `False` with the kubelet's reason
+    /// and message (`kubectl describe node` shows them).
+    pub fn set_node_not_ready(&self, name: &str, reason: &str, message: &str) -> bool {
+        self.modify::<Node>("", name, |node| {
+            let status = node.status.get_or_insert_with(Default::default);
+            let conditions = status.conditions.get_or_insert_with(Vec::new);
+            set_condition(conditions, "Ready", false);
+            if let Some(ready) = conditions.iter_mut().find(|c| c.type_ == "Ready") {
+                ready.reason = Some(reason.to_owned());
+                ready.message = Some(message.to_owned());
+            }
         })
     }
 
@@ -329,6 +359,77 @@ impl ClusterState {
         self.modify::<Pod>(namespace, name, |pod| {
             pod.metadata.deletion_timestamp.get_or_insert_with(now);
         })
+    }
+
+    /// Records an Event about a pod, as the kubelet's event recorder does:
+    /// a repeat of the same reason and message bumps the existing Event's
+    /// `count` and `lastTimestamp` (the client-side correlator's
+    /// aggregation) instead of creating another. Returns whether the pod
+    /// exists.
+    pub fn record_pod_event(
+        &self,
+        namespace: &str,
+        pod: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) -> bool {
+        let mut inner = self.lock();
+        let key = (namespace.to_owned(), pod.to_owned());
+        let Some(pod) = inner.pods.get(&key).cloned() else {
+            return false;
+        };
+        let uid = pod.metadata.uid.clone();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let same = |e: &KubeEvent| {
+            e.involved_object.uid == uid
+                && e.reason.as_deref() == Some(reason)
+                && e.message.as_deref() == Some(message)
+        };
+        let existing = inner.events.values().find(|e| same(e)).cloned();
+        let event = match existing {
+            Some(mut event) => {
+                event.count = Some(event.count.unwrap_or(1) + 1);
+                event.last_timestamp = Some(now());
+                event
+            }
+            None => KubeEvent {
+                metadata: ObjectMeta {
+                    // The recorder's name: the object's and a unique suffix.
+                    name: Some(format!(
+                        "{}.{}",
+                        pod.metadata.name.as_deref().unwrap_or(""),
+                        &new_uid()[..8]
+                    )),
+                    namespace: Some(namespace.to_owned()),
+                    ..Default::default()
+                },
+                involved_object: ObjectReference {
+                    api_version: Some("v1".to_owned()),
+                    kind: Some("Pod".to_owned()),
+                    name: pod.metadata.name.clone(),
+                    namespace: Some(namespace.to_owned()),
+                    uid,
+                    resource_version: pod.metadata.resource_version.clone(),
+                    ..Default::default()
+                },
+                reason: Some(reason.to_owned()),
+                message: Some(message.to_owned()),
+                type_: Some(type_.to_owned()),
+                count: Some(1),
+                first_timestamp: Some(now()),
+                last_timestamp: Some(now()),
+                source: Some(EventSource {
+                    component: Some("kubelet".to_owned()),
+                    host: node.clone(),
+                }),
+                reporting_component: Some("kubelet".to_owned()),
+                reporting_instance: node,
+                ..Default::default()
+            },
+        };
+        self.apply_locked(&mut inner, event);
+        true
     }
 
     fn node_internal_ip(&self, node: &str) -> Option<String> {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::apiserver::tokens::{KeyError, TokenAuthority};
 use crate::cluster::ClusterState;
 use crate::dns::{self, DnsControl};
-use crate::faults::{self, Fault, FaultError, Hooks};
+use crate::faults::{self, Fault, FaultError, FaultKind, Hooks};
 use crate::netns::{self, NetnsError};
 use crate::network;
 use crate::pki::{LabPki, PkiError};
@@ -486,6 +486,12 @@ impl Lab {
         names.join(", ")
     }
 
+    /// Freezes the aggregator process (SIGSTOP) or lets it resume: the
+    /// aggregator's own stall, which must not read as every agent silent.
+    pub fn pause_aggregator(&self, paused: bool) -> Result<(), LabError> {
+        Ok(self.procs.pause("aggregator", paused)?)
+    }
+
     /// Undoes every applied fault, newest first. Returns what was healed.
     pub fn heal(&self) -> Result<Vec<Fault>, LabError> {
         let mut applied = lock(&self.faults);
@@ -835,6 +841,47 @@ impl Hooks for Lab {
             .start(spec)
             .map(|_| ())
             .map_err(|e| FaultError::Lab(e.to_string()))
+    }
+
+    /// As a DaemonSet re-creates a pod (a rollout, an eviction): the old
+    /// pod goes, a new one (new UID) comes, and here it does not start.
+    fn agent_pod_trouble(
+        &self,
+        node: &NodePlan,
+        fault: Option<FaultKind>,
+    ) -> Result<(), FaultError> {
+        let pod = &node.agent.name;
+        let Some(kind) = fault else {
+            self.cluster.delete_pod(NAMESPACE, pod);
+            self.cluster.apply_pod(objects::agent_pod(node));
+            self.cluster.set_node_ready(&node.name, true);
+            return self.start_agent(node);
+        };
+        let troubled = match kind {
+            FaultKind::AgentSandboxFails => objects::sandbox_fails(node),
+            FaultKind::AgentImagePull => objects::image_not_pulled(node),
+            FaultKind::CniNotReady => objects::network_not_ready(node),
+            other => {
+                return Err(FaultError::Lab(format!(
+                    "{other} is not an agent pod fault"
+                )));
+            }
+        };
+        self.stop_agent(node)?;
+        if kind == FaultKind::CniNotReady {
+            self.cluster.set_node_not_ready(
+                &node.name,
+                "KubeletNotReady",
+                objects::CNI_NOT_INITIALIZED,
+            );
+        }
+        self.cluster.delete_pod(NAMESPACE, pod);
+        self.cluster.apply_pod(troubled.pod);
+        for (type_, reason, message) in &troubled.events {
+            self.cluster
+                .record_pod_event(NAMESPACE, pod, type_, reason, message);
+        }
+        Ok(())
     }
 }
 

@@ -190,6 +190,19 @@ impl Processes {
         Ok(spec)
     }
 
+    /// Freezes process `name` (SIGSTOP) or lets it go on (SIGCONT): a
+    /// process starved of CPU, or paused by its runtime, as a whole.
+    pub fn pause(&self, name: &str, paused: bool) -> Result<(), ProcessError> {
+        let running = lock(&self.running);
+        let (_, child) = running
+            .get(name)
+            .ok_or_else(|| ProcessError::Unknown(name.to_string()))?;
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child, not yet reaped (we hold it).
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        Ok(())
+    }
+
     /// Names of processes that have exited on their own, with their status.
     pub fn exited(&self) -> Vec<(String, String)> {
         lock(&self.running)

@@ -241,9 +241,15 @@ async fn run_catalog(nodes: usize, cases: Vec<Case>) {
 async fn run_catalog_in(config: LabConfig, cases: Vec<Case>) {
     let nodes = config.nodes;
     let lab = healthy_lab_with(config).await;
+    run_cases(&lab, nodes, &cases).await;
+    lab.down().await;
+}
+
+/// Runs the cases one after the other in `lab` and prints their timings.
+async fn run_cases(lab: &Lab, nodes: usize, cases: &[Case]) {
     let mut timings = Vec::new();
-    for case in &cases {
-        let (named, cleared) = run_case(&lab, nodes, case).await;
+    for case in cases {
+        let (named, cleared) = run_case(lab, nodes, case).await;
         timings.push(format!(
             "| `{}` | `{}` | {named:.1?} | {cleared:.1?} |",
             case.fault, case.kind
@@ -253,7 +259,6 @@ async fn run_catalog_in(config: LabConfig, cases: Vec<Case>) {
         "| fault | finding | named after | cleared after heal |\n|---|---|---|---|\n{}",
         timings.join("\n")
     );
-    lab.down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,29 +345,100 @@ async fn partition_names_both_groups() {
     .await;
 }
 
+/// Loss, MTU, and where they are: one lossy node is named once (not its
+/// peers, which share its lossy paths), two lossy nodes are both named,
+/// and loss on the node's own link is said to be the node network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quality_faults_are_named() {
-    run_catalog(
-        3,
-        vec![
-            Case::new(
-                Fault::loss("node-2", 30),
+    let nodes = 4;
+    let lab = healthy_lab(nodes).await;
+    let cases = vec![
+        Case::new(
+            Fault::loss("node-2", 30),
+            FindingKind::PacketLoss,
+            Names::Nodes(&["node-2"]),
+        )
+        .check(|s| {
+            said(
+                s,
                 FindingKind::PacketLoss,
-                Names::Nodes(&["node-2"]),
-            ),
-            Case::new(
-                Fault::mtu("node-2"),
-                FindingKind::MtuMismatch,
-                Names::Nodes(&["node-2"]),
-            ),
-            Case::new(
-                Fault::mtu_lower("node-3", 1200),
-                FindingKind::MtuMismatch,
-                Names::Nodes(&["node-3"]),
-            ),
-        ],
-    )
+                "pod traffic to and from node-2 loses packets",
+            )
+        }),
+        Case::new(
+            Fault::underlay_loss("node-3", 20),
+            FindingKind::PacketLoss,
+            Names::Nodes(&["node-3"]),
+        )
+        .check(|s| said(s, FindingKind::PacketLoss, "on the node network itself")),
+        Case::new(
+            Fault::mtu("node-2"),
+            FindingKind::MtuMismatch,
+            Names::Nodes(&["node-2"]),
+        ),
+        Case::new(
+            Fault::mtu_lower("node-3", 1200),
+            FindingKind::MtuMismatch,
+            Names::Nodes(&["node-3"]),
+        ),
+    ];
+    run_cases(&lab, nodes, &cases).await;
+
+    // Two lossy nodes: each named, nobody else, the path between them
+    // (lossy at both ends) not made a third finding.
+    lab.fault(Fault::loss("node-2", 30))
+        .expect("loss on node-2");
+    lab.fault(Fault::loss("node-4", 30))
+        .expect("loss on node-4");
+    let start = Instant::now();
+    let lossy = |f: &Finding| {
+        f.kind == FindingKind::PacketLoss && (f.nodes == ["node-2"] || f.nodes == ["node-4"])
+    };
+    let named = |s: &Snapshot, node: &str| {
+        s.findings
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::PacketLoss && f.nodes == [node])
+    };
+    let snap = watch(&lab, "packet-loss on node-2 and node-4", lossy, |s| {
+        named(s, "node-2") && named(s, "node-4")
+    })
     .await;
+    eprintln!(
+        "two lossy nodes named in {:.1?}\n{}",
+        start.elapsed(),
+        view::render(&snap.matrix, &snap.findings)
+    );
+    let hold = Instant::now();
+    watch(&lab, "both lossy nodes to hold", lossy, |s| {
+        assert!(
+            named(s, "node-2") && named(s, "node-4"),
+            "a lossy node's finding went away"
+        );
+        hold.elapsed() >= Duration::from_secs(4)
+    })
+    .await;
+    lab.heal().expect("heal");
+    watch(&lab, "no findings after healing both", lossy, |s| {
+        healthy(s, nodes)
+    })
+    .await;
+    lab.down().await;
+}
+
+/// Asserts the finding of `kind` says `text` in its summary.
+fn said(s: &Snapshot, kind: FindingKind, text: &str) {
+    let f = s
+        .findings
+        .findings
+        .iter()
+        .find(|f| f.kind == kind)
+        .expect("the finding");
+    assert!(
+        f.summary.contains(text),
+        "{kind} should say {text:?}, says {:?}",
+        f.summary
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,5 +641,83 @@ async fn a_second_fault_is_named_while_a_node_is_cut_off() {
         healthy(s, 3)
     })
     .await;
+    lab.down().await;
+}
+
+/// An agent pod that cannot run: the API says why (its status, its
+/// Events, its Node's Ready condition), and the finding says it. One node
+/// each: a re-created agent pod keeps its node joining for the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pods_that_cannot_run_are_named_with_their_reason() {
+    run_catalog(
+        4,
+        vec![
+            Case::new(
+                Fault::agent_sandbox_fails("node-2"),
+                FindingKind::AgentMissing,
+                Names::Nodes(&["node-2"]),
+            )
+            .evidence("FailedCreatePodSandBox")
+            .check(|s| {
+                said(
+                    s,
+                    FindingKind::AgentMissing,
+                    "the CNI fails to set up its network",
+                )
+            }),
+            Case::new(
+                Fault::agent_image_pull("node-3"),
+                FindingKind::AgentMissing,
+                Names::Nodes(&["node-3"]),
+            )
+            .evidence("Failed to pull image")
+            .check(|s| {
+                said(
+                    s,
+                    FindingKind::AgentMissing,
+                    "its image is not pulled (ImagePullBackOff)",
+                )
+            }),
+            Case::new(
+                Fault::cni_not_ready("node-4"),
+                FindingKind::AgentMissing,
+                Names::Nodes(&["node-4"]),
+            )
+            .evidence("cni plugin not initialized")
+            .check(|s| {
+                said(
+                    s,
+                    FindingKind::AgentMissing,
+                    "node-4 is NotReady because its container runtime's network is not ready",
+                )
+            }),
+        ],
+    )
+    .await;
+}
+
+/// The aggregator frozen for 30 s, every report queued or backed off
+/// meanwhile: when it resumes, no agent is blamed, and the cluster reads
+/// healthy again once the agents have caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_aggregator_blames_no_agent() {
+    let lab = healthy_lab(3).await;
+    lab.pause_aggregator(true).expect("freeze the aggregator");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    lab.pause_aggregator(false).expect("resume the aggregator");
+    let resumed = Instant::now();
+    let nothing = |_: &Finding| false;
+    // Through the agents' longest backoff and then some.
+    watch(
+        &lab,
+        "no finding after the aggregator's stall",
+        nothing,
+        |s| resumed.elapsed() >= Duration::from_secs(25) && healthy(s, 3),
+    )
+    .await;
+    eprintln!(
+        "healthy again without a finding, {:.1?} after resuming",
+        resumed.elapsed()
+    );
     lab.down().await;
 }

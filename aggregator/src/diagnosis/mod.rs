@@ -8,17 +8,21 @@
 //!    consecutive rounds, and clears it likewise, so one lost echo or one late
 //!    report pages nobody.
 
+mod agent_down;
 pub mod hysteresis;
 mod recovery;
 mod rules;
+mod silence;
 #[cfg(test)]
 mod tests;
 
+pub use agent_down::{AgentDown, DownCause, quote};
 pub use hysteresis::Hysteresis;
 pub use recovery::CutRecovery;
 pub use rules::evaluate;
+pub use silence::SilenceGate;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use netmatrix_api::{FindingKind, Path};
 
@@ -53,6 +57,13 @@ pub struct Context<'a> {
     /// without Kubernetes. A Running agent that is silent while no node
     /// reaches its node's pods is the node's pod network, not the agent.
     pub pod_agents_running: Option<&'a BTreeSet<String>>,
+    /// Nodes whose pod-network agent the API says cannot run, and why
+    /// (`None` without Kubernetes).
+    pub agents_down: Option<&'a BTreeMap<String, AgentDown>>,
+    /// Whether silence is judged this round. `false` for one freshness
+    /// window after the aggregator started or was stalled: agents have had
+    /// no chance to report yet, and their silence says nothing.
+    pub judge_silence: bool,
     /// `ip:port` behind service columns, quoted in evidence.
     pub check_targets: &'a CheckTargets,
     /// Each fresh path's last rounds (loss, MTU, latency are judged on them).

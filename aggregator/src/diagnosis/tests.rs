@@ -10,9 +10,11 @@ use netmatrix_api::{
     Path, ProbeError, Status,
 };
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Condition, Context, DiagnosisPolicy, Hysteresis, Subject, evaluate};
+use super::{
+    AgentDown, Condition, Context, DiagnosisPolicy, DownCause, Hysteresis, Subject, evaluate,
+};
 use crate::history::PathWindow;
 use crate::matrix::{CheckTargets, PathWindows};
 
@@ -31,6 +33,9 @@ struct Grid {
     windows: PathWindows,
     /// Nodes whose agent pod the API lists as Running (`None`: no API).
     running: Option<BTreeSet<String>>,
+    /// Why the API says agents cannot run (`None`: no API).
+    down: Option<BTreeMap<String, AgentDown>>,
+    judge_silence: bool,
 }
 
 fn ok_cell(to: &str) -> Cell {
@@ -110,7 +115,22 @@ impl Grid {
             targets,
             windows,
             running: None,
+            down: None,
+            judge_silence: true,
         }
+    }
+
+    /// The API says `node`'s agent cannot run, because of `cause`.
+    fn agent_down(mut self, node: &str, cause: DownCause, events: &[&str]) -> Self {
+        self.down.get_or_insert_with(BTreeMap::new).insert(
+            node.to_owned(),
+            AgentDown {
+                namespace: "netmatrix".to_owned(),
+                cause,
+                events: events.iter().map(|e| (*e).to_owned()).collect(),
+            },
+        );
+        self
     }
 
     /// The API lists every node's agent pod as Running.
@@ -377,6 +397,8 @@ impl Grid {
         let context = Context {
             expected,
             pod_agents_running: self.running.as_ref(),
+            agents_down: self.down.as_ref(),
+            judge_silence: self.judge_silence,
             check_targets: &self.targets,
             windows: &self.windows,
             policy: &policy,
@@ -948,6 +970,115 @@ fn catalog_agent_missing() {
     let c = only(&grid.conditions(), FindingKind::AgentMissing, &["n3"]);
     assert_eq!(c.evidence, ["n3: last report 1m 5s ago"]);
     assert!(c.hint.contains("spec.nodeName=n3"));
+}
+
+/// The API says why the agent does not run: the cause is in the finding,
+/// and a NotReady node is judged when its NotReady is the pod network.
+#[test]
+fn agent_missing_says_why_from_the_api() {
+    let sandbox = "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to set up sandbox container network: networkPlugin cni failed to set up pod \"netmatrix-agent-x_netmatrix\" network: unable to allocate IP address: dial tcp 127.0.0.1:6784: connect: connection refused";
+    let grid = Grid::new(3).silent("n2").agent_down(
+        "n2",
+        DownCause::SandboxFails {
+            pod: "netmatrix-agent-x".into(),
+            message: sandbox.into(),
+        },
+        &["FailedCreatePodSandBox (×7): Failed to create pod sandbox: ..."],
+    );
+    let c = only(&grid.conditions(), FindingKind::AgentMissing, &["n2"]);
+    assert!(
+        c.summary.contains("the CNI fails to set up its network"),
+        "{}",
+        c.summary
+    );
+    assert!(
+        c.summary.contains("connect: connection refused"),
+        "{}",
+        c.summary
+    );
+    assert!(c.evidence[1].starts_with("netmatrix/netmatrix-agent-x: FailedCreatePodSandBox"));
+    assert!(c.evidence[2].starts_with("event FailedCreatePodSandBox (×7)"));
+    assert!(c.hint.contains("check the CNI on n2"), "{}", c.hint);
+
+    let grid = Grid::new(3).silent("n2").agent_down(
+        "n2",
+        DownCause::ImageNotPulled {
+            pod: "netmatrix-agent-x".into(),
+            reason: "ImagePullBackOff".into(),
+            message: "Back-off pulling image \"ghcr.io/netmatrix/netmatrix:9.9\"".into(),
+        },
+        &[],
+    );
+    let c = only(&grid.conditions(), FindingKind::AgentMissing, &["n2"]);
+    assert!(
+        c.summary.contains("image is not pulled (ImagePullBackOff)"),
+        "{}",
+        c.summary
+    );
+    assert!(c.hint.contains("image.tag"), "{}", c.hint);
+
+    // NotReady nodes are not judged, unless their network is why.
+    let not_ready = Grid::new(3).silent("n2").state("n2", NodeState::NotReady);
+    assert_eq!(kinds(&not_ready.conditions()), []);
+    let cni = "KubeletNotReady: container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized";
+    let grid = Grid::new(3)
+        .silent("n2")
+        .state("n2", NodeState::NotReady)
+        .agent_down(
+            "n2",
+            DownCause::NodeNetworkNotReady {
+                message: cni.into(),
+            },
+            &[],
+        );
+    let c = only(&grid.conditions(), FindingKind::AgentMissing, &["n2"]);
+    assert!(
+        c.summary
+            .starts_with("n2 is NotReady because its container runtime's network is not ready")
+    );
+    assert!(
+        c.evidence[1].ends_with("cni plugin not initialized"),
+        "{:?}",
+        c.evidence
+    );
+}
+
+/// Every agent silent at once, no reason from the API: one finding about
+/// what they share, not one per node. Not judged at all while the
+/// aggregator has just started or resumed from a stall.
+#[test]
+fn every_agent_silent_at_once_is_one_finding() {
+    let mut grid = Grid::new(4);
+    for n in ["n1", "n2", "n3", "n4"] {
+        grid = grid.silent(n);
+    }
+    let conditions = grid.conditions();
+    let c = only(
+        &conditions,
+        FindingKind::AgentMissing,
+        &["n1", "n2", "n3", "n4"],
+    );
+    assert_eq!(c.subject, Subject::Cluster);
+    assert!(
+        c.summary.contains("the aggregator or the way to it"),
+        "{}",
+        c.summary
+    );
+
+    grid.judge_silence = false;
+    assert_eq!(kinds(&grid.conditions()), []);
+
+    // One reason known: each node is judged on its own.
+    let grid = grid.agent_down("n1", DownCause::NoPod, &[]);
+    let mut grid = grid;
+    grid.judge_silence = true;
+    let conditions = grid.conditions();
+    assert_eq!(conditions.len(), 4, "{:?}", kinds(&conditions));
+    assert!(
+        conditions
+            .iter()
+            .all(|c| c.kind == FindingKind::AgentMissing)
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! reflectors and watchers included, works against it:
 //! - `GET /version`, `/livez`, `/readyz`, `/healthz`, open to anyone as in
 //!   real clusters (`system:public-info-viewer`);
-//! - `GET /api/v1/{nodes,pods,services}`, namespaced under
-//!   `/api/v1/namespaces/{ns}/...` for pods and services, and single objects
+//! - `GET /api/v1/{nodes,pods,services,events}`, namespaced under
+//!   `/api/v1/namespaces/{ns}/...` for all but nodes, and single objects
 //!   by name, with the bearer token required (`401` and a `Status` body
 //!   otherwise);
 //! - lists as `{"kind": "PodList", "apiVersion": "v1", "metadata":

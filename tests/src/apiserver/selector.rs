@@ -70,7 +70,7 @@ impl Filter {
                     .iter()
                     .find(|(name, _)| *name == r.field)
                     .map_or("", |(_, default)| *default);
-                r.holds(&field_value(object, &r.field, absent))
+                r.holds(&field_value(object, field_path(&r.field), absent))
             })
     }
 }
@@ -93,6 +93,31 @@ fn field_labels(kind: Kind) -> &'static [(&'static str, &'static str)] {
             ("status.nominatedNodeName", ""),
         ],
         Kind::Service => &[("metadata.name", ""), ("metadata.namespace", "")],
+        // As the real registry's event strategy selects them.
+        Kind::Event => &[
+            ("metadata.name", ""),
+            ("metadata.namespace", ""),
+            ("involvedObject.kind", ""),
+            ("involvedObject.namespace", ""),
+            ("involvedObject.name", ""),
+            ("involvedObject.uid", ""),
+            ("involvedObject.apiVersion", ""),
+            ("involvedObject.resourceVersion", ""),
+            ("involvedObject.fieldPath", ""),
+            ("reason", ""),
+            ("reportingComponent", ""),
+            ("source", ""),
+            ("type", ""),
+        ],
+    }
+}
+
+/// Where a selectable field lives in the object: its name, except for an
+/// Event's `source`, which is `source.component`.
+fn field_path(field: &str) -> &str {
+    match field {
+        "source" => "source.component",
+        other => other,
     }
 }
 
@@ -468,6 +493,22 @@ mod tests {
             SelectorError::UnsupportedField("spec.unknown".into())
         );
         assert!(Filter::new(Kind::Node, None, None, Some("spec.nodeName=a")).is_err());
+        let events = Filter::new(
+            Kind::Event,
+            None,
+            None,
+            Some("involvedObject.kind=Pod,source=kubelet"),
+        )
+        .unwrap();
+        let event = serde_json::json!({
+            "metadata": {"name": "a.1", "namespace": "ns"},
+            "involvedObject": {"kind": "Pod", "name": "a"},
+            "source": {"component": "kubelet", "host": "node-1"}
+        });
+        assert!(events.matches(&event));
+        let mut other = event.clone();
+        other["involvedObject"]["kind"] = "Node".into();
+        assert!(!events.matches(&other));
         let node = json!({"metadata": {"name": "n"}, "spec": {}});
         let cordoned =
             Filter::new(Kind::Node, None, None, Some("spec.unschedulable=false")).unwrap();

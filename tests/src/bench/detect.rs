@@ -84,10 +84,15 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
         FaultKind::DnsStop | FaultKind::DnsServfail => FindingKind::DnsFailure,
         FaultKind::DnsHide => FindingKind::DnsStale,
         FaultKind::UnderlayCut => FindingKind::UnderlayBroken,
-        FaultKind::KillAgent => FindingKind::AgentMissing,
+        FaultKind::KillAgent
+        | FaultKind::AgentSandboxFails
+        | FaultKind::AgentImagePull
+        | FaultKind::CniNotReady => FindingKind::AgentMissing,
         // Raised from a loss window, not from the next rounds: its latency
         // is the window's, not the pipeline's.
-        FaultKind::Loss => bail!("bench detect does not time `loss` (a windowed finding)"),
+        FaultKind::Loss | FaultKind::UnderlayLoss => {
+            bail!("bench detect does not time `{fault}` (a windowed finding)")
+        }
     })
 }
 

@@ -11,6 +11,7 @@
 //! | `one-way A B` | flows initiated from A's pods to B's pods dropped in A's `FORWARD` | `asymmetric-path` |
 //! | `pair A B` | pod traffic between A's and B's pod subnets dropped, both ways | `pair-broken` |
 //! | `loss NODE [PERCENT]` | a random share (default 30 %) of the overlay packets arriving at the node dropped | `packet-loss` |
+//! | `underlay-loss NODE [PERCENT]` | a random share (default 20 %) of everything arriving at the node's underlay interface `eth0` dropped: tunnel and host-network traffic alike | `packet-loss`, said to be the node network |
 //! | `mtu NODE` | packets over 1200 bytes dropped through the node's overlay, both ways | `mtu-mismatch` |
 //! | `mtu-lower NODE [MTU]` | the node's `flannel.1` MTU lowered (default 1200) | `mtu-mismatch` |
 //! | `service-route NODE` | the `10.96.0.0/12` route is deleted in the node's pod namespaces: `connect: network is unreachable` | `clusterip-broken` |
@@ -24,11 +25,18 @@
 //! | `forwarding-off NODE` | `net.ipv4.ip_forward=0` in the node: its pods' packets are no longer routed off the node (nor others' to them) | `node-isolated` |
 //! | `forward-policy-drop NODE` | the node's `FORWARD` chain policy set to `DROP`, as a Docker install does | `node-isolated` |
 //! | `bridge-down NODE` | the node's pod bridge `cni0` set down | `node-isolated` |
+//! | `agent-sandbox-fails NODE` | the node's agent pod re-created, and its sandbox fails: `Pending`, `FailedCreatePodSandBox` Events with a CNI IPAM error (the agent process stopped) | `agent-missing`, saying the CNI fails to set up the pod |
+//! | `agent-image-pull NODE` | the node's agent pod re-created with an image that cannot be pulled: `ImagePullBackOff`, its `Failed` Events | `agent-missing`, saying the image is not pulled |
+//! | `cni-not-ready NODE` | the node `NotReady` with the kubelet's "cni plugin not initialized", its agent pod re-created and not started (`NetworkNotReady` Event) | `agent-missing`, saying the node's network plugin is not ready |
 //!
 //! The last three cut the node's pods off the node entirely, so its pod
 //! agent cannot report either: the aggregator must still name the node's
 //! pod network (from its host agent, the relayed report, or the API), not
 //! a missing agent.
+//!
+//! The last three change what the API says (the Kubernetes API emulator's
+//! objects and Events, in the kubelet's words) and stop the agent process,
+//! as a pod that never starts leaves it.
 //!
 //! The packet filters are in [`rules`].
 
@@ -73,6 +81,8 @@ pub enum FaultKind {
     Pair,
     /// NODE [PERCENT]: drop PERCENT % (default 30) of the overlay packets arriving at NODE.
     Loss,
+    /// NODE [PERCENT]: drop PERCENT % (default 20) of everything arriving at NODE's eth0 (node network and overlay alike).
+    UnderlayLoss,
     /// NODE: drop packets over 1200 bytes through NODE's overlay, both ways.
     Mtu,
     /// NODE [MTU]: lower NODE's flannel.1 MTU from 1450 to MTU (default 1200) (vxlan).
@@ -99,6 +109,12 @@ pub enum FaultKind {
     ForwardPolicyDrop,
     /// NODE: set NODE's pod bridge cni0 down.
     BridgeDown,
+    /// NODE: re-create NODE's agent pod with a sandbox the CNI fails to set up.
+    AgentSandboxFails,
+    /// NODE: re-create NODE's agent pod with an image that cannot be pulled.
+    AgentImagePull,
+    /// NODE: NODE NotReady, "cni plugin not initialized"; its agent pod not started.
+    CniNotReady,
 }
 
 /// How many nodes a fault is about.
@@ -132,6 +148,7 @@ impl FaultKind {
             FaultKind::OneWay => "one-way",
             FaultKind::Pair => "pair",
             FaultKind::Loss => "loss",
+            FaultKind::UnderlayLoss => "underlay-loss",
             FaultKind::Mtu => "mtu",
             FaultKind::MtuLower => "mtu-lower",
             FaultKind::ServiceRoute => "service-route",
@@ -145,6 +162,9 @@ impl FaultKind {
             FaultKind::ForwardingOff => "forwarding-off",
             FaultKind::ForwardPolicyDrop => "forward-policy-drop",
             FaultKind::BridgeDown => "bridge-down",
+            FaultKind::AgentSandboxFails => "agent-sandbox-fails",
+            FaultKind::AgentImagePull => "agent-image-pull",
+            FaultKind::CniNotReady => "cni-not-ready",
         }
     }
 
@@ -163,6 +183,12 @@ impl FaultKind {
             FaultKind::Loss => Some(ValueSpec {
                 name: "PERCENT",
                 default: 30,
+                min: 1,
+                max: 100,
+            }),
+            FaultKind::UnderlayLoss => Some(ValueSpec {
+                name: "PERCENT",
+                default: 20,
                 min: 1,
                 max: 100,
             }),
@@ -339,6 +365,10 @@ impl Fault {
         Self::on(FaultKind::Loss, &[node], Some(percent))
     }
 
+    pub fn underlay_loss(node: &str, percent: u32) -> Self {
+        Self::on(FaultKind::UnderlayLoss, &[node], Some(percent))
+    }
+
     pub fn mtu(node: &str) -> Self {
         Self::on(FaultKind::Mtu, &[node], None)
     }
@@ -387,6 +417,18 @@ impl Fault {
         Self::on(FaultKind::BridgeDown, &[node], None)
     }
 
+    pub fn agent_sandbox_fails(node: &str) -> Self {
+        Self::on(FaultKind::AgentSandboxFails, &[node], None)
+    }
+
+    pub fn agent_image_pull(node: &str) -> Self {
+        Self::on(FaultKind::AgentImagePull, &[node], None)
+    }
+
+    pub fn cni_not_ready(node: &str) -> Self {
+        Self::on(FaultKind::CniNotReady, &[node], None)
+    }
+
     pub fn kill_agent(node: &str) -> Self {
         Self::on(FaultKind::KillAgent, &[node], None)
     }
@@ -400,7 +442,7 @@ impl std::fmt::Display for Fault {
             write!(f, " {n}")?;
         }
         match (self.kind, self.value) {
-            (FaultKind::Loss, Some(v)) => write!(f, " {v}%"),
+            (FaultKind::Loss | FaultKind::UnderlayLoss, Some(v)) => write!(f, " {v}%"),
             (_, Some(v)) => write!(f, " {v}"),
             (_, None) => Ok(()),
         }
@@ -460,6 +502,14 @@ pub trait Hooks {
     fn dns_hide(&self, name: &str, hidden: bool);
     fn stop_agent(&self, node: &NodePlan) -> Result<(), FaultError>;
     fn start_agent(&self, node: &NodePlan) -> Result<(), FaultError>;
+    /// Stops the node's agent and puts its pod (and node) in the state
+    /// `fault` describes, in the API; `None` brings them back to Running
+    /// and starts the agent.
+    fn agent_pod_trouble(
+        &self,
+        node: &NodePlan,
+        fault: Option<FaultKind>,
+    ) -> Result<(), FaultError>;
 }
 
 /// The nodes a fault is about, checked against the plan, in the fault's
@@ -544,6 +594,9 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
         FaultKind::ForwardingOff => network::set_forwarding(n, false)?,
         FaultKind::ForwardPolicyDrop => network::set_forward_policy(n, false)?,
         FaultKind::BridgeDown => network::set_pod_bridge(n, false)?,
+        kind @ (FaultKind::AgentSandboxFails
+        | FaultKind::AgentImagePull
+        | FaultKind::CniNotReady) => hooks.agent_pod_trouble(n, Some(kind))?,
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to do"))),
     }
     Ok(())
@@ -589,6 +642,9 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
         FaultKind::ForwardingOff => network::set_forwarding(n, true)?,
         FaultKind::ForwardPolicyDrop => network::set_forward_policy(n, true)?,
         FaultKind::BridgeDown => network::set_pod_bridge(n, true)?,
+        FaultKind::AgentSandboxFails | FaultKind::AgentImagePull | FaultKind::CniNotReady => {
+            hooks.agent_pod_trouble(n, None)?
+        }
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to undo"))),
     }
     Ok(())

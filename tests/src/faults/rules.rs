@@ -171,22 +171,27 @@ pub fn for_fault(t: &Topology, fault: &Fault, nodes: &[&NodePlan]) -> Vec<Rule> 
                 // exactly one arrives there (the request when others ping
                 // its pods, the reply when its pods ping others), so echo
                 // loss is the given rate both ways, not 1 - 0.7^2 = 51 %.
-                let probability = format!("{:.5}", f64::from(fault.value_or_default()) / 100.0);
-                let stat = [
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    probability.as_str(),
-                ];
                 let (chain, mut matches) = match t.overlay {
                     Overlay::Vxlan => ("INPUT", vxlan.map(str::to_owned).to_vec()),
                     Overlay::HostGw => ("FORWARD", overlay_path(t.overlay, n, Way::In)),
                 };
-                matches.extend(stat.map(str::to_owned));
+                matches.extend(random_share(fault.value_or_default()));
                 let m: Vec<&str> = matches.iter().map(String::as_str).collect();
                 rules.push(Rule::new(n, chain, &m, kind));
+            }
+        }
+        FaultKind::UnderlayLoss => {
+            if let [n] = nodes {
+                // Everything that arrives through the node's link, whatever
+                // rides on it: the tunnel's outer packets and the node's own
+                // traffic (INPUT), routed pod traffic on host-gw (FORWARD).
+                // As with `loss`, only arrivals, so an echo loses at the
+                // given rate whichever end sends the request.
+                let mut matches = vec!["-i".to_owned(), "eth0".to_owned()];
+                matches.extend(random_share(fault.value_or_default()));
+                let m: Vec<&str> = matches.iter().map(String::as_str).collect();
+                rules.push(Rule::new(n, "INPUT", &m, kind));
+                rules.push(Rule::new(n, "FORWARD", &m, kind));
             }
         }
         FaultKind::Mtu => {
@@ -222,6 +227,21 @@ pub fn for_fault(t: &Topology, fault: &Fault, nodes: &[&NodePlan]) -> Vec<Rule> 
         _ => {}
     }
     rules
+}
+
+/// The match of a random `percent` % of packets.
+fn random_share(percent: u32) -> Vec<String> {
+    let probability = format!("{:.5}", f64::from(percent) / 100.0);
+    [
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        &probability,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Inserts `rules`; on failure removes those already inserted.
@@ -349,6 +369,19 @@ mod tests {
             r,
             [
                 "nmabcd-n3: -A FORWARD -i eth0 -s 10.244.0.0/16 -d 10.244.3.0/24 -m statistic --mode random --probability 0.05000 -j DROP"
+            ]
+        );
+    }
+
+    #[test]
+    fn underlay_loss_drops_a_share_of_everything_arriving_on_the_link() {
+        let t = plan(3, Overlay::Vxlan);
+        let r = rendered(&t, &Fault::underlay_loss("node-2", 20));
+        assert_eq!(
+            r,
+            [
+                "nmabcd-n2: -A INPUT -i eth0 -m statistic --mode random --probability 0.20000 -j DROP",
+                "nmabcd-n2: -A FORWARD -i eth0 -m statistic --mode random --probability 0.20000 -j DROP",
             ]
         );
     }

@@ -4,7 +4,9 @@
 
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, Node, Pod, PodCondition,
+};
 use netmatrix_api::labels;
 
 use crate::cluster::{self, ClusterState};
@@ -131,6 +133,102 @@ pub(super) fn pending(running: &Pod) -> Pod {
         status.conditions = Some(vec![PodCondition {
             type_: "Ready".to_owned(),
             status: "False".to_owned(),
+            ..Default::default()
+        }]);
+    }
+    pod
+}
+
+/// The kubelet's words when the CRI reports the network not ready: the
+/// Node's Ready message, and the `NetworkNotReady` Event's.
+pub(super) const CNI_NOT_INITIALIZED: &str = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized";
+
+/// An agent pod that does not start, and the Events the kubelet records
+/// about it (type, reason, message), in the words of a real kubelet and
+/// container runtime for each cause.
+pub(super) struct TroubledPod {
+    pub pod: Pod,
+    pub events: Vec<(&'static str, &'static str, String)>,
+}
+
+/// The pod re-created on `n` (new UID) and stuck: its sandbox fails
+/// (`sandbox`), its image is not pulled (`image`), or the node's network
+/// is not ready (neither).
+pub(super) fn sandbox_fails(n: &NodePlan) -> TroubledPod {
+    let pod = &n.agent.name;
+    let message = format!(
+        "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for sandbox \"{}\": plugin type=\"bridge\" failed (add): failed to allocate for range 0: no IP addresses available in range set: {}",
+        &cluster::new_uid()[..12],
+        n.pod_cidr
+    );
+    TroubledPod {
+        pod: waiting(n, "ContainerCreating", ""),
+        events: vec![
+            (
+                "Normal",
+                "Scheduled",
+                format!("Successfully assigned {NAMESPACE}/{pod} to {}", n.name),
+            ),
+            ("Warning", "FailedCreatePodSandBox", message),
+        ],
+    }
+}
+
+pub(super) fn image_not_pulled(n: &NodePlan) -> TroubledPod {
+    let image = "ghcr.io/netmatrix/netmatrix:0.0.0-missing";
+    TroubledPod {
+        pod: waiting(
+            n,
+            "ImagePullBackOff",
+            &format!("Back-off pulling image \"{image}\""),
+        ),
+        events: vec![
+            ("Normal", "Pulling", format!("Pulling image \"{image}\"")),
+            (
+                "Warning",
+                "Failed",
+                format!(
+                    "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+                ),
+            ),
+            ("Warning", "Failed", "Error: ErrImagePull".to_owned()),
+            (
+                "Normal",
+                "BackOff",
+                format!("Back-off pulling image \"{image}\""),
+            ),
+            ("Warning", "Failed", "Error: ImagePullBackOff".to_owned()),
+        ],
+    }
+}
+
+pub(super) fn network_not_ready(n: &NodePlan) -> TroubledPod {
+    TroubledPod {
+        pod: waiting(n, "ContainerCreating", ""),
+        events: vec![(
+            "Warning",
+            "NetworkNotReady",
+            format!("network is not ready: {CNI_NOT_INITIALIZED}"),
+        )],
+    }
+}
+
+/// `n`'s agent pod, Pending, its container waiting for `reason`.
+fn waiting(n: &NodePlan, reason: &str, message: &str) -> Pod {
+    let mut pod = pending(&agent_pod(n));
+    if let Some(status) = pod.status.as_mut() {
+        status.container_statuses = Some(vec![ContainerStatus {
+            name: "agent".to_owned(),
+            image: "ghcr.io/netmatrix/netmatrix".to_owned(),
+            ready: false,
+            restart_count: 0,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.to_owned()),
+                    message: (!message.is_empty()).then(|| message.to_owned()),
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }]);
     }

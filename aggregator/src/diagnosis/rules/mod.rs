@@ -125,7 +125,13 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
                 .flat_map(|c| c.nodes.iter().map(String::as_str)),
         )
         .collect();
-    let mut conditions = agents::agent_missing(&view, context.expected, &explained);
+    let silence = agents::Silence {
+        expected: context.expected,
+        explained: &explained,
+        down: context.agents_down,
+        judge: context.judge_silence,
+    };
+    let mut conditions = agents::agent_missing(&view, &silence);
     conditions.extend(services::diagnose(&view, targets, &suppress));
     conditions.extend(dns::diagnose(&view, targets, &suppress));
     conditions.extend(underlay);

@@ -20,7 +20,11 @@
 //! node pair. And the layer: the host-network agents measure the same
 //! nodes node to node. When a blamed node's host paths suffer the same way
 //! (or a pair's host path does), the fault is in the node network or the
-//! underlay, not the pod network, and the finding says so.
+//! underlay, not the pod network, and the finding says so. The host paths
+//! only tell the layer of a fault the pod paths established, so their loss
+//! needs no [`MIN_LOSSY_ROUNDS`]: a host agent sends fewer echoes per path
+//! (one address per node, not every pod), and the threshold over the
+//! window is the measure.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -77,8 +81,12 @@ pub(super) fn diagnose(
     let policy = view.policy;
     let judge = |kind, paths: &[Candidate]| match kind {
         FindingKind::MtuMismatch => mtu_flags(paths, policy.loss_threshold),
-        FindingKind::PacketLoss => loss_flags(paths, policy.loss_threshold),
+        FindingKind::PacketLoss => loss_flags(paths, policy.loss_threshold, MIN_LOSSY_ROUNDS),
         _ => latency_flags(paths, policy.latency_floor_ms),
+    };
+    let judge_host = |kind, paths: &[Candidate]| match kind {
+        FindingKind::PacketLoss => loss_flags(paths, policy.loss_threshold, 1),
+        _ => judge(kind, paths),
     };
 
     let mut out = Vec::new();
@@ -91,14 +99,16 @@ pub(super) fn diagnose(
         if judged.iter().all(|j| j.line.is_none()) {
             continue;
         }
-        let host_judged = judge(kind, &host);
+        let host_judged = judge_host(kind, &host);
         let host_layer = HostLayer::new(&host, &host_judged);
         out.extend(attribute(kind, &pod, &judged, &host_layer));
     }
     out
 }
 
-fn loss_flags(candidates: &[Candidate], threshold: f64) -> Vec<Judged> {
+/// Paths that lost at least `threshold` of their echoes over the window,
+/// with partial loss in at least `min_rounds` rounds.
+fn loss_flags(candidates: &[Candidate], threshold: f64, min_rounds: usize) -> Vec<Judged> {
     candidates
         .iter()
         .map(|&(from, cell, window)| {
@@ -106,7 +116,7 @@ fn loss_flags(candidates: &[Candidate], threshold: f64) -> Vec<Judged> {
             let tainted = loss.is_some_and(|l| l > 0.0);
             let line = window
                 .zip(loss)
-                .filter(|(w, loss)| w.partial_rounds >= MIN_LOSSY_ROUNDS && *loss >= threshold)
+                .filter(|(w, loss)| w.partial_rounds >= min_rounds && *loss >= threshold)
                 .map(|(w, loss)| {
                     format!(
                         "{from} -> {}: {:.0}% of {} echoes lost over the last {} rounds (partial loss in {} of them); this round {}",

@@ -1,8 +1,10 @@
 //! What the Kubernetes API says: which nodes exist (each is expected to run an
-//! agent) and which agent pods may report.
+//! agent), which agent pods may report, and why an agent cannot run
+//! ([`reasons`]).
 //!
 //! [`Inventory`] is a plain snapshot that tests build by hand. In production it
-//! is derived from two kube-rs reflectors ([`KubeInventory`]); the reflectors
+//! is derived from kube-rs reflectors ([`KubeInventory`]) on Nodes, agent
+//! Pods and the Pod Events of the agents' namespace; the reflectors
 //! keep their last state when the API server becomes unreachable, which is
 //! exactly when the operator needs the aggregator to keep judging reports.
 
@@ -14,13 +16,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use netmatrix_api::{AgentIdentity, NetworkMode, NodeState, labels};
+use netmatrix_api::{AgentIdentity, NetworkMode, NodeState};
 
 use crate::auth::{Caller, Roster};
+use crate::diagnosis::AgentDown;
+
+mod reasons;
 
 /// A running, non-terminating agent pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub struct Inventory {
     pub nodes: BTreeMap<String, NodeInfo>,
     /// Running agent pods by node name.
     pub agents: BTreeMap<String, Vec<AgentPod>>,
+    /// Nodes whose pod-network agent cannot run, and why.
+    pub agents_down: BTreeMap<String, AgentDown>,
 }
 
 /// Why a verified caller may not send its report. The text says what the
@@ -316,15 +323,32 @@ impl Inventory {
         })
     }
 
-    /// Builds a snapshot from reflector contents. Pods that are not Running,
-    /// are terminating, have no node or no IP are not agents that may report.
+    /// Builds a snapshot from Nodes and agent Pods. Pods that are not
+    /// Running, are terminating, have no node or no IP are not agents that
+    /// may report.
     pub fn from_objects<'a>(
         nodes: impl IntoIterator<Item = &'a Node>,
         pods: impl IntoIterator<Item = &'a Pod>,
         synced: bool,
     ) -> Self {
+        let nodes: Vec<&Node> = nodes.into_iter().collect();
+        let pods: Vec<&Pod> = pods.into_iter().collect();
+        Self::from_api(&nodes, &pods, &[], "", synced)
+    }
+
+    /// [`Inventory::from_objects`], and why agents cannot run from the Pod
+    /// Events of the agents' `namespace` too.
+    pub fn from_api(
+        nodes: &[&Node],
+        pods: &[&Pod],
+        events: &[&Event],
+        namespace: &str,
+        synced: bool,
+    ) -> Self {
+        let agents_down = reasons::agents_down(nodes, pods, events, namespace);
         let nodes = nodes
-            .into_iter()
+            .iter()
+            .copied()
             .map(|node| {
                 let spec = node.spec.as_ref();
                 let cidrs = spec
@@ -364,6 +388,7 @@ impl Inventory {
             synced,
             nodes,
             agents,
+            agents_down,
         }
     }
 }
@@ -391,7 +416,7 @@ fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
         return None;
     }
     let status = pod.status.as_ref()?;
-    if status.phase.as_deref() != Some("Running") {
+    if !reasons::runs(pod) {
         return None;
     }
     let node = pod.spec.as_ref()?.node_name.clone()?;
@@ -409,14 +434,7 @@ fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
     if ips.is_empty() {
         return None;
     }
-    let host_component = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::COMPONENT))
-        .is_some_and(|c| c == labels::COMPONENT_HOST_AGENT);
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-    let network = if host_component || host_network {
+    let network = if reasons::is_host_agent(pod) {
         NetworkMode::Host
     } else {
         NetworkMode::Pod
@@ -527,6 +545,8 @@ impl InventorySource {
 pub struct KubeInventory {
     nodes: Store<Node>,
     pods: Store<Pod>,
+    events: Store<Event>,
+    namespace: Arc<str>,
     state: Arc<WatchState>,
 }
 
@@ -535,6 +555,7 @@ struct WatchState {
     generation: AtomicU64,
     nodes_synced: AtomicBool,
     pods_synced: AtomicBool,
+    events_synced: AtomicBool,
     cache: Mutex<Option<(u64, Arc<Inventory>)>>,
 }
 
@@ -554,7 +575,7 @@ impl KubeInventory {
 
         let (pods, pod_writer) = reflector::store();
         let pod_events = watcher(
-            Api::<Pod>::namespaced(client, namespace),
+            Api::<Pod>::namespaced(client.clone(), namespace),
             watcher::Config::default().labels(agent_selector),
         )
         .default_backoff()
@@ -563,7 +584,32 @@ impl KubeInventory {
             &s.pods_synced
         }));
 
-        KubeInventory { nodes, pods, state }
+        // The Events about Pods in the agents' namespace: why an agent pod
+        // does not start (FailedCreatePodSandBox, image pulls). Optional:
+        // without them (no RBAC for events) the rest works, so their sync
+        // does not gate the inventory.
+        let (events, event_writer) = reflector::store();
+        let event_stream = watcher(
+            Api::<Event>::namespaced(client, namespace),
+            watcher::Config::default().fields("involvedObject.kind=Pod"),
+        )
+        .default_backoff()
+        .modify(|e| e.managed_fields_mut().clear())
+        .reflect(event_writer);
+        tokio::spawn(drive(
+            "agent pod events",
+            event_stream,
+            Arc::clone(&state),
+            |s| &s.events_synced,
+        ));
+
+        KubeInventory {
+            nodes,
+            pods,
+            events,
+            namespace: namespace.into(),
+            state,
+        }
     }
 
     pub fn snapshot(&self) -> Arc<Inventory> {
@@ -582,14 +628,22 @@ impl KubeInventory {
             && self.state.pods_synced.load(Ordering::Acquire);
         let nodes = self.nodes.state();
         let pods = self.pods.state();
-        let inventory = Arc::new(Inventory::from_objects(
-            nodes.iter().map(AsRef::as_ref),
-            pods.iter().map(AsRef::as_ref),
+        let events = self.events.state();
+        let inventory = Arc::new(Inventory::from_api(
+            &refs(&nodes),
+            &refs(&pods),
+            &refs(&events),
+            &self.namespace,
             synced,
         ));
         *cache = Some((generation, Arc::clone(&inventory)));
         inventory
     }
+}
+
+/// Borrows what a reflector store holds.
+fn refs<K>(objects: &[Arc<K>]) -> Vec<&K> {
+    objects.iter().map(AsRef::as_ref).collect()
 }
 
 /// Polls one reflector stream forever, bumping the snapshot generation on
@@ -636,6 +690,7 @@ mod tests {
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use netmatrix_api::NetworkMode;
+    use netmatrix_api::labels;
 
     fn node(name: &str, cidr: &str) -> Node {
         Node {
