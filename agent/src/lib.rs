@@ -49,6 +49,7 @@ use crate::metrics::Metrics;
 
 pub mod config;
 pub mod discovery;
+pub mod facts;
 pub mod http;
 pub mod metrics;
 pub mod netif;

@@ -249,6 +249,9 @@ pub struct Reporter {
     undelivered: Undelivered,
     relay: Option<Relay>,
     backoff: Backoff,
+    /// The node facts last delivered: their hash and the round they went
+    /// with. Unchanged facts are left out until they are due again.
+    facts_sent: Option<(u64, u64)>,
 }
 
 impl Reporter {
@@ -291,6 +294,7 @@ impl Reporter {
             undelivered: Undelivered::default(),
             relay: None,
             backoff: Backoff::default(),
+            facts_sent: None,
         })
     }
 
@@ -321,6 +325,30 @@ impl Reporter {
         }
     }
 
+    /// `report` as it goes on the wire: its node facts left out when the
+    /// aggregator already has them and they are not due for a refresh.
+    /// Returns the hash of the facts it still carries.
+    fn without_known_facts(&self, report: &Arc<Report>) -> (Arc<Report>, Option<u64>) {
+        let Some(facts) = &report.facts else {
+            return (report.clone(), None);
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(facts, &mut hasher);
+        let hash = std::hash::Hasher::finish(&hasher);
+        let known = self.facts_sent.is_some_and(|(sent, round)| {
+            sent == hash
+                && report.round >= round
+                && report.round - round < netmatrix_api::facts::FACTS_REFRESH_ROUNDS
+        });
+        if known {
+            let mut trimmed = Report::clone(report);
+            trimmed.facts = None;
+            (Arc::new(trimmed), None)
+        } else {
+            (report.clone(), Some(hash))
+        }
+    }
+
     /// One delivery attempt (or a skip, while backing off).
     pub async fn deliver(&mut self, report: &Arc<Report>) {
         let now = Instant::now();
@@ -333,8 +361,14 @@ impl Reporter {
             self.undelivered.set(Some(report.clone()));
             return;
         }
-        let delivery = self.send_with_token(REPORTS_PATH, report).await;
+        let (sent, facts) = self.without_known_facts(report);
+        let delivery = self.send_with_token(REPORTS_PATH, &sent).await;
         let taken = !matches!(delivery, Delivery::Failed { .. });
+        if matches!(delivery, Delivery::Accepted { .. })
+            && let Some(hash) = facts
+        {
+            self.facts_sent = Some((hash, report.round));
+        }
         self.undelivered.set((!taken).then(|| report.clone()));
         let Ok(mut state) = self.state.lock() else {
             return;
@@ -603,6 +637,7 @@ mod tests {
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
             sampled: None,
+            facts: None,
         })
     }
 

@@ -125,8 +125,27 @@ impl Prober {
             }
         };
 
-        let (peers, apiserver, clusterips, a_lookups, srv) =
-            tokio::join!(peers, apiserver, clusterips, a_lookups, srv_lookup);
+        // The host agent sits in the node's own network namespace: it reads
+        // the node's network facts beside its probes.
+        let facts = async {
+            if self.identity.network != NetworkMode::Host {
+                return None;
+            }
+            match tokio::task::spawn_blocking(crate::facts::read).await {
+                Ok(Ok(facts)) => Some(facts),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot read the node's network facts");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the node's network facts failed");
+                    None
+                }
+            }
+        };
+
+        let (peers, apiserver, clusterips, a_lookups, srv, facts) =
+            tokio::join!(peers, apiserver, clusterips, a_lookups, srv_lookup, facts);
 
         let mut services = vec![apiserver];
         services.extend(clusterips);
@@ -143,6 +162,7 @@ impl Prober {
             peer_source: view.source,
             mtu_probe_bytes: self.icmp.mtu_probe_bytes(),
             sampled: view.sampled,
+            facts,
         };
         // OS and TLS errors can be long; the aggregator keeps 300 characters.
         report.truncate_messages();
@@ -615,6 +635,7 @@ mod tests {
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
             sampled: None,
+            facts: None,
         };
         let mut moved = info("10.244.2.9");
         moved.pod = "moved".into();

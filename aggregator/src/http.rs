@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use netmatrix_api::{
     ApiError, Cell, FINDINGS_PATH, Findings, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH,
-    NetworkMode, RELAYED_REPORTS_PATH, REPORTS_PATH, ReportAccepted, reasons,
+    NODE_FACTS_PATH, NetworkMode, RELAYED_REPORTS_PATH, REPORTS_PATH, ReportAccepted, reasons,
 };
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -66,6 +66,7 @@ pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
         .route(MATRIX_COMPACT_PATH, get(get_matrix_compact))
         .route(MATRIX_CELL_PATH, get(get_matrix_cell))
         .route(FINDINGS_PATH, get(get_findings))
+        .route(NODE_FACTS_PATH, get(get_node_facts))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(web::index))
@@ -245,6 +246,34 @@ struct CellQuery {
     to: String,
     #[serde(default)]
     network: NetworkMode,
+}
+
+#[derive(serde::Deserialize)]
+struct FactsQuery {
+    node: String,
+}
+
+/// `GET /api/v1/facts?node=NODE`: what NODE's host agent last read of
+/// its network.
+async fn get_node_facts(
+    State(state): State<AppState>,
+    query: Result<Query<FactsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<netmatrix_api::facts::NodeFacts>, Response> {
+    let Query(q) = query.map_err(|rejection| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            format!("{}; use ?node=NODE", rejection.body_text()),
+        )
+    })?;
+    match state.aggregator.node_facts(&q.node) {
+        Some(facts) => Ok(Json(facts.as_ref().clone())),
+        None => Err(api_error(
+            StatusCode::NOT_FOUND,
+            "no-facts",
+            "no facts for this node: it has no host-network agent reporting (hostAgent.enabled), or the node is unknown".to_owned(),
+        )),
+    }
 }
 
 async fn get_matrix_cell(

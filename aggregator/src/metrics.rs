@@ -44,6 +44,7 @@ pub struct Metrics {
     finding_active: IntGaugeVec,
     finding: IntGaugeVec,
     finding_flapping: IntGaugeVec,
+    finding_cause: IntGaugeVec,
     pair_failed: IntGaugeVec,
     report_age_seconds: GaugeVec,
     node_rtt_seconds: GaugeVec,
@@ -63,6 +64,7 @@ struct Published {
     checks: BTreeSet<Vec<String>>,
     findings: BTreeSet<Vec<String>>,
     flapping: BTreeSet<Vec<String>>,
+    causes: BTreeSet<Vec<String>>,
     pairs: BTreeSet<Vec<String>>,
     ages: BTreeSet<Vec<String>>,
     rtts: BTreeSet<Vec<String>>,
@@ -121,6 +123,11 @@ impl Metrics {
                 "finding_flapping",
                 "1 for each node concerned by an active finding that is flapping (it cleared and came back within the flap window, and is held raised).",
                 &["kind", "node"],
+            )?,
+            finding_cause: gauges(
+                "finding_cause",
+                "1 for each node concerned by an active finding whose cause the nodes' network facts tell; `cause` is its first line (at most 200 characters), for alert annotations.",
+                &["kind", "node", "cause"],
             )?,
             pair_failed: gauges(
                 "pair_failed",
@@ -244,12 +251,19 @@ impl Metrics {
         let mut active: BTreeMap<FindingKind, i64> = ALL_KINDS.iter().map(|k| (*k, 0)).collect();
         let mut finding_nodes = Vec::new();
         let mut flapping = Vec::new();
+        let mut causes = Vec::new();
         for f in findings {
             *active.entry(f.kind).or_default() += 1;
+            let cause: Option<String> = f.cause.first().map(|c| c.chars().take(200).collect());
             for node in &f.nodes {
                 let labels = vec![f.kind.as_str().to_owned(), node.clone()];
                 if f.flapping {
                     flapping.push((labels.clone(), 1));
+                }
+                if let Some(cause) = &cause {
+                    let mut with_cause = labels.clone();
+                    with_cause.push(cause.clone());
+                    causes.push((with_cause, 1));
                 }
                 finding_nodes.push((labels, 1));
             }
@@ -274,6 +288,7 @@ impl Metrics {
         sync(&self.pair_failed, &mut published.pairs, pairs);
         sync(&self.finding, &mut published.findings, finding_nodes);
         sync(&self.finding_flapping, &mut published.flapping, flapping);
+        sync(&self.finding_cause, &mut published.causes, causes);
         sync(&self.report_age_seconds, &mut published.ages, ages);
         sync(&self.node_rtt_seconds, &mut published.rtts, rtts);
         sync(&self.node_loss_ratio, &mut published.losses, losses);
@@ -424,6 +439,7 @@ mod tests {
             since: String::new(),
             since_unix_ms: 0,
             flapping: false,
+            cause: Vec::new(),
         }
     }
 

@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use netmatrix_api::facts::NodeFacts;
 use netmatrix_api::{Finding, Findings, Matrix};
 
 use crate::auth::{Authenticator, Sender};
 use crate::config::Args;
+use crate::diagnosis::causes::NodeTruth;
 use crate::diagnosis::{
     self, AgentDown, Context, CutRecovery, DiagnosisPolicy, Hysteresis, SilenceGate,
 };
@@ -100,6 +102,10 @@ struct NodeSets {
     running: Option<BTreeSet<String>>,
     /// Why the API says some nodes' agents cannot run (`None`: no API).
     down: Option<BTreeMap<String, AgentDown>>,
+    /// What the API says each node is (empty without it).
+    truth: BTreeMap<String, NodeTruth>,
+    /// The host agents' node facts.
+    facts: BTreeMap<String, Arc<NodeFacts>>,
 }
 
 pub struct Aggregator {
@@ -335,6 +341,8 @@ impl Aggregator {
                 states: Some(inventory.node_states(now, self.settings.node_grace_ms)),
                 running: Some(inventory.running_pod_agents()),
                 down: Some(inventory.agents_down.clone()),
+                truth: inventory.truth.clone(),
+                facts: store.facts().clone(),
             },
             Some(_) => NodeSets {
                 known: BTreeSet::new(),
@@ -342,6 +350,8 @@ impl Aggregator {
                 states: Some(Default::default()),
                 running: Some(BTreeSet::new()),
                 down: Some(BTreeMap::new()),
+                truth: BTreeMap::new(),
+                facts: BTreeMap::new(),
             },
             None => NodeSets {
                 known: store.seen_nodes().clone(),
@@ -349,6 +359,8 @@ impl Aggregator {
                 states: None,
                 running: None,
                 down: None,
+                truth: BTreeMap::new(),
+                facts: store.facts().clone(),
             },
         }
     }
@@ -393,6 +405,8 @@ impl Aggregator {
             expected: &expected,
             pod_agents_running: nodes.running.as_ref(),
             agents_down: nodes.down.as_ref(),
+            facts: &nodes.facts,
+            truth: &nodes.truth,
             judge_silence,
             check_targets: &built.targets,
             windows: &built.windows,
@@ -450,6 +464,11 @@ impl Aggregator {
             inventory.nodes.contains_key(&stored.report.agent.node)
                 || self.settings.policy.is_fresh(stored, now)
         });
+    }
+
+    /// `node`'s latest network facts from its host agent.
+    pub fn node_facts(&self, node: &str) -> Option<Arc<NodeFacts>> {
+        self.lock_store().facts().get(node).cloned()
     }
 
     fn lock_store(&self) -> std::sync::MutexGuard<'_, ReportStore> {

@@ -14,7 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use netmatrix_api::facts::NodeFacts;
 use netmatrix_api::validate::{Invalid, Limits};
 use netmatrix_api::{NetworkMode, Report, reasons};
 
@@ -167,6 +169,9 @@ pub struct ReportStore {
     /// Every node that ever reported: the expected nodes under `--no-kubernetes`.
     seen_nodes: BTreeSet<String>,
     history: History,
+    /// Each node's latest network facts, from its host agent (sent when
+    /// they change, so kept apart from the reports).
+    facts: BTreeMap<String, Arc<NodeFacts>>,
 }
 
 /// Parses and validates a report body. Done before taking the store's
@@ -323,6 +328,14 @@ impl ReportStore {
             }
         }
 
+        // Only a host agent reads its node's network; facts in a pod
+        // agent's report are not its to give.
+        if let Some(facts) = report.facts.take()
+            && report.agent.network == NetworkMode::Host
+        {
+            self.facts
+                .insert(report.agent.node.clone(), Arc::new(facts));
+        }
         let unmapped_peers = self.place_unnamed_peers(&mut report, inventory);
         let accepted = Accepted {
             node: report.agent.node.clone(),
@@ -392,6 +405,11 @@ impl ReportStore {
         &self.seen_nodes
     }
 
+    /// Each node's latest network facts.
+    pub fn facts(&self) -> &BTreeMap<String, Arc<NodeFacts>> {
+        &self.facts
+    }
+
     /// The last rounds of every source's peers.
     pub fn history(&self) -> &History {
         &self.history
@@ -402,10 +420,14 @@ impl ReportStore {
     /// cluster's size.
     pub fn retain(&mut self, mut keep: impl FnMut(&StoredReport) -> bool) {
         let history = &mut self.history;
+        let facts = &mut self.facts;
         self.latest.retain(|(node, network), stored| {
             let kept = keep(stored);
             if !kept {
                 history.forget(node, *network);
+                if *network == NetworkMode::Host {
+                    facts.remove(node);
+                }
             }
             kept
         });
@@ -487,6 +509,7 @@ pub(crate) mod tests {
             peer_source: Default::default(),
             mtu_probe_bytes: None,
             sampled: None,
+            facts: None,
         }
     }
 

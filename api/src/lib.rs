@@ -16,6 +16,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod facts;
 pub mod labels;
 pub mod sampling;
 pub mod validate;
@@ -107,6 +108,10 @@ pub struct Report {
     /// then shows unprobed paths as absent rather than unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<Sampled>,
+    /// Host-network agents: the node's own network ([`facts`]), when it
+    /// changed or every [`facts::FACTS_REFRESH_ROUNDS`] rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<facts::NodeFacts>,
 }
 
 /// How an agent sampled the remote nodes this round.
@@ -572,6 +577,12 @@ pub struct Finding {
     /// being raised and cleared with every cycle, so alerts fire on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flapping: bool,
+    /// Why, from the nodes' own network facts checked against the API
+    /// (a host agent's reading): one line per cause found, e.g. "node-2:
+    /// net.ipv4.ip_forward = 0". Empty when none was found: the cause is
+    /// then unknown, not absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cause: Vec<String>,
 }
 
 /// A directed node-to-node path.
@@ -608,6 +619,8 @@ pub struct PendingFinding {
 pub const MATRIX_COMPACT_PATH: &str = "/api/v1/matrix/compact";
 /// `GET` one full [`Cell`] here, `?from=NODE&to=NODE[&network=pod|host]`.
 pub const MATRIX_CELL_PATH: &str = "/api/v1/matrix/cell";
+/// `GET` one node's latest [`facts::NodeFacts`] here, `?node=NODE`.
+pub const NODE_FACTS_PATH: &str = "/api/v1/facts";
 
 /// `GET /api/v1/matrix/compact`: the same [`Matrix`], a few bytes per cell.
 ///

@@ -136,6 +136,9 @@ impl Report {
         if let Some(i) = first_duplicate(self.dns.iter().map(|d| (d.record, d.name.as_str()))) {
             return Err(invalid(format!("dns[{i}].name"), "listed twice"));
         }
+        if let Some(facts) = &self.facts {
+            facts.validate()?;
+        }
         Ok(())
     }
 
@@ -368,6 +371,7 @@ mod tests {
             peer_source: Default::default(),
             mtu_probe_bytes: Some(1450),
             sampled: None,
+            facts: None,
         }
     }
 

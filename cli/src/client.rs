@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix};
+use netmatrix_api::facts::NodeFacts;
+use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, NODE_FACTS_PATH};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,19 @@ impl AggregatorClient {
 
     pub async fn findings(&self) -> Result<Findings, ClientError> {
         self.get(FINDINGS_PATH).await
+    }
+
+    /// `node`'s network facts; `None` when the aggregator has none (no
+    /// host-network agent on it).
+    pub async fn node_facts(&self, node: &str) -> Result<Option<NodeFacts>, ClientError> {
+        // Node names are DNS subdomains (checked by the caller against the
+        // matrix): nothing to escape in a query.
+        let path = format!("{NODE_FACTS_PATH}?node={node}");
+        match self.get(&path).await {
+            Ok(facts) => Ok(Some(facts)),
+            Err(ClientError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

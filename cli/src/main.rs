@@ -124,7 +124,9 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                     matrix.nodes.join(", ")
                 )
             })?;
+            let facts = client.node_facts(&node).await?;
             print!("{text}");
+            print!("{}", render::node_facts(&node, facts.as_ref(), style));
             Ok(0)
         }
         Command::Companion { listen } => {

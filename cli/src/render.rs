@@ -3,6 +3,7 @@
 //! terminal); the plain text is the same characters without escape codes,
 //! so scripts and tests read the same table.
 
+use netmatrix_api::facts::NodeFacts;
 use netmatrix_api::{Cell, CheckCell, Finding, Findings, Matrix, MatrixRow, NodeState, Status};
 
 /// How to render: with ANSI colours or plain.
@@ -177,6 +178,15 @@ pub fn findings(f: &Findings, style: Style) -> String {
         for e in x.evidence.iter().take(3) {
             out.push_str(&format!("{:indent$}- {e}\n", ""));
         }
+        if x.cause.is_empty() {
+            out.push_str(&format!(
+                "{:indent$}cause: unknown (nothing in the nodes' network facts explains it)\n",
+                ""
+            ));
+        }
+        for c in &x.cause {
+            out.push_str(&format!("{:indent$}cause: {c}\n", ""));
+        }
         out.push_str(&format!("{:indent$}hint: {}\n", "", x.hint));
     }
     out
@@ -260,6 +270,65 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
         ));
     }
     Some(out)
+}
+
+/// A node's own network as its host agent read it: devices, forwarding,
+/// and the size of its routing, FDB and neighbour tables, with the routes
+/// through overlay devices and bridges listed.
+pub fn node_facts(node: &str, facts: Option<&NodeFacts>, style: Style) -> String {
+    let mut out = format!("\n{}\n", style.bold("its network (read by its host agent)"));
+    let Some(f) = facts else {
+        out.push_str(&format!(
+            "  none: no host-network agent reports for {node} (hostAgent.enabled)\n"
+        ));
+        return out;
+    };
+    let setting = |v: Option<String>| v.unwrap_or_else(|| "unreadable".to_owned());
+    out.push_str(&format!(
+        "  net.ipv4.ip_forward = {}, net.ipv4.conf.all.rp_filter = {}\n",
+        setting(f.ip_forward.map(|v| u8::from(v).to_string())),
+        setting(f.rp_filter.map(|v| v.to_string()))
+    ));
+    for l in &f.links {
+        let kind = if l.kind.is_empty() { "device" } else { &l.kind };
+        out.push_str(&format!(
+            "  {:16}{:10}{:5} mtu {}{}\n",
+            l.name,
+            kind,
+            if l.up { "up" } else { "DOWN" },
+            l.mtu,
+            l.mac
+                .as_deref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    let overlay: Vec<&str> = f
+        .links
+        .iter()
+        .filter(|l| !l.kind.is_empty())
+        .map(|l| l.name.as_str())
+        .collect();
+    for r in f
+        .routes
+        .iter()
+        .filter(|r| r.dev.as_deref().is_some_and(|d| overlay.contains(&d)))
+    {
+        out.push_str(&format!(
+            "  route {}/{}{} dev {}\n",
+            r.dst,
+            r.prefix,
+            r.via.map(|v| format!(" via {v}")).unwrap_or_default(),
+            r.dev.as_deref().unwrap_or("?")
+        ));
+    }
+    out.push_str(&format!(
+        "  {} routes, {} FDB entries, {} neighbour entries on overlay devices\n",
+        f.routes.len(),
+        f.fdb.len(),
+        f.neighbours.len()
+    ));
+    out
 }
 
 fn cell_line(peer: &str, c: &Cell, style: Style) -> String {
@@ -361,6 +430,7 @@ mod tests {
                 since: String::new(),
                 since_unix_ms: 0,
                 flapping: false,
+                cause: Vec::new(),
             }],
             pending: Vec::new(),
         };

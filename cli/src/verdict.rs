@@ -166,6 +166,7 @@ mod tests {
             since: String::new(),
             since_unix_ms: 0,
             flapping: false,
+            cause: Vec::new(),
         }
     }
 

@@ -352,20 +352,7 @@ pub fn connect_peer(overlay: Overlay, node: &NodePlan, peer: &NodePlan) -> Resul
                     "permanent",
                 ],
             )?;
-            bridge(
-                ns,
-                &[
-                    "fdb",
-                    "replace",
-                    &peer.vtep_mac,
-                    "dev",
-                    VXLAN_DEVICE,
-                    "dst",
-                    &peer.ip.to_string(),
-                    "self",
-                    "permanent",
-                ],
-            )?;
+            point_fdb(ns, peer, &peer.ip.to_string())?;
             ip(
                 ns,
                 &[
@@ -412,6 +399,35 @@ pub fn flush_vtep(node: &NodePlan) -> Result<(), NetnsError> {
         &["neigh", "flush", "dev", VXLAN_DEVICE, "nud", "permanent"],
     )?;
     Ok(())
+}
+
+/// An address in the underlay's subnet that no node has: where a stale
+/// FDB entry points (a node re-addressed, its peers not told).
+pub const STALE_VTEP_IP: &str = "198.18.1.99";
+
+/// Points `node`'s FDB entry for `peer`'s VTEP at [`STALE_VTEP_IP`]
+/// (vxlan); [`connect_peer`] puts it back.
+pub fn misdirect_peer(node: &NodePlan, peer: &NodePlan) -> Result<(), NetnsError> {
+    point_fdb(&node.netns, peer, STALE_VTEP_IP)
+}
+
+/// In `ns`, sends frames for `peer`'s VTEP MAC to the underlay address `dst`.
+fn point_fdb(ns: &str, peer: &NodePlan, dst: &str) -> Result<(), NetnsError> {
+    bridge(
+        ns,
+        &[
+            "fdb",
+            "replace",
+            &peer.vtep_mac,
+            "dev",
+            VXLAN_DEVICE,
+            "dst",
+            dst,
+            "self",
+            "permanent",
+        ],
+    )
+    .map(|_| ())
 }
 
 /// Sets `flannel.1`'s MTU on `node`.

@@ -30,6 +30,16 @@ enum Names {
     Including(&'static str),
 }
 
+/// What the finding's `cause` (from the nodes' own network facts) must say.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    /// A line containing this text.
+    Says(&'static str),
+    /// Nothing: the facts cannot tell (a packet filter, a policy), and the
+    /// finding must not guess.
+    Unknown,
+}
+
 /// One row of the catalog.
 struct Case {
     fault: Fault,
@@ -39,6 +49,7 @@ struct Case {
     evidence: Option<&'static str>,
     /// More assertions on the snapshot where the finding was named.
     check: Option<fn(&Snapshot)>,
+    cause: Option<Cause>,
 }
 
 impl Case {
@@ -49,7 +60,13 @@ impl Case {
             names,
             evidence: None,
             check: None,
+            cause: None,
         }
+    }
+
+    fn cause(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
+        self
     }
 
     fn evidence(mut self, text: &'static str) -> Self {
@@ -96,7 +113,12 @@ impl Case {
         let evidence_ok = self
             .evidence
             .is_none_or(|text| f.evidence.iter().any(|e| e.contains(text)));
-        names_ok && evidence_ok && !f.hint.is_empty()
+        let cause_ok = match self.cause {
+            None => true,
+            Some(Cause::Says(text)) => f.cause.iter().any(|c| c.contains(text)),
+            Some(Cause::Unknown) => f.cause.is_empty(),
+        };
+        names_ok && evidence_ok && cause_ok && !f.hint.is_empty()
     }
 }
 
@@ -271,18 +293,25 @@ async fn overlay_faults_are_named() {
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .evidence("node-1 -> node-2"),
+            .evidence("node-1 -> node-2")
+            .cause(Cause::Says(
+                "node-2's flannel.1 has no FDB entry for node-1's VTEP",
+            )),
             Case::new(
                 Fault::overlay_down("node-2"),
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .check(node_2_row_and_column_fail),
+            .check(node_2_row_and_column_fail)
+            .cause(Cause::Says(
+                "node-2 has no neighbour entry for 10.244.3.0 (node-3's VTEP) on flannel.1",
+            )),
             Case::new(
                 Fault::vxlan_drop(),
                 FindingKind::CrossNodeBroken,
                 Names::Including("node-1"),
-            ),
+            )
+            .cause(Cause::Unknown),
         ],
     )
     .await;
@@ -320,12 +349,22 @@ async fn path_faults_are_named() {
                 Fault::one_way("node-2", "node-3"),
                 FindingKind::AsymmetricPath,
                 Names::Paths(&[("node-2", "node-3")]),
-            ),
+            )
+            .cause(Cause::Unknown),
             Case::new(
                 Fault::pair("node-2", "node-3"),
                 FindingKind::PairBroken,
                 Names::Paths(&[("node-2", "node-3"), ("node-3", "node-2")]),
-            ),
+            )
+            .cause(Cause::Unknown),
+            Case::new(
+                Fault::fdb_stale("node-2", "node-3"),
+                FindingKind::PairBroken,
+                Names::Paths(&[("node-2", "node-3"), ("node-3", "node-2")]),
+            )
+            .cause(Cause::Says(
+                "on flannel.1 points to 198.18.1.99, node-3's InternalIP is 198.18.0.3",
+            )),
         ],
     )
     .await;
@@ -364,7 +403,8 @@ async fn quality_faults_are_named() {
                 FindingKind::PacketLoss,
                 "pod traffic to and from node-2 loses packets",
             )
-        }),
+        })
+        .cause(Cause::Unknown),
         Case::new(
             Fault::underlay_loss("node-3", 20),
             FindingKind::PacketLoss,
@@ -375,12 +415,16 @@ async fn quality_faults_are_named() {
             Fault::mtu("node-2"),
             FindingKind::MtuMismatch,
             Names::Nodes(&["node-2"]),
-        ),
+        )
+        .cause(Cause::Unknown),
         Case::new(
             Fault::mtu_lower("node-3", 1200),
             FindingKind::MtuMismatch,
             Names::Nodes(&["node-3"]),
-        ),
+        )
+        .cause(Cause::Says(
+            "node-3: flannel.1 MTU is 1200, 1450 on the other nodes",
+        )),
     ];
     run_cases(&lab, nodes, &cases).await;
 
@@ -556,19 +600,22 @@ async fn pods_cut_off_their_node_are_named_with_host_agents() {
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .evidence("relayed by node-2's host agent"),
+            .evidence("relayed by node-2's host agent")
+            .cause(Cause::Says("node-2: net.ipv4.ip_forward = 0")),
             Case::new(
                 Fault::forward_policy_drop("node-2"),
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .evidence("relayed by node-2's host agent"),
+            .evidence("relayed by node-2's host agent")
+            .cause(Cause::Unknown),
             Case::new(
                 Fault::bridge_down("node-2"),
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .evidence("node-2's host-network agent reports"),
+            .evidence("node-2's host-network agent reports")
+            .cause(Cause::Says("node-2: bridge cni0 is down")),
         ],
     )
     .await;
@@ -591,19 +638,22 @@ async fn pods_cut_off_their_node_are_named_without_host_agents() {
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .evidence(api),
+            .evidence(api)
+            .cause(Cause::Unknown),
             Case::new(
                 Fault::forward_policy_drop("node-2"),
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .evidence(api),
+            .evidence(api)
+            .cause(Cause::Unknown),
             Case::new(
                 Fault::bridge_down("node-2"),
                 FindingKind::NodeIsolated,
                 Names::Nodes(&["node-2"]),
             )
-            .evidence(api),
+            .evidence(api)
+            .cause(Cause::Unknown),
         ],
     )
     .await;

@@ -121,6 +121,15 @@ async fn page_shows_the_matrix_live_and_names_an_isolated_node() {
             common::WAIT,
             DESCRIBE,
         );
+        // The cause, from node-2's own facts (its FDB and neighbour entries
+        // for its peers are gone), on the finding's card.
+        browser.wait_until(
+            "the finding's cause shown",
+            "(() => { const li = document.querySelector('#findings li[data-kind=\"node-isolated\"]'); \
+             return !!li && li.querySelector('.cause').textContent.includes('node-2 has no neighbour entry for'); })()",
+            common::WAIT,
+            DESCRIBE,
+        );
         eprintln!(
             "page: fault shown {:.1?} after injection",
             fault_at.elapsed()

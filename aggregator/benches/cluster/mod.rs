@@ -170,6 +170,7 @@ impl Cluster {
                     nodes: self.nodes.len() as u32,
                     probed: targets.len() as u32,
                 }),
+                facts: None,
             };
             let sender = Sender::Agent(Caller {
                 service_account: "netmatrix-agent".to_owned(),

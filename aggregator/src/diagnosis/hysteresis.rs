@@ -225,6 +225,7 @@ fn finding(track: &Track, window: u32) -> Finding {
         since: humantime::format_rfc3339_millis(since).to_string(),
         since_unix_ms,
         flapping: track.flapping,
+        cause: c.cause.clone(),
     }
 }
 

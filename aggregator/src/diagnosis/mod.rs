@@ -9,6 +9,7 @@
 //!    report pages nobody.
 
 mod agent_down;
+pub mod causes;
 pub mod hysteresis;
 mod recovery;
 mod rules;
@@ -60,6 +61,10 @@ pub struct Context<'a> {
     /// Nodes whose pod-network agent the API says cannot run, and why
     /// (`None` without Kubernetes).
     pub agents_down: Option<&'a BTreeMap<String, AgentDown>>,
+    /// Each node's latest network facts from its host agent.
+    pub facts: &'a BTreeMap<String, std::sync::Arc<netmatrix_api::facts::NodeFacts>>,
+    /// What the API says each node is (empty without Kubernetes).
+    pub truth: &'a BTreeMap<String, causes::NodeTruth>,
     /// Whether silence is judged this round. `false` for one freshness
     /// window after the aggregator started or was stalled: agents have had
     /// no chance to report yet, and their silence says nothing.
@@ -107,6 +112,8 @@ pub struct Condition {
     pub summary: String,
     pub evidence: Vec<String>,
     pub hint: String,
+    /// Why, from the node facts ([`causes`]); empty: unknown.
+    pub cause: Vec<String>,
 }
 
 impl Condition {
@@ -128,6 +135,7 @@ impl Condition {
             summary,
             evidence,
             hint,
+            cause: Vec::new(),
         }
     }
 

@@ -36,6 +36,8 @@ struct Grid {
     /// Why the API says agents cannot run (`None`: no API).
     down: Option<BTreeMap<String, AgentDown>>,
     judge_silence: bool,
+    facts: BTreeMap<String, std::sync::Arc<netmatrix_api::facts::NodeFacts>>,
+    truth: BTreeMap<String, super::causes::NodeTruth>,
 }
 
 fn ok_cell(to: &str) -> Cell {
@@ -117,6 +119,8 @@ impl Grid {
             running: None,
             down: None,
             judge_silence: true,
+            facts: BTreeMap::new(),
+            truth: BTreeMap::new(),
         }
     }
 
@@ -399,6 +403,8 @@ impl Grid {
             pod_agents_running: self.running.as_ref(),
             agents_down: self.down.as_ref(),
             judge_silence: self.judge_silence,
+            facts: &self.facts,
+            truth: &self.truth,
             check_targets: &self.targets,
             windows: &self.windows,
             policy: &policy,

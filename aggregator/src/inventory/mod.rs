@@ -24,6 +24,7 @@ use netmatrix_api::{AgentIdentity, NetworkMode, NodeState};
 
 use crate::auth::{Caller, Roster};
 use crate::diagnosis::AgentDown;
+use crate::diagnosis::causes::NodeTruth;
 
 mod reasons;
 
@@ -70,6 +71,9 @@ pub struct Inventory {
     pub agents: BTreeMap<String, Vec<AgentPod>>,
     /// Nodes whose pod-network agent cannot run, and why.
     pub agents_down: BTreeMap<String, AgentDown>,
+    /// Each node's addresses and tunnel endpoint, for the node facts'
+    /// cross-check.
+    pub truth: BTreeMap<String, NodeTruth>,
 }
 
 /// Why a verified caller may not send its report. The text says what the
@@ -346,17 +350,16 @@ impl Inventory {
         synced: bool,
     ) -> Self {
         let agents_down = reasons::agents_down(nodes, pods, events, namespace);
+        let truth = nodes
+            .iter()
+            .map(|node| (node.name_any(), node_truth(node)))
+            .collect();
         let nodes = nodes
             .iter()
             .copied()
             .map(|node| {
                 let spec = node.spec.as_ref();
-                let cidrs = spec
-                    .and_then(|s| s.pod_cidrs.clone())
-                    .filter(|c| !c.is_empty())
-                    .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
-                    .unwrap_or_default();
-                let pod_cidrs = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+                let pod_cidrs = pod_cidrs(node);
                 let ready = node
                     .status
                     .as_ref()
@@ -389,7 +392,50 @@ impl Inventory {
             nodes,
             agents,
             agents_down,
+            truth,
         }
+    }
+}
+
+/// flannel's annotations on a Node: the address its VTEP is reached at
+/// (when not its InternalIP) and its VTEP's MAC.
+const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
+const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
+
+/// `spec.podCIDRs`, else `spec.podCIDR`, parsed.
+fn pod_cidrs(node: &Node) -> Vec<Cidr> {
+    let spec = node.spec.as_ref();
+    spec.and_then(|s| s.pod_cidrs.clone())
+        .filter(|c| !c.is_empty())
+        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+fn node_truth(node: &Node) -> NodeTruth {
+    let pod_cidrs = pod_cidrs(node)
+        .into_iter()
+        .map(|c| (c.addr, c.prefix))
+        .collect();
+    let internal_ip = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok());
+    let annotation = |key: &str| node.metadata.annotations.as_ref()?.get(key).cloned();
+    let vtep_mac = annotation(FLANNEL_BACKEND_DATA)
+        .and_then(|data| serde_json::from_str::<serde_json::Value>(&data).ok())
+        .and_then(|v| v.get("VtepMAC")?.as_str().map(str::to_ascii_lowercase));
+    NodeTruth {
+        pod_cidrs,
+        internal_ip,
+        public_ip: annotation(FLANNEL_PUBLIC_IP).and_then(|ip| ip.parse().ok()),
+        vtep_mac,
     }
 }
 

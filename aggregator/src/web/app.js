@@ -561,6 +561,17 @@
       head.appendChild(since);
       li.appendChild(head);
       li.appendChild(el("p", "f-summary", f.summary));
+      // Why, from the nodes' own network facts; unknown is said, not guessed.
+      const cause = el("div", "cause");
+      cause.appendChild(el("b", null, "Cause: "));
+      if (f.cause && f.cause.length) {
+        const ul = el("ul");
+        for (const c of f.cause) ul.appendChild(el("li", null, c));
+        cause.appendChild(ul);
+      } else {
+        cause.appendChild(el("span", "unknown", "unknown (nothing in the nodes' network facts explains it)"));
+      }
+      li.appendChild(cause);
       const hint = el("p", "hint");
       hint.appendChild(el("b", null, "Check: "));
       hint.appendChild(document.createTextNode(f.hint));

@@ -21,8 +21,8 @@ use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use netmatrix_api::{
-    Cell, FINDINGS_PATH, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH, Matrix, NetworkMode,
-    REPORTS_PATH,
+    Cell, FINDINGS_PATH, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH, Matrix,
+    NODE_FACTS_PATH, NetworkMode, REPORTS_PATH,
 };
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -82,6 +82,7 @@ pub const ENDPOINTS: &str = concat!(
     "GET  /api/v1/matrix/compact   the same, a few bytes per cell (JSON)\n",
     "GET  /api/v1/matrix/cell      one cell: ?from=NODE&to=NODE[&network=pod|host]\n",
     "GET  /api/v1/findings         what is broken and where (JSON)\n",
+    "GET  /api/v1/facts            one node's own network, from its host agent: ?node=NODE\n",
     "POST /api/v1/reports          agent reports\n",
     "GET  /metrics                 Prometheus metrics\n",
     "GET  /healthz                 liveness\n",
@@ -108,6 +109,7 @@ const _: () = {
     assert!(const_contains(ENDPOINTS, MATRIX_COMPACT_PATH));
     assert!(const_contains(ENDPOINTS, MATRIX_CELL_PATH));
     assert!(const_contains(ENDPOINTS, FINDINGS_PATH));
+    assert!(const_contains(ENDPOINTS, NODE_FACTS_PATH));
     assert!(const_contains(ENDPOINTS, REPORTS_PATH));
 };
 

@@ -77,7 +77,7 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
         FaultKind::VxlanDrop => FindingKind::CrossNodeBroken,
         FaultKind::Partition => FindingKind::Partition,
         FaultKind::OneWay => FindingKind::AsymmetricPath,
-        FaultKind::Pair => FindingKind::PairBroken,
+        FaultKind::Pair | FaultKind::FdbStale => FindingKind::PairBroken,
         FaultKind::Mtu | FaultKind::MtuLower => FindingKind::MtuMismatch,
         FaultKind::ServiceRoute | FaultKind::Dnat => FindingKind::ClusteripBroken,
         FaultKind::ApiserverBlock => FindingKind::ApiserverUnreachable,
@@ -515,6 +515,7 @@ mod tests {
             since: String::new(),
             since_unix_ms: 0,
             flapping: false,
+            cause: Vec::new(),
         };
         let on = ["node-2".to_owned()];
         assert!(names(&finding(&["node-2"]), &on));

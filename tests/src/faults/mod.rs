@@ -9,6 +9,7 @@
 //! | `vxlan-drop` | UDP 8472 dropped in `INPUT` and `OUTPUT` of every node | `cross-node-broken` |
 //! | `partition NODE...` | UDP 8472 dropped between the given nodes' and the other nodes' underlay addresses | `partition` |
 //! | `one-way A B` | flows initiated from A's pods to B's pods dropped in A's `FORWARD` | `asymmetric-path` |
+//! | `fdb-stale A B` | A's FDB entry for B's VTEP points to 198.18.1.99, an address no node has (B re-addressed, A's flanneld not told) (vxlan) | `pair-broken`, the entry named as its cause |
 //! | `pair A B` | pod traffic between A's and B's pod subnets dropped, both ways | `pair-broken` |
 //! | `loss NODE [PERCENT]` | a random share (default 30 %) of the overlay packets arriving at the node dropped | `packet-loss` |
 //! | `underlay-loss NODE [PERCENT]` | a random share (default 20 %) of everything arriving at the node's underlay interface `eth0` dropped: tunnel and host-network traffic alike | `packet-loss`, said to be the node network |
@@ -79,6 +80,8 @@ pub enum FaultKind {
     OneWay,
     /// A B: drop pod traffic between A's and B's pods, both ways.
     Pair,
+    /// A B: point A's FDB entry for B's VTEP at an address no node has (vxlan).
+    FdbStale,
     /// NODE [PERCENT]: drop PERCENT % (default 30) of the overlay packets arriving at NODE.
     Loss,
     /// NODE [PERCENT]: drop PERCENT % (default 20) of everything arriving at NODE's eth0 (node network and overlay alike).
@@ -147,6 +150,7 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::OneWay => "one-way",
             FaultKind::Pair => "pair",
+            FaultKind::FdbStale => "fdb-stale",
             FaultKind::Loss => "loss",
             FaultKind::UnderlayLoss => "underlay-loss",
             FaultKind::Mtu => "mtu",
@@ -171,7 +175,7 @@ impl FaultKind {
     pub fn arity(self) -> Arity {
         match self {
             FaultKind::VxlanDrop | FaultKind::DnsStop | FaultKind::DnsServfail => Arity::None,
-            FaultKind::OneWay | FaultKind::Pair => Arity::Two,
+            FaultKind::OneWay | FaultKind::Pair | FaultKind::FdbStale => Arity::Two,
             FaultKind::Partition => Arity::Group,
             _ => Arity::One,
         }
@@ -207,7 +211,11 @@ impl FaultKind {
     pub fn vxlan_only(self) -> bool {
         matches!(
             self,
-            FaultKind::FdbFlush | FaultKind::VxlanDrop | FaultKind::Partition | FaultKind::MtuLower
+            FaultKind::FdbFlush
+                | FaultKind::FdbStale
+                | FaultKind::VxlanDrop
+                | FaultKind::Partition
+                | FaultKind::MtuLower
         )
     }
 
@@ -367,6 +375,10 @@ impl Fault {
 
     pub fn underlay_loss(node: &str, percent: u32) -> Self {
         Self::on(FaultKind::UnderlayLoss, &[node], Some(percent))
+    }
+
+    pub fn fdb_stale(from: &str, to: &str) -> Self {
+        Self::on(FaultKind::FdbStale, &[from, to], None)
     }
 
     pub fn mtu(node: &str) -> Self {
@@ -567,6 +579,11 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
         };
     };
     match fault.kind {
+        FaultKind::FdbStale => {
+            if let [a, b] = nodes[..] {
+                network::misdirect_peer(a, b)?;
+            }
+        }
         FaultKind::OverlayDown => {
             let done =
                 peers(t, n).try_for_each(|peer| network::disconnect_peer(t.overlay, n, peer));
@@ -620,6 +637,11 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
         };
     };
     match fault.kind {
+        FaultKind::FdbStale => {
+            if let [a, b] = nodes[..] {
+                network::connect_peer(t.overlay, a, b)?;
+            }
+        }
         FaultKind::OverlayDown | FaultKind::FdbFlush => reconnect(t, n)?,
         FaultKind::MtuLower => {
             network::set_vtep_mtu(n, POD_MTU)?;

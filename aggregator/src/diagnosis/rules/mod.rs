@@ -40,7 +40,7 @@ use netmatrix_api::{
     Cell, CheckCell, FindingKind, Matrix, MatrixRow, NetworkMode, NodeState, Status,
 };
 
-use super::{Condition, Context, DiagnosisPolicy};
+use super::{Condition, Context, DiagnosisPolicy, causes};
 use crate::history::{PathWindow, network_slot};
 use crate::matrix::{CheckTargets, PathWindows};
 
@@ -138,6 +138,11 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
     conditions.extend(overlay.conditions);
     conditions.extend(paths);
     conditions.extend(quality);
+    let knowledge = causes::Knowledge {
+        facts: context.facts,
+        truth: context.truth,
+    };
+    causes::explain(&mut conditions, &knowledge);
     conditions
 }
 

@@ -1,0 +1,479 @@
+//! Why a network finding holds: each concerned node's own network facts
+//! (read by its host agent, [`NodeFacts`]) checked against what the API
+//! says the cluster is ([`NodeTruth`]: each node's pod CIDRs and address).
+//!
+//! What is checked, where it applies:
+//! - the node forwards (`net.ipv4.ip_forward`);
+//! - its overlay devices are up, and exist where the other nodes have one;
+//! - its bridges are up;
+//! - it has a route to each peer's pod CIDRs (a default route does not
+//!   count: pod traffic must not leave through the node's gateway);
+//! - through a VXLAN device: a neighbour entry for the route's gateway
+//!   with the peer's VTEP MAC, and an FDB entry for that MAC pointing at
+//!   the peer's address; on host-gw, the route's gateway is the peer's
+//!   address;
+//! - for `mtu-mismatch`, the overlay device's MTU against the other nodes'.
+//!
+//! Only what the facts show is said. A finding with no such line has an
+//! unknown cause, and says so; nothing is guessed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use netmatrix_api::facts::{LinkFact, NodeFacts, RouteFact};
+use netmatrix_api::{FindingKind, Path};
+
+use super::Condition;
+
+/// What the API says a node is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeTruth {
+    /// `spec.podCIDRs`, as (network, prefix).
+    pub pod_cidrs: Vec<(IpAddr, u8)>,
+    /// `status.addresses` InternalIP.
+    pub internal_ip: Option<IpAddr>,
+    /// flannel's `public-ip` annotation: the VTEP address peers must use
+    /// (the InternalIP when absent).
+    pub public_ip: Option<IpAddr>,
+    /// flannel's `backend-data` annotation's `VtepMAC`.
+    pub vtep_mac: Option<String>,
+}
+
+impl NodeTruth {
+    /// Where peers' tunnels must point for this node.
+    fn tunnel_ip(&self) -> Option<IpAddr> {
+        self.public_ip.or(self.internal_ip)
+    }
+}
+
+/// Facts and truth of the whole cluster.
+pub struct Knowledge<'a> {
+    pub facts: &'a BTreeMap<String, Arc<NodeFacts>>,
+    pub truth: &'a BTreeMap<String, NodeTruth>,
+}
+
+/// At most this many node pairs are checked per finding: a cluster-wide
+/// finding on thousands of nodes is explained by its first pairs as well.
+const MAX_PAIRS: usize = 64;
+/// Cause lines per finding.
+const MAX_LINES: usize = 10;
+
+/// Fills `cause` of the network conditions.
+pub fn explain(conditions: &mut [Condition], k: &Knowledge) {
+    for c in conditions.iter_mut() {
+        c.cause = causes(c, k);
+    }
+}
+
+fn causes(c: &Condition, k: &Knowledge) -> Vec<String> {
+    let pairs: Vec<(&str, &str)> = match c.kind {
+        FindingKind::NodeIsolated => c
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                k.truth
+                    .keys()
+                    .filter(move |m| *m != n)
+                    .flat_map(move |m| [(n.as_str(), m.as_str()), (m.as_str(), n.as_str())])
+            })
+            .collect(),
+        FindingKind::PairBroken | FindingKind::AsymmetricPath if !c.paths.is_empty() => {
+            paths_both_ways(&c.paths)
+        }
+        FindingKind::PairBroken
+        | FindingKind::AsymmetricPath
+        | FindingKind::CrossNodeBroken
+        | FindingKind::Partition => {
+            let nodes: Vec<&str> = c.nodes.iter().map(String::as_str).collect();
+            nodes
+                .iter()
+                .flat_map(|a| nodes.iter().filter(move |b| a != *b).map(move |b| (*a, *b)))
+                .collect()
+        }
+        FindingKind::MtuMismatch => Vec::new(),
+        _ => return Vec::new(),
+    };
+    let mut lines = Vec::new();
+    for node in &c.nodes {
+        if let Some(f) = k.facts.get(node) {
+            node_lines(node, f, k, &mut lines);
+        }
+    }
+    if c.kind == FindingKind::MtuMismatch {
+        for node in &c.nodes {
+            mtu_lines(node, k, &mut lines);
+        }
+    }
+    for (from, to) in pairs.into_iter().take(MAX_PAIRS) {
+        pair_lines(from, to, k, &mut lines);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    lines.retain(|l| seen.insert(l.clone()));
+    lines.truncate(MAX_LINES);
+    lines
+}
+
+fn paths_both_ways(paths: &[Path]) -> Vec<(&str, &str)> {
+    paths
+        .iter()
+        .flat_map(|p| {
+            [
+                (p.from.as_str(), p.to.as_str()),
+                (p.to.as_str(), p.from.as_str()),
+            ]
+        })
+        .collect()
+}
+
+fn is_overlay(link: &LinkFact) -> bool {
+    matches!(
+        link.kind.as_str(),
+        "vxlan" | "ipip" | "geneve" | "wireguard" | "gre" | "sit"
+    )
+}
+
+/// What is wrong on the node itself.
+fn node_lines(node: &str, f: &NodeFacts, k: &Knowledge, lines: &mut Vec<String>) {
+    if f.ip_forward == Some(false) {
+        lines.push(format!(
+            "{node}: net.ipv4.ip_forward = 0, so it does not route its pods' packets"
+        ));
+    }
+    for link in f.links.iter().filter(|l| !l.up) {
+        if is_overlay(link) {
+            lines.push(format!("{node}: {} ({}) is down", link.name, link.kind));
+        } else if link.kind == "bridge" {
+            lines.push(format!("{node}: bridge {} is down", link.name));
+        }
+    }
+    // An overlay device the other nodes have and this one lacks (one
+    // example of a node that has it).
+    let mut elsewhere: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for (other, of) in k.facts.iter().filter(|(n, _)| n.as_str() != node) {
+        for link in of.links.iter().filter(|l| is_overlay(l)) {
+            elsewhere
+                .entry(link.name.as_str())
+                .or_insert((other.as_str(), link.kind.as_str()));
+        }
+    }
+    for (name, (other, kind)) in elsewhere {
+        if f.link(name).is_none() {
+            lines.push(format!(
+                "{node} has no {name} device; {other} has one ({kind})"
+            ));
+        }
+    }
+    if let Some(truth) = k.truth.get(node) {
+        for &(net, prefix) in &truth.pod_cidrs {
+            if specific_route(f, net, prefix).is_none() {
+                lines.push(format!(
+                    "{node} has no route to its own pod CIDR {net}/{prefix} (its pods' bridge gone or down?)"
+                ));
+            }
+        }
+    }
+}
+
+/// The most specific non-default route covering `net/prefix`.
+fn specific_route(f: &NodeFacts, net: IpAddr, prefix: u8) -> Option<&RouteFact> {
+    f.routes
+        .iter()
+        .filter(|r| r.prefix > 0 && r.covers(net, prefix))
+        .max_by_key(|r| r.prefix)
+}
+
+/// What is wrong on `from`'s way to `to`'s pods.
+fn pair_lines(from: &str, to: &str, k: &Knowledge, lines: &mut Vec<String>) {
+    let (Some(f), Some(truth)) = (k.facts.get(from), k.truth.get(to)) else {
+        return;
+    };
+    for &(net, prefix) in &truth.pod_cidrs {
+        let Some(route) = specific_route(f, net, prefix) else {
+            lines.push(format!(
+                "{from} has no route to {net}/{prefix} ({to}'s pod CIDR)"
+            ));
+            continue;
+        };
+        let dev = route.dev.as_deref().unwrap_or_default();
+        let vxlan = f.link(dev).filter(|l| l.vxlan.is_some());
+        match (vxlan, route.via) {
+            (Some(link), Some(gateway)) => vxlan_lines(from, to, link, gateway, k, lines),
+            (None, Some(gateway)) => {
+                // Host-gw: straight to the peer's address.
+                if let Some(ip) = truth.internal_ip
+                    && gateway != ip
+                    && f.link(dev).is_some_and(|l| l.kind.is_empty())
+                {
+                    lines.push(format!(
+                        "{from}'s route to {net}/{prefix} ({to}'s pod CIDR) goes via {gateway}, {to}'s InternalIP is {ip}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Flannel's VXLAN: the route's gateway (the peer's VTEP address) must
+/// have a neighbour entry with the peer's VTEP MAC, and that MAC an FDB
+/// entry pointing at the peer's address.
+fn vxlan_lines(
+    from: &str,
+    to: &str,
+    link: &LinkFact,
+    gateway: IpAddr,
+    k: &Knowledge,
+    lines: &mut Vec<String>,
+) {
+    let Some(f) = k.facts.get(from) else { return };
+    let dev = link.name.as_str();
+    let truth = k.truth.get(to);
+    let peer_mac = k
+        .facts
+        .get(to)
+        .and_then(|t| t.link(dev))
+        .and_then(|l| l.mac.clone())
+        .or_else(|| truth.and_then(|t| t.vtep_mac.clone()));
+    let neighbour = f.neighbours.iter().find(|n| {
+        n.dev == dev && n.ip == gateway && n.state != "failed" && n.state != "incomplete"
+    });
+    match (neighbour, &peer_mac) {
+        (None, _) => lines.push(format!(
+            "{from} has no neighbour entry for {gateway} ({to}'s VTEP) on {dev}"
+        )),
+        (Some(n), Some(mac)) if n.mac.as_deref() != Some(mac.as_str()) => lines.push(format!(
+            "{from}'s neighbour entry for {gateway} ({to}'s VTEP) on {dev} is {}, {to}'s VTEP MAC is {mac}",
+            n.mac.as_deref().unwrap_or("empty")
+        )),
+        _ => {}
+    }
+    let Some(mac) = peer_mac else { return };
+    let entry = f.fdb.iter().find(|e| e.dev == dev && e.mac == mac);
+    match (entry, truth.and_then(NodeTruth::tunnel_ip)) {
+        (None, _) => lines.push(format!(
+            "{from}'s {dev} has no FDB entry for {to}'s VTEP ({mac})"
+        )),
+        (Some(e), Some(ip)) if e.dst.is_some_and(|d| d != ip) => lines.push(format!(
+            "{from}'s FDB entry for {to}'s VTEP ({mac}) on {dev} points to {}, {to}'s InternalIP is {ip}",
+            e.dst.map(|d| d.to_string()).unwrap_or_default()
+        )),
+        _ => {}
+    }
+}
+
+/// The node's overlay MTU against the other nodes' most common one.
+fn mtu_lines(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
+    let Some(f) = k.facts.get(node) else { return };
+    for link in f.links.iter().filter(|l| is_overlay(l)) {
+        let mut others: BTreeMap<u32, usize> = BTreeMap::new();
+        for (_, of) in k.facts.iter().filter(|(n, _)| n.as_str() != node) {
+            if let Some(l) = of.link(&link.name) {
+                *others.entry(l.mtu).or_default() += 1;
+            }
+        }
+        let usual = others.iter().max_by_key(|(_, n)| **n).map(|(mtu, _)| *mtu);
+        if let Some(usual) = usual
+            && usual != link.mtu
+        {
+            lines.push(format!(
+                "{node}: {} MTU is {}, {usual} on the other nodes",
+                link.name, link.mtu
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnosis::Subject;
+    use netmatrix_api::facts::{FdbFact, NeighbourFact, VxlanFact};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn mac(i: usize) -> String {
+        format!("0a:58:0a:f4:0{i}:00")
+    }
+
+    /// A healthy flannel VXLAN cluster of `n` nodes, as the lab wires it.
+    fn cluster(n: usize) -> (BTreeMap<String, NodeFacts>, BTreeMap<String, NodeTruth>) {
+        let mut facts = BTreeMap::new();
+        let mut truth = BTreeMap::new();
+        for i in 1..=n {
+            let mut f = NodeFacts {
+                ip_forward: Some(true),
+                ..Default::default()
+            };
+            f.links.push(LinkFact {
+                name: "flannel.1".into(),
+                kind: "vxlan".into(),
+                up: true,
+                mtu: 1450,
+                mac: Some(mac(i)),
+                vxlan: Some(VxlanFact {
+                    vni: 1,
+                    local: Some(ip(&format!("198.18.0.{i}"))),
+                    port: Some(8472),
+                }),
+            });
+            f.links.push(LinkFact {
+                name: "cni0".into(),
+                kind: "bridge".into(),
+                up: true,
+                mtu: 1450,
+                mac: None,
+                vxlan: None,
+            });
+            f.routes.push(RouteFact {
+                dst: ip(&format!("10.244.{i}.0")),
+                prefix: 24,
+                via: None,
+                dev: Some("cni0".into()),
+            });
+            for j in (1..=n).filter(|j| *j != i) {
+                f.routes.push(RouteFact {
+                    dst: ip(&format!("10.244.{j}.0")),
+                    prefix: 24,
+                    via: Some(ip(&format!("10.244.{j}.0"))),
+                    dev: Some("flannel.1".into()),
+                });
+                f.neighbours.push(NeighbourFact {
+                    dev: "flannel.1".into(),
+                    ip: ip(&format!("10.244.{j}.0")),
+                    mac: Some(mac(j)),
+                    state: "permanent".into(),
+                });
+                f.fdb.push(FdbFact {
+                    dev: "flannel.1".into(),
+                    mac: mac(j),
+                    dst: Some(ip(&format!("198.18.0.{j}"))),
+                });
+            }
+            let node = format!("node-{i}");
+            facts.insert(node.clone(), f);
+            truth.insert(
+                node,
+                NodeTruth {
+                    pod_cidrs: vec![(ip(&format!("10.244.{i}.0")), 24)],
+                    internal_ip: Some(ip(&format!("198.18.0.{i}"))),
+                    ..Default::default()
+                },
+            );
+        }
+        (facts, truth)
+    }
+
+    fn explained(
+        kind: FindingKind,
+        nodes: &[&str],
+        facts: BTreeMap<String, NodeFacts>,
+        truth: &BTreeMap<String, NodeTruth>,
+    ) -> Vec<String> {
+        let facts = facts.into_iter().map(|(n, f)| (n, Arc::new(f))).collect();
+        let mut c = vec![Condition::new(
+            kind,
+            Subject::Cluster,
+            nodes.iter().map(|n| (*n).to_owned()).collect(),
+            String::new(),
+            Vec::new(),
+            String::new(),
+        )];
+        explain(
+            &mut c,
+            &Knowledge {
+                facts: &facts,
+                truth,
+            },
+        );
+        c.remove(0).cause
+    }
+
+    #[test]
+    fn a_healthy_cluster_has_no_cause_to_tell() {
+        let (facts, truth) = cluster(3);
+        assert_eq!(
+            explained(FindingKind::NodeIsolated, &["node-2"], facts, &truth),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn missing_and_wrong_overlay_entries_are_named() {
+        let (mut facts, truth) = cluster(3);
+        let n1 = facts.get_mut("node-1").unwrap();
+        n1.fdb.retain(|e| e.mac != mac(2));
+        n1.neighbours.retain(|e| e.ip != ip("10.244.2.0"));
+        let cause = explained(FindingKind::NodeIsolated, &["node-2"], facts, &truth);
+        assert_eq!(
+            cause,
+            [
+                "node-1 has no neighbour entry for 10.244.2.0 (node-2's VTEP) on flannel.1",
+                "node-1's flannel.1 has no FDB entry for node-2's VTEP (0a:58:0a:f4:02:00)",
+            ]
+        );
+
+        let (mut facts, truth) = cluster(3);
+        for e in &mut facts.get_mut("node-1").unwrap().fdb {
+            if e.mac == mac(2) {
+                e.dst = Some(ip("198.18.0.99"));
+            }
+        }
+        let stale = "node-1's FDB entry for node-2's VTEP (0a:58:0a:f4:02:00) on flannel.1 points to 198.18.0.99, node-2's InternalIP is 198.18.0.2";
+        let pair = explained(
+            FindingKind::PairBroken,
+            &["node-1", "node-2"],
+            facts.clone(),
+            &truth,
+        );
+        assert_eq!(pair, [stale]);
+        assert_eq!(
+            explained(FindingKind::NodeIsolated, &["node-2"], facts, &truth),
+            [stale]
+        );
+    }
+
+    #[test]
+    fn node_settings_devices_routes_and_mtu_are_named() {
+        let (mut facts, truth) = cluster(3);
+        let n2 = facts.get_mut("node-2").unwrap();
+        n2.ip_forward = Some(false);
+        n2.links[0].up = false;
+        let cause = explained(FindingKind::NodeIsolated, &["node-2"], facts, &truth);
+        assert_eq!(
+            &cause[..2],
+            [
+                "node-2: net.ipv4.ip_forward = 0, so it does not route its pods' packets",
+                "node-2: flannel.1 (vxlan) is down",
+            ]
+        );
+
+        let (mut facts, truth) = cluster(3);
+        let n3 = facts.get_mut("node-3").unwrap();
+        n3.routes.retain(|r| r.dst != ip("10.244.1.0"));
+        // A default route does not count.
+        n3.routes.push(RouteFact {
+            dst: ip("0.0.0.0"),
+            prefix: 0,
+            via: Some(ip("198.18.0.254")),
+            dev: Some("eth0".into()),
+        });
+        assert_eq!(
+            explained(FindingKind::NodeIsolated, &["node-1"], facts, &truth),
+            ["node-3 has no route to 10.244.1.0/24 (node-1's pod CIDR)"]
+        );
+
+        let (mut facts, truth) = cluster(3);
+        facts.get_mut("node-3").unwrap().links[0].mtu = 1200;
+        assert_eq!(
+            explained(FindingKind::MtuMismatch, &["node-3"], facts, &truth),
+            ["node-3: flannel.1 MTU is 1200, 1450 on the other nodes"]
+        );
+
+        // Loss has no cause the facts can tell.
+        let (facts, truth) = cluster(3);
+        assert!(explained(FindingKind::PacketLoss, &["node-3"], facts, &truth).is_empty());
+    }
+}
