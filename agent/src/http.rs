@@ -178,6 +178,7 @@ mod tests {
             peer_source: PeerSource::LastKnown,
             mtu_probe_bytes: None,
             sampled: None,
+            facts_digest: None,
             facts: None,
         }));
         let state = AppState {

@@ -125,6 +125,8 @@ pub struct ReportingState {
 enum Delivery {
     Accepted {
         endpoint: String,
+        /// The aggregator wants the node facts with the next report.
+        want_facts: bool,
     },
     Rejected {
         endpoint: String,
@@ -249,9 +251,8 @@ pub struct Reporter {
     undelivered: Undelivered,
     relay: Option<Relay>,
     backoff: Backoff,
-    /// The node facts last delivered: their hash and the round they went
-    /// with. Unchanged facts are left out until they are due again.
-    facts_sent: Option<(u64, u64)>,
+    /// The aggregator asked for the node facts in its last answer.
+    facts_wanted: bool,
 }
 
 impl Reporter {
@@ -294,7 +295,7 @@ impl Reporter {
             undelivered: Undelivered::default(),
             relay: None,
             backoff: Backoff::default(),
-            facts_sent: None,
+            facts_wanted: false,
         })
     }
 
@@ -325,28 +326,15 @@ impl Reporter {
         }
     }
 
-    /// `report` as it goes on the wire: its node facts left out when the
-    /// aggregator already has them and they are not due for a refresh.
-    /// Returns the hash of the facts it still carries.
-    fn without_known_facts(&self, report: &Arc<Report>) -> (Arc<Report>, Option<u64>) {
-        let Some(facts) = &report.facts else {
-            return (report.clone(), None);
-        };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(facts, &mut hasher);
-        let hash = std::hash::Hasher::finish(&hasher);
-        let known = self.facts_sent.is_some_and(|(sent, round)| {
-            sent == hash
-                && report.round >= round
-                && report.round - round < netmatrix_api::facts::FACTS_REFRESH_ROUNDS
-        });
-        if known {
-            let mut trimmed = Report::clone(report);
-            trimmed.facts = None;
-            (Arc::new(trimmed), None)
-        } else {
-            (report.clone(), Some(hash))
+    /// `report` as it goes on the wire: its node facts only when the
+    /// aggregator asked for them (their digest always).
+    fn facts_if_wanted(&self, report: &Arc<Report>) -> Arc<Report> {
+        if report.facts.is_none() || self.facts_wanted {
+            return report.clone();
         }
+        let mut trimmed = Report::clone(report);
+        trimmed.facts = None;
+        Arc::new(trimmed)
     }
 
     /// One delivery attempt (or a skip, while backing off).
@@ -361,20 +349,18 @@ impl Reporter {
             self.undelivered.set(Some(report.clone()));
             return;
         }
-        let (sent, facts) = self.without_known_facts(report);
+        let sent = self.facts_if_wanted(report);
         let delivery = self.send_with_token(REPORTS_PATH, &sent).await;
         let taken = !matches!(delivery, Delivery::Failed { .. });
-        if matches!(delivery, Delivery::Accepted { .. })
-            && let Some(hash) = facts
-        {
-            self.facts_sent = Some((hash, report.round));
+        if let Delivery::Accepted { want_facts, .. } = delivery {
+            self.facts_wanted = want_facts;
         }
         self.undelivered.set((!taken).then(|| report.clone()));
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         match delivery {
-            Delivery::Accepted { endpoint } => {
+            Delivery::Accepted { endpoint, .. } => {
                 if self.backoff.failures > 0 {
                     tracing::info!(%endpoint, failures = self.backoff.failures, "reporting works again");
                 }
@@ -557,7 +543,12 @@ impl Reporter {
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
         if status.is_success() {
-            return Ok(Delivery::Accepted { endpoint });
+            let want_facts = serde_json::from_slice::<netmatrix_api::ReportAccepted>(&body)
+                .is_ok_and(|accepted| accepted.want_facts);
+            return Ok(Delivery::Accepted {
+                endpoint,
+                want_facts,
+            });
         }
         let error = serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| ApiError {
             reason: format!("http-{}", status.as_u16()),
@@ -637,6 +628,7 @@ mod tests {
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
             sampled: None,
+            facts_digest: None,
             facts: None,
         })
     }

@@ -162,6 +162,7 @@ impl Prober {
             peer_source: view.source,
             mtu_probe_bytes: self.icmp.mtu_probe_bytes(),
             sampled: view.sampled,
+            facts_digest: facts.as_ref().map(netmatrix_api::facts::digest),
             facts,
         };
         // OS and TLS errors can be long; the aggregator keeps 300 characters.
@@ -635,6 +636,7 @@ mod tests {
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
             sampled: None,
+            facts_digest: None,
             facts: None,
         };
         let mut moved = info("10.244.2.9");

@@ -134,6 +134,14 @@ pub struct Args {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Also show findings on the Nodes: a `NetmatrixPodNetwork` condition
+    /// (True while a finding names the node, reason the finding's kind) and
+    /// an Event at raise and clear, as node-problem-detector does. Needs
+    /// `patch` on nodes/status and `create` on events (the chart's
+    /// aggregator.nodeConditions grants them).
+    #[arg(long, env = "NETMATRIX_NODE_CONDITIONS")]
+    pub node_conditions: bool,
+
     /// Run without the Kubernetes API, for tests and trials only: expected nodes
     /// are the nodes that have reported, and reports are NOT authenticated:
     /// anyone who reaches the aggregator can write any node's row.

@@ -163,6 +163,7 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
             Json(ReportAccepted {
                 node: accepted.node,
                 round: accepted.round,
+                want_facts: accepted.want_facts,
             }),
         )
             .into_response(),
@@ -487,7 +488,8 @@ mod tests {
             accepted,
             ReportAccepted {
                 node: "n1".into(),
-                round: 10
+                round: 10,
+                want_facts: false,
             }
         );
         let m = matrix(&app).await;

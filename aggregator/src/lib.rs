@@ -21,6 +21,7 @@ pub mod http;
 pub mod inventory;
 pub mod matrix;
 pub mod metrics;
+pub mod node_status;
 pub mod published;
 pub mod state;
 pub mod store;
@@ -35,6 +36,7 @@ use tokio::time::MissedTickBehavior;
 use auth::{Authenticator, TokenPolicy};
 pub use config::Args;
 use inventory::{InventorySource, KubeInventory};
+use node_status::NodeStatusWriter;
 use state::{Aggregator, Settings};
 
 /// Why the aggregator could not start or stopped.
@@ -55,6 +57,7 @@ pub enum Error {
 
 /// Runs the aggregator until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
+    let mut node_status = None;
     let (inventory, authenticator) = if args.no_kubernetes {
         tracing::warn!(
             "--no-kubernetes: reports are NOT authenticated (anyone who reaches this aggregator can write any node's row) and only nodes that have reported are expected; for trials only"
@@ -69,6 +72,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
             service_accounts: args.agent_service_accounts.iter().cloned().collect(),
             reviews_per_second: args.token_review_qps,
         };
+        if args.node_conditions {
+            node_status = Some(NodeStatusWriter::new(client.clone()));
+        }
         (
             InventorySource::Kubernetes(KubeInventory::spawn(
                 client.clone(),
@@ -97,7 +103,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
         "aggregator ready"
     );
 
-    let evaluation = tokio::spawn(evaluate_every(Arc::clone(&aggregator), args.interval));
+    let evaluation = tokio::spawn(evaluate_every(
+        Arc::clone(&aggregator),
+        args.interval,
+        node_status,
+    ));
     let app = http::router(aggregator, args.max_body);
     let limits = ServerLimits {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
@@ -110,7 +120,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
 /// The evaluation loop: one round per interval. A slow round delays the next
 /// instead of bursting to catch up, so hysteresis counts real rounds.
-async fn evaluate_every(aggregator: Arc<Aggregator>, interval: std::time::Duration) {
+async fn evaluate_every(
+    aggregator: Arc<Aggregator>,
+    interval: std::time::Duration,
+    mut node_status: Option<NodeStatusWriter>,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -127,6 +141,9 @@ async fn evaluate_every(aggregator: Arc<Aggregator>, interval: std::time::Durati
         match evaluated {
             Ok(findings) => {
                 tracing::debug!(findings = findings.findings.len(), "evaluation round");
+                if let Some(writer) = node_status.as_mut() {
+                    writer.sync(&findings.findings).await;
+                }
             }
             Err(error) => tracing::error!(%error, "evaluation round failed"),
         }

@@ -342,7 +342,7 @@ impl Aggregator {
                 running: Some(inventory.running_pod_agents()),
                 down: Some(inventory.agents_down.clone()),
                 truth: inventory.truth.clone(),
-                facts: store.facts().clone(),
+                facts: store.fresh_facts(),
             },
             Some(_) => NodeSets {
                 known: BTreeSet::new(),
@@ -360,7 +360,7 @@ impl Aggregator {
                 running: None,
                 down: None,
                 truth: BTreeMap::new(),
-                facts: store.facts().clone(),
+                facts: store.fresh_facts(),
             },
         }
     }
@@ -413,6 +413,11 @@ impl Aggregator {
             policy: &self.settings.diagnosis,
         };
         let conditions = diagnosis::evaluate(&matrix, &context);
+        let wanted = diagnosis::causes::facts_read(&conditions, &nodes.truth)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        self.lock_store().want_facts_of(wanted);
         recovery.observe(&conditions, now, grace);
         drop(recovery);
         let (findings, pending) = {
@@ -468,7 +473,7 @@ impl Aggregator {
 
     /// `node`'s latest network facts from its host agent.
     pub fn node_facts(&self, node: &str) -> Option<Arc<NodeFacts>> {
-        self.lock_store().facts().get(node).cloned()
+        self.lock_store().held_facts(node)
     }
 
     fn lock_store(&self) -> std::sync::MutexGuard<'_, ReportStore> {

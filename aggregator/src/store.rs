@@ -158,6 +158,8 @@ pub struct Accepted {
     pub round: u64,
     /// Peers without a node name whose IP no node claims; they were dropped.
     pub unmapped_peers: usize,
+    /// Ask the host agent for its node's facts with the next report.
+    pub want_facts: bool,
 }
 
 /// Latest report per (node, network mode), and the last rounds' echo
@@ -169,9 +171,13 @@ pub struct ReportStore {
     /// Every node that ever reported: the expected nodes under `--no-kubernetes`.
     seen_nodes: BTreeSet<String>,
     history: History,
-    /// Each node's latest network facts, from its host agent (sent when
-    /// they change, so kept apart from the reports).
-    facts: BTreeMap<String, Arc<NodeFacts>>,
+    /// Each node's latest network facts from its host agent, with their
+    /// digest (sent on request, so kept apart from the reports).
+    facts: BTreeMap<String, (String, Arc<NodeFacts>)>,
+    /// The digest of each node's facts in its host agent's latest report.
+    digests: BTreeMap<String, String>,
+    /// Nodes whose facts the last evaluation's network conditions read.
+    facts_wanted: BTreeSet<String>,
 }
 
 /// Parses and validates a report body. Done before taking the store's
@@ -330,17 +336,28 @@ impl ReportStore {
 
         // Only a host agent reads its node's network; facts in a pod
         // agent's report are not its to give.
-        if let Some(facts) = report.facts.take()
-            && report.agent.network == NetworkMode::Host
-        {
-            self.facts
-                .insert(report.agent.node.clone(), Arc::new(facts));
+        let facts = report.facts.take();
+        let digest = report.facts_digest.take();
+        let mut want_facts = false;
+        if report.agent.network == NetworkMode::Host {
+            let node = &report.agent.node;
+            if let Some(facts) = facts {
+                // Our own digest: what the agent claims is only a hint
+                // that its copy changed.
+                let ours = netmatrix_api::facts::digest(&facts);
+                self.digests.insert(node.clone(), ours.clone());
+                self.facts.insert(node.clone(), (ours, Arc::new(facts)));
+            } else if let Some(digest) = digest {
+                self.digests.insert(node.clone(), digest);
+            }
+            want_facts = self.facts_wanted.contains(node) && !self.facts_fresh(node);
         }
         let unmapped_peers = self.place_unnamed_peers(&mut report, inventory);
         let accepted = Accepted {
             node: report.agent.node.clone(),
             round: report.round,
             unmapped_peers,
+            want_facts,
         };
         self.seen_nodes.insert(report.agent.node.clone());
         let samples = report
@@ -405,9 +422,32 @@ impl ReportStore {
         &self.seen_nodes
     }
 
-    /// Each node's latest network facts.
-    pub fn facts(&self) -> &BTreeMap<String, Arc<NodeFacts>> {
-        &self.facts
+    /// Whether the facts held for `node` are those its host agent last
+    /// reported having.
+    fn facts_fresh(&self, node: &str) -> bool {
+        matches!(
+            (self.facts.get(node), self.digests.get(node)),
+            (Some((held, _)), Some(latest)) if held == latest
+        )
+    }
+
+    /// The nodes whose facts are up to date, with them.
+    pub fn fresh_facts(&self) -> BTreeMap<String, Arc<NodeFacts>> {
+        self.facts
+            .iter()
+            .filter(|(node, _)| self.facts_fresh(node))
+            .map(|(node, (_, facts))| (node.clone(), Arc::clone(facts)))
+            .collect()
+    }
+
+    /// The last facts received from `node`'s host agent, up to date or not.
+    pub fn held_facts(&self, node: &str) -> Option<Arc<NodeFacts>> {
+        self.facts.get(node).map(|(_, f)| Arc::clone(f))
+    }
+
+    /// Nodes whose facts are asked for when out of date.
+    pub fn want_facts_of(&mut self, nodes: BTreeSet<String>) {
+        self.facts_wanted = nodes;
     }
 
     /// The last rounds of every source's peers.
@@ -421,12 +461,14 @@ impl ReportStore {
     pub fn retain(&mut self, mut keep: impl FnMut(&StoredReport) -> bool) {
         let history = &mut self.history;
         let facts = &mut self.facts;
+        let digests = &mut self.digests;
         self.latest.retain(|(node, network), stored| {
             let kept = keep(stored);
             if !kept {
                 history.forget(node, *network);
                 if *network == NetworkMode::Host {
                     facts.remove(node);
+                    digests.remove(node);
                 }
             }
             kept
@@ -509,6 +551,7 @@ pub(crate) mod tests {
             peer_source: Default::default(),
             mtu_probe_bytes: None,
             sampled: None,
+            facts_digest: None,
             facts: None,
         }
     }
@@ -549,6 +592,46 @@ pub(crate) mod tests {
             None => Sender::Unverified,
         };
         store.ingest(&body(r), &sender, inv, now)
+    }
+
+    /// Facts travel only when asked for: the digest says they changed, a
+    /// condition reads them. Only a host agent's are taken.
+    #[test]
+    fn node_facts_are_asked_for_when_wanted_and_out_of_date() {
+        use netmatrix_api::facts::{NodeFacts, digest};
+        let mut store = ReportStore::default();
+        let facts = NodeFacts {
+            ip_forward: Some(false),
+            ..Default::default()
+        };
+        let host = |round: u64, with: Option<&NodeFacts>, d: &str| {
+            let mut r = report(0, "n1", 10 + round);
+            r.round = round;
+            r.agent.network = NetworkMode::Host;
+            r.facts_digest = Some(d.to_owned());
+            r.facts = with.cloned();
+            r
+        };
+        let d = digest(&facts);
+        let a = ingest(&mut store, &host(1, None, &d), None, 1000).unwrap();
+        assert!(!a.want_facts, "nobody reads them yet");
+        store.want_facts_of(["n1".to_owned()].into());
+        let a = ingest(&mut store, &host(2, None, &d), None, 2000).unwrap();
+        assert!(a.want_facts);
+        assert!(store.fresh_facts().is_empty());
+        let a = ingest(&mut store, &host(3, Some(&facts), &d), None, 3000).unwrap();
+        assert!(!a.want_facts);
+        assert_eq!(store.fresh_facts()["n1"].ip_forward, Some(false));
+        // Changed on the node: out of date until sent again.
+        let a = ingest(&mut store, &host(4, None, "00000000000000ff"), None, 4000).unwrap();
+        assert!(a.want_facts);
+        assert!(store.fresh_facts().is_empty());
+        assert!(store.held_facts("n1").is_some());
+        // A pod agent's facts are not taken.
+        let mut pod = report(1, "n2", 10);
+        pod.facts = Some(facts.clone());
+        ingest(&mut store, &pod, None, 5000).unwrap();
+        assert!(store.held_facts("n2").is_none());
     }
 
     #[test]

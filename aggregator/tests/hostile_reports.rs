@@ -126,6 +126,7 @@ fn real_report() -> Report {
         peer_source: PeerSource::Api,
         mtu_probe_bytes: Some(1450),
         sampled: None,
+        facts_digest: None,
         facts: None,
     }
 }

@@ -6,9 +6,12 @@
 //! the API says (each node's pod CIDRs and addresses) to tell *why* a path
 //! is broken.
 //!
-//! Sent only when they changed, and again every [`FACTS_REFRESH_ROUNDS`]
-//! rounds: on a large cluster the route and FDB tables hold an entry per
-//! node, and they rarely change.
+//! Sent only when the aggregator asks: each report carries a digest of them
+//! ([`digest`]), and the aggregator asks for the facts (in its answer to a
+//! report) when the digest differs from its copy's and a network finding
+//! being judged reads them. On a large cluster the route and FDB tables
+//! hold an entry per node and change with every join: sent every time,
+//! they would cost each node a megabyte per change.
 
 use std::net::IpAddr;
 
@@ -16,9 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::validate::Invalid;
 
-/// Rounds after which unchanged facts are sent again (an aggregator that
-/// restarted has them back within this many rounds).
-pub const FACTS_REFRESH_ROUNDS: u64 = 30;
 /// Entries kept per table (links, routes, FDB, neighbours).
 pub const MAX_FACT_ENTRIES: usize = 8_192;
 /// Longest interface name (the kernel's IFNAMSIZ, less its NUL).
@@ -229,6 +229,22 @@ fn mac(mac: Option<&str>, field: &str) -> Result<(), Invalid> {
     } else {
         Err(bad(field, "not a hardware address"))
     }
+}
+
+/// The digest of `facts` sent in every host report: 16 hex digits of a
+/// 64-bit FNV-1a over their JSON (stable across processes and versions of
+/// the standard library, unlike `DefaultHasher`).
+pub fn digest(facts: &NodeFacts) -> String {
+    let json = serde_json::to_vec(facts).unwrap_or_default();
+    let hash = json.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// Whether `s` has the shape of a [`digest`].
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// `bytes` as `aa:bb:...`.

@@ -108,8 +108,12 @@ pub struct Report {
     /// then shows unprobed paths as absent rather than unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<Sampled>,
-    /// Host-network agents: the node's own network ([`facts`]), when it
-    /// changed or every [`facts::FACTS_REFRESH_ROUNDS`] rounds.
+    /// Host-network agents: a digest of the node's own network ([`facts`])
+    /// every round, so the aggregator knows when its copy is out of date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_digest: Option<String>,
+    /// The facts themselves, only when the aggregator asked for them
+    /// ([`ReportAccepted::want_facts`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<facts::NodeFacts>,
 }
@@ -332,6 +336,11 @@ impl std::fmt::Display for ProbeError {
 pub struct ReportAccepted {
     pub node: String,
     pub round: u64,
+    /// The aggregator wants this node's network facts with the next report:
+    /// they changed (`facts_digest`) and a network finding is being judged
+    /// that reads them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_facts: bool,
 }
 
 /// Error body of every 4xx/5xx answer of the aggregator.

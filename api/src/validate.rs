@@ -139,6 +139,11 @@ impl Report {
         if let Some(facts) = &self.facts {
             facts.validate()?;
         }
+        if let Some(d) = &self.facts_digest
+            && !crate::facts::is_digest(d)
+        {
+            return Err(invalid("facts_digest", "not a digest"));
+        }
         Ok(())
     }
 
@@ -371,6 +376,7 @@ mod tests {
             peer_source: Default::default(),
             mtu_probe_bytes: Some(1450),
             sampled: None,
+            facts_digest: None,
             facts: None,
         }
     }

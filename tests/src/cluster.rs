@@ -361,6 +361,69 @@ impl ClusterState {
         })
     }
 
+    /// Applies a patch to a Node's `status` (strategic: `conditions` merge
+    /// by `type`; otherwise a JSON merge patch, which replaces lists).
+    /// `Ok(None)` when there is no such node; `Err` when the result is
+    /// not a Node.
+    pub fn patch_node_status(
+        &self,
+        name: &str,
+        patch: &Value,
+        strategic: bool,
+    ) -> Result<Option<Value>, String> {
+        let mut inner = self.lock();
+        let key = (String::new(), name.to_owned());
+        let Some(node) = inner.nodes.get(&key).cloned() else {
+            return Ok(None);
+        };
+        let mut object = json(&node).ok_or("the node cannot be serialized")?;
+        merge(&mut object, patch, strategic);
+        let patched: Node =
+            serde_json::from_value(object).map_err(|e| format!("invalid status: {e}"))?;
+        self.apply_locked(&mut inner, patched);
+        Ok(inner.nodes.get(&key).and_then(json))
+    }
+
+    /// Creates an Event in `namespace` (a name from `generateName` when it
+    /// has none). Returns it as stored.
+    pub fn create_event(
+        &self,
+        namespace: &str,
+        mut event: KubeEvent,
+    ) -> Result<Value, CreateError> {
+        let mut inner = self.lock();
+        event.metadata.namespace = Some(namespace.to_owned());
+        if event.metadata.name.as_deref().is_none_or(str::is_empty) {
+            let prefix = event
+                .metadata
+                .generate_name
+                .clone()
+                .ok_or(CreateError::NoName)?;
+            event.metadata.name = Some(format!("{prefix}{}", &new_uid()[..5]));
+        }
+        let name = event.metadata.name.clone().unwrap_or_default();
+        let key = (namespace.to_owned(), name.clone());
+        if inner.events.contains_key(&key) {
+            return Err(CreateError::Exists(name));
+        }
+        self.apply_locked(&mut inner, event);
+        inner
+            .events
+            .get(&key)
+            .and_then(json)
+            .ok_or(CreateError::NoName)
+    }
+
+    /// The Events of `namespace`.
+    pub fn events(&self, namespace: &str) -> Vec<KubeEvent> {
+        self.lock()
+            .events
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
     /// Records an Event about a pod, as the kubelet's event recorder does:
     /// a repeat of the same reason and message bumps the existing Event's
     /// `count` and `lastTimestamp` (the client-side correlator's
@@ -563,6 +626,46 @@ impl ClusterState {
             "cluster state changed"
         );
         self.latest.send_replace(inner.rv);
+    }
+}
+
+/// Why an object was not created.
+#[derive(Debug)]
+pub enum CreateError {
+    Exists(String),
+    NoName,
+}
+
+/// Merges `patch` into `target`: JSON merge patch (objects merge, `null`
+/// deletes, anything else replaces), and with `strategic`, lists of
+/// `conditions` merge by their `type` as the API's strategy for Node and
+/// Pod status does.
+fn merge(target: &mut Value, patch: &Value, strategic: bool) {
+    let (Value::Object(t), Value::Object(p)) = (&mut *target, patch) else {
+        *target = patch.clone();
+        return;
+    };
+    for (key, value) in p {
+        match (key.as_str(), t.get_mut(key), value) {
+            (_, _, Value::Null) => {
+                t.remove(key);
+            }
+            ("conditions", Some(Value::Array(have)), Value::Array(new)) if strategic => {
+                for condition in new {
+                    let same = |c: &&mut Value| c.get("type") == condition.get("type");
+                    match have.iter_mut().find(same) {
+                        Some(old) => merge(old, condition, true),
+                        None => have.push(condition.clone()),
+                    }
+                }
+            }
+            (_, Some(old), _) if old.is_object() && value.is_object() => {
+                merge(old, value, strategic)
+            }
+            _ => {
+                t.insert(key.clone(), value.clone());
+            }
+        }
     }
 }
 

@@ -63,6 +63,8 @@ pub struct LabConfig {
     /// Also run a host-network agent in every node namespace (and register
     /// its pod), as the chart's host-agent DaemonSet does.
     pub host_agents: bool,
+    /// The aggregator's `--node-conditions`: findings shown on the Nodes.
+    pub node_conditions: bool,
     /// Where the netmatrix binaries are (default: see [`Binaries::locate`]).
     pub bin_dir: Option<PathBuf>,
     /// Lifetime of the agents' ServiceAccount tokens; the lab rotates them
@@ -81,6 +83,7 @@ impl Default for LabConfig {
             prefix: None,
             components: true,
             host_agents: true,
+            node_conditions: false,
             bin_dir: None,
             token_ttl: DEFAULT_TOKEN_TTL,
         }
@@ -713,7 +716,13 @@ impl Lab {
                 labels::REPORTER_SELECTOR,
             ]
             .map(String::from)
-            .to_vec(),
+            .into_iter()
+            .chain(
+                self.config
+                    .node_conditions
+                    .then(|| "--node-conditions".to_owned()),
+            )
+            .collect(),
             env: self.base_env("kubeconfig"),
         })
     }

@@ -46,6 +46,10 @@ enum Command {
         /// Run no host-network agents (by default every node runs one beside its pod agent).
         #[arg(long)]
         no_host_agents: bool,
+        /// Have the aggregator set the NetmatrixPodNetwork condition and
+        /// Events on the Nodes a finding names (`--node-conditions`).
+        #[arg(long)]
+        node_conditions: bool,
         /// Lifetime of the agents' ServiceAccount tokens, rotated at 80 %
         /// of it as the kubelet does.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
@@ -156,6 +160,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             prefix,
             bin_dir,
             no_host_agents,
+            node_conditions,
             token_ttl,
         } => {
             up(LabConfig {
@@ -166,6 +171,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 prefix,
                 components: true,
                 host_agents: !no_host_agents,
+                node_conditions,
                 bin_dir,
                 token_ttl,
             })

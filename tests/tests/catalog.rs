@@ -771,3 +771,87 @@ async fn a_stalled_aggregator_blames_no_agent() {
     );
     lab.down().await;
 }
+
+/// With `--node-conditions`, a finding shows on the Node where operators
+/// look: the `NetmatrixPodNetwork` condition (reason, message with the
+/// cause) while the fault lasts, an Event at raise and at clear, and the
+/// condition back to False after the heal. Written by the aggregator
+/// through the API (kube-rs PATCH and POST), read here from the state the
+/// emulator serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn findings_show_on_the_node_with_node_conditions() {
+    let lab = healthy_lab_with(LabConfig {
+        nodes: 3,
+        node_conditions: true,
+        ..LabConfig::default()
+    })
+    .await;
+    let condition = |lab: &Lab, node: &str| {
+        lab.cluster()
+            .nodes()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(node))
+            .and_then(|n| n.status?.conditions)
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "NetmatrixPodNetwork")
+    };
+    let events = |lab: &Lab, reason: &str| {
+        lab.cluster()
+            .events("default")
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.involved_object.name.as_deref() == Some("node-2")
+                    && e.involved_object.kind.as_deref() == Some("Node")
+            })
+            .count()
+    };
+    assert!(
+        condition(&lab, "node-2").is_none(),
+        "a healthy node has no condition yet"
+    );
+
+    lab.fault(Fault::forwarding_off("node-2")).expect("fault");
+    let start = Instant::now();
+    let isolated = |f: &Finding| f.kind == FindingKind::NodeIsolated;
+    watch(&lab, "the condition on node-2", isolated, |_| {
+        condition(&lab, "node-2").is_some_and(|c| {
+            c.status == "True"
+                && c.reason.as_deref() == Some("NodeIsolated")
+                && c.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("net.ipv4.ip_forward = 0"))
+        }) && events(&lab, "NetmatrixPodNetworkProblem") == 1
+    })
+    .await;
+    eprintln!(
+        "condition and Event on node-2 after {:.1?}",
+        start.elapsed()
+    );
+    assert!(condition(&lab, "node-1").is_none(), "node-1 is not named");
+
+    lab.heal().expect("heal");
+    watch(&lab, "the condition cleared", isolated, |s| {
+        healthy(s, 3)
+            && condition(&lab, "node-2").is_some_and(|c| c.status == "False")
+            && events(&lab, "NetmatrixPodNetworkRecovered") == 1
+    })
+    .await;
+    // The kubelet's own Ready condition is untouched by the merge.
+    let node = lab
+        .cluster()
+        .nodes()
+        .into_iter()
+        .find(|n| n.metadata.name.as_deref() == Some("node-2"))
+        .expect("node-2");
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.status, "True");
+    lab.down().await;
+}

@@ -170,6 +170,7 @@ impl Cluster {
                     nodes: self.nodes.len() as u32,
                     probed: targets.len() as u32,
                 }),
+                facts_digest: None,
                 facts: None,
             };
             let sender = Sender::Agent(Caller {

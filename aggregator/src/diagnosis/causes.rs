@@ -17,7 +17,7 @@
 //! Only what the facts show is said. A finding with no such line has an
 //! unknown cause, and says so; nothing is guessed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -59,6 +59,9 @@ const MAX_PAIRS: usize = 64;
 /// Cause lines per finding.
 const MAX_LINES: usize = 10;
 
+/// Other nodes whose overlay MTU a node's is compared with.
+const MAX_MTU_PEERS: usize = 32;
+
 /// Fills `cause` of the network conditions.
 pub fn explain(conditions: &mut [Condition], k: &Knowledge) {
     for c in conditions.iter_mut() {
@@ -66,13 +69,50 @@ pub fn explain(conditions: &mut [Condition], k: &Knowledge) {
     }
 }
 
-fn causes(c: &Condition, k: &Knowledge) -> Vec<String> {
+/// Whether facts can tell the cause of this kind of finding.
+fn explained_kind(kind: FindingKind) -> bool {
+    matches!(
+        kind,
+        FindingKind::NodeIsolated
+            | FindingKind::PairBroken
+            | FindingKind::AsymmetricPath
+            | FindingKind::CrossNodeBroken
+            | FindingKind::Partition
+            | FindingKind::MtuMismatch
+    )
+}
+
+/// The nodes whose facts explaining `conditions` reads: the aggregator asks
+/// their host agents for them when they changed.
+pub fn facts_read<'a>(
+    conditions: &'a [Condition],
+    truth: &'a BTreeMap<String, NodeTruth>,
+) -> BTreeSet<&'a str> {
+    let mut nodes = BTreeSet::new();
+    for c in conditions.iter().filter(|c| explained_kind(c.kind)) {
+        nodes.extend(c.nodes.iter().map(String::as_str));
+        for (a, b) in pairs(c, truth) {
+            nodes.insert(a);
+            nodes.insert(b);
+        }
+        if c.kind == FindingKind::MtuMismatch {
+            for node in &c.nodes {
+                nodes.extend(mtu_peers(node, truth));
+            }
+        }
+    }
+    nodes
+}
+
+/// The node pairs whose way to each other's pods is checked, at most
+/// [`MAX_PAIRS`], the same every round.
+fn pairs<'a>(c: &'a Condition, truth: &'a BTreeMap<String, NodeTruth>) -> Vec<(&'a str, &'a str)> {
     let pairs: Vec<(&str, &str)> = match c.kind {
         FindingKind::NodeIsolated => c
             .nodes
             .iter()
             .flat_map(|n| {
-                k.truth
+                truth
                     .keys()
                     .filter(move |m| *m != n)
                     .flat_map(move |m| [(n.as_str(), m.as_str()), (m.as_str(), n.as_str())])
@@ -91,9 +131,27 @@ fn causes(c: &Condition, k: &Knowledge) -> Vec<String> {
                 .flat_map(|a| nodes.iter().filter(move |b| a != *b).map(move |b| (*a, *b)))
                 .collect()
         }
-        FindingKind::MtuMismatch => Vec::new(),
-        _ => return Vec::new(),
+        _ => Vec::new(),
     };
+    pairs.into_iter().take(MAX_PAIRS).collect()
+}
+
+/// The other nodes a node's overlay MTU is compared with.
+fn mtu_peers<'a>(
+    node: &str,
+    truth: &'a BTreeMap<String, NodeTruth>,
+) -> impl Iterator<Item = &'a str> {
+    truth
+        .keys()
+        .map(String::as_str)
+        .filter(move |m| *m != node)
+        .take(MAX_MTU_PEERS)
+}
+
+fn causes(c: &Condition, k: &Knowledge) -> Vec<String> {
+    if !explained_kind(c.kind) {
+        return Vec::new();
+    }
     let mut lines = Vec::new();
     for node in &c.nodes {
         if let Some(f) = k.facts.get(node) {
@@ -105,7 +163,7 @@ fn causes(c: &Condition, k: &Knowledge) -> Vec<String> {
             mtu_lines(node, k, &mut lines);
         }
     }
-    for (from, to) in pairs.into_iter().take(MAX_PAIRS) {
+    for (from, to) in pairs(c, k.truth) {
         pair_lines(from, to, k, &mut lines);
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -267,8 +325,8 @@ fn mtu_lines(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
     let Some(f) = k.facts.get(node) else { return };
     for link in f.links.iter().filter(|l| is_overlay(l)) {
         let mut others: BTreeMap<u32, usize> = BTreeMap::new();
-        for (_, of) in k.facts.iter().filter(|(n, _)| n.as_str() != node) {
-            if let Some(l) = of.link(&link.name) {
+        for peer in mtu_peers(node, k.truth) {
+            if let Some(l) = k.facts.get(peer).and_then(|of| of.link(&link.name)) {
                 *others.entry(l.mtu).or_default() += 1;
             }
         }

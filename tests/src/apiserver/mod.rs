@@ -23,8 +23,15 @@
 //!   token required, checking the bound ServiceAccount tokens the lab mounts
 //!   for its agents ([`tokens`]).
 //!
-//! Everything is read from [`ClusterState`], which the lab changes directly;
-//! there are no other writes through the API.
+//! - two writes, as netmatrix's aggregator makes them with
+//!   `--node-conditions`: `PATCH /api/v1/nodes/{name}/status` (strategic
+//!   merge patch: `status.conditions` merges by `type`, as the real
+//!   strategy does; or a JSON merge patch) and `POST
+//!   /api/v1/namespaces/{ns}/events` (`generateName` honoured, `409
+//!   AlreadyExists` on a taken name).
+//!
+//! Everything else is read from [`ClusterState`], which the lab changes
+//! directly.
 
 mod selector;
 pub mod tokens;
@@ -40,7 +47,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
@@ -139,7 +146,11 @@ pub fn router(state: ClusterState, token: String, authority: Arc<TokenAuthority>
     let resources = Router::new()
         .route("/api/v1/{resource}", get(list_cluster_wide))
         .route("/api/v1/{resource}/{name}", get(get_cluster_scoped))
-        .route("/api/v1/namespaces/{ns}/{resource}", get(list_namespaced))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}",
+            get(list_namespaced).post(create_namespaced),
+        )
+        .route("/api/v1/nodes/{name}/status", patch(patch_node_status))
         .route(
             "/api/v1/namespaces/{ns}/{resource}/{name}",
             get(get_namespaced),
@@ -244,6 +255,12 @@ enum ApiError {
     NoSuchPath,
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+    )]
+    UnsupportedMediaType,
 }
 
 impl From<SelectorError> for ApiError {
@@ -260,6 +277,10 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::NotFound { .. } | ApiError::NoSuchPath => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
         };
         let mut body = status_body(code.as_u16(), reason, &self.to_string());
         if let ApiError::NotFound { kind, name } = &self {
@@ -472,6 +493,60 @@ async fn get_namespaced(
     api.object(resource(&plural, true)?, &ns, &name)
 }
 
+/// `PATCH /api/v1/nodes/{name}/status`: the node's status, patched.
+async fn patch_node_status(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let strategic = match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/strategic-merge-patch+json" => true,
+        "application/merge-patch+json" => false,
+        _ => return Err(ApiError::UnsupportedMediaType),
+    };
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid patch: {e}")))?;
+    // Only the status subresource: anything else in the patch is ignored,
+    // as the real status endpoint ignores spec changes.
+    let status_patch = json!({ "status": patch.get("status").cloned().unwrap_or(Value::Null) });
+    api.state
+        .patch_node_status(&name, &status_patch, strategic)
+        .map_err(ApiError::Invalid)?
+        .map(|object| axum::Json(object).into_response())
+        .ok_or(ApiError::NotFound {
+            kind: "nodes",
+            name,
+        })
+}
+
+/// `POST /api/v1/namespaces/{ns}/{resource}`: only events are created.
+async fn create_namespaced(
+    State(api): State<Api>,
+    Path((ns, plural)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if resource(&plural, true)? != Kind::Event {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid Event: {e}")))?;
+    match api.state.create_event(&ns, event) {
+        Ok(object) => Ok((StatusCode::CREATED, axum::Json(object)).into_response()),
+        Err(crate::cluster::CreateError::Exists(name)) => Err(ApiError::AlreadyExists {
+            kind: "events",
+            name,
+        }),
+        Err(crate::cluster::CreateError::NoName) => Err(ApiError::Invalid(
+            "metadata.name or metadata.generateName is required".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +622,85 @@ mod tests {
         );
         let livez = client.get(format!("{base}/livez")).send().await.unwrap();
         assert_eq!(livez.text().await.unwrap(), "ok");
+    }
+
+    /// The two writes: a strategic merge patch of a node's status keeps
+    /// the other conditions, an Event is created with a generated name.
+    #[tokio::test]
+    async fn node_status_patches_and_events_in_the_real_shapes() {
+        let (state, base, client) = start().await;
+        let patch = json!({"status": {"conditions": [{
+            "type": "NetmatrixPodNetwork", "status": "True",
+            "reason": "NodeIsolated", "message": "cut off"
+        }]}});
+        let send = |content_type: &'static str| {
+            client
+                .patch(format!("{base}/api/v1/nodes/node-1/status"))
+                .bearer_auth(TOKEN)
+                .header("content-type", content_type)
+                .body(patch.to_string())
+                .send()
+        };
+        let refused = send("application/json").await.unwrap();
+        assert_eq!(refused.status().as_u16(), 415);
+        let patched = send("application/strategic-merge-patch+json")
+            .await
+            .unwrap();
+        assert_eq!(patched.status().as_u16(), 200);
+        let (_, node) = get(&client, &format!("{base}/api/v1/nodes/node-1")).await;
+        let types: Vec<&str> = node["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["Ready", "NetmatrixPodNetwork"]);
+        let missing = client
+            .patch(format!("{base}/api/v1/nodes/node-9/status"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/merge-patch+json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status().as_u16(), 404);
+
+        let event = json!({
+            "metadata": {"generateName": "node-1.netmatrix."},
+            "involvedObject": {"kind": "Node", "name": "node-1", "uid": "node-1"},
+            "reason": "NetmatrixPodNetworkProblem", "message": "NodeIsolated: cut off",
+            "type": "Warning"
+        });
+        let created = client
+            .post(format!("{base}/api/v1/namespaces/default/events"))
+            .bearer_auth(TOKEN)
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        let created: Value = created.json().await.unwrap();
+        let name = created["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("node-1.netmatrix."), "{name}");
+        let (_, list) = get(
+            &client,
+            &format!(
+                "{base}/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind%3DNode"
+            ),
+        )
+        .await;
+        assert_eq!(list["kind"], "EventList");
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        assert_eq!(state.events("default").len(), 1);
+        // Only events can be created.
+        let pod = client
+            .post(format!("{base}/api/v1/namespaces/ns/pods"))
+            .bearer_auth(TOKEN)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pod.status().as_u16(), 405);
     }
 
     #[tokio::test]
