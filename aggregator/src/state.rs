@@ -342,7 +342,7 @@ impl Aggregator {
                 running: Some(inventory.running_pod_agents()),
                 down: Some(inventory.agents_down.clone()),
                 truth: inventory.truth.clone(),
-                facts: store.fresh_facts(),
+                facts: store.facts(),
             },
             Some(_) => NodeSets {
                 known: BTreeSet::new(),
@@ -360,7 +360,7 @@ impl Aggregator {
                 running: None,
                 down: None,
                 truth: BTreeMap::new(),
-                facts: store.fresh_facts(),
+                facts: store.facts(),
             },
         }
     }

@@ -431,11 +431,13 @@ impl ReportStore {
         )
     }
 
-    /// The nodes whose facts are up to date, with them.
-    pub fn fresh_facts(&self) -> BTreeMap<String, Arc<NodeFacts>> {
+    /// Each node's latest facts. Out of date ones too: a node whose tables
+    /// change every round (neighbour entries going `incomplete`, `failed`
+    /// while a peer is unreachable) would otherwise flicker in and out of
+    /// the causes; they are asked for again meanwhile.
+    pub fn facts(&self) -> BTreeMap<String, Arc<NodeFacts>> {
         self.facts
             .iter()
-            .filter(|(node, _)| self.facts_fresh(node))
             .map(|(node, (_, facts))| (node.clone(), Arc::clone(facts)))
             .collect()
     }
@@ -618,15 +620,14 @@ pub(crate) mod tests {
         store.want_facts_of(["n1".to_owned()].into());
         let a = ingest(&mut store, &host(2, None, &d), None, 2000).unwrap();
         assert!(a.want_facts);
-        assert!(store.fresh_facts().is_empty());
+        assert!(store.facts().is_empty());
         let a = ingest(&mut store, &host(3, Some(&facts), &d), None, 3000).unwrap();
         assert!(!a.want_facts);
-        assert_eq!(store.fresh_facts()["n1"].ip_forward, Some(false));
-        // Changed on the node: out of date until sent again.
+        assert_eq!(store.facts()["n1"].ip_forward, Some(false));
+        // Changed on the node: asked for again, the last copy kept meanwhile.
         let a = ingest(&mut store, &host(4, None, "00000000000000ff"), None, 4000).unwrap();
         assert!(a.want_facts);
-        assert!(store.fresh_facts().is_empty());
-        assert!(store.held_facts("n1").is_some());
+        assert_eq!(store.facts()["n1"].ip_forward, Some(false));
         // A pod agent's facts are not taken.
         let mut pod = report(1, "n2", 10);
         pod.facts = Some(facts.clone());

@@ -482,6 +482,23 @@ pub fn set_forward_policy(node: &NodePlan, accept: bool) -> Result<(), NetnsErro
 
 /// The node's pod bridge (`bridge-down`). The kernel drops the subnet's
 /// route with the link and restores it when the link comes up again.
+/// Sets `node`'s VXLAN device `flannel.1` up or down. The kernel drops the
+/// routes through it when it goes down; setting it up brings back none, so
+/// [`connect_peer`] must follow.
+pub fn set_vtep_link(node: &NodePlan, up: bool) -> Result<(), NetnsError> {
+    ip(
+        &node.netns,
+        &["link", "set", VXLAN_DEVICE, if up { "up" } else { "down" }],
+    )
+    .map(|_| ())
+}
+
+/// Deletes `node`'s route to `peer`'s pod subnet (both overlays);
+/// [`connect_peer`] puts it back.
+pub fn delete_peer_route(node: &NodePlan, peer: &NodePlan) -> Result<(), NetnsError> {
+    ip(&node.netns, &["route", "del", &peer.pod_cidr]).map(|_| ())
+}
+
 pub fn set_pod_bridge(node: &NodePlan, up: bool) -> Result<(), NetnsError> {
     ip(
         &node.netns,

@@ -307,6 +307,12 @@ async fn overlay_faults_are_named() {
                 "node-2 has no neighbour entry for 10.244.3.0 (node-3's VTEP) on flannel.1",
             )),
             Case::new(
+                Fault::vtep_down("node-3"),
+                FindingKind::NodeIsolated,
+                Names::Nodes(&["node-3"]),
+            )
+            .cause(Cause::Says("node-3: flannel.1 (vxlan) is down")),
+            Case::new(
                 Fault::vxlan_drop(),
                 FindingKind::CrossNodeBroken,
                 Names::Including("node-1"),
@@ -364,6 +370,14 @@ async fn path_faults_are_named() {
             )
             .cause(Cause::Says(
                 "on flannel.1 points to 198.18.1.99, node-3's InternalIP is 198.18.0.3",
+            )),
+            Case::new(
+                Fault::route_del("node-3", "node-1"),
+                FindingKind::PairBroken,
+                Names::Paths(&[("node-1", "node-3"), ("node-3", "node-1")]),
+            )
+            .cause(Cause::Says(
+                "node-3 has no route to 10.244.1.0/24 (node-1's pod CIDR)",
             )),
         ],
     )

@@ -128,6 +128,17 @@ async fn validate_exits_0_healthy_1_broken_2_undecided() {
         text.contains("findings naming it") || text.contains("node-isolated"),
         "{text}"
     );
+    // Its own network, read by its host agent, and the cause found in it.
+    assert!(
+        text.contains("its network (read by its host agent)")
+            && text.contains("flannel.1       vxlan     up")
+            && text.contains("net.ipv4.ip_forward = 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cause: node-2 has no neighbour entry for"),
+        "{text}"
+    );
     let unknown = netmatrix(&["explain", "node-9", "--aggregator-url", &url]).await;
     assert_eq!(unknown.status.code(), Some(2), "{}", describe(&unknown));
     let matrix = netmatrix(&["matrix", "--aggregator-url", &url]).await;

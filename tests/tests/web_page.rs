@@ -162,6 +162,14 @@ async fn page_shows_the_matrix_live_and_names_an_isolated_node() {
             browser.eval("window.netmatrix.select('node-1', 'node-2', 'pod')"),
             true
         );
+        // The source node's own network, from its host agent.
+        browser.wait_until(
+            "node-1's facts in the details",
+            "(() => { const f = document.querySelector('#details .facts'); \
+             return !!f && f.textContent.includes(\"node-1's network\") && f.textContent.includes('flannel.1 vxlan up'); })()",
+            common::WAIT,
+            DESCRIBE,
+        );
         std::thread::sleep(Duration::from_millis(600));
         browser.screenshot(&shot);
         eprintln!("screenshot: {}", shot.display());

@@ -24,6 +24,7 @@
   const MATRIX_COMPACT = "/api/v1/matrix/compact";
   const FINDINGS = "/api/v1/findings";
   const CELL = "/api/v1/matrix/cell";
+  const FACTS = "/api/v1/facts";
   const HISTORY = 30;
   const TABLE_MAX_NODES = 50;
   const STATUS = ["ok", "degraded", "failed", "unknown"];
@@ -512,7 +513,28 @@
       strip.appendChild(b);
     }
     const histLabel = el("p", "muted", "last " + hist.length + " polls, oldest first");
-    box.replaceChildren(title, dl, histLabel, strip);
+    // The source node's own network, as its host agent read it.
+    const facts = el("div", "facts");
+    facts.appendChild(el("h4", null, info.from + "'s network"));
+    const factsBody = el("p", "muted", "…");
+    facts.appendChild(factsBody);
+    box.replaceChildren(title, dl, histLabel, strip, facts);
+    const factsSeq = detailSeq;
+    fetch(FACTS + "?node=" + encodeURIComponent(info.from), { cache: "no-store" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((f) => {
+        if (factsSeq !== detailSeq) return;
+        if (!f) { factsBody.textContent = "no facts: no host-network agent reports for this node"; return; }
+        const ul = el("ul");
+        ul.appendChild(el("li", null, "net.ipv4.ip_forward = " + (f.ip_forward === undefined ? "?" : f.ip_forward ? 1 : 0) +
+          ", rp_filter = " + (f.rp_filter === undefined ? "?" : f.rp_filter)));
+        for (const l of f.links || []) {
+          ul.appendChild(el("li", l.up ? null : "down", l.name + " " + (l.kind || "device") + " " + (l.up ? "up" : "DOWN") + " mtu " + l.mtu));
+        }
+        ul.appendChild(el("li", null, (f.routes || []).length + " routes, " + (f.fdb || []).length + " FDB entries, " +
+          (f.neighbours || []).length + " neighbour entries on overlay devices"));
+        factsBody.replaceWith(ul);
+      }).catch(() => {});
   }
 
   function select(from, to, network) {

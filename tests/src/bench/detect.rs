@@ -73,11 +73,12 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
         | FaultKind::FdbFlush
         | FaultKind::ForwardingOff
         | FaultKind::ForwardPolicyDrop
-        | FaultKind::BridgeDown => FindingKind::NodeIsolated,
+        | FaultKind::BridgeDown
+        | FaultKind::VtepDown => FindingKind::NodeIsolated,
         FaultKind::VxlanDrop => FindingKind::CrossNodeBroken,
         FaultKind::Partition => FindingKind::Partition,
         FaultKind::OneWay => FindingKind::AsymmetricPath,
-        FaultKind::Pair | FaultKind::FdbStale => FindingKind::PairBroken,
+        FaultKind::Pair | FaultKind::FdbStale | FaultKind::RouteDel => FindingKind::PairBroken,
         FaultKind::Mtu | FaultKind::MtuLower => FindingKind::MtuMismatch,
         FaultKind::ServiceRoute | FaultKind::Dnat => FindingKind::ClusteripBroken,
         FaultKind::ApiserverBlock => FindingKind::ApiserverUnreachable,

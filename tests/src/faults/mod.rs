@@ -9,6 +9,8 @@
 //! | `vxlan-drop` | UDP 8472 dropped in `INPUT` and `OUTPUT` of every node | `cross-node-broken` |
 //! | `partition NODE...` | UDP 8472 dropped between the given nodes' and the other nodes' underlay addresses | `partition` |
 //! | `one-way A B` | flows initiated from A's pods to B's pods dropped in A's `FORWARD` | `asymmetric-path` |
+//! | `vtep-down NODE` | the node's VXLAN device `flannel.1` set down (the kernel drops the routes through it) (vxlan) | `node-isolated`, the device named as its cause |
+//! | `route-del A B` | A's route to B's pod subnet deleted | `pair-broken` (A's replies to B need it too), the missing route named as its cause |
 //! | `fdb-stale A B` | A's FDB entry for B's VTEP points to 198.18.1.99, an address no node has (B re-addressed, A's flanneld not told) (vxlan) | `pair-broken`, the entry named as its cause |
 //! | `pair A B` | pod traffic between A's and B's pod subnets dropped, both ways | `pair-broken` |
 //! | `loss NODE [PERCENT]` | a random share (default 30 %) of the overlay packets arriving at the node dropped | `packet-loss` |
@@ -82,6 +84,10 @@ pub enum FaultKind {
     Pair,
     /// A B: point A's FDB entry for B's VTEP at an address no node has (vxlan).
     FdbStale,
+    /// NODE: set NODE's VXLAN device flannel.1 down (vxlan).
+    VtepDown,
+    /// A B: delete A's route to B's pod subnet.
+    RouteDel,
     /// NODE [PERCENT]: drop PERCENT % (default 30) of the overlay packets arriving at NODE.
     Loss,
     /// NODE [PERCENT]: drop PERCENT % (default 20) of everything arriving at NODE's eth0 (node network and overlay alike).
@@ -151,6 +157,8 @@ impl FaultKind {
             FaultKind::OneWay => "one-way",
             FaultKind::Pair => "pair",
             FaultKind::FdbStale => "fdb-stale",
+            FaultKind::VtepDown => "vtep-down",
+            FaultKind::RouteDel => "route-del",
             FaultKind::Loss => "loss",
             FaultKind::UnderlayLoss => "underlay-loss",
             FaultKind::Mtu => "mtu",
@@ -175,7 +183,9 @@ impl FaultKind {
     pub fn arity(self) -> Arity {
         match self {
             FaultKind::VxlanDrop | FaultKind::DnsStop | FaultKind::DnsServfail => Arity::None,
-            FaultKind::OneWay | FaultKind::Pair | FaultKind::FdbStale => Arity::Two,
+            FaultKind::OneWay | FaultKind::Pair | FaultKind::FdbStale | FaultKind::RouteDel => {
+                Arity::Two
+            }
             FaultKind::Partition => Arity::Group,
             _ => Arity::One,
         }
@@ -213,6 +223,7 @@ impl FaultKind {
             self,
             FaultKind::FdbFlush
                 | FaultKind::FdbStale
+                | FaultKind::VtepDown
                 | FaultKind::VxlanDrop
                 | FaultKind::Partition
                 | FaultKind::MtuLower
@@ -379,6 +390,14 @@ impl Fault {
 
     pub fn fdb_stale(from: &str, to: &str) -> Self {
         Self::on(FaultKind::FdbStale, &[from, to], None)
+    }
+
+    pub fn vtep_down(node: &str) -> Self {
+        Self::on(FaultKind::VtepDown, &[node], None)
+    }
+
+    pub fn route_del(from: &str, to: &str) -> Self {
+        Self::on(FaultKind::RouteDel, &[from, to], None)
     }
 
     pub fn mtu(node: &str) -> Self {
@@ -584,6 +603,12 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
                 network::misdirect_peer(a, b)?;
             }
         }
+        FaultKind::RouteDel => {
+            if let [a, b] = nodes[..] {
+                network::delete_peer_route(a, b)?;
+            }
+        }
+        FaultKind::VtepDown => network::set_vtep_link(n, false)?,
         FaultKind::OverlayDown => {
             let done =
                 peers(t, n).try_for_each(|peer| network::disconnect_peer(t.overlay, n, peer));
@@ -637,10 +662,14 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
         };
     };
     match fault.kind {
-        FaultKind::FdbStale => {
+        FaultKind::FdbStale | FaultKind::RouteDel => {
             if let [a, b] = nodes[..] {
                 network::connect_peer(t.overlay, a, b)?;
             }
+        }
+        FaultKind::VtepDown => {
+            network::set_vtep_link(n, true)?;
+            reconnect(t, n)?;
         }
         FaultKind::OverlayDown | FaultKind::FdbFlush => reconnect(t, n)?,
         FaultKind::MtuLower => {
