@@ -1001,6 +1001,43 @@ mod tests {
         assert_eq!(inv.node_of_ip("198.18.0.2".parse().unwrap()), Some("n2"));
     }
 
+    /// What the node facts are checked against: pod CIDRs, the
+    /// InternalIP, and flannel's annotations when present.
+    #[test]
+    fn node_truth_reads_addresses_and_flannel_annotations() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2", "annotations": {
+                "flannel.alpha.coreos.com/public-ip": "192.0.2.7",
+                "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0A:58:0A:F4:02:00\"}"
+            }},
+            "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24", "fd00:2::/64"]},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n2"},
+                {"type": "InternalIP", "address": "198.18.0.2"}
+            ]}
+        }))
+        .unwrap();
+        let t = node_truth(&node);
+        assert_eq!(
+            t.pod_cidrs,
+            [
+                ("10.244.2.0".parse().unwrap(), 24),
+                ("fd00:2::".parse().unwrap(), 64)
+            ]
+        );
+        assert_eq!(t.internal_ip, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(t.public_ip, Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(t.vtep_mac.as_deref(), Some("0a:58:0a:f4:02:00"));
+        // Without annotations: the InternalIP is where tunnels point.
+        let plain = node_truth(&node_named("n3"));
+        assert_eq!(plain.public_ip, None);
+        assert_eq!(plain.vtep_mac, None);
+    }
+
+    fn node_named(name: &str) -> Node {
+        node(name, "10.244.3.0/24")
+    }
+
     #[test]
     fn places_addresses_on_nodes() {
         let inv = sample();
