@@ -254,20 +254,14 @@ impl ReportStore {
         inventory: Option<&Inventory>,
         now_unix_ms: u64,
     ) -> Result<Accepted, Rejection> {
-        let sender_id = match (inventory, sender) {
-            (Some(inventory), _) if !inventory.synced => return Err(Rejection::NotReady),
-            (Some(inventory), Sender::Agent(caller)) => {
+        let sender_id = match verified(inventory, sender)? {
+            Some((inventory, caller)) => {
                 inventory
                     .verify_caller(caller, &report.agent)
                     .map_err(|mismatch| forbidden(caller, &report, &mismatch))?;
                 caller.pod_uid.clone()
             }
-            (Some(_), Sender::Unverified) => {
-                return Err(Rejection::Forbidden(
-                    "an unverified sender in verified mode".into(),
-                ));
-            }
-            (None, _) => report.agent.pod.clone(),
+            None => report.agent.pod.clone(),
         };
         self.store(report, sender_id, None, inventory, now_unix_ms)
     }
@@ -283,25 +277,19 @@ impl ReportStore {
         inventory: Option<&Inventory>,
         now_unix_ms: u64,
     ) -> Result<Accepted, Rejection> {
-        let (sender_id, relayed_by) = match (inventory, sender) {
-            (Some(inventory), _) if !inventory.synced => return Err(Rejection::NotReady),
-            (Some(inventory), Sender::Agent(caller)) => {
+        let (sender_id, relayed_by) = match verified(inventory, sender)? {
+            Some((inventory, caller)) => {
                 let uid = inventory
                     .verify_relay(caller, &report.agent)
                     .map_err(|mismatch| forbidden(caller, &report, &mismatch))?;
                 (uid, caller.pod.clone())
             }
-            (Some(_), Sender::Unverified) => {
-                return Err(Rejection::Forbidden(
-                    "an unverified sender in verified mode".into(),
-                ));
-            }
-            (None, _) if report.agent.network != NetworkMode::Pod => {
+            None if report.agent.network != NetworkMode::Pod => {
                 return Err(Rejection::Forbidden(
                     "only a pod-network agent's report can be relayed".into(),
                 ));
             }
-            (None, _) => (
+            None => (
                 report.agent.pod.clone(),
                 format!("the host agent of {} (unverified)", report.agent.node),
             ),
@@ -475,6 +463,23 @@ impl ReportStore {
             }
             kept
         });
+    }
+}
+
+/// The verified mode's first checks, shared by direct and relayed reports:
+/// the inventory synced and an authenticated caller. `None` without an
+/// inventory (`--no-kubernetes`: nothing is verified).
+fn verified<'a>(
+    inventory: Option<&'a Inventory>,
+    sender: &'a Sender,
+) -> Result<Option<(&'a Inventory, &'a Caller)>, Rejection> {
+    match (inventory, sender) {
+        (Some(inventory), _) if !inventory.synced => Err(Rejection::NotReady),
+        (Some(inventory), Sender::Agent(caller)) => Ok(Some((inventory, caller))),
+        (Some(_), Sender::Unverified) => Err(Rejection::Forbidden(
+            "an unverified sender in verified mode".into(),
+        )),
+        (None, _) => Ok(None),
     }
 }
 
