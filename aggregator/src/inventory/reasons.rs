@@ -231,7 +231,14 @@ fn pod_events<'e>(pod: &Pod, events: &[&'e Event]) -> Vec<&'e Event> {
                 }
         })
         .collect();
-    mine.sort_by_key(|e| std::cmp::Reverse(last_seen(e)));
+    // Newest first; Events of the same instant (a kubelet records a
+    // failed pull's three at once) in a stable order.
+    mine.sort_by(|a, b| {
+        last_seen(b)
+            .cmp(&last_seen(a))
+            .then_with(|| a.reason.cmp(&b.reason))
+            .then_with(|| a.message.cmp(&b.message))
+    });
     mine
 }
 
@@ -246,14 +253,15 @@ fn last_seen(e: &Event) -> Option<Timestamp> {
         .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
-/// The pod's recent Warning Events as `REASON (×COUNT): MESSAGE`, one per
-/// reason, newest first.
+/// The pod's recent Warning Events as `REASON (×COUNT): MESSAGE`, newest
+/// first, each reason and message once (a kubelet's failed pull is three
+/// `Failed` Events: the registry's error, `ErrImagePull`, `ImagePullBackOff`).
 fn warnings(pod: &Pod, events: &[&Event]) -> Vec<String> {
     let mut seen = BTreeSet::new();
     pod_events(pod, events)
         .into_iter()
         .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter(|e| seen.insert(e.reason.clone().unwrap_or_default()))
+        .filter(|e| seen.insert((e.reason.clone(), e.message.clone())))
         .take(EVENTS_QUOTED)
         .map(|e| {
             let count = e
@@ -398,7 +406,30 @@ mod tests {
             ),
         ];
         let nodes = [ready_node("n1"), ready_node("n2"), ready_node("n3")];
-        let d = down(&nodes, &pods, &[]);
+        let at = "2026-12-06T01:00:30Z";
+        let pull = [
+            event("a1", "Failed", "Warning", "Error: ImagePullBackOff", 1, at),
+            event("a1", "BackOff", "Normal", "Back-off pulling image", 1, at),
+            event(
+                "a1",
+                "Failed",
+                "Warning",
+                "Failed to pull image \"x\": not found",
+                1,
+                at,
+            ),
+            event("a1", "Failed", "Warning", "Error: ErrImagePull", 1, at),
+        ];
+        let d = down(&nodes, &pods, &pull);
+        // Every Warning of the same instant, in a stable order.
+        assert_eq!(
+            d["n1"].events,
+            [
+                "Failed (×1): Error: ErrImagePull",
+                "Failed (×1): Error: ImagePullBackOff",
+                "Failed (×1): Failed to pull image \"x\": not found",
+            ]
+        );
         assert!(
             matches!(&d["n1"].cause, DownCause::ImageNotPulled { reason, .. } if reason == "ImagePullBackOff")
         );
