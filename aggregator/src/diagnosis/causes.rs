@@ -222,7 +222,9 @@ fn node_lines(node: &str, f: &NodeFacts, k: &Knowledge, lines: &mut Vec<String>)
             ));
         }
     }
-    if let Some(truth) = k.truth.get(node) {
+    if let Some(truth) = k.truth.get(node)
+        && routes_by_pod_cidr(f, k)
+    {
         for &(net, prefix) in &truth.pod_cidrs {
             if specific_route(f, net, prefix).is_none() {
                 lines.push(format!(
@@ -231,6 +233,18 @@ fn node_lines(node: &str, f: &NodeFacts, k: &Knowledge, lines: &mut Vec<String>)
             }
         }
     }
+}
+
+/// Whether the node routes pods by the API's pod CIDRs at all (flannel,
+/// host-gw, the reference plugins do): it has a route covering at least
+/// one node's. A CNI with its own IP management (calico's /26 blocks,
+/// cilium's cluster-pool) routes other prefixes, and a missing route to a
+/// `spec.podCIDR` would then mean nothing: not said.
+fn routes_by_pod_cidr(f: &NodeFacts, k: &Knowledge) -> bool {
+    k.truth
+        .values()
+        .flat_map(|t| &t.pod_cidrs)
+        .any(|&(net, prefix)| specific_route(f, net, prefix).is_some())
 }
 
 /// The most specific non-default route covering `net/prefix`.
@@ -246,11 +260,14 @@ fn pair_lines(from: &str, to: &str, k: &Knowledge, lines: &mut Vec<String>) {
     let (Some(f), Some(truth)) = (k.facts.get(from), k.truth.get(to)) else {
         return;
     };
+    let by_pod_cidr = routes_by_pod_cidr(f, k);
     for &(net, prefix) in &truth.pod_cidrs {
         let Some(route) = specific_route(f, net, prefix) else {
-            lines.push(format!(
-                "{from} has no route to {net}/{prefix} ({to}'s pod CIDR)"
-            ));
+            if by_pod_cidr {
+                lines.push(format!(
+                    "{from} has no route to {net}/{prefix} ({to}'s pod CIDR)"
+                ));
+            }
             continue;
         };
         let dev = route.dev.as_deref().unwrap_or_default();
@@ -529,6 +546,20 @@ mod tests {
             explained(FindingKind::MtuMismatch, &["node-3"], facts, &truth),
             ["node-3: flannel.1 MTU is 1200, 1450 on the other nodes"]
         );
+
+        // A CNI with its own address management routes other prefixes:
+        // the API's pod CIDRs say nothing about its routes.
+        let (mut facts, truth) = cluster(3);
+        for f in facts.values_mut() {
+            f.routes.retain(|r| r.prefix == 0);
+            f.routes.push(RouteFact {
+                dst: ip("192.168.77.64"),
+                prefix: 26,
+                via: None,
+                dev: Some("tunl0".into()),
+            });
+        }
+        assert!(explained(FindingKind::NodeIsolated, &["node-1"], facts, &truth).is_empty());
 
         // Loss has no cause the facts can tell.
         let (facts, truth) = cluster(3);
