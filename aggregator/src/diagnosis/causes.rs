@@ -51,6 +51,59 @@ impl NodeTruth {
 pub struct Knowledge<'a> {
     pub facts: &'a BTreeMap<String, Arc<NodeFacts>>,
     pub truth: &'a BTreeMap<String, NodeTruth>,
+    /// Every node's pod CIDRs, sorted: whether a node routes by them is
+    /// asked for each node and pair, over tables of one entry per node.
+    pod_cidrs: Vec<(bool, u128, u8)>,
+}
+
+impl<'a> Knowledge<'a> {
+    pub fn new(
+        facts: &'a BTreeMap<String, Arc<NodeFacts>>,
+        truth: &'a BTreeMap<String, NodeTruth>,
+    ) -> Self {
+        let mut pod_cidrs: Vec<(bool, u128, u8)> = truth
+            .values()
+            .flat_map(|t| &t.pod_cidrs)
+            .map(|&(net, prefix)| {
+                let (v6, bits) = as_bits(net);
+                (v6, bits, prefix)
+            })
+            .collect();
+        pod_cidrs.sort_unstable();
+        Knowledge {
+            facts,
+            truth,
+            pod_cidrs,
+        }
+    }
+
+    /// Whether `route` covers some node's pod CIDR: one whose address lies
+    /// in the route's range, with a prefix at least as long.
+    fn covers_a_pod_cidr(&self, route: &RouteFact) -> bool {
+        let (v6, bits) = as_bits(route.dst);
+        let width: u32 = if v6 { 128 } else { 32 };
+        let host_bits = width - u32::from(route.prefix).min(width);
+        let span = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        let start = bits & !span;
+        let end = start | span;
+        let first = self.pod_cidrs.partition_point(|c| (c.0, c.1) < (v6, start));
+        self.pod_cidrs[first..]
+            .iter()
+            .take_while(|c| c.0 == v6 && c.1 <= end)
+            .any(|c| c.2 >= route.prefix)
+    }
+}
+
+/// An address as (is IPv6, its bits in the low end of a u128).
+fn as_bits(ip: IpAddr) -> (bool, u128) {
+    match ip {
+        IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
+        IpAddr::V6(v6) => (true, u128::from(v6)),
+    }
 }
 
 /// At most this many node pairs are checked per finding: a cluster-wide
@@ -107,7 +160,9 @@ pub fn facts_read<'a>(
 /// The node pairs whose way to each other's pods is checked, at most
 /// [`MAX_PAIRS`], the same every round.
 fn pairs<'a>(c: &'a Condition, truth: &'a BTreeMap<String, NodeTruth>) -> Vec<(&'a str, &'a str)> {
-    let pairs: Vec<(&str, &str)> = match c.kind {
+    // Lazily: a cluster-wide finding on thousands of nodes has millions of
+    // pairs, of which only the first are checked.
+    match c.kind {
         FindingKind::NodeIsolated => c
             .nodes
             .iter()
@@ -117,23 +172,30 @@ fn pairs<'a>(c: &'a Condition, truth: &'a BTreeMap<String, NodeTruth>) -> Vec<(&
                     .filter(move |m| *m != n)
                     .flat_map(move |m| [(n.as_str(), m.as_str()), (m.as_str(), n.as_str())])
             })
+            .take(MAX_PAIRS)
             .collect(),
         FindingKind::PairBroken | FindingKind::AsymmetricPath if !c.paths.is_empty() => {
             paths_both_ways(&c.paths)
+                .into_iter()
+                .take(MAX_PAIRS)
+                .collect()
         }
         FindingKind::PairBroken
         | FindingKind::AsymmetricPath
         | FindingKind::CrossNodeBroken
-        | FindingKind::Partition => {
-            let nodes: Vec<&str> = c.nodes.iter().map(String::as_str).collect();
-            nodes
-                .iter()
-                .flat_map(|a| nodes.iter().filter(move |b| a != *b).map(move |b| (*a, *b)))
-                .collect()
-        }
+        | FindingKind::Partition => c
+            .nodes
+            .iter()
+            .flat_map(|a| {
+                c.nodes
+                    .iter()
+                    .filter(move |b| a != *b)
+                    .map(move |b| (a.as_str(), b.as_str()))
+            })
+            .take(MAX_PAIRS)
+            .collect(),
         _ => Vec::new(),
-    };
-    pairs.into_iter().take(MAX_PAIRS).collect()
+    }
 }
 
 /// The other nodes a node's overlay MTU is compared with.
@@ -241,10 +303,10 @@ fn node_lines(node: &str, f: &NodeFacts, k: &Knowledge, lines: &mut Vec<String>)
 /// cilium's cluster-pool) routes other prefixes, and a missing route to a
 /// `spec.podCIDR` would then mean nothing: not said.
 fn routes_by_pod_cidr(f: &NodeFacts, k: &Knowledge) -> bool {
-    k.truth
-        .values()
-        .flat_map(|t| &t.pod_cidrs)
-        .any(|&(net, prefix)| specific_route(f, net, prefix).is_some())
+    f.routes
+        .iter()
+        .filter(|r| r.prefix > 0)
+        .any(|r| k.covers_a_pod_cidr(r))
 }
 
 /// The most specific non-default route covering `net/prefix`.
@@ -456,14 +518,39 @@ mod tests {
             Vec::new(),
             String::new(),
         )];
-        explain(
-            &mut c,
-            &Knowledge {
-                facts: &facts,
-                truth,
-            },
-        );
+        explain(&mut c, &Knowledge::new(&facts, truth));
         c.remove(0).cause
+    }
+
+    /// The sorted lookup agrees with covering each pod CIDR one by one.
+    #[test]
+    fn a_route_covers_a_pod_cidr_as_route_facts_say() {
+        let (_, truth) = cluster(3);
+        let facts = BTreeMap::new();
+        let k = Knowledge::new(&facts, &truth);
+        let route = |dst: &str, prefix| RouteFact {
+            dst: ip(dst),
+            prefix,
+            via: None,
+            dev: None,
+        };
+        for (r, want) in [
+            (route("10.244.2.0", 24), true),
+            (route("10.244.2.7", 24), true),
+            (route("10.244.0.0", 16), true),
+            (route("10.0.0.0", 8), true),
+            (route("10.244.2.0", 25), false),
+            (route("10.244.9.0", 24), false),
+            (route("10.245.0.0", 16), false),
+            (route("::", 1), false),
+        ] {
+            let one_by_one = truth
+                .values()
+                .flat_map(|t| &t.pod_cidrs)
+                .any(|&(net, prefix)| r.covers(net, prefix));
+            assert_eq!(k.covers_a_pod_cidr(&r), want, "{r:?}");
+            assert_eq!(one_by_one, want, "{r:?}");
+        }
     }
 
     #[test]

@@ -138,10 +138,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
     conditions.extend(overlay.conditions);
     conditions.extend(paths);
     conditions.extend(quality);
-    let knowledge = causes::Knowledge {
-        facts: context.facts,
-        truth: context.truth,
-    };
+    let knowledge = causes::Knowledge::new(context.facts, context.truth);
     causes::explain(&mut conditions, &knowledge);
     conditions
 }
