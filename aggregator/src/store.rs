@@ -186,6 +186,11 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Report, Rejection> {
     let mut report: Report = serde_json::from_slice(body).map_err(|_| malformed(body))?;
     report.validate(limits).map_err(Rejection::Invalid)?;
     report.truncate_messages();
+    // Node facts get our own digest (what the agent claims is only a hint
+    // that its copy changed), here rather than under the store's lock.
+    if let Some(facts) = &report.facts {
+        report.facts_digest = Some(netmatrix_api::facts::digest(facts));
+    }
     // Kept until the next report: without the slack of the parser's
     // doubling (64 slots for 50 peers), a fifth of the store's memory.
     report.peers.shrink_to_fit();
@@ -329,14 +334,12 @@ impl ReportStore {
         let mut want_facts = false;
         if report.agent.network == NetworkMode::Host {
             let node = &report.agent.node;
-            if let Some(facts) = facts {
-                // Our own digest: what the agent claims is only a hint
-                // that its copy changed.
-                let ours = netmatrix_api::facts::digest(&facts);
-                self.digests.insert(node.clone(), ours.clone());
-                self.facts.insert(node.clone(), (ours, Arc::new(facts)));
-            } else if let Some(digest) = digest {
-                self.digests.insert(node.clone(), digest);
+            if let Some(digest) = digest {
+                self.digests.insert(node.clone(), digest.clone());
+                // With facts, `parse` gave them our own digest.
+                if let Some(facts) = facts {
+                    self.facts.insert(node.clone(), (digest, Arc::new(facts)));
+                }
             }
             want_facts = self.facts_wanted.contains(node) && !self.facts_fresh(node);
         }
