@@ -22,7 +22,7 @@ use crate::web;
 use crate::auth::AuthError;
 use crate::published::Form;
 use crate::state::Aggregator;
-use crate::store::Rejection;
+use crate::store::{FactsLookup, Rejection};
 
 #[derive(Clone)]
 struct AppState {
@@ -268,8 +268,13 @@ async fn get_node_facts(
         )
     })?;
     match state.aggregator.node_facts(&q.node) {
-        Some(facts) => Ok(Json(facts.as_ref().clone())),
-        None => Err(api_error(
+        FactsLookup::Held(facts) => Ok(Json(facts.as_ref().clone())),
+        FactsLookup::Asked => Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "facts-pending",
+            "asked this node's host agent for its network facts: they come with its next report; ask again in a few seconds".to_owned(),
+        )),
+        FactsLookup::NoHostAgent => Err(api_error(
             StatusCode::NOT_FOUND,
             "no-facts",
             "no facts for this node: it has no host-network agent reporting (hostAgent.enabled), or the node is unknown".to_owned(),

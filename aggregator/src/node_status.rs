@@ -216,6 +216,7 @@ mod tests {
             since_unix_ms: 0,
             flapping: false,
             cause: cause.iter().map(|c| (*c).to_owned()).collect(),
+            facts_missing: Vec::new(),
         }
     }
 

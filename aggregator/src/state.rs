@@ -17,7 +17,7 @@ use crate::inventory::{Inventory, InventorySource};
 use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
 use crate::metrics::Metrics;
 use crate::published::{Form, Published};
-use crate::store::{self, Accepted, Rejection, ReportStore, TimeBounds};
+use crate::store::{self, Accepted, FactsLookup, Rejection, ReportStore, TimeBounds};
 
 /// Lines of "report rejected" logged per second at most.
 pub const REJECTIONS_LOGGED_PER_SECOND: u32 = 10;
@@ -472,8 +472,10 @@ impl Aggregator {
     }
 
     /// `node`'s latest network facts from its host agent.
-    pub fn node_facts(&self, node: &str) -> Option<Arc<NodeFacts>> {
-        self.lock_store().held_facts(node)
+    /// A client's look at `node`'s facts; its host agent is asked to keep
+    /// them up to date for a while.
+    pub fn node_facts(&self, node: &str) -> FactsLookup {
+        self.lock_store().lookup_facts(node, self.now())
     }
 
     fn lock_store(&self) -> std::sync::MutexGuard<'_, ReportStore> {

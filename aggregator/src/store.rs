@@ -178,6 +178,28 @@ pub struct ReportStore {
     digests: BTreeMap<String, String>,
     /// Nodes whose facts the last evaluation's network conditions read.
     facts_wanted: BTreeSet<String>,
+    /// Nodes whose facts a client asked for (`explain`), until when (unix
+    /// ms): kept fresh for a while, as the conditions' ones are.
+    facts_asked: BTreeMap<String, u64>,
+}
+
+/// How long a client's request for a node's facts keeps them fresh.
+const FACTS_ASKED_MS: u64 = 60_000;
+/// At most this many nodes are asked for by clients at once (the oldest
+/// request gives way): reading facts costs a host agent little, sending
+/// them a few KB per node, and any client may ask.
+const MAX_FACTS_ASKED: usize = 64;
+
+/// What the aggregator holds of a node's network facts.
+#[derive(Debug, Clone)]
+pub enum FactsLookup {
+    /// The last facts received (up to date, or asked for again).
+    Held(Arc<NodeFacts>),
+    /// Its host agent reports but has not sent them yet: asked for, they
+    /// come with its next report.
+    Asked,
+    /// No host agent reports them for this node.
+    NoHostAgent,
 }
 
 /// Parses and validates a report body. Done before taking the store's
@@ -341,7 +363,11 @@ impl ReportStore {
                     self.facts.insert(node.clone(), (digest, Arc::new(facts)));
                 }
             }
-            want_facts = self.facts_wanted.contains(node) && !self.facts_fresh(node);
+            let asked = self
+                .facts_asked
+                .get(node)
+                .is_some_and(|&until| until > now_unix_ms);
+            want_facts = (asked || self.facts_wanted.contains(node)) && !self.facts_fresh(node);
         }
         let unmapped_peers = self.place_unnamed_peers(&mut report, inventory);
         let accepted = Accepted {
@@ -436,6 +462,31 @@ impl ReportStore {
     /// The last facts received from `node`'s host agent, up to date or not.
     pub fn held_facts(&self, node: &str) -> Option<Arc<NodeFacts>> {
         self.facts.get(node).map(|(_, f)| Arc::clone(f))
+    }
+
+    /// A client's look at `node`'s facts: what is held, and its host agent
+    /// asked to keep them up to date for a while.
+    pub fn lookup_facts(&mut self, node: &str, now_unix_ms: u64) -> FactsLookup {
+        if !self.digests.contains_key(node) && !self.facts.contains_key(node) {
+            return FactsLookup::NoHostAgent;
+        }
+        self.facts_asked.retain(|_, until| *until > now_unix_ms);
+        if self.facts_asked.len() >= MAX_FACTS_ASKED && !self.facts_asked.contains_key(node) {
+            let oldest = self
+                .facts_asked
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(n, _)| n.clone());
+            if let Some(oldest) = oldest {
+                self.facts_asked.remove(&oldest);
+            }
+        }
+        self.facts_asked
+            .insert(node.to_owned(), now_unix_ms.saturating_add(FACTS_ASKED_MS));
+        match self.held_facts(node) {
+            Some(facts) => FactsLookup::Held(facts),
+            None => FactsLookup::Asked,
+        }
     }
 
     /// Nodes whose facts are asked for when out of date.
@@ -641,6 +692,53 @@ pub(crate) mod tests {
         pod.facts = Some(facts.clone());
         ingest(&mut store, &pod, None, 5000).unwrap();
         assert!(store.held_facts("n2").is_none());
+    }
+
+    /// A client's look (`explain`) asks for a node's facts for a while, as
+    /// a condition does; a node without a host agent is said to have none.
+    #[test]
+    fn a_clients_look_asks_for_facts_for_a_while() {
+        use netmatrix_api::facts::{NodeFacts, digest};
+        let mut store = ReportStore::default();
+        let facts = NodeFacts::default();
+        let d = digest(&facts);
+        let mut host = host_report(0, "n1", 1);
+        host.facts_digest = Some(d.clone());
+        let a = ingest(&mut store, &host, None, 1000).unwrap();
+        assert!(!a.want_facts);
+        assert!(matches!(
+            store.lookup_facts("n2", 1500),
+            FactsLookup::NoHostAgent
+        ));
+        assert!(matches!(store.lookup_facts("n1", 1500), FactsLookup::Asked));
+        host.round = 2;
+        host.started_unix_ms = 2;
+        let a = ingest(&mut store, &host, None, 2000).unwrap();
+        assert!(a.want_facts, "asked by a client");
+        host.round = 3;
+        host.started_unix_ms = 3;
+        host.facts = Some(facts.clone());
+        let a = ingest(&mut store, &host, None, 3000).unwrap();
+        assert!(!a.want_facts, "fresh");
+        assert!(matches!(
+            store.lookup_facts("n1", 3500),
+            FactsLookup::Held(_)
+        ));
+        // Changed on the node, the ask long expired: not sent again.
+        host.round = 4;
+        host.started_unix_ms = 4;
+        host.facts = None;
+        host.facts_digest = Some("00000000000000ff".to_owned());
+        let later = 3500 + FACTS_ASKED_MS + 1;
+        let a = ingest(&mut store, &host, None, later).unwrap();
+        assert!(!a.want_facts);
+        // The number of nodes asked for at once is bounded.
+        for i in 0..(MAX_FACTS_ASKED + 10) {
+            let node = format!("m{i}");
+            store.digests.insert(node.clone(), d.clone());
+            store.lookup_facts(&node, later);
+        }
+        assert_eq!(store.facts_asked.len(), MAX_FACTS_ASKED);
     }
 
     #[test]

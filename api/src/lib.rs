@@ -592,6 +592,12 @@ pub struct Finding {
     /// then unknown, not absent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cause: Vec<String>,
+    /// With no cause found: the nodes whose network facts would be checked
+    /// and are not held (no host agent reports them, or they were just
+    /// asked for and come with its next report). The cause is then
+    /// unknown *so far*.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facts_missing: Vec<String>,
 }
 
 /// A directed node-to-node path.

@@ -27,6 +27,16 @@ pub enum ClientError {
     Decode { url: String, message: String },
 }
 
+/// What the aggregator holds of a node's network facts.
+#[derive(Debug)]
+pub enum FactsAnswer {
+    Held(NodeFacts),
+    /// Its host agent was asked for them; they come with its next report.
+    Asked,
+    /// No host-network agent reports for the node.
+    NoHostAgent,
+}
+
 /// Where the aggregator is; shared by every subcommand that asks it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AggregatorArgs {
@@ -76,16 +86,34 @@ impl AggregatorClient {
         self.get(FINDINGS_PATH).await
     }
 
-    /// `node`'s network facts; `None` when the aggregator has none (no
-    /// host-network agent on it).
-    pub async fn node_facts(&self, node: &str) -> Result<Option<NodeFacts>, ClientError> {
+    /// `node`'s network facts. Asking also has the aggregator keep them up
+    /// to date for a while.
+    pub async fn node_facts(&self, node: &str) -> Result<FactsAnswer, ClientError> {
         // Node names are DNS subdomains (checked by the caller against the
         // matrix): nothing to escape in a query.
         let path = format!("{NODE_FACTS_PATH}?node={node}");
         match self.get(&path).await {
-            Ok(facts) => Ok(Some(facts)),
-            Err(ClientError::Status { status: 404, .. }) => Ok(None),
+            Ok(facts) => Ok(FactsAnswer::Held(facts)),
+            Err(ClientError::Status { status: 404, .. }) => Ok(FactsAnswer::NoHostAgent),
+            Err(ClientError::Status { status: 503, .. }) => Ok(FactsAnswer::Asked),
             Err(e) => Err(e),
+        }
+    }
+
+    /// `node`'s network facts, waiting up to `patience` for ones just asked
+    /// of its host agent (they come with its next report).
+    pub async fn node_facts_waiting(
+        &self,
+        node: &str,
+        patience: Duration,
+    ) -> Result<FactsAnswer, ClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let answer = self.node_facts(node).await?;
+            if !matches!(answer, FactsAnswer::Asked) || tokio::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

@@ -65,6 +65,9 @@ enum Command {
 
 /// Timeout of one request to the aggregator.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `explain` waits for a node's facts just asked of its host
+/// agent: a report or two at the default interval.
+const FACTS_PATIENCE: Duration = Duration::from_secs(12);
 
 /// Exit code when the aggregator could not be asked (as `validate`'s
 /// "undecided").
@@ -116,6 +119,9 @@ async fn run(command: Command) -> anyhow::Result<u8> {
         }
         Command::Explain { node, aggregator } => {
             let client = AggregatorClient::new(&aggregator.aggregator_url, REQUEST_TIMEOUT)?;
+            // Facts first: asking for them is what gets them sent, and the
+            // findings read next may then carry the cause they tell.
+            let facts = client.node_facts_waiting(&node, FACTS_PATIENCE).await?;
             let matrix = client.matrix().await?;
             let findings = client.findings().await?;
             let text = render::explain(&matrix, &findings, &node, style).with_context(|| {
@@ -124,9 +130,8 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                     matrix.nodes.join(", ")
                 )
             })?;
-            let facts = client.node_facts(&node).await?;
             print!("{text}");
-            print!("{}", render::node_facts(&node, facts.as_ref(), style));
+            print!("{}", render::node_facts(&node, &facts, style));
             Ok(0)
         }
         Command::Companion { listen } => {

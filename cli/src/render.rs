@@ -3,7 +3,7 @@
 //! terminal); the plain text is the same characters without escape codes,
 //! so scripts and tests read the same table.
 
-use netmatrix_api::facts::NodeFacts;
+use crate::client::FactsAnswer;
 use netmatrix_api::{Cell, CheckCell, Finding, Findings, Matrix, MatrixRow, NodeState, Status};
 
 /// How to render: with ANSI colours or plain.
@@ -178,7 +178,13 @@ pub fn findings(f: &Findings, style: Style) -> String {
         for e in x.evidence.iter().take(3) {
             out.push_str(&format!("{:indent$}- {e}\n", ""));
         }
-        if x.cause.is_empty() {
+        if x.cause.is_empty() && !x.facts_missing.is_empty() {
+            out.push_str(&format!(
+                "{:indent$}cause: unknown so far: no network facts from {} yet (its host agent sends them with its next report when asked; none without hostAgent.enabled)\n",
+                "",
+                x.facts_missing.join(", ")
+            ));
+        } else if x.cause.is_empty() {
             out.push_str(&format!(
                 "{:indent$}cause: unknown (nothing in the nodes' network facts explains it)\n",
                 ""
@@ -275,13 +281,22 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
 /// A node's own network as its host agent read it: devices, forwarding,
 /// and the size of its routing, FDB and neighbour tables, with the routes
 /// through overlay devices and bridges listed.
-pub fn node_facts(node: &str, facts: Option<&NodeFacts>, style: Style) -> String {
+pub fn node_facts(node: &str, facts: &FactsAnswer, style: Style) -> String {
     let mut out = format!("\n{}\n", style.bold("its network (read by its host agent)"));
-    let Some(f) = facts else {
-        out.push_str(&format!(
-            "  none: no host-network agent reports for {node} (hostAgent.enabled)\n"
-        ));
-        return out;
+    let f = match facts {
+        FactsAnswer::Held(f) => f,
+        FactsAnswer::Asked => {
+            out.push_str(&format!(
+                "  not received yet: asked of {node}'s host agent, they come with its next report; run explain again\n"
+            ));
+            return out;
+        }
+        FactsAnswer::NoHostAgent => {
+            out.push_str(&format!(
+                "  none: no host-network agent reports for {node} (hostAgent.enabled)\n"
+            ));
+            return out;
+        }
     };
     let setting = |v: Option<String>| v.unwrap_or_else(|| "unreadable".to_owned());
     out.push_str(&format!(
@@ -431,6 +446,7 @@ mod tests {
                 since_unix_ms: 0,
                 flapping: false,
                 cause: Vec::new(),
+                facts_missing: Vec::new(),
             }],
             pending: Vec::new(),
         };

@@ -167,6 +167,7 @@ mod tests {
             since_unix_ms: 0,
             flapping: false,
             cause: Vec::new(),
+            facts_missing: Vec::new(),
         }
     }
 

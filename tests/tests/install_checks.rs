@@ -117,6 +117,17 @@ async fn validate_exits_0_healthy_1_broken_2_undecided() {
         "{text}"
     );
     assert!(!text.contains('\x1b'), "colour off a terminal: {text}");
+    // The facts are asked of node-2's host agent once the condition holds
+    // and come with its next report: the cause may follow the finding by a
+    // round (said as "unknown so far" meanwhile).
+    lab.wait_for("node-2's finding carries its cause", common::WAIT, |s| {
+        s.findings
+            .findings
+            .iter()
+            .any(|f| f.nodes == ["node-2"] && !f.cause.is_empty())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let explain = netmatrix(&["explain", "node-2", "--aggregator-url", &url]).await;
     assert_eq!(explain.status.code(), Some(0), "{}", describe(&explain));
     let text = String::from_utf8_lossy(&explain.stdout);

@@ -119,6 +119,18 @@ const MAX_MTU_PEERS: usize = 32;
 pub fn explain(conditions: &mut [Condition], k: &Knowledge) {
     for c in conditions.iter_mut() {
         c.cause = causes(c, k);
+        // Without a cause, say whether facts were missing: "unknown" must
+        // not read as "checked, nothing wrong" while they are on their way.
+        c.facts_missing = if c.cause.is_empty() {
+            nodes_read(c, k.truth)
+                .into_iter()
+                .filter(|n| !k.facts.contains_key(*n))
+                .take(MAX_LINES)
+                .map(str::to_owned)
+                .collect()
+        } else {
+            Vec::new()
+        };
     }
 }
 
@@ -141,17 +153,26 @@ pub fn facts_read<'a>(
     conditions: &'a [Condition],
     truth: &'a BTreeMap<String, NodeTruth>,
 ) -> BTreeSet<&'a str> {
+    conditions
+        .iter()
+        .flat_map(|c| nodes_read(c, truth))
+        .collect()
+}
+
+/// The nodes whose facts explaining one condition reads.
+fn nodes_read<'a>(c: &'a Condition, truth: &'a BTreeMap<String, NodeTruth>) -> BTreeSet<&'a str> {
     let mut nodes = BTreeSet::new();
-    for c in conditions.iter().filter(|c| explained_kind(c.kind)) {
-        nodes.extend(c.nodes.iter().map(String::as_str));
-        for (a, b) in pairs(c, truth) {
-            nodes.insert(a);
-            nodes.insert(b);
-        }
-        if c.kind == FindingKind::MtuMismatch {
-            for node in &c.nodes {
-                nodes.extend(mtu_peers(node, truth));
-            }
+    if !explained_kind(c.kind) {
+        return nodes;
+    }
+    nodes.extend(c.nodes.iter().map(String::as_str));
+    for (a, b) in pairs(c, truth) {
+        nodes.insert(a);
+        nodes.insert(b);
+    }
+    if c.kind == FindingKind::MtuMismatch {
+        for node in &c.nodes {
+            nodes.extend(mtu_peers(node, truth));
         }
     }
     nodes

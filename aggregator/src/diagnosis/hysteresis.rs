@@ -226,6 +226,7 @@ fn finding(track: &Track, window: u32) -> Finding {
         since_unix_ms,
         flapping: track.flapping,
         cause: c.cause.clone(),
+        facts_missing: c.facts_missing.clone(),
     }
 }
 

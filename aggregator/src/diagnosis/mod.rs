@@ -114,6 +114,9 @@ pub struct Condition {
     pub hint: String,
     /// Why, from the node facts ([`causes`]); empty: unknown.
     pub cause: Vec<String>,
+    /// Without a cause: the nodes whose facts it would read and which are
+    /// not held yet.
+    pub facts_missing: Vec<String>,
 }
 
 impl Condition {
@@ -136,6 +139,7 @@ impl Condition {
             evidence,
             hint,
             cause: Vec::new(),
+            facts_missing: Vec::new(),
         }
     }
 

@@ -41,6 +41,11 @@
     if (text !== undefined) e.textContent = text;
     return e;
   };
+  // A cause not known because facts were not (yet) received, as opposed to
+  // facts that were checked and explain nothing.
+  const unknownSoFar = (nodes) =>
+    "unknown so far: no network facts from " + nodes.join(", ") +
+    " yet (a host agent sends them with its next report when asked; none without hostAgent.enabled)";
 
   const state = {
     nodes: [],
@@ -590,6 +595,8 @@
         const ul = el("ul");
         for (const c of f.cause) ul.appendChild(el("li", null, c));
         cause.appendChild(ul);
+      } else if (f.facts_missing && f.facts_missing.length) {
+        cause.appendChild(el("span", "unknown", unknownSoFar(f.facts_missing)));
       } else {
         cause.appendChild(el("span", "unknown", "unknown (nothing in the nodes' network facts explains it)"));
       }

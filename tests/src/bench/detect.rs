@@ -517,6 +517,7 @@ mod tests {
             since_unix_ms: 0,
             flapping: false,
             cause: Vec::new(),
+            facts_missing: Vec::new(),
         };
         let on = ["node-2".to_owned()];
         assert!(names(&finding(&["node-2"]), &on));
