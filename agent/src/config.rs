@@ -161,6 +161,23 @@ pub struct Args {
           value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub dns_negative_ttl: Duration,
 
+    /// Pod-network agents: probe each peer pod over TCP (a connect to its
+    /// port) and UDP (echoes to the same port number) beside ICMP, so that a
+    /// path that filters one protocol is told from a broken one.
+    #[arg(long, env = "NETMATRIX_TRANSPORT_PROBES", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub transport_probes: bool,
+
+    /// Port of the peer agents (their --listen port), probed over TCP and
+    /// UDP. Use the chart's agent.port.
+    #[arg(long, env = "NETMATRIX_PEER_AGENT_PORT", default_value_t = 9090)]
+    pub peer_agent_port: u16,
+
+    /// Port of the peer companions (their --listen port), probed over TCP
+    /// and UDP. Use the chart's companion.port.
+    #[arg(long, env = "NETMATRIX_PEER_COMPANION_PORT", default_value_t = 9091)]
+    pub peer_companion_port: u16,
+
     /// Clusters of up to this many nodes are probed as a full mesh (every
     /// agent probes every node). Above it each agent probes its own node and
     /// --sampled-nodes + --rotating-nodes remote nodes picked on a hash ring
@@ -397,6 +414,9 @@ pub struct Settings {
     pub icmp_timeout: Duration,
     /// Large Don't-Fragment echoes; `None` when off.
     pub mtu_probe: Option<MtuProbe>,
+    /// The peers' ports probed over TCP and UDP; `None`: ICMP only (host
+    /// agents, or turned off).
+    pub transport: Option<PeerPorts>,
     pub tcp_timeout: Duration,
     pub dns_timeout: Duration,
     pub listen: SocketAddr,
@@ -412,6 +432,24 @@ pub struct Settings {
     /// Least time DNS may lag the API (see `--dns-negative-ttl`).
     pub dns_negative_ttl: Duration,
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// The ports of the peer pods probed over TCP and UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPorts {
+    pub agent: u16,
+    pub companion: u16,
+}
+
+impl PeerPorts {
+    /// The port probed on `peer`: its component's (a peer found through DNS
+    /// is an agent: the SRV record lists agents).
+    pub fn of(&self, component: Option<&str>) -> u16 {
+        match component {
+            Some(netmatrix_api::labels::COMPONENT_COMPANION) => self.companion,
+            _ => self.agent,
+        }
+    }
 }
 
 impl Settings {
@@ -521,6 +559,12 @@ impl Settings {
             icmp_count: args.icmp_count,
             icmp_timeout,
             mtu_probe,
+            transport: (args.transport_probes && args.network == Network::Pod).then_some(
+                PeerPorts {
+                    agent: args.peer_agent_port,
+                    companion: args.peer_companion_port,
+                },
+            ),
             tcp_timeout,
             dns_timeout,
             listen: args.listen,

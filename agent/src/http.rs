@@ -177,6 +177,7 @@ mod tests {
             dns: vec![],
             peer_source: PeerSource::LastKnown,
             mtu_probe_bytes: None,
+            dns_server: None,
             sampled: None,
             facts_digest: None,
             facts: None,

@@ -156,6 +156,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
             credentials,
             settings.tcp_timeout,
         )?,
+        transport: settings.transport.map(|ports| {
+            let prober = probes::udp::TransportProber {
+                count: settings.icmp_count,
+                timeout: settings.icmp_timeout,
+                gap: probes::icmp::echo_gap(settings.interval, settings.icmp_count),
+            };
+            (prober, ports)
+        }),
         clusterips: settings.clusterips.clone(),
         tcp_timeout: settings.tcp_timeout,
         dns: probes::dns::DnsProber::new(
@@ -208,6 +216,16 @@ pub async fn run(args: Args) -> Result<(), Error> {
             SERVER_LIMITS,
             std::future::pending(),
         ));
+    }
+    // Peers probe this pod's UDP path on the same port number.
+    if settings.identity.network == netmatrix_api::NetworkMode::Pod {
+        let socket = netmatrix_runtime::udp_echo::bind(settings.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        tokio::spawn(netmatrix_runtime::udp_echo::serve(socket));
     }
     tracing::info!(
         addr = %settings.listen,

@@ -378,6 +378,8 @@ mod tests {
                 ..Default::default()
             },
             mtu: None,
+            tcp: None,
+            udp: None,
         }
     }
 
@@ -397,6 +399,7 @@ mod tests {
             dns: vec![],
             peer_source: PeerSource::LastKnown,
             mtu_probe_bytes: None,
+            dns_server: None,
             sampled: None,
             facts_digest: None,
             facts: None,

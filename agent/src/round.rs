@@ -28,13 +28,14 @@ use netmatrix_api::{
 };
 use tokio::sync::watch;
 
-use crate::config::{ClusterIpTarget, DnsName};
+use crate::config::{ClusterIpTarget, DnsName, PeerPorts};
 use crate::discovery::{self, Discovery, NodeSkip, PeerView, PodInfo};
 use crate::http::StatusBoard;
 use crate::metrics::{Metrics, Probe};
 use crate::probes::apiserver::ApiserverProbe;
 use crate::probes::dns::{DnsProber, ExpectedAgent, MAX_SOA_NEGATIVE_TTL, SrvExpectation};
 use crate::probes::icmp::IcmpProber;
+use crate::probes::udp::TransportProber;
 use crate::probes::{dns, tcp};
 use crate::report::unix_ms_now;
 
@@ -43,6 +44,8 @@ pub struct Prober {
     pub identity: AgentIdentity,
     pub interval: Duration,
     pub icmp: IcmpProber,
+    /// TCP and UDP to the peers' ports; `None`: ICMP only.
+    pub transport: Option<(TransportProber, PeerPorts)>,
     pub apiserver: ApiserverProbe,
     pub clusterips: Vec<ClusterIpTarget>,
     pub tcp_timeout: Duration,
@@ -73,14 +76,43 @@ impl Prober {
             let large = mtu_probed.contains(&peer.ip);
             let count = echoes_per_pod(self.icmp.count(), pods_on.get(peer.node.as_str()));
             self.timed(Probe::Icmp, max_jitter, async move {
-                // Small and large echoes together: both see the same path.
-                let (icmp, mtu) = tokio::join!(self.icmp.echo_n(peer.ip, count), async {
-                    if large {
-                        self.icmp.echo_large(peer.ip).await
-                    } else {
-                        None
-                    }
+                let transport = self.transport.as_ref().map(|(prober, ports)| {
+                    let port = ports.of(peer.component.as_deref());
+                    (prober, std::net::SocketAddr::new(peer.ip, port))
                 });
+                // Small and large echoes together: both see the same path;
+                // TCP and UDP beside them.
+                let (icmp, mut mtu, tcp, udp) = tokio::join!(
+                    self.icmp.echo_n(peer.ip, count),
+                    async {
+                        if large {
+                            self.icmp.echo_large(peer.ip).await
+                        } else {
+                            None
+                        }
+                    },
+                    async {
+                        match transport {
+                            Some((prober, addr)) => Some(prober.connect(addr).await),
+                            None => None,
+                        }
+                    },
+                    async {
+                        match transport {
+                            Some((prober, addr)) => Some(prober.echo(addr, None).await),
+                            None => None,
+                        }
+                    }
+                );
+                // ICMP filtered where UDP passes: the path's MTU is probed
+                // with large Don't-Fragment UDP datagrams instead.
+                if let (true, Some((prober, addr)), Some(udp), Some(bytes)) =
+                    (large, transport, udp.as_ref(), self.icmp.mtu_probe_bytes())
+                    && icmp.received == 0
+                    && udp.received > 0
+                {
+                    mtu = Some(prober.echo(addr, Some(bytes)).await);
+                }
                 let error = icmp.error.as_ref().map(|e| e.kind);
                 let result = PeerResult {
                     node: peer.node.clone(),
@@ -88,6 +120,8 @@ impl Prober {
                     ip: peer.ip,
                     icmp,
                     mtu,
+                    tcp,
+                    udp,
                 };
                 (result, error)
             })
@@ -161,6 +195,7 @@ impl Prober {
             dns,
             peer_source: view.source,
             mtu_probe_bytes: self.icmp.mtu_probe_bytes(),
+            dns_server: Some(self.dns.server().to_string()),
             sampled: view.sampled,
             facts_digest: facts.as_ref().map(netmatrix_api::facts::digest),
             facts,
@@ -611,6 +646,8 @@ mod tests {
             ip: ip.parse().unwrap(),
             icmp: netmatrix_api::EchoResult::default(),
             mtu: None,
+            tcp: None,
+            udp: None,
         }
     }
 
@@ -635,6 +672,7 @@ mod tests {
             dns: vec![],
             peer_source: PeerSource::Api,
             mtu_probe_bytes: None,
+            dns_server: None,
             sampled: None,
             facts_digest: None,
             facts: None,
@@ -670,6 +708,14 @@ mod tests {
         let silent_dns = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let interval = Duration::from_secs(1);
         let timeout = Duration::from_millis(300);
+        // The peer's port: TCP on `listener`, the UDP echo on the same number.
+        let port = listener.local_addr().unwrap().port();
+        let echo = netmatrix_runtime::udp_echo::bind(
+            ("127.0.0.1".parse::<IpAddr>().unwrap(), port).into(),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(netmatrix_runtime::udp_echo::serve(echo));
         let prober = Prober {
             identity: AgentIdentity {
                 node: "n1".into(),
@@ -688,6 +734,17 @@ mod tests {
                 }),
             )
             .unwrap(),
+            transport: Some((
+                TransportProber {
+                    count: 2,
+                    timeout,
+                    gap: Duration::from_millis(5),
+                },
+                PeerPorts {
+                    agent: port,
+                    companion: port,
+                },
+            )),
             apiserver: ApiserverProbe::new(
                 refused,
                 CaSource::Unverified,
@@ -731,6 +788,10 @@ mod tests {
         assert_eq!(report.peers[0].icmp.received, 2, "{:?}", report.peers[0]);
         let mtu = report.peers[0].mtu.as_ref().unwrap();
         assert_eq!((mtu.sent, mtu.received), (2, 2), "{mtu:?}");
+        let tcp = report.peers[0].tcp.as_ref().unwrap();
+        assert_eq!((tcp.sent, tcp.received), (1, 1), "{tcp:?}");
+        let udp = report.peers[0].udp.as_ref().unwrap();
+        assert_eq!((udp.sent, udp.received), (2, 2), "{udp:?}");
         assert_eq!(report.services.len(), 2);
         assert_eq!(report.services[0].kind, ServiceKind::Apiserver);
         assert_eq!(

@@ -430,6 +430,8 @@ mod tests {
             ip: "10.244.2.2".parse().unwrap(),
             icmp,
             mtu: None,
+            tcp: None,
+            udp: None,
         });
         r
     }

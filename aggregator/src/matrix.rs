@@ -290,6 +290,11 @@ pub fn build(
                     service.target.clone(),
                 );
             }
+            if let Some(server) = &stored.report.dns_server {
+                for dns in &stored.report.dns {
+                    targets.insert((node.clone(), dns_column(dns)), server.clone());
+                }
+            }
         }
     }
 
@@ -459,16 +464,23 @@ impl RowBuilder<'_> {
         let mut worst: Option<(f64, &ProbeError)> = None;
         let (mut mtu_sent, mut mtu_received) = (0u64, 0u64);
         let mut mtu_error: Option<ProbeError> = None;
+        let mut tcp = Tally::default();
+        let mut udp = Tally::default();
         for peer in peers {
+            tcp.add(peer.tcp.as_ref());
+            udp.add(peer.udp.as_ref());
             // A pod that answered no small echo says nothing about the MTU
             // (agents send large echoes to one pod per node: a dead one
-            // must not read as an MTU fault).
+            // must not read as an MTU fault). Where ICMP is filtered the
+            // large echoes are UDP ones, judged against the small UDP ones.
+            let answered =
+                peer.icmp.received > 0 || peer.udp.as_ref().is_some_and(|u| u.received > 0);
             if let Some(EchoResult {
                 sent,
                 received,
                 error,
                 ..
-            }) = peer.mtu.as_ref().filter(|_| peer.icmp.received > 0)
+            }) = peer.mtu.as_ref().filter(|_| answered)
             {
                 mtu_sent += u64::from(*sent);
                 mtu_received += u64::from((*received).min(*sent));
@@ -509,9 +521,27 @@ impl RowBuilder<'_> {
             self.policy
                 .status_for_loss(1.0 - mtu_received as f64 / mtu_sent as f64)
         });
+        let icmp = self.policy.status_for_loss(loss);
+        let tcp = tcp.status(self.policy);
+        let udp = udp.status(self.policy);
+        // The path's status: ICMP's, unless ICMP is dropped where TCP or UDP
+        // gets through (filtered, not broken: the best of those).
+        let through = [tcp, udp]
+            .into_iter()
+            .flatten()
+            .filter(|s| matches!(s, Status::Ok | Status::Degraded))
+            .min_by_key(|s| matches!(s, Status::Degraded));
+        let status = match (icmp, through) {
+            (Status::Failed, Some(best)) => best,
+            _ => icmp,
+        };
+        let probed_more = tcp.is_some() || udp.is_some();
         Cell {
             to: to.to_owned(),
-            status: self.policy.status_for_loss(loss),
+            status,
+            icmp: probed_more.then_some(icmp),
+            tcp,
+            udp,
             // Rounded to what is meaningful (0.01 % of echoes, a
             // microsecond): shorter JSON, faster to encode at 1M cells.
             loss: Some(round_to(loss, 1e4)),
@@ -523,6 +553,28 @@ impl RowBuilder<'_> {
             last_error: worst.map(|(_, e)| e.clone()).or(mtu_error),
             age_ms,
         }
+    }
+}
+
+/// TCP or UDP probes to one node's pods.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    received: u64,
+}
+
+impl Tally {
+    fn add(&mut self, r: Option<&EchoResult>) {
+        if let Some(r) = r {
+            self.sent += u64::from(r.sent);
+            self.received += u64::from(r.received.min(r.sent));
+        }
+    }
+
+    /// `None` when not probed.
+    fn status(&self, policy: &MatrixPolicy) -> Option<Status> {
+        (self.sent > 0)
+            .then(|| policy.status_for_loss(1.0 - self.received as f64 / self.sent as f64))
     }
 }
 
@@ -539,6 +591,9 @@ fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
         rtt_max_ms: None,
         pods: 0,
         mtu: None,
+        icmp: None,
+        tcp: None,
+        udp: None,
         last_error: None,
         age_ms,
     }
@@ -568,6 +623,8 @@ mod tests {
                 error: (received < sent).then(|| ProbeError::new(ErrorKind::Timeout, "no reply")),
             },
             mtu: None,
+            tcp: None,
+            udp: None,
         }
     }
 
@@ -732,6 +789,49 @@ mod tests {
         assert!(column.last_error.is_some());
         // A row without MTU probes has no mtu column.
         assert!(m.rows[1].mtu.is_none());
+    }
+
+    /// Each protocol's status in the cell; the path's is ICMP's unless ICMP
+    /// is dropped where TCP or UDP passes (filtered, not broken).
+    #[test]
+    fn tcp_and_udp_keep_their_status_and_carry_a_path_icmp_does_not() {
+        let echoes = |sent, received| {
+            Some(EchoResult {
+                sent,
+                received,
+                ..EchoResult::default()
+            })
+        };
+        let mut store = ReportStore::default();
+        let mut r = report(0, "n1", 1);
+        let mut filtered = peer("n2", 3, 0, 1.0);
+        filtered.tcp = echoes(1, 1);
+        filtered.udp = echoes(3, 3);
+        // ICMP dropped on the way and back: the large echoes went as UDP.
+        filtered.mtu = echoes(2, 2);
+        let mut dead = peer("n3", 3, 0, 1.0);
+        dead.tcp = echoes(1, 0);
+        dead.udp = echoes(3, 0);
+        let mut tcp_dropped = peer("n1", 3, 3, 0.1);
+        tcp_dropped.tcp = echoes(1, 0);
+        tcp_dropped.udp = echoes(3, 3);
+        r.peers = vec![tcp_dropped, filtered, dead];
+        ingest(&mut store, r, 1000);
+        let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 1000).matrix;
+        let got: Vec<_> = m.rows[0]
+            .cells
+            .iter()
+            .map(|c| (c.status, c.icmp, c.tcp, c.udp, c.mtu))
+            .collect();
+        use Status::{Failed, Ok};
+        assert_eq!(
+            got,
+            [
+                (Ok, Some(Ok), Some(Failed), Some(Ok), None),
+                (Ok, Some(Failed), Some(Ok), Some(Ok), Some(Ok)),
+                (Failed, Some(Failed), Some(Failed), Some(Failed), None),
+            ]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use prometheus::{
 
 /// Every finding kind, so `netmatrix_finding_active{kind}` exists (at 0) for
 /// each before it first fires; alert rules can then tell 0 from absent.
-const ALL_KINDS: [FindingKind; 14] = [
+const ALL_KINDS: [FindingKind; 18] = [
     FindingKind::NodeIsolated,
     FindingKind::CrossNodeBroken,
     FindingKind::Partition,
@@ -32,6 +32,10 @@ const ALL_KINDS: [FindingKind; 14] = [
     FindingKind::DnsStale,
     FindingKind::UnderlayBroken,
     FindingKind::AgentMissing,
+    FindingKind::IcmpFiltered,
+    FindingKind::TcpFiltered,
+    FindingKind::UdpFiltered,
+    FindingKind::ServiceUnreachable,
 ];
 
 pub struct Metrics {
@@ -384,6 +388,9 @@ mod tests {
                         rtt_max_ms: None,
                         pods: 1,
                         mtu: None,
+                        icmp: None,
+                        tcp: None,
+                        udp: None,
                         last_error: None,
                         age_ms: None,
                     })

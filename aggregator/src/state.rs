@@ -655,6 +655,8 @@ mod tests {
                     ip: format!("10.244.{}.{pod}", j + 1).parse().unwrap(),
                     icmp: echoes(3, p),
                     mtu: Some(echoes(2, p)),
+                    tcp: None,
+                    udp: None,
                 });
             }
         }

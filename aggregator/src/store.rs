@@ -611,6 +611,7 @@ pub(crate) mod tests {
             dns: vec![],
             peer_source: Default::default(),
             mtu_probe_bytes: None,
+            dns_server: None,
             sampled: None,
             facts_digest: None,
             facts: None,
@@ -906,6 +907,8 @@ pub(crate) mod tests {
                 ip: ip.parse().unwrap(),
                 icmp: EchoResult::default(),
                 mtu: None,
+                tcp: None,
+                udp: None,
             });
         }
         let mut store = ReportStore::default();
@@ -956,6 +959,8 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             mtu: None,
+            tcp: None,
+            udp: None,
         }
     }
 

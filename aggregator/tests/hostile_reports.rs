@@ -92,6 +92,8 @@ fn real_report() -> Report {
                 ip: "10.244.2.2".parse().unwrap(),
                 icmp: echo(3),
                 mtu: Some(echo(0)),
+                tcp: None,
+                udp: None,
             },
             PeerResult {
                 node: "node-1".into(),
@@ -99,6 +101,8 @@ fn real_report() -> Report {
                 ip: "10.244.1.3".parse().unwrap(),
                 icmp: echo(2),
                 mtu: None,
+                tcp: None,
+                udp: None,
             },
         ],
         services: vec![ServiceResult {
@@ -125,6 +129,7 @@ fn real_report() -> Report {
         }],
         peer_source: PeerSource::Api,
         mtu_probe_bytes: Some(1450),
+        dns_server: None,
         sampled: None,
         facts_digest: None,
         facts: None,
@@ -262,6 +267,8 @@ fn sane_report() -> impl Strategy<Value = Report> {
                         .into(),
                     icmp,
                     mtu,
+                    tcp: None,
+                    udp: None,
                 })
                 .collect();
             r
@@ -282,6 +289,8 @@ fn peer() -> impl Strategy<Value = PeerResult> {
             ip: std::net::Ipv4Addr::from(ip).into(),
             icmp,
             mtu,
+            tcp: None,
+            udp: None,
         })
 }
 

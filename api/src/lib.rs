@@ -103,6 +103,10 @@ pub struct Report {
     /// with Don't Fragment set; absent when the MTU probe is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu_probe_bytes: Option<u32>,
+    /// The DNS server (`ip:port`) the DNS checks asked: the DNS Service's
+    /// ClusterIP, so a failing ClusterIP check is known to be DNS's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_server: Option<String>,
     /// Present when the cluster is too large for a full mesh and this agent
     /// probes a sample of the remote nodes ([`sampling`]): the aggregator
     /// then shows unprobed paths as absent rather than unknown.
@@ -154,6 +158,13 @@ pub struct PeerResult {
     /// Small fine and large lost is an MTU mismatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<EchoResult>,
+    /// TCP connects to the pod's port (one a round; `received`: connected);
+    /// absent when not probed (host-network rows, older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<EchoResult>,
+    /// UDP echoes to the pod's echo on the same port number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<EchoResult>,
 }
 
 /// Milliseconds to the microsecond, the precision latencies carry on the
@@ -488,6 +499,15 @@ pub struct Cell {
     /// not probed). `ok` small and `failed` large is an MTU mismatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<Status>,
+    /// Each protocol's status on this path, when more than ICMP was probed.
+    /// `status` is then the path's: failed only when no protocol gets
+    /// through; a protocol failing where another passes is filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ProbeError>,
     /// Age of the data behind this cell.
@@ -527,6 +547,10 @@ pub enum FindingKind {
     DnsStale,
     UnderlayBroken,
     AgentMissing,
+    IcmpFiltered,
+    TcpFiltered,
+    UdpFiltered,
+    ServiceUnreachable,
 }
 
 impl FindingKind {
@@ -546,6 +570,10 @@ impl FindingKind {
             FindingKind::DnsStale => "dns-stale",
             FindingKind::UnderlayBroken => "underlay-broken",
             FindingKind::AgentMissing => "agent-missing",
+            FindingKind::IcmpFiltered => "icmp-filtered",
+            FindingKind::TcpFiltered => "tcp-filtered",
+            FindingKind::UdpFiltered => "udp-filtered",
+            FindingKind::ServiceUnreachable => "service-unreachable",
         }
     }
 }

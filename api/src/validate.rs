@@ -97,6 +97,11 @@ impl Report {
         {
             return Err(invalid("mtu_probe_bytes", "out of range (68 to 65535)"));
         }
+        if let Some(server) = &self.dns_server
+            && server.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid("dns_server", "not an IP:port"));
+        }
         if let Some(sampled) = self.sampled
             && sampled.probed > sampled.nodes
         {
@@ -154,7 +159,14 @@ impl Report {
         let errors = self
             .peers
             .iter_mut()
-            .flat_map(|p| [Some(&mut p.icmp), p.mtu.as_mut()])
+            .flat_map(|p| {
+                [
+                    Some(&mut p.icmp),
+                    p.mtu.as_mut(),
+                    p.tcp.as_mut(),
+                    p.udp.as_mut(),
+                ]
+            })
             .flatten()
             .filter_map(|e| e.error.as_mut())
             .chain(self.services.iter_mut().filter_map(|s| s.error.as_mut()))
@@ -238,6 +250,12 @@ fn peer_ok(peer: &PeerResult, limits: &Limits) -> Result<(), Invalid> {
     echoes_ok(&peer.icmp, limits).map_err(|e| e.under("icmp"))?;
     if let Some(mtu) = &peer.mtu {
         echoes_ok(mtu, limits).map_err(|e| e.under("mtu"))?;
+    }
+    if let Some(tcp) = &peer.tcp {
+        echoes_ok(tcp, limits).map_err(|e| e.under("tcp"))?;
+    }
+    if let Some(udp) = &peer.udp {
+        echoes_ok(udp, limits).map_err(|e| e.under("udp"))?;
     }
     Ok(())
 }
@@ -353,6 +371,8 @@ mod tests {
                     error: None,
                 },
                 mtu: None,
+                tcp: None,
+                udp: None,
             }],
             services: vec![ServiceResult {
                 kind: ServiceKind::Clusterip,
@@ -375,6 +395,7 @@ mod tests {
             }],
             peer_source: Default::default(),
             mtu_probe_bytes: Some(1450),
+            dns_server: None,
             sampled: None,
             facts_digest: None,
             facts: None,
@@ -418,7 +439,7 @@ mod tests {
     #[test]
     fn values_are_bounded() {
         type Mutation = fn(&mut Report);
-        let cases: [(&str, Mutation); 11] = [
+        let cases: [(&str, Mutation); 13] = [
             ("peers[0].icmp.rtt_avg_ms", |r| {
                 r.peers[0].icmp.rtt_avg_ms = Some(-1.0)
             }),
@@ -432,6 +453,14 @@ mod tests {
                 r.peers[0].icmp.rtt_avg_ms = Some(0.5)
             }),
             ("peers[0].icmp.received", |r| r.peers[0].icmp.received = 4),
+            ("peers[0].tcp.received", |r| {
+                r.peers[0].tcp = Some(EchoResult {
+                    sent: 1,
+                    received: 2,
+                    ..EchoResult::default()
+                })
+            }),
+            ("dns_server", |r| r.dns_server = Some("10.96.0.10".into())),
             ("peers[0].icmp.sent", |r| {
                 r.peers[0].icmp.sent = 100_000;
             }),

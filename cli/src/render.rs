@@ -392,6 +392,9 @@ mod tests {
             rtt_max_ms: None,
             pods: 2,
             mtu: None,
+            icmp: None,
+            tcp: None,
+            udp: None,
             last_error: (status == Status::Failed)
                 .then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply from 10.244.2.2")),
             age_ms: None,

@@ -126,6 +126,9 @@ mod tests {
             rtt_max_ms: None,
             pods: 2,
             mtu: None,
+            icmp: None,
+            tcp: None,
+            udp: None,
             last_error: None,
             age_ms: None,
         }

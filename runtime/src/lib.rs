@@ -12,6 +12,7 @@
 //! - [`serve`]: the bounded HTTP server both binaries serve with.
 
 pub mod serve;
+pub mod udp_echo;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

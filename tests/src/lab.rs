@@ -23,9 +23,9 @@ use crate::process::{Binaries, ProcessError, ProcessSpec, Processes};
 use crate::services;
 use crate::state::{StateDir, StateError};
 use crate::topology::{
-    AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, CLUSTER_DOMAIN, DNS_SVC,
-    HOST_AGENT_PORT, KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay, PlanError, RemoveError,
-    Topology, random_prefix,
+    AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, CLUSTER_DOMAIN, COMPANION_PORT,
+    COMPANION_SVC, DNS_SVC, HOST_AGENT_PORT, KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay,
+    PlanError, PodPlan, RemoveError, Topology, random_prefix,
 };
 use crate::view;
 
@@ -321,6 +321,8 @@ impl Lab {
         if lab.binaries.is_some() {
             lab.procs.start(lab.aggregator_spec()?)?;
             for node in &topo.nodes {
+                lab.procs
+                    .start(lab.companion_spec(node, &node.companion)?)?;
                 lab.procs.start(lab.agent_spec(node, AgentNetwork::Pod)?)?;
                 if lab.config.host_agents {
                     lab.procs.start(lab.agent_spec(node, AgentNetwork::Host)?)?;
@@ -727,6 +729,22 @@ impl Lab {
         })
     }
 
+    /// `node`'s companion pod `pod`: `netmatrix companion`, answering the
+    /// agents' TCP connects and UDP echoes (the kernel answers ICMP).
+    fn companion_spec(&self, node: &NodePlan, pod: &PodPlan) -> Result<ProcessSpec, LabError> {
+        Ok(ProcessSpec {
+            name: companion_process(node),
+            netns: pod.netns.clone(),
+            program: self.binaries()?.cli.clone(),
+            args: vec![
+                "companion".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{COMPANION_PORT}"),
+            ],
+            env: self.base_env("kubeconfig-pods"),
+        })
+    }
+
     /// The agent of `node`'s pod network (in its agent pod) or host network
     /// (in the node namespace, with the node's address, probing the other
     /// host agents).
@@ -771,6 +789,11 @@ impl Lab {
             format!("aggregator={}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
             "--clusterip".into(),
             format!("kube-dns={}:{}", DNS_SVC.0, DNS_SVC.1),
+            "--clusterip".into(),
+            format!(
+                "netmatrix-companion={}:{}",
+                COMPANION_SVC.0, COMPANION_SVC.1
+            ),
             "--listen".into(),
             format!("0.0.0.0:{port}"),
             "--icmp-timeout".into(),
@@ -937,6 +960,11 @@ pub const AGENT_STATUS_PORT: u16 = 9092;
 pub const HOST_AGENT_STATUS_PORT: u16 = 9093;
 
 /// Process name (and log file name) of a node's agent.
+/// The process name of `node`'s companion.
+pub fn companion_process(node: &NodePlan) -> String {
+    format!("companion-{}", node.name)
+}
+
 pub fn agent_process(node: &NodePlan, network: AgentNetwork) -> String {
     match network {
         AgentNetwork::Pod => format!("agent-{}", node.name),

@@ -9,8 +9,8 @@
 
 use crate::netns::{self, NetnsError};
 use crate::topology::{
-    AGENT_METRICS_PORT, AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, DNS_SVC,
-    KUBERNETES_SVC, NodePlan, Topology,
+    AGENT_METRICS_PORT, AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, COMPANION_PORT,
+    COMPANION_SVC, DELETED_POD, DNS_SVC, KUBERNETES_SVC, NodePlan, Topology,
 };
 
 /// The chain holding the lab's service rules in each node's `nat` table.
@@ -19,6 +19,12 @@ pub const SERVICES_CHAIN: &str = "NETMATRIX-SERVICES";
 /// The content of [`SERVICES_CHAIN`] (iptables-save format), the same on
 /// every node, as kube-proxy programs it.
 pub fn chain_rules(t: &Topology) -> String {
+    rules_with(t, false)
+}
+
+/// The rules with [`COMPANION_SVC`] sent to [`DELETED_POD`] only: a stale
+/// rule for one Service, as kube-proxy holds when it missed an update.
+fn rules_with(t: &Topology, stale_companions: bool) -> String {
     let cp = t.control_plane().ip;
     let mut rules = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n");
     let mut dnat = |proto: &str, (ip, port): (std::net::Ipv4Addr, u16), to: String, extra: &str| {
@@ -32,26 +38,44 @@ pub fn chain_rules(t: &Topology) -> String {
     dnat("tcp", AGGREGATOR_SVC, format!("{cp}:{AGGREGATOR_PORT}"), "");
     // kube-proxy's random balancing: backend i of n is taken with
     // probability 1/(n-i), the last one unconditionally.
-    let n = t.nodes.len();
-    for (i, node) in t.nodes.iter().enumerate() {
-        let remaining = n - i;
-        let extra = if remaining > 1 {
-            format!(
-                " -m statistic --mode random --probability {:.5}",
-                1.0 / remaining as f64
-            )
-        } else {
-            String::new()
-        };
-        dnat(
-            "tcp",
-            AGENT_SVC,
-            format!("{}:{AGENT_METRICS_PORT}", node.agent.ip),
-            &extra,
-        );
-    }
+    let mut balanced = |svc, backends: Vec<String>| {
+        let n = backends.len();
+        for (i, to) in backends.into_iter().enumerate() {
+            let remaining = n - i;
+            let extra = if remaining > 1 {
+                format!(
+                    " -m statistic --mode random --probability {:.5}",
+                    1.0 / remaining as f64
+                )
+            } else {
+                String::new()
+            };
+            dnat("tcp", svc, to, &extra);
+        }
+    };
+    let agents = t
+        .nodes
+        .iter()
+        .map(|node| format!("{}:{AGENT_METRICS_PORT}", node.agent.ip));
+    balanced(AGENT_SVC, agents.collect());
+    let companions: Vec<String> = if stale_companions {
+        let (ip, port) = DELETED_POD;
+        vec![format!("{ip}:{port}")]
+    } else {
+        t.nodes
+            .iter()
+            .map(|node| format!("{}:{COMPANION_PORT}", node.companion.ip))
+            .collect()
+    };
+    balanced(COMPANION_SVC, companions);
     rules.push_str("COMMIT\n");
     rules
+}
+
+/// `node`'s rule for the companions' Service goes stale (the
+/// `stale-service` fault); [`restore`] heals it.
+pub fn stale(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
+    netns::iptables_restore(&node.netns, &rules_with(t, true))
 }
 
 /// Creates the chain and the jumps from `PREROUTING` and `OUTPUT` on `node`.
@@ -96,6 +120,14 @@ mod tests {
         assert!(rules.contains("--probability 0.33333 -j DNAT --to-destination 10.244.1.2:9090"));
         assert!(rules.contains("--probability 0.50000 -j DNAT --to-destination 10.244.2.2:9090"));
         assert!(rules.contains("--dport 9090 -j DNAT --to-destination 10.244.3.2:9090"));
+        assert!(rules.contains(
+            "-d 10.96.0.40/32 -p tcp -m tcp --dport 9091 -j DNAT --to-destination 10.244.3.3:9091"
+        ));
         assert!(rules.ends_with("COMMIT\n"));
+        let stale = rules_with(&t, true);
+        assert!(stale.contains(
+            "-d 10.96.0.40/32 -p tcp -m tcp --dport 9091 -j DNAT --to-destination 10.244.1.99:9091"
+        ));
+        assert!(!stale.contains("10.244.3.3:9091"));
     }
 }

@@ -36,12 +36,21 @@ pub const AGENT_METRICS_PORT: u16 = 9090;
 /// with the API server (6443) and the aggregator (8080) on node 1, so not
 /// the pod agents' 9090 (which would also work, but reads as a clash).
 pub const HOST_AGENT_PORT: u16 = 9091;
+/// The companions' port (the chart's companion.port, the agents' default
+/// --peer-companion-port): TCP and the UDP echo.
+pub const COMPANION_PORT: u16 = 9091;
 /// The agents' headless Service (SRV records of the agent pods).
 pub const AGENTS_HEADLESS_SVC: &str = "netmatrix-agents";
 pub const KUBERNETES_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 443);
 pub const DNS_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 53);
 pub const AGGREGATOR_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 20), 80);
 pub const AGENT_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 30), AGENT_METRICS_PORT);
+/// A Service over every companion pod, which every agent checks: an
+/// ordinary multi-backend Service (the `stale-service` fault's).
+pub const COMPANION_SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 40), COMPANION_PORT);
+/// Where `stale-service` points a node's rule for [`COMPANION_SVC`]: a pod
+/// address no pod has (the endpoint was deleted, kube-proxy missed it).
+pub const DELETED_POD: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 99), COMPANION_PORT);
 pub const DNS_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 /// Kubernetes namespace of the netmatrix pods.
 pub const NAMESPACE: &str = "netmatrix";

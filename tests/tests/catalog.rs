@@ -521,6 +521,38 @@ async fn service_faults_are_named() {
                 FindingKind::ApiserverUnreachable,
                 Names::Nodes(&["node-2"]),
             ),
+            // One Service's rule stale on one node: that Service there,
+            // nothing else (its other Services pass).
+            Case::new(
+                Fault::stale_service("node-3"),
+                FindingKind::ServiceUnreachable,
+                Names::Nodes(&["node-3"]),
+            )
+            .evidence("node-3 -> clusterip/netmatrix-companion 10.96.0.40:9091"),
+        ],
+    )
+    .await;
+}
+
+/// One protocol dropped between two nodes' pods, the others passing: the
+/// protocol is named as filtered (information), never a broken path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_filters_are_named() {
+    run_catalog(
+        3,
+        vec![
+            Case::new(
+                Fault::icmp_drop("node-1", "node-3"),
+                FindingKind::IcmpFiltered,
+                Names::Paths(&[("node-1", "node-3"), ("node-3", "node-1")]),
+            )
+            .evidence("node-1 -> node-3: ICMP failed, TCP ok, UDP ok"),
+            Case::new(
+                Fault::tcp_drop("node-2", "node-3"),
+                FindingKind::TcpFiltered,
+                Names::Paths(&[("node-2", "node-3"), ("node-3", "node-2")]),
+            )
+            .evidence("node-2 -> node-3: ICMP ok, TCP failed, UDP ok"),
         ],
     )
     .await;

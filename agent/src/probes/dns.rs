@@ -195,6 +195,11 @@ impl DnsProber {
     }
 
     /// The least time DNS may lag the API (`--dns-negative-ttl`).
+    /// The server asked.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     pub fn negative_ttl(&self) -> Duration {
         self.negative_ttl
     }

@@ -340,26 +340,8 @@ fn set_int_option(
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    let fd = client.get_socket().get_native_sock();
-    let len =
-        libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).map_err(io::Error::other)?;
-    // SAFETY: `fd` is the open socket owned by `client`, which outlives this
-    // call; `value` is a c_int that lives on this stack frame, and `len` is
-    // its exact size, as setsockopt(2) requires for integer options.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&raw const value).cast::<libc::c_void>(),
-            len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // `client` owns the socket and outlives this call.
+    super::set_int_option(client.get_socket().get_native_sock(), level, name, value)
 }
 
 /// A large echo's `EMSGSIZE` ("message too long": the packet does not fit
@@ -388,7 +370,7 @@ struct Echo<'a> {
 
 /// Gap between the echoes of one series: spread over at most a quarter of
 /// the interval, and never more than [`MAX_ECHO_GAP`].
-fn echo_gap(interval: Duration, count: u16) -> Duration {
+pub(crate) fn echo_gap(interval: Duration, count: u16) -> Duration {
     (interval / (4 * u32::from(count.max(1)))).min(MAX_ECHO_GAP)
 }
 
@@ -471,7 +453,7 @@ fn icmp_outcome(family: u8, kind: u8, code: u8, from: IpAddr) -> Result<(), Prob
 }
 
 /// Folds the outcomes of one series into the wire result.
-fn summarise(outcomes: Vec<Result<Duration, ProbeError>>) -> EchoResult {
+pub(crate) fn summarise(outcomes: Vec<Result<Duration, ProbeError>>) -> EchoResult {
     let sent = u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
     let mut rtts = Vec::with_capacity(outcomes.len());
     let mut error = None;

@@ -13,6 +13,7 @@ pub mod apiserver;
 pub mod dns;
 pub mod icmp;
 pub mod tcp;
+pub mod udp;
 
 /// Linux `ENETUNREACH`.
 const ENETUNREACH: i32 = 101;
@@ -60,6 +61,35 @@ pub(crate) fn io_probe_error(context: &str, err: &io::Error) -> ProbeError {
         io_error_kind(err),
         format!("{context}: {}", os_message(err)),
     )
+}
+
+/// setsockopt(2) of an integer option on `fd`, which the caller keeps open
+/// for the call.
+pub(crate) fn set_int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    let len =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).map_err(io::Error::other)?;
+    // SAFETY: `fd` is an open socket for the call's duration (the caller's
+    // promise); `value` is a c_int on this stack frame and `len` its exact
+    // size, as setsockopt(2) requires for integer options.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast::<libc::c_void>(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Milliseconds as the wire types carry them (to the microsecond).

@@ -139,6 +139,8 @@ impl Cluster {
                         ip: agent_ip(j),
                         icmp: echoes(3, down, (i * 7 + j * 13) % 900),
                         mtu: Some(echoes(2, down, 0)),
+                        tcp: None,
+                        udp: None,
                     }
                 })
                 .collect();
@@ -166,6 +168,7 @@ impl Cluster {
                 ],
                 peer_source: PeerSource::Api,
                 mtu_probe_bytes: Some(1450),
+                dns_server: None,
                 sampled: self.sampled().then_some(Sampled {
                     nodes: self.nodes.len() as u32,
                     probed: targets.len() as u32,

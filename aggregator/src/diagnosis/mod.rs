@@ -85,6 +85,8 @@ pub enum Subject {
     Node(String),
     /// An unordered node pair, sorted.
     Pair(String, String),
+    /// One Service (its check column) from one node, or from every node.
+    Service(Option<String>, String),
 }
 
 impl Subject {

@@ -49,6 +49,9 @@ fn ok_cell(to: &str) -> Cell {
         rtt_max_ms: Some(0.5),
         pods: 2,
         mtu: Some(Status::Ok),
+        icmp: None,
+        tcp: None,
+        udp: None,
         last_error: None,
         age_ms: Some(1000.0),
     }
@@ -102,6 +105,9 @@ impl Grid {
             targets.insert((node.clone(), APISERVER.into()), "10.96.0.1:443".into());
             targets.insert((node.clone(), KUBE_DNS.into()), "10.96.0.10:53".into());
             targets.insert((node.clone(), AGENTS.into()), "10.96.100.7:8080".into());
+            for dns in [DNS_A, DNS_SRV] {
+                targets.insert((node.clone(), dns.into()), "10.96.0.10:53".into());
+            }
             for to in &nodes {
                 windows.insert((NetworkMode::Pod, node.clone(), to.clone()), clean_window());
             }
@@ -224,6 +230,23 @@ impl Grid {
 
     fn host_fail(self, from: &str, to: &str) -> Self {
         self.fail_in(NetworkMode::Host, from, to)
+    }
+
+    /// The path `from` -> `to` as the matrix shows it when TCP and UDP were
+    /// probed too: each protocol's status, and the path's (the best one's).
+    fn protocols(mut self, from: &str, to: &str, icmp: Status, tcp: Status, udp: Status) -> Self {
+        let cell = self.cell(from, to);
+        cell.icmp = Some(icmp);
+        cell.tcp = Some(tcp);
+        cell.udp = Some(udp);
+        if icmp == Status::Failed {
+            cell.loss = Some(1.0);
+            cell.last_error = Some(ProbeError::new(ErrorKind::Timeout, "no echo reply"));
+            if tcp == Status::Failed && udp == Status::Failed {
+                cell.status = Status::Failed;
+            }
+        }
+        self
     }
 
     fn degrade(mut self, from: &str, to: &str) -> Self {
@@ -1343,16 +1366,118 @@ fn clusterip_broken_not_when_pod_cells_fail_too() {
     );
 }
 
+/// ICMP dropped between two nodes' pods while TCP and UDP cross: filtered,
+/// information only, no path finding. Every protocol dropped is broken.
 #[test]
-fn partial_clusterip_failures_name_nothing() {
-    // The agents' ClusterIP picked an unreachable backend; DNS refused.
+fn a_protocol_dropped_where_others_pass_is_filtered_not_broken() {
+    use Status::{Failed, Ok};
+    let grid = Grid::new(3)
+        .protocols("n1", "n2", Failed, Ok, Ok)
+        .protocols("n2", "n1", Failed, Ok, Ok);
+    let c = only(&grid.conditions(), FindingKind::IcmpFiltered, &["n1", "n2"]);
+    assert_eq!(c.paths.len(), 2);
+    assert_eq!(
+        c.evidence[0],
+        "n1 -> n2: ICMP failed, TCP ok, UDP ok (timeout: no echo reply)"
+    );
+    // TCP only (a policy allowing ICMP and UDP).
+    let grid = Grid::new(3).protocols("n3", "n1", Ok, Failed, Ok);
+    only(&grid.conditions(), FindingKind::TcpFiltered, &["n1", "n3"]);
+    // ICMP and UDP dropped, TCP passing: both named.
+    let grid = Grid::new(3).protocols("n3", "n1", Failed, Ok, Failed);
+    assert_eq!(
+        kinds(&grid.conditions()),
+        [
+            (
+                FindingKind::IcmpFiltered,
+                vec!["n1".to_owned(), "n3".to_owned()]
+            ),
+            (
+                FindingKind::UdpFiltered,
+                vec!["n1".to_owned(), "n3".to_owned()]
+            ),
+        ]
+    );
+    // Everything dropped: the path is broken, as before.
+    let grid = Grid::new(3)
+        .protocols("n1", "n2", Failed, Failed, Failed)
+        .protocols("n2", "n1", Failed, Failed, Failed);
+    assert_eq!(
+        kinds(&grid.conditions()),
+        [(
+            FindingKind::PairBroken,
+            vec!["n1".to_owned(), "n2".to_owned()]
+        )]
+    );
+}
+
+/// A stale kube-proxy rule for one Service on one node: that Service on
+/// that node, nothing else (not `clusterip-broken`: the node's other
+/// Services work).
+#[test]
+fn one_service_failing_on_one_node_is_named_alone() {
+    let grid = Grid::new(3).agents_clusterip_times_out("n1");
+    let c = only(&grid.conditions(), FindingKind::ServiceUnreachable, &["n1"]);
+    assert_eq!(
+        c.subject,
+        Subject::Service(Some("n1".into()), AGENTS.into())
+    );
+    assert!(
+        c.summary
+            .contains("netmatrix-agent Service (10.96.100.7:8080)"),
+        "{}",
+        c.summary
+    );
+    assert_eq!(
+        c.evidence[0],
+        "n1 -> clusterip/netmatrix-agent 10.96.100.7:8080: timeout: dial tcp 10.96.100.7:8080: i/o timeout"
+    );
+    assert!(c.hint.contains("kube-proxy on n1"));
+    // Two Services failing on two nodes: one finding each.
     let grid = Grid::new(3).agents_clusterip_times_out("n1").check_fails(
         "n2",
         KUBE_DNS,
         ErrorKind::Refused,
         "connection refused",
     );
-    assert_eq!(kinds(&grid.conditions()), []);
+    assert_eq!(
+        kinds(&grid.conditions()),
+        [
+            (FindingKind::ServiceUnreachable, vec!["n1".to_owned()]),
+            (FindingKind::ServiceUnreachable, vec!["n2".to_owned()]),
+        ]
+    );
+}
+
+/// One Service failing from every node is the Service's (its endpoints),
+/// named once.
+#[test]
+fn one_service_failing_everywhere_is_one_finding() {
+    let grid = Grid::new(3)
+        .agents_clusterip_times_out("n1")
+        .agents_clusterip_times_out("n2")
+        .agents_clusterip_times_out("n3");
+    let c = only(
+        &grid.conditions(),
+        FindingKind::ServiceUnreachable,
+        &["n1", "n2", "n3"],
+    );
+    assert_eq!(c.subject, Subject::Service(None, AGENTS.into()));
+    assert!(c.hint.contains("endpointslices"));
+}
+
+/// A Service timing out while a node is cut off may be picking a backend
+/// there: the network finding names it, not the Service.
+#[test]
+fn a_service_timing_out_behind_a_cut_off_node_is_not_named() {
+    let grid = Grid::new(3)
+        .isolate("n2")
+        .agents_clusterip_times_out("n1")
+        .agents_clusterip_times_out("n3");
+    assert_eq!(
+        kinds(&grid.conditions()),
+        [(FindingKind::NodeIsolated, vec!["n2".to_owned()])]
+    );
 }
 
 #[test]
@@ -1362,7 +1487,9 @@ fn dns_failure_keeps_the_error_kind() {
     assert!(c.summary.contains("servfail"));
     assert_eq!(
         c.evidence,
-        ["n1 -> dns-a/kubernetes.default.svc.cluster.local.: servfail: lookup failed"]
+        [
+            "n1 -> dns-a/kubernetes.default.svc.cluster.local. 10.96.0.10:53: servfail: lookup failed"
+        ]
     );
 }
 

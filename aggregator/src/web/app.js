@@ -561,6 +561,9 @@
   // ---- findings, summary, accessible table --------------------------------
 
   const WARN_KINDS = new Set(["packet-loss", "high-latency", "dns-stale", "agent-missing"]);
+  // Information: the network works, a protocol or a policy keeps some
+  // probes out.
+  const INFO_KINDS = new Set(["icmp-filtered", "tcp-filtered", "udp-filtered", "blocked-by-policy"]);
 
   function renderFindings() {
     const list = $("findings");
@@ -572,7 +575,7 @@
       return;
     }
     list.replaceChildren(...state.findings.map((f) => {
-      const li = el("li", "finding" + (WARN_KINDS.has(f.kind) ? " warn" : ""));
+      const li = el("li", "finding" + (WARN_KINDS.has(f.kind) ? " warn" : INFO_KINDS.has(f.kind) ? " info" : ""));
       li.dataset.kind = f.kind;
       li.dataset.nodes = f.nodes.join(",");
       const head = el("div", "f-head");

@@ -147,6 +147,9 @@ mod tests {
             rtt_max_ms: rtt.map(|r| r * 2.0),
             pods: 2,
             mtu: None,
+            icmp: None,
+            tcp: None,
+            udp: None,
             last_error: None,
             age_ms: Some(812.5),
         }

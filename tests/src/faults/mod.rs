@@ -13,12 +13,15 @@
 //! | `route-del A B` | A's route to B's pod subnet deleted | `pair-broken` (A's replies to B need it too), the missing route named as its cause |
 //! | `fdb-stale A B` | A's FDB entry for B's VTEP points to 198.18.1.99, an address no node has (B re-addressed, A's flanneld not told) (vxlan) | `pair-broken`, the entry named as its cause |
 //! | `pair A B` | pod traffic between A's and B's pod subnets dropped, both ways | `pair-broken` |
+//! | `icmp-drop A B` | ICMP between A's and B's pod subnets dropped, both ways (TCP and UDP pass) | `icmp-filtered` only |
+//! | `tcp-drop A B` | TCP between A's and B's pod subnets dropped, both ways (ICMP and UDP pass) | `tcp-filtered` only |
 //! | `loss NODE [PERCENT]` | a random share (default 30 %) of the overlay packets arriving at the node dropped | `packet-loss` |
 //! | `underlay-loss NODE [PERCENT]` | a random share (default 20 %) of everything arriving at the node's underlay interface `eth0` dropped: tunnel and host-network traffic alike | `packet-loss`, said to be the node network |
 //! | `mtu NODE` | packets over 1200 bytes dropped through the node's overlay, both ways | `mtu-mismatch` |
 //! | `mtu-lower NODE [MTU]` | the node's `flannel.1` MTU lowered (default 1200) | `mtu-mismatch` |
 //! | `service-route NODE` | the `10.96.0.0/12` route is deleted in the node's pod namespaces: `connect: network is unreachable` | `clusterip-broken` |
 //! | `dnat NODE` | the node's service DNAT chain is flushed (kube-proxy rules gone) | `clusterip-broken` |
+//! | `stale-service NODE` | the node's rule for the companions' Service points to 10.244.1.99, a deleted pod's address (kube-proxy missed the update); its other Services work | `service-unreachable`, that Service on that node |
 //! | `apiserver-block NODE` | the node's pods' packets to the API server's endpoint (198.18.0.1:6443) dropped after DNAT | `apiserver-unreachable` |
 //! | `dns-stop` | the DNS server stops (heal starts it on fresh sockets) | `dns-failure` |
 //! | `dns-servfail` | the DNS server answers SERVFAIL | `dns-failure` |
@@ -82,6 +85,10 @@ pub enum FaultKind {
     OneWay,
     /// A B: drop pod traffic between A's and B's pods, both ways.
     Pair,
+    /// A B: drop ICMP between A's and B's pods, both ways (TCP and UDP pass).
+    IcmpDrop,
+    /// A B: drop TCP between A's and B's pods, both ways (ICMP and UDP pass).
+    TcpDrop,
     /// A B: point A's FDB entry for B's VTEP at an address no node has (vxlan).
     FdbStale,
     /// NODE: set NODE's VXLAN device flannel.1 down (vxlan).
@@ -100,6 +107,8 @@ pub enum FaultKind {
     ServiceRoute,
     /// NODE: flush NODE's service DNAT rules (kube-proxy stand-in).
     Dnat,
+    /// NODE: point NODE's rule for the companions' Service at a deleted pod's address.
+    StaleService,
     /// NODE: drop NODE's pods' traffic to the API server's endpoint (after DNAT).
     ApiserverBlock,
     /// Stop the cluster DNS server.
@@ -156,6 +165,8 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::OneWay => "one-way",
             FaultKind::Pair => "pair",
+            FaultKind::IcmpDrop => "icmp-drop",
+            FaultKind::TcpDrop => "tcp-drop",
             FaultKind::FdbStale => "fdb-stale",
             FaultKind::VtepDown => "vtep-down",
             FaultKind::RouteDel => "route-del",
@@ -165,6 +176,7 @@ impl FaultKind {
             FaultKind::MtuLower => "mtu-lower",
             FaultKind::ServiceRoute => "service-route",
             FaultKind::Dnat => "dnat",
+            FaultKind::StaleService => "stale-service",
             FaultKind::ApiserverBlock => "apiserver-block",
             FaultKind::DnsStop => "dns-stop",
             FaultKind::DnsServfail => "dns-servfail",
@@ -183,9 +195,12 @@ impl FaultKind {
     pub fn arity(self) -> Arity {
         match self {
             FaultKind::VxlanDrop | FaultKind::DnsStop | FaultKind::DnsServfail => Arity::None,
-            FaultKind::OneWay | FaultKind::Pair | FaultKind::FdbStale | FaultKind::RouteDel => {
-                Arity::Two
-            }
+            FaultKind::OneWay
+            | FaultKind::Pair
+            | FaultKind::IcmpDrop
+            | FaultKind::TcpDrop
+            | FaultKind::FdbStale
+            | FaultKind::RouteDel => Arity::Two,
             FaultKind::Partition => Arity::Group,
             _ => Arity::One,
         }
@@ -378,6 +393,18 @@ impl Fault {
 
     pub fn pair(a: &str, b: &str) -> Self {
         Self::on(FaultKind::Pair, &[a, b], None)
+    }
+
+    pub fn icmp_drop(a: &str, b: &str) -> Self {
+        Self::on(FaultKind::IcmpDrop, &[a, b], None)
+    }
+
+    pub fn tcp_drop(a: &str, b: &str) -> Self {
+        Self::on(FaultKind::TcpDrop, &[a, b], None)
+    }
+
+    pub fn stale_service(node: &str) -> Self {
+        Self::on(FaultKind::StaleService, &[node], None)
     }
 
     pub fn loss(node: &str, percent: u32) -> Self {
@@ -630,6 +657,7 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
             }
         }
         FaultKind::Dnat => services::flush(n)?,
+        FaultKind::StaleService => services::stale(t, n)?,
         FaultKind::DnsHide => hooks.dns_hide(&n.agent_dns_name(), true),
         FaultKind::UnderlayCut => network::set_underlay_link(t, n, false)?,
         FaultKind::KillAgent => hooks.stop_agent(n)?,
@@ -686,7 +714,7 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
                 network::add_service_route(n, pod)?;
             }
         }
-        FaultKind::Dnat => services::restore(t, n)?,
+        FaultKind::Dnat | FaultKind::StaleService => services::restore(t, n)?,
         FaultKind::DnsHide => hooks.dns_hide(&n.agent_dns_name(), false),
         FaultKind::UnderlayCut => network::set_underlay_link(t, n, true)?,
         FaultKind::KillAgent => hooks.start_agent(n)?,

@@ -152,6 +152,31 @@ pub fn for_fault(t: &Topology, fault: &Fault, nodes: &[&NodePlan]) -> Vec<Rule> 
                 ));
             }
         }
+        FaultKind::IcmpDrop | FaultKind::TcpDrop => {
+            if let [a, b] = nodes {
+                let proto = if fault.kind == FaultKind::IcmpDrop {
+                    "icmp"
+                } else {
+                    "tcp"
+                };
+                // Each node drops that protocol from its pods to the other's
+                // and back, as a filter between the two subnets would.
+                for (from, to) in [(a, b), (b, a)] {
+                    rules.push(Rule::new(
+                        from,
+                        "FORWARD",
+                        &["-s", &from.pod_cidr, "-d", &to.pod_cidr, "-p", proto],
+                        kind,
+                    ));
+                    rules.push(Rule::new(
+                        from,
+                        "FORWARD",
+                        &["-s", &to.pod_cidr, "-d", &from.pod_cidr, "-p", proto],
+                        kind,
+                    ));
+                }
+            }
+        }
         FaultKind::Pair => {
             if let [a, b] = nodes {
                 // Each node drops what its pods send to the other's pods.

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{AgentNetwork, Lab, LabError, agent_process, lock, objects};
+use super::{AgentNetwork, Lab, LabError, agent_process, companion_process, lock, objects};
 use crate::network;
 use crate::services;
 use crate::topology::{NAMESPACE, NodePlan, PodPlan, Topology};
@@ -64,6 +64,11 @@ impl Lab {
         let new = Topology::recreated_companion(&plan, generation);
 
         self.cluster.set_pod_terminating(NAMESPACE, &old.name);
+        if self.binaries.is_some()
+            && let Err(e) = self.procs.stop(&companion_process(&plan))
+        {
+            tracing::debug!(error = %e, "companion was not running");
+        }
         self.cluster.delete_pod(NAMESPACE, &old.name);
         network::remove_pod(&old)?;
 
@@ -79,6 +84,14 @@ impl Lab {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .set_companion(plan.index, new.clone());
+        if self.binaries.is_some() {
+            self.procs.start(self.companion_spec(&plan, &new)?)?;
+        }
+        // kube-proxy follows the new endpoint on every node.
+        let topo = self.topology();
+        for node in &topo.nodes {
+            services::restore(&topo, node)?;
+        }
         self.cluster.apply_pod(running);
         tracing::info!(node, old = %old.name, new = %new.name, ip = %new.ip, "companion re-created");
         Ok(new)
@@ -131,6 +144,8 @@ impl Lab {
         }
         if self.binaries.is_some() {
             self.procs
+                .start(self.companion_spec(&node, &node.companion)?)?;
+            self.procs
                 .start(self.agent_spec(&node, AgentNetwork::Pod)?)?;
             if self.config.host_agents {
                 self.procs
@@ -167,6 +182,9 @@ impl Lab {
             if let Err(e) = self.procs.stop(&agent_process(&node, network)) {
                 tracing::debug!(error = %e, "agent was not running");
             }
+        }
+        if let Err(e) = self.procs.stop(&companion_process(&node)) {
+            tracing::debug!(error = %e, "companion was not running");
         }
         for pod in &pods {
             self.cluster.delete_pod(NAMESPACE, pod);

@@ -16,7 +16,9 @@
 //! 3. [`paths`]: single broken paths inside a group (`pair-broken`,
 //!    `asymmetric-path`);
 //! 4. [`quality`]: paths that work but badly, judged over the window of
-//!    recent rounds (`packet-loss`, `mtu-mismatch`, `high-latency`);
+//!    recent rounds (`packet-loss`, `mtu-mismatch`, `high-latency`), and
+//!    [`filtered`]: paths that carry some protocols only (`icmp-filtered`,
+//!    `tcp-filtered`, `udp-filtered`; information, the path works);
 //! 5. [`services`] and [`dns`]: ClusterIP and DNS checks of the nodes no
 //!    network finding concerns (CoreDNS and service backends sit behind
 //!    the network);
@@ -25,6 +27,7 @@
 mod agents;
 mod checks;
 mod dns;
+mod filtered;
 mod localize;
 mod overlay;
 mod paths;
@@ -73,6 +76,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
     let overlay = overlay::diagnose(&view, &cut_off, &alive);
     let paths = paths::diagnose(&view, &cut_off, &overlay.components);
     let quality = quality::diagnose(&view, &cut_off, &overlay.components);
+    let filtered = filtered::diagnose(&view, &cut_off);
 
     let network: Vec<&Condition> = underlay
         .iter()
@@ -138,6 +142,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
     conditions.extend(overlay.conditions);
     conditions.extend(paths);
     conditions.extend(quality);
+    conditions.extend(filtered);
     let knowledge = causes::Knowledge::new(context.facts, context.truth);
     causes::explain(&mut conditions, &knowledge);
     conditions
@@ -295,7 +300,10 @@ impl<'a> View<'a> {
     /// loss on every node that probes it.
     fn lossy_nodes(&self) -> BTreeSet<&'a str> {
         self.cross_cells(NetworkMode::Pod)
-            .filter(|(_, c)| c.loss.is_some_and(|l| l > 0.0) && !is_broken(c))
+            .filter(|(_, c)| {
+                // ICMP filtered is not loss.
+                c.loss.is_some_and(|l| l > 0.0) && !is_broken(c) && c.icmp != Some(Status::Failed)
+            })
             .flat_map(|(from, c)| [from, c.to.as_str()])
             .collect()
     }

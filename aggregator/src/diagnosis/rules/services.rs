@@ -1,5 +1,14 @@
-//! `clusterip-broken` and `apiserver-unreachable`: the service path of a
-//! node whose pod-to-pod traffic works.
+//! `clusterip-broken`, `apiserver-unreachable` and `service-unreachable`:
+//! the service path of a node whose pod-to-pod traffic works.
+//!
+//! Every Service is judged on its own: one failing where the node's other
+//! Services pass is `service-unreachable` for that Service on that node (a
+//! stale kube-proxy rule, the commonest kube-proxy fault), or for that
+//! Service on every node (its endpoints: no ready backend, a wrong
+//! targetPort). All of a node's Services failing stays one
+//! `clusterip-broken`: the node's service path, not each Service.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use netmatrix_api::{CheckCell, ErrorKind, FindingKind, Status};
 
@@ -27,6 +36,8 @@ pub(super) fn diagnose(
     let nodes = judged(view, suppress);
     let mut clusterip = Vec::new();
     let mut apiserver = Vec::new();
+    // Per Service column: the nodes where it alone fails.
+    let mut single: BTreeMap<&str, Vec<(&NodeChecks, &CheckCell)>> = BTreeMap::new();
     for n in &nodes {
         if service_path_broken(n) {
             clusterip.push(clusterip_broken(n, targets));
@@ -34,6 +45,26 @@ pub(super) fn diagnose(
         }
         if !n.pods_fine {
             continue;
+        }
+        // The DNS Service failing with the node's lookups is the DNS
+        // rule's to name (CoreDNS down, or its rule stale): one finding.
+        let failing_dns: BTreeSet<&str> = n
+            .dns
+            .iter()
+            .filter(|c| c.status == Status::Failed)
+            .filter_map(|c| target_ip(targets, n.node, &c.column))
+            .collect();
+        for c in n
+            .services
+            .iter()
+            .copied()
+            .filter(|c| c.column != APISERVER && c.status == Status::Failed)
+            .filter(|c| {
+                target_ip(targets, n.node, &c.column).is_none_or(|ip| !failing_dns.contains(ip))
+            })
+            .filter(|c| !backend_maybe_cut_off(c, suppress))
+        {
+            single.entry(c.column.as_str()).or_default().push((n, c));
         }
         let failed: Vec<&CheckCell> = n
             .services
@@ -53,7 +84,109 @@ pub(super) fn diagnose(
     let has_apiserver = |n: &&NodeChecks| n.services.iter().any(|c| c.column == APISERVER);
     let mut out = everywhere(clusterip, nodes.iter().filter(has_services));
     out.extend(everywhere(apiserver, nodes.iter().filter(has_apiserver)));
+    for (column, failing) in single {
+        // Judged for this Service: the nodes whose service path works and
+        // that check it.
+        let checking: BTreeSet<&str> = nodes
+            .iter()
+            .filter(|n| n.pods_fine && !service_path_broken(n))
+            .filter(|n| n.services.iter().any(|c| c.column == column))
+            .map(|n| n.node)
+            .collect();
+        let failing_nodes: BTreeSet<&str> = failing.iter().map(|(n, _)| n.node).collect();
+        if failing_nodes.len() >= 2 && failing_nodes == checking {
+            out.push(service_unreachable_everywhere(column, &failing, targets));
+        } else {
+            out.extend(
+                failing
+                    .iter()
+                    .map(|(n, c)| service_unreachable(n, c, targets)),
+            );
+        }
+    }
     out
+}
+
+/// A Service's backends may run on any node: while some node is cut off
+/// (or the pod network split), a Service timing out or unreachable from
+/// elsewhere may just be picking a backend there, which the network
+/// finding already names. A refusal comes from a live host: still judged.
+fn backend_maybe_cut_off(c: &CheckCell, suppress: &Suppression) -> bool {
+    let cut = !suppress.cut_off.is_empty() || suppress.dns_timeouts_everywhere;
+    cut && c
+        .last_error
+        .as_ref()
+        .is_none_or(|e| matches!(e.kind, ErrorKind::Timeout | ErrorKind::Unreachable))
+}
+
+/// The address (without port) a check of `node` dialled.
+fn target_ip<'t>(targets: &'t CheckTargets, node: &str, column: &str) -> Option<&'t str> {
+    let target = targets.get(&(node.to_owned(), column.to_owned()))?;
+    let (ip, _port) = target.rsplit_once(':')?;
+    Some(ip.trim_start_matches('[').trim_end_matches(']'))
+}
+
+/// The Service's name in its column (`clusterip/NAME`).
+fn service_name(column: &str) -> &str {
+    column.strip_prefix("clusterip/").unwrap_or(column)
+}
+
+fn service_unreachable(n: &NodeChecks, failed: &CheckCell, targets: &CheckTargets) -> Condition {
+    let node = n.node;
+    let service = service_name(&failed.column);
+    let mut evidence = vec![describe_check(node, failed, targets)];
+    evidence.extend(
+        n.services
+            .iter()
+            .filter(|c| c.status == Status::Ok)
+            .map(|c| format!("{node} -> {}: ok", c.column)),
+    );
+    if let Some(host) = n.host_services.iter().find(|c| c.column == failed.column) {
+        evidence.push(format!(
+            "host network: {}",
+            describe_check(node, host, targets)
+        ));
+    }
+    let target = targets
+        .get(&(node.to_owned(), failed.column.clone()))
+        .map_or_else(|| service.to_owned(), String::clone);
+    Condition::new(
+        FindingKind::ServiceUnreachable,
+        Subject::Service(Some(node.to_owned()), failed.column.clone()),
+        vec![node.to_owned()],
+        format!(
+            "the {service} Service ({target}) is unreachable from {node}, while {node}'s other Services and pod-to-pod traffic work"
+        ),
+        capped(evidence),
+        format!(
+            "only {node} fails on this Service: kube-proxy on {node} may hold a stale rule for it (iptables -t nat -S | grep <ClusterIP>, or ipvsadm -Ln -t <ClusterIP:port>; compare with kubectl get endpointslices -l kubernetes.io/service-name={service}), e.g. after missing an update; restarting kube-proxy on {node} resyncs its rules"
+        ),
+    )
+}
+
+fn service_unreachable_everywhere(
+    column: &str,
+    failing: &[(&NodeChecks, &CheckCell)],
+    targets: &CheckTargets,
+) -> Condition {
+    let service = service_name(column);
+    let nodes: Vec<String> = failing.iter().map(|(n, _)| n.node.to_owned()).collect();
+    let evidence = failing
+        .iter()
+        .map(|(n, c)| describe_check(n.node, c, targets))
+        .collect();
+    Condition::new(
+        FindingKind::ServiceUnreachable,
+        Subject::Service(None, column.to_owned()),
+        nodes,
+        format!(
+            "the {service} Service is unreachable from every node, while the other Services work"
+        ),
+        capped(evidence),
+        format!(
+            "the Service itself: check that it has ready endpoints on the right port (kubectl get endpointslices -l kubernetes.io/service-name={service} -o wide; its targetPort against the pods' containerPort), and that its backend pods answer"
+        ),
+    )
 }
 
 fn clusterip_broken(n: &NodeChecks, targets: &CheckTargets) -> Condition {

@@ -1,0 +1,112 @@
+//! Paths that carry some protocols and drop others: filtered, not broken.
+//!
+//! Agents probe each peer pod over ICMP, TCP (a connect to its port) and
+//! UDP (an echo on the same port number). A path on which one protocol
+//! fails while another gets through works for the applications that use
+//! the other: a firewall, a cloud security group or a NetworkPolicy is
+//! dropping one protocol. The matrix already counts such a path as
+//! reaching (its status is the best protocol's), so no path rule fires;
+//! this rule names the protocol dropped, as information, never a page:
+//!
+//! - `icmp-filtered`: ICMP dropped where TCP or UDP passes (the classic: a
+//!   security group without ICMP on a natively routed CNI);
+//! - `tcp-filtered`: TCP dropped where ICMP or UDP passes;
+//! - `udp-filtered`: UDP dropped where ICMP or TCP passes.
+//!
+//! One finding per protocol for the whole cluster, listing its paths: the
+//! same filter usually covers many paths at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netmatrix_api::{Cell, FindingKind, NetworkMode, Path, Status};
+
+use super::{View, capped};
+use crate::diagnosis::{Condition, Subject};
+
+/// The protocols a path may filter, in the order a finding names them.
+const PROTOCOLS: [(FindingKind, &str); 3] = [
+    (FindingKind::IcmpFiltered, "ICMP"),
+    (FindingKind::TcpFiltered, "TCP"),
+    (FindingKind::UdpFiltered, "UDP"),
+];
+
+fn statuses(c: &Cell) -> [Option<Status>; 3] {
+    [c.icmp, c.tcp, c.udp]
+}
+
+/// The protocols failing on a path that some other protocol crosses.
+fn dropped(c: &Cell) -> Vec<usize> {
+    let s = statuses(c);
+    let through = s.iter().flatten().any(|s| *s == Status::Ok);
+    if !through {
+        return Vec::new();
+    }
+    (0..3).filter(|&i| s[i] == Some(Status::Failed)).collect()
+}
+
+pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> {
+    // Per protocol: the paths that drop it, with the cell.
+    let mut by_protocol: BTreeMap<usize, Vec<(&str, &Cell)>> = BTreeMap::new();
+    for (from, cell) in view.known_cells(NetworkMode::Pod) {
+        if cut_off.contains(from) || cut_off.contains(cell.to.as_str()) {
+            continue;
+        }
+        for i in dropped(cell) {
+            by_protocol.entry(i).or_default().push((from, cell));
+        }
+    }
+    by_protocol
+        .into_iter()
+        .map(|(i, paths)| condition(i, &paths))
+        .collect()
+}
+
+fn condition(i: usize, paths: &[(&str, &Cell)]) -> Condition {
+    let (kind, protocol) = PROTOCOLS[i];
+    let nodes: BTreeSet<&str> = paths
+        .iter()
+        .flat_map(|(from, c)| [*from, c.to.as_str()])
+        .collect();
+    let evidence = paths
+        .iter()
+        .map(|(from, c)| {
+            let other: Vec<String> = PROTOCOLS
+                .iter()
+                .zip(statuses(c))
+                .filter_map(|((_, name), s)| s.map(|s| format!("{name} {s}")))
+                .collect();
+            let mut line = format!("{from} -> {}: {}", c.to, other.join(", "));
+            if i == 0
+                && let Some(e) = &c.last_error
+            {
+                line += &format!(" ({e})");
+            }
+            line
+        })
+        .collect();
+    let summary = format!(
+        "{protocol} is dropped on {} path(s) between pods of {} that other protocols still cross: filtered, not broken",
+        paths.len(),
+        nodes.iter().copied().collect::<Vec<_>>().join(", ")
+    );
+    let hint = format!(
+        "applications using other protocols work; something filters {protocol} on these paths: a firewall or cloud security group between the nodes (natively routed CNIs carry pod addresses on the underlay), a NetworkPolicy selecting the pods, or host rules (iptables -S; nft list ruleset). Allow {protocol} between the pod CIDRs if it should pass"
+    );
+    Condition::new(
+        kind,
+        Subject::Cluster,
+        nodes.iter().map(|n| (*n).to_owned()).collect(),
+        summary,
+        capped(evidence),
+        hint,
+    )
+    .with_paths(
+        paths
+            .iter()
+            .map(|(from, c)| Path {
+                from: (*from).to_owned(),
+                to: c.to.clone(),
+            })
+            .collect(),
+    )
+}
