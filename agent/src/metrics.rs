@@ -380,6 +380,7 @@ mod tests {
             mtu: None,
             tcp: None,
             udp: None,
+            port: None,
         }
     }
 

@@ -122,6 +122,7 @@ impl Prober {
                     mtu,
                     tcp,
                     udp,
+                    port: transport.map(|(_, addr)| addr.port()),
                 };
                 (result, error)
             })
@@ -648,6 +649,7 @@ mod tests {
             mtu: None,
             tcp: None,
             udp: None,
+            port: None,
         }
     }
 

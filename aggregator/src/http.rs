@@ -432,6 +432,7 @@ mod tests {
             mtu: None,
             tcp: None,
             udp: None,
+            port: None,
         });
         r
     }

@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod matrix;
 pub mod metrics;
 pub mod node_status;
+pub mod policy;
 pub mod published;
 pub mod state;
 pub mod store;

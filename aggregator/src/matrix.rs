@@ -13,15 +13,17 @@
 //! [`PathWindow`] over the last rounds (see [`crate::history`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use foldhash::HashMap;
 
 use netmatrix_api::{
-    Cell, CheckCell, DnsResult, EchoResult, Matrix, MatrixRow, NetworkMode, NodeState, PeerResult,
-    ProbeError, RecordType, ServiceKind, ServiceResult, Status,
+    Blocked, Cell, CheckCell, DnsResult, EchoResult, Matrix, MatrixRow, NetworkMode, NodeState,
+    PeerResult, ProbeError, RecordType, ServiceKind, ServiceResult, Status,
 };
 
 use crate::history::{PathWindow, network_slot};
+use crate::policy::{Probe, Screen};
 use crate::store::{ReportStore, StoredReport};
 
 /// Column name of the row's MTU summary.
@@ -235,6 +237,19 @@ pub fn build(
     policy: &MatrixPolicy,
     now_unix_ms: u64,
 ) -> Built {
+    build_screened(store, known, states, policy, None, now_unix_ms)
+}
+
+/// [`build`], leaving out the failing probes that a NetworkPolicy denies
+/// (each cell's `blocked` says which).
+pub fn build_screened(
+    store: &ReportStore,
+    known: &BTreeSet<String>,
+    states: &NodeStates,
+    policy: &MatrixPolicy,
+    screen: Option<&Screen>,
+    now_unix_ms: u64,
+) -> Built {
     let mut nodes: BTreeSet<String> = known.clone();
     nodes.extend(
         store
@@ -260,6 +275,7 @@ pub fn build(
         ids: &windows.ids,
         store,
         policy,
+        screen,
         now_unix_ms,
         dense: !sampled,
     };
@@ -318,6 +334,8 @@ struct RowBuilder<'a> {
     ids: &'a HashMap<String, u32>,
     store: &'a ReportStore,
     policy: &'a MatrixPolicy,
+    /// What NetworkPolicies deny (`None`: no policy).
+    screen: Option<&'a Screen>,
     now_unix_ms: u64,
     /// A cell for every node (full mesh), or only for the probed ones.
     dense: bool,
@@ -340,6 +358,13 @@ impl RowBuilder<'_> {
         let probed = peers.chunk_by(|a, b| a.0 == b.0);
         // The windows of the same groups of pods, from their history.
         let history = fresh.and_then(|_| self.store.history().tracks(node, network));
+        // NetworkPolicies govern pod traffic only.
+        let screen = match (self.screen, fresh) {
+            (Some(screen), Some(s)) if network == NetworkMode::Pod => {
+                Some((screen, node, s.report.agent.pod_ip))
+            }
+            _ => None,
+        };
         let windows: Vec<(u32, PathWindow)> = match history {
             Some(tracks) => probed
                 .clone()
@@ -356,7 +381,7 @@ impl RowBuilder<'_> {
             (0u32..)
                 .zip(self.nodes)
                 .map(|(id, to)| match probed.next_if(|group| group[0].0 == id) {
-                    Some(group) => self.cell(to, group.iter().map(|(_, p)| *p), age_ms),
+                    Some(group) => self.cell(to, group.iter().map(|(_, p)| *p), age_ms, screen),
                     None => unknown_cell(to, age_ms),
                 })
                 .collect()
@@ -365,7 +390,7 @@ impl RowBuilder<'_> {
             let mut cells = Vec::with_capacity(probed.clone().count());
             cells.extend(probed.map(|group| {
                 let to = self.nodes[group[0].0 as usize].as_str();
-                self.cell(to, group.iter().map(|(_, p)| *p), age_ms)
+                self.cell(to, group.iter().map(|(_, p)| *p), age_ms, screen)
             }));
             cells
         };
@@ -455,6 +480,7 @@ impl RowBuilder<'_> {
         to: &str,
         peers: impl Iterator<Item = &'p PeerResult>,
         age_ms: Option<f64>,
+        screen: Option<(&Screen, &str, IpAddr)>,
     ) -> Cell {
         let mut pods = 0u32;
         let (mut sent, mut received) = (0u64, 0u64);
@@ -466,9 +492,35 @@ impl RowBuilder<'_> {
         let mut mtu_error: Option<ProbeError> = None;
         let mut tcp = Tally::default();
         let mut udp = Tally::default();
+        let mut blocked_protocols: BTreeSet<&'static str> = BTreeSet::new();
+        let mut blocked_policies: BTreeSet<String> = BTreeSet::new();
         for peer in peers {
-            tcp.add(peer.tcp.as_ref());
-            udp.add(peer.udp.as_ref());
+            // A failing probe a NetworkPolicy denies is left out: the
+            // path is not judged by what a policy keeps out.
+            let mut denied = |probe: Probe, echoes: &EchoResult| {
+                if echoes.received >= echoes.sent {
+                    return false;
+                }
+                let Some((screen, from, src_ip)) = screen else {
+                    return false;
+                };
+                match screen.denied(from, src_ip, peer, probe) {
+                    Some(names) => {
+                        blocked_protocols.insert(probe.protocol());
+                        blocked_policies.extend(names);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            let port = peer.port.unwrap_or(0);
+            if let Some(t) = peer.tcp.as_ref().filter(|t| !denied(Probe::Tcp(port), t)) {
+                tcp.add(Some(t));
+            }
+            if let Some(u) = peer.udp.as_ref().filter(|u| !denied(Probe::Udp(port), u)) {
+                udp.add(Some(u));
+            }
+            let icmp_denied = denied(Probe::Icmp, &peer.icmp);
             // A pod that answered no small echo says nothing about the MTU
             // (agents send large echoes to one pod per node: a dead one
             // must not read as an MTU fault). Where ICMP is filtered the
@@ -493,6 +545,9 @@ impl RowBuilder<'_> {
             }
             let icmp = &peer.icmp;
             pods = pods.saturating_add(1);
+            if icmp_denied {
+                continue;
+            }
             let answered = icmp.received.min(icmp.sent);
             sent += u64::from(icmp.sent);
             received += u64::from(answered);
@@ -510,20 +565,27 @@ impl RowBuilder<'_> {
                 }
             }
         }
-        if sent == 0 {
+        let blocked = (!blocked_protocols.is_empty()).then(|| Blocked {
+            protocols: blocked_protocols.iter().map(|p| (*p).to_owned()).collect(),
+            policies: blocked_policies.into_iter().collect(),
+        });
+        let tcp = tcp.status(self.policy);
+        let udp = udp.status(self.policy);
+        if sent == 0 && tcp.is_none() && udp.is_none() {
             let mut cell = unknown_cell(to, age_ms);
             cell.pods = pods;
             cell.last_error = worst.map(|(_, e)| e.clone());
+            cell.blocked = blocked;
             return cell;
         }
-        let loss = 1.0 - received as f64 / sent as f64;
+        let loss = 1.0 - received as f64 / sent.max(1) as f64;
         let mtu = (mtu_sent > 0).then(|| {
             self.policy
                 .status_for_loss(1.0 - mtu_received as f64 / mtu_sent as f64)
         });
-        let icmp = self.policy.status_for_loss(loss);
-        let tcp = tcp.status(self.policy);
-        let udp = udp.status(self.policy);
+        // ICMP left out entirely (a policy denies it): the path is the
+        // other protocols'.
+        let icmp = (sent > 0).then(|| self.policy.status_for_loss(loss));
         // The path's status: ICMP's, unless ICMP is dropped where TCP or UDP
         // gets through (filtered, not broken: the best of those).
         let through = [tcp, udp]
@@ -532,19 +594,21 @@ impl RowBuilder<'_> {
             .filter(|s| matches!(s, Status::Ok | Status::Degraded))
             .min_by_key(|s| matches!(s, Status::Degraded));
         let status = match (icmp, through) {
-            (Status::Failed, Some(best)) => best,
-            _ => icmp,
+            (Some(Status::Failed) | None, Some(best)) => best,
+            (Some(icmp), _) => icmp,
+            (None, None) => Status::Failed,
         };
         let probed_more = tcp.is_some() || udp.is_some();
         Cell {
             to: to.to_owned(),
             status,
-            icmp: probed_more.then_some(icmp),
+            icmp: icmp.filter(|_| probed_more),
             tcp,
             udp,
+            blocked,
             // Rounded to what is meaningful (0.01 % of echoes, a
             // microsecond): shorter JSON, faster to encode at 1M cells.
-            loss: Some(round_to(loss, 1e4)),
+            loss: (sent > 0).then(|| round_to(loss, 1e4)),
             rtt_avg_ms: (rtt_samples > 0).then(|| round_to(rtt_weighted / rtt_samples as f64, 1e3)),
             rtt_max_ms: rtt_max.map(|v| round_to(v, 1e3)),
             pods,
@@ -594,6 +658,7 @@ fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
         icmp: None,
         tcp: None,
         udp: None,
+        blocked: None,
         last_error: None,
         age_ms,
     }
@@ -625,6 +690,7 @@ mod tests {
             mtu: None,
             tcp: None,
             udp: None,
+            port: None,
         }
     }
 
@@ -832,6 +898,68 @@ mod tests {
                 (Failed, Some(Failed), Some(Failed), Some(Failed), None),
             ]
         );
+    }
+
+    /// Failing probes a NetworkPolicy denies are left out, and said; a
+    /// denied probe that gets through (the CNI does not enforce) counts.
+    #[test]
+    fn failing_probes_a_policy_denies_are_left_out() {
+        let echoes = |sent, received| {
+            Some(EchoResult {
+                sent,
+                received,
+                ..EchoResult::default()
+            })
+        };
+        let mut inv = crate::store::tests::inventory(&["n1", "n2"]);
+        let policy: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "tcp-only", "namespace": "netmatrix"},
+                "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 9090}]}]}
+            }))
+            .unwrap();
+        inv.policies = crate::policy::PolicySet(std::sync::Arc::new(crate::policy::Policies {
+            policies: vec![policy],
+            namespace: "netmatrix".into(),
+            ..Default::default()
+        }));
+        let screen = Screen::new(&inv).unwrap();
+        let mut store = ReportStore::default();
+        let mut r = report(0, "n1", 1);
+        let mut blocked = peer("n2", 3, 0, 1.0);
+        blocked.tcp = echoes(1, 1);
+        blocked.udp = echoes(3, 0);
+        blocked.port = Some(9090);
+        // Same node: ICMP denied too, but it got through.
+        let mut through = peer("n1", 3, 3, 0.1);
+        through.tcp = echoes(1, 1);
+        through.udp = echoes(3, 3);
+        through.port = Some(9090);
+        r.peers = vec![through, blocked];
+        ingest(&mut store, r, 1000);
+        let m = build_screened(
+            &store,
+            &expected(),
+            &None,
+            &MatrixPolicy::default(),
+            Some(&screen),
+            1000,
+        )
+        .matrix;
+        let cells = &m.rows[0].cells;
+        assert_eq!(
+            (cells[0].status, cells[0].blocked.as_ref()),
+            (Status::Ok, None)
+        );
+        assert_eq!(cells[1].status, Status::Ok, "TCP, allowed, gets through");
+        assert_eq!(
+            (cells[1].icmp, cells[1].tcp, cells[1].udp),
+            (None, Some(Status::Ok), None)
+        );
+        let b = cells[1].blocked.as_ref().unwrap();
+        assert_eq!(b.protocols, ["ICMP", "UDP"]);
+        assert_eq!(b.policies, ["netmatrix/tcp-only"]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use prometheus::{
 
 /// Every finding kind, so `netmatrix_finding_active{kind}` exists (at 0) for
 /// each before it first fires; alert rules can then tell 0 from absent.
-const ALL_KINDS: [FindingKind; 18] = [
+const ALL_KINDS: [FindingKind; 19] = [
     FindingKind::NodeIsolated,
     FindingKind::CrossNodeBroken,
     FindingKind::Partition,
@@ -36,6 +36,7 @@ const ALL_KINDS: [FindingKind; 18] = [
     FindingKind::TcpFiltered,
     FindingKind::UdpFiltered,
     FindingKind::ServiceUnreachable,
+    FindingKind::BlockedByPolicy,
 ];
 
 pub struct Metrics {
@@ -391,6 +392,7 @@ mod tests {
                         icmp: None,
                         tcp: None,
                         udp: None,
+                        blocked: None,
                         last_error: None,
                         age_ms: None,
                     })

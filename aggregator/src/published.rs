@@ -259,6 +259,7 @@ mod tests {
             icmp: None,
             tcp: None,
             udp: None,
+            blocked: None,
             last_error: None,
             age_ms: None,
         };

@@ -320,11 +320,16 @@ impl Aggregator {
     fn matrix_at(&self, now: u64) -> (Built, NodeSets) {
         let store = self.lock_store();
         let nodes = self.node_sets(&store, now);
-        let built = matrix::build(
+        let screen = self
+            .inventory
+            .snapshot()
+            .and_then(|inventory| crate::policy::Screen::new(&inventory));
+        let built = matrix::build_screened(
             &store,
             &nodes.known,
             &nodes.states,
             &self.settings.policy,
+            screen.as_ref(),
             now,
         );
         (built, nodes)
@@ -657,6 +662,7 @@ mod tests {
                     mtu: Some(echoes(2, p)),
                     tcp: None,
                     udp: None,
+                    port: None,
                 });
             }
         }

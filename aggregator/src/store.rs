@@ -581,6 +581,8 @@ pub(crate) mod tests {
                         ips: vec![format!("10.244.{}.2", i + 1).parse().unwrap()],
                         network: NetworkMode::Pod,
                         started_unix_ms: None,
+                        labels: Default::default(),
+                        named_ports: Default::default(),
                     },
                     AgentPod {
                         name: format!("host-agent-{node}"),
@@ -588,6 +590,8 @@ pub(crate) mod tests {
                         ips: vec![format!("198.18.0.{}", i + 1).parse().unwrap()],
                         network: NetworkMode::Host,
                         started_unix_ms: None,
+                        labels: Default::default(),
+                        named_ports: Default::default(),
                     },
                 ],
             );
@@ -909,6 +913,7 @@ pub(crate) mod tests {
                 mtu: None,
                 tcp: None,
                 udp: None,
+                port: None,
             });
         }
         let mut store = ReportStore::default();
@@ -961,6 +966,7 @@ pub(crate) mod tests {
             mtu: None,
             tcp: None,
             udp: None,
+            port: None,
         }
     }
 

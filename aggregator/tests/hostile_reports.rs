@@ -47,6 +47,8 @@ fn verified_aggregator() -> Aggregator {
                 ips: vec![format!("10.244.{n}.2").parse().unwrap()],
                 network: NetworkMode::Pod,
                 started_unix_ms: Some(0),
+                labels: Default::default(),
+                named_ports: Default::default(),
             }],
         );
     }
@@ -94,6 +96,7 @@ fn real_report() -> Report {
                 mtu: Some(echo(0)),
                 tcp: None,
                 udp: None,
+                port: None,
             },
             PeerResult {
                 node: "node-1".into(),
@@ -103,6 +106,7 @@ fn real_report() -> Report {
                 mtu: None,
                 tcp: None,
                 udp: None,
+                port: None,
             },
         ],
         services: vec![ServiceResult {
@@ -269,6 +273,7 @@ fn sane_report() -> impl Strategy<Value = Report> {
                     mtu,
                     tcp: None,
                     udp: None,
+                    port: None,
                 })
                 .collect();
             r
@@ -291,6 +296,7 @@ fn peer() -> impl Strategy<Value = PeerResult> {
             mtu,
             tcp: None,
             udp: None,
+            port: None,
         })
 }
 

@@ -165,6 +165,9 @@ pub struct PeerResult {
     /// UDP echoes to the pod's echo on the same port number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<EchoResult>,
+    /// The port TCP and UDP went to (NetworkPolicies allow by port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// Milliseconds to the microsecond, the precision latencies carry on the
@@ -508,11 +511,24 @@ pub struct Cell {
     pub tcp: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<Status>,
+    /// Probes on this path that failed and that a NetworkPolicy denies:
+    /// left out of the statuses (the path is not judged by them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ProbeError>,
     /// Age of the data behind this cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<f64>,
+}
+
+/// Probes a NetworkPolicy denies, and which.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// `ICMP`, `TCP`, `UDP`.
+    pub protocols: Vec<String>,
+    /// `namespace/name` of the policies.
+    pub policies: Vec<String>,
 }
 
 /// A per-node service or DNS check in the matrix.
@@ -551,6 +567,7 @@ pub enum FindingKind {
     TcpFiltered,
     UdpFiltered,
     ServiceUnreachable,
+    BlockedByPolicy,
 }
 
 impl FindingKind {
@@ -574,6 +591,7 @@ impl FindingKind {
             FindingKind::TcpFiltered => "tcp-filtered",
             FindingKind::UdpFiltered => "udp-filtered",
             FindingKind::ServiceUnreachable => "service-unreachable",
+            FindingKind::BlockedByPolicy => "blocked-by-policy",
         }
     }
 }

@@ -373,6 +373,7 @@ mod tests {
                 mtu: None,
                 tcp: None,
                 udp: None,
+                port: None,
             }],
             services: vec![ServiceResult {
                 kind: ServiceKind::Clusterip,

@@ -395,6 +395,7 @@ mod tests {
             icmp: None,
             tcp: None,
             udp: None,
+            blocked: None,
             last_error: (status == Status::Failed)
                 .then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply from 10.244.2.2")),
             age_ms: None,

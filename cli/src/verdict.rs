@@ -129,6 +129,7 @@ mod tests {
             icmp: None,
             tcp: None,
             udp: None,
+            blocked: None,
             last_error: None,
             age_ms: None,
         }

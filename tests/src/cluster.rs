@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::{
-    Event as KubeEvent, EventSource, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus,
-    ObjectReference, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service, ServicePort,
-    ServiceSpec,
+    Event as KubeEvent, EventSource, Namespace, Node, NodeAddress, NodeCondition, NodeSpec,
+    NodeStatus, ObjectReference, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service,
+    ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
@@ -39,6 +40,9 @@ pub enum Kind {
     Service,
     /// `core/v1` Events (what `kubectl describe` shows under "Events").
     Event,
+    Namespace,
+    /// `networking.k8s.io/v1`, served under `/apis/networking.k8s.io/v1`.
+    NetworkPolicy,
 }
 
 impl Kind {
@@ -49,7 +53,22 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::Event => "Event",
+            Kind::Namespace => "Namespace",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
+    }
+
+    /// `apiVersion` of its objects and lists.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    /// Served under `/api/v1` (the core group).
+    pub fn core(self) -> bool {
+        self.api_version() == "v1"
     }
 
     /// The resource name in URLs (`/api/v1/pods`).
@@ -59,19 +78,28 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Service => "services",
             Kind::Event => "events",
+            Kind::Namespace => "namespaces",
+            Kind::NetworkPolicy => "networkpolicies",
         }
     }
 
     /// The kind from a URL's resource name.
     pub fn from_plural(plural: &str) -> Option<Kind> {
-        [Kind::Node, Kind::Pod, Kind::Service, Kind::Event]
-            .into_iter()
-            .find(|k| k.plural() == plural)
+        [
+            Kind::Node,
+            Kind::Pod,
+            Kind::Service,
+            Kind::Event,
+            Kind::Namespace,
+            Kind::NetworkPolicy,
+        ]
+        .into_iter()
+        .find(|k| k.plural() == plural)
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node)
+        !matches!(self, Kind::Node | Kind::Namespace)
     }
 }
 
@@ -127,6 +155,8 @@ struct Inner {
     pods: BTreeMap<Key, Pod>,
     services: BTreeMap<Key, Service>,
     events: BTreeMap<Key, KubeEvent>,
+    namespaces: BTreeMap<Key, Namespace>,
+    network_policies: BTreeMap<Key, NetworkPolicy>,
     history: VecDeque<Arc<Event>>,
     /// resourceVersion of the newest event dropped from `history`.
     evicted: u64,
@@ -163,6 +193,20 @@ impl Stored for KubeEvent {
     const STORED: Kind = Kind::Event;
     fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
         &mut inner.events
+    }
+}
+
+impl Stored for Namespace {
+    const STORED: Kind = Kind::Namespace;
+    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
+        &mut inner.namespaces
+    }
+}
+
+impl Stored for NetworkPolicy {
+    const STORED: Kind = Kind::NetworkPolicy;
+    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
+        &mut inner.network_policies
     }
 }
 
@@ -236,6 +280,8 @@ impl ClusterState {
             Kind::Pod => to_json(Pod::table(&mut inner).values()),
             Kind::Service => to_json(Service::table(&mut inner).values()),
             Kind::Event => to_json(KubeEvent::table(&mut inner).values()),
+            Kind::Namespace => to_json(Namespace::table(&mut inner).values()),
+            Kind::NetworkPolicy => to_json(NetworkPolicy::table(&mut inner).values()),
         };
         (inner.rv, items)
     }
@@ -252,7 +298,35 @@ impl ClusterState {
             Kind::Pod => Pod::table(&mut inner).get(&key).and_then(json),
             Kind::Service => Service::table(&mut inner).get(&key).and_then(json),
             Kind::Event => KubeEvent::table(&mut inner).get(&key).and_then(json),
+            Kind::Namespace => Namespace::table(&mut inner).get(&key).and_then(json),
+            Kind::NetworkPolicy => NetworkPolicy::table(&mut inner).get(&key).and_then(json),
         }
+    }
+
+    /// Creates or replaces a Namespace (`kubernetes.io/metadata.name` is
+    /// set, as the API server sets it).
+    pub fn apply_namespace(&self, mut namespace: Namespace) {
+        if let Some(name) = namespace.metadata.name.clone() {
+            namespace
+                .metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert("kubernetes.io/metadata.name".into(), name);
+        }
+        self.apply(namespace);
+    }
+
+    /// Creates or replaces a NetworkPolicy (as `kubectl apply` does).
+    pub fn apply_network_policy(&self, policy: NetworkPolicy) {
+        self.apply(policy);
+    }
+
+    pub fn delete_network_policy(&self, namespace: &str, name: &str) -> bool {
+        self.delete::<NetworkPolicy>(namespace, name)
+    }
+
+    pub fn network_policies(&self) -> Vec<NetworkPolicy> {
+        self.lock().network_policies.values().cloned().collect()
     }
 
     pub fn nodes(&self) -> Vec<Node> {

@@ -33,6 +33,7 @@ mod churn;
 mod churn_run;
 mod kubelet;
 pub mod objects;
+pub mod policy;
 mod prometheus;
 
 pub use prometheus::{Alert, LabPrometheus, Target, prometheus_binary};
@@ -108,6 +109,8 @@ pub enum LabError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Fault(#[from] FaultError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     #[error("no node {0} in this lab")]
     UnknownNode(String),
     #[error(transparent)]
@@ -498,6 +501,31 @@ impl Lab {
     }
 
     /// Undoes every applied fault, newest first. Returns what was healed.
+    /// Applies a NetworkPolicy as `kubectl apply` would (the emulator serves
+    /// it) and enforces it in the pods' namespaces as a CNI would.
+    pub fn apply_network_policy(
+        &self,
+        policy: k8s_openapi::api::networking::v1::NetworkPolicy,
+    ) -> Result<(), LabError> {
+        let mut policies = self.cluster.network_policies();
+        policies.retain(|p| p.metadata.name != policy.metadata.name);
+        policies.push(policy.clone());
+        policy::enforce(&self.topology(), &policies, &self.cluster.pods())?;
+        self.cluster.apply_network_policy(policy);
+        Ok(())
+    }
+
+    /// Deletes a NetworkPolicy and lifts what it enforced.
+    pub fn delete_network_policy(&self, name: &str) -> Result<(), LabError> {
+        self.cluster.delete_network_policy(NAMESPACE, name);
+        policy::enforce(
+            &self.topology(),
+            &self.cluster.network_policies(),
+            &self.cluster.pods(),
+        )?;
+        Ok(())
+    }
+
     pub fn heal(&self) -> Result<Vec<Fault>, LabError> {
         let mut applied = lock(&self.faults);
         let mut healed = Vec::new();

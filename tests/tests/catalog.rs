@@ -901,3 +901,89 @@ async fn findings_show_on_the_node_with_node_conditions() {
     assert_eq!(ready.status, "True");
     lab.down().await;
 }
+
+/// NetworkPolicy, applied through the API and enforced in the pods as a
+/// CNI would: probes a policy denies are named as that policy, never as a
+/// broken network; a policy that allows the probes leaves all ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_are_understood() {
+    let nodes = 3;
+    let lab = healthy_lab(nodes).await;
+    let policy = |json: serde_json::Value| {
+        serde_json::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(json)
+            .expect("a NetworkPolicy")
+    };
+    let blocked_by = |name: &'static str, protocols: &'static str| {
+        move |s: &Snapshot| {
+            s.findings.findings.iter().any(|f| {
+                f.kind == FindingKind::BlockedByPolicy
+                    && f.summary.contains(name)
+                    && f.summary.contains(protocols)
+            })
+        }
+    };
+    let only_policy = |f: &Finding| f.kind == FindingKind::BlockedByPolicy;
+
+    // Default deny: every probe to the agents and companions is refused.
+    lab.apply_network_policy(policy(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny", "namespace": "netmatrix"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+    })))
+    .expect("apply default-deny");
+    let snap = watch(
+        &lab,
+        "blocked-by-policy naming default-deny",
+        only_policy,
+        blocked_by("netmatrix/default-deny", "ICMP, TCP, UDP"),
+    )
+    .await;
+    eprintln!("{}", view::render(&snap.matrix, &snap.findings));
+    let hold = Instant::now();
+    watch(&lab, "default-deny to hold", only_policy, |_| {
+        hold.elapsed() >= Duration::from_secs(4)
+    })
+    .await;
+
+    // A policy letting TCP to the agents' and companions' ports in: TCP
+    // passes, ICMP and UDP stay denied and are said to be.
+    lab.apply_network_policy(policy(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "tcp-in", "namespace": "netmatrix"},
+        "spec": {"podSelector": {}, "ingress": [{
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "netmatrix"}}}],
+            "ports": [{"port": 9090}, {"port": 9091, "protocol": "TCP"}]
+        }]}
+    })))
+    .expect("apply tcp-in");
+    watch(
+        &lab,
+        "TCP through, ICMP and UDP blocked",
+        only_policy,
+        |s| {
+            all_pod_cells_ok(&s.matrix, nodes)
+                && blocked_by("netmatrix/default-deny", "ICMP, UDP")(s)
+        },
+    )
+    .await;
+
+    // The chart's policy: every protocol from the release's pods.
+    lab.apply_network_policy(policy(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "netmatrix-agent", "namespace": "netmatrix"},
+        "spec": {"podSelector": {}, "ingress": [{
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "netmatrix"}}}]
+        }]}
+    })))
+    .expect("apply the allowing policy");
+    watch(&lab, "all ok under the allowing policy", only_policy, |s| {
+        healthy(s, nodes)
+    })
+    .await;
+    for name in ["netmatrix-agent", "tcp-in", "default-deny"] {
+        lab.delete_network_policy(name).expect("delete");
+    }
+    tokio::task::spawn_blocking(move || lab.shutdown())
+        .await
+        .expect("shutdown");
+}

@@ -94,6 +94,8 @@ impl Cluster {
                     ips: vec![agent_ip(i)],
                     network: NetworkMode::Pod,
                     started_unix_ms: Some(0),
+                    labels: Default::default(),
+                    named_ports: Default::default(),
                 }],
             );
         }
@@ -141,6 +143,7 @@ impl Cluster {
                         mtu: Some(echoes(2, down, 0)),
                         tcp: None,
                         udp: None,
+                        port: None,
                     }
                 })
                 .collect();

@@ -87,6 +87,8 @@ pub enum Subject {
     Pair(String, String),
     /// One Service (its check column) from one node, or from every node.
     Service(Option<String>, String),
+    /// A NetworkPolicy (`namespace/name`).
+    Policy(String),
 }
 
 impl Subject {

@@ -52,6 +52,7 @@ fn ok_cell(to: &str) -> Cell {
         icmp: None,
         tcp: None,
         udp: None,
+        blocked: None,
         last_error: None,
         age_ms: Some(1000.0),
     }
@@ -1408,6 +1409,36 @@ fn a_protocol_dropped_where_others_pass_is_filtered_not_broken() {
             FindingKind::PairBroken,
             vec!["n1".to_owned(), "n2".to_owned()]
         )]
+    );
+}
+
+/// Probes a NetworkPolicy keeps out are left out of the cells (unknown),
+/// and named once per policy, with no network finding.
+#[test]
+fn probes_a_policy_denies_are_named_as_the_policy_only() {
+    let mut grid = Grid::new(3);
+    for from in ["n1", "n2", "n3"] {
+        for to in ["n1", "n2", "n3"] {
+            let cell = grid.cell(from, to);
+            cell.status = Status::Unknown;
+            cell.loss = None;
+            cell.blocked = Some(netmatrix_api::Blocked {
+                protocols: vec!["ICMP".into(), "TCP".into(), "UDP".into()],
+                policies: vec!["netmatrix/default-deny".into()],
+            });
+        }
+    }
+    let c = only(
+        &grid.conditions(),
+        FindingKind::BlockedByPolicy,
+        &["n1", "n2", "n3"],
+    );
+    assert_eq!(c.subject, Subject::Policy("netmatrix/default-deny".into()));
+    assert!(c.summary.contains("ICMP, TCP, UDP"), "{}", c.summary);
+    assert_eq!(c.paths.len(), 9);
+    assert_eq!(
+        c.evidence[0],
+        "n1 -> n1: ICMP, TCP, UDP denied by netmatrix/default-deny"
     );
 }
 

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -43,6 +44,10 @@ pub struct AgentPod {
     /// When the pod started (`status.startTime`): a freshly started agent
     /// gets the same grace as a new node.
     pub started_unix_ms: Option<u64>,
+    /// `metadata.labels`: what NetworkPolicies select it by.
+    pub labels: BTreeMap<String, String>,
+    /// Named container ports (NetworkPolicies may name them).
+    pub named_ports: BTreeMap<String, u16>,
 }
 
 /// A node as far as the aggregator cares.
@@ -74,6 +79,9 @@ pub struct Inventory {
     /// Each node's addresses and tunnel endpoint, for the node facts'
     /// cross-check.
     pub truth: BTreeMap<String, NodeTruth>,
+    /// The NetworkPolicies of the agents' namespace and its labels: what
+    /// may keep probes out ([`crate::policy`]).
+    pub policies: crate::policy::PolicySet,
 }
 
 /// Why a verified caller may not send its report. The text says what the
@@ -393,6 +401,7 @@ impl Inventory {
             agents,
             agents_down,
             truth,
+            policies: Default::default(),
         }
     }
 }
@@ -493,8 +502,20 @@ fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
             ips,
             network,
             started_unix_ms: started_running(pod),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            named_ports: named_ports(pod),
         },
     ))
+}
+
+/// The pod's named container ports.
+fn named_ports(pod: &Pod) -> BTreeMap<String, u16> {
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+        .collect()
 }
 
 /// `status.startTime`: when the kubelet started the pod. Container
@@ -592,6 +613,8 @@ pub struct KubeInventory {
     nodes: Store<Node>,
     pods: Store<Pod>,
     events: Store<Event>,
+    policies: Store<NetworkPolicy>,
+    namespaces: Store<Namespace>,
     namespace: Arc<str>,
     state: Arc<WatchState>,
 }
@@ -602,6 +625,8 @@ struct WatchState {
     nodes_synced: AtomicBool,
     pods_synced: AtomicBool,
     events_synced: AtomicBool,
+    policies_synced: AtomicBool,
+    namespaces_synced: AtomicBool,
     cache: Mutex<Option<(u64, Arc<Inventory>)>>,
 }
 
@@ -636,7 +661,7 @@ impl KubeInventory {
         // does not gate the inventory.
         let (events, event_writer) = reflector::store();
         let event_stream = watcher(
-            Api::<Event>::namespaced(client, namespace),
+            Api::<Event>::namespaced(client.clone(), namespace),
             watcher::Config::default().fields("involvedObject.kind=Pod"),
         )
         .default_backoff()
@@ -649,10 +674,45 @@ impl KubeInventory {
             |s| &s.events_synced,
         ));
 
+        // The NetworkPolicies of the agents' namespace and its labels: a
+        // probe a policy denies is named as such, not as a broken network.
+        // Optional like the Events (without RBAC, probes are judged as if
+        // no policy existed).
+        let (policies, policy_writer) = reflector::store();
+        let policy_stream = watcher(
+            Api::<NetworkPolicy>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(policy_writer);
+        tokio::spawn(drive(
+            "network policies",
+            policy_stream,
+            Arc::clone(&state),
+            |s| &s.policies_synced,
+        ));
+        let (namespaces, namespace_writer) = reflector::store();
+        let namespace_stream = watcher(
+            Api::<Namespace>::all(client),
+            watcher::Config::default().fields(&format!("metadata.name={namespace}")),
+        )
+        .default_backoff()
+        .modify(|n| n.managed_fields_mut().clear())
+        .reflect(namespace_writer);
+        tokio::spawn(drive(
+            "the agents' namespace",
+            namespace_stream,
+            Arc::clone(&state),
+            |s| &s.namespaces_synced,
+        ));
+
         KubeInventory {
             nodes,
             pods,
             events,
+            policies,
+            namespaces,
             namespace: namespace.into(),
             state,
         }
@@ -675,13 +735,29 @@ impl KubeInventory {
         let nodes = self.nodes.state();
         let pods = self.pods.state();
         let events = self.events.state();
-        let inventory = Arc::new(Inventory::from_api(
+        let mut inventory = Inventory::from_api(
             &refs(&nodes),
             &refs(&pods),
             &refs(&events),
             &self.namespace,
             synced,
-        ));
+        );
+        inventory.policies = crate::policy::PolicySet(Arc::new(crate::policy::Policies {
+            policies: self
+                .policies
+                .state()
+                .iter()
+                .map(|p| NetworkPolicy::clone(p))
+                .collect(),
+            namespace_labels: self
+                .namespaces
+                .state()
+                .iter()
+                .map(|n| (n.name_any(), n.labels().clone()))
+                .collect(),
+            namespace: self.namespace.to_string(),
+        }));
+        let inventory = Arc::new(inventory);
         *cache = Some((generation, Arc::clone(&inventory)));
         inventory
     }

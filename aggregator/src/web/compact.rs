@@ -150,6 +150,7 @@ mod tests {
             icmp: None,
             tcp: None,
             udp: None,
+            blocked: None,
             last_error: None,
             age_ms: Some(812.5),
         }

@@ -155,6 +155,18 @@ pub fn router(state: ClusterState, token: String, authority: Arc<TokenAuthority>
             "/api/v1/namespaces/{ns}/{resource}/{name}",
             get(get_namespaced),
         )
+        .route(
+            "/apis/networking.k8s.io/v1/networkpolicies",
+            get(list_network_policies),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+            get(list_namespaced_network_policies),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
+            get(get_network_policy),
+        )
         .route(TOKEN_REVIEWS_PATH, post(create_token_review))
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
     Router::new()
@@ -391,6 +403,7 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
 /// Resolves a URL's resource name, checking it is served at that scope.
 fn resource(plural: &str, namespaced_url: bool) -> Result<Kind, ApiError> {
     Kind::from_plural(plural)
+        .filter(|kind| kind.core())
         .filter(|kind| !namespaced_url || kind.namespaced())
         .ok_or(ApiError::NoSuchPath)
 }
@@ -434,7 +447,7 @@ impl Api {
         let items: Vec<Value> = items.into_iter().filter(|o| filter.matches(o)).collect();
         Ok(axum::Json(json!({
             "kind": format!("{}List", kind.name()),
-            "apiVersion": "v1",
+            "apiVersion": kind.api_version(),
             "metadata": { "resourceVersion": rv.to_string() },
             "items": items,
         }))
@@ -472,6 +485,28 @@ async fn list_namespaced(
         Some(ns),
         &ListQuery::parse(query)?,
     )
+}
+
+async fn list_network_policies(
+    State(api): State<Api>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    api.collection(Kind::NetworkPolicy, None, &ListQuery::parse(query)?)
+}
+
+async fn list_namespaced_network_policies(
+    State(api): State<Api>,
+    Path(ns): Path<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    api.collection(Kind::NetworkPolicy, Some(ns), &ListQuery::parse(query)?)
+}
+
+async fn get_network_policy(
+    State(api): State<Api>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    api.object(Kind::NetworkPolicy, &ns, &name)
 }
 
 async fn get_cluster_scoped(

@@ -92,7 +92,8 @@ fn field_labels(kind: Kind) -> &'static [(&'static str, &'static str)] {
             ("status.podIP", ""),
             ("status.nominatedNodeName", ""),
         ],
-        Kind::Service => &[("metadata.name", ""), ("metadata.namespace", "")],
+        Kind::Service | Kind::NetworkPolicy => &[("metadata.name", ""), ("metadata.namespace", "")],
+        Kind::Namespace => &[("metadata.name", ""), ("status.phase", "")],
         // As the real registry's event strategy selects them.
         Kind::Event => &[
             ("metadata.name", ""),

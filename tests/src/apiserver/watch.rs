@@ -187,7 +187,7 @@ fn bookmark(kind: Kind, rv: u64, initial_events_end: bool) -> Value {
     }
     event_line(
         "BOOKMARK",
-        json!({ "kind": kind.name(), "apiVersion": "v1", "metadata": metadata }),
+        json!({ "kind": kind.name(), "apiVersion": kind.api_version(), "metadata": metadata }),
     )
 }
 

@@ -25,6 +25,13 @@ pub(super) fn register_cluster(t: &Topology, state: &ClusterState, host_agents: 
     }
     register_control_plane(t, state);
     register_services(state);
+    state.apply_namespace(k8s_openapi::api::core::v1::Namespace {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(crate::topology::NAMESPACE.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
 }
 
 /// A Ready, schedulable Node object.

@@ -18,7 +18,9 @@
 //! 4. [`quality`]: paths that work but badly, judged over the window of
 //!    recent rounds (`packet-loss`, `mtu-mismatch`, `high-latency`), and
 //!    [`filtered`]: paths that carry some protocols only (`icmp-filtered`,
-//!    `tcp-filtered`, `udp-filtered`; information, the path works);
+//!    `tcp-filtered`, `udp-filtered`; information, the path works), and
+//!    [`policies`]: probes a NetworkPolicy keeps out (`blocked-by-policy`;
+//!    information, left out of the cells);
 //! 5. [`services`] and [`dns`]: ClusterIP and DNS checks of the nodes no
 //!    network finding concerns (CoreDNS and service backends sit behind
 //!    the network);
@@ -31,6 +33,7 @@ mod filtered;
 mod localize;
 mod overlay;
 mod paths;
+mod policies;
 mod quality;
 mod services;
 mod underlay;
@@ -77,6 +80,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
     let paths = paths::diagnose(&view, &cut_off, &overlay.components);
     let quality = quality::diagnose(&view, &cut_off, &overlay.components);
     let filtered = filtered::diagnose(&view, &cut_off);
+    let blocked = policies::diagnose(&view);
 
     let network: Vec<&Condition> = underlay
         .iter()
@@ -143,6 +147,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
     conditions.extend(paths);
     conditions.extend(quality);
     conditions.extend(filtered);
+    conditions.extend(blocked);
     let knowledge = causes::Knowledge::new(context.facts, context.truth);
     causes::explain(&mut conditions, &knowledge);
     conditions
