@@ -105,6 +105,33 @@ pub enum Error {
     },
 }
 
+/// Raises the soft limit on open files to the hard one, as Go programs do
+/// at start: a round holds a socket per probe in flight (bounded by
+/// [`probes::udp::MAX_OPEN_SOCKETS`] for TCP and UDP), and container
+/// runtimes often leave the soft limit at 1024. A failure is only logged.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct on this stack
+    // frame, of the type they expect.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(
+            open_files = limit.rlim_cur,
+            "open files limit raised to the hard limit"
+        );
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open files limit");
+    }
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
     let settings = Settings::from_args(args, &config::HostDefaults::from_host())?;
@@ -123,6 +150,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         "starting netmatrix agent"
     );
 
+    raise_open_files_limit();
     let metrics = Arc::new(Metrics::new()?);
     let kube_config = netmatrix_runtime::kube_config(settings.kubeconfig.as_deref()).await?;
 
@@ -157,11 +185,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
             settings.tcp_timeout,
         )?,
         transport: settings.transport.map(|ports| {
-            let prober = probes::udp::TransportProber {
-                count: settings.icmp_count,
-                timeout: settings.icmp_timeout,
-                gap: probes::icmp::echo_gap(settings.interval, settings.icmp_count),
-            };
+            let prober = probes::udp::TransportProber::new(
+                settings.icmp_timeout,
+                probes::icmp::echo_gap(settings.interval, settings.icmp_count),
+            );
             (prober, ports)
         }),
         clusterips: settings.clusterips.clone(),

@@ -99,7 +99,7 @@ impl Prober {
                     },
                     async {
                         match transport {
-                            Some((prober, addr)) => Some(prober.echo(addr, None).await),
+                            Some((prober, addr)) => Some(prober.echo(addr, count, None).await),
                             None => None,
                         }
                     }
@@ -111,7 +111,7 @@ impl Prober {
                     && icmp.received == 0
                     && udp.received > 0
                 {
-                    mtu = Some(prober.echo(addr, Some(bytes)).await);
+                    mtu = Some(prober.echo(addr, 1, Some(bytes)).await);
                 }
                 let error = icmp.error.as_ref().map(|e| e.kind);
                 let result = PeerResult {
@@ -737,11 +737,7 @@ mod tests {
             )
             .unwrap(),
             transport: Some((
-                TransportProber {
-                    count: 2,
-                    timeout,
-                    gap: Duration::from_millis(5),
-                },
+                TransportProber::new(timeout, Duration::from_millis(5)),
                 PeerPorts {
                     agent: port,
                     companion: port,

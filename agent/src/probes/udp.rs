@@ -18,24 +18,41 @@ use std::time::{Duration, Instant};
 
 use netmatrix_api::{EchoResult, ErrorKind, ProbeError};
 use netmatrix_runtime::udp_echo::{REPLY, REQUEST};
+use std::sync::Arc;
+
 use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
 
 use super::icmp::summarise;
 use super::{io_probe_error, tcp};
 
+/// At most this many TCP and UDP probes hold a socket at once: every one
+/// is a file descriptor, and a round to thousands of peers must neither hit
+/// the process's limit nor read as failures when it would.
+pub const MAX_OPEN_SOCKETS: usize = 512;
+
 /// UDP and TCP probes to peer pods' ports.
 #[derive(Debug, Clone)]
 pub struct TransportProber {
-    /// UDP echoes per peer and round.
-    pub count: u16,
     pub timeout: Duration,
     /// Between two echoes to the same peer.
     pub gap: Duration,
+    sockets: Arc<Semaphore>,
 }
 
 impl TransportProber {
+    pub fn new(timeout: Duration, gap: Duration) -> Self {
+        Self {
+            timeout,
+            gap,
+            sockets: Arc::new(Semaphore::new(MAX_OPEN_SOCKETS)),
+        }
+    }
+
     /// One TCP connect to `addr`.
     pub async fn connect(&self, addr: SocketAddr) -> EchoResult {
+        // Never closed: acquiring cannot fail.
+        let _socket = self.sockets.acquire().await.ok();
         let started = Instant::now();
         match tcp::connect(addr, self.timeout).await {
             Ok(_stream) => summarise(vec![Ok(started.elapsed())]),
@@ -43,22 +60,23 @@ impl TransportProber {
         }
     }
 
-    /// `self.count` UDP echoes to `addr`, `bytes`-long IP packets with
-    /// Don't Fragment set when given (the MTU probe where ICMP is filtered).
-    pub async fn echo(&self, addr: SocketAddr, bytes: Option<u32>) -> EchoResult {
+    /// `count` UDP echoes to `addr`, `bytes`-long IP packets with Don't
+    /// Fragment set when given (the MTU probe where ICMP is filtered).
+    pub async fn echo(&self, addr: SocketAddr, count: u16, bytes: Option<u32>) -> EchoResult {
+        let _socket = self.sockets.acquire().await.ok();
+        let count = count.max(1);
         let socket = match open(addr, bytes.is_some()).await {
             Ok(socket) => socket,
             Err(e) => {
                 let error = io_probe_error(&format!("dial udp {addr}"), &e);
                 return EchoResult {
-                    sent: u32::from(self.count.max(1)),
+                    sent: u32::from(count),
                     error: Some(error),
                     ..EchoResult::default()
                 };
             }
         };
         let payload_len = bytes.map_or(16, |b| payload_len(b, addr.ip()));
-        let count = self.count.max(1);
         // Replies are matched by sequence number (the socket is this
         // probe's own, connected to `addr`: nothing else arrives on it).
         let sent_at: Vec<Instant> = Vec::with_capacity(usize::from(count));
@@ -201,11 +219,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn prober() -> TransportProber {
-        TransportProber {
-            count: 3,
-            timeout: Duration::from_millis(300),
-            gap: Duration::from_millis(5),
-        }
+        TransportProber::new(Duration::from_millis(300), Duration::from_millis(5))
     }
 
     #[tokio::test]
@@ -215,15 +229,15 @@ mod tests {
             .unwrap();
         let addr = server.local_addr().unwrap();
         let echo = tokio::spawn(netmatrix_runtime::udp_echo::serve(server));
-        let r = prober().echo(addr, None).await;
+        let r = prober().echo(addr, 3, None).await;
         assert_eq!((r.sent, r.received), (3, 3), "{r:?}");
         assert!(r.error.is_none());
-        let large = prober().echo(addr, Some(1400)).await;
+        let large = prober().echo(addr, 3, Some(1400)).await;
         assert_eq!(large.received, 3, "{large:?}");
         echo.abort();
         let _ = echo.await;
         // The port closed: refused at once, and lost.
-        let r = prober().echo(addr, None).await;
+        let r = prober().echo(addr, 3, None).await;
         assert_eq!((r.sent, r.received), (3, 0), "{r:?}");
         assert_eq!(r.error.map(|e| e.kind), Some(ErrorKind::Refused));
     }
@@ -232,7 +246,7 @@ mod tests {
     async fn a_silent_peer_times_out() {
         // A bound socket that never answers.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let r = prober().echo(silent.local_addr().unwrap(), None).await;
+        let r = prober().echo(silent.local_addr().unwrap(), 3, None).await;
         assert_eq!(r.received, 0);
         assert_eq!(r.error.map(|e| e.kind), Some(ErrorKind::Timeout));
     }
