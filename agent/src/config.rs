@@ -161,9 +161,10 @@ pub struct Args {
           value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub dns_negative_ttl: Duration,
 
-    /// Pod-network agents: probe each peer pod over TCP (a connect to its
-    /// port) and UDP (echoes to the same port number) beside ICMP, so that a
-    /// path that filters one protocol is told from a broken one.
+    /// Pod-network agents: beside ICMP, probe one pod per node each round
+    /// over TCP (a connect to its port) and UDP (echoes to the same port
+    /// number), so that a path that filters one protocol is told from a
+    /// broken one.
     #[arg(long, env = "NETMATRIX_TRANSPORT_PROBES", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     pub transport_probes: bool,

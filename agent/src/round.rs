@@ -76,10 +76,18 @@ impl Prober {
             let large = mtu_probed.contains(&peer.ip);
             let count = echoes_per_pod(self.icmp.count(), pods_on.get(peer.node.as_str()));
             self.timed(Probe::Icmp, max_jitter, async move {
-                let transport = self.transport.as_ref().map(|(prober, ports)| {
-                    let port = ports.of(peer.component.as_deref());
-                    (prober, std::net::SocketAddr::new(peer.ip, port))
-                });
+                // TCP and UDP to the same pod per node as the large echoes:
+                // a protocol filter is the path's, and each probe costs a
+                // socket (per pod, they tripled the round's CPU at 2,500
+                // peers).
+                let transport = self
+                    .transport
+                    .as_ref()
+                    .filter(|_| large)
+                    .map(|(prober, ports)| {
+                        let port = ports.of(peer.component.as_deref());
+                        (prober, std::net::SocketAddr::new(peer.ip, port))
+                    });
                 // Small and large echoes together: both see the same path;
                 // TCP and UDP beside them.
                 let (icmp, mut mtu, tcp, udp) = tokio::join!(

@@ -406,12 +406,26 @@ impl RowBuilder<'_> {
                 s.report
                     .services
                     .iter()
-                    .map(|c| CheckCell {
-                        column: service_column(c),
-                        status: check_status(c.ok),
-                        latency_ms: c.latency_ms,
-                        last_error: c.error.clone(),
-                        age_ms,
+                    .map(|c| {
+                        let blocked = screen
+                            .filter(|_| !c.ok)
+                            .and_then(|(screen, from, ip)| screen.denied_service(from, ip, c))
+                            .map(|policies| Blocked {
+                                protocols: vec!["TCP".to_owned()],
+                                policies,
+                            });
+                        CheckCell {
+                            column: service_column(c),
+                            status: if blocked.is_some() {
+                                Status::Unknown
+                            } else {
+                                check_status(c.ok)
+                            },
+                            latency_ms: c.latency_ms,
+                            last_error: c.error.clone(),
+                            age_ms,
+                            blocked,
+                        }
                     })
                     .collect(),
                 s.report
@@ -423,6 +437,7 @@ impl RowBuilder<'_> {
                         latency_ms: c.latency_ms,
                         last_error: c.error.clone(),
                         age_ms,
+                        blocked: None,
                     })
                     .collect(),
             ),
@@ -471,6 +486,7 @@ impl RowBuilder<'_> {
             latency_ms: None,
             last_error,
             age_ms,
+            blocked: None,
         })
     }
 

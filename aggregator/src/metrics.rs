@@ -506,6 +506,7 @@ mod tests {
             latency_ms: None,
             last_error: None,
             age_ms: None,
+            blocked: None,
         });
         m.observe(&mx, 2, &[]);
         let text = m.encode().unwrap();

@@ -286,6 +286,44 @@ impl Screen {
     }
 }
 
+/// The name the chart gives the agents' check of the companions' Service
+/// (`--clusterip companions=...`): the one Service whose backends are known
+/// to be netmatrix's own pods.
+pub const COMPANIONS_CHECK: &str = "companions";
+
+impl Screen {
+    /// The policies that deny the failed check of the companions' Service
+    /// `check` from `from`'s agent: a TCP connect to a companion pod on the
+    /// Service's port. `None` for any other Service (its backends are not
+    /// known), or when allowed.
+    pub fn denied_service(
+        &self,
+        from: &str,
+        src_ip: IpAddr,
+        check: &netmatrix_api::ServiceResult,
+    ) -> Option<Denial> {
+        if check.kind != netmatrix_api::ServiceKind::Clusterip || check.name != COMPANIONS_CHECK {
+            return None;
+        }
+        let (ip, port) = check.target.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let ip: IpAddr = ip.trim_matches(['[', ']']).parse().ok()?;
+        // A companion, as the Service's backend (its address is the
+        // ClusterIP here: only ipBlock rules read it).
+        let backend = netmatrix_api::PeerResult {
+            node: String::new(),
+            pod: String::new(),
+            ip,
+            icmp: Default::default(),
+            mtu: None,
+            tcp: None,
+            udp: None,
+            port: Some(port),
+        };
+        self.denied(from, src_ip, &backend, Probe::Tcp(port))
+    }
+}
+
 /// The policies an inventory holds, compared by identity (a snapshot is
 /// rebuilt only when a watch event arrived).
 #[derive(Debug, Clone, Default)]

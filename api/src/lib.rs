@@ -543,6 +543,10 @@ pub struct CheckCell {
     pub last_error: Option<ProbeError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<f64>,
+    /// A failed check of netmatrix's own companions' Service that a
+    /// NetworkPolicy denies (its status is then `unknown`: not judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
 }
 
 /// Stable identifier of a diagnosis. Alerts and runbooks key on it.

@@ -425,6 +425,7 @@ mod tests {
                     latency_ms: Some(1.5),
                     last_error: None,
                     age_ms: None,
+                    blocked: None,
                 }],
                 dns: vec![],
                 mtu: None,

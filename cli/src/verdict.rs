@@ -270,6 +270,7 @@ mod tests {
             latency_ms: None,
             last_error: None,
             age_ms: None,
+            blocked: None,
         });
         let Round::Failing { findings, failing } = judge(&matrix(rows), &[]) else {
             panic!("not failing");

@@ -818,10 +818,7 @@ impl Lab {
             "--clusterip".into(),
             format!("kube-dns={}:{}", DNS_SVC.0, DNS_SVC.1),
             "--clusterip".into(),
-            format!(
-                "netmatrix-companion={}:{}",
-                COMPANION_SVC.0, COMPANION_SVC.1
-            ),
+            format!("companions={}:{}", COMPANION_SVC.0, COMPANION_SVC.1),
             "--listen".into(),
             format!("0.0.0.0:{port}"),
             "--icmp-timeout".into(),

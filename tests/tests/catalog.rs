@@ -528,7 +528,7 @@ async fn service_faults_are_named() {
                 FindingKind::ServiceUnreachable,
                 Names::Nodes(&["node-3"]),
             )
-            .evidence("node-3 -> clusterip/netmatrix-companion 10.96.0.40:9091"),
+            .evidence("node-3 -> clusterip/companions 10.96.0.40:9091"),
         ],
     )
     .await;

@@ -65,6 +65,7 @@ fn check(column: &str) -> CheckCell {
         latency_ms: Some(1.0),
         last_error: None,
         age_ms: Some(1000.0),
+        blocked: None,
     }
 }
 

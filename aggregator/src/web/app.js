@@ -493,6 +493,10 @@
       add("RTT avg", fmtMs(info.rtt));
       const extra = add("RTT max · pods", "…");
       const mtu = add("MTU probe", "…");
+      // Each protocol's own status (the path's is the best of them), and
+      // the probes a NetworkPolicy keeps out.
+      const protocols = add("ICMP · TCP · UDP", "…");
+      const blocked = add("NetworkPolicy", "…");
       const age = add("data age", "…");
       const seq = ++detailSeq;
       const q = "?from=" + encodeURIComponent(info.from) + "&to=" + encodeURIComponent(info.to) + "&network=" + info.network;
@@ -500,6 +504,12 @@
         if (seq !== detailSeq || !cell) return;
         extra.textContent = (cell.rtt_max_ms !== undefined ? cell.rtt_max_ms.toFixed(2) + " ms" : "—") + " · " + cell.pods;
         mtu.textContent = cell.mtu || "not probed";
+        protocols.textContent = cell.tcp || cell.udp
+          ? [cell.icmp, cell.tcp, cell.udp].map((s) => s || "—").join(" · ")
+          : "ICMP only";
+        blocked.textContent = cell.blocked
+          ? cell.blocked.protocols.join(", ") + " denied by " + cell.blocked.policies.join(", ")
+          : "none";
         age.textContent = fmtAge(cell.age_ms);
       }).catch(() => {});
     } else {

@@ -163,6 +163,7 @@ mod tests {
             latency_ms: latency,
             last_error: None,
             age_ms: None,
+            blocked: None,
         }
     }
 

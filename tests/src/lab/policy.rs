@@ -8,7 +8,10 @@
 //! against itself). It covers what the lab's tests apply: ingress rules
 //! whose peers are `podSelector`s with `matchLabels` (or absent), and ports
 //! by number and protocol. Like real CNIs it admits replies to the pod's own
-//! connections and traffic from its own node (the kubelet's probes, the
+//! connections (only replies: a flow another pod opened before the policy,
+//! such as a pinger reusing its ICMP identifier, is cut at once, so the
+//! lab's results do not depend on conntrack's memory) and traffic from its
+//! own node (the kubelet's probes, the
 //! host agent's relay). Egress policies are not enforced; anything else is
 //! refused with an error rather than enforced wrongly.
 
@@ -53,7 +56,7 @@ pub fn chain_rules(
 ) -> Result<Option<String>, PolicyError> {
     let mut isolating = false;
     let mut rules = format!(
-        "*filter\n:{POLICY_CHAIN} - [0:0]\n-A {POLICY_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n-A {POLICY_CHAIN} -i lo -j ACCEPT\n-A {POLICY_CHAIN} -s {gateway}/32 -j ACCEPT\n"
+        "*filter\n:{POLICY_CHAIN} - [0:0]\n-A {POLICY_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED --ctdir REPLY -j ACCEPT\n-A {POLICY_CHAIN} -i lo -j ACCEPT\n-A {POLICY_CHAIN} -s {gateway}/32 -j ACCEPT\n"
     );
     for policy in policies
         .iter()
@@ -179,7 +182,7 @@ mod tests {
         let rules = chain_rules(&[deny], &BTreeMap::new(), "10.244.2.1", &[])
             .unwrap()
             .unwrap();
-        assert!(rules.contains("--ctstate ESTABLISHED,RELATED -j ACCEPT"));
+        assert!(rules.contains("--ctstate ESTABLISHED,RELATED --ctdir REPLY -j ACCEPT"));
         assert!(rules.contains("-s 10.244.2.1/32 -j ACCEPT"));
         assert!(
             rules.ends_with("-A NETMATRIX-POLICY -j DROP\nCOMMIT\n"),

@@ -20,7 +20,17 @@ type BlockedPath<'a> = (&'a str, &'a str, &'a [String]);
 pub(super) fn diagnose(view: &View) -> Vec<Condition> {
     // Per policy: the paths it keeps probes off, with the protocols.
     let mut by_policy: BTreeMap<&str, Vec<BlockedPath>> = BTreeMap::new();
+    // And the checks of netmatrix's own Service it keeps out (node, column).
+    let mut checks: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
     for row in view.judged_rows(NetworkMode::Pod) {
+        for check in &row.services {
+            for policy in check.blocked.iter().flat_map(|b| &b.policies) {
+                checks
+                    .entry(policy.as_str())
+                    .or_default()
+                    .push((row.node.as_str(), check.column.as_str()));
+            }
+        }
         for cell in &row.cells {
             let Some(blocked) = &cell.blocked else {
                 continue;
@@ -34,31 +44,48 @@ pub(super) fn diagnose(view: &View) -> Vec<Condition> {
             }
         }
     }
+    for policy in checks.keys() {
+        by_policy.entry(policy).or_default();
+    }
     by_policy
         .into_iter()
-        .map(|(policy, paths)| condition(policy, &paths))
+        .map(|(policy, paths)| {
+            let checks = checks.get(policy).map(Vec::as_slice).unwrap_or_default();
+            condition(policy, &paths, checks)
+        })
         .collect()
 }
 
-fn condition(policy: &str, paths: &[BlockedPath]) -> Condition {
-    let nodes: BTreeSet<&str> = paths.iter().flat_map(|(f, t, _)| [*f, *t]).collect();
+fn condition(policy: &str, paths: &[BlockedPath], checks: &[(&str, &str)]) -> Condition {
+    let nodes: BTreeSet<&str> = paths
+        .iter()
+        .flat_map(|(f, t, _)| [*f, *t])
+        .chain(checks.iter().map(|(n, _)| *n))
+        .collect();
     let protocols: BTreeSet<&str> = paths
         .iter()
         .flat_map(|(_, _, p)| p.iter().map(String::as_str))
+        .chain(checks.iter().map(|_| "TCP"))
         .collect();
     let protocols: Vec<&str> = protocols.into_iter().collect();
     let evidence = paths
         .iter()
         .map(|(from, to, p)| format!("{from} -> {to}: {} denied by {policy}", p.join(", ")))
+        .chain(
+            checks
+                .iter()
+                .map(|(node, column)| format!("{node} -> {column}: TCP denied by {policy}")),
+        )
         .collect();
     Condition::new(
         FindingKind::BlockedByPolicy,
         Subject::Policy(policy.to_owned()),
         nodes.iter().map(|n| (*n).to_owned()).collect(),
         format!(
-            "NetworkPolicy {policy} keeps netmatrix's probes ({}) off {} path(s): those paths are not judged; the network is not said to be broken",
+            "NetworkPolicy {policy} keeps netmatrix's probes ({}) off {} path(s) and {} check(s) of its own Service: those are not judged; the network is not said to be broken",
             protocols.join(", "),
-            paths.len()
+            paths.len(),
+            checks.len()
         ),
         capped(evidence),
         format!(
