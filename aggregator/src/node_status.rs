@@ -44,7 +44,8 @@ pub struct Problem {
 /// naming it.
 pub fn desired(findings: &[Finding]) -> BTreeMap<String, Problem> {
     let mut out = BTreeMap::new();
-    for f in findings {
+    // Information (a filtered protocol, a policy) is no problem of the Node.
+    for f in findings.iter().filter(|f| !f.kind.is_information()) {
         let mut message = f.summary.clone();
         if !f.cause.is_empty() {
             message.push_str(". Cause: ");
@@ -218,6 +219,16 @@ mod tests {
             cause: cause.iter().map(|c| (*c).to_owned()).collect(),
             facts_missing: Vec::new(),
         }
+    }
+
+    /// Information (a filtered protocol, a policy) marks no Node.
+    #[test]
+    fn information_is_no_node_problem() {
+        let findings = [
+            finding(FindingKind::IcmpFiltered, &["n1", "n2"], &[]),
+            finding(FindingKind::BlockedByPolicy, &["n3"], &[]),
+        ];
+        assert!(desired(&findings).is_empty());
     }
 
     #[test]

@@ -600,6 +600,21 @@ impl FindingKind {
     }
 }
 
+impl FindingKind {
+    /// Information, not a failure: the network works (a protocol filtered
+    /// where others pass, probes a NetworkPolicy keeps out). Never pages,
+    /// never fails `validate`, never marks a Node.
+    pub fn is_information(self) -> bool {
+        matches!(
+            self,
+            FindingKind::IcmpFiltered
+                | FindingKind::TcpFiltered
+                | FindingKind::UdpFiltered
+                | FindingKind::BlockedByPolicy
+        )
+    }
+}
+
 impl std::fmt::Display for FindingKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

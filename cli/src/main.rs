@@ -37,7 +37,8 @@ enum Command {
         json: bool,
     },
     /// The current findings with their evidence and what to check. Exit 0
-    /// when there are none, 1 when there are
+    /// when none is a failure (information such as icmp-filtered or
+    /// blocked-by-policy is listed, not counted), 1 otherwise
     Findings {
         #[command(flatten)]
         aggregator: AggregatorArgs,
@@ -115,7 +116,10 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             } else {
                 print!("{}", render::findings(&findings, style));
             }
-            Ok(u8::from(!findings.findings.is_empty()))
+            // 1 when something is broken; information alone is not.
+            Ok(u8::from(
+                findings.findings.iter().any(|f| !f.kind.is_information()),
+            ))
         }
         Command::Explain { node, aggregator } => {
             let client = AggregatorClient::new(&aggregator.aggregator_url, REQUEST_TIMEOUT)?;

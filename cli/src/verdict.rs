@@ -67,6 +67,8 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
             !(f.kind == FindingKind::AgentMissing
                 && f.nodes.iter().all(|n| names.contains(n.as_str())))
         })
+        // A filtered protocol or a policy is not a broken network.
+        .filter(|f| !f.kind.is_information())
         .cloned()
         .collect();
     let mut failing = Vec::new();
@@ -186,6 +188,20 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// A filtered protocol or a policy is information: the round is
+    /// healthy when every path and check works.
+    #[test]
+    fn information_findings_do_not_fail() {
+        let m = matrix(all_ok(&["a", "b"]));
+        let info = [
+            finding(FindingKind::IcmpFiltered, &["a", "b"]),
+            finding(FindingKind::BlockedByPolicy, &["a"]),
+        ];
+        assert_eq!(judge(&m, &info), Round::Healthy { nodes: 2 });
+        let broken = [finding(FindingKind::ServiceUnreachable, &["a"])];
+        assert!(matches!(judge(&m, &broken), Round::Failing { .. }));
     }
 
     #[test]
