@@ -6,10 +6,12 @@
 //! port's number; TCP is a connect (SYN, SYN-ACK) closed right away, no
 //! payload.
 //!
-//! A refusal (a TCP reset, an ICMP port unreachable) counts as lost, as it
-//! does for an application: it may come from the pod (its process not
-//! listening) or from a firewall that rejects rather than drops, and the
-//! two cannot be told apart. The error says `connection refused`.
+//! A refusal (a TCP reset, an ICMP port unreachable) crossed the path as
+//! well as an answer did: it counts as received, with the refusal kept as
+//! the error. The pod is there and its port closed (its process stopped or
+//! restarting, an older agent without the UDP echo during a rollout), which
+//! is no filter. A firewall that rejects rather than drops reads the same
+//! way; NetworkPolicy implementations drop.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -56,6 +58,7 @@ impl TransportProber {
         let started = Instant::now();
         match tcp::connect(addr, self.timeout).await {
             Ok(_stream) => summarise(vec![Ok(started.elapsed())]),
+            Err(e) if e.kind == ErrorKind::Refused => refused(1, e),
             Err(e) => summarise(vec![Err(e)]),
         }
     }
@@ -144,7 +147,9 @@ impl TransportProber {
             (rtts, error, refusal)
         };
         let (sent, (rtts, error, refusal)) = tokio::join!(sender, receiver);
-        let error = refusal.or(error);
+        if let Some(refusal) = refusal {
+            return refused(u32::from(count), refusal);
+        }
         let timeout_error = || {
             ProbeError::new(
                 ErrorKind::Timeout,
@@ -168,6 +173,16 @@ impl TransportProber {
             })
             .collect();
         summarise(outcomes)
+    }
+}
+
+/// `sent` probes refused: every one crossed the path.
+fn refused(sent: u32, error: ProbeError) -> EchoResult {
+    EchoResult {
+        sent,
+        received: sent,
+        error: Some(error),
+        ..EchoResult::default()
     }
 }
 
@@ -236,9 +251,10 @@ mod tests {
         assert_eq!(large.received, 3, "{large:?}");
         echo.abort();
         let _ = echo.await;
-        // The port closed: refused at once, and lost.
+        // The port closed: refused at once, and counted as crossed (the
+        // pod answered).
         let r = prober().echo(addr, 3, None).await;
-        assert_eq!((r.sent, r.received), (3, 0), "{r:?}");
+        assert_eq!((r.sent, r.received), (3, 3), "{r:?}");
         assert_eq!(r.error.map(|e| e.kind), Some(ErrorKind::Refused));
     }
 
@@ -259,7 +275,7 @@ mod tests {
         assert_eq!((ok.sent, ok.received), (1, 1));
         drop(listener);
         let refused = prober().connect(addr).await;
-        assert_eq!(refused.received, 0);
+        assert_eq!(refused.received, 1, "a reset crossed the path");
         assert_eq!(refused.error.map(|e| e.kind), Some(ErrorKind::Refused));
     }
 }

@@ -1400,6 +1400,17 @@ fn a_protocol_dropped_where_others_pass_is_filtered_not_broken() {
             ),
         ]
     );
+    // A lossy path loses a TCP handshake now and then: loss, no filter.
+    let grid = Grid::new(3)
+        .degrade("n1", "n2")
+        .protocols("n1", "n2", Status::Degraded, Failed, Ok);
+    assert!(
+        kinds(&grid.conditions())
+            .iter()
+            .all(|(k, _)| *k != FindingKind::TcpFiltered),
+        "{:?}",
+        kinds(&grid.conditions())
+    );
     // Everything dropped: the path is broken, as before.
     let grid = Grid::new(3)
         .protocols("n1", "n2", Failed, Failed, Failed)

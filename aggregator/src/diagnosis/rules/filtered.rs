@@ -14,7 +14,9 @@
 //! - `udp-filtered`: UDP dropped where ICMP or TCP passes.
 //!
 //! One finding per protocol for the whole cluster, listing its paths: the
-//! same filter usually covers many paths at once.
+//! same filter usually covers many paths at once. Lossy paths are not
+//! judged: random loss takes a TCP handshake or a UDP echo now and then.
+//! A refusal (reset, port unreachable) crossed the path: it is no filter.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +24,7 @@ use netmatrix_api::{Cell, FindingKind, NetworkMode, Path, Status};
 
 use super::{View, capped};
 use crate::diagnosis::{Condition, Subject};
+use crate::history::PathWindow;
 
 /// The protocols a path may filter, in the order a finding names them.
 const PROTOCOLS: [(FindingKind, &str); 3] = [
@@ -47,8 +50,16 @@ fn dropped(c: &Cell) -> Vec<usize> {
 pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> {
     // Per protocol: the paths that drop it, with the cell.
     let mut by_protocol: BTreeMap<usize, Vec<(&str, &Cell)>> = BTreeMap::new();
-    for (from, cell) in view.known_cells(NetworkMode::Pod) {
+    for (from, cell, window) in view.known_with_windows(NetworkMode::Pod) {
         if cut_off.contains(from) || cut_off.contains(cell.to.as_str()) {
+            continue;
+        }
+        // A lossy path (ICMP echoes lost over the window, outside outage
+        // rounds) loses TCP handshakes and UDP echoes too, at random: that
+        // is loss, the quality rules' to name, not a filter.
+        if cell.loss.is_some_and(|l| l > 0.0 && l < 1.0)
+            || window.and_then(PathWindow::loss).is_some_and(|l| l > 0.0)
+        {
             continue;
         }
         for i in dropped(cell) {
