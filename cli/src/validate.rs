@@ -183,6 +183,14 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                 ),
                 (None, _) => {
                     let reason = match &last {
+                        Some((Round::Waiting { unmeasured, .. }, matrix))
+                            if *unmeasured > 0 && !blocking_policies(matrix).is_empty() =>
+                        {
+                            format!(
+                                "no verdict after {waited}: {unmeasured} paths between nodes cannot be measured: NetworkPolicy {} denies netmatrix's probes (let its pods reach each other: the chart's networkPolicy.enabled=true; `netmatrix findings` shows blocked-by-policy)",
+                                blocking_policies(matrix).join(", ")
+                            )
+                        }
                         Some((Round::Waiting { unmeasured, .. }, _)) if *unmeasured > 0 => format!(
                             "no verdict after {waited}: {unmeasured} paths between nodes were never measured (agents that do not see their peers' pods? `netmatrix matrix` shows them as ?)"
                         ),
@@ -243,6 +251,20 @@ fn undecided(
     last: Option<(Round, Matrix)>,
 ) -> Verdict {
     verdict(Outcome::Undecided, reason, started, rounds_seen, last)
+}
+
+/// The NetworkPolicies that keep probes off paths of `matrix`.
+fn blocking_policies(matrix: &Matrix) -> Vec<String> {
+    let mut names: Vec<String> = matrix
+        .rows
+        .iter()
+        .flat_map(|r| &r.cells)
+        .filter_map(|c| c.blocked.as_ref())
+        .flat_map(|b| b.policies.iter().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The verdict as text: the outcome, the matrix and every finding with its

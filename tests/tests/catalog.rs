@@ -944,6 +944,25 @@ async fn network_policies_are_understood() {
         hold.elapsed() >= Duration::from_secs(4)
     })
     .await;
+    // `validate` cannot vouch for paths it may not probe, and says why.
+    let cli = netmatrix_lab::process::Binaries::locate(None)
+        .expect("cargo build --workspace --bins")
+        .cli;
+    let url = lab.aggregator_url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cli)
+            .args(["validate", "--aggregator-url", &url, "--timeout", "4s"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run netmatrix validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("NetworkPolicy netmatrix/default-deny denies netmatrix's probes"),
+        "{stdout}"
+    );
 
     // A policy letting TCP to the agents' and companions' ports in: TCP
     // passes, ICMP and UDP stay denied and are said to be.
