@@ -1376,8 +1376,29 @@ fn a_protocol_dropped_where_others_pass_is_filtered_not_broken() {
     let grid = Grid::new(3)
         .protocols("n1", "n2", Failed, Ok, Ok)
         .protocols("n2", "n1", Failed, Ok, Ok);
-    let c = only(&grid.conditions(), FindingKind::IcmpFiltered, &["n1", "n2"]);
-    assert_eq!(c.paths.len(), 2);
+    assert_eq!(
+        kinds(&grid.conditions()),
+        [
+            (
+                FindingKind::IcmpFiltered,
+                vec!["n1".to_owned(), "n2".to_owned()]
+            ),
+            (
+                FindingKind::IcmpFiltered,
+                vec!["n1".to_owned(), "n2".to_owned()]
+            ),
+        ]
+    );
+    let conditions = grid.conditions();
+    let c = conditions
+        .iter()
+        .find(|c| c.subject == Subject::Node("n1".into()))
+        .expect("one finding per source node");
+    assert_eq!(c.paths.len(), 1);
+    assert_eq!(
+        c.summary,
+        "ICMP from n1's pods to the pods of n2 is dropped, while other protocols cross: filtered, not broken"
+    );
     assert_eq!(
         c.evidence[0],
         "n1 -> n2: ICMP failed, TCP ok, UDP ok (timeout: no echo reply)"

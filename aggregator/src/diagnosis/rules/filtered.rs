@@ -13,9 +13,11 @@
 //! - `tcp-filtered`: TCP dropped where ICMP or UDP passes;
 //! - `udp-filtered`: UDP dropped where ICMP or TCP passes.
 //!
-//! One finding per protocol for the whole cluster, listing its paths: the
-//! same filter usually covers many paths at once. Lossy paths are not
-//! judged: random loss takes a TCP handshake or a UDP echo now and then.
+//! One finding per protocol and source node, listing its paths (as
+//! `asymmetric-path` does): a finding is raised once the same node's paths
+//! showed the filter for the rounds the hysteresis asks, which random
+//! loss elsewhere in the cluster cannot fake. Lossy paths are not judged:
+//! random loss takes a TCP handshake or a UDP echo now and then.
 //! A refusal (reset, port unreachable) crossed the path: it is no filter.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,8 +50,8 @@ fn dropped(c: &Cell) -> Vec<usize> {
 }
 
 pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> {
-    // Per protocol: the paths that drop it, with the cell.
-    let mut by_protocol: BTreeMap<usize, Vec<(&str, &Cell)>> = BTreeMap::new();
+    // Per protocol and source node: the paths that drop it, with the cell.
+    let mut by_protocol: BTreeMap<(usize, &str), Vec<(&str, &Cell)>> = BTreeMap::new();
     for (from, cell, window) in view.known_with_windows(NetworkMode::Pod) {
         if cut_off.contains(from) || cut_off.contains(cell.to.as_str()) {
             continue;
@@ -63,16 +65,16 @@ pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> 
             continue;
         }
         for i in dropped(cell) {
-            by_protocol.entry(i).or_default().push((from, cell));
+            by_protocol.entry((i, from)).or_default().push((from, cell));
         }
     }
     by_protocol
         .into_iter()
-        .map(|(i, paths)| condition(i, &paths))
+        .map(|((i, from), paths)| condition(i, from, &paths))
         .collect()
 }
 
-fn condition(i: usize, paths: &[(&str, &Cell)]) -> Condition {
+fn condition(i: usize, from: &str, paths: &[(&str, &Cell)]) -> Condition {
     let (kind, protocol) = PROTOCOLS[i];
     let nodes: BTreeSet<&str> = paths
         .iter()
@@ -95,17 +97,17 @@ fn condition(i: usize, paths: &[(&str, &Cell)]) -> Condition {
             line
         })
         .collect();
+    let tos: Vec<&str> = paths.iter().map(|(_, c)| c.to.as_str()).collect();
     let summary = format!(
-        "{protocol} is dropped on {} path(s) between pods of {} that other protocols still cross: filtered, not broken",
-        paths.len(),
-        nodes.iter().copied().collect::<Vec<_>>().join(", ")
+        "{protocol} from {from}'s pods to the pods of {} is dropped, while other protocols cross: filtered, not broken",
+        tos.join(", ")
     );
     let hint = format!(
         "applications using other protocols work; something filters {protocol} on these paths: a firewall or cloud security group between the nodes (natively routed CNIs carry pod addresses on the underlay), a NetworkPolicy selecting the pods, or host rules (iptables -S; nft list ruleset). Allow {protocol} between the pod CIDRs if it should pass"
     );
     Condition::new(
         kind,
-        Subject::Cluster,
+        Subject::Node(from.to_owned()),
         nodes.iter().map(|n| (*n).to_owned()).collect(),
         summary,
         capped(evidence),
