@@ -114,8 +114,9 @@ impl Prober {
                 );
                 // ICMP filtered where UDP passes: the path's MTU is probed
                 // with large Don't-Fragment UDP datagrams instead.
-                if let (true, Some((prober, addr)), Some(udp), Some(bytes)) =
-                    (large, transport, udp.as_ref(), self.icmp.mtu_probe_bytes())
+                // (TCP and UDP go only to the pod that gets large echoes.)
+                if let (Some((prober, addr)), Some(udp), Some(bytes)) =
+                    (transport, udp.as_ref(), self.icmp.mtu_probe_bytes())
                     && icmp.received == 0
                     && udp.received > 0
                 {

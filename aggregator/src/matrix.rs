@@ -520,7 +520,7 @@ impl RowBuilder<'_> {
                 let Some((screen, from, src_ip)) = screen else {
                     return false;
                 };
-                match screen.denied(from, src_ip, peer, probe) {
+                match screen.denied(from, src_ip, &peer.pod, peer.ip, probe) {
                     Some(names) => {
                         blocked_protocols.insert(probe.protocol());
                         blocked_policies.extend(names);
@@ -873,17 +873,19 @@ mod tests {
         assert!(m.rows[1].mtu.is_none());
     }
 
+    /// TCP or UDP probes: `sent`, of which `received` got through.
+    fn echoes(sent: u32, received: u32) -> Option<EchoResult> {
+        Some(EchoResult {
+            sent,
+            received,
+            ..EchoResult::default()
+        })
+    }
+
     /// Each protocol's status in the cell; the path's is ICMP's unless ICMP
     /// is dropped where TCP or UDP passes (filtered, not broken).
     #[test]
     fn tcp_and_udp_keep_their_status_and_carry_a_path_icmp_does_not() {
-        let echoes = |sent, received| {
-            Some(EchoResult {
-                sent,
-                received,
-                ..EchoResult::default()
-            })
-        };
         let mut store = ReportStore::default();
         let mut r = report(0, "n1", 1);
         let mut filtered = peer("n2", 3, 0, 1.0);
@@ -920,13 +922,6 @@ mod tests {
     /// denied probe that gets through (the CNI does not enforce) counts.
     #[test]
     fn failing_probes_a_policy_denies_are_left_out() {
-        let echoes = |sent, received| {
-            Some(EchoResult {
-                sent,
-                received,
-                ..EchoResult::default()
-            })
-        };
         let mut inv = crate::store::tests::inventory(&["n1", "n2"]);
         let policy: k8s_openapi::api::networking::v1::NetworkPolicy =
             serde_json::from_value(serde_json::json!({

@@ -242,12 +242,14 @@ impl Screen {
     }
 
     /// The policies that deny `probe` from `from`'s agent (at `src_ip`) to
-    /// `peer`; `None` when allowed or when the pods are not known.
+    /// the pod `pod` at `ip` (an agent by name, else a companion); `None`
+    /// when allowed or when the pods are not known.
     pub fn denied(
         &self,
         from: &str,
         src_ip: IpAddr,
-        peer: &netmatrix_api::PeerResult,
+        pod: &str,
+        ip: IpAddr,
         probe: Probe,
     ) -> Option<Denial> {
         let (src_labels, src_ports) = self.agents.get(from)?;
@@ -258,7 +260,7 @@ impl Screen {
             named_ports: src_ports,
         };
         let companion;
-        let (dst_labels, dst_ports) = match self.agent_pods.get(&peer.pod) {
+        let (dst_labels, dst_ports) = match self.agent_pods.get(pod) {
             Some(node) => {
                 let (labels, ports) = self.agents.get(node)?;
                 (labels, ports)
@@ -276,7 +278,7 @@ impl Screen {
         let dst = Endpoint {
             namespace: &self.namespace,
             labels: dst_labels,
-            ip: peer.ip,
+            ip,
             named_ports: dst_ports,
         };
         match self.policies.verdict(&src, &dst, probe) {
@@ -308,19 +310,9 @@ impl Screen {
         let (ip, port) = check.target.rsplit_once(':')?;
         let port: u16 = port.parse().ok()?;
         let ip: IpAddr = ip.trim_matches(['[', ']']).parse().ok()?;
-        // A companion, as the Service's backend (its address is the
-        // ClusterIP here: only ipBlock rules read it).
-        let backend = netmatrix_api::PeerResult {
-            node: String::new(),
-            pod: String::new(),
-            ip,
-            icmp: Default::default(),
-            mtu: None,
-            tcp: None,
-            udp: None,
-            port: Some(port),
-        };
-        self.denied(from, src_ip, &backend, Probe::Tcp(port))
+        // A companion (no agent's name) as the Service's backend; its
+        // address is the ClusterIP here: only ipBlock rules read it.
+        self.denied(from, src_ip, "", ip, Probe::Tcp(port))
     }
 }
 
