@@ -1530,6 +1530,23 @@ fn one_service_failing_everywhere_is_one_finding() {
     assert!(c.hint.contains("endpointslices"));
 }
 
+/// A Service timing out from a node whose TCP to some pods is filtered may
+/// be picking a backend behind the filter: the filter is named, not the
+/// Service.
+#[test]
+fn a_service_timing_out_behind_a_tcp_filter_is_not_named() {
+    let grid = Grid::new(3)
+        .protocols("n3", "n2", Status::Ok, Status::Failed, Status::Ok)
+        .agents_clusterip_times_out("n3");
+    assert_eq!(
+        kinds(&grid.conditions()),
+        [(
+            FindingKind::TcpFiltered,
+            vec!["n2".to_owned(), "n3".to_owned()]
+        )]
+    );
+}
+
 /// A Service timing out while a node is cut off may be picking a backend
 /// there: the network finding names it, not the Service.
 #[test]

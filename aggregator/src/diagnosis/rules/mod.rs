@@ -118,6 +118,14 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         lossy: view.lossy_nodes(),
         dns_timeouts_everywhere: split,
         cut_off: cut_nodes,
+        tcp_filtered: filtered
+            .iter()
+            .filter(|c| c.kind == FindingKind::TcpFiltered)
+            .filter_map(|c| match &c.subject {
+                super::Subject::Node(from) => Some(from.as_str()),
+                _ => None,
+            })
+            .collect(),
     };
 
     // A node the underlay or the pod network cuts off is not missing an
@@ -166,6 +174,9 @@ struct Suppression<'a> {
     /// Nodes cut off (`node-isolated`, `underlay-broken`): if CoreDNS runs
     /// only there, the other nodes' DNS timeouts follow; DNS findings say so.
     cut_off: Vec<&'a str>,
+    /// Nodes whose TCP to some pods is filtered (`tcp-filtered`): a Service
+    /// timing out from them may be picking a backend behind the filter.
+    tcp_filtered: BTreeSet<&'a str>,
 }
 
 /// The matrix as the rules see it.

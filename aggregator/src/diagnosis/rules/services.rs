@@ -63,6 +63,7 @@ pub(super) fn diagnose(
                 target_ip(targets, n.node, &c.column).is_none_or(|ip| !failing_dns.contains(ip))
             })
             .filter(|c| !backend_maybe_cut_off(c, suppress))
+            .filter(|c| !(suppress.tcp_filtered.contains(n.node) && timed_out(c)))
         {
             single.entry(c.column.as_str()).or_default().push((n, c));
         }
@@ -113,8 +114,13 @@ pub(super) fn diagnose(
 /// finding already names. A refusal comes from a live host: still judged.
 fn backend_maybe_cut_off(c: &CheckCell, suppress: &Suppression) -> bool {
     let cut = !suppress.cut_off.is_empty() || suppress.dns_timeouts_everywhere;
-    cut && c
-        .last_error
+    cut && timed_out(c)
+}
+
+/// Timed out or unreachable (or no error said): what a backend the node
+/// cannot reach gives.
+fn timed_out(c: &CheckCell) -> bool {
+    c.last_error
         .as_ref()
         .is_none_or(|e| matches!(e.kind, ErrorKind::Timeout | ErrorKind::Unreachable))
 }
