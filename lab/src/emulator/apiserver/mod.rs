@@ -1,0 +1,841 @@
+//! An EMULATOR of the Kubernetes API server, limited to the small subset
+//! netmatrix uses; not an API server.
+//!
+//! It exists because a real API server (and etcd) cannot run in the lab. It
+//! keeps to the real wire format so that the unmodified kube-rs client,
+//! reflectors and watchers included, works against it:
+//! - `GET /version`, `/livez`, `/readyz`, `/healthz`, open to anyone as in
+//!   real clusters (`system:public-info-viewer`);
+//! - `GET /api/v1/{nodes,pods,services,events}`, namespaced under
+//!   `/api/v1/namespaces/{ns}/...` for all but nodes, and single objects
+//!   by name, with the bearer token required (`401` and a `Status` body
+//!   otherwise);
+//! - lists as `{"kind": "PodList", "apiVersion": "v1", "metadata":
+//!   {"resourceVersion": "N"}, "items": [...]}`, always complete (`limit` is
+//!   ignored and no `continue` token is sent, which clients accept), objects
+//!   with `apiVersion` and `kind` as k8s-openapi serializes them;
+//! - `labelSelector` and `fieldSelector` ([`selector`]); a malformed one gets
+//!   `400 BadRequest`;
+//! - watches (`watch=true` on a list URL): see [`watch`] for where they start,
+//!   `410 Expired` ERROR events, selector transitions and BOOKMARKs;
+//! - errors as `Status` objects (`NotFound`, `BadRequest`, `Invalid`, ...);
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews`, with the bearer
+//!   token required, checking the bound ServiceAccount tokens the lab mounts
+//!   for its agents ([`tokens`]).
+//!
+//! - two writes, as netmatrix's aggregator makes them with
+//!   `--node-conditions`: `PATCH /api/v1/nodes/{name}/status` (strategic
+//!   merge patch: `status.conditions` merges by `type`, as the real
+//!   strategy does; or a JSON merge patch) and `POST
+//!   /api/v1/namespaces/{ns}/events` (`generateName` honoured, `409
+//!   AlreadyExists` on a taken name).
+//!
+//! Everything else is read from [`ClusterState`], which the lab changes
+//! directly.
+
+mod selector;
+pub mod tokens;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::emulator::cluster::{ClusterState, Kind};
+use selector::{Filter, SelectorError};
+use tokens::TokenAuthority;
+
+use watch::{Start, WatchRequest};
+
+/// The version the emulator reports (`GET /version`).
+pub const GIT_VERSION: &str = "v1.33.0-netmatrix-lab";
+
+/// How often an idle watch sends a BOOKMARK when the client allows them (the
+/// real API server sends them about once a minute; more often keeps resumes
+/// cheap in a lab whose objects change rarely).
+const BOOKMARK_EVERY: Duration = Duration::from_secs(15);
+
+/// Watch length when the client gives no `timeoutSeconds`: 5 minutes plus up
+/// to 5 minutes of jitter, so that watchers started together do not all
+/// reconnect together (the real server spreads them over 30-60 minutes).
+const DEFAULT_WATCH_SECONDS: u64 = 300;
+
+/// Upper bound of `timeoutSeconds`.
+const MAX_WATCH_SECONDS: u64 = 3600;
+
+/// Serves the emulator on `listener`, TLS with `tls`, requiring `token` on
+/// `/api`. Runs until the task is dropped or aborted, which also closes
+/// every open connection (and watch) at once: stopping this task is a real
+/// API server outage, not a half-alive one. Accept errors (out of file
+/// descriptors, ...) are logged and retried after a pause, as `axum::serve`
+/// does, so it does not return.
+pub async fn serve(
+    listener: TcpListener,
+    state: ClusterState,
+    tls: Arc<rustls::ServerConfig>,
+    token: String,
+    authority: Arc<TokenAuthority>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(state, token, authority);
+    // Connections live in this set: dropping `serve` aborts them all.
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "API emulator cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "TLS handshake with the API emulator failed");
+                    return;
+                }
+            };
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "API emulator connection ended with an error");
+            }
+        });
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    state: ClusterState,
+    /// `Bearer <token>`, the whole expected header value.
+    authorization: Arc<str>,
+    authority: Arc<TokenAuthority>,
+}
+
+/// The emulator's routes, without TLS (for tests and plain-HTTP use).
+pub fn router(state: ClusterState, token: String, authority: Arc<TokenAuthority>) -> Router {
+    let api = Api {
+        state,
+        authorization: format!("Bearer {token}").into(),
+        authority,
+    };
+    let resources = Router::new()
+        .route("/api/v1/{resource}", get(list_cluster_wide))
+        .route("/api/v1/{resource}/{name}", get(get_cluster_scoped))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}",
+            get(list_namespaced).post(create_namespaced),
+        )
+        .route("/api/v1/nodes/{name}/status", patch(patch_node_status))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}/{name}",
+            get(get_namespaced),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/networkpolicies",
+            get(list_network_policies),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+            get(list_namespaced_network_policies),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
+            get(get_network_policy),
+        )
+        .route(TOKEN_REVIEWS_PATH, post(create_token_review))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    Router::new()
+        .route("/version", get(version))
+        .route("/livez", get(ok))
+        .route("/readyz", get(ok))
+        .route("/healthz", get(ok))
+        .merge(resources)
+        .fallback(|| async { not_found_path() })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .with_state(api)
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+const TOKEN_REVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// `POST .../tokenreviews`: `201 Created` with the review's status, `400`
+/// for a body that is not a TokenReview, `422` without `spec.token`.
+async fn create_token_review(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a TokenReview: {e}")))?;
+    if request.get("kind").is_some_and(|k| k != "TokenReview") {
+        return Err(ApiError::BadRequest(format!(
+            "the body is a {}, not a TokenReview",
+            request["kind"]
+        )));
+    }
+    let token = request["spec"]["token"].as_str().unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::Invalid(
+            "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value".into(),
+        ));
+    }
+    let audiences: Vec<String> = request["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let status = api.authority.review(&api.state, token, &audiences, now);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(tokens::review_response(&request, status)),
+    )
+        .into_response())
+}
+
+async fn version() -> Response {
+    axum::Json(json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": GIT_VERSION,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    }))
+    .into_response()
+}
+
+/// Requires `Authorization: Bearer <token>` on `/api`.
+async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let authorized = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|got| got.as_bytes() == api.authorization.as_bytes());
+    if authorized {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// Errors, answered as the API server's `Status` objects.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed but not acceptable (HTTP 422).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("the server could not find the requested resource")]
+    NoSuchPath,
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+    )]
+    UnsupportedMediaType,
+}
+
+impl From<SelectorError> for ApiError {
+    fn from(error: SelectorError) -> Self {
+        ApiError::BadRequest(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, reason) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::NotFound { .. } | ApiError::NoSuchPath => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
+        };
+        let mut body = status_body(code.as_u16(), reason, &self.to_string());
+        if let ApiError::NotFound { kind, name } = &self {
+            body["details"] = json!({ "name": name, "kind": kind });
+        }
+        (code, axum::Json(body)).into_response()
+    }
+}
+
+/// A `Status` object of a failure.
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+fn not_found_path() -> Response {
+    ApiError::NoSuchPath.into_response()
+}
+
+/// The query parameters of list and watch requests the emulator honours
+/// (others, such as `limit`, `resourceVersionMatch` on lists or `pretty`,
+/// are ignored).
+#[derive(Debug, Default)]
+struct ListQuery {
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+    watch: bool,
+    resource_version: Option<String>,
+    resource_version_match: Option<String>,
+    timeout_seconds: Option<u64>,
+    allow_watch_bookmarks: bool,
+    send_initial_events: bool,
+}
+
+impl ListQuery {
+    fn parse(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    ) -> Result<Self, ApiError> {
+        let Query(pairs) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let mut q = ListQuery::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "labelSelector" => q.label_selector = Some(value),
+                "fieldSelector" => q.field_selector = Some(value),
+                "watch" => q.watch = parse_bool(&key, &value)?,
+                "resourceVersion" => q.resource_version = Some(value),
+                "resourceVersionMatch" => q.resource_version_match = Some(value),
+                "timeoutSeconds" => {
+                    q.timeout_seconds = Some(value.parse().map_err(|_| {
+                        ApiError::BadRequest(format!("timeoutSeconds: invalid value {value:?}"))
+                    })?);
+                }
+                "allowWatchBookmarks" => q.allow_watch_bookmarks = parse_bool(&key, &value)?,
+                "sendInitialEvents" => q.send_initial_events = parse_bool(&key, &value)?,
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+
+    fn start(&self) -> Result<Start, ApiError> {
+        if self.send_initial_events {
+            if self.resource_version_match.as_deref() != Some("NotOlderThan") {
+                return Err(ApiError::Invalid(
+                    "resourceVersionMatch: Forbidden: sendInitialEvents requires setting \
+                     resourceVersionMatch to NotOlderThan"
+                        .into(),
+                ));
+            }
+            return Ok(Start::CurrentState { end_bookmark: true });
+        }
+        match self.resource_version.as_deref() {
+            None | Some("" | "0") => Ok(Start::CurrentState {
+                end_bookmark: false,
+            }),
+            Some(rv) => rv.parse().map(Start::After).map_err(|_| {
+                ApiError::BadRequest(format!("resourceVersion: invalid value {rv:?}"))
+            }),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        let seconds = self.timeout_seconds.unwrap_or_else(|| {
+            DEFAULT_WATCH_SECONDS + rand::random_range(0..=DEFAULT_WATCH_SECONDS)
+        });
+        Duration::from_secs(seconds.clamp(1, MAX_WATCH_SECONDS))
+    }
+}
+
+/// Go's `strconv.ParseBool`, which the API server uses for query flags.
+fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(ApiError::BadRequest(format!(
+            "{key}: invalid value {value:?}"
+        ))),
+    }
+}
+
+/// Resolves a URL's resource name, checking it is served at that scope.
+fn resource(plural: &str, namespaced_url: bool) -> Result<Kind, ApiError> {
+    Kind::from_plural(plural)
+        .filter(|kind| kind.core())
+        .filter(|kind| !namespaced_url || kind.namespaced())
+        .ok_or(ApiError::NoSuchPath)
+}
+
+impl Api {
+    fn collection(
+        &self,
+        kind: Kind,
+        namespace: Option<String>,
+        query: &ListQuery,
+    ) -> Result<Response, ApiError> {
+        let filter = Filter::new(
+            kind,
+            namespace,
+            query.label_selector.as_deref(),
+            query.field_selector.as_deref(),
+        )?;
+        if query.watch {
+            let request = WatchRequest {
+                kind,
+                filter,
+                start: query.start()?,
+                timeout: query.timeout(),
+                bookmarks: query.allow_watch_bookmarks.then_some(BOOKMARK_EVERY),
+            };
+            let events = watch::stream(self.state.clone(), request);
+            let body = Body::from_stream(futures::StreamExt::map(
+                events,
+                Ok::<_, std::convert::Infallible>,
+            ));
+            return Ok((
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "no-cache, private"),
+                ],
+                body,
+            )
+                .into_response());
+        }
+        let (rv, items) = self.state.list(kind);
+        let items: Vec<Value> = items.into_iter().filter(|o| filter.matches(o)).collect();
+        Ok(axum::Json(json!({
+            "kind": format!("{}List", kind.name()),
+            "apiVersion": kind.api_version(),
+            "metadata": { "resourceVersion": rv.to_string() },
+            "items": items,
+        }))
+        .into_response())
+    }
+
+    fn object(&self, kind: Kind, namespace: &str, name: &str) -> Result<Response, ApiError> {
+        self.state
+            .get(kind, namespace, name)
+            .map(|object| axum::Json(object).into_response())
+            .ok_or_else(|| ApiError::NotFound {
+                kind: kind.plural(),
+                name: name.to_owned(),
+            })
+    }
+}
+
+type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+async fn list_cluster_wide(
+    State(api): State<Api>,
+    Path(plural): Path<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    api.collection(resource(&plural, false)?, None, &ListQuery::parse(query)?)
+}
+
+async fn list_namespaced(
+    State(api): State<Api>,
+    Path((ns, plural)): Path<(String, String)>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    api.collection(
+        resource(&plural, true)?,
+        Some(ns),
+        &ListQuery::parse(query)?,
+    )
+}
+
+async fn list_network_policies(
+    State(api): State<Api>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    api.collection(Kind::NetworkPolicy, None, &ListQuery::parse(query)?)
+}
+
+async fn list_namespaced_network_policies(
+    State(api): State<Api>,
+    Path(ns): Path<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    api.collection(Kind::NetworkPolicy, Some(ns), &ListQuery::parse(query)?)
+}
+
+async fn get_network_policy(
+    State(api): State<Api>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    api.object(Kind::NetworkPolicy, &ns, &name)
+}
+
+async fn get_cluster_scoped(
+    State(api): State<Api>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = resource(&plural, false)?;
+    if kind.namespaced() {
+        // `/api/v1/pods/{name}` does not exist: pods are got by namespace.
+        return Err(ApiError::NoSuchPath);
+    }
+    api.object(kind, "", &name)
+}
+
+async fn get_namespaced(
+    State(api): State<Api>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    api.object(resource(&plural, true)?, &ns, &name)
+}
+
+/// `PATCH /api/v1/nodes/{name}/status`: the node's status, patched.
+async fn patch_node_status(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let strategic = match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/strategic-merge-patch+json" => true,
+        "application/merge-patch+json" => false,
+        _ => return Err(ApiError::UnsupportedMediaType),
+    };
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid patch: {e}")))?;
+    // Only the status subresource: anything else in the patch is ignored,
+    // as the real status endpoint ignores spec changes.
+    let status_patch = json!({ "status": patch.get("status").cloned().unwrap_or(Value::Null) });
+    api.state
+        .patch_node_status(&name, &status_patch, strategic)
+        .map_err(ApiError::Invalid)?
+        .map(|object| axum::Json(object).into_response())
+        .ok_or(ApiError::NotFound {
+            kind: "nodes",
+            name,
+        })
+}
+
+/// `POST /api/v1/namespaces/{ns}/{resource}`: only events are created.
+async fn create_namespaced(
+    State(api): State<Api>,
+    Path((ns, plural)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if resource(&plural, true)? != Kind::Event {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid Event: {e}")))?;
+    match api.state.create_event(&ns, event) {
+        Ok(object) => Ok((StatusCode::CREATED, axum::Json(object)).into_response()),
+        Err(crate::emulator::cluster::CreateError::Exists(name)) => Err(ApiError::AlreadyExists {
+            kind: "events",
+            name,
+        }),
+        Err(crate::emulator::cluster::CreateError::NoName) => Err(ApiError::Invalid(
+            "metadata.name or metadata.generateName is required".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::cluster::{node, pod};
+
+    const TOKEN: &str = "t0ken";
+
+    /// The router over plain HTTP on loopback, and a client with the token.
+    async fn start() -> (ClusterState, String, reqwest::Client) {
+        let state = ClusterState::new();
+        state.apply_node(node("node-1", "198.18.0.1", "10.244.1.0/24"));
+        state.apply_pod(pod(
+            "ns",
+            "a",
+            "node-1",
+            "10.244.1.2",
+            &[("app", "agent")],
+            false,
+        ));
+        state.apply_pod(pod(
+            "ns",
+            "b",
+            "node-1",
+            "10.244.1.3",
+            &[("app", "other")],
+            false,
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let authority = Arc::new(TokenAuthority::new().unwrap());
+        let app = router(state.clone(), TOKEN.into(), authority);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (state, base, reqwest::Client::new())
+    }
+
+    async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+        let response = client.get(url).bearer_auth(TOKEN).send().await.unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn lists_and_gets_in_the_real_format() {
+        let (_state, base, client) = start().await;
+        let (code, list) = get(
+            &client,
+            &format!("{base}/api/v1/namespaces/ns/pods?labelSelector=app%3Dagent&limit=500"),
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert_eq!(list["kind"], "PodList");
+        assert_eq!(list["apiVersion"], "v1");
+        assert_eq!(list["metadata"]["resourceVersion"], "3");
+        assert!(list["metadata"].get("continue").is_none());
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        assert_eq!(list["items"][0]["kind"], "Pod");
+
+        let (code, list) = get(
+            &client,
+            &format!("{base}/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1"),
+        )
+        .await;
+        assert_eq!((code, list["items"].as_array().unwrap().len()), (200, 2));
+        let (code, node) = get(&client, &format!("{base}/api/v1/nodes/node-1")).await;
+        assert_eq!((code, node["kind"].as_str()), (200, Some("Node")));
+        let (code, pod) = get(&client, &format!("{base}/api/v1/namespaces/ns/pods/b")).await;
+        assert_eq!((code, pod["metadata"]["name"].as_str()), (200, Some("b")));
+
+        let (code, version) = get(&client, &format!("{base}/version")).await;
+        assert_eq!(
+            (code, version["gitVersion"].as_str()),
+            (200, Some(GIT_VERSION))
+        );
+        let livez = client.get(format!("{base}/livez")).send().await.unwrap();
+        assert_eq!(livez.text().await.unwrap(), "ok");
+    }
+
+    /// The two writes: a strategic merge patch of a node's status keeps
+    /// the other conditions, an Event is created with a generated name.
+    #[tokio::test]
+    async fn node_status_patches_and_events_in_the_real_shapes() {
+        let (state, base, client) = start().await;
+        let patch = json!({"status": {"conditions": [{
+            "type": "NetmatrixPodNetwork", "status": "True",
+            "reason": "NodeIsolated", "message": "cut off"
+        }]}});
+        let send = |content_type: &'static str| {
+            client
+                .patch(format!("{base}/api/v1/nodes/node-1/status"))
+                .bearer_auth(TOKEN)
+                .header("content-type", content_type)
+                .body(patch.to_string())
+                .send()
+        };
+        let refused = send("application/json").await.unwrap();
+        assert_eq!(refused.status().as_u16(), 415);
+        let patched = send("application/strategic-merge-patch+json")
+            .await
+            .unwrap();
+        assert_eq!(patched.status().as_u16(), 200);
+        let (_, node) = get(&client, &format!("{base}/api/v1/nodes/node-1")).await;
+        let types: Vec<&str> = node["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["Ready", "NetmatrixPodNetwork"]);
+        let missing = client
+            .patch(format!("{base}/api/v1/nodes/node-9/status"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/merge-patch+json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status().as_u16(), 404);
+
+        let event = json!({
+            "metadata": {"generateName": "node-1.netmatrix."},
+            "involvedObject": {"kind": "Node", "name": "node-1", "uid": "node-1"},
+            "reason": "NetmatrixPodNetworkProblem", "message": "NodeIsolated: cut off",
+            "type": "Warning"
+        });
+        let created = client
+            .post(format!("{base}/api/v1/namespaces/default/events"))
+            .bearer_auth(TOKEN)
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        let created: Value = created.json().await.unwrap();
+        let name = created["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("node-1.netmatrix."), "{name}");
+        let (_, list) = get(
+            &client,
+            &format!(
+                "{base}/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind%3DNode"
+            ),
+        )
+        .await;
+        assert_eq!(list["kind"], "EventList");
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        assert_eq!(state.events("default").len(), 1);
+        // Only events can be created.
+        let pod = client
+            .post(format!("{base}/api/v1/namespaces/ns/pods"))
+            .bearer_auth(TOKEN)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pod.status().as_u16(), 405);
+    }
+
+    #[tokio::test]
+    async fn errors_are_status_objects() {
+        let (_state, base, client) = start().await;
+        let unauthenticated = client
+            .get(format!("{base}/api/v1/nodes"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unauthenticated.status(), 401);
+        let status: Value = unauthenticated.json().await.unwrap();
+        assert_eq!(
+            (status["kind"].as_str(), status["reason"].as_str()),
+            (Some("Status"), Some("Unauthorized"))
+        );
+        let wrong = client
+            .get(format!("{base}/api/v1/nodes"))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+
+        for (url, code, reason) in [
+            ("/api/v1/pods?labelSelector=app%20in%20x", 400, "BadRequest"),
+            (
+                "/api/v1/pods?fieldSelector=spec.bogus%3D1",
+                400,
+                "BadRequest",
+            ),
+            ("/api/v1/pods?watch=maybe", 400, "BadRequest"),
+            (
+                "/api/v1/pods?watch=1&sendInitialEvents=true",
+                422,
+                "Invalid",
+            ),
+            ("/api/v1/nodes/absent", 404, "NotFound"),
+            ("/api/v1/namespaces/ns/pods/absent", 404, "NotFound"),
+            ("/api/v1/pods/a", 404, "NotFound"),
+            ("/api/v1/namespaces/ns/nodes", 404, "NotFound"),
+            ("/api/v1/secrets", 404, "NotFound"),
+            ("/apis/apps/v1/daemonsets", 404, "NotFound"),
+        ] {
+            let (got, status) = get(&client, &format!("{base}{url}")).await;
+            assert_eq!(
+                (got, status["reason"].as_str()),
+                (code, Some(reason)),
+                "{url}: {status}"
+            );
+            assert_eq!(status["code"], code, "{url}");
+        }
+        let post = client
+            .post(format!("{base}/api/v1/nodes"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 405);
+    }
+
+    #[tokio::test]
+    async fn watches_stream_newline_delimited_events() {
+        let (state, base, client) = start().await;
+        let mut response = client
+            .get(format!("{base}/api/v1/namespaces/ns/pods?watch=true&resourceVersion=1&timeoutSeconds=2&labelSelector=app%3Dagent"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let mut next = async || {
+            let chunk = response.chunk().await.unwrap().unwrap();
+            serde_json::from_slice::<Value>(&chunk).unwrap()
+        };
+        let first = next().await;
+        assert_eq!(
+            (
+                first["type"].as_str(),
+                first["object"]["metadata"]["name"].as_str()
+            ),
+            (Some("ADDED"), Some("a"))
+        );
+        state.delete_pod("ns", "a");
+        assert_eq!(next().await["type"], "DELETED");
+
+        let expired = client
+            .get(format!("{base}/api/v1/pods?watch=1&resourceVersion=1000"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let event: Value = serde_json::from_str(expired.trim()).unwrap();
+        assert_eq!(
+            (event["type"].as_str(), event["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(410))
+        );
+    }
+}

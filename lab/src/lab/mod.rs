@@ -1,0 +1,1023 @@
+//! [`Lab`]: brings a whole virtual cluster up (network, API server emulator,
+//! DNS, forwarder, aggregator, agents), reads the aggregator, injects faults,
+//! and removes everything when dropped, also on panic.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, labels};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::emulator::apiserver::tokens::{KeyError, TokenAuthority};
+use crate::emulator::cluster::ClusterState;
+use crate::emulator::dns::{self, DnsControl};
+use crate::emulator::pki::{LabPki, PkiError};
+use crate::net::faults::{self, Fault, FaultError, FaultKind, Hooks};
+use crate::net::netns::{self, NetnsError};
+use crate::net::network;
+use crate::net::topology::{
+    AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, CLUSTER_DOMAIN, COMPANION_PORT,
+    COMPANION_SVC, DNS_SVC, HOST_AGENT_PORT, KUBERNETES_SVC, NAMESPACE, NodePlan, Overlay,
+    PlanError, PodPlan, RemoveError, Topology, random_prefix,
+};
+use crate::net::{policy, services};
+use crate::process::{Binaries, ProcessError, ProcessSpec, Processes};
+use crate::state::{StateDir, StateError};
+use crate::view;
+
+mod churn;
+mod churn_run;
+mod kubelet;
+pub mod objects;
+mod prometheus;
+
+pub use prometheus::{Alert, LabPrometheus, Target, prometheus_binary};
+
+pub use churn_run::{ChurnReport, FalseAlarm, StepReport};
+use kubelet::TokenMounts;
+
+/// The aggregator's `--node-grace` in the lab: its nodes are brand new, so
+/// their agents are expected right away, not after the default 2 minutes.
+pub const NODE_GRACE: Duration = Duration::from_secs(15);
+
+/// The agents' token lifetime in the lab (the shortest a real cluster allows).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub nodes: usize,
+    pub overlay: Overlay,
+    /// Probe interval of the agents and evaluation interval of the aggregator.
+    pub interval: Duration,
+    /// Port of the forwarder on 127.0.0.1; `0` picks a free one (tests).
+    pub forward_port: u16,
+    /// Namespace prefix; `None`: a random one.
+    pub prefix: Option<String>,
+    /// Start the aggregator and the agents (off: network and servers only).
+    pub components: bool,
+    /// Also run a host-network agent in every node namespace (and register
+    /// its pod), as the chart's host-agent DaemonSet does.
+    pub host_agents: bool,
+    /// The aggregator's `--node-conditions`: findings shown on the Nodes.
+    pub node_conditions: bool,
+    /// Where the netmatrix binaries are (default: see [`Binaries::locate`]).
+    pub bin_dir: Option<PathBuf>,
+    /// Lifetime of the agents' ServiceAccount tokens; the lab rotates them
+    /// at 80 % of it, as the kubelet does (the chart asks for an hour; the
+    /// real minimum is 10 minutes, the emulator allows less for tests).
+    pub token_ttl: Duration,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        LabConfig {
+            nodes: 3,
+            overlay: Overlay::Vxlan,
+            interval: Duration::from_secs(1),
+            forward_port: 0,
+            prefix: None,
+            components: true,
+            host_agents: true,
+            node_conditions: false,
+            bin_dir: None,
+            token_ttl: DEFAULT_TOKEN_TTL,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab creates network namespaces: run as root (sudo)")]
+    NotRoot,
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("building the lab's network: {0}")]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tokens(#[from] KeyError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error("no node {0} in this lab")]
+    UnknownNode(String),
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("GET {url}: {message}")]
+    Http { url: String, message: String },
+    #[error("timed out after {waited:?} waiting for {what}; last seen:\n{last}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        last: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// The aggregator's view at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub matrix: Matrix,
+    pub findings: Findings,
+}
+
+/// Tasks the lab runs on the tokio runtime.
+#[derive(Default)]
+struct Servers {
+    apiserver: Option<JoinHandle<()>>,
+    dns: Option<JoinHandle<()>>,
+    forwarder: Option<JoinHandle<()>>,
+    token_rotation: Option<JoinHandle<()>>,
+}
+
+impl Servers {
+    fn abort_all(&mut self) {
+        for task in [
+            &mut self.apiserver,
+            &mut self.dns,
+            &mut self.forwarder,
+            &mut self.token_rotation,
+        ] {
+            if let Some(t) = task.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// A running lab. Dropping it removes every namespace and process it made.
+pub struct Lab {
+    prefix: String,
+    /// The plan; changes with churn (a re-created pod), so behind a lock,
+    /// read through [`Lab::topology`] (a copy: nothing holds the lock while
+    /// running commands).
+    topo: RwLock<Topology>,
+    /// Pods re-created so far (names and addresses of new pods).
+    recreated: AtomicU32,
+    /// One churn operation at a time.
+    churn: Mutex<()>,
+    config: LabConfig,
+    state: StateDir,
+    cluster: ClusterState,
+    pki: LabPki,
+    /// Mounts the agents' tokens, signed by the API emulator's key.
+    kubelet: Arc<TokenMounts>,
+    dns: DnsControl,
+    runtime: Handle,
+    binaries: Option<Binaries>,
+    servers: Mutex<Servers>,
+    procs: Processes,
+    faults: Mutex<Vec<Fault>>,
+    forward_addr: SocketAddr,
+    http: reqwest::Client,
+    up_took: Duration,
+    torn_down: AtomicBool,
+}
+
+/// `GET url` as JSON; any failure (connection, HTTP status, body) is a
+/// [`LabError::Http`] naming the URL.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+) -> Result<T, LabError> {
+    let err = |message: String| LabError::Http {
+        url: url.clone(),
+        message,
+    };
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(err(format!("{status}: {body}")));
+    }
+    resp.json().await.map_err(|e| err(e.to_string()))
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Lab {
+    /// Builds and starts the lab. Must run inside a tokio runtime.
+    pub async fn up(config: LabConfig) -> Result<Lab, LabError> {
+        let started = Instant::now();
+        if !is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let prefix = config.prefix.clone().unwrap_or_else(random_prefix);
+        let topo = Topology::plan(&prefix, config.nodes, config.overlay)?;
+        // Fail before touching the system when something is missing.
+        let binaries = if config.components {
+            Some(Binaries::locate(config.bin_dir.as_deref())?)
+        } else {
+            None
+        };
+        let pki = LabPki::generate(&cert_ips(&topo), &cert_names())?;
+        let cluster = ClusterState::new();
+        objects::register_cluster(&topo, &cluster, config.host_agents);
+        let forwarder = crate::net::forward::bind(config.forward_port)
+            .await
+            .map_err(io(format!(
+                "cannot listen on 127.0.0.1:{} for the forwarder (in use? pass --port)",
+                config.forward_port
+            )))?;
+        let forward_addr = forwarder.local_addr().map_err(io("forwarder address"))?;
+        if netns::exists(&topo.switch_netns) {
+            return Err(LabError::Io {
+                what: format!("prefix {prefix} is in use"),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+
+        // From here on, dropping `lab` (on any error below) cleans up.
+        let state = StateDir::create(&prefix)?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| LabError::Http {
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        let kubelet = Arc::new(TokenMounts::new(
+            cluster.clone(),
+            Arc::new(TokenAuthority::new()?),
+            state.clone(),
+            config.token_ttl,
+        ));
+        let mut lab = Lab {
+            procs: Processes::new(state.clone()),
+            prefix: prefix.clone(),
+            topo: RwLock::new(topo),
+            recreated: AtomicU32::new(0),
+            churn: Mutex::new(()),
+            config,
+            state,
+            cluster,
+            pki,
+            kubelet,
+            dns: DnsControl::default(),
+            runtime: Handle::current(),
+            binaries,
+            servers: Mutex::new(Servers::default()),
+            faults: Mutex::new(Vec::new()),
+            forward_addr,
+            http,
+            up_took: Duration::ZERO,
+            torn_down: AtomicBool::new(false),
+        };
+        let topo = lab.topology();
+        tracing::info!(prefix = %topo.prefix, nodes = topo.nodes.len(), overlay = %topo.overlay, "building the lab");
+        lab.write_credentials()?;
+        let built = topo.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), NetnsError> {
+            network::build(&built)?;
+            for node in &built.nodes {
+                services::install(&built, node)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| LabError::Io {
+            what: "network build task".into(),
+            source: std::io::Error::other(e),
+        })??;
+        tracing::info!(took = ?started.elapsed(), "network ready");
+
+        lab.start_apiserver()?;
+        lab.start_token_rotation();
+        lab.start_dns()?;
+        let cp = topo.control_plane();
+        let target = SocketAddr::from((cp.ip, AGGREGATOR_PORT));
+        let forward_task = tokio::spawn(crate::net::forward::serve(
+            forwarder,
+            cp.netns.clone(),
+            target,
+        ));
+        lab.servers().forwarder = Some(forward_task);
+        if lab.binaries.is_some() {
+            lab.procs.start(lab.aggregator_spec()?)?;
+            for node in &topo.nodes {
+                lab.procs
+                    .start(lab.companion_spec(node, &node.companion)?)?;
+                lab.procs.start(lab.agent_spec(node, AgentNetwork::Pod)?)?;
+                if lab.config.host_agents {
+                    lab.procs.start(lab.agent_spec(node, AgentNetwork::Host)?)?;
+                }
+            }
+        }
+        lab.up_took = started.elapsed();
+        tracing::info!(took = ?lab.up_took, "lab up");
+        Ok(lab)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A copy of the current plan.
+    pub fn topology(&self) -> Topology {
+        self.topo.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn config(&self) -> &LabConfig {
+        &self.config
+    }
+
+    pub fn state_dir(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// The lab's cluster state (what the API server emulator and DNS serve).
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
+    }
+
+    pub fn pki(&self) -> &LabPki {
+        &self.pki
+    }
+
+    /// How long [`Lab::up`] took.
+    pub fn up_took(&self) -> Duration {
+        self.up_took
+    }
+
+    /// The forwarder's address on 127.0.0.1.
+    pub fn forward_addr(&self) -> SocketAddr {
+        self.forward_addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the aggregator, through the forwarder.
+    pub fn aggregator_url(&self) -> String {
+        format!("http://{}", self.forward_addr)
+    }
+
+    /// `GET /api/v1/matrix` through the forwarder.
+    pub async fn matrix(&self) -> Result<Matrix, LabError> {
+        self.get_json(MATRIX_PATH).await
+    }
+
+    /// `GET /api/v1/findings` through the forwarder.
+    pub async fn findings(&self) -> Result<Findings, LabError> {
+        self.get_json(FINDINGS_PATH).await
+    }
+
+    /// Both, one after the other.
+    pub async fn snapshot(&self) -> Result<Snapshot, LabError> {
+        Ok(Snapshot {
+            matrix: self.matrix().await?,
+            findings: self.findings().await?,
+        })
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, LabError> {
+        get_json(&self.http, format!("{}{path}", self.aggregator_url())).await
+    }
+
+    /// Polls the aggregator about twice per interval until `predicate` holds
+    /// or `timeout` passes; the error shows the last matrix and findings (or
+    /// the last error) and the processes that exited.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut predicate: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Snapshot, LabError> {
+        let start = Instant::now();
+        let poll = (self.config.interval / 2).max(Duration::from_millis(200));
+        let mut last: String;
+        loop {
+            match self.snapshot().await {
+                Ok(snap) => {
+                    if predicate(&snap) {
+                        tracing::info!(what, took = ?start.elapsed(), "condition met");
+                        return Ok(snap);
+                    }
+                    last = view::render(&snap.matrix, &snap.findings);
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if start.elapsed() >= timeout {
+                let exited = self.procs.exited();
+                if !exited.is_empty() {
+                    last.push_str(&format!("\nexited processes: {exited:?}"));
+                }
+                last.push_str(&format!("\nlogs: {}", self.state.path().display()));
+                return Err(LabError::Timeout {
+                    what: what.to_string(),
+                    waited: start.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Polls the aggregator for `duration` and fails at the first snapshot
+    /// where `predicate` does not hold (a state that must be stable, not
+    /// just reached once: findings are raised after a few rounds).
+    pub async fn hold_for(
+        &self,
+        what: &str,
+        duration: Duration,
+        mut predicate: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Snapshot, LabError> {
+        let start = Instant::now();
+        let poll = (self.config.interval / 2).max(Duration::from_millis(200));
+        loop {
+            let snap = self.snapshot().await?;
+            if !predicate(&snap) {
+                return Err(LabError::Timeout {
+                    what: format!("{what} to hold for {duration:?} (it broke)"),
+                    waited: start.elapsed(),
+                    last: view::render(&snap.matrix, &snap.findings),
+                });
+            }
+            if start.elapsed() >= duration {
+                return Ok(snap);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Applies `fault` and records it for [`Lab::heal`]. Blocks for
+    /// milliseconds (`kill-agent`: up to the agent's 2 s stop grace).
+    pub fn fault(&self, fault: Fault) -> Result<(), LabError> {
+        let mut applied = lock(&self.faults);
+        if applied.contains(&fault) {
+            return Err(FaultError::AlreadyApplied(fault).into());
+        }
+        tracing::info!(%fault, "applying fault");
+        faults::apply(&self.topology(), &fault, self)?;
+        applied.push(fault);
+        Ok(())
+    }
+
+    /// Faults currently applied, oldest first.
+    pub fn applied_faults(&self) -> Vec<Fault> {
+        lock(&self.faults).clone()
+    }
+
+    /// The applied faults for a human: `none`, or `overlay-down node-2, dns-stop`.
+    pub fn faults_summary(&self) -> String {
+        let faults = lock(&self.faults);
+        if faults.is_empty() {
+            return "none".to_owned();
+        }
+        let names: Vec<String> = faults.iter().map(ToString::to_string).collect();
+        names.join(", ")
+    }
+
+    /// Freezes the aggregator process (SIGSTOP) or lets it resume: the
+    /// aggregator's own stall, which must not read as every agent silent.
+    pub fn pause_aggregator(&self, paused: bool) -> Result<(), LabError> {
+        Ok(self.procs.pause("aggregator", paused)?)
+    }
+
+    /// Undoes every applied fault, newest first. Returns what was healed.
+    /// Applies a NetworkPolicy as `kubectl apply` would (the emulator serves
+    /// it) and enforces it in the pods' namespaces as a CNI would.
+    pub fn apply_network_policy(
+        &self,
+        policy: k8s_openapi::api::networking::v1::NetworkPolicy,
+    ) -> Result<(), LabError> {
+        let mut policies = self.cluster.network_policies();
+        policies.retain(|p| p.metadata.name != policy.metadata.name);
+        policies.push(policy.clone());
+        policy::enforce(&self.topology(), &policies, &self.cluster.pods())?;
+        self.cluster.apply_network_policy(policy);
+        Ok(())
+    }
+
+    /// Deletes a NetworkPolicy and lifts what it enforced.
+    pub fn delete_network_policy(&self, name: &str) -> Result<(), LabError> {
+        self.cluster.delete_network_policy(NAMESPACE, name);
+        policy::enforce(
+            &self.topology(),
+            &self.cluster.network_policies(),
+            &self.cluster.pods(),
+        )?;
+        Ok(())
+    }
+
+    pub fn heal(&self) -> Result<Vec<Fault>, LabError> {
+        let mut applied = lock(&self.faults);
+        let mut healed = Vec::new();
+        while let Some(fault) = applied.pop() {
+            tracing::info!(%fault, "healing");
+            if let Err(e) = faults::heal(&self.topology(), &fault, self) {
+                applied.push(fault);
+                return Err(e.into());
+            }
+            healed.push(fault);
+        }
+        Ok(healed)
+    }
+
+    /// Processes that exited on their own (name, status).
+    pub fn exited_processes(&self) -> Vec<(String, String)> {
+        self.procs.exited()
+    }
+
+    /// Removes everything (as `Drop` does), off the async threads.
+    pub async fn down(self) {
+        let _ = tokio::task::spawn_blocking(move || self.shutdown()).await;
+    }
+
+    /// Removes everything: idempotent, blocking (stops processes, deletes
+    /// namespaces, removes the state directory).
+    pub fn shutdown(&self) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let start = Instant::now();
+        self.servers().abort_all();
+        self.procs.stop_everything();
+        for e in network::destroy(&self.topology()) {
+            tracing::warn!(error = %e, "cleanup");
+        }
+        self.state.remove();
+        tracing::info!(prefix = %self.prefix, took = ?start.elapsed(), "lab removed");
+    }
+
+    fn servers(&self) -> std::sync::MutexGuard<'_, Servers> {
+        lock(&self.servers)
+    }
+
+    fn write_credentials(&self) -> Result<(), LabError> {
+        let topo = self.topology();
+        self.state.write(
+            "kubeconfig-pods",
+            &self.pki.kubeconfig(&topo.apiserver_service_url()),
+        )?;
+        self.state.write(
+            "kubeconfig",
+            &self.pki.kubeconfig(&topo.apiserver_node_url()),
+        )?;
+        self.state.write("ca.crt", &self.pki.ca_cert_pem)?;
+        self.state.write(
+            "lab.json",
+            &serde_json::json!({
+                "prefix": topo.prefix,
+                "nodes": topo.nodes.len(),
+                "overlay": topo.overlay.to_string(),
+                "aggregator": self.aggregator_url(),
+            })
+            .to_string(),
+        )?;
+        Ok(())
+    }
+
+    /// The API server emulator on 198.18.0.1:6443 (host network of node 1).
+    fn start_apiserver(&self) -> Result<(), LabError> {
+        let topo = self.topology();
+        let cp = topo.control_plane();
+        let addr = SocketAddr::from((cp.ip, APISERVER_PORT));
+        let listener = self.bind_tcp(&cp.netns, addr)?;
+        let (state, tls, token, authority) = (
+            self.cluster.clone(),
+            self.pki.server_config()?,
+            self.pki.token.clone(),
+            Arc::clone(self.kubelet.authority()),
+        );
+        let task = self.runtime.spawn(async move {
+            if let Err(error) =
+                crate::emulator::apiserver::serve(listener, state, tls, token, authority).await
+            {
+                tracing::error!(%error, "API server emulator stopped");
+            }
+        });
+        self.servers().apiserver = Some(task);
+        Ok(())
+    }
+
+    /// Writes `pod`'s projected ServiceAccount token where its agent reads
+    /// it, as the kubelet does when the pod starts. Returns the file.
+    pub fn mint_token(&self, pod: &str) -> Result<PathBuf, LabError> {
+        self.kubelet
+            .mount_token(pod)
+            .map_err(io(format!("mounting the token of pod {pod}")))
+    }
+
+    /// The token an agent of `node` sends right now.
+    pub fn agent_token(&self, node: &str, network: AgentNetwork) -> Result<String, LabError> {
+        let plan = self
+            .topology()
+            .node(node)
+            .cloned()
+            .ok_or_else(|| LabError::UnknownNode(node.to_owned()))?;
+        let path = self.kubelet.token_path(&agent_pod_name(&plan, network));
+        std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))
+    }
+
+    /// TokenReviews the API emulator has answered so far.
+    pub fn token_reviews(&self) -> u64 {
+        self.kubelet.authority().reviews()
+    }
+
+    /// Re-mints every agent's token at 80 % of its life, as the kubelet
+    /// rotates projected tokens.
+    fn start_token_rotation(&self) {
+        let kubelet = Arc::clone(&self.kubelet);
+        let task = self
+            .runtime
+            .spawn(async move { kubelet.rotate_forever().await });
+        self.servers().token_rotation = Some(task);
+    }
+
+    /// The DNS server in the DNS pod, on :53 UDP and TCP. Retries binding for
+    /// a while: after `dns-stop` the old sockets close asynchronously.
+    fn start_dns(&self) -> Result<(), LabError> {
+        let ns = self.topology().dns.netns;
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (udp, tcp) = loop {
+            let bound = netns::in_netns(&ns, move || {
+                let udp = std::net::UdpSocket::bind(addr)?;
+                udp.set_nonblocking(true)?;
+                let tcp = std::net::TcpListener::bind(addr)?;
+                tcp.set_nonblocking(true)?;
+                Ok((udp, tcp))
+            });
+            match bound {
+                Ok(pair) => break pair,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "DNS sockets not free yet");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let _guard = self.runtime.enter();
+        let udp = tokio::net::UdpSocket::from_std(udp).map_err(io("DNS UDP socket"))?;
+        let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io("DNS TCP socket"))?;
+        let (state, control) = (self.cluster.clone(), self.dns.clone());
+        let task = self.runtime.spawn(async move {
+            if let Err(error) = dns::serve(udp, tcp, state, CLUSTER_DOMAIN, control).await {
+                tracing::error!(%error, "DNS server stopped");
+            }
+        });
+        self.servers().dns = Some(task);
+        Ok(())
+    }
+
+    fn bind_tcp(&self, ns: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, LabError> {
+        let listener = netns::in_netns(ns, move || {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })?;
+        let _guard = self.runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(io(format!("listener on {addr}")))
+    }
+
+    fn binaries(&self) -> Result<&Binaries, LabError> {
+        self.binaries.as_ref().ok_or_else(|| {
+            LabError::Process(ProcessError::Unknown(
+                "netmatrix binaries (the lab runs without components)".into(),
+            ))
+        })
+    }
+
+    /// Environment of a lab process: like a pod's, nothing inherited from
+    /// the user's shell (a proxy variable would send the agents' reports
+    /// astray).
+    fn base_env(&self, kubeconfig: &str) -> Vec<(String, String)> {
+        let log = std::env::var("NETMATRIX_LAB_LOG").unwrap_or_else(|_| "info".into());
+        vec![
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+            ("RUST_LOG".into(), log),
+            (
+                "KUBECONFIG".into(),
+                self.state.file(kubeconfig).display().to_string(),
+            ),
+        ]
+    }
+
+    fn aggregator_spec(&self) -> Result<ProcessSpec, LabError> {
+        let topo = self.topology();
+        let cp = topo.control_plane();
+        let interval = humantime::format_duration(self.config.interval).to_string();
+        Ok(ProcessSpec {
+            name: "aggregator".into(),
+            netns: cp.netns.clone(),
+            program: self.binaries()?.aggregator.clone(),
+            args: [
+                "--listen",
+                &format!("{}:{AGGREGATOR_PORT}", cp.ip),
+                "--interval",
+                &interval,
+                "--namespace",
+                NAMESPACE,
+                "--node-grace",
+                &humantime::format_duration(NODE_GRACE).to_string(),
+                // Pod and host-network agents both report (the chart's
+                // value; without host agents only pod agents exist anyway).
+                "--agent-selector",
+                labels::REPORTER_SELECTOR,
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain(
+                self.config
+                    .node_conditions
+                    .then(|| "--node-conditions".to_owned()),
+            )
+            .collect(),
+            env: self.base_env("kubeconfig"),
+        })
+    }
+
+    /// `node`'s companion pod `pod`: `netmatrix companion`, answering the
+    /// agents' TCP connects and UDP echoes (the kernel answers ICMP).
+    fn companion_spec(&self, node: &NodePlan, pod: &PodPlan) -> Result<ProcessSpec, LabError> {
+        Ok(ProcessSpec {
+            name: companion_process(node),
+            netns: pod.netns.clone(),
+            program: self.binaries()?.cli.clone(),
+            args: vec![
+                "companion".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{COMPANION_PORT}"),
+            ],
+            env: self.base_env("kubeconfig-pods"),
+        })
+    }
+
+    /// The agent of `node`'s pod network (in its agent pod) or host network
+    /// (in the node namespace, with the node's address, probing the other
+    /// host agents).
+    fn agent_spec(&self, node: &NodePlan, network: AgentNetwork) -> Result<ProcessSpec, LabError> {
+        let interval = humantime::format_duration(self.config.interval).to_string();
+        // Every probe timeout must be shorter than the interval.
+        let timeout = humantime::format_duration(
+            (self.config.interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(2)),
+        )
+        .to_string();
+        let mut env = self.base_env("kubeconfig-pods");
+        env.push((
+            "KUBERNETES_SERVICE_HOST".into(),
+            KUBERNETES_SVC.0.to_string(),
+        ));
+        env.push((
+            "KUBERNETES_SERVICE_PORT".into(),
+            KUBERNETES_SVC.1.to_string(),
+        ));
+        let pod_name = agent_pod_name(node, network);
+        let token_file = self.mint_token(&pod_name)?;
+        let (pod_ip, netns, port) = match network {
+            AgentNetwork::Pod => (node.agent.ip, node.agent.netns.clone(), AGENT_SVC.1),
+            AgentNetwork::Host => (node.ip, node.netns.clone(), HOST_AGENT_PORT),
+        };
+        let mut args = vec![
+            "--node-name".into(),
+            node.name.clone(),
+            "--pod-name".into(),
+            pod_name,
+            "--pod-ip".into(),
+            pod_ip.to_string(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--aggregator-url".into(),
+            format!("http://{}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
+            "--interval".into(),
+            interval,
+            "--dns-server".into(),
+            DNS_SVC.0.to_string(),
+            "--clusterip".into(),
+            format!("aggregator={}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
+            "--clusterip".into(),
+            format!("kube-dns={}:{}", DNS_SVC.0, DNS_SVC.1),
+            "--clusterip".into(),
+            format!("companions={}:{}", COMPANION_SVC.0, COMPANION_SVC.1),
+            "--listen".into(),
+            format!("0.0.0.0:{port}"),
+            "--icmp-timeout".into(),
+            timeout.clone(),
+            "--tcp-timeout".into(),
+            timeout.clone(),
+            "--dns-timeout".into(),
+            timeout,
+            "--token-file".into(),
+            token_file.display().to_string(),
+        ];
+        if network == AgentNetwork::Host {
+            // Explicit, so that the lab does not depend on the agent's
+            // default for host mode: host agents probe each other. Its
+            // /status shares the node's loopback, as on a real node.
+            args.extend(
+                [
+                    "--network",
+                    "host",
+                    "--peer-selector",
+                    labels::HOST_AGENT_SELECTOR,
+                    "--status-listen",
+                    &format!("127.0.0.1:{HOST_AGENT_STATUS_PORT}"),
+                ]
+                .map(String::from),
+            );
+        }
+        Ok(ProcessSpec {
+            name: agent_process(node, network),
+            netns,
+            program: self.binaries()?.agent.clone(),
+            args,
+            env,
+        })
+    }
+}
+
+impl Hooks for Lab {
+    fn stop_dns(&self) -> Result<(), FaultError> {
+        match self.servers().dns.take() {
+            Some(task) => {
+                task.abort();
+                Ok(())
+            }
+            None => Err(FaultError::Lab("the DNS server is not running".into())),
+        }
+    }
+
+    fn start_dns(&self) -> Result<(), FaultError> {
+        Lab::start_dns(self).map_err(|e| FaultError::Lab(e.to_string()))
+    }
+
+    fn dns_servfail(&self, on: bool) {
+        self.dns.set_servfail(on);
+    }
+
+    fn dns_hide(&self, name: &str, hidden: bool) {
+        if hidden {
+            self.dns.hide(name);
+        } else {
+            self.dns.unhide(name);
+        }
+    }
+
+    fn stop_agent(&self, node: &NodePlan) -> Result<(), FaultError> {
+        self.procs
+            .stop(&agent_process(node, AgentNetwork::Pod))
+            .map(|_| ())
+            .map_err(|e| FaultError::Lab(e.to_string()))
+    }
+
+    fn start_agent(&self, node: &NodePlan) -> Result<(), FaultError> {
+        let spec = self
+            .agent_spec(node, AgentNetwork::Pod)
+            .map_err(|e| FaultError::Lab(e.to_string()))?;
+        self.procs
+            .start(spec)
+            .map(|_| ())
+            .map_err(|e| FaultError::Lab(e.to_string()))
+    }
+
+    /// As a DaemonSet re-creates a pod (a rollout, an eviction): the old
+    /// pod goes, a new one (new UID) comes, and here it does not start.
+    fn agent_pod_trouble(
+        &self,
+        node: &NodePlan,
+        fault: Option<FaultKind>,
+    ) -> Result<(), FaultError> {
+        let pod = &node.agent.name;
+        let Some(kind) = fault else {
+            self.cluster.delete_pod(NAMESPACE, pod);
+            self.cluster.apply_pod(objects::agent_pod(node));
+            self.cluster.set_node_ready(&node.name, true);
+            return self.start_agent(node);
+        };
+        let troubled = match kind {
+            FaultKind::AgentSandboxFails => objects::sandbox_fails(node),
+            FaultKind::AgentImagePull => objects::image_not_pulled(node),
+            FaultKind::CniNotReady => objects::network_not_ready(node),
+            other => {
+                return Err(FaultError::Lab(format!(
+                    "{other} is not an agent pod fault"
+                )));
+            }
+        };
+        self.stop_agent(node)?;
+        if kind == FaultKind::CniNotReady {
+            self.cluster.set_node_not_ready(
+                &node.name,
+                "KubeletNotReady",
+                objects::CNI_NOT_INITIALIZED,
+            );
+        }
+        self.cluster.delete_pod(NAMESPACE, pod);
+        self.cluster.apply_pod(troubled.pod);
+        for (type_, reason, message) in &troubled.events {
+            self.cluster
+                .record_pod_event(NAMESPACE, pod, type_, reason, message);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which network an agent process probes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentNetwork {
+    /// In the node's agent pod.
+    Pod,
+    /// In the node namespace (`hostNetwork: true`).
+    Host,
+}
+
+/// The Pod name of a node's agent.
+pub fn agent_pod_name(node: &NodePlan, network: AgentNetwork) -> String {
+    match network {
+        AgentNetwork::Pod => node.agent.name.clone(),
+        AgentNetwork::Host => node.host_agent.clone(),
+    }
+}
+
+/// Where an agent serves `/status`: loopback of its pod (pod agents, the
+/// agent's default port) or of its node (host agents, the chart's port).
+pub fn agent_status_addr(network: AgentNetwork) -> SocketAddr {
+    let port = match network {
+        AgentNetwork::Pod => AGENT_STATUS_PORT,
+        AgentNetwork::Host => HOST_AGENT_STATUS_PORT,
+    };
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// The pod agent's `/status` port on its loopback (the agent's default).
+pub const AGENT_STATUS_PORT: u16 = 9092;
+/// The host agent's `/status` port on the node's loopback (the chart's).
+pub const HOST_AGENT_STATUS_PORT: u16 = 9093;
+
+/// Process name (and log file name) of a node's agent.
+/// The process name of `node`'s companion.
+pub fn companion_process(node: &NodePlan) -> String {
+    format!("companion-{}", node.name)
+}
+
+pub fn agent_process(node: &NodePlan, network: AgentNetwork) -> String {
+    match network {
+        AgentNetwork::Pod => format!("agent-{}", node.name),
+        AgentNetwork::Host => format!("host-agent-{}", node.name),
+    }
+}
+
+/// The API server certificate's addresses: its ClusterIP (what pods dial),
+/// the control-plane node, loopback.
+fn cert_ips(t: &Topology) -> Vec<IpAddr> {
+    vec![
+        IpAddr::V4(KUBERNETES_SVC.0),
+        IpAddr::V4(t.control_plane().ip),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    ]
+}
+
+fn cert_names() -> Vec<String> {
+    [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+    ]
+    .map(String::from)
+    .to_vec()
+}
