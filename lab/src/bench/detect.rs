@@ -66,7 +66,7 @@ pub struct DetectArgs {
 }
 
 /// The finding a fault must produce (the failure catalog's pairs,
-/// `tests/tests/catalog.rs`).
+/// `tests/catalog.rs`).
 pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
     Ok(match fault {
         FaultKind::OverlayDown
