@@ -162,10 +162,7 @@ pub fn find_lab(prefix: Option<&str>) -> Result<StateDir, ControlError> {
         }
         return Err(ControlError::NotRunning(p.to_string()));
     }
-    let mut running: Vec<StateDir> = state::labs()
-        .into_iter()
-        .filter(|d| d.owner_alive() && d.control_socket().exists())
-        .collect();
+    let mut running = running_labs();
     match running.len() {
         0 => Err(ControlError::NoLab),
         1 => Ok(running.remove(0)),
@@ -177,6 +174,14 @@ pub fn find_lab(prefix: Option<&str>) -> Result<StateDir, ControlError> {
                 .join(", "),
         )),
     }
+}
+
+/// The labs whose `up` still runs and listens on its control socket.
+pub fn running_labs() -> Vec<StateDir> {
+    state::labs()
+        .into_iter()
+        .filter(|d| d.owner_alive() && d.control_socket().exists())
+        .collect()
 }
 
 /// Sends one request to the lab listening on `socket`.

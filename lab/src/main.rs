@@ -1,7 +1,7 @@
 //! `netmatrix-lab`: run the virtual cluster, break it, heal it, remove it.
 //! The work is in the library; this file is the command line.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use netmatrix_lab::control::{self, Request};
 use netmatrix_lab::lab::{Lab, LabConfig, is_root};
 use netmatrix_lab::net::topology::Overlay;
-use netmatrix_lab::{Fault, FaultKind, bench, state, view};
+use netmatrix_lab::view::{self, LiveView};
+use netmatrix_lab::{Fault, FaultKind, bench, state};
 
 /// A virtual Kubernetes cluster of network namespaces, running netmatrix.
 #[derive(Debug, Parser)]
@@ -109,8 +110,9 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
     },
-    /// Show the running labs and their faults.
+    /// Show the running labs and their faults (every running lab, or the one named).
     Status {
+        /// Only this lab.
         #[arg(long)]
         prefix: Option<String>,
     },
@@ -187,7 +189,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             send(prefix.as_deref(), Request::Fault { fault }).await
         }
         Command::Heal { prefix } => send(prefix.as_deref(), Request::Heal).await,
-        Command::Status { prefix } => send(prefix.as_deref(), Request::Status).await,
+        Command::Status {
+            prefix: Some(prefix),
+        } => send(Some(&prefix), Request::Status).await,
+        Command::Status { prefix: None } => status_of_all().await,
         Command::AddNode { prefix } => send(prefix.as_deref(), Request::AddNode).await,
         Command::RemoveNode { node, prefix } => {
             send(prefix.as_deref(), Request::RemoveNode { node }).await
@@ -243,18 +248,19 @@ async fn up(config: LabConfig) -> anyhow::Result<()> {
     result
 }
 
-/// Prints the matrix and findings every round until SIGINT/SIGTERM or an
+/// Shows the matrix and findings every round until SIGINT/SIGTERM or an
 /// error. The signal streams are created once, before the first round, so a
 /// Ctrl-C is never lost between two rounds.
 async fn watch(lab: &Lab, interval: Duration) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut view = LiveView::new(std::io::stdout().is_terminal());
     let rounds = async {
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(500)));
         loop {
             ticker.tick().await;
-            print_round(lab).await?;
+            show_round(lab, &mut view).await?;
         }
     };
     tokio::select! {
@@ -264,7 +270,7 @@ async fn watch(lab: &Lab, interval: Duration) -> anyhow::Result<()> {
     }
 }
 
-async fn print_round(lab: &Lab) -> anyhow::Result<()> {
+async fn show_round(lab: &Lab, view: &mut LiveView) -> anyhow::Result<()> {
     if let Some((name, status)) = lab
         .exited_processes()
         .into_iter()
@@ -279,16 +285,18 @@ async fn print_round(lab: &Lab) -> anyhow::Result<()> {
         Ok(s) => view::render(&s.matrix, &s.findings),
         Err(e) => format!("waiting for the aggregator: {e}\n"),
     };
-    if std::io::stdout().is_terminal() {
-        // Redraw in place, like `watch`.
-        print!("\x1b[2J\x1b[H");
-    }
-    println!(
-        "lab {}  {}  faults: {}\n{body}",
+    let header = format!(
+        "lab {}  {}  faults: {}",
         lab.prefix(),
         lab.aggregator_url(),
-        lab.faults_summary(),
+        lab.faults_summary()
     );
+    let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    if let Some(frame) = view.frame(&header, &time, &body) {
+        let mut out = std::io::stdout().lock();
+        out.write_all(frame.as_bytes())?;
+        out.flush()?;
+    }
     Ok(())
 }
 
@@ -329,6 +337,18 @@ fn down(all: bool, force: bool, prefix: Option<String>) -> anyhow::Result<()> {
             "left alone (no lab state directory): {}",
             foreign.join(", ")
         );
+    }
+    Ok(())
+}
+
+/// `status` with no lab named: every running lab, or a word that none is.
+async fn status_of_all() -> anyhow::Result<()> {
+    let labs = control::running_labs();
+    if labs.is_empty() {
+        println!("no lab is running (start one with scripts/demo or netmatrix-lab up)");
+    }
+    for dir in labs {
+        send(Some(dir.prefix()), Request::Status).await?;
     }
     Ok(())
 }

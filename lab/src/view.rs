@@ -71,3 +71,82 @@ pub fn render(m: &Matrix, f: &Findings) -> String {
         render::findings(f, Style::PLAIN)
     )
 }
+
+/// What `netmatrix-lab up` prints each round.
+///
+/// On a terminal the frame is redrawn in place (cursor home, every line
+/// overwritten, the rest cleared), so the matrix does not scroll by every
+/// second and the findings stay where the eye left them; the header line
+/// carries the round and the time, so one sees it is live. Anywhere else (a
+/// pipe, a log file) a frame is printed only when what it shows changed.
+#[derive(Debug)]
+pub struct LiveView {
+    terminal: bool,
+    round: u64,
+    last_body: Option<String>,
+}
+
+impl LiveView {
+    pub fn new(terminal: bool) -> Self {
+        LiveView {
+            terminal,
+            round: 0,
+            last_body: None,
+        }
+    }
+
+    /// The text to write for this round (`None`: nothing to write).
+    /// `header` names the lab; `time` is the wall-clock time to show.
+    pub fn frame(&mut self, header: &str, time: &str, body: &str) -> Option<String> {
+        self.round += 1;
+        let changed = self.last_body.as_deref() != Some(body);
+        let first = self.last_body.is_none();
+        if changed {
+            self.last_body = Some(body.to_string());
+        }
+        let top = format!("{header}  round {}  {time}", self.round);
+        if !self.terminal {
+            return changed.then(|| format!("{top}\n{body}"));
+        }
+        // Clear the screen once; after that only overwrite, so nothing
+        // piles up in the terminal's scrollback.
+        let mut out = String::from(if first { "\x1b[2J\x1b[H" } else { "\x1b[H" });
+        for line in std::iter::once(top.as_str()).chain(body.lines()) {
+            out.push_str(line);
+            out.push_str("\x1b[K\n");
+        }
+        out.push_str("\x1b[J");
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_frame_is_redrawn_in_place_with_the_round_and_time() {
+        let mut view = LiveView::new(true);
+        let first = view.frame("lab nm1", "10:00:01", "a\nb\n").unwrap();
+        assert!(first.starts_with("\x1b[2J\x1b[H"));
+        assert!(first.contains("lab nm1  round 1  10:00:01\x1b[K\na\x1b[K\nb\x1b[K\n"));
+        let second = view.frame("lab nm1", "10:00:02", "a\nb\n").unwrap();
+        assert!(second.starts_with("\x1b[H") && !second.contains("\x1b[2J"));
+        assert!(second.contains("round 2  10:00:02"));
+        assert!(second.ends_with("\x1b[J"));
+    }
+
+    #[test]
+    fn elsewhere_a_frame_is_written_only_when_it_changed() {
+        let mut view = LiveView::new(false);
+        assert_eq!(
+            view.frame("lab nm1", "10:00:01", "a\n").as_deref(),
+            Some("lab nm1  round 1  10:00:01\na\n")
+        );
+        assert_eq!(view.frame("lab nm1", "10:00:02", "a\n"), None);
+        assert_eq!(
+            view.frame("lab nm1", "10:00:03", "b\n").as_deref(),
+            Some("lab nm1  round 3  10:00:03\nb\n")
+        );
+    }
+}
