@@ -20,7 +20,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use netmatrix_api::{FindingKind, NodeState};
-use netmatrix_lab::Fault;
+use netmatrix_lab::{Fault, Lab};
 use netmatrix_lab::lab::{Alert, LabPrometheus};
 use netmatrix_lab::process::Binaries;
 
@@ -211,6 +211,20 @@ async fn wait_alerts(
     }
 }
 
+/// Heals the lab and waits until no alert is left.
+async fn heal_until_resolved(lab: &Lab, prometheus: &LabPrometheus, fired: &mut BTreeSet<String>) {
+    lab.heal().unwrap_or_else(|e| panic!("{e}"));
+    let resolved = wait_alerts(
+        prometheus,
+        "every alert resolved",
+        Duration::from_secs(60),
+        fired,
+        |alerts| alerts.is_empty(),
+    )
+    .await;
+    eprintln!("healed -> no alert after {resolved:.1?}");
+}
+
 /// Adds every firing alert, as `NAME{node=NODE}`, to `fired`.
 fn record_firing(alerts: &[Alert], fired: &mut BTreeSet<String>) {
     for a in alerts.iter().filter(|a| a.state == "firing") {
@@ -328,16 +342,7 @@ async fn prometheus_fires_the_charts_alert_for_a_cut_off_node_and_resolves_it() 
         "overlay-down node-2 -> NetmatrixNodeIsolated firing after {firing:.1?} (rule for: 1m)"
     );
 
-    lab.heal().unwrap_or_else(|e| panic!("{e}"));
-    let resolved = wait_alerts(
-        &prometheus,
-        "every alert resolved",
-        Duration::from_secs(60),
-        &mut fired,
-        |alerts| alerts.is_empty(),
-    )
-    .await;
-    eprintln!("healed -> no alert after {resolved:.1?}");
+    heal_until_resolved(&lab, &prometheus, &mut fired).await;
     assert_eq!(
         fired,
         BTreeSet::from(["NetmatrixNodeIsolated{node=node-2}".to_owned()]),
@@ -433,16 +438,7 @@ async fn a_flapping_fault_is_one_held_finding_and_its_alerts_fire() {
     assert!(held_since.is_some(), "never marked flapping");
     assert!(raises <= 2, "raised {raises} times: not held");
 
-    lab.heal().unwrap_or_else(|e| panic!("{e}"));
-    let resolved = wait_alerts(
-        &prometheus,
-        "every alert resolved",
-        Duration::from_secs(60),
-        &mut fired,
-        |alerts| alerts.is_empty(),
-    )
-    .await;
-    eprintln!("healed -> no alert after {resolved:.1?}");
+    heal_until_resolved(&lab, &prometheus, &mut fired).await;
     assert_eq!(
         fired,
         BTreeSet::from([

@@ -168,46 +168,25 @@ trait Stored: Clone + Serialize + k8s_openapi::Metadata<Ty = ObjectMeta> {
     fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self>;
 }
 
-impl Stored for Node {
-    const STORED: Kind = Kind::Node;
-    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
-        &mut inner.nodes
-    }
+/// Each stored type, its kind and its table in [`Inner`].
+macro_rules! stored {
+    ($($ty:ty => $kind:ident, $table:ident;)*) => {$(
+        impl Stored for $ty {
+            const STORED: Kind = Kind::$kind;
+            fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
+                &mut inner.$table
+            }
+        }
+    )*};
 }
 
-impl Stored for Pod {
-    const STORED: Kind = Kind::Pod;
-    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
-        &mut inner.pods
-    }
-}
-
-impl Stored for Service {
-    const STORED: Kind = Kind::Service;
-    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
-        &mut inner.services
-    }
-}
-
-impl Stored for KubeEvent {
-    const STORED: Kind = Kind::Event;
-    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
-        &mut inner.events
-    }
-}
-
-impl Stored for Namespace {
-    const STORED: Kind = Kind::Namespace;
-    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
-        &mut inner.namespaces
-    }
-}
-
-impl Stored for NetworkPolicy {
-    const STORED: Kind = Kind::NetworkPolicy;
-    fn table(inner: &mut Inner) -> &mut BTreeMap<Key, Self> {
-        &mut inner.network_policies
-    }
+stored! {
+    Node => Node, nodes;
+    Pod => Pod, pods;
+    Service => Service, services;
+    KubeEvent => Event, events;
+    Namespace => Namespace, namespaces;
+    NetworkPolicy => NetworkPolicy, network_policies;
 }
 
 /// Shared handle on the cluster's state (cheap to clone).
