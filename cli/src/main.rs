@@ -56,7 +56,9 @@ enum Command {
         aggregator: AggregatorArgs,
     },
     /// Target-only mode of the companion pods: exist on every node so that
-    /// agents have a same-node pod to ping; serves /healthz
+    /// agents have a same-node pod to ping; serves /healthz. Internal (the
+    /// chart runs it), so hidden from `--help`
+    #[command(hide = true)]
     Companion {
         /// Address of the /healthz server
         #[arg(long, env = "NETMATRIX_LISTEN", default_value = "0.0.0.0:9091")]

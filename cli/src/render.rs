@@ -152,6 +152,28 @@ fn state_note(r: &MatrixRow) -> String {
     format!("{state}{reporting}")
 }
 
+/// Evidence lines shown per finding; the rest is counted ("+N more").
+const EVIDENCE_SHOWN: usize = 3;
+
+/// `n` and its noun, singular or plural: "1 finding", "2 findings".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The evidence items not shown: the lines past [`EVIDENCE_SHOWN`], where
+/// the aggregator's own cap marker ("... and K more", always last) stands
+/// for K items.
+fn hidden_evidence(evidence: &[String]) -> usize {
+    let capped = evidence.last().and_then(|l| {
+        l.strip_prefix("... and ")?
+            .strip_suffix(" more")?
+            .parse::<usize>()
+            .ok()
+    });
+    let lines = evidence.len() - usize::from(capped.is_some());
+    lines.saturating_sub(EVIDENCE_SHOWN) + capped.unwrap_or(0)
+}
+
 /// The findings, one line each, with their first evidence and the hint.
 pub fn findings(f: &Findings, style: Style) -> String {
     if f.findings.is_empty() {
@@ -175,8 +197,15 @@ pub fn findings(f: &Findings, style: Style) -> String {
             x.nodes.join(","),
             x.summary
         ));
-        for e in x.evidence.iter().take(3) {
+        for e in x.evidence.iter().take(EVIDENCE_SHOWN) {
             out.push_str(&format!("{:indent$}- {e}\n", ""));
+        }
+        let hidden = hidden_evidence(&x.evidence);
+        if hidden > 0 {
+            out.push_str(&format!(
+                "{:indent$}  +{hidden} more (--json lists the evidence)\n",
+                ""
+            ));
         }
         if x.cause.is_empty() && !x.facts_missing.is_empty() {
             out.push_str(&format!(
@@ -500,6 +529,34 @@ mod tests {
         assert!(text.contains("apiserver"), "{text}");
         assert!(text.contains("pair-broken"), "{text}");
         assert!(explain(&m, &f, "node-9", Style::PLAIN).is_none());
+    }
+
+    #[test]
+    fn evidence_past_the_shown_lines_is_counted() {
+        let (_, mut f) = sample();
+        let lines = |n: usize| (0..n).map(|i| format!("line {i}")).collect::<Vec<_>>();
+        f.findings[0].evidence = lines(3);
+        let text = findings(&f, Style::PLAIN);
+        assert!(text.contains("- line 2\n"), "{text}");
+        assert!(!text.contains("more"), "{text}");
+        f.findings[0].evidence = lines(5);
+        let text = findings(&f, Style::PLAIN);
+        assert!(!text.contains("line 3"), "{text}");
+        assert!(
+            text.contains("  +2 more (--json lists the evidence)\n"),
+            "{text}"
+        );
+        // The aggregator's own cap marker stands for the items it left out.
+        let mut capped = lines(20);
+        capped.push("... and 40 more".into());
+        assert_eq!(hidden_evidence(&capped), 17 + 40);
+    }
+
+    #[test]
+    fn counts_are_singular_or_plural() {
+        assert_eq!(count(1, "finding", "findings"), "1 finding");
+        assert_eq!(count(0, "finding", "findings"), "0 findings");
+        assert_eq!(count(2, "finding", "findings"), "2 findings");
     }
 
     #[test]

@@ -48,6 +48,9 @@ const POLL: Duration = Duration::from_secs(1);
 /// stops waiting for a name (the aggregator raises a finding after 3 rounds
 /// by default, and says so while it waits).
 const UNNAMED_EXTRA_ROUNDS: u32 = 5;
+/// Failing cells and checks listed when no finding names them yet; the
+/// rest is counted ("+N more").
+const FAILING_SHOWN: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -152,9 +155,13 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                     {
                         let reason = match outcome {
                             Outcome::Healthy => format!(
-                                "every node reached every node, and every check passed, for {n} consecutive rounds"
+                                "every node reached every node, and every check passed, for {}",
+                                render::count(n as usize, "round", "consecutive rounds")
                             ),
-                            _ => format!("failing for {n} consecutive rounds"),
+                            _ => format!(
+                                "failing for {}",
+                                render::count(n as usize, "round", "consecutive rounds")
+                            ),
                         };
                         return verdict(outcome, reason, started, rounds_seen, last);
                     }
@@ -176,7 +183,10 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                 ),
                 (None, Some((Outcome::Failing, n))) => verdict(
                     Outcome::Failing,
-                    format!("still failing at the deadline ({waited}, {n} failing rounds)"),
+                    format!(
+                        "still failing at the deadline ({waited}, {})",
+                        render::count(n as usize, "failing round", "failing rounds")
+                    ),
                     started,
                     rounds_seen,
                     last,
@@ -187,12 +197,15 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                             if *unmeasured > 0 && !blocking_policies(matrix).is_empty() =>
                         {
                             format!(
-                                "no verdict after {waited}: {unmeasured} paths between nodes cannot be measured: NetworkPolicy {} denies netmatrix's probes (let its pods reach each other: the chart's networkPolicy.enabled=true; `netmatrix findings` shows blocked-by-policy)",
+                                "no verdict after {waited}: {} between nodes cannot be measured: NetworkPolicy {} denies netmatrix's probes (let its pods reach each other: the chart's networkPolicy.enabled=true; `netmatrix findings` shows blocked-by-policy)",
+                                render::count(*unmeasured, "path", "paths"),
                                 blocking_policies(matrix).join(", ")
                             )
                         }
                         Some((Round::Waiting { unmeasured, .. }, _)) if *unmeasured > 0 => format!(
-                            "no verdict after {waited}: {unmeasured} paths between nodes were never measured (agents that do not see their peers' pods? `netmatrix matrix` shows them as ?)"
+                            "no verdict after {waited}: {} between nodes {} never measured (agents that do not see their peers' pods? `netmatrix matrix` shows them as ?)",
+                            render::count(*unmeasured, "path", "paths"),
+                            if *unmeasured == 1 { "was" } else { "were" }
                         ),
                         Some((
                             Round::Waiting {
@@ -202,14 +215,15 @@ async fn poll(args: &ValidateArgs, progress: &mut Progress) -> Verdict {
                             },
                             _,
                         )) => format!(
-                            "no verdict after {waited}: {reporting} of {expected} expected nodes reported (are the agent pods running on every node? `kubectl -n netmatrix get pods -o wide`)"
+                            "no verdict after {waited}: {reporting} of {} reported (are the agent pods running on every node? `kubectl -n netmatrix get pods -o wide`)",
+                            render::count(*expected, "expected node", "expected nodes")
                         ),
                         None => {
                             format!("no verdict after {waited}: the aggregator published no round")
                         }
                         Some(_) => format!(
-                            "no verdict after {waited}: the network did not stay healthy or failing for {} rounds",
-                            args.rounds
+                            "no verdict after {waited}: the network did not stay healthy or failing for {}",
+                            render::count(args.rounds as usize, "round", "rounds")
                         ),
                     };
                     undecided(started, reason, rounds_seen, last)
@@ -276,8 +290,14 @@ pub fn render(v: &Verdict, style: Style) -> String {
         Outcome::Undecided => "UNDECIDED",
     };
     let mut out = format!(
-        "{word}: {} ({:.1}s, {} aggregator rounds)\n",
-        v.reason, v.elapsed_seconds, v.rounds_seen
+        "{word}: {} ({:.1}s, {})\n",
+        v.reason,
+        v.elapsed_seconds,
+        render::count(
+            v.rounds_seen as usize,
+            "aggregator round",
+            "aggregator rounds"
+        )
     );
     if let Some(matrix) = &v.matrix {
         out.push('\n');
@@ -287,8 +307,14 @@ pub fn render(v: &Verdict, style: Style) -> String {
         out.push('\n');
         if findings.is_empty() {
             out.push_str("failing (no finding raised yet):\n");
-            for f in failing.iter().take(20) {
+            for f in failing.iter().take(FAILING_SHOWN) {
                 out.push_str(&format!("  {f}\n"));
+            }
+            if failing.len() > FAILING_SHOWN {
+                out.push_str(&format!(
+                    "  +{} more (--json lists them)\n",
+                    failing.len() - FAILING_SHOWN
+                ));
             }
         } else {
             out.push_str(&render::findings(
@@ -330,19 +356,31 @@ impl Progress {
                 reporting,
                 expected,
                 unmeasured: 0,
-            } => format!("waiting: {reporting}/{expected} nodes reported"),
+            } => format!(
+                "waiting: {reporting}/{} reported",
+                render::count(*expected, "node", "nodes")
+            ),
             Round::Waiting {
                 reporting,
                 expected,
                 unmeasured,
             } => format!(
-                "waiting: {reporting}/{expected} nodes reported, {unmeasured} paths not measured yet"
+                "waiting: {reporting}/{} reported, {} not measured yet",
+                render::count(*expected, "node", "nodes"),
+                render::count(*unmeasured, "path", "paths")
             ),
-            Round::Healthy { nodes } => format!("{nodes}/{nodes} nodes reported: healthy round"),
+            Round::Healthy { nodes } => format!(
+                "{nodes}/{} reported: healthy round",
+                render::count(*nodes, "node", "nodes")
+            ),
             Round::Failing { findings, failing } => format!(
-                "failing round: {} findings, {} failing cells or checks",
-                findings.len(),
-                failing.len()
+                "failing round: {}, {}",
+                render::count(findings.len(), "finding", "findings"),
+                render::count(
+                    failing.len(),
+                    "failing cell or check",
+                    "failing cells or checks"
+                )
             ),
         };
         self.print(line, elapsed);

@@ -11,7 +11,9 @@
 //   window.netmatrix.error                   last poll error, or null
 //   window.netmatrix.nodes()                 node names, matrix order
 //   window.netmatrix.cellStatus(from, to, network = "pod")
-//        "ok" | "degraded" | "failed" | "unknown", or null if no such cell
+//        "ok" | "degraded" | "failed" | "unknown", or null if no such cell;
+//        "not-probed" for a node's own cell that nothing probes (a host
+//        agent does not ping its own node)
 //   window.netmatrix.checkStatus(node, column, network = "pod")   idem
 //   window.netmatrix.findings()              [{kind, nodes, summary}, ...]
 //   window.netmatrix.history(from, to, network = "pod")   statuses, oldest first
@@ -19,6 +21,8 @@
 // DOM: #findings > li[data-kind][data-nodes] (nodes comma-separated);
 // body[data-state] is loading | live | error; up to 50 nodes, the visually
 // hidden table#cells has td[data-network][data-from][data-to][data-status].
+// Every status has a symbol beside its colour (GLYPHS), so the matrix reads
+// without colour; the legend in the header and footer says what they mean.
 "use strict";
 (() => {
   const MATRIX_COMPACT = "/api/v1/matrix/compact";
@@ -27,10 +31,15 @@
   const FACTS = "/api/v1/facts";
   const HISTORY = 30;
   const TABLE_MAX_NODES = 50;
-  const STATUS = ["ok", "degraded", "failed", "unknown"];
   const CODE = { o: 0, d: 1, f: 2, u: 3 };
   const NONE = 4; // no such check on this row
-  const COLORS = ["#2f9e5b", "#e3a008", "#d64545", "#b9c0c8", "#f1f3f6"];
+  // A node's own cell that nothing probed (the diagonal, unknown): a host
+  // agent does not ping its own node. Shown as a dash, not counted.
+  const NOT_PROBED = 5;
+  const STATUS = ["ok", "degraded", "failed", "unknown", undefined, "not-probed"];
+  const COLORS = ["#2f9e5b", "#e3a008", "#d64545", "#b9c0c8", "#f1f3f6", "#ffffff"];
+  const GLYPHS = ["✓", "!", "✗", "?", "", "–"];
+  const GLYPH_COLORS = ["#ffffff", "#1d2330", "#ffffff", "#1d2330", "", "#9ca3af"];
   const ZOOMS = [2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56];
   const FONT = '"DejaVu Sans", system-ui, sans-serif';
 
@@ -80,7 +89,8 @@
       const s = row.status;
       for (let c = 0; c < N; c++) {
         const code = CODE[s[c]];
-        codes[base + c] = code === undefined ? 3 : code;
+        const unknown = code === undefined || code === 3;
+        codes[base + c] = unknown && state.nodes[c] === row.node ? NOT_PROBED : unknown ? 3 : code;
       }
       const k = row.checks || "";
       for (let j = 0; j < K; j++) {
@@ -159,6 +169,8 @@
 
   // ---- formatting ---------------------------------------------------------
 
+  // "1 finding", "2 findings".
+  const plural = (n, one, many) => n + " " + (n === 1 ? one : many);
   const fmtMs = (us) => (us < 0 ? "—" : us < 10000 ? (us / 1000).toFixed(2) + " ms" : (us / 1000).toFixed(1) + " ms");
   const fmtLoss = (p) => (p < 0 ? "—" : p + " %");
   const fmtErr = (e) => (e ? e.kind + ": " + e.message : "");
@@ -288,18 +300,30 @@
           if (code !== last) { ctx.fillStyle = COLORS[code]; last = code; }
           ctx.fillRect(colX(L, c) - sx + pad, y + pad, cs - pad, cs - pad);
         }
-        if (textInCells) {
-          ctx.font = "11px " + FONT;
+        if (cs >= 8) {
+          // The status's symbol; from 40 px, with the cell's number under
+          // it: mean RTT (ok), or loss (degraded, failed).
           ctx.textAlign = "center";
           ctx.textBaseline = "middle";
+          const glyphFont = (textInCells ? 13 : Math.floor(cs * 0.7)) + "px " + FONT;
           for (let c = cFirst; c <= cLast; c++) {
             const info = cellInfo(sec, r, c);
             if (info.code === NONE) continue;
-            let t;
-            if (info.kind === "cell") t = info.code === 2 || info.code === 1 ? fmtLoss(info.loss) : info.rtt >= 0 ? (info.rtt / 1000).toFixed(2) + (cs >= 52 ? " ms" : "") : "";
-            else t = info.code === 0 ? "ok" : info.code === 2 ? "fail" : "";
-            ctx.fillStyle = info.code === 3 ? "#1d2330" : "#ffffff";
-            ctx.fillText(t, colX(L, c) - sx + (cs + pad) / 2, y + (cs + pad) / 2);
+            const cx = colX(L, c) - sx + (cs + pad) / 2;
+            const cy = y + (cs + pad) / 2;
+            let t = "";
+            if (textInCells && info.kind === "cell") {
+              t = info.code === 2 || info.code === 1 ? fmtLoss(info.loss) : info.code === 0 && info.rtt >= 0 ? (info.rtt / 1000).toFixed(2) + (cs >= 52 ? " ms" : "") : "";
+            } else if (textInCells) {
+              t = info.code === 0 ? "ok" : info.code === 2 ? "fail" : "";
+            }
+            ctx.fillStyle = GLYPH_COLORS[info.code];
+            ctx.font = glyphFont;
+            ctx.fillText(GLYPHS[info.code], cx, t ? cy - 8 : cy);
+            if (t) {
+              ctx.font = "11px " + FONT;
+              ctx.fillText(t, cx, cy + 8);
+            }
           }
         }
       }
@@ -433,10 +457,12 @@
     const lines = [];
     if (info.kind === "cell") {
       lines.push(info.from + " → " + info.to + "  (" + info.network + ")");
-      lines.push(STATUS[info.code] + " · loss " + fmtLoss(info.loss) + " · RTT " + fmtMs(info.rtt));
+      lines.push(info.code === NOT_PROBED
+        ? "not probed (a host agent does not ping its own node)"
+        : GLYPHS[info.code] + " " + STATUS[info.code] + " · loss " + fmtLoss(info.loss) + " · RTT " + fmtMs(info.rtt));
     } else {
       lines.push(info.from + " · " + info.column + "  (" + info.network + ")");
-      lines.push(info.code === NONE ? "not checked on this node" : STATUS[info.code] + " · latency " + fmtMs(info.latency));
+      lines.push(info.code === NONE ? "not checked on this node" : GLYPHS[info.code] + " " + STATUS[info.code] + " · latency " + fmtMs(info.latency));
     }
     if (info.error) lines.push("last error: " + fmtErr(info.error));
     return lines;
@@ -463,7 +489,9 @@
   }
 
   function pill(code) {
-    return el("span", "pill " + (STATUS[code] || "unknown"), code === NONE ? "not checked" : STATUS[code]);
+    if (code === NONE) return el("span", "pill unknown", "not checked");
+    if (code === NOT_PROBED) return el("span", "pill not-probed", "– not probed");
+    return el("span", "pill " + STATUS[code], GLYPHS[code] + " " + STATUS[code]);
   }
 
   let detailSeq = 0;
@@ -524,10 +552,10 @@
     strip.setAttribute("aria-label", "history, oldest first");
     for (const code of hist) {
       const b = el("i", "h " + (code === NONE ? "none" : STATUS[code]));
-      b.title = code === NONE ? "not checked" : STATUS[code];
+      b.title = code === NONE ? "not checked" : code === NOT_PROBED ? "not probed" : STATUS[code];
       strip.appendChild(b);
     }
-    const histLabel = el("p", "muted", "last " + hist.length + " polls, oldest first");
+    const histLabel = el("p", "muted", "last " + plural(hist.length, "poll", "polls") + ", oldest first");
     // The source node's own network, as its host agent read it.
     const facts = el("div", "facts");
     facts.appendChild(el("h4", null, info.from + "'s network"));
@@ -579,6 +607,7 @@
     const list = $("findings");
     const count = $("findings-count");
     count.textContent = String(state.findings.length);
+    count.title = plural(state.findings.length, "finding", "findings");
     count.classList.toggle("bad", state.findings.length > 0);
     if (!state.findings.length) {
       list.replaceChildren(el("li", "none", "No findings: every check passes."));
@@ -620,7 +649,7 @@
       li.appendChild(hint);
       if (f.evidence && f.evidence.length) {
         const d = el("details");
-        d.appendChild(el("summary", null, "evidence (" + f.evidence.length + ")"));
+        d.appendChild(el("summary", null, "evidence (" + plural(f.evidence.length, "line", "lines") + ")"));
         const ul = el("ul");
         for (const e of f.evidence) ul.appendChild(el("li", null, e));
         d.appendChild(ul);
@@ -634,9 +663,11 @@
     const box = $("summary");
     box.textContent = "";
     const N = state.nodes.length;
-    box.appendChild(el("b", null, N + (N === 1 ? " node" : " nodes")));
+    box.appendChild(el("b", null, plural(N, "node", "nodes")));
     for (const sec of state.sections) {
-      const n = [0, 0, 0, 0];
+      // Not-probed cells (a node's own, for a host agent) are no status:
+      // they are left out of the counts.
+      const n = [0, 0, 0, 0, 0, 0];
       for (let r = 0; r < sec.R; r++) {
         for (let c = 0; c < sec.N; c++) n[sec.codes[r * sec.W + c]]++;
       }
@@ -666,7 +697,7 @@
         tr.appendChild(el("th", null, row.node));
         for (let c = 0; c < sec.N; c++) {
           const status = STATUS[sec.codes[r * sec.W + c]];
-          const td = el("td", null, status);
+          const td = el("td", null, status === "not-probed" ? "not probed" : status);
           td.dataset.network = sec.name;
           td.dataset.from = row.node;
           td.dataset.to = state.nodes[c];
