@@ -207,7 +207,7 @@ async fn dig(port: u16, args: &[&str]) -> String {
         let out = Command::new("dig")
             .args(&all)
             .output()
-            .expect("dig (dnsutils) is installed by scripts/setup");
+            .expect("dig (dnsutils) is installed by scripts/setup-test");
         String::from_utf8_lossy(&out.stdout).into_owned()
     })
     .await

@@ -10,7 +10,7 @@
 //!   one held finding, marked flapping, and its alerts fire.
 //!
 //! Needs root, the binaries (`scripts/test` builds them) and Debian's
-//! `prometheus` (`scripts/setup` installs it).
+//! `prometheus` (`scripts/setup-test` installs it).
 
 mod common;
 

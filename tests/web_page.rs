@@ -57,7 +57,7 @@ async fn page_shows_the_matrix_live_and_names_an_isolated_node() {
     // Chromium first: a missing browser fails before a lab is built.
     assert!(
         Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: install the Debian package `chromium` (apt-get install chromium; scripts/setup does)"
+        "{CHROMIUM} is missing: install the Debian package `chromium` (apt-get install chromium; scripts/setup-test does)"
     );
     let lab = common::lab(true).await;
     let url = lab.aggregator_url();

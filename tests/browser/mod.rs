@@ -61,7 +61,7 @@ impl Browser {
     pub fn launch(allowed: &str) -> Browser {
         assert!(
             Path::new(CHROMIUM).is_file(),
-            "{CHROMIUM} is missing: install the Debian package `chromium` (apt-get install chromium; scripts/setup does)"
+            "{CHROMIUM} is missing: install the Debian package `chromium` (apt-get install chromium; scripts/setup-test does)"
         );
         let profile = std::env::temp_dir().join(format!("netmatrix-web-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
