@@ -9,8 +9,10 @@
 //!   the in-cluster service account;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM (Kubernetes stops pods with SIGTERM);
 //! - [`exit_code`]: the operator-facing error chain, without a backtrace;
-//! - [`serve`]: the bounded HTTP server both binaries serve with.
+//! - [`serve`]: the bounded HTTP server both binaries serve with;
+//! - [`k8s`]: one reading of Pods, Nodes and API times, and the watch loop.
 
+pub mod k8s;
 pub mod serve;
 pub mod udp_echo;
 

@@ -26,30 +26,20 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use netmatrix_api::{AgentIdentity, PeerSource, Sampled};
+use netmatrix_runtime::k8s::{self, WatchHealth};
 use serde::de::DeserializeOwned;
 
 pub mod filter;
 pub mod sample;
 
 pub use filter::{NodeSkip, PodInfo};
-
-/// Health of one watch, written by its background task.
-#[derive(Debug, Default)]
-struct WatchHealth {
-    /// The first complete list has been applied to the store.
-    synced: AtomicBool,
-    /// The last thing the watch stream produced was an event, not an error.
-    healthy: AtomicBool,
-}
 
 /// The peer set for one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,10 +123,10 @@ impl Discovery {
     /// Peers from the API (`Api` while the watch is healthy, `LastKnown`
     /// while it retries); `None` until the first list has completed.
     pub fn view(&self) -> Option<PeerView> {
-        if !self.peer_watch.synced.load(Ordering::Acquire) {
+        if !self.peer_watch.synced() {
             return None;
         }
-        let source = if self.peer_watch.healthy.load(Ordering::Acquire) {
+        let source = if self.peer_watch.healthy() {
             PeerSource::Api
         } else {
             PeerSource::LastKnown
@@ -149,7 +139,7 @@ impl Discovery {
         let skipped_nodes = filter::skipped_nodes(nodes.iter().map(|n| n.as_ref()));
         let agents = match &self.agents {
             None => Some(filter::agents(&running)),
-            Some((store, health)) => health.synced.load(Ordering::Acquire).then(|| {
+            Some((store, health)) => health.synced().then(|| {
                 let state = store.state();
                 filter::agents(&filter::running_pods(state.iter().map(|p| p.as_ref())))
             }),
@@ -165,7 +155,7 @@ impl Discovery {
 
     /// Whether the peer watch currently reaches the API server.
     pub fn watch_healthy(&self) -> bool {
-        self.peer_watch.healthy.load(Ordering::Acquire)
+        self.peer_watch.healthy()
     }
 
     /// The IP of this node's Running pod-network agent, when the agents are
@@ -214,9 +204,8 @@ pub fn fallback_from_srv(addresses: &BTreeSet<IpAddr>, me: &AgentIdentity) -> Pe
     }
 }
 
-/// Runs `watcher(...).default_backoff().reflect(...)` in a task: the store
-/// only advances while the stream is polled. Objects are cached as `trim`
-/// leaves them (only the fields discovery reads).
+/// A reflector over `api` (the shared watch loop), objects cached as
+/// `trim` leaves them (only the fields discovery reads).
 fn spawn_reflector<K>(
     api: Api<K>,
     selector: Option<&str>,
@@ -227,52 +216,11 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
-    let health = Arc::new(WatchHealth::default());
     let config = match selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
     };
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer);
-    let task_health = health.clone();
-    let selector = selector.unwrap_or("").to_owned();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut outage_logged = false;
-        while let Some(item) = stream.next().await {
-            match item {
-                // `Init` only announces a (re)list that may still fail; any
-                // other event is data from the API server.
-                Ok(watcher::Event::Init) => {}
-                Ok(event) => {
-                    if matches!(event, watcher::Event::InitDone)
-                        && !task_health.synced.swap(true, Ordering::AcqRel)
-                    {
-                        tracing::info!(what, %selector, "initial list received");
-                    }
-                    if !task_health.healthy.swap(true, Ordering::AcqRel) {
-                        outage_logged = false;
-                        tracing::info!(what, "watch is healthy");
-                    }
-                }
-                Err(error) => {
-                    // Warn once per outage (including one at start-up), not per retry.
-                    let was_healthy = task_health.healthy.swap(false, Ordering::AcqRel);
-                    if was_healthy || !outage_logged {
-                        outage_logged = true;
-                        tracing::warn!(what, %error, "watch failed; keeping the last known objects while retrying");
-                    } else {
-                        tracing::debug!(what, %error, "watch still failing");
-                    }
-                }
-            }
-        }
-        tracing::error!(what, "watch stream ended; it will no longer be updated");
-    });
-    (reader, health)
+    k8s::spawn_reflector(api, config, what, trim, || {})
 }
 
 #[cfg(test)]
@@ -310,6 +258,7 @@ mod tests {
         use axum::body::{Body, Bytes};
         use axum::extract::Query;
         use axum::routing::get;
+        use futures::StreamExt;
         use std::collections::HashMap;
 
         fn list(kind: &str, items: impl Iterator<Item = serde_json::Value>) -> String {
