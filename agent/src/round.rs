@@ -26,6 +26,7 @@ use netmatrix_api::sampling::{self, PeerSampling};
 use netmatrix_api::{
     AgentIdentity, DnsResult, NetworkMode, PeerResult, PeerSource, Report, ServiceResult,
 };
+use netmatrix_runtime::now_unix_ms;
 use tokio::sync::watch;
 
 use crate::config::{ClusterIpTarget, DnsName, PeerPorts};
@@ -37,7 +38,6 @@ use crate::probes::dns::{DnsProber, ExpectedAgent, MAX_SOA_NEGATIVE_TTL, SrvExpe
 use crate::probes::icmp::IcmpProber;
 use crate::probes::udp::TransportProber;
 use crate::probes::{dns, tcp};
-use crate::report::unix_ms_now;
 
 /// Everything a round probes with.
 pub struct Prober {
@@ -67,7 +67,7 @@ impl Prober {
         expectation: Option<SrvExpectation>,
         answered: &HashSet<IpAddr>,
     ) -> Report {
-        let started_unix_ms = unix_ms_now();
+        let started_unix_ms = now_unix_ms();
         let max_jitter = self.interval / 10;
 
         let mtu_probed = mtu_probed_peers(&view.peers, answered);
@@ -150,7 +150,7 @@ impl Prober {
 
         let a_lookups = join_all(self.dns_names.iter().map(|name| {
             self.timed(Probe::Dns, max_jitter, async move {
-                dns_outcome(self.dns.check_a(name, unix_ms_now()).await)
+                dns_outcome(self.dns.check_a(name, now_unix_ms()).await)
             })
         }));
         let srv_lookup = async {
@@ -159,7 +159,7 @@ impl Prober {
                     self.timed(Probe::Dns, max_jitter, async {
                         dns_outcome(
                             self.dns
-                                .check_srv(name, expectation.as_ref(), unix_ms_now())
+                                .check_srv(name, expectation.as_ref(), now_unix_ms())
                                 .await,
                         )
                     })
@@ -401,7 +401,7 @@ impl RoundLoop {
             self.status.heartbeat();
             let mut view = self.peer_view().await;
             let interval_ms = u64::try_from(self.prober.interval.as_millis()).unwrap_or(u64::MAX);
-            let epoch = sampling::epoch(unix_ms_now(), interval_ms, ROTATE_EVERY_ROUNDS);
+            let epoch = sampling::epoch(now_unix_ms(), interval_ms, ROTATE_EVERY_ROUNDS);
             discovery::sample::apply(&mut view, &self.prober.identity.node, &self.sampling, epoch);
             if last_source != Some(view.source) {
                 tracing::info!(source = ?view.source, peers = view.peers.len(), "peer source");
@@ -414,7 +414,7 @@ impl RoundLoop {
             let expectation = view
                 .agents
                 .as_deref()
-                .map(|list| agents.update(list, unix_ms_now()));
+                .map(|list| agents.update(list, now_unix_ms()));
             self.prober
                 .icmp
                 .retain_targets(&view.peers.iter().map(|p| p.ip).collect());
@@ -784,7 +784,7 @@ mod tests {
             skipped_nodes: BTreeMap::new(),
             sampled: None,
         };
-        let expectation = AgentHistory::default().update(&[info("127.0.0.1")], unix_ms_now());
+        let expectation = AgentHistory::default().update(&[info("127.0.0.1")], now_unix_ms());
         let report = prober
             .round(3, &view, Some(expectation), &HashSet::new())
             .await;

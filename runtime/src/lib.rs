@@ -10,11 +10,15 @@
 //! - [`shutdown_signal`]: SIGINT or SIGTERM (Kubernetes stops pods with SIGTERM);
 //! - [`exit_code`]: the operator-facing error chain, without a backtrace;
 //! - [`serve`]: the bounded HTTP server both binaries serve with;
-//! - [`k8s`]: one reading of Pods, Nodes and API times, and the watch loop.
+//! - [`k8s`]: one reading of Pods, Nodes and API times, and the watch loop;
+//! - [`clock`]: now, in Unix milliseconds.
 
+pub mod clock;
 pub mod k8s;
 pub mod serve;
 pub mod udp_echo;
+
+pub use clock::now_unix_ms;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
