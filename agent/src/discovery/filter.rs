@@ -237,6 +237,19 @@ pub(crate) mod tests {
         }
     }
 
+    /// A Ready agent pod on n1, as discovery reads it.
+    pub(crate) fn info(ip: &str) -> PodInfo {
+        PodInfo {
+            node: "n1".into(),
+            pod: format!("agent-{ip}"),
+            ip: ip.parse().unwrap(),
+            component: Some("agent".into()),
+            started_unix_ms: None,
+            ready: true,
+            ready_since_unix_ms: None,
+        }
+    }
+
     fn me() -> AgentIdentity {
         AgentIdentity {
             node: "n1".into(),

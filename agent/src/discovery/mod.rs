@@ -19,9 +19,12 @@
 //!
 //! At start-up, before the first list has completed, the SRV record of the
 //! agents' headless Service stands in ([`PeerSource::Dns`]); see
-//! [`Discovery::view`] and [`fallback_from_srv`].
+//! [`Discovery::view_or_srv`] and [`fallback_from_srv`].
+//!
+//! Results of peers that left during a round are dropped here too
+//! ([`drop_departed_peers`]): only the peer set can say who left.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -32,7 +35,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use netmatrix_api::{AgentIdentity, PeerSource, Sampled};
+use netmatrix_api::{AgentIdentity, NetworkMode, PeerSource, Report, Sampled};
 use netmatrix_runtime::k8s::{self, WatchHealth};
 use serde::de::DeserializeOwned;
 
@@ -153,6 +156,40 @@ impl Discovery {
         })
     }
 
+    /// Peers from the watch; before it has synced, from the agents' SRV
+    /// record (`srv_addresses`, its lookup; `None` when disabled); with
+    /// neither, nothing (and say so). A host-network agent has no SRV
+    /// fallback: the record lists pod agents, which are not its peers
+    /// (pinging them from the node would fail the MTU probe, the node MTU
+    /// being larger than the pods').
+    pub async fn view_or_srv<E: std::fmt::Display>(
+        &self,
+        srv_addresses: Option<impl Future<Output = Result<BTreeSet<IpAddr>, E>>>,
+    ) -> PeerView {
+        if let Some(view) = self.view() {
+            return view;
+        }
+        let srv_fallback = match self.me.network {
+            NetworkMode::Pod => srv_addresses,
+            NetworkMode::Host => None,
+        };
+        if let Some(lookup) = srv_fallback {
+            match lookup.await {
+                Ok(addresses) => return fallback_from_srv(&addresses, &self.me),
+                Err(error) => {
+                    tracing::warn!(%error, "no pod list from the API yet, and the SRV fallback failed")
+                }
+            }
+        }
+        PeerView {
+            peers: Vec::new(),
+            agents: None,
+            source: PeerSource::LastKnown,
+            skipped_nodes: BTreeMap::new(),
+            sampled: None,
+        }
+    }
+
     /// Whether the peer watch currently reaches the API server.
     pub fn watch_healthy(&self) -> bool {
         self.peer_watch.healthy()
@@ -204,6 +241,18 @@ pub fn fallback_from_srv(addresses: &BTreeSet<IpAddr>, me: &AgentIdentity) -> Pe
     }
 }
 
+/// Drops the results of peers that are no longer in the current peer set
+/// (pod gone or terminating, address changed, node cordoned or NotReady): a
+/// peer that disappeared mid-round did not fail. Returns how many were dropped.
+pub fn drop_departed_peers(report: &mut Report, current: &[PodInfo]) -> usize {
+    let keep: HashSet<(&str, IpAddr)> = current.iter().map(|p| (p.pod.as_str(), p.ip)).collect();
+    let before = report.peers.len();
+    report
+        .peers
+        .retain(|p| keep.contains(&(p.pod.as_str(), p.ip)));
+    before - report.peers.len()
+}
+
 /// A reflector over `api` (the shared watch loop), objects cached as
 /// `trim` leaves them (only the fields discovery reads).
 fn spawn_reflector<K>(
@@ -226,7 +275,56 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::NetworkMode;
+    use crate::discovery::filter::tests::info;
+    use netmatrix_api::PeerResult;
+
+    fn result(pod: &str, ip: &str) -> PeerResult {
+        PeerResult {
+            node: "n2".into(),
+            pod: pod.into(),
+            ip: ip.parse().unwrap(),
+            icmp: netmatrix_api::EchoResult::default(),
+            mtu: None,
+            tcp: None,
+            udp: None,
+            port: None,
+        }
+    }
+
+    #[test]
+    fn peers_that_left_during_the_round_are_not_reported() {
+        let mut report = Report {
+            agent: AgentIdentity {
+                node: "n1".into(),
+                pod: "agent-1".into(),
+                pod_ip: "10.244.1.2".parse().unwrap(),
+                network: NetworkMode::Pod,
+            },
+            round: 1,
+            started_unix_ms: 0,
+            interval_ms: 1000,
+            peers: vec![
+                result("stays", "10.244.2.2"),
+                result("deleted", "10.244.2.3"),
+                result("moved", "10.244.2.4"),
+            ],
+            services: vec![],
+            dns: vec![],
+            peer_source: PeerSource::Api,
+            mtu_probe_bytes: None,
+            dns_server: None,
+            sampled: None,
+            facts_digest: None,
+            facts: None,
+        };
+        let mut moved = info("10.244.2.9");
+        moved.pod = "moved".into();
+        let mut stays = info("10.244.2.2");
+        stays.pod = "stays".into();
+        assert_eq!(drop_departed_peers(&mut report, &[stays, moved]), 2);
+        assert_eq!(report.peers.len(), 1);
+        assert_eq!(report.peers[0].pod, "stays");
+    }
 
     #[test]
     fn srv_fallback_excludes_this_agent_and_leaves_names_empty() {
