@@ -158,53 +158,29 @@ impl DnsProber {
 
     /// A (or AAAA, when the expected address is IPv6) lookup of `name`.
     pub async fn check_a(&self, name: &DnsName, now_unix_ms: u64) -> DnsResult {
-        let started = Instant::now();
         let want_v6 = matches!(name.expected, Some(IpAddr::V6(_)));
-        let found = self.addresses(&name.name, want_v6).await;
-        let latency = started.elapsed();
-        let mut result = DnsResult {
-            name: name.name.clone(),
+        let check = Check {
+            name: &name.name,
             record: RecordType::A,
-            ok: false,
-            latency_ms: Some(millis(latency)),
-            answers: Vec::new(),
+            what: "address",
             expected: name.expected.iter().map(ToString::to_string).collect(),
-            pending: Vec::new(),
-            error: None,
         };
-        match found {
-            Err(e) => result.error = Some(e),
-            Ok(found) => {
-                result.answers = found.records.iter().map(ToString::to_string).collect();
-                match name.expected {
-                    None => result.error = empty_answer(&name.name, "address", &found),
-                    Some(ip) => {
-                        let answers = result.answers.iter().cloned().collect();
-                        let verdict = self.judged(
-                            &name.name,
-                            RecordType::A,
-                            now_unix_ms,
-                            found.negative,
-                            |h, ttl| {
-                                compare_a(
-                                    &name.name,
-                                    ip,
-                                    &answers,
-                                    found.negative,
-                                    ttl,
-                                    h,
-                                    now_unix_ms,
-                                )
-                            },
-                        );
-                        result.pending = verdict.pending;
-                        result.error = verdict.error;
-                    }
-                }
+        let judge = name.expected.map(|ip| {
+            move |found: &BTreeSet<IpAddr>, negative, history: &mut History, ttl| {
+                let answers = found.iter().map(ToString::to_string).collect();
+                compare_a(
+                    &name.name,
+                    ip,
+                    &answers,
+                    negative,
+                    ttl,
+                    history,
+                    now_unix_ms,
+                )
             }
-        }
-        result.ok = result.error.is_none();
-        result
+        });
+        let lookup = self.addresses(&name.name, want_v6);
+        self.check(check, lookup, judge, now_unix_ms).await
     }
 
     /// SRV lookup of `name`, compared with `expectation` when the API's view
@@ -215,15 +191,10 @@ impl DnsProber {
         expectation: Option<&SrvExpectation>,
         now_unix_ms: u64,
     ) -> DnsResult {
-        let started = Instant::now();
-        let found = self.srv_endpoints(name).await;
-        let latency = started.elapsed();
-        let mut result = DnsResult {
-            name: name.to_owned(),
+        let check = Check {
+            name,
             record: RecordType::Srv,
-            ok: false,
-            latency_ms: Some(millis(latency)),
-            answers: Vec::new(),
+            what: "SRV",
             expected: expectation
                 .map(|e| {
                     e.agents
@@ -234,6 +205,44 @@ impl DnsProber {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+        };
+        let judge = expectation.map(|e| {
+            move |found: &SrvEndpoints, negative, history: &mut History, ttl| {
+                compare_srv(
+                    name,
+                    &found.addresses,
+                    e,
+                    negative,
+                    ttl,
+                    history,
+                    now_unix_ms,
+                )
+            }
+        });
+        self.check(check, self.srv_endpoints(name), judge, now_unix_ms)
+            .await
+    }
+
+    /// The flow both checks share: look up (timed), list the answers, and
+    /// judge them against the API's truth when there is one (`judge`), else
+    /// only require an answer.
+    async fn check<T: Records>(
+        &self,
+        check: Check<'_>,
+        lookup: impl Future<Output = Result<Found<T>, ProbeError>>,
+        judge: Option<impl FnOnce(&T, Option<NegativeAnswer>, &mut History, Duration) -> Verdict>,
+        now_unix_ms: u64,
+    ) -> DnsResult {
+        let started = Instant::now();
+        let found = lookup.await;
+        let latency = started.elapsed();
+        let mut result = DnsResult {
+            name: check.name.to_owned(),
+            record: check.record,
+            ok: false,
+            latency_ms: Some(millis(latency)),
+            answers: Vec::new(),
+            expected: check.expected,
             pending: Vec::new(),
             error: None,
         };
@@ -241,25 +250,15 @@ impl DnsProber {
             Err(e) => result.error = Some(e),
             Ok(found) => {
                 result.answers = found.records.describe();
-                match expectation {
-                    None => result.error = empty_answer(name, "SRV", &found),
-                    Some(e) => {
+                match judge {
+                    None => result.error = empty_answer(check.name, check.what, &found),
+                    Some(judge) => {
                         let verdict = self.judged(
-                            name,
-                            RecordType::Srv,
+                            check.name,
+                            check.record,
                             now_unix_ms,
                             found.negative,
-                            |h, ttl| {
-                                compare_srv(
-                                    name,
-                                    &found.records.addresses,
-                                    e,
-                                    found.negative,
-                                    ttl,
-                                    h,
-                                    now_unix_ms,
-                                )
-                            },
+                            |h, ttl| judge(&found.records, found.negative, h, ttl),
                         );
                         result.pending = verdict.pending;
                         result.error = verdict.error;
@@ -406,9 +405,19 @@ impl DnsProber {
     }
 }
 
+/// What differs between the checks' results, beside their records.
+struct Check<'a> {
+    name: &'a str,
+    record: RecordType,
+    /// The records' kind, for a NODATA message (`no address records`).
+    what: &'static str,
+    /// What the API says the answer should be (the result's `expected`).
+    expected: Vec<String>,
+}
+
 /// Without the API's truth an empty answer is a plain DNS failure: NXDOMAIN
 /// keeps its kind; NODATA is `Other` (the name exists, without records).
-fn empty_answer<T: IsEmpty>(name: &str, what: &str, found: &Found<T>) -> Option<ProbeError> {
+fn empty_answer<T: Records>(name: &str, what: &str, found: &Found<T>) -> Option<ProbeError> {
     if !found.records.is_empty() {
         return None;
     }
@@ -421,19 +430,35 @@ fn empty_answer<T: IsEmpty>(name: &str, what: &str, found: &Found<T>) -> Option<
     })
 }
 
-trait IsEmpty {
+/// What a lookup found: the addresses of an A lookup, or the endpoints
+/// behind SRV records.
+trait Records {
     fn is_empty(&self) -> bool;
+    /// As a result lists them.
+    fn describe(&self) -> Vec<String>;
 }
 
-impl IsEmpty for BTreeSet<IpAddr> {
+impl Records for BTreeSet<IpAddr> {
     fn is_empty(&self) -> bool {
         BTreeSet::is_empty(self)
     }
+
+    fn describe(&self) -> Vec<String> {
+        self.iter().map(ToString::to_string).collect()
+    }
 }
 
-impl IsEmpty for SrvEndpoints {
+impl Records for SrvEndpoints {
     fn is_empty(&self) -> bool {
         self.addresses.is_empty() && self.unresolved.is_empty()
+    }
+
+    fn describe(&self) -> Vec<String> {
+        self.addresses
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.unresolved.iter().cloned())
+            .collect()
     }
 }
 
@@ -443,16 +468,6 @@ struct SrvEndpoints {
     addresses: BTreeSet<IpAddr>,
     /// `target:port` of records whose target did not resolve.
     unresolved: Vec<String>,
-}
-
-impl SrvEndpoints {
-    fn describe(&self) -> Vec<String> {
-        self.addresses
-            .iter()
-            .map(ToString::to_string)
-            .chain(self.unresolved.iter().cloned())
-            .collect()
-    }
 }
 
 /// Caps the record lists of a result at [`MAX_LISTED`] each, before the
