@@ -11,10 +11,12 @@
 //! - [`exit_code`]: the operator-facing error chain, without a backtrace;
 //! - [`serve`]: the bounded HTTP server both binaries serve with;
 //! - [`k8s`]: one reading of Pods, Nodes and API times, and the watch loop;
-//! - [`clock`]: now, in Unix milliseconds.
+//! - [`clock`]: now, in Unix milliseconds;
+//! - [`metrics`]: gauge series that vanish when no longer written.
 
 pub mod clock;
 pub mod k8s;
+pub mod metrics;
 pub mod serve;
 pub mod udp_echo;
 
