@@ -281,6 +281,26 @@ pub(crate) mod tests {
         assert!(p.is_agent());
     }
 
+    /// The shared reading (netmatrix_runtime::k8s): the first of podIPs,
+    /// podIP as the fallback; the cache keeps both.
+    #[test]
+    fn the_address_is_the_first_pod_ip() {
+        let mut p = pod("agent-2", "n2", "", "Running", "agent");
+        p.status.as_mut().unwrap().pod_ips = Some(vec![
+            k8s_openapi::api::core::v1::PodIP {
+                ip: "fd00::2".into(),
+            },
+            k8s_openapi::api::core::v1::PodIP {
+                ip: "10.244.2.2".into(),
+            },
+        ]);
+        let info = running_pod(&p).unwrap();
+        assert_eq!(info.ip, "fd00::2".parse::<IpAddr>().unwrap());
+        let mut trimmed = p.clone();
+        trim_pod(&mut trimmed);
+        assert_eq!(running_pod(&trimmed), Some(info));
+    }
+
     #[test]
     fn peers_exclude_this_agent_by_name_and_ip() {
         let pods = [

@@ -816,6 +816,28 @@ mod tests {
         assert_eq!(names, ["agent-a", "agent-b"]);
     }
 
+    /// The shared reading (netmatrix_runtime::k8s): an empty nodeName is no
+    /// node, and podIPs come first, podIP after them when missing.
+    #[test]
+    fn agents_need_a_node_name_and_take_every_pod_ip() {
+        let mut dual = pod("agent-d", "n1", "10.244.1.4", "Running");
+        dual.status.as_mut().unwrap().pod_ips = Some(vec![PodIP {
+            ip: "fd00::4".into(),
+        }]);
+        let inv = Inventory::from_objects(
+            &[node("n1", "10.244.1.0/24")],
+            &[pod("agent-x", "", "10.244.1.3", "Running"), dual],
+            true,
+        );
+        assert!(!inv.agents.contains_key(""));
+        let ips: Vec<String> = inv.agents["n1"][0]
+            .ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ips, ["fd00::4", "10.244.1.4"]);
+    }
+
     #[test]
     fn verifies_sender_and_says_what_the_api_says() {
         let inv = sample();
