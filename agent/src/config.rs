@@ -17,7 +17,10 @@ use netmatrix_api::{AgentIdentity, NetworkMode, labels};
 use netmatrix_runtime::serve::parse_ip_port;
 
 use crate::netif::{self, LocalInterface};
+use crate::probes::dns::DnsName;
 use crate::probes::icmp::MtuProbe;
+use crate::probes::tcp::ClusterIpTarget;
+use crate::probes::udp::PeerPorts;
 
 /// Default API server address when neither `--apiserver` nor
 /// `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` say otherwise: the first
@@ -355,23 +358,6 @@ pub enum ConfigError {
     },
 }
 
-/// A ClusterIP service checked with a TCP connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterIpTarget {
-    /// Operator-facing name, e.g. `aggregator`.
-    pub name: String,
-    pub addr: SocketAddr,
-}
-
-/// A name resolved with an A/AAAA lookup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsName {
-    /// Fully qualified (trailing dot), so that search lists never apply.
-    pub name: String,
-    /// The only address the answer may contain; `None`: any answer is fine.
-    pub expected: Option<IpAddr>,
-}
-
 /// Host-dependent defaults, gathered once so that validation is a pure
 /// function of its inputs (and testable).
 #[derive(Debug, Clone, Default)]
@@ -433,24 +419,6 @@ pub struct Settings {
     /// Least time DNS may lag the API (see `--dns-negative-ttl`).
     pub dns_negative_ttl: Duration,
     pub kubeconfig: Option<PathBuf>,
-}
-
-/// The ports of the peer pods probed over TCP and UDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerPorts {
-    pub agent: u16,
-    pub companion: u16,
-}
-
-impl PeerPorts {
-    /// The port probed on `peer`: its component's (a peer found through DNS
-    /// is an agent: the SRV record lists agents).
-    pub fn of(&self, component: Option<&str>) -> u16 {
-        match component {
-            Some(netmatrix_api::labels::COMPONENT_COMPANION) => self.companion,
-            _ => self.agent,
-        }
-    }
 }
 
 impl Settings {

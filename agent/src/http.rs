@@ -24,10 +24,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use netmatrix_api::{AGENT_UNDELIVERED_PATH, AgentIdentity, Report};
+use netmatrix_runtime::now_unix_ms;
 use serde::Serialize;
 
 use crate::metrics::Metrics;
-use crate::report::{ReportingState, Undelivered, unix_ms_now};
+use crate::report::{ReportingState, Undelivered};
 
 /// What the round loop and the reporter publish for the HTTP server.
 pub struct StatusBoard {
@@ -49,7 +50,7 @@ impl StatusBoard {
             last_report: RwLock::new(None),
             reporting: Arc::new(Mutex::new(ReportingState::default())),
             undelivered: Undelivered::default(),
-            heartbeat_unix_ms: AtomicU64::new(unix_ms_now()),
+            heartbeat_unix_ms: AtomicU64::new(now_unix_ms()),
             // A round can take up to about one interval; allow a few, plus
             // slack for a stalled-but-recovering runtime.
             stale_after: interval * 3 + Duration::from_secs(10),
@@ -59,7 +60,7 @@ impl StatusBoard {
     /// Called by the round loop at every tick.
     pub fn heartbeat(&self) {
         self.heartbeat_unix_ms
-            .store(unix_ms_now(), Ordering::Release);
+            .store(now_unix_ms(), Ordering::Release);
     }
 
     pub fn set_report(&self, report: Arc<Report>) {
@@ -69,7 +70,7 @@ impl StatusBoard {
     }
 
     fn alive(&self) -> bool {
-        let age = unix_ms_now().saturating_sub(self.heartbeat_unix_ms.load(Ordering::Acquire));
+        let age = now_unix_ms().saturating_sub(self.heartbeat_unix_ms.load(Ordering::Acquire));
         u128::from(age) <= self.stale_after.as_millis()
     }
 }

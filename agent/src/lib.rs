@@ -27,10 +27,12 @@
 //! keeps going. Only configuration mistakes stop the agent, at start-up, with
 //! a message saying what to fix ([`Error`]).
 //!
-//! Modules: [`config`] (flags, validation), [`discovery`] (watches, peer
-//! filtering, SRV fallback), [`probes`] (icmp, tcp, apiserver, dns),
-//! [`round`] (one round, the loop), [`report`] (delivery and backoff),
-//! [`metrics`], [`http`], [`netif`] (interface MTU).
+//! Modules: [`config`] (flags, validation; builds the probes' settings,
+//! which live with the probes), [`discovery`] (watches, peer filtering, SRV
+//! fallback, departed peers), [`probes`] (icmp, tcp, udp, apiserver, dns;
+//! [`probes::dns`] keeps what DNS should answer), [`round`] (one round, the
+//! loop), [`report`] (delivery and backoff), [`metrics`], [`http`],
+//! [`netif`] (interface MTU), [`facts`] (host agents' node facts).
 //!
 //! With `--network host` the same binary is the host-network agent: its
 //! address is the node's, it probes the other host agents, and its reports

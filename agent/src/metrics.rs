@@ -10,10 +10,11 @@
 //! series, and a departed node leaves none behind.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use netmatrix_api::{ErrorKind, PeerResult, PeerSource, RecordType, Report};
+use netmatrix_runtime::metrics::GaugeSeries;
+use prometheus::core::AtomicI64;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -75,37 +76,6 @@ fn scope(peer_node: &str, my_node: &str) -> &'static str {
     }
 }
 
-/// A gauge with one series per peer node, present (1) only while that node
-/// fails a check: the label sets of the last round are remembered so those
-/// of nodes that recovered or left are deleted.
-struct NodeSeries {
-    gauge: IntGaugeVec,
-    present: Mutex<BTreeSet<String>>,
-}
-
-impl NodeSeries {
-    fn new(gauge: IntGaugeVec) -> Self {
-        Self {
-            gauge,
-            present: Mutex::new(BTreeSet::new()),
-        }
-    }
-
-    /// Makes the series exactly `now`.
-    fn set(&self, now: BTreeSet<String>) {
-        // A poisoned lock only means a panic elsewhere; the set is still valid.
-        let mut before = self.present.lock().unwrap_or_else(|e| e.into_inner());
-        for gone in before.difference(&now) {
-            // Absent means "not failing": remove, do not set 0.
-            let _ = self.gauge.remove_label_values(&[gone.as_str()]);
-        }
-        for node in &now {
-            self.gauge.with_label_values(&[node.as_str()]).set(1);
-        }
-        *before = now;
-    }
-}
-
 pub struct Metrics {
     registry: Registry,
     rounds: IntCounter,
@@ -118,8 +88,10 @@ pub struct Metrics {
     service_up: IntGaugeVec,
     dns_up: IntGaugeVec,
     dns_pending: IntGaugeVec,
-    peer_node_failing: NodeSeries,
-    peer_node_mtu_failing: NodeSeries,
+    /// One series per peer node, present (1) only while that node fails a
+    /// check: those of nodes that recovered or left are deleted.
+    peer_node_failing: GaugeSeries<AtomicI64>,
+    peer_node_mtu_failing: GaugeSeries<AtomicI64>,
     reports: IntCounterVec,
     relays: IntCounterVec,
     peer_source: IntGaugeVec,
@@ -252,8 +224,8 @@ impl Metrics {
             service_up,
             dns_up,
             dns_pending,
-            peer_node_failing: NodeSeries::new(peer_node_failing),
-            peer_node_mtu_failing: NodeSeries::new(peer_node_mtu_failing),
+            peer_node_failing: GaugeSeries::new(peer_node_failing),
+            peer_node_mtu_failing: GaugeSeries::new(peer_node_mtu_failing),
             reports,
             relays,
             peer_source,
@@ -321,13 +293,15 @@ impl Metrics {
         }
         // Nodes with no peer in this round (departed, cordoned, NotReady)
         // are in neither set: their series go.
-        let nodes = |failing: fn(&PeerResult) -> bool| -> BTreeSet<String> {
-            report
+        // Absent means "not failing": not 0.
+        let nodes = |failing: fn(&PeerResult) -> bool| {
+            let nodes: BTreeSet<&str> = report
                 .peers
                 .iter()
                 .filter(|p| !p.node.is_empty() && failing(p))
-                .map(|p| p.node.clone())
-                .collect()
+                .map(|p| p.node.as_str())
+                .collect();
+            nodes.into_iter().map(|n| (vec![n.to_owned()], 1))
         };
         self.peer_node_failing.set(nodes(peer_failing));
         self.peer_node_mtu_failing.set(nodes(peer_mtu_failing));

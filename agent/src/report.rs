@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use netmatrix_runtime::cause_chain;
+use netmatrix_runtime::{cause_chain, now_unix_ms};
 
 use netmatrix_api::{
     AGENT_UNDELIVERED_PATH, ApiError, RELAYED_REPORTS_PATH, REPORTS_PATH, Report, reasons,
@@ -366,7 +366,7 @@ impl Reporter {
                 }
                 self.backoff.succeeded();
                 self.metrics.record_report(ReportOutcome::Ok);
-                state.last_success_unix_ms = Some(unix_ms_now());
+                state.last_success_unix_ms = Some(now_unix_ms());
                 state.last_endpoint = Some(endpoint);
                 state.consecutive_failures = 0;
                 state.last_error = None;
@@ -385,7 +385,7 @@ impl Reporter {
                 self.metrics.record_report(ReportOutcome::Error);
                 state.consecutive_failures = self.backoff.failures;
                 state.backoff_until_unix_ms =
-                    Some(unix_ms_now() + u64::try_from(delay.as_millis()).unwrap_or(0));
+                    Some(now_unix_ms() + u64::try_from(delay.as_millis()).unwrap_or(0));
                 if self.backoff.failures == 1 {
                     tracing::warn!(error = %message, "cannot deliver the report; will retry");
                 } else {
@@ -593,13 +593,6 @@ async fn fetch_undelivered(client: &reqwest::Client, url: &str) -> Result<Option
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| format!("not a report: {e}"))
-}
-
-pub(crate) fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! Probing rounds.
+//! Probing rounds: one round ([`Prober::round`]) and the loop
+//! ([`RoundLoop`]). Who to probe is [`crate::discovery`]'s, what DNS should
+//! answer [`crate::probes::dns`]'s.
 //!
 //! A round runs every probe concurrently — ICMP to each peer, the API server,
 //! each ClusterIP, each DNS name and the SRV record — and folds the results
@@ -12,8 +14,8 @@
 //!
 //! Churn is not a failure: a peer that left during the round (deleted,
 //! terminating, new address, node cordoned) is dropped from the report
-//! before it is sent ([`drop_departed_peers`]), and the DNS comparison
-//! allows for DNS lagging the API ([`AgentHistory`], [`crate::probes::dns`]).
+//! before it is sent ([`discovery::drop_departed_peers`]), and the DNS
+//! comparison allows for DNS lagging the API ([`AgentHistory`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -26,18 +28,18 @@ use netmatrix_api::sampling::{self, PeerSampling};
 use netmatrix_api::{
     AgentIdentity, DnsResult, NetworkMode, PeerResult, PeerSource, Report, ServiceResult,
 };
+use netmatrix_runtime::now_unix_ms;
 use tokio::sync::watch;
 
-use crate::config::{ClusterIpTarget, DnsName, PeerPorts};
 use crate::discovery::{self, Discovery, NodeSkip, PeerView, PodInfo};
 use crate::http::StatusBoard;
 use crate::metrics::{Metrics, Probe};
 use crate::probes::apiserver::ApiserverProbe;
-use crate::probes::dns::{DnsProber, ExpectedAgent, MAX_SOA_NEGATIVE_TTL, SrvExpectation};
+use crate::probes::dns::{AgentHistory, DnsName, DnsProber, SrvExpectation};
 use crate::probes::icmp::IcmpProber;
-use crate::probes::udp::TransportProber;
+use crate::probes::tcp::ClusterIpTarget;
+use crate::probes::udp::{PeerPorts, TransportProber};
 use crate::probes::{dns, tcp};
-use crate::report::unix_ms_now;
 
 /// Everything a round probes with.
 pub struct Prober {
@@ -67,7 +69,7 @@ impl Prober {
         expectation: Option<SrvExpectation>,
         answered: &HashSet<IpAddr>,
     ) -> Report {
-        let started_unix_ms = unix_ms_now();
+        let started_unix_ms = now_unix_ms();
         let max_jitter = self.interval / 10;
 
         let mtu_probed = mtu_probed_peers(&view.peers, answered);
@@ -150,7 +152,7 @@ impl Prober {
 
         let a_lookups = join_all(self.dns_names.iter().map(|name| {
             self.timed(Probe::Dns, max_jitter, async move {
-                dns_outcome(self.dns.check_a(name, unix_ms_now()).await)
+                dns_outcome(self.dns.check_a(name, now_unix_ms()).await)
             })
         }));
         let srv_lookup = async {
@@ -159,7 +161,7 @@ impl Prober {
                     self.timed(Probe::Dns, max_jitter, async {
                         dns_outcome(
                             self.dns
-                                .check_srv(name, expectation.as_ref(), unix_ms_now())
+                                .check_srv(name, expectation.as_ref(), now_unix_ms())
                                 .await,
                         )
                     })
@@ -249,82 +251,6 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_micros(rand::random_range(0..=max_us))
 }
 
-/// What the loop remembers of the agent pods, to tell DNS lagging the API
-/// from DNS being wrong: since when each Ready agent should be listed, and
-/// when the others left.
-#[derive(Debug, Default)]
-pub struct AgentHistory {
-    /// Ready agents (pod name and address), expected in DNS since (Unix ms).
-    expected_since: HashMap<(String, IpAddr), u64>,
-    /// Addresses of agents that left or stopped being Ready, and when.
-    departed: HashMap<IpAddr, u64>,
-    /// Whether the first API view has been seen.
-    primed: bool,
-}
-
-impl AgentHistory {
-    /// Records this round's agents (per the API) and returns what the SRV
-    /// answer should be compared with.
-    pub fn update(&mut self, agents: &[PodInfo], now_unix_ms: u64) -> SrvExpectation {
-        let mut next = HashMap::new();
-        let mut expected = Vec::new();
-        for agent in agents.iter().filter(|a| a.ready) {
-            let key = (agent.pod.clone(), agent.ip);
-            let since = match self.expected_since.get(&key) {
-                Some(since) => *since,
-                // In the first view this agent sees: when the API says the
-                // pod became Ready (this agent just started, the pod did
-                // not), else now.
-                None if !self.primed => agent
-                    .ready_since_unix_ms
-                    .or(agent.started_unix_ms)
-                    .unwrap_or(now_unix_ms),
-                // Appeared since: counted from when this agent first saw it.
-                None => now_unix_ms,
-            };
-            expected.push(ExpectedAgent {
-                pod: agent.pod.clone(),
-                ip: agent.ip,
-                since_unix_ms: Some(since),
-            });
-            next.insert(key, since);
-        }
-        let still: HashSet<IpAddr> = next.keys().map(|(_, ip)| *ip).collect();
-        for (_, ip) in self.expected_since.keys() {
-            if !still.contains(ip) {
-                self.departed.entry(*ip).or_insert(now_unix_ms);
-            }
-        }
-        // Kept as long as the longest TTL an SOA may impose.
-        let keep_ms = u64::try_from(MAX_SOA_NEGATIVE_TTL.as_millis()).unwrap_or(u64::MAX);
-        self.departed
-            .retain(|ip, left| !still.contains(ip) && now_unix_ms.saturating_sub(*left) < keep_ms);
-        self.expected_since = next;
-        self.primed = true;
-        SrvExpectation {
-            agents: expected,
-            optional: agents
-                .iter()
-                .filter(|a| !a.ready && !still.contains(&a.ip))
-                .map(|a| a.ip)
-                .collect(),
-            departed: self.departed.clone(),
-        }
-    }
-}
-
-/// Drops the results of peers that are no longer in the current peer set
-/// (pod gone or terminating, address changed, node cordoned or NotReady): a
-/// peer that disappeared mid-round did not fail. Returns how many were dropped.
-pub fn drop_departed_peers(report: &mut Report, current: &[PodInfo]) -> usize {
-    let keep: HashSet<(&str, IpAddr)> = current.iter().map(|p| (p.pod.as_str(), p.ip)).collect();
-    let before = report.peers.len();
-    report
-        .peers
-        .retain(|p| keep.contains(&(p.pod.as_str(), p.ip)));
-    before - report.peers.len()
-}
-
 /// The forever loop: peers, round, publish.
 pub struct RoundLoop {
     pub prober: Prober,
@@ -399,9 +325,11 @@ impl RoundLoop {
         for round in 1u64.. {
             ticker.tick().await;
             self.status.heartbeat();
-            let mut view = self.peer_view().await;
+            let srv =
+                (self.prober.srv_name.as_deref()).map(|name| self.prober.dns.srv_addresses(name));
+            let mut view = self.discovery.view_or_srv(srv).await;
             let interval_ms = u64::try_from(self.prober.interval.as_millis()).unwrap_or(u64::MAX);
-            let epoch = sampling::epoch(unix_ms_now(), interval_ms, ROTATE_EVERY_ROUNDS);
+            let epoch = sampling::epoch(now_unix_ms(), interval_ms, ROTATE_EVERY_ROUNDS);
             discovery::sample::apply(&mut view, &self.prober.identity.node, &self.sampling, epoch);
             if last_source != Some(view.source) {
                 tracing::info!(source = ?view.source, peers = view.peers.len(), "peer source");
@@ -414,7 +342,7 @@ impl RoundLoop {
             let expectation = view
                 .agents
                 .as_deref()
-                .map(|list| agents.update(list, unix_ms_now()));
+                .map(|list| agents.update(list, now_unix_ms()));
             self.prober
                 .icmp
                 .retain_targets(&view.peers.iter().map(|p| p.ip).collect());
@@ -434,7 +362,7 @@ impl RoundLoop {
             if view.source != PeerSource::Dns
                 && let Some(now) = self.discovery.view()
             {
-                let dropped = drop_departed_peers(&mut report, &now.peers);
+                let dropped = discovery::drop_departed_peers(&mut report, &now.peers);
                 if dropped > 0 {
                     tracing::debug!(
                         dropped,
@@ -450,38 +378,6 @@ impl RoundLoop {
             self.status.set_report(report.clone());
             // No receiver (reporting disabled) is fine.
             let _ = self.reports.send(Some(report));
-        }
-    }
-
-    /// Peers from the watch; before it has synced, from the agents' SRV
-    /// record; with neither, nothing (and say so). A host-network agent has
-    /// no SRV fallback: the record lists pod agents, which are not its peers
-    /// (pinging them from the node would fail the MTU probe, the node MTU
-    /// being larger than the pods').
-    async fn peer_view(&self) -> PeerView {
-        if let Some(view) = self.discovery.view() {
-            return view;
-        }
-        let srv_fallback = match self.prober.identity.network {
-            NetworkMode::Pod => self.prober.srv_name.as_ref(),
-            NetworkMode::Host => None,
-        };
-        if let Some(name) = srv_fallback {
-            match self.prober.dns.srv_addresses(name).await {
-                Ok(addresses) => {
-                    return discovery::fallback_from_srv(&addresses, &self.prober.identity);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "no pod list from the API yet, and the SRV fallback failed")
-                }
-            }
-        }
-        PeerView {
-            peers: Vec::new(),
-            agents: None,
-            source: PeerSource::LastKnown,
-            skipped_nodes: BTreeMap::new(),
-            sampled: None,
         }
     }
 }
@@ -529,21 +425,10 @@ fn log_summary(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::filter::tests::info;
     use crate::probes::apiserver::{CaSource, Credentials};
     use netmatrix_api::{ErrorKind, NetworkMode, ServiceKind};
     use tokio::net::TcpListener;
-
-    fn info(ip: &str) -> PodInfo {
-        PodInfo {
-            node: "n1".into(),
-            pod: format!("agent-{ip}"),
-            ip: ip.parse().unwrap(),
-            component: Some("agent".into()),
-            started_unix_ms: None,
-            ready: true,
-            ready_since_unix_ms: None,
-        }
-    }
 
     #[test]
     fn busy_nodes_get_one_echo_per_pod_and_every_cell_at_least_the_count() {
@@ -594,107 +479,6 @@ mod tests {
             ["10.0.1.3", "10.0.2.2", "10.0.9.8", "10.0.9.9"],
             "a pod that answered last round is preferred"
         );
-    }
-
-    fn ready_since(ip: &str, since: u64) -> PodInfo {
-        PodInfo {
-            ready_since_unix_ms: Some(since),
-            ..info(ip)
-        }
-    }
-
-    fn since_of(e: &SrvExpectation, ip: &str) -> Option<u64> {
-        let ip: IpAddr = ip.parse().unwrap();
-        e.agents.iter().find(|a| a.ip == ip)?.since_unix_ms
-    }
-
-    #[test]
-    fn agents_are_expected_from_when_they_became_ready() {
-        const T0: u64 = 1_000_000;
-        let mut h = AgentHistory::default();
-        // First view: the API's Ready time (the agent restarted, not the pods).
-        let e = h.update(&[ready_since("10.0.0.1", 10), info("10.0.0.2")], T0);
-        assert_eq!(since_of(&e, "10.0.0.1"), Some(10));
-        assert_eq!(since_of(&e, "10.0.0.2"), Some(T0));
-        // Later arrivals count from when this agent first saw them, even if
-        // the API says they became Ready earlier.
-        let e = h.update(
-            &[
-                ready_since("10.0.0.1", 10),
-                info("10.0.0.2"),
-                ready_since("10.0.0.3", 5),
-            ],
-            T0 + 1_000,
-        );
-        assert_eq!(since_of(&e, "10.0.0.3"), Some(T0 + 1_000));
-        assert_eq!(since_of(&e, "10.0.0.1"), Some(10), "remembered");
-        assert!(e.departed.is_empty());
-
-        // 10.0.0.2 leaves, 10.0.0.3 stops being Ready: both may linger in
-        // DNS; the unready one is optional, not departed.
-        let mut unready = ready_since("10.0.0.3", 5);
-        unready.ready = false;
-        let e = h.update(&[ready_since("10.0.0.1", 10), unready], T0 + 2_000);
-        assert_eq!(e.agents.len(), 1);
-        assert_eq!(
-            e.departed,
-            HashMap::from([
-                ("10.0.0.2".parse().unwrap(), T0 + 2_000),
-                ("10.0.0.3".parse().unwrap(), T0 + 2_000),
-            ])
-        );
-        assert_eq!(e.optional, HashSet::from(["10.0.0.3".parse().unwrap()]));
-        // Forgotten after the longest TTL.
-        let e = h.update(&[ready_since("10.0.0.1", 10)], T0 + 2_000 + 1_800_000);
-        assert!(e.departed.is_empty());
-    }
-
-    fn result(pod: &str, ip: &str) -> PeerResult {
-        PeerResult {
-            node: "n2".into(),
-            pod: pod.into(),
-            ip: ip.parse().unwrap(),
-            icmp: netmatrix_api::EchoResult::default(),
-            mtu: None,
-            tcp: None,
-            udp: None,
-            port: None,
-        }
-    }
-
-    #[test]
-    fn peers_that_left_during_the_round_are_not_reported() {
-        let mut report = Report {
-            agent: AgentIdentity {
-                node: "n1".into(),
-                pod: "agent-1".into(),
-                pod_ip: "10.244.1.2".parse().unwrap(),
-                network: NetworkMode::Pod,
-            },
-            round: 1,
-            started_unix_ms: 0,
-            interval_ms: 1000,
-            peers: vec![
-                result("stays", "10.244.2.2"),
-                result("deleted", "10.244.2.3"),
-                result("moved", "10.244.2.4"),
-            ],
-            services: vec![],
-            dns: vec![],
-            peer_source: PeerSource::Api,
-            mtu_probe_bytes: None,
-            dns_server: None,
-            sampled: None,
-            facts_digest: None,
-            facts: None,
-        };
-        let mut moved = info("10.244.2.9");
-        moved.pod = "moved".into();
-        let mut stays = info("10.244.2.2");
-        stays.pod = "stays".into();
-        assert_eq!(drop_departed_peers(&mut report, &[stays, moved]), 2);
-        assert_eq!(report.peers.len(), 1);
-        assert_eq!(report.peers[0].pod, "stays");
     }
 
     #[test]
@@ -784,7 +568,7 @@ mod tests {
             skipped_nodes: BTreeMap::new(),
             sampled: None,
         };
-        let expectation = AgentHistory::default().update(&[info("127.0.0.1")], unix_ms_now());
+        let expectation = AgentHistory::default().update(&[info("127.0.0.1")], now_unix_ms());
         let report = prober
             .round(3, &view, Some(expectation), &HashSet::new())
             .await;

@@ -6,11 +6,11 @@
 //! that recovered, a finding that cleared, a node that left) is deleted
 //! rather than zeroed, so the series count stays bounded over time.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, PoisonError};
+use std::collections::BTreeMap;
 
 use netmatrix_api::{Finding, FindingKind, Matrix, Status};
-use prometheus::core::{Atomic, GenericGaugeVec};
+use netmatrix_runtime::metrics::GaugeSeries;
+use prometheus::core::{AtomicF64, AtomicI64};
 use prometheus::{
     GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -43,37 +43,21 @@ pub struct Metrics {
     registry: Registry,
     nodes_expected: IntGauge,
     nodes_reporting: IntGauge,
-    node_reachable_peers: IntGaugeVec,
-    node_failing_peers: IntGaugeVec,
-    node_check_up: IntGaugeVec,
+    node_reachable_peers: GaugeSeries<AtomicI64>,
+    node_failing_peers: GaugeSeries<AtomicI64>,
+    node_check_up: GaugeSeries<AtomicI64>,
     finding_active: IntGaugeVec,
-    finding: IntGaugeVec,
-    finding_flapping: IntGaugeVec,
-    finding_cause: IntGaugeVec,
-    pair_failed: IntGaugeVec,
-    report_age_seconds: GaugeVec,
-    node_rtt_seconds: GaugeVec,
-    node_loss_ratio: GaugeVec,
+    finding: GaugeSeries<AtomicI64>,
+    finding_flapping: GaugeSeries<AtomicI64>,
+    finding_cause: GaugeSeries<AtomicI64>,
+    pair_failed: GaugeSeries<AtomicI64>,
+    report_age_seconds: GaugeSeries<AtomicF64>,
+    node_rtt_seconds: GaugeSeries<AtomicF64>,
+    node_loss_ratio: GaugeSeries<AtomicF64>,
     reports_total: IntCounter,
     reports_relayed_total: IntCounter,
     reports_rejected_total: IntCounterVec,
     peers_unplaced_total: IntCounter,
-    /// Label sets published last round, per vector, to delete what vanished.
-    published: Mutex<Published>,
-}
-
-#[derive(Default)]
-struct Published {
-    reachable: BTreeSet<Vec<String>>,
-    failing: BTreeSet<Vec<String>>,
-    checks: BTreeSet<Vec<String>>,
-    findings: BTreeSet<Vec<String>>,
-    flapping: BTreeSet<Vec<String>>,
-    causes: BTreeSet<Vec<String>>,
-    pairs: BTreeSet<Vec<String>>,
-    ages: BTreeSet<Vec<String>>,
-    rtts: BTreeSet<Vec<String>>,
-    losses: BTreeSet<Vec<String>>,
 }
 
 impl Metrics {
@@ -99,61 +83,61 @@ impl Metrics {
         let metrics = Metrics {
             nodes_expected: gauge("nodes_expected", "Nodes expected to run a reporting agent.")?,
             nodes_reporting: gauge("nodes_reporting", "Nodes whose agent reported recently.")?,
-            node_reachable_peers: gauges(
+            node_reachable_peers: GaugeSeries::new(gauges(
                 "node_reachable_peers",
                 "Destination nodes (its own included) whose pods this node reaches (ok or degraded).",
                 &["node"],
-            )?,
-            node_failing_peers: gauges(
+            )?),
+            node_failing_peers: GaugeSeries::new(gauges(
                 "node_failing_peers",
                 "Destination nodes (its own included) whose pods this node fails to reach.",
                 &["node"],
-            )?,
-            node_check_up: gauges(
+            )?),
+            node_check_up: GaugeSeries::new(gauges(
                 "node_check_up",
                 "1 when every check of this kind (apiserver, clusterip, dns, mtu) passes from this node, 0 when one fails.",
                 &["node", "check"],
-            )?,
+            )?),
             finding_active: gauges(
                 "finding_active",
                 "Number of active findings of this kind.",
                 &["kind"],
             )?,
-            finding: gauges(
+            finding: GaugeSeries::new(gauges(
                 "finding",
                 "1 for each node concerned by an active finding of this kind.",
                 &["kind", "node"],
-            )?,
-            finding_flapping: gauges(
+            )?),
+            finding_flapping: GaugeSeries::new(gauges(
                 "finding_flapping",
                 "1 for each node concerned by an active finding that is flapping (it cleared and came back within the flap window, and is held raised).",
                 &["kind", "node"],
-            )?,
-            finding_cause: gauges(
+            )?),
+            finding_cause: GaugeSeries::new(gauges(
                 "finding_cause",
                 "1 for each node concerned by an active finding whose cause the nodes' network facts tell; `cause` is its first line (at most 200 characters), for alert annotations.",
                 &["kind", "node", "cause"],
-            )?,
-            pair_failed: gauges(
+            )?),
+            pair_failed: GaugeSeries::new(gauges(
                 "pair_failed",
                 "1 for each directed node pair whose pod-network cell is failed (absent otherwise).",
                 &["from", "to"],
-            )?,
-            report_age_seconds: float_gauges(
+            )?),
+            report_age_seconds: GaugeSeries::new(float_gauges(
                 "report_age_seconds",
                 "Age of the node's last pod-network report.",
                 &["node"],
-            )?,
-            node_rtt_seconds: float_gauges(
+            )?),
+            node_rtt_seconds: GaugeSeries::new(float_gauges(
                 "node_rtt_seconds",
                 "Mean ICMP round-trip time from this node to the nodes it reaches (pod network, last round).",
                 &["node"],
-            )?,
-            node_loss_ratio: float_gauges(
+            )?),
+            node_loss_ratio: GaugeSeries::new(float_gauges(
                 "node_loss_ratio",
                 "Fraction of ICMP echoes from this node that were lost, averaged over its destination nodes (pod network, last round).",
                 &["node"],
-            )?,
+            )?),
             reports_total: {
                 let c = IntCounter::new("reports_total", "Reports accepted.")?;
                 registry.register(Box::new(c.clone()))?;
@@ -183,7 +167,6 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
-            published: Mutex::default(),
             registry,
         };
         for kind in ALL_KINDS {
@@ -279,24 +262,18 @@ impl Metrics {
                 .set(n);
         }
 
-        let mut published = self
-            .published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        sync(
-            &self.node_reachable_peers,
-            &mut published.reachable,
-            reachable,
-        );
-        sync(&self.node_failing_peers, &mut published.failing, failing);
-        sync(&self.node_check_up, &mut published.checks, checks);
-        sync(&self.pair_failed, &mut published.pairs, pairs);
-        sync(&self.finding, &mut published.findings, finding_nodes);
-        sync(&self.finding_flapping, &mut published.flapping, flapping);
-        sync(&self.finding_cause, &mut published.causes, causes);
-        sync(&self.report_age_seconds, &mut published.ages, ages);
-        sync(&self.node_rtt_seconds, &mut published.rtts, rtts);
-        sync(&self.node_loss_ratio, &mut published.losses, losses);
+        // Series of nodes, pairs and findings that are gone this round are
+        // deleted (absent, not 0).
+        self.node_reachable_peers.set(reachable);
+        self.node_failing_peers.set(failing);
+        self.node_check_up.set(checks);
+        self.pair_failed.set(pairs);
+        self.finding.set(finding_nodes);
+        self.finding_flapping.set(flapping);
+        self.finding_cause.set(causes);
+        self.report_age_seconds.set(ages);
+        self.node_rtt_seconds.set(rtts);
+        self.node_loss_ratio.set(losses);
     }
 
     /// The text exposition format.
@@ -335,27 +312,6 @@ fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
         *up &= check.status == Status::Ok;
     }
     groups.into_iter().collect()
-}
-
-/// Sets this round's series and deletes the ones published last round that
-/// are gone now.
-fn sync<P: Atomic>(
-    vec: &GenericGaugeVec<P>,
-    previous: &mut BTreeSet<Vec<String>>,
-    current: Vec<(Vec<String>, P::T)>,
-) {
-    let mut now = BTreeSet::new();
-    for (labels, value) in current {
-        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        vec.with_label_values(&refs).set(value);
-        now.insert(labels);
-    }
-    for gone in previous.difference(&now) {
-        let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
-        // Absent already is fine: the goal is that it is absent.
-        let _ = vec.remove_label_values(&refs);
-    }
-    *previous = now;
 }
 
 #[cfg(test)]

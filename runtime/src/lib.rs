@@ -9,10 +9,18 @@
 //!   the in-cluster service account;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM (Kubernetes stops pods with SIGTERM);
 //! - [`exit_code`]: the operator-facing error chain, without a backtrace;
-//! - [`serve`]: the bounded HTTP server both binaries serve with.
+//! - [`serve`]: the bounded HTTP server both binaries serve with;
+//! - [`k8s`]: one reading of Pods, Nodes and API times, and the watch loop;
+//! - [`clock`]: now, in Unix milliseconds;
+//! - [`metrics`]: gauge series that vanish when no longer written.
 
+pub mod clock;
+pub mod k8s;
+pub mod metrics;
 pub mod serve;
 pub mod udp_echo;
+
+pub use clock::now_unix_ms;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use netmatrix_api::{AgentIdentity, labels};
+use netmatrix_runtime::k8s;
 
 /// What the agent needs to know about a Running pod.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,29 +36,24 @@ impl PodInfo {
     }
 }
 
-/// A pod worth probing: Running, has an IP, not terminating, scheduled.
-/// Anything else is skipped, because pinging a pod that is starting or being
-/// deleted reports churn as a network failure.
+/// A pod worth probing: Running, has an IP, not terminating, scheduled
+/// (the shared reading of [`netmatrix_runtime::k8s`]; its address is the
+/// first of `status.podIPs`, else `status.podIP`). Anything else is
+/// skipped, because pinging a pod that is starting or being deleted reports
+/// churn as a network failure.
 pub fn running_pod(pod: &Pod) -> Option<PodInfo> {
-    if pod.metadata.deletion_timestamp.is_some() {
+    if !k8s::pod_is_running(pod) {
         return None;
     }
-    let status = pod.status.as_ref()?;
-    if status.phase.as_deref() != Some("Running") {
-        return None;
-    }
-    let ip = status.pod_ip.as_deref()?.parse().ok()?;
-    let node = pod
-        .spec
+    let ip = *k8s::pod_ips(pod).first()?;
+    let node = k8s::pod_node(pod)?.to_owned();
+    let ready_condition = pod
+        .status
         .as_ref()?
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())?;
-    let ready_condition = status
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == "Ready");
+        .find(|c| c.type_ == k8s::READY);
     Some(PodInfo {
         node,
         pod: pod.metadata.name.clone()?,
@@ -68,10 +64,11 @@ pub fn running_pod(pod: &Pod) -> Option<PodInfo> {
             .as_ref()
             .and_then(|l| l.get(labels::COMPONENT))
             .cloned(),
-        started_unix_ms: status.start_time.as_ref().and_then(unix_ms),
+        started_unix_ms: k8s::pod_started_unix_ms(pod),
         ready: ready_condition.is_none_or(|c| c.status == "True"),
         ready_since_unix_ms: ready_condition
-            .and_then(|c| c.last_transition_time.as_ref().and_then(unix_ms)),
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(k8s::time_to_unix_ms),
     })
 }
 
@@ -90,11 +87,12 @@ pub fn trim_pod(pod: &mut Pod) {
         *status = PodStatus {
             phase: status.phase.take(),
             pod_ip: status.pod_ip.take(),
+            pod_ips: status.pod_ips.take(),
             start_time: status.start_time.take(),
             conditions: status
                 .conditions
                 .take()
-                .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+                .map(|c| c.into_iter().filter(|c| c.type_ == k8s::READY).collect()),
             ..Default::default()
         };
     }
@@ -118,7 +116,7 @@ pub fn trim_node(node: &mut Node) {
             conditions: status
                 .conditions
                 .take()
-                .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+                .map(|c| c.into_iter().filter(|c| c.type_ == k8s::READY).collect()),
             ..Default::default()
         };
     }
@@ -130,10 +128,6 @@ fn trim_metadata(meta: &mut ObjectMeta) {
     meta.annotations = None;
     meta.managed_fields = None;
     meta.owner_references = None;
-}
-
-fn unix_ms(t: &Time) -> Option<u64> {
-    u64::try_from(t.0.as_millisecond()).ok()
 }
 
 /// Why the pods of a node are not probed.
@@ -158,16 +152,10 @@ impl NodeSkip {
 
 /// Whether the pods of `node` should be left alone, and why.
 pub fn node_skip(node: &Node) -> Option<NodeSkip> {
-    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+    if k8s::node_is_cordoned(node) {
         return Some(NodeSkip::Cordoned);
     }
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True");
-    (!ready).then_some(NodeSkip::NotReady)
+    (!k8s::node_is_ready(node)).then_some(NodeSkip::NotReady)
 }
 
 /// The nodes whose pods are not probed, by name. Nodes the watch does not
@@ -216,7 +204,7 @@ pub fn agents(running: &[PodInfo]) -> Vec<PodInfo> {
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
     use netmatrix_api::NetworkMode;
 
@@ -249,6 +237,19 @@ pub(crate) mod tests {
         }
     }
 
+    /// A Ready agent pod on n1, as discovery reads it.
+    pub(crate) fn info(ip: &str) -> PodInfo {
+        PodInfo {
+            node: "n1".into(),
+            pod: format!("agent-{ip}"),
+            ip: ip.parse().unwrap(),
+            component: Some("agent".into()),
+            started_unix_ms: None,
+            ready: true,
+            ready_since_unix_ms: None,
+        }
+    }
+
     fn me() -> AgentIdentity {
         AgentIdentity {
             node: "n1".into(),
@@ -278,6 +279,26 @@ pub(crate) mod tests {
         assert_eq!((p.node.as_str(), p.pod.as_str()), ("n2", "agent-2"));
         assert_eq!(p.started_unix_ms, Some(1_700_000_000_000));
         assert!(p.is_agent());
+    }
+
+    /// The shared reading (netmatrix_runtime::k8s): the first of podIPs,
+    /// podIP as the fallback; the cache keeps both.
+    #[test]
+    fn the_address_is_the_first_pod_ip() {
+        let mut p = pod("agent-2", "n2", "", "Running", "agent");
+        p.status.as_mut().unwrap().pod_ips = Some(vec![
+            k8s_openapi::api::core::v1::PodIP {
+                ip: "fd00::2".into(),
+            },
+            k8s_openapi::api::core::v1::PodIP {
+                ip: "10.244.2.2".into(),
+            },
+        ]);
+        let info = running_pod(&p).unwrap();
+        assert_eq!(info.ip, "fd00::2".parse::<IpAddr>().unwrap());
+        let mut trimmed = p.clone();
+        trim_pod(&mut trimmed);
+        assert_eq!(running_pod(&trimmed), Some(info));
     }
 
     #[test]
@@ -321,7 +342,7 @@ pub(crate) mod node_tests {
     use super::tests::pod;
     use super::*;
     use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, PodCondition};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
     use netmatrix_api::NetworkMode;
 

@@ -19,37 +19,30 @@
 //!
 //! At start-up, before the first list has completed, the SRV record of the
 //! agents' headless Service stands in ([`PeerSource::Dns`]); see
-//! [`Discovery::view`] and [`fallback_from_srv`].
+//! [`Discovery::view_or_srv`] and [`fallback_from_srv`].
+//!
+//! Results of peers that left during a round are dropped here too
+//! ([`drop_departed_peers`]): only the peer set can say who left.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use netmatrix_api::{AgentIdentity, PeerSource, Sampled};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use netmatrix_api::{AgentIdentity, NetworkMode, PeerSource, Report, Sampled};
+use netmatrix_runtime::k8s::{self, WatchHealth};
 use serde::de::DeserializeOwned;
 
 pub mod filter;
 pub mod sample;
 
 pub use filter::{NodeSkip, PodInfo};
-
-/// Health of one watch, written by its background task.
-#[derive(Debug, Default)]
-struct WatchHealth {
-    /// The first complete list has been applied to the store.
-    synced: AtomicBool,
-    /// The last thing the watch stream produced was an event, not an error.
-    healthy: AtomicBool,
-}
 
 /// The peer set for one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,10 +126,10 @@ impl Discovery {
     /// Peers from the API (`Api` while the watch is healthy, `LastKnown`
     /// while it retries); `None` until the first list has completed.
     pub fn view(&self) -> Option<PeerView> {
-        if !self.peer_watch.synced.load(Ordering::Acquire) {
+        if !self.peer_watch.synced() {
             return None;
         }
-        let source = if self.peer_watch.healthy.load(Ordering::Acquire) {
+        let source = if self.peer_watch.healthy() {
             PeerSource::Api
         } else {
             PeerSource::LastKnown
@@ -149,7 +142,7 @@ impl Discovery {
         let skipped_nodes = filter::skipped_nodes(nodes.iter().map(|n| n.as_ref()));
         let agents = match &self.agents {
             None => Some(filter::agents(&running)),
-            Some((store, health)) => health.synced.load(Ordering::Acquire).then(|| {
+            Some((store, health)) => health.synced().then(|| {
                 let state = store.state();
                 filter::agents(&filter::running_pods(state.iter().map(|p| p.as_ref())))
             }),
@@ -163,9 +156,43 @@ impl Discovery {
         })
     }
 
+    /// Peers from the watch; before it has synced, from the agents' SRV
+    /// record (`srv_addresses`, its lookup; `None` when disabled); with
+    /// neither, nothing (and say so). A host-network agent has no SRV
+    /// fallback: the record lists pod agents, which are not its peers
+    /// (pinging them from the node would fail the MTU probe, the node MTU
+    /// being larger than the pods').
+    pub async fn view_or_srv<E: std::fmt::Display>(
+        &self,
+        srv_addresses: Option<impl Future<Output = Result<BTreeSet<IpAddr>, E>>>,
+    ) -> PeerView {
+        if let Some(view) = self.view() {
+            return view;
+        }
+        let srv_fallback = match self.me.network {
+            NetworkMode::Pod => srv_addresses,
+            NetworkMode::Host => None,
+        };
+        if let Some(lookup) = srv_fallback {
+            match lookup.await {
+                Ok(addresses) => return fallback_from_srv(&addresses, &self.me),
+                Err(error) => {
+                    tracing::warn!(%error, "no pod list from the API yet, and the SRV fallback failed")
+                }
+            }
+        }
+        PeerView {
+            peers: Vec::new(),
+            agents: None,
+            source: PeerSource::LastKnown,
+            skipped_nodes: BTreeMap::new(),
+            sampled: None,
+        }
+    }
+
     /// Whether the peer watch currently reaches the API server.
     pub fn watch_healthy(&self) -> bool {
-        self.peer_watch.healthy.load(Ordering::Acquire)
+        self.peer_watch.healthy()
     }
 
     /// The IP of this node's Running pod-network agent, when the agents are
@@ -214,9 +241,20 @@ pub fn fallback_from_srv(addresses: &BTreeSet<IpAddr>, me: &AgentIdentity) -> Pe
     }
 }
 
-/// Runs `watcher(...).default_backoff().reflect(...)` in a task: the store
-/// only advances while the stream is polled. Objects are cached as `trim`
-/// leaves them (only the fields discovery reads).
+/// Drops the results of peers that are no longer in the current peer set
+/// (pod gone or terminating, address changed, node cordoned or NotReady): a
+/// peer that disappeared mid-round did not fail. Returns how many were dropped.
+pub fn drop_departed_peers(report: &mut Report, current: &[PodInfo]) -> usize {
+    let keep: HashSet<(&str, IpAddr)> = current.iter().map(|p| (p.pod.as_str(), p.ip)).collect();
+    let before = report.peers.len();
+    report
+        .peers
+        .retain(|p| keep.contains(&(p.pod.as_str(), p.ip)));
+    before - report.peers.len()
+}
+
+/// A reflector over `api` (the shared watch loop), objects cached as
+/// `trim` leaves them (only the fields discovery reads).
 fn spawn_reflector<K>(
     api: Api<K>,
     selector: Option<&str>,
@@ -227,58 +265,66 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
-    let health = Arc::new(WatchHealth::default());
     let config = match selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
     };
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer);
-    let task_health = health.clone();
-    let selector = selector.unwrap_or("").to_owned();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut outage_logged = false;
-        while let Some(item) = stream.next().await {
-            match item {
-                // `Init` only announces a (re)list that may still fail; any
-                // other event is data from the API server.
-                Ok(watcher::Event::Init) => {}
-                Ok(event) => {
-                    if matches!(event, watcher::Event::InitDone)
-                        && !task_health.synced.swap(true, Ordering::AcqRel)
-                    {
-                        tracing::info!(what, %selector, "initial list received");
-                    }
-                    if !task_health.healthy.swap(true, Ordering::AcqRel) {
-                        outage_logged = false;
-                        tracing::info!(what, "watch is healthy");
-                    }
-                }
-                Err(error) => {
-                    // Warn once per outage (including one at start-up), not per retry.
-                    let was_healthy = task_health.healthy.swap(false, Ordering::AcqRel);
-                    if was_healthy || !outage_logged {
-                        outage_logged = true;
-                        tracing::warn!(what, %error, "watch failed; keeping the last known objects while retrying");
-                    } else {
-                        tracing::debug!(what, %error, "watch still failing");
-                    }
-                }
-            }
-        }
-        tracing::error!(what, "watch stream ended; it will no longer be updated");
-    });
-    (reader, health)
+    k8s::spawn_reflector(api, config, what, trim, || {})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::NetworkMode;
+    use crate::discovery::filter::tests::info;
+    use netmatrix_api::PeerResult;
+
+    fn result(pod: &str, ip: &str) -> PeerResult {
+        PeerResult {
+            node: "n2".into(),
+            pod: pod.into(),
+            ip: ip.parse().unwrap(),
+            icmp: netmatrix_api::EchoResult::default(),
+            mtu: None,
+            tcp: None,
+            udp: None,
+            port: None,
+        }
+    }
+
+    #[test]
+    fn peers_that_left_during_the_round_are_not_reported() {
+        let mut report = Report {
+            agent: AgentIdentity {
+                node: "n1".into(),
+                pod: "agent-1".into(),
+                pod_ip: "10.244.1.2".parse().unwrap(),
+                network: NetworkMode::Pod,
+            },
+            round: 1,
+            started_unix_ms: 0,
+            interval_ms: 1000,
+            peers: vec![
+                result("stays", "10.244.2.2"),
+                result("deleted", "10.244.2.3"),
+                result("moved", "10.244.2.4"),
+            ],
+            services: vec![],
+            dns: vec![],
+            peer_source: PeerSource::Api,
+            mtu_probe_bytes: None,
+            dns_server: None,
+            sampled: None,
+            facts_digest: None,
+            facts: None,
+        };
+        let mut moved = info("10.244.2.9");
+        moved.pod = "moved".into();
+        let mut stays = info("10.244.2.2");
+        stays.pod = "stays".into();
+        assert_eq!(drop_departed_peers(&mut report, &[stays, moved]), 2);
+        assert_eq!(report.peers.len(), 1);
+        assert_eq!(report.peers[0].pod, "stays");
+    }
 
     #[test]
     fn srv_fallback_excludes_this_agent_and_leaves_names_empty() {
@@ -310,6 +356,7 @@ mod tests {
         use axum::body::{Body, Bytes};
         use axum::extract::Query;
         use axum::routing::get;
+        use futures::StreamExt;
         use std::collections::HashMap;
 
         fn list(kind: &str, items: impl Iterator<Item = serde_json::Value>) -> String {

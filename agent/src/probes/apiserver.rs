@@ -317,8 +317,8 @@ fn status_hint(code: u16) -> &'static str {
     }
 }
 
-/// A client configuration with one provider (ring, see STACK.md), HTTP/1.1
-/// ALPN, and roots from `ca`.
+/// A client configuration with one provider (ring, see
+/// `docs/architecture.md`), HTTP/1.1 ALPN, and roots from `ca`.
 fn client_config(ca: CaSource) -> Result<ClientConfig, SetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())

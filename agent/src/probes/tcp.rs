@@ -13,6 +13,14 @@ use tokio::net::TcpStream;
 
 use super::{io_probe_error, millis};
 
+/// A ClusterIP service checked with a TCP connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIpTarget {
+    /// Operator-facing name, e.g. `aggregator`.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
 /// Connects to `addr` within `timeout`.
 ///
 /// Errors read like Go's dialer (`dial tcp 10.96.0.1:443: connect: network is

@@ -28,6 +28,24 @@ use tokio::sync::Semaphore;
 use super::icmp::summarise;
 use super::{io_probe_error, tcp};
 
+/// The ports of the peer pods probed over TCP and UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPorts {
+    pub agent: u16,
+    pub companion: u16,
+}
+
+impl PeerPorts {
+    /// The port probed on `peer`: its component's (a peer found through DNS
+    /// is an agent: the SRV record lists agents).
+    pub fn of(&self, component: Option<&str>) -> u16 {
+        match component {
+            Some(netmatrix_api::labels::COMPONENT_COMPANION) => self.companion,
+            _ => self.agent,
+        }
+    }
+}
+
 /// At most this many TCP and UDP probes hold a socket at once: every one
 /// is a file descriptor, and a round to thousands of peers must neither hit
 /// the process's limit nor read as failures when it would.

@@ -12,16 +12,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use netmatrix_api::{AgentIdentity, NetworkMode, NodeState};
+use netmatrix_runtime::k8s::{self, WatchHealth};
 
 use crate::auth::{Caller, Roster};
 use crate::diagnosis::AgentDown;
@@ -366,25 +366,15 @@ impl Inventory {
             .iter()
             .copied()
             .map(|node| {
-                let spec = node.spec.as_ref();
-                let pod_cidrs = pod_cidrs(node);
-                let ready = node
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                let created_unix_ms = node
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .and_then(|t| u64::try_from(t.0.as_millisecond()).ok());
                 let info = NodeInfo {
-                    pod_cidrs,
-                    ready,
-                    created_unix_ms,
-                    unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+                    pod_cidrs: pod_cidrs(node),
+                    ready: k8s::node_is_ready(node),
+                    created_unix_ms: node
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .and_then(k8s::time_to_unix_ms),
+                    unschedulable: k8s::node_is_cordoned(node),
                 };
                 (node.name_any(), info)
             })
@@ -466,26 +456,14 @@ impl Roster for Inventory {
     }
 }
 
+/// A Running (no container waiting), non-terminating pod on a node, with
+/// an address: the shared reading of [`netmatrix_runtime::k8s`].
 fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
     if !reasons::runs(pod) {
         return None;
     }
-    let node = pod.spec.as_ref()?.node_name.clone()?;
-    let mut ips: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .collect();
-    if let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
-        && !ips.contains(&ip)
-    {
-        ips.push(ip);
-    }
+    let node = k8s::pod_node(pod)?.to_owned();
+    let ips = k8s::pod_ips(pod);
     if ips.is_empty() {
         return None;
     }
@@ -501,7 +479,7 @@ fn running_agent(pod: &Pod) -> Option<(String, AgentPod)> {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             ips,
             network,
-            started_unix_ms: started_running(pod),
+            started_unix_ms: k8s::pod_started_unix_ms(pod),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             named_ports: named_ports(pod),
         },
@@ -516,14 +494,6 @@ fn named_ports(pod: &Pod) -> BTreeMap<String, u16> {
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
         .collect()
-}
-
-/// `status.startTime`: when the kubelet started the pod. Container
-/// restarts do not count: a crash-looping agent must not keep its node in
-/// the grace period forever.
-fn started_running(pod: &Pod) -> Option<u64> {
-    let start = pod.status.as_ref()?.start_time.as_ref()?;
-    u64::try_from(start.0.as_millisecond()).ok()
 }
 
 fn join(ips: &[IpAddr]) -> String {
@@ -619,14 +589,12 @@ pub struct KubeInventory {
     state: Arc<WatchState>,
 }
 
-#[derive(Default)]
 struct WatchState {
-    generation: AtomicU64,
-    nodes_synced: AtomicBool,
-    pods_synced: AtomicBool,
-    events_synced: AtomicBool,
-    policies_synced: AtomicBool,
-    namespaces_synced: AtomicBool,
+    /// Bumped on every event of every watch.
+    generation: Arc<AtomicU64>,
+    /// Nodes and agent pods gate the inventory's sync.
+    nodes: Arc<WatchHealth>,
+    pods: Arc<WatchHealth>,
     cache: Mutex<Option<(u64, Arc<Inventory>)>>,
 }
 
@@ -634,78 +602,57 @@ impl KubeInventory {
     /// Starts the watches. They run for the life of the process, retrying
     /// with kube-rs' default backoff; the stores only advance while polled.
     pub fn spawn(client: Client, namespace: &str, agent_selector: &str) -> Self {
-        let state = Arc::new(WatchState::default());
-
-        let (nodes, node_writer) = reflector::store();
-        let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(node_writer);
-        tokio::spawn(drive("nodes", node_events, Arc::clone(&state), |s| {
-            &s.nodes_synced
-        }));
-
-        let (pods, pod_writer) = reflector::store();
-        let pod_events = watcher(
+        let generation = Arc::new(AtomicU64::new(0));
+        // Every event the store applied makes the cached snapshot stale.
+        let bump = || {
+            let generation = Arc::clone(&generation);
+            move || {
+                generation.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        let (nodes, nodes_health) = k8s::spawn_reflector(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            "nodes",
+            |_| {},
+            bump(),
+        );
+        let (pods, pods_health) = k8s::spawn_reflector(
             Api::<Pod>::namespaced(client.clone(), namespace),
             watcher::Config::default().labels(agent_selector),
-        )
-        .default_backoff()
-        .reflect(pod_writer);
-        tokio::spawn(drive("agent pods", pod_events, Arc::clone(&state), |s| {
-            &s.pods_synced
-        }));
-
+            "agent pods",
+            |_| {},
+            bump(),
+        );
         // The Events about Pods in the agents' namespace: why an agent pod
         // does not start (FailedCreatePodSandBox, image pulls). Optional:
         // without them (no RBAC for events) the rest works, so their sync
         // does not gate the inventory.
-        let (events, event_writer) = reflector::store();
-        let event_stream = watcher(
+        let (events, _) = k8s::spawn_reflector(
             Api::<Event>::namespaced(client.clone(), namespace),
             watcher::Config::default().fields("involvedObject.kind=Pod"),
-        )
-        .default_backoff()
-        .modify(|e| e.managed_fields_mut().clear())
-        .reflect(event_writer);
-        tokio::spawn(drive(
             "agent pod events",
-            event_stream,
-            Arc::clone(&state),
-            |s| &s.events_synced,
-        ));
-
+            |e: &mut Event| e.managed_fields_mut().clear(),
+            bump(),
+        );
         // The NetworkPolicies of the agents' namespace and its labels: a
         // probe a policy denies is named as such, not as a broken network.
         // Optional like the Events (without RBAC, probes are judged as if
         // no policy existed).
-        let (policies, policy_writer) = reflector::store();
-        let policy_stream = watcher(
+        let (policies, _) = k8s::spawn_reflector(
             Api::<NetworkPolicy>::namespaced(client.clone(), namespace),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear())
-        .reflect(policy_writer);
-        tokio::spawn(drive(
             "network policies",
-            policy_stream,
-            Arc::clone(&state),
-            |s| &s.policies_synced,
-        ));
-        let (namespaces, namespace_writer) = reflector::store();
-        let namespace_stream = watcher(
+            |p: &mut NetworkPolicy| p.managed_fields_mut().clear(),
+            bump(),
+        );
+        let (namespaces, _) = k8s::spawn_reflector(
             Api::<Namespace>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={namespace}")),
-        )
-        .default_backoff()
-        .modify(|n| n.managed_fields_mut().clear())
-        .reflect(namespace_writer);
-        tokio::spawn(drive(
             "the agents' namespace",
-            namespace_stream,
-            Arc::clone(&state),
-            |s| &s.namespaces_synced,
-        ));
+            |n: &mut Namespace| n.managed_fields_mut().clear(),
+            bump(),
+        );
 
         KubeInventory {
             nodes,
@@ -714,7 +661,12 @@ impl KubeInventory {
             policies,
             namespaces,
             namespace: namespace.into(),
-            state,
+            state: Arc::new(WatchState {
+                generation,
+                nodes: nodes_health,
+                pods: pods_health,
+                cache: Mutex::new(None),
+            }),
         }
     }
 
@@ -730,8 +682,7 @@ impl KubeInventory {
         {
             return Arc::clone(inventory);
         }
-        let synced = self.state.nodes_synced.load(Ordering::Acquire)
-            && self.state.pods_synced.load(Ordering::Acquire);
+        let synced = self.state.nodes.synced() && self.state.pods.synced();
         let nodes = self.nodes.state();
         let pods = self.pods.state();
         let events = self.events.state();
@@ -766,42 +717,6 @@ impl KubeInventory {
 /// Borrows what a reflector store holds.
 fn refs<K>(objects: &[Arc<K>]) -> Vec<&K> {
     objects.iter().map(AsRef::as_ref).collect()
-}
-
-/// Polls one reflector stream forever, bumping the snapshot generation on
-/// every event. Errors are logged and retried by the backoff; the store keeps
-/// its last state meanwhile.
-async fn drive<K, S>(
-    what: &'static str,
-    events: S,
-    state: Arc<WatchState>,
-    synced: fn(&WatchState) -> &AtomicBool,
-) where
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-{
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::InitDone) => {
-                if !synced(&state).swap(true, Ordering::AcqRel) {
-                    tracing::info!(what, "Kubernetes watch synced");
-                }
-                state.generation.fetch_add(1, Ordering::AcqRel);
-            }
-            Ok(_) => {
-                state.generation.fetch_add(1, Ordering::AcqRel);
-            }
-            Err(error) => tracing::warn!(
-                what,
-                %error,
-                "Kubernetes watch failed; keeping the last known state and retrying"
-            ),
-        }
-    }
-    tracing::error!(
-        what,
-        "Kubernetes watch ended; the inventory will no longer change"
-    );
 }
 
 #[cfg(test)]
@@ -899,6 +814,28 @@ mod tests {
         assert_eq!(inv.nodes.len(), 2);
         let names: Vec<_> = inv.agents.values().flatten().map(|p| &p.name).collect();
         assert_eq!(names, ["agent-a", "agent-b"]);
+    }
+
+    /// The shared reading (netmatrix_runtime::k8s): an empty nodeName is no
+    /// node, and podIPs come first, podIP after them when missing.
+    #[test]
+    fn agents_need_a_node_name_and_take_every_pod_ip() {
+        let mut dual = pod("agent-d", "n1", "10.244.1.4", "Running");
+        dual.status.as_mut().unwrap().pod_ips = Some(vec![PodIP {
+            ip: "fd00::4".into(),
+        }]);
+        let inv = Inventory::from_objects(
+            &[node("n1", "10.244.1.0/24")],
+            &[pod("agent-x", "", "10.244.1.3", "Running"), dual],
+            true,
+        );
+        assert!(!inv.agents.contains_key(""));
+        let ips: Vec<String> = inv.agents["n1"][0]
+            .ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ips, ["fd00::4", "10.244.1.4"]);
     }
 
     #[test]

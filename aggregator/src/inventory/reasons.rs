@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use netmatrix_api::labels;
+use netmatrix_runtime::k8s;
 
 use crate::diagnosis::{AgentDown, DownCause};
 
@@ -37,7 +38,7 @@ pub(super) fn agents_down<'a>(
 ) -> BTreeMap<String, AgentDown> {
     let agent_pods: Vec<(&str, &Pod)> = pods
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_host_agent(p))
+        .filter(|p| !k8s::pod_is_terminating(p) && !is_host_agent(p))
         .filter_map(|p| node_of(p).map(|n| (n, *p)))
         .collect();
     let any_agent_pod = !agent_pods.is_empty();
@@ -93,11 +94,12 @@ pub(super) fn is_host_agent(pod: &Pod) -> bool {
 /// DaemonSet pod not yet scheduled names its node in its required node
 /// affinity (`matchFields` on `metadata.name`).
 fn node_of(pod: &Pod) -> Option<&str> {
-    let spec = pod.spec.as_ref()?;
-    if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
+    if let Some(node) = k8s::pod_node(pod) {
         return Some(node);
     }
-    let required = spec
+    let required = pod
+        .spec
+        .as_ref()?
         .affinity
         .as_ref()?
         .node_affinity
@@ -113,17 +115,15 @@ fn node_of(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Running, and no container waiting (a crash-looping pod is `Running`
-/// with its container waiting in `CrashLoopBackOff`).
+/// Running and not terminating ([`k8s::pod_is_running`]), and no container
+/// waiting (a crash-looping pod is `Running` with its container waiting in
+/// `CrashLoopBackOff`): an agent that can report.
 pub(super) fn runs(pod: &Pod) -> bool {
-    let Some(status) = pod.status.as_ref() else {
-        return false;
-    };
-    status.phase.as_deref() == Some("Running")
-        && status
-            .container_statuses
+    k8s::pod_is_running(pod)
+        && pod
+            .status
             .iter()
-            .flatten()
+            .flat_map(|s| s.container_statuses.iter().flatten())
             .all(|c| c.state.as_ref().is_none_or(|s| s.waiting.is_none()))
 }
 
@@ -136,13 +136,7 @@ fn created(pod: &Pod) -> Option<Timestamp> {
 /// which the kubelet quotes ("container runtime network not ready:
 /// NetworkReady=false reason:NetworkPluginNotReady message:...").
 fn network_not_ready(node: &Node) -> Option<String> {
-    let ready = node
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
+    let ready = k8s::node_ready_condition(node)?;
     if ready.status == "True" {
         return None;
     }

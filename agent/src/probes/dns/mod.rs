@@ -37,7 +37,7 @@
 //! the server (CoreDNS `cache`, node-local DNS), the SOA for what the zone
 //! allows; a record is only late once both may have expired.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -52,10 +52,15 @@ use hickory_resolver::{Resolver, TokioResolver};
 use netmatrix_api::{DnsResult, ErrorKind, ProbeError, RecordType};
 
 use super::{io_error_kind, millis, os_message};
-use crate::config::DnsName;
+
+mod expectation;
+
+pub use expectation::{
+    AgentHistory, ExpectedAgent, History, SrvExpectation, Verdict, compare_a, compare_srv,
+};
 
 /// Default of `--dns-negative-ttl`: CoreDNS's negative-cache TTL (see
-/// DESIGN.md §3).
+/// `docs/architecture.md`).
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// An SOA cannot make the agent wait longer than this for a record (CoreDNS
 /// `cache` caps denials at 30 minutes too): a zone with a day-long minimum
@@ -67,28 +72,13 @@ const MAX_TARGET_LOOKUPS: usize = 256;
 /// records per list of a result.
 const MAX_LISTED: usize = 10;
 
-/// A Ready agent pod: what the SRV answer should list.
+/// A name resolved with an A/AAAA lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpectedAgent {
-    pub pod: String,
-    pub ip: IpAddr,
-    /// Since when DNS should list it (Unix milliseconds); `None`: unknown,
-    /// taken as old (the API would say if it were new).
-    pub since_unix_ms: Option<u64>,
-}
-
-/// What the SRV answer is compared with.
-#[derive(Debug, Clone, Default)]
-pub struct SrvExpectation {
-    /// Agents DNS must list.
-    pub agents: Vec<ExpectedAgent>,
-    /// Agents DNS may list or not: Running but not Ready (the endpoints
-    /// controller drops them, after a delay).
-    pub optional: HashSet<IpAddr>,
-    /// Agents that left (or stopped being Ready), and when (Unix
-    /// milliseconds): a cached positive answer may list them for up to the
-    /// TTL after that.
-    pub departed: HashMap<IpAddr, u64>,
+pub struct DnsName {
+    /// Fully qualified (trailing dot), so that search lists never apply.
+    pub name: String,
+    /// The only address the answer may contain; `None`: any answer is fine.
+    pub expected: Option<IpAddr>,
 }
 
 /// A negative answer: the name does not exist (NXDOMAIN), or has no record
@@ -111,44 +101,6 @@ impl NegativeAnswer {
 struct Found<T> {
     records: T,
     negative: Option<NegativeAnswer>,
-}
-
-/// What one name's earlier checks left behind: enough to say how long a
-/// disagreement has lasted.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    /// When this agent first checked the name (the age of an A expectation).
-    pub first_checked_unix_ms: u64,
-    /// The SOA negative TTL of the last negative answer that carried one.
-    pub soa_negative_ttl: Option<Duration>,
-    /// Expected records missing from the answers, since when (first seen).
-    missing_since: HashMap<String, u64>,
-    /// Records the API does not have, answered since when (first seen).
-    extra_since: HashMap<String, u64>,
-}
-
-impl History {
-    pub fn new(now_unix_ms: u64) -> Self {
-        Self {
-            first_checked_unix_ms: now_unix_ms,
-            ..Self::default()
-        }
-    }
-
-    /// The TTL in force for this name: the flag, raised by the SOA.
-    fn ttl(&self, flag: Duration) -> Duration {
-        self.soa_negative_ttl
-            .map_or(flag, |soa| flag.max(soa.min(MAX_SOA_NEGATIVE_TTL)))
-    }
-}
-
-/// The outcome of a comparison with the API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Verdict {
-    /// Expected records missing, but younger than the TTL.
-    pub pending: Vec<String>,
-    /// `WrongAnswer` when DNS has disagreed for longer than the TTL.
-    pub error: Option<ProbeError>,
 }
 
 /// Resolves against one server, no cache.
@@ -206,53 +158,29 @@ impl DnsProber {
 
     /// A (or AAAA, when the expected address is IPv6) lookup of `name`.
     pub async fn check_a(&self, name: &DnsName, now_unix_ms: u64) -> DnsResult {
-        let started = Instant::now();
         let want_v6 = matches!(name.expected, Some(IpAddr::V6(_)));
-        let found = self.addresses(&name.name, want_v6).await;
-        let latency = started.elapsed();
-        let mut result = DnsResult {
-            name: name.name.clone(),
+        let check = Check {
+            name: &name.name,
             record: RecordType::A,
-            ok: false,
-            latency_ms: Some(millis(latency)),
-            answers: Vec::new(),
+            what: "address",
             expected: name.expected.iter().map(ToString::to_string).collect(),
-            pending: Vec::new(),
-            error: None,
         };
-        match found {
-            Err(e) => result.error = Some(e),
-            Ok(found) => {
-                result.answers = found.records.iter().map(ToString::to_string).collect();
-                match name.expected {
-                    None => result.error = empty_answer(&name.name, "address", &found),
-                    Some(ip) => {
-                        let answers = result.answers.iter().cloned().collect();
-                        let verdict = self.judged(
-                            &name.name,
-                            RecordType::A,
-                            now_unix_ms,
-                            found.negative,
-                            |h, ttl| {
-                                compare_a(
-                                    &name.name,
-                                    ip,
-                                    &answers,
-                                    found.negative,
-                                    ttl,
-                                    h,
-                                    now_unix_ms,
-                                )
-                            },
-                        );
-                        result.pending = verdict.pending;
-                        result.error = verdict.error;
-                    }
-                }
+        let judge = name.expected.map(|ip| {
+            move |found: &BTreeSet<IpAddr>, negative, history: &mut History, ttl| {
+                let answers = found.iter().map(ToString::to_string).collect();
+                compare_a(
+                    &name.name,
+                    ip,
+                    &answers,
+                    negative,
+                    ttl,
+                    history,
+                    now_unix_ms,
+                )
             }
-        }
-        result.ok = result.error.is_none();
-        result
+        });
+        let lookup = self.addresses(&name.name, want_v6);
+        self.check(check, lookup, judge, now_unix_ms).await
     }
 
     /// SRV lookup of `name`, compared with `expectation` when the API's view
@@ -263,15 +191,10 @@ impl DnsProber {
         expectation: Option<&SrvExpectation>,
         now_unix_ms: u64,
     ) -> DnsResult {
-        let started = Instant::now();
-        let found = self.srv_endpoints(name).await;
-        let latency = started.elapsed();
-        let mut result = DnsResult {
-            name: name.to_owned(),
+        let check = Check {
+            name,
             record: RecordType::Srv,
-            ok: false,
-            latency_ms: Some(millis(latency)),
-            answers: Vec::new(),
+            what: "SRV",
             expected: expectation
                 .map(|e| {
                     e.agents
@@ -282,6 +205,44 @@ impl DnsProber {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+        };
+        let judge = expectation.map(|e| {
+            move |found: &SrvEndpoints, negative, history: &mut History, ttl| {
+                compare_srv(
+                    name,
+                    &found.addresses,
+                    e,
+                    negative,
+                    ttl,
+                    history,
+                    now_unix_ms,
+                )
+            }
+        });
+        self.check(check, self.srv_endpoints(name), judge, now_unix_ms)
+            .await
+    }
+
+    /// The flow both checks share: look up (timed), list the answers, and
+    /// judge them against the API's truth when there is one (`judge`), else
+    /// only require an answer.
+    async fn check<T: Records>(
+        &self,
+        check: Check<'_>,
+        lookup: impl Future<Output = Result<Found<T>, ProbeError>>,
+        judge: Option<impl FnOnce(&T, Option<NegativeAnswer>, &mut History, Duration) -> Verdict>,
+        now_unix_ms: u64,
+    ) -> DnsResult {
+        let started = Instant::now();
+        let found = lookup.await;
+        let latency = started.elapsed();
+        let mut result = DnsResult {
+            name: check.name.to_owned(),
+            record: check.record,
+            ok: false,
+            latency_ms: Some(millis(latency)),
+            answers: Vec::new(),
+            expected: check.expected,
             pending: Vec::new(),
             error: None,
         };
@@ -289,25 +250,15 @@ impl DnsProber {
             Err(e) => result.error = Some(e),
             Ok(found) => {
                 result.answers = found.records.describe();
-                match expectation {
-                    None => result.error = empty_answer(name, "SRV", &found),
-                    Some(e) => {
+                match judge {
+                    None => result.error = empty_answer(check.name, check.what, &found),
+                    Some(judge) => {
                         let verdict = self.judged(
-                            name,
-                            RecordType::Srv,
+                            check.name,
+                            check.record,
                             now_unix_ms,
                             found.negative,
-                            |h, ttl| {
-                                compare_srv(
-                                    name,
-                                    &found.records.addresses,
-                                    e,
-                                    found.negative,
-                                    ttl,
-                                    h,
-                                    now_unix_ms,
-                                )
-                            },
+                            |h, ttl| judge(&found.records, found.negative, h, ttl),
                         );
                         result.pending = verdict.pending;
                         result.error = verdict.error;
@@ -454,9 +405,19 @@ impl DnsProber {
     }
 }
 
+/// What differs between the checks' results, beside their records.
+struct Check<'a> {
+    name: &'a str,
+    record: RecordType,
+    /// The records' kind, for a NODATA message (`no address records`).
+    what: &'static str,
+    /// What the API says the answer should be (the result's `expected`).
+    expected: Vec<String>,
+}
+
 /// Without the API's truth an empty answer is a plain DNS failure: NXDOMAIN
 /// keeps its kind; NODATA is `Other` (the name exists, without records).
-fn empty_answer<T: IsEmpty>(name: &str, what: &str, found: &Found<T>) -> Option<ProbeError> {
+fn empty_answer<T: Records>(name: &str, what: &str, found: &Found<T>) -> Option<ProbeError> {
     if !found.records.is_empty() {
         return None;
     }
@@ -469,19 +430,35 @@ fn empty_answer<T: IsEmpty>(name: &str, what: &str, found: &Found<T>) -> Option<
     })
 }
 
-trait IsEmpty {
+/// What a lookup found: the addresses of an A lookup, or the endpoints
+/// behind SRV records.
+trait Records {
     fn is_empty(&self) -> bool;
+    /// As a result lists them.
+    fn describe(&self) -> Vec<String>;
 }
 
-impl IsEmpty for BTreeSet<IpAddr> {
+impl Records for BTreeSet<IpAddr> {
     fn is_empty(&self) -> bool {
         BTreeSet::is_empty(self)
     }
+
+    fn describe(&self) -> Vec<String> {
+        self.iter().map(ToString::to_string).collect()
+    }
 }
 
-impl IsEmpty for SrvEndpoints {
+impl Records for SrvEndpoints {
     fn is_empty(&self) -> bool {
         self.addresses.is_empty() && self.unresolved.is_empty()
+    }
+
+    fn describe(&self) -> Vec<String> {
+        self.addresses
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.unresolved.iter().cloned())
+            .collect()
     }
 }
 
@@ -491,16 +468,6 @@ struct SrvEndpoints {
     addresses: BTreeSet<IpAddr>,
     /// `target:port` of records whose target did not resolve.
     unresolved: Vec<String>,
-}
-
-impl SrvEndpoints {
-    fn describe(&self) -> Vec<String> {
-        self.addresses
-            .iter()
-            .map(ToString::to_string)
-            .chain(self.unresolved.iter().cloned())
-            .collect()
-    }
 }
 
 /// Caps the record lists of a result at [`MAX_LISTED`] each, before the
@@ -565,215 +532,11 @@ pub(crate) fn classify(err: &NetError, name: &str, server: SocketAddr) -> ProbeE
     ProbeError::new(kind, format!("lookup {name} on {server}: {what}"))
 }
 
-/// One record the API says DNS should answer.
-#[derive(Debug, Clone)]
-struct Want {
-    /// As it appears in the answers (an address).
-    record: String,
-    /// For messages, e.g. `agent-3 (10.244.3.2)`.
-    label: String,
-    since_unix_ms: Option<u64>,
-}
-
-/// Records DNS may answer without the API having them.
-#[derive(Debug, Default)]
-struct Tolerance {
-    optional: HashSet<String>,
-    /// Departure time of records the API had, Unix milliseconds.
-    departed: HashMap<String, u64>,
-}
-
-/// The A answer must be exactly `expected`. The expectation counts from the
-/// name's first check by this agent.
-pub fn compare_a(
-    name: &str,
-    expected: IpAddr,
-    found: &BTreeSet<String>,
-    negative: Option<NegativeAnswer>,
-    ttl: Duration,
-    history: &mut History,
-    now_unix_ms: u64,
-) -> Verdict {
-    let want = Want {
-        record: expected.to_string(),
-        label: expected.to_string(),
-        since_unix_ms: Some(history.first_checked_unix_ms),
-    };
-    let input = Comparison {
-        name,
-        wants: &[want],
-        found,
-        tolerance: &Tolerance::default(),
-        negative,
-        ttl,
-    };
-    input.judge(history, now_unix_ms)
-}
-
-/// The addresses behind the SRV records must be the Ready agents.
-pub fn compare_srv(
-    name: &str,
-    found: &BTreeSet<IpAddr>,
-    expectation: &SrvExpectation,
-    negative: Option<NegativeAnswer>,
-    ttl: Duration,
-    history: &mut History,
-    now_unix_ms: u64,
-) -> Verdict {
-    let wants: Vec<Want> = expectation
-        .agents
-        .iter()
-        .map(|a| Want {
-            record: a.ip.to_string(),
-            label: format!("{} ({})", a.pod, a.ip),
-            since_unix_ms: a.since_unix_ms,
-        })
-        .collect();
-    let tolerance = Tolerance {
-        optional: expectation
-            .optional
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        departed: expectation
-            .departed
-            .iter()
-            .map(|(ip, t)| (ip.to_string(), *t))
-            .collect(),
-    };
-    let found: BTreeSet<String> = found.iter().map(ToString::to_string).collect();
-    let input = Comparison {
-        name,
-        wants: &wants,
-        found: &found,
-        tolerance: &tolerance,
-        negative,
-        ttl,
-    };
-    input.judge(history, now_unix_ms)
-}
-
-/// Answers against the API's truth.
-struct Comparison<'a> {
-    name: &'a str,
-    wants: &'a [Want],
-    found: &'a BTreeSet<String>,
-    tolerance: &'a Tolerance,
-    negative: Option<NegativeAnswer>,
-    ttl: Duration,
-}
-
-impl Comparison<'_> {
-    fn judge(&self, history: &mut History, now: u64) -> Verdict {
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        let age = |since: u64| now.saturating_sub(since);
-
-        let mut pending = Vec::new();
-        let mut late = Vec::new();
-        let missing: Vec<&Want> = self
-            .wants
-            .iter()
-            .filter(|w| !self.found.contains(&w.record))
-            .collect();
-        history
-            .missing_since
-            .retain(|r, _| missing.iter().any(|w| &w.record == r));
-        for want in missing {
-            let missing_since = *history
-                .missing_since
-                .entry(want.record.clone())
-                .or_insert(now);
-            match want.since_unix_ms.map(age) {
-                // Young: a resolver may still hold the negative answer it
-                // cached before the record existed.
-                Some(expected_for) if expected_for < ttl_ms => pending.push(want.record.clone()),
-                expected_for => late.push(format!(
-                    "{} ({}not answered for {})",
-                    want.label,
-                    expected_for.map_or(String::new(), |ms| format!("expected for {}, ", secs(ms))),
-                    secs(age(missing_since)),
-                )),
-            }
-        }
-
-        let wanted: HashSet<&str> = self.wants.iter().map(|w| w.record.as_str()).collect();
-        let extra: Vec<&String> = self
-            .found
-            .iter()
-            .filter(|r| !wanted.contains(r.as_str()) && !self.tolerance.optional.contains(*r))
-            .collect();
-        history.extra_since.retain(|r, _| extra.contains(&r));
-        let mut stale = Vec::new();
-        for record in extra {
-            let first_answered = *history.extra_since.entry(record.clone()).or_insert(now);
-            // Counted from when the API stopped having it, when known.
-            let since = self
-                .tolerance
-                .departed
-                .get(record)
-                .copied()
-                .unwrap_or(first_answered);
-            if age(since) >= ttl_ms {
-                stale.push(format!("{record} (for {})", secs(age(since))));
-            }
-        }
-
-        pending.sort();
-        if late.is_empty() && stale.is_empty() {
-            return Verdict {
-                pending,
-                error: None,
-            };
-        }
-        let mut parts = Vec::new();
-        match self.negative {
-            Some(negative) => parts.push(negative.describe().to_owned()),
-            None if !late.is_empty() => parts.push(format!("answered {}", join(self.found.iter()))),
-            None => {}
-        }
-        if !late.is_empty() {
-            parts.push(format!(
-                "{} expected record(s) missing for longer than the negative-cache TTL ({}): {}",
-                late.len(),
-                secs(ttl_ms),
-                join(late.iter())
-            ));
-        }
-        if !stale.is_empty() {
-            parts.push(format!(
-                "{} record(s) the API does not have, answered for longer than {}: {}",
-                stale.len(),
-                secs(ttl_ms),
-                join(stale.iter())
-            ));
-        }
-        Verdict {
-            pending,
-            error: Some(ProbeError::new(
-                ErrorKind::WrongAnswer,
-                format!("{}: {}", self.name, parts.join("; ")),
-            )),
-        }
-    }
-}
-
-/// Milliseconds as whole seconds, the way people read them (`2m 5s`).
-fn secs(ms: u64) -> String {
-    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
-}
-
-/// Joins at most [`MAX_LISTED`] items, saying how many were left out.
-fn join<T: ToString>(items: impl ExactSizeIterator<Item = T>) -> String {
-    let total = items.len();
-    let mut listed: Vec<String> = items.take(MAX_LISTED).map(|i| i.to_string()).collect();
-    if total > MAX_LISTED {
-        listed.push(format!("and {} more", total - MAX_LISTED));
-    }
-    listed.join(", ")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::expectation::tests::{NOW, TTL, agent};
+    use super::*;
+
     #[test]
     fn long_record_lists_are_capped() {
         let mut r = DnsResult {
@@ -795,185 +558,6 @@ mod tests {
             Some("... and 4990 more")
         );
         assert_eq!(r.expected, ["10.0.0.1"]);
-    }
-
-    use super::*;
-
-    const NOW: u64 = 1_000_000_000;
-    const TTL: Duration = DEFAULT_NEGATIVE_TTL;
-
-    fn agent(pod: &str, ip: &str, age_s: Option<u64>) -> ExpectedAgent {
-        ExpectedAgent {
-            pod: pod.into(),
-            ip: ip.parse().unwrap(),
-            since_unix_ms: age_s.map(|s| NOW - s * 1000),
-        }
-    }
-
-    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
-    }
-
-    fn strings(list: &[&str]) -> BTreeSet<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    fn srv(found: &[&str], e: &SrvExpectation, h: &mut History, now: u64) -> Verdict {
-        compare_srv("x.", &ips(found), e, None, TTL, h, now)
-    }
-
-    const NXDOMAIN: Option<NegativeAnswer> = Some(NegativeAnswer {
-        nxdomain: true,
-        soa_ttl: None,
-    });
-
-    #[test]
-    fn srv_matching_the_api_is_ok() {
-        let e = SrvExpectation {
-            agents: vec![
-                agent("a", "10.244.1.2", Some(600)),
-                agent("b", "10.244.2.2", None),
-            ],
-            ..Default::default()
-        };
-        let v = srv(&["10.244.1.2", "10.244.2.2"], &e, &mut History::new(0), NOW);
-        assert_eq!(v, Verdict::default());
-    }
-
-    #[test]
-    fn young_agents_missing_from_dns_are_pending_not_failures() {
-        let e = SrvExpectation {
-            agents: vec![
-                agent("a", "10.244.1.2", Some(600)),
-                agent("new", "10.244.3.2", Some(5)),
-            ],
-            ..Default::default()
-        };
-        let mut h = History::new(0);
-        let v = srv(&["10.244.1.2"], &e, &mut h, NOW);
-        assert_eq!(v.error, None);
-        assert_eq!(v.pending, ["10.244.3.2"]);
-
-        // Still missing once the record is older than the TTL: stale.
-        let later = NOW + 26_000;
-        let v = srv(&["10.244.1.2"], &e, &mut h, later);
-        assert!(v.pending.is_empty());
-        let err = v.error.unwrap();
-        assert_eq!(err.kind, ErrorKind::WrongAnswer);
-        assert_eq!(
-            err.message,
-            "x.: answered 10.244.1.2; 1 expected record(s) missing for longer than the \
-             negative-cache TTL (30s): new (10.244.3.2) (expected for 31s, not answered for 26s)"
-        );
-    }
-
-    #[test]
-    fn an_nxdomain_for_a_name_the_api_has_is_pending_then_stale() {
-        let e = SrvExpectation {
-            agents: vec![agent("a", "10.244.1.2", Some(10))],
-            ..Default::default()
-        };
-        let mut h = History::new(0);
-        let v = compare_srv("x.", &ips(&[]), &e, NXDOMAIN, TTL, &mut h, NOW);
-        assert_eq!((v.pending.len(), v.error), (1, None));
-        let v = compare_srv("x.", &ips(&[]), &e, NXDOMAIN, TTL, &mut h, NOW + 20_000);
-        let err = v.error.unwrap();
-        assert_eq!(err.kind, ErrorKind::WrongAnswer, "stale, not a DNS failure");
-        assert!(
-            err.message
-                .starts_with("x.: NXDOMAIN; 1 expected record(s) missing"),
-            "{err}"
-        );
-
-        // With no Ready agent at all, NXDOMAIN is the right answer.
-        let none = SrvExpectation::default();
-        let v = compare_srv("x.", &ips(&[]), &none, NXDOMAIN, TTL, &mut h, NOW);
-        assert_eq!(v, Verdict::default());
-    }
-
-    #[test]
-    fn extra_records_are_tolerated_for_the_ttl() {
-        let e = SrvExpectation {
-            agents: vec![agent("a", "10.244.1.2", Some(600))],
-            // Not Ready: may be listed or not.
-            optional: HashSet::from(["10.244.5.2".parse().unwrap()]),
-            departed: HashMap::from([
-                // Left 10 s ago: a cached answer may still list it.
-                ("10.244.7.7".parse().unwrap(), NOW - 10_000),
-                // Left 40 s ago: it should be gone by now.
-                ("10.244.8.8".parse().unwrap(), NOW - 40_000),
-            ]),
-        };
-        let mut h = History::new(0);
-        let found = [
-            "10.244.1.2",
-            "10.244.5.2",
-            "10.244.7.7",
-            "10.244.8.8",
-            "10.244.9.9",
-        ];
-        let err = srv(&found, &e, &mut h, NOW).error.unwrap();
-        assert_eq!(
-            err.message,
-            "x.: 1 record(s) the API does not have, answered for longer than 30s: 10.244.8.8 (for 40s)"
-        );
-        // 10.244.9.9 was never known: counted from its first answer.
-        let err = srv(&found, &e, &mut h, NOW + 30_000).error.unwrap();
-        assert!(
-            err.message
-                .contains("10.244.7.7 (for 40s), 10.244.8.8 (for 1m 10s), 10.244.9.9 (for 30s)"),
-            "{err}"
-        );
-        assert!(!err.message.contains("10.244.5.2"), "{err}");
-        // Gone from the answer: forgotten, and a reappearance starts over.
-        assert_eq!(srv(&["10.244.1.2"], &e, &mut h, NOW + 31_000).error, None);
-        assert_eq!(
-            srv(&["10.244.1.2", "10.244.9.9"], &e, &mut h, NOW + 32_000).error,
-            None
-        );
-    }
-
-    #[test]
-    fn a_answers_are_compared_from_the_first_check() {
-        let ip: IpAddr = "10.96.0.1".parse().unwrap();
-        let mut h = History::new(NOW);
-        let a = |found: &[&str], h: &mut History, now| {
-            compare_a("k.", ip, &strings(found), None, TTL, h, now)
-        };
-        assert_eq!(a(&["10.96.0.1"], &mut h, NOW), Verdict::default());
-        // Within the TTL of the agent's first check: pending.
-        let v = a(&["10.96.0.9"], &mut h, NOW + 1_000);
-        assert_eq!((v.pending, v.error), (vec!["10.96.0.1".to_owned()], None));
-        let err = a(&["10.96.0.9"], &mut h, NOW + 31_000).error.unwrap();
-        assert_eq!(err.kind, ErrorKind::WrongAnswer);
-        assert_eq!(
-            err.message,
-            "k.: answered 10.96.0.9; 1 expected record(s) missing for longer than the negative-cache \
-             TTL (30s): 10.96.0.1 (expected for 31s, not answered for 30s); 1 record(s) the API does \
-             not have, answered for longer than 30s: 10.96.0.9 (for 30s)"
-        );
-        let err = compare_a("k.", ip, &strings(&[]), NXDOMAIN, TTL, &mut h, NOW + 40_000)
-            .error
-            .unwrap();
-        assert!(err.message.starts_with("k.: NXDOMAIN; 1 expected"), "{err}");
-    }
-
-    #[test]
-    fn the_soa_can_raise_the_ttl_within_a_cap() {
-        let mut h = History::new(0);
-        assert_eq!(h.ttl(TTL), TTL);
-        h.soa_negative_ttl = Some(Duration::from_secs(5));
-        assert_eq!(h.ttl(TTL), TTL, "the flag is a floor");
-        h.soa_negative_ttl = Some(Duration::from_secs(300));
-        assert_eq!(h.ttl(TTL), Duration::from_secs(300));
-        h.soa_negative_ttl = Some(Duration::from_secs(86_400));
-        assert_eq!(h.ttl(TTL), MAX_SOA_NEGATIVE_TTL);
-    }
-
-    #[test]
-    fn long_lists_are_cut() {
-        let s = join((0..12).map(|i| i.to_string()).collect::<Vec<_>>().iter());
-        assert!(s.ends_with("9, and 2 more"), "{s}");
     }
 
     #[test]
