@@ -102,12 +102,7 @@ fn with(base: &Report, mutate: impl FnOnce(&mut Value)) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use netmatrix_runtime::now_unix_ms as now_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_reports_and_connections_change_nothing() {

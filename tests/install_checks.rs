@@ -20,9 +20,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use netmatrix_api::{FindingKind, NodeState};
-use netmatrix_lab::{Fault, Lab};
 use netmatrix_lab::lab::{Alert, LabPrometheus};
 use netmatrix_lab::process::Binaries;
+use netmatrix_lab::{Fault, Lab};
 
 /// The `netmatrix` binary, found like the lab's other binaries
 /// (`NETMATRIX_BIN_DIR`, or next to the test executable).

@@ -9,6 +9,12 @@ pub fn now_unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Now, in whole Unix seconds (the resolution of Kubernetes timestamps and
+/// of token claims).
+pub fn now_unix_secs() -> u64 {
+    now_unix_ms() / 1000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@
 //! - [`exit_code`]: the operator-facing error chain, without a backtrace;
 //! - [`serve`]: the bounded HTTP server both binaries serve with;
 //! - [`k8s`]: one reading of Pods, Nodes and API times, and the watch loop;
-//! - [`clock`]: now, in Unix milliseconds;
+//! - [`clock`]: now, in Unix milliseconds or seconds;
 //! - [`metrics`]: gauge series that vanish when no longer written.
 
 pub mod clock;
@@ -20,7 +20,7 @@ pub mod metrics;
 pub mod serve;
 pub mod udp_echo;
 
-pub use clock::now_unix_ms;
+pub use clock::{now_unix_ms, now_unix_secs};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

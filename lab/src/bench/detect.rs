@@ -19,7 +19,7 @@
 //! The clearing likewise: the first matrix with every pod cell `ok` again,
 //! then the first evaluation with no finding left.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::net::faults::{Arity, Fault, FaultKind};
 use crate::view::all_pod_cells_ok;
@@ -126,12 +126,6 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
 /// findings naming no node, match any).
 fn names(finding: &Finding, on: &[String]) -> bool {
     on.is_empty() || finding.nodes.is_empty() || on.iter().any(|n| finding.nodes.contains(n))
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Seconds from `t0` to `t` (both unix ms; negative when `t` is earlier).
@@ -318,10 +312,10 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     for trial in 1..=args.trials {
         // Out of phase with the rounds, so that trials sample all of it.
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..1000))).await;
-        let t0 = unix_ms_now();
+        let t0 = netmatrix_runtime::now_unix_ms();
         lab.fault(fault.clone()).context("inject")?;
         let detection = poller.detection(t0, kind, &on).await;
-        let t1 = unix_ms_now();
+        let t1 = netmatrix_runtime::now_unix_ms();
         lab.heal().context("heal")?;
         // A lab that does not clear is in no state for the next trial.
         let clearing = poller

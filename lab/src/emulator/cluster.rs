@@ -762,9 +762,7 @@ pub fn uuid_v4(mut b: [u8; 16]) -> String {
 
 fn now() -> Time {
     // Kubernetes timestamps have a resolution of one second.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    let secs = i64::try_from(netmatrix_runtime::now_unix_secs()).unwrap_or(0);
     Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use netmatrix_api::labels;
 
@@ -53,9 +53,7 @@ impl TokenMounts {
         let binding = Binding::of_pod(&self.cluster, NAMESPACE, pod).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such pod, or no node")
         })?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = netmatrix_runtime::now_unix_secs();
         let token = self
             .authority
             .issue(&binding, &[labels::TOKEN_AUDIENCE], self.ttl, now);

@@ -98,8 +98,9 @@ impl Lab {
     /// ready.
     pub async fn start_prometheus(&self, rule_files: &[&Path]) -> Result<LabPrometheus, LabError> {
         let program = prometheus_binary().ok_or_else(|| LabError::Io {
-            what: "prometheus not found (Debian package `prometheus`; scripts/setup-test installs it)"
-                .into(),
+            what:
+                "prometheus not found (Debian package `prometheus`; scripts/setup-test installs it)"
+                    .into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })?;
         let topo = self.topology();

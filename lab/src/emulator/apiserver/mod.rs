@@ -212,9 +212,7 @@ async fn create_token_review(
         .flatten()
         .filter_map(|a| a.as_str().map(str::to_owned))
         .collect();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = netmatrix_runtime::now_unix_secs();
     let status = api.authority.review(&api.state, token, &audiences, now);
     Ok((
         StatusCode::CREATED,
