@@ -15,30 +15,6 @@ use prometheus::{
     GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Every finding kind, so `netmatrix_finding_active{kind}` exists (at 0) for
-/// each before it first fires; alert rules can then tell 0 from absent.
-const ALL_KINDS: [FindingKind; 19] = [
-    FindingKind::NodeIsolated,
-    FindingKind::CrossNodeBroken,
-    FindingKind::Partition,
-    FindingKind::AsymmetricPath,
-    FindingKind::PairBroken,
-    FindingKind::PacketLoss,
-    FindingKind::HighLatency,
-    FindingKind::MtuMismatch,
-    FindingKind::ApiserverUnreachable,
-    FindingKind::ClusteripBroken,
-    FindingKind::DnsFailure,
-    FindingKind::DnsStale,
-    FindingKind::UnderlayBroken,
-    FindingKind::AgentMissing,
-    FindingKind::IcmpFiltered,
-    FindingKind::TcpFiltered,
-    FindingKind::UdpFiltered,
-    FindingKind::ServiceUnreachable,
-    FindingKind::BlockedByPolicy,
-];
-
 pub struct Metrics {
     registry: Registry,
     nodes_expected: IntGauge,
@@ -186,7 +162,9 @@ impl Metrics {
             published: Mutex::default(),
             registry,
         };
-        for kind in ALL_KINDS {
+        // Every finding kind exists (at 0) before it first fires: alert rules
+        // can then tell 0 from absent.
+        for kind in FindingKind::ALL {
             metrics
                 .finding_active
                 .with_label_values(&[kind.as_str()])
@@ -253,7 +231,8 @@ impl Metrics {
             }
         }
 
-        let mut active: BTreeMap<FindingKind, i64> = ALL_KINDS.iter().map(|k| (*k, 0)).collect();
+        let mut active: BTreeMap<FindingKind, i64> =
+            FindingKind::ALL.iter().map(|k| (*k, 0)).collect();
         let mut finding_nodes = Vec::new();
         let mut flapping = Vec::new();
         let mut causes = Vec::new();
@@ -481,7 +460,10 @@ mod tests {
             ];
             m.observe(&matrix(&names, &[]), names.len(), &findings);
             let text = m.encode().unwrap();
-            assert_eq!(series(&text, "netmatrix_finding_active"), ALL_KINDS.len());
+            assert_eq!(
+                series(&text, "netmatrix_finding_active"),
+                FindingKind::ALL.len()
+            );
             assert!(series(&text, "netmatrix_finding") <= names.len() + 2 + 2);
         }
         let text = m.encode().unwrap();

@@ -2,55 +2,53 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Stable identifier of a diagnosis. Alerts and runbooks key on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FindingKind {
-    NodeIsolated,
-    CrossNodeBroken,
-    Partition,
-    AsymmetricPath,
-    PairBroken,
-    PacketLoss,
-    HighLatency,
-    MtuMismatch,
-    ApiserverUnreachable,
-    ClusteripBroken,
-    DnsFailure,
-    DnsStale,
-    UnderlayBroken,
-    AgentMissing,
-    IcmpFiltered,
-    TcpFiltered,
-    UdpFiltered,
-    ServiceUnreachable,
-    BlockedByPolicy,
+/// Declares [`FindingKind`] from one list, so that its variants, their
+/// names on the wire ([`FindingKind::as_str`]) and [`FindingKind::ALL`]
+/// cannot drift apart.
+macro_rules! finding_kinds {
+    ($($variant:ident => $name:literal,)+) => {
+        /// Stable identifier of a diagnosis. Alerts and runbooks key on it.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+        )]
+        #[serde(rename_all = "kebab-case")]
+        pub enum FindingKind {
+            $($variant,)+
+        }
+
+        impl FindingKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &[FindingKind] = &[$(FindingKind::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(FindingKind::$variant => $name,)+
+                }
+            }
+        }
+    };
 }
 
-impl FindingKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FindingKind::NodeIsolated => "node-isolated",
-            FindingKind::CrossNodeBroken => "cross-node-broken",
-            FindingKind::Partition => "partition",
-            FindingKind::AsymmetricPath => "asymmetric-path",
-            FindingKind::PairBroken => "pair-broken",
-            FindingKind::PacketLoss => "packet-loss",
-            FindingKind::HighLatency => "high-latency",
-            FindingKind::MtuMismatch => "mtu-mismatch",
-            FindingKind::ApiserverUnreachable => "apiserver-unreachable",
-            FindingKind::ClusteripBroken => "clusterip-broken",
-            FindingKind::DnsFailure => "dns-failure",
-            FindingKind::DnsStale => "dns-stale",
-            FindingKind::UnderlayBroken => "underlay-broken",
-            FindingKind::AgentMissing => "agent-missing",
-            FindingKind::IcmpFiltered => "icmp-filtered",
-            FindingKind::TcpFiltered => "tcp-filtered",
-            FindingKind::UdpFiltered => "udp-filtered",
-            FindingKind::ServiceUnreachable => "service-unreachable",
-            FindingKind::BlockedByPolicy => "blocked-by-policy",
-        }
-    }
+finding_kinds! {
+    NodeIsolated => "node-isolated",
+    CrossNodeBroken => "cross-node-broken",
+    Partition => "partition",
+    AsymmetricPath => "asymmetric-path",
+    PairBroken => "pair-broken",
+    PacketLoss => "packet-loss",
+    HighLatency => "high-latency",
+    MtuMismatch => "mtu-mismatch",
+    ApiserverUnreachable => "apiserver-unreachable",
+    ClusteripBroken => "clusterip-broken",
+    DnsFailure => "dns-failure",
+    DnsStale => "dns-stale",
+    UnderlayBroken => "underlay-broken",
+    AgentMissing => "agent-missing",
+    IcmpFiltered => "icmp-filtered",
+    TcpFiltered => "tcp-filtered",
+    UdpFiltered => "udp-filtered",
+    ServiceUnreachable => "service-unreachable",
+    BlockedByPolicy => "blocked-by-policy",
 }
 
 impl FindingKind {
@@ -145,4 +143,20 @@ pub struct PendingFinding {
     pub held_rounds: u32,
     /// Rounds it must hold to be raised.
     pub raise_after: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once_under_its_wire_name() {
+        let mut names: Vec<&str> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+        for kind in FindingKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FindingKind::ALL.len());
+    }
 }
