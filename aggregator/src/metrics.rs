@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 
-use netmatrix_api::{Finding, FindingKind, Matrix, Status};
+use netmatrix_api::{CheckGroup, Finding, FindingKind, Matrix, Status};
 use prometheus::core::{Atomic, GenericGaugeVec};
 use prometheus::{
     GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -301,15 +301,12 @@ fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
     let mut groups: BTreeMap<&'static str, bool> = BTreeMap::new();
     let all = row.services.iter().chain(&row.dns).chain(&row.mtu);
     for check in all.filter(|c| c.status != Status::Unknown) {
-        let group = if check.column == "apiserver" {
-            "apiserver"
-        } else if check.column.starts_with("clusterip/") {
-            "clusterip"
-        } else if check.column == crate::matrix::MTU_COLUMN {
-            "mtu"
-        } else {
-            "dns"
-        };
+        // A column this version does not know is counted with DNS.
+        let group = check
+            .column
+            .kind()
+            .group()
+            .map_or("dns", CheckGroup::as_str);
         let up = groups.entry(group).or_insert(true);
         *up &= check.status == Status::Ok;
     }
@@ -483,7 +480,7 @@ mod tests {
         let m = Metrics::new().unwrap();
         let mut mx = matrix(&["n1", "n2"], &[]);
         mx.rows[0].mtu = Some(netmatrix_api::CheckCell {
-            column: crate::matrix::MTU_COLUMN.into(),
+            column: netmatrix_api::CheckColumn::new(netmatrix_api::ColumnKind::Mtu),
             status: Status::Failed,
             latency_ms: None,
             last_error: None,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorKind, NodeState, Status};
+use crate::{CheckColumn, ErrorKind, NodeState, Status};
 
 /// `GET /api/v1/matrix/compact`: the same [`Matrix`](crate::Matrix), a few bytes per cell.
 ///
@@ -20,7 +20,7 @@ pub struct CompactMatrix {
     /// Service, DNS and `mtu` columns over all rows (pod and host), in the
     /// order of first appearance: `services`, then `dns`, then `mtu`.
     #[serde(default)]
-    pub columns: Vec<String>,
+    pub columns: Vec<CheckColumn>,
     /// Pod-network rows, as [`Matrix::rows`](crate::Matrix::rows).
     pub rows: Vec<CompactRow>,
     /// Host-network rows, as [`Matrix::host_rows`](crate::Matrix::host_rows) (omitted when empty).

@@ -16,13 +16,14 @@
 //! they are written by topic:
 //! - `report`: what an agent sends ([`Report`]) and the answer
 //!   ([`ReportAccepted`]);
-//! - `matrix`: what the aggregator serves ([`Matrix`]);
+//! - `matrix`: what the aggregator serves ([`Matrix`], [`CheckColumn`]);
 //! - `findings`: what it names ([`Findings`], [`FindingKind`]);
 //! - `compact`: the matrix in a few bytes per cell ([`CompactMatrix`]);
 //! - `endpoints`: the paths, and the error body ([`ApiError`]);
 //! - [`facts`], [`labels`], [`sampling`], [`validate`]: a node's own
 //!   network, Kubernetes labels, the sampled mesh, report validation.
 
+mod column;
 mod compact;
 mod endpoints;
 mod findings;
@@ -34,6 +35,7 @@ pub mod labels;
 pub mod sampling;
 pub mod validate;
 
+pub use column::*;
 pub use compact::*;
 pub use endpoints::*;
 pub use findings::*;

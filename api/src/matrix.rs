@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ProbeError;
+use crate::{CheckColumn, ProbeError};
 
 /// Status of one matrix cell or check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -150,8 +150,9 @@ pub struct Blocked {
 /// A per-node service or DNS check in the matrix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckCell {
-    /// Column name, e.g. `apiserver`, `clusterip/aggregator`, `dns-a/kubernetes.default.svc.cluster.local.`.
-    pub column: String,
+    /// Which check: e.g. `apiserver`, `clusterip/aggregator`,
+    /// `dns-a/kubernetes.default.svc.cluster.local.`.
+    pub column: CheckColumn,
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,

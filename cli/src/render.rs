@@ -4,7 +4,9 @@
 //! so scripts and tests read the same table.
 
 use crate::client::FactsAnswer;
-use netmatrix_api::{Cell, CheckCell, Finding, Findings, Matrix, MatrixRow, NodeState, Status};
+use netmatrix_api::{
+    Cell, CheckCell, CheckGroup, Finding, Findings, Matrix, MatrixRow, NodeState, Status,
+};
 
 /// How to render: with ANSI colours or plain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +76,10 @@ fn severity(s: Status) -> u8 {
     }
 }
 
-/// Worst status of the checks whose column starts with `prefix` (`None`:
-/// no such check).
-fn worst<'a>(checks: impl Iterator<Item = &'a CheckCell>, prefix: &str) -> Option<Status> {
+/// Worst status of the checks of `group` (`None`: no such check).
+fn worst<'a>(checks: impl Iterator<Item = &'a CheckCell>, group: CheckGroup) -> Option<Status> {
     checks
-        .filter(|c| c.column.starts_with(prefix))
+        .filter(|c| c.column.kind().group() == Some(group))
         .map(|c| c.status)
         .max_by_key(|s| severity(*s))
 }
@@ -118,14 +119,16 @@ fn rows(m: &Matrix, rows: &[MatrixRow], title: &str, style: Style) -> String {
             };
             out.push_str(&style.status(status, text, width));
         }
-        let col =
-            |checks: &[CheckCell], prefix: &str, width: usize| match worst(checks.iter(), prefix) {
-                Some(s) => style.status(s, short(s), width),
-                None => format!("{:width$}", "-"),
-            };
-        out.push_str(&col(&r.services, "apiserver", 11));
-        out.push_str(&col(&r.services, "clusterip", 11));
-        out.push_str(&col(&r.dns, "dns", 11));
+        let col = |checks: &[CheckCell], group: CheckGroup, width: usize| match worst(
+            checks.iter(),
+            group,
+        ) {
+            Some(s) => style.status(s, short(s), width),
+            None => format!("{:width$}", "-"),
+        };
+        out.push_str(&col(&r.services, CheckGroup::Apiserver, 11));
+        out.push_str(&col(&r.services, CheckGroup::Clusterip, 11));
+        out.push_str(&col(&r.dns, CheckGroup::Dns, 11));
         out.push_str(&match &r.mtu {
             Some(c) => style.status(c.status, short(c.status), 0),
             None => "-".to_owned(),

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use netmatrix_api::{
-    CheckCell, CompactError, CompactMatrix, CompactRow, Matrix, MatrixRow, ProbeError, Status,
-    status_char,
+    CheckCell, CheckColumn, CompactError, CompactMatrix, CompactRow, Matrix, MatrixRow, ProbeError,
+    Status, status_char,
 };
 
 /// Builds the compact form of `matrix` (see [`CompactMatrix`] for the layout).
@@ -12,7 +12,7 @@ use netmatrix_api::{
 /// Linear in the rows times the columns: columns are numbered once, and
 /// each row's checks are placed by number.
 pub fn compact(matrix: &Matrix) -> CompactMatrix {
-    let mut columns: Vec<String> = Vec::new();
+    let mut columns: Vec<CheckColumn> = Vec::new();
     let mut numbers: HashMap<&str, usize> = HashMap::new();
     for row in matrix.rows.iter().chain(&matrix.host_rows) {
         for check in row_checks(row) {
@@ -158,7 +158,7 @@ mod tests {
 
     fn check(column: &str, status: Status, latency: Option<f64>) -> CheckCell {
         CheckCell {
-            column: column.to_owned(),
+            column: column.into(),
             status,
             latency_ms: latency,
             last_error: None,
