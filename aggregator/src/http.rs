@@ -297,15 +297,15 @@ async fn get_matrix_cell(
         )
     })?;
     let matrix = state.aggregator.matrix();
-    web::cell(&matrix, &q.from, &q.to, q.network)
+    matrix
+        .cell(&q.from, &q.to, q.network)
+        .cloned()
         .map(Json)
         .ok_or_else(|| {
-            let known = |n: &str| matrix.nodes.binary_search_by(|x| x.as_str().cmp(n)).is_ok();
+            let known = |n: &str| matrix.has_node(n);
             // A reporting row with fewer cells than nodes: a sampled agent.
             let sampled_row = matrix
-                .rows
-                .iter()
-                .find(|r| r.node == q.from)
+                .row(&q.from, NetworkMode::Pod)
                 .is_some_and(|r| r.reporting && r.cells.len() < matrix.nodes.len());
             if q.network == NetworkMode::Pod && sampled_row && known(&q.to) {
                 api_error(

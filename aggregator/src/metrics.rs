@@ -299,8 +299,7 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 /// Groups with no known check are absent.
 fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
     let mut groups: BTreeMap<&'static str, bool> = BTreeMap::new();
-    let all = row.services.iter().chain(&row.dns).chain(&row.mtu);
-    for check in all.filter(|c| c.status != Status::Unknown) {
+    for check in row.checks().filter(|c| c.status != Status::Unknown) {
         // A column this version does not know is counted with DNS.
         let group = check
             .column

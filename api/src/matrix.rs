@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CheckColumn, ProbeError};
+use crate::{CheckColumn, NetworkMode, ProbeError};
 
 /// Status of one matrix cell or check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,6 +45,33 @@ pub struct Matrix {
     /// Host-network rows (empty when no host-network agent reports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_rows: Vec<MatrixRow>,
+}
+
+impl Matrix {
+    /// The rows of `network`: [`Matrix::rows`] or [`Matrix::host_rows`].
+    pub fn rows_of(&self, network: NetworkMode) -> &[MatrixRow] {
+        match network {
+            NetworkMode::Pod => &self.rows,
+            NetworkMode::Host => &self.host_rows,
+        }
+    }
+
+    /// The row of `node` in `network`.
+    pub fn row(&self, node: &str, network: NetworkMode) -> Option<&MatrixRow> {
+        self.rows_of(network).iter().find(|r| r.node == node)
+    }
+
+    /// The directed cell `from -> to` in `network`.
+    pub fn cell(&self, from: &str, to: &str, network: NetworkMode) -> Option<&Cell> {
+        self.row(from, network)?.cell(to)
+    }
+
+    /// Whether `node` is one of [`Matrix::nodes`] (sorted).
+    pub fn has_node(&self, node: &str) -> bool {
+        self.nodes
+            .binary_search_by(|n| n.as_str().cmp(node))
+            .is_ok()
+    }
 }
 
 /// What the Kubernetes API says of a node, as far as diagnosis cares.
@@ -96,6 +123,24 @@ pub struct MatrixRow {
     /// (column `mtu`); absent when the agent does not run the MTU probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<CheckCell>,
+}
+
+impl MatrixRow {
+    /// The cell to `to`, if this row has one (a sampled row has cells only
+    /// for the nodes it probes).
+    pub fn cell(&self, to: &str) -> Option<&Cell> {
+        self.cells.iter().find(|c| c.to == to)
+    }
+
+    /// The row's checks in column order: services, DNS, then `mtu`.
+    pub fn checks(&self) -> impl Iterator<Item = &CheckCell> {
+        self.services.iter().chain(&self.dns).chain(&self.mtu)
+    }
+
+    /// The check of `column`, if the row has it.
+    pub fn check(&self, column: &str) -> Option<&CheckCell> {
+        self.checks().find(|c| c.column == column)
+    }
 }
 
 /// One directed node-to-node cell (all pods on `to` probed from `node`).

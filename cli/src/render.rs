@@ -5,7 +5,8 @@
 
 use crate::client::FactsAnswer;
 use netmatrix_api::{
-    Cell, CheckCell, CheckGroup, Finding, Findings, Matrix, MatrixRow, NodeState, Status,
+    Cell, CheckCell, CheckGroup, Finding, Findings, Matrix, MatrixRow, NetworkMode, NodeState,
+    Status,
 };
 
 /// How to render: with ANSI colours or plain.
@@ -107,7 +108,7 @@ fn rows(m: &Matrix, rows: &[MatrixRow], title: &str, style: Style) -> String {
     for r in rows {
         out.push_str(&format!("{:width$}", r.node));
         for n in &m.nodes {
-            let cell = r.cells.iter().find(|c| &c.to == n);
+            let cell = r.cell(n);
             let unprobed = *n == r.node && cell.is_none_or(|c| c.status == Status::Unknown);
             let (status, text) = match cell {
                 _ if unprobed => (Status::Unknown, "-"),
@@ -206,7 +207,7 @@ pub fn findings(f: &Findings, style: Style) -> String {
 /// checks, and the findings naming it. `None` when the matrix has no such
 /// node.
 pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<String> {
-    let row = m.rows.iter().find(|r| r.node == node)?;
+    let row = m.row(node, NetworkMode::Pod)?;
     let mut out = format!(
         "{} ({:?}, {})\n",
         style.bold(node),
@@ -226,7 +227,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
         style.bold("who reaches it (its column)")
     ));
     for r in m.rows.iter().filter(|r| r.node != node) {
-        if let Some(c) = r.cells.iter().find(|c| c.to == node) {
+        if let Some(c) = r.cell(node) {
             out.push_str(&cell_line(&r.node, c, style));
         }
     }
@@ -234,7 +235,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
         "\n{}\n",
         style.bold("checks (API server, ClusterIPs, DNS, MTU)")
     ));
-    let host = m.host_rows.iter().find(|r| r.node == node);
+    let host = m.row(node, NetworkMode::Host);
     let width = row
         .services
         .iter()
@@ -244,7 +245,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
         .max()
         .unwrap_or(0)
         + 2;
-    for c in row.services.iter().chain(&row.dns).chain(&row.mtu) {
+    for c in row.checks() {
         out.push_str(&check_line(c, width, style));
     }
     if let Some(host) = host {

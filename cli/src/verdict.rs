@@ -85,7 +85,7 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
                 failing.push(format!("{} -> {}{error}", row.node, cell.to));
             }
         }
-        for check in row.services.iter().chain(&row.dns).chain(&row.mtu) {
+        for check in row.checks() {
             if check.status == Status::Failed {
                 let error = error_suffix(check.last_error.as_ref());
                 failing.push(format!("{} {}{error}", row.node, check.column));

@@ -15,7 +15,7 @@ pub fn compact(matrix: &Matrix) -> CompactMatrix {
     let mut columns: Vec<CheckColumn> = Vec::new();
     let mut numbers: HashMap<&str, usize> = HashMap::new();
     for row in matrix.rows.iter().chain(&matrix.host_rows) {
-        for check in row_checks(row) {
+        for check in row.checks() {
             numbers.entry(&check.column).or_insert_with(|| {
                 columns.push(check.column.clone());
                 columns.len() - 1
@@ -34,11 +34,6 @@ pub fn compact(matrix: &Matrix) -> CompactMatrix {
         host_rows: rows(&matrix.host_rows),
         columns,
     }
-}
-
-/// A row's checks in column order: services, DNS, then `mtu`.
-fn row_checks(row: &MatrixRow) -> impl Iterator<Item = &CheckCell> {
-    row.services.iter().chain(&row.dns).chain(&row.mtu)
 }
 
 /// One row, a column per node. A sampled row (cells only for the probed
@@ -71,7 +66,7 @@ fn compact_row(
         }
     }
     let mut placed: Vec<Option<&CheckCell>> = vec![None; columns];
-    for check in row_checks(row) {
+    for check in row.checks() {
         if let Some(slot) = numbers
             .get(check.column.as_str())
             .and_then(|&j| placed.get_mut(j))

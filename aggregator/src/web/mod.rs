@@ -21,8 +21,8 @@ use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use netmatrix_api::{
-    Cell, FINDINGS_PATH, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH, Matrix,
-    NODE_FACTS_PATH, NetworkMode, REPORTS_PATH,
+    FINDINGS_PATH, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH, NODE_FACTS_PATH,
+    REPORTS_PATH,
 };
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -91,16 +91,6 @@ pub const ENDPOINTS: &str = concat!(
 /// `GET /api`: the endpoint list as text.
 pub async fn api_index() -> &'static str {
     ENDPOINTS
-}
-
-/// The full cell `from` -> `to` of `network`, if both nodes are in the matrix.
-pub fn cell(matrix: &Matrix, from: &str, to: &str, network: NetworkMode) -> Option<Cell> {
-    let rows = match network {
-        NetworkMode::Pod => &matrix.rows,
-        NetworkMode::Host => &matrix.host_rows,
-    };
-    let row = rows.iter().find(|r| r.node == from)?;
-    row.cells.iter().find(|c| c.to == to).cloned()
 }
 
 // The list above must name the real paths.
