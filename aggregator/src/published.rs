@@ -130,7 +130,7 @@ impl Published {
     fn encode(&self, form: Form) -> Result<Vec<Vec<u8>>, serde_json::Error> {
         match form {
             Form::Full => encode_full(&self.matrix, parallelism()),
-            Form::Compact => Ok(vec![serde_json::to_vec(&crate::web::compact(
+            Form::Compact => Ok(vec![serde_json::to_vec(&crate::serve::compact(
                 &self.matrix,
             ))?]),
         }

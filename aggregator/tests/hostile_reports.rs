@@ -6,9 +6,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use netmatrix_aggregator::auth::{Caller, Sender};
+use netmatrix_aggregator::config::Settings;
 use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
 use netmatrix_aggregator::published::Form;
-use netmatrix_aggregator::state::{Aggregator, Settings};
+use netmatrix_aggregator::state::Aggregator;
 use netmatrix_api::{
     AgentIdentity, DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource,
     ProbeError, RecordType, Report, ServiceKind, ServiceResult,

@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use netmatrix_aggregator::auth::{Caller, Sender};
+use netmatrix_aggregator::config::Settings;
 use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
-use netmatrix_aggregator::state::{Aggregator, Settings};
+use netmatrix_aggregator::state::Aggregator;
 use netmatrix_api::sampling::{PeerSampling, Ring};
 use netmatrix_api::{
     AgentIdentity, DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource,
