@@ -16,12 +16,13 @@
 //! they are written by topic:
 //! - `report`: what an agent sends ([`Report`]) and the answer
 //!   ([`ReportAccepted`]);
-//! - `matrix`: what the aggregator serves ([`Matrix`], [`CheckColumn`]);
+//! - `matrix`, `column`: what the aggregator serves ([`Matrix`], [`CheckColumn`]);
 //! - `findings`: what it names ([`Findings`], [`FindingKind`]);
 //! - `compact`: the matrix in a few bytes per cell ([`CompactMatrix`]);
 //! - `endpoints`: the paths, and the error body ([`ApiError`]);
 //! - [`facts`], [`labels`], [`sampling`], [`validate`]: a node's own
-//!   network, Kubernetes labels, the sampled mesh, report validation.
+//!   network, Kubernetes labels, the sampled mesh, report validation;
+//! - `fixtures` (feature `fixtures`): wire values for tests.
 
 mod column;
 mod compact;
@@ -31,6 +32,8 @@ mod matrix;
 mod report;
 
 pub mod facts;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod labels;
 pub mod sampling;
 pub mod validate;

@@ -210,3 +210,35 @@ pub struct CheckCell {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<Blocked>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{cell, check, matrix, row};
+
+    #[test]
+    fn lookups_find_rows_cells_and_checks_by_name() {
+        let mut m = matrix(vec![
+            row("n1", vec![cell("n2", Status::Failed)]),
+            row("n2", vec![cell("n1", Status::Ok), cell("n2", Status::Ok)]),
+        ]);
+        m.host_rows = vec![row("n1", vec![cell("n2", Status::Ok)])];
+        m.rows[0].services = vec![check("apiserver", Status::Ok)];
+        m.rows[0].mtu = Some(check("mtu", Status::Degraded));
+
+        assert_eq!(m.rows_of(NetworkMode::Host).len(), 1);
+        assert_eq!(m.row("n2", NetworkMode::Pod).unwrap().cells.len(), 2);
+        assert!(m.row("n2", NetworkMode::Host).is_none());
+        let status = |from, to, network| m.cell(from, to, network).map(|c| c.status);
+        assert_eq!(status("n1", "n2", NetworkMode::Pod), Some(Status::Failed));
+        assert_eq!(status("n1", "n2", NetworkMode::Host), Some(Status::Ok));
+        assert_eq!(status("n1", "n1", NetworkMode::Pod), None, "sampled out");
+        assert!(m.has_node("n2") && !m.has_node("n3"));
+
+        let r = &m.rows[0];
+        let columns: Vec<&str> = r.checks().map(|c| c.column.as_str()).collect();
+        assert_eq!(columns, ["apiserver", "mtu"]);
+        assert_eq!(r.check("mtu").map(|c| c.status), Some(Status::Degraded));
+        assert!(r.check("dns-a/x.").is_none());
+    }
+}
