@@ -665,6 +665,7 @@ fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
 mod tests {
     use super::*;
     use crate::store::tests::{agent, inventory, report};
+    use netmatrix_api::fixtures;
     use netmatrix_api::{EchoResult, ErrorKind, Report, ServiceKind, ServiceResult};
 
     /// Name of the row's MTU column.
@@ -675,23 +676,14 @@ mod tests {
     fn peer(node: &str, sent: u32, received: u32, rtt: f64) -> PeerResult {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        PeerResult {
-            node: node.into(),
-            pod: format!("p-{node}"),
-            ip: std::net::Ipv4Addr::from(0x0a64_0000 + n).into(),
-            icmp: EchoResult {
-                sent,
-                received,
-                rtt_min_ms: None,
-                rtt_avg_ms: (received > 0).then_some(rtt),
-                rtt_max_ms: (received > 0).then_some(rtt * 2.0),
-                error: (received < sent).then(|| ProbeError::new(ErrorKind::Timeout, "no reply")),
-            },
-            mtu: None,
-            tcp: None,
-            udp: None,
-            port: None,
-        }
+        let ip = std::net::Ipv4Addr::from(0x0a64_0000 + n).to_string();
+        let icmp = EchoResult {
+            rtt_avg_ms: (received > 0).then_some(rtt),
+            rtt_max_ms: (received > 0).then_some(rtt * 2.0),
+            error: (received < sent).then(|| ProbeError::new(ErrorKind::Timeout, "no reply")),
+            ..fixtures::echoes(sent, received)
+        };
+        fixtures::peer(node, &format!("p-{node}"), &ip, icmp)
     }
 
     fn ingest(store: &mut ReportStore, r: Report, now: u64) {

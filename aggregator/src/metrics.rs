@@ -336,54 +336,27 @@ fn sync<P: Atomic>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{Cell, MatrixRow};
+    use netmatrix_api::fixtures::{self, cell, check, finding, row};
+    use netmatrix_api::{Cell, ColumnKind, MatrixRow};
 
     fn matrix(nodes: &[&str], failed: &[(&str, &str)]) -> Matrix {
+        let cell = |from: &str, to: &str| {
+            let failed = failed.contains(&(from, to));
+            Cell {
+                loss: Some(if failed { 1.0 } else { 0.0 }),
+                rtt_avg_ms: (!failed).then_some(2.0),
+                pods: 1,
+                ..cell(to, if failed { Status::Failed } else { Status::Ok })
+            }
+        };
         let rows = nodes
             .iter()
             .map(|from| MatrixRow {
-                node: from.to_string(),
-                reporting: true,
-                relayed_by: None,
                 report_age_ms: Some(2500.0),
-                cells: nodes
-                    .iter()
-                    .map(|to| Cell {
-                        to: to.to_string(),
-                        status: if failed.contains(&(*from, *to)) {
-                            Status::Failed
-                        } else {
-                            Status::Ok
-                        },
-                        loss: Some(if failed.contains(&(*from, *to)) {
-                            1.0
-                        } else {
-                            0.0
-                        }),
-                        rtt_avg_ms: (!failed.contains(&(*from, *to))).then_some(2.0),
-                        rtt_max_ms: None,
-                        pods: 1,
-                        mtu: None,
-                        icmp: None,
-                        tcp: None,
-                        udp: None,
-                        blocked: None,
-                        last_error: None,
-                        age_ms: None,
-                    })
-                    .collect(),
-                services: vec![],
-                dns: vec![],
-                state: Default::default(),
-                mtu: None,
+                ..row(from, nodes.iter().map(|to| cell(from, to)).collect())
             })
             .collect();
-        Matrix {
-            generated_unix_ms: 0,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            rows,
-            host_rows: vec![],
-        }
+        fixtures::matrix(rows)
     }
 
     #[test]
@@ -409,23 +382,6 @@ mod tests {
         assert!(!text.contains("netmatrix_pair_failed{"), "{text}");
         assert!(!text.contains("node=\"n3\""), "{text}");
         assert!(text.contains("netmatrix_nodes_expected 2"));
-    }
-
-    fn finding(kind: FindingKind, nodes: &[&str]) -> Finding {
-        Finding {
-            kind,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            groups: vec![],
-            paths: vec![],
-            summary: String::new(),
-            evidence: vec![],
-            hint: String::new(),
-            since: String::new(),
-            since_unix_ms: 0,
-            flapping: false,
-            cause: Vec::new(),
-            facts_missing: Vec::new(),
-        }
     }
 
     fn value(text: &str, series: &str) -> f64 {
@@ -478,14 +434,7 @@ mod tests {
     fn mtu_column_is_a_check_group() {
         let m = Metrics::new().unwrap();
         let mut mx = matrix(&["n1", "n2"], &[]);
-        mx.rows[0].mtu = Some(netmatrix_api::CheckCell {
-            column: netmatrix_api::CheckColumn::new(netmatrix_api::ColumnKind::Mtu),
-            status: Status::Failed,
-            latency_ms: None,
-            last_error: None,
-            age_ms: None,
-            blocked: None,
-        });
+        mx.rows[0].mtu = Some(check(ColumnKind::Mtu, Status::Failed));
         m.observe(&mx, 2, &[]);
         let text = m.encode().unwrap();
         assert!(

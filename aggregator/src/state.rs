@@ -570,6 +570,7 @@ mod tests {
         loss: f64,
         rng: &mut Rng,
     ) -> netmatrix_api::Report {
+        use netmatrix_api::fixtures;
         use netmatrix_api::{DnsResult, EchoResult, ErrorKind, PeerResult, ProbeError, RecordType};
         let nodes = ["n1", "n2", "n3"];
         let mut r = report(i, from, started);
@@ -592,15 +593,10 @@ mod tests {
                 if *to == from && pod == 2 {
                     continue; // an agent does not probe itself
                 }
+                let ip = format!("10.244.{}.{pod}", j + 1);
                 r.peers.push(PeerResult {
-                    node: (*to).into(),
-                    pod: format!("{to}-{pod}"),
-                    ip: format!("10.244.{}.{pod}", j + 1).parse().unwrap(),
-                    icmp: echoes(3, p),
                     mtu: Some(echoes(2, p)),
-                    tcp: None,
-                    udp: None,
-                    port: None,
+                    ..fixtures::peer(to, &format!("{to}-{pod}"), &ip, echoes(3, p))
                 });
             }
         }

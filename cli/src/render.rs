@@ -385,24 +385,17 @@ fn check_line(c: &CheckCell, width: usize, style: Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmatrix_api::fixtures;
     use netmatrix_api::{ErrorKind, FindingKind, ProbeError};
 
     fn cell(to: &str, status: Status) -> Cell {
         Cell {
-            to: to.into(),
-            status,
             loss: Some(if status == Status::Failed { 1.0 } else { 0.0 }),
             rtt_avg_ms: (status == Status::Ok).then_some(0.25),
-            rtt_max_ms: None,
             pods: 2,
-            mtu: None,
-            icmp: None,
-            tcp: None,
-            udp: None,
-            blocked: None,
             last_error: (status == Status::Failed)
                 .then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply from 10.244.2.2")),
-            age_ms: None,
+            ..fixtures::cell(to, status)
         }
     }
 
@@ -410,52 +403,36 @@ mod tests {
         let nodes = ["node-1", "node-2"];
         let rows = nodes
             .iter()
-            .map(|from| MatrixRow {
-                node: from.to_string(),
-                state: NodeState::Ready,
-                reporting: true,
-                relayed_by: None,
-                report_age_ms: Some(800.0),
-                cells: nodes
+            .map(|from| {
+                let cells = nodes
                     .iter()
                     .map(|to| {
                         let failed = from != to;
                         cell(to, if failed { Status::Failed } else { Status::Ok })
                     })
-                    .collect(),
-                services: vec![CheckCell {
-                    column: "apiserver".into(),
-                    status: Status::Ok,
+                    .collect();
+                let apiserver = CheckCell {
                     latency_ms: Some(1.5),
-                    last_error: None,
-                    age_ms: None,
-                    blocked: None,
-                }],
-                dns: vec![],
-                mtu: None,
+                    ..fixtures::check("apiserver", Status::Ok)
+                };
+                MatrixRow {
+                    report_age_ms: Some(800.0),
+                    services: vec![apiserver],
+                    ..fixtures::row(from, cells)
+                }
             })
             .collect();
         let matrix = Matrix {
             generated_unix_ms: 1,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            rows,
-            host_rows: vec![],
+            ..fixtures::matrix(rows)
         };
         let findings = Findings {
             generated_unix_ms: 1,
             findings: vec![Finding {
-                kind: FindingKind::PairBroken,
-                nodes: vec!["node-1".into(), "node-2".into()],
-                groups: vec![],
-                paths: vec![],
                 summary: "node-1 and node-2 cannot reach each other".into(),
                 evidence: vec!["node-1 -> node-2: failed".into()],
                 hint: "bridge fdb show dev flannel.1".into(),
-                since: String::new(),
-                since_unix_ms: 0,
-                flapping: false,
-                cause: Vec::new(),
-                facts_missing: Vec::new(),
+                ..fixtures::finding(FindingKind::PairBroken, &["node-1", "node-2"])
             }],
             pending: Vec::new(),
         };

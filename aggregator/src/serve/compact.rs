@@ -131,48 +131,32 @@ fn micros(ms: f64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{Cell, ErrorKind, NodeState, Status, status_from_char};
+    use netmatrix_api::fixtures;
+    use netmatrix_api::{Cell, ErrorKind, Status, status_from_char};
 
     fn cell(to: &str, status: Status, loss: Option<f64>, rtt: Option<f64>) -> Cell {
         Cell {
-            to: to.to_owned(),
-            status,
             loss,
             rtt_avg_ms: rtt,
             rtt_max_ms: rtt.map(|r| r * 2.0),
             pods: 2,
-            mtu: None,
-            icmp: None,
-            tcp: None,
-            udp: None,
-            blocked: None,
-            last_error: None,
             age_ms: Some(812.5),
+            ..fixtures::cell(to, status)
         }
     }
 
     fn check(column: &str, status: Status, latency: Option<f64>) -> CheckCell {
         CheckCell {
-            column: column.into(),
-            status,
             latency_ms: latency,
-            last_error: None,
-            age_ms: None,
-            blocked: None,
+            ..fixtures::check(column, status)
         }
     }
 
     fn row(node: &str, cells: Vec<Cell>) -> MatrixRow {
         MatrixRow {
-            node: node.to_owned(),
-            state: NodeState::Ready,
-            reporting: true,
-            relayed_by: None,
             report_age_ms: Some(420.4),
-            cells,
             services: vec![check("apiserver", Status::Ok, Some(1.25))],
-            dns: vec![],
-            mtu: None,
+            ..fixtures::row(node, cells)
         }
     }
 
@@ -203,9 +187,7 @@ mod tests {
             .collect();
         Matrix {
             generated_unix_ms: 1_700_000_000_000,
-            nodes,
-            rows,
-            host_rows: vec![],
+            ..fixtures::matrix(rows)
         }
     }
 

@@ -8,8 +8,9 @@ use crate::store::tests::{inventory, report};
 use axum::body::{Body, Bytes};
 use axum::http::{Request, header};
 use http_body_util::BodyExt;
+use netmatrix_api::fixtures::{echoes, peer};
 use netmatrix_api::{Cell, CompactMatrix, Findings, Matrix, ReportAccepted};
-use netmatrix_api::{EchoResult, PeerResult, Status};
+use netmatrix_api::{EchoResult, Status};
 use tower::ServiceExt;
 
 const MAX_BODY: usize = 4096;
@@ -69,25 +70,12 @@ async fn send_as(
 fn report_with_peer(icmp: EchoResult) -> netmatrix_api::Report {
     let mut r = report(0, "n1", NOW);
     r.round = 10;
-    r.peers.push(PeerResult {
-        node: "n2".into(),
-        pod: "agent-n2".into(),
-        ip: "10.244.2.2".parse().unwrap(),
-        icmp,
-        mtu: None,
-        tcp: None,
-        udp: None,
-        port: None,
-    });
+    r.peers.push(peer("n2", "agent-n2", "10.244.2.2", icmp));
     r
 }
 
 fn good_report() -> Vec<u8> {
-    let r = report_with_peer(EchoResult {
-        sent: 3,
-        received: 3,
-        ..Default::default()
-    });
+    let r = report_with_peer(echoes(3, 3));
     serde_json::to_vec(&r).unwrap()
 }
 
