@@ -1,6 +1,6 @@
 //! The aggregator's HTTP surface (axum 0.8): reports in; the matrix, the
-//! findings, the nodes' facts and the metrics out; the web page
-//! ([`crate::web`]) at `/`.
+//! findings, the nodes' facts and the metrics out; the web page (its assets
+//! in `web/`) at `/`.
 //!
 //! - [`router`]: every route, and the endpoint list ([`ENDPOINTS`]);
 //! - `reports`: `POST` of reports, direct and relayed, bounded in size and
