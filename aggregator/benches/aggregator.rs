@@ -99,7 +99,7 @@ fn matrix_json_1000(c: &mut Criterion) {
     }
     drop(bodies);
     aggregator.evaluate();
-    let app = netmatrix_aggregator::http::router(Arc::clone(&aggregator), 1 << 20);
+    let app = netmatrix_aggregator::serve::router(Arc::clone(&aggregator), 1 << 20);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,4 +1,5 @@
-//! Command-line flags and their environment equivalents.
+//! Command-line flags and their environment equivalents ([`Args`]), and
+//! the tunables taken from them ([`Settings`]).
 //!
 //! Every flag can also be set through an environment variable so that the
 //! chart can configure the aggregator without templating its command line.
@@ -9,6 +10,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use netmatrix_api::labels;
+
+use crate::diagnosis::{DiagnosisPolicy, hysteresis};
+use crate::history;
+use crate::matrix::MatrixPolicy;
 
 /// Builds the node-to-node connectivity matrix from agent reports and names
 /// what is broken.
@@ -213,5 +218,64 @@ mod tests {
         let args = Args::try_parse_from(["x", "--interval", "2s", "--no-kubernetes"]).unwrap();
         assert_eq!(args.interval, Duration::from_secs(2));
         assert!(args.no_kubernetes);
+    }
+}
+
+/// Tunables of the aggregator, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub policy: MatrixPolicy,
+    pub raise_after: u32,
+    /// For outages (see [`crate::diagnosis::hysteresis::is_outage`]).
+    pub raise_after_outage: u32,
+    pub clear_after: u32,
+    /// Rounds a cleared finding is remembered; back within them, it flaps.
+    pub flap_window: u32,
+    /// A node is expected to report once it is Ready and this old.
+    pub node_grace_ms: u64,
+    pub diagnosis: DiagnosisPolicy,
+    /// Rounds of echo counts kept per peer.
+    pub history_rounds: usize,
+    /// What a report may carry.
+    pub limits: netmatrix_api::validate::Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: MatrixPolicy::default(),
+            raise_after: 3,
+            raise_after_outage: 2,
+            clear_after: 3,
+            flap_window: hysteresis::FLAP_WINDOW_ROUNDS,
+            node_grace_ms: 120_000,
+            diagnosis: DiagnosisPolicy::default(),
+            history_rounds: history::DEFAULT_ROUNDS,
+            limits: Default::default(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_args(args: &Args) -> Self {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Settings {
+            policy: MatrixPolicy {
+                interval_ms: ms(args.interval),
+                stale_after: args.stale_after,
+                failed_loss: args.failed_loss,
+            },
+            raise_after: args.raise_after,
+            raise_after_outage: args.raise_after_outage,
+            clear_after: args.clear_after,
+            flap_window: args.flap_window,
+            node_grace_ms: ms(args.node_grace),
+            diagnosis: DiagnosisPolicy {
+                loss_threshold: args.loss_threshold,
+                latency_floor_ms: ms(args.latency_floor) as f64,
+            },
+            history_rounds: usize::try_from(args.history_rounds).unwrap_or(history::DEFAULT_ROUNDS),
+            limits: Default::default(),
+        }
     }
 }

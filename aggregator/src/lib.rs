@@ -10,20 +10,24 @@
 //! - [`diagnosis`]: matrix to findings, with hysteresis;
 //! - [`metrics`]: Prometheus series bounded by the number of nodes;
 //! - [`published`]: a round's matrix and its JSON, encoded once;
-//! - [`http`]: the `/api/v1` routes, `/metrics`, `/healthz`;
-//! - [`state`]: the shared state tying them together.
+//! - [`serve`]: the HTTP surface: the `/api/v1` routes, `/metrics`,
+//!   `/healthz`, and the web page (its assets are in `web/`);
+//! - [`state`]: the shared state tying them together;
+//! - [`config`]: the command line and the tunables taken from it;
+//! - [`policy`]: the NetworkPolicies that deny probes;
+//! - [`node_status`]: findings written back as Node conditions.
 
 pub mod auth;
 pub mod config;
 pub mod diagnosis;
 pub mod history;
-pub mod http;
 pub mod inventory;
 pub mod matrix;
 pub mod metrics;
 pub mod node_status;
 pub mod policy;
 pub mod published;
+pub mod serve;
 pub mod state;
 pub mod store;
 mod web;
@@ -31,14 +35,15 @@ mod web;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use netmatrix_runtime::serve::{self, ServerLimits};
+use netmatrix_runtime::serve::ServerLimits;
 use tokio::time::MissedTickBehavior;
 
 use auth::{Authenticator, TokenPolicy};
 pub use config::Args;
+use config::Settings;
 use inventory::{InventorySource, KubeInventory};
 use node_status::NodeStatusWriter;
-use state::{Aggregator, Settings};
+use state::Aggregator;
 
 /// Why the aggregator could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +95,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Aggregator::new(inventory, Settings::from_args(&args))?.with_authenticator(authenticator);
     let aggregator = Arc::new(aggregator);
 
-    let listeners = serve::bind_all(&args.listen)
+    let listeners = netmatrix_runtime::serve::bind_all(&args.listen)
         .await
         .map_err(|(addr, source)| Error::Listen { addr, source })?;
     let local: Vec<String> = listeners
@@ -109,12 +114,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         args.interval,
         node_status,
     ));
-    let app = http::router(aggregator, args.max_body);
+    let app = serve::router(aggregator, args.max_body);
     let limits = ServerLimits {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         ..ServerLimits::default()
     };
-    serve::serve(listeners, app, limits, netmatrix_runtime::shutdown_signal()).await;
+    netmatrix_runtime::serve::serve(listeners, app, limits, netmatrix_runtime::shutdown_signal())
+        .await;
     evaluation.abort();
     Ok(())
 }

@@ -18,16 +18,13 @@ use std::net::IpAddr;
 use foldhash::HashMap;
 
 use netmatrix_api::{
-    Blocked, Cell, CheckCell, DnsResult, EchoResult, Matrix, MatrixRow, NetworkMode, NodeState,
-    PeerResult, ProbeError, RecordType, ServiceKind, ServiceResult, Status,
+    Blocked, Cell, CheckCell, CheckColumn, ColumnKind, EchoResult, Matrix, MatrixRow, NetworkMode,
+    NodeState, PeerResult, ProbeError, Status,
 };
 
 use crate::history::{PathWindow, network_slot};
 use crate::policy::{Probe, Screen};
 use crate::store::{ReportStore, StoredReport};
-
-/// Column name of the row's MTU summary.
-pub const MTU_COLUMN: &str = "mtu";
 
 /// Windows of the fresh rows' paths, by (network, from, to). Node names
 /// are numbered once per round and each source's windows kept in a list
@@ -210,23 +207,7 @@ impl MatrixPolicy {
 
 /// `ip:port` dialled by each service check, by (node, column): the matrix
 /// has no room for it, but findings quote it as evidence.
-pub type CheckTargets = BTreeMap<(String, String), String>;
-
-/// Column name of a service check.
-pub fn service_column(service: &ServiceResult) -> String {
-    match service.kind {
-        ServiceKind::Apiserver => "apiserver".to_owned(),
-        ServiceKind::Clusterip => format!("clusterip/{}", service.name),
-    }
-}
-
-/// Column name of a DNS check.
-pub fn dns_column(dns: &DnsResult) -> String {
-    match dns.record {
-        RecordType::A => format!("dns-a/{}", dns.name),
-        RecordType::Srv => format!("dns-srv/{}", dns.name),
-    }
-}
+pub type CheckTargets = BTreeMap<(String, CheckColumn), String>;
 
 /// Builds the matrix at `now_unix_ms`. Nodes are the union of `known` (the
 /// inventory's nodes) and the nodes with a fresh report, sorted.
@@ -302,13 +283,13 @@ pub fn build_screened(
         if let Some(stored) = store.get(node, NetworkMode::Pod) {
             for service in &stored.report.services {
                 targets.insert(
-                    (node.clone(), service_column(service)),
+                    (node.clone(), CheckColumn::of_service(service)),
                     service.target.clone(),
                 );
             }
             if let Some(server) = &stored.report.dns_server {
                 for dns in &stored.report.dns {
-                    targets.insert((node.clone(), dns_column(dns)), server.clone());
+                    targets.insert((node.clone(), CheckColumn::of_dns(dns)), server.clone());
                 }
             }
         }
@@ -415,7 +396,7 @@ impl RowBuilder<'_> {
                                 policies,
                             });
                         CheckCell {
-                            column: service_column(c),
+                            column: CheckColumn::of_service(c),
                             status: if blocked.is_some() {
                                 Status::Unknown
                             } else {
@@ -432,7 +413,7 @@ impl RowBuilder<'_> {
                     .dns
                     .iter()
                     .map(|c| CheckCell {
-                        column: dns_column(c),
+                        column: CheckColumn::of_dns(c),
                         status: check_status(c.ok),
                         latency_ms: c.latency_ms,
                         last_error: c.error.clone(),
@@ -481,7 +462,7 @@ impl RowBuilder<'_> {
             .find(|c| c.mtu == Some(Status::Failed))
             .and_then(|c| c.last_error.clone());
         Some(CheckCell {
-            column: MTU_COLUMN.to_owned(),
+            column: CheckColumn::new(ColumnKind::Mtu),
             status: if fresh { worst } else { Status::Unknown },
             latency_ms: None,
             last_error,
@@ -684,30 +665,25 @@ fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
 mod tests {
     use super::*;
     use crate::store::tests::{agent, inventory, report};
-    use netmatrix_api::{EchoResult, ErrorKind, Report};
+    use netmatrix_api::fixtures;
+    use netmatrix_api::{EchoResult, ErrorKind, Report, ServiceKind, ServiceResult};
+
+    /// Name of the row's MTU column.
+    const MTU_COLUMN: &str = "mtu";
 
     /// A peer pod on `node`, each under its own address (a report lists
     /// every pod once).
     fn peer(node: &str, sent: u32, received: u32, rtt: f64) -> PeerResult {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        PeerResult {
-            node: node.into(),
-            pod: format!("p-{node}"),
-            ip: std::net::Ipv4Addr::from(0x0a64_0000 + n).into(),
-            icmp: EchoResult {
-                sent,
-                received,
-                rtt_min_ms: None,
-                rtt_avg_ms: (received > 0).then_some(rtt),
-                rtt_max_ms: (received > 0).then_some(rtt * 2.0),
-                error: (received < sent).then(|| ProbeError::new(ErrorKind::Timeout, "no reply")),
-            },
-            mtu: None,
-            tcp: None,
-            udp: None,
-            port: None,
-        }
+        let ip = std::net::Ipv4Addr::from(0x0a64_0000 + n).to_string();
+        let icmp = EchoResult {
+            rtt_avg_ms: (received > 0).then_some(rtt),
+            rtt_max_ms: (received > 0).then_some(rtt * 2.0),
+            error: (received < sent).then(|| ProbeError::new(ErrorKind::Timeout, "no reply")),
+            ..fixtures::echoes(sent, received)
+        };
+        fixtures::peer(node, &format!("p-{node}"), &ip, icmp)
     }
 
     fn ingest(store: &mut ReportStore, r: Report, now: u64) {

@@ -8,36 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use netmatrix_api::{Finding, FindingKind, Matrix, Status};
+use netmatrix_api::{CheckGroup, Finding, FindingKind, Matrix, Status};
 use netmatrix_runtime::metrics::GaugeSeries;
 use prometheus::core::{AtomicF64, AtomicI64};
 use prometheus::{
     GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// Every finding kind, so `netmatrix_finding_active{kind}` exists (at 0) for
-/// each before it first fires; alert rules can then tell 0 from absent.
-const ALL_KINDS: [FindingKind; 19] = [
-    FindingKind::NodeIsolated,
-    FindingKind::CrossNodeBroken,
-    FindingKind::Partition,
-    FindingKind::AsymmetricPath,
-    FindingKind::PairBroken,
-    FindingKind::PacketLoss,
-    FindingKind::HighLatency,
-    FindingKind::MtuMismatch,
-    FindingKind::ApiserverUnreachable,
-    FindingKind::ClusteripBroken,
-    FindingKind::DnsFailure,
-    FindingKind::DnsStale,
-    FindingKind::UnderlayBroken,
-    FindingKind::AgentMissing,
-    FindingKind::IcmpFiltered,
-    FindingKind::TcpFiltered,
-    FindingKind::UdpFiltered,
-    FindingKind::ServiceUnreachable,
-    FindingKind::BlockedByPolicy,
-];
 
 pub struct Metrics {
     registry: Registry,
@@ -169,7 +145,9 @@ impl Metrics {
             },
             registry,
         };
-        for kind in ALL_KINDS {
+        // Every finding kind exists (at 0) before it first fires: alert rules
+        // can then tell 0 from absent.
+        for kind in FindingKind::ALL {
             metrics
                 .finding_active
                 .with_label_values(&[kind.as_str()])
@@ -236,7 +214,8 @@ impl Metrics {
             }
         }
 
-        let mut active: BTreeMap<FindingKind, i64> = ALL_KINDS.iter().map(|k| (*k, 0)).collect();
+        let mut active: BTreeMap<FindingKind, i64> =
+            FindingKind::ALL.iter().map(|k| (*k, 0)).collect();
         let mut finding_nodes = Vec::new();
         let mut flapping = Vec::new();
         let mut causes = Vec::new();
@@ -297,17 +276,13 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 /// Groups with no known check are absent.
 fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
     let mut groups: BTreeMap<&'static str, bool> = BTreeMap::new();
-    let all = row.services.iter().chain(&row.dns).chain(&row.mtu);
-    for check in all.filter(|c| c.status != Status::Unknown) {
-        let group = if check.column == "apiserver" {
-            "apiserver"
-        } else if check.column.starts_with("clusterip/") {
-            "clusterip"
-        } else if check.column == crate::matrix::MTU_COLUMN {
-            "mtu"
-        } else {
-            "dns"
-        };
+    for check in row.checks().filter(|c| c.status != Status::Unknown) {
+        // A column this version does not know is counted with DNS.
+        let group = check
+            .column
+            .kind()
+            .group()
+            .map_or("dns", CheckGroup::as_str);
         let up = groups.entry(group).or_insert(true);
         *up &= check.status == Status::Ok;
     }
@@ -317,54 +292,27 @@ fn check_groups(row: &netmatrix_api::MatrixRow) -> Vec<(&'static str, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{Cell, MatrixRow};
+    use netmatrix_api::fixtures::{self, cell, check, finding, row};
+    use netmatrix_api::{Cell, ColumnKind, MatrixRow};
 
     fn matrix(nodes: &[&str], failed: &[(&str, &str)]) -> Matrix {
+        let cell = |from: &str, to: &str| {
+            let failed = failed.contains(&(from, to));
+            Cell {
+                loss: Some(if failed { 1.0 } else { 0.0 }),
+                rtt_avg_ms: (!failed).then_some(2.0),
+                pods: 1,
+                ..cell(to, if failed { Status::Failed } else { Status::Ok })
+            }
+        };
         let rows = nodes
             .iter()
             .map(|from| MatrixRow {
-                node: from.to_string(),
-                reporting: true,
-                relayed_by: None,
                 report_age_ms: Some(2500.0),
-                cells: nodes
-                    .iter()
-                    .map(|to| Cell {
-                        to: to.to_string(),
-                        status: if failed.contains(&(*from, *to)) {
-                            Status::Failed
-                        } else {
-                            Status::Ok
-                        },
-                        loss: Some(if failed.contains(&(*from, *to)) {
-                            1.0
-                        } else {
-                            0.0
-                        }),
-                        rtt_avg_ms: (!failed.contains(&(*from, *to))).then_some(2.0),
-                        rtt_max_ms: None,
-                        pods: 1,
-                        mtu: None,
-                        icmp: None,
-                        tcp: None,
-                        udp: None,
-                        blocked: None,
-                        last_error: None,
-                        age_ms: None,
-                    })
-                    .collect(),
-                services: vec![],
-                dns: vec![],
-                state: Default::default(),
-                mtu: None,
+                ..row(from, nodes.iter().map(|to| cell(from, to)).collect())
             })
             .collect();
-        Matrix {
-            generated_unix_ms: 0,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            rows,
-            host_rows: vec![],
-        }
+        fixtures::matrix(rows)
     }
 
     #[test]
@@ -390,23 +338,6 @@ mod tests {
         assert!(!text.contains("netmatrix_pair_failed{"), "{text}");
         assert!(!text.contains("node=\"n3\""), "{text}");
         assert!(text.contains("netmatrix_nodes_expected 2"));
-    }
-
-    fn finding(kind: FindingKind, nodes: &[&str]) -> Finding {
-        Finding {
-            kind,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            groups: vec![],
-            paths: vec![],
-            summary: String::new(),
-            evidence: vec![],
-            hint: String::new(),
-            since: String::new(),
-            since_unix_ms: 0,
-            flapping: false,
-            cause: Vec::new(),
-            facts_missing: Vec::new(),
-        }
     }
 
     fn value(text: &str, series: &str) -> f64 {
@@ -437,7 +368,10 @@ mod tests {
             ];
             m.observe(&matrix(&names, &[]), names.len(), &findings);
             let text = m.encode().unwrap();
-            assert_eq!(series(&text, "netmatrix_finding_active"), ALL_KINDS.len());
+            assert_eq!(
+                series(&text, "netmatrix_finding_active"),
+                FindingKind::ALL.len()
+            );
             assert!(series(&text, "netmatrix_finding") <= names.len() + 2 + 2);
         }
         let text = m.encode().unwrap();
@@ -456,14 +390,7 @@ mod tests {
     fn mtu_column_is_a_check_group() {
         let m = Metrics::new().unwrap();
         let mut mx = matrix(&["n1", "n2"], &[]);
-        mx.rows[0].mtu = Some(netmatrix_api::CheckCell {
-            column: crate::matrix::MTU_COLUMN.into(),
-            status: Status::Failed,
-            latency_ms: None,
-            last_error: None,
-            age_ms: None,
-            blocked: None,
-        });
+        mx.rows[0].mtu = Some(check(ColumnKind::Mtu, Status::Failed));
         m.observe(&mx, 2, &[]);
         let text = m.encode().unwrap();
         assert!(

@@ -203,21 +203,13 @@ impl NodeStatusWriter {
 mod tests {
     use super::*;
     use netmatrix_api::FindingKind;
+    use netmatrix_api::fixtures;
 
     fn finding(kind: FindingKind, nodes: &[&str], cause: &[&str]) -> Finding {
         Finding {
-            kind,
-            nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
-            groups: vec![],
-            paths: vec![],
             summary: format!("{kind} here"),
-            evidence: vec![],
-            hint: String::new(),
-            since: String::new(),
-            since_unix_ms: 0,
-            flapping: false,
             cause: cause.iter().map(|c| (*c).to_owned()).collect(),
-            facts_missing: Vec::new(),
+            ..fixtures::finding(kind, nodes)
         }
     }
 

@@ -130,7 +130,7 @@ impl Published {
     fn encode(&self, form: Form) -> Result<Vec<Vec<u8>>, serde_json::Error> {
         match form {
             Form::Full => encode_full(&self.matrix, parallelism()),
-            Form::Compact => Ok(vec![serde_json::to_vec(&crate::web::compact(
+            Form::Compact => Ok(vec![serde_json::to_vec(&crate::serve::compact(
                 &self.matrix,
             ))?]),
         }
@@ -219,6 +219,8 @@ fn encode_rows(rows: &[MatrixRow], threads: usize) -> Result<Vec<Vec<u8>>, serde
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmatrix_api::fixtures::{self, cell};
+    use netmatrix_api::{Cell, Status};
 
     fn published() -> Published {
         Published::new(Arc::new(Matrix {
@@ -248,40 +250,22 @@ mod tests {
 
     #[test]
     fn the_parallel_encoding_is_serde_json_s_byte_for_byte() {
-        let cell = netmatrix_api::Cell {
-            to: "n\"0".into(),
-            status: netmatrix_api::Status::Ok,
+        let cell = Cell {
             loss: Some(0.0),
             rtt_avg_ms: Some(0.25),
-            rtt_max_ms: None,
             pods: 1,
-            mtu: None,
-            icmp: None,
-            tcp: None,
-            udp: None,
-            blocked: None,
-            last_error: None,
-            age_ms: None,
+            ..cell("n\"0", Status::Ok)
         };
         // Seven rows sharing enough cells to be encoded in parallel.
         let nodes: Vec<String> = (0..7).map(|i| format!("n\"{i}")).collect();
         let per_row = PARALLEL_MIN_CELLS.div_ceil(nodes.len());
         let row = |node: &String| MatrixRow {
-            node: node.clone(),
-            reporting: true,
-            relayed_by: None,
             report_age_ms: Some(1.5),
-            cells: vec![cell.clone(); per_row],
-            services: Vec::new(),
-            dns: Vec::new(),
-            state: Default::default(),
-            mtu: None,
+            ..fixtures::row(node, vec![cell.clone(); per_row])
         };
         let mut matrix = Matrix {
             generated_unix_ms: 42,
-            rows: nodes.iter().map(row).collect(),
-            nodes,
-            host_rows: Vec::new(),
+            ..fixtures::matrix(nodes.iter().map(row).collect())
         };
         for host_rows in [0, 3] {
             matrix.host_rows = matrix.rows[..host_rows].to_vec();

@@ -8,13 +8,11 @@ use netmatrix_api::facts::NodeFacts;
 use netmatrix_api::{Finding, Findings, Matrix};
 
 use crate::auth::{Authenticator, Sender};
-use crate::config::Args;
+use crate::config::Settings;
 use crate::diagnosis::causes::NodeTruth;
-use crate::diagnosis::{
-    self, AgentDown, Context, CutRecovery, DiagnosisPolicy, Hysteresis, SilenceGate,
-};
+use crate::diagnosis::{self, AgentDown, Context, CutRecovery, Hysteresis, SilenceGate};
 use crate::inventory::{Inventory, InventorySource};
-use crate::matrix::{self, Built, MatrixPolicy, NodeStates};
+use crate::matrix::{self, Built, NodeStates};
 use crate::metrics::Metrics;
 use crate::published::{Form, Published};
 use crate::store::{self, Accepted, FactsLookup, Rejection, ReportStore, TimeBounds};
@@ -30,66 +28,6 @@ pub fn system_clock() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Tunables of the aggregator, from the command line.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
-    pub policy: MatrixPolicy,
-    pub raise_after: u32,
-    /// For outages (see [`crate::diagnosis::hysteresis::is_outage`]).
-    pub raise_after_outage: u32,
-    pub clear_after: u32,
-    /// Rounds a cleared finding is remembered; back within them, it flaps.
-    pub flap_window: u32,
-    /// A node is expected to report once it is Ready and this old.
-    pub node_grace_ms: u64,
-    pub diagnosis: DiagnosisPolicy,
-    /// Rounds of echo counts kept per peer.
-    pub history_rounds: usize,
-    /// What a report may carry.
-    pub limits: netmatrix_api::validate::Limits,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            policy: MatrixPolicy::default(),
-            raise_after: 3,
-            raise_after_outage: 2,
-            clear_after: 3,
-            flap_window: crate::diagnosis::hysteresis::FLAP_WINDOW_ROUNDS,
-            node_grace_ms: 120_000,
-            diagnosis: DiagnosisPolicy::default(),
-            history_rounds: crate::history::DEFAULT_ROUNDS,
-            limits: Default::default(),
-        }
-    }
-}
-
-impl Settings {
-    pub fn from_args(args: &Args) -> Self {
-        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Settings {
-            policy: MatrixPolicy {
-                interval_ms: ms(args.interval),
-                stale_after: args.stale_after,
-                failed_loss: args.failed_loss,
-            },
-            raise_after: args.raise_after,
-            raise_after_outage: args.raise_after_outage,
-            clear_after: args.clear_after,
-            flap_window: args.flap_window,
-            node_grace_ms: ms(args.node_grace),
-            diagnosis: DiagnosisPolicy {
-                loss_threshold: args.loss_threshold,
-                latency_floor_ms: ms(args.latency_floor) as f64,
-            },
-            history_rounds: usize::try_from(args.history_rounds)
-                .unwrap_or(crate::history::DEFAULT_ROUNDS),
-            limits: Default::default(),
-        }
-    }
 }
 
 /// Nodes known to the matrix, the subset that must be reporting, and
@@ -632,6 +570,7 @@ mod tests {
         loss: f64,
         rng: &mut Rng,
     ) -> netmatrix_api::Report {
+        use netmatrix_api::fixtures;
         use netmatrix_api::{DnsResult, EchoResult, ErrorKind, PeerResult, ProbeError, RecordType};
         let nodes = ["n1", "n2", "n3"];
         let mut r = report(i, from, started);
@@ -654,15 +593,10 @@ mod tests {
                 if *to == from && pod == 2 {
                     continue; // an agent does not probe itself
                 }
+                let ip = format!("10.244.{}.{pod}", j + 1);
                 r.peers.push(PeerResult {
-                    node: (*to).into(),
-                    pod: format!("{to}-{pod}"),
-                    ip: format!("10.244.{}.{pod}", j + 1).parse().unwrap(),
-                    icmp: echoes(3, p),
                     mtu: Some(echoes(2, p)),
-                    tcp: None,
-                    udp: None,
-                    port: None,
+                    ..fixtures::peer(to, &format!("{to}-{pod}"), &ip, echoes(3, p))
                 });
             }
         }

@@ -554,7 +554,8 @@ fn forbidden(caller: &Caller, report: &Report, mismatch: &SenderMismatch) -> Rej
 pub(crate) mod tests {
     use super::*;
     use crate::inventory::{AgentPod, NodeInfo};
-    use netmatrix_api::{AgentIdentity, EchoResult, PeerResult};
+    use netmatrix_api::fixtures::{self, echoes, identity, peer};
+    use netmatrix_api::{EchoResult, PeerResult};
     use serde_json::json;
 
     pub(crate) fn inventory(nodes: &[&str]) -> Inventory {
@@ -600,25 +601,11 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn report(node_index: usize, node: &str, started: u64) -> Report {
+        let pod_ip = format!("10.244.{}.2", node_index + 1);
         Report {
-            agent: AgentIdentity {
-                node: node.into(),
-                pod: format!("agent-{node}"),
-                pod_ip: format!("10.244.{}.2", node_index + 1).parse().unwrap(),
-                network: NetworkMode::Pod,
-            },
             round: started,
             started_unix_ms: started,
-            interval_ms: 5000,
-            peers: vec![],
-            services: vec![],
-            dns: vec![],
-            peer_source: Default::default(),
-            mtu_probe_bytes: None,
-            dns_server: None,
-            sampled: None,
-            facts_digest: None,
-            facts: None,
+            ..fixtures::report(identity(node, &format!("agent-{node}"), &pod_ip))
         }
     }
 
@@ -905,16 +892,7 @@ pub(crate) mod tests {
         let inv = inventory(&["n1", "n2"]);
         let mut r = report(0, "n1", 1);
         for ip in ["10.244.2.2", "10.244.2.7", "192.0.2.9"] {
-            r.peers.push(PeerResult {
-                node: String::new(),
-                pod: "p".into(),
-                ip: ip.parse().unwrap(),
-                icmp: EchoResult::default(),
-                mtu: None,
-                tcp: None,
-                udp: None,
-                port: None,
-            });
+            r.peers.push(peer("", "p", ip, EchoResult::default()));
         }
         let mut store = ReportStore::default();
         let accepted = ingest(&mut store, &r, Some(&inv), 1).unwrap();
@@ -954,20 +932,7 @@ pub(crate) mod tests {
     }
 
     fn echo(node: &str, ip: &str, sent: u32, received: u32) -> PeerResult {
-        PeerResult {
-            node: node.into(),
-            pod: format!("p-{ip}"),
-            ip: ip.parse().unwrap(),
-            icmp: EchoResult {
-                sent,
-                received,
-                ..Default::default()
-            },
-            mtu: None,
-            tcp: None,
-            udp: None,
-            port: None,
-        }
+        peer(node, &format!("p-{ip}"), ip, echoes(sent, received))
     }
 
     #[test]

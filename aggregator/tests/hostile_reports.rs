@@ -6,12 +6,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use netmatrix_aggregator::auth::{Caller, Sender};
+use netmatrix_aggregator::config::Settings;
 use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
 use netmatrix_aggregator::published::Form;
-use netmatrix_aggregator::state::{Aggregator, Settings};
+use netmatrix_aggregator::state::Aggregator;
+use netmatrix_api::fixtures::{self, identity};
 use netmatrix_api::{
-    AgentIdentity, DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource,
-    ProbeError, RecordType, Report, ServiceKind, ServiceResult,
+    DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource, ProbeError, RecordType,
+    Report, ServiceKind, ServiceResult,
 };
 use proptest::prelude::*;
 
@@ -78,36 +80,14 @@ fn real_report() -> Report {
         error: (received < 3).then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply in 1s")),
     };
     Report {
-        agent: AgentIdentity {
-            node: "node-1".into(),
-            pod: "netmatrix-agent-abcde".into(),
-            pod_ip: "10.244.1.2".parse().unwrap(),
-            network: NetworkMode::Pod,
-        },
         round: 7,
         started_unix_ms: clock(),
-        interval_ms: 5000,
         peers: vec![
             PeerResult {
-                node: "node-2".into(),
-                pod: "netmatrix-agent-fghij".into(),
-                ip: "10.244.2.2".parse().unwrap(),
-                icmp: echo(3),
                 mtu: Some(echo(0)),
-                tcp: None,
-                udp: None,
-                port: None,
+                ..fixtures::peer("node-2", "netmatrix-agent-fghij", "10.244.2.2", echo(3))
             },
-            PeerResult {
-                node: "node-1".into(),
-                pod: "netmatrix-companion-x".into(),
-                ip: "10.244.1.3".parse().unwrap(),
-                icmp: echo(2),
-                mtu: None,
-                tcp: None,
-                udp: None,
-                port: None,
-            },
+            fixtures::peer("node-1", "netmatrix-companion-x", "10.244.1.3", echo(2)),
         ],
         services: vec![ServiceResult {
             kind: ServiceKind::Apiserver,
@@ -133,10 +113,7 @@ fn real_report() -> Report {
         }],
         peer_source: PeerSource::Api,
         mtu_probe_bytes: Some(1450),
-        dns_server: None,
-        sampled: None,
-        facts_digest: None,
-        facts: None,
+        ..fixtures::report(identity("node-1", "netmatrix-agent-abcde", "10.244.1.2"))
     }
 }
 

@@ -345,36 +345,22 @@ fn first_duplicate<T: Ord + Copy>(items: impl Iterator<Item = T>) -> Option<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AgentIdentity, NetworkMode, RecordType, ServiceKind};
+    use crate::fixtures::{self, echoes, identity, peer};
+    use crate::{RecordType, ServiceKind};
 
     pub(crate) fn report() -> Report {
         Report {
-            agent: AgentIdentity {
-                node: "node-1".into(),
-                pod: "netmatrix-agent-x7k2p".into(),
-                pod_ip: "10.244.1.2".parse().unwrap(),
-                network: NetworkMode::Pod,
-            },
-            round: 1,
-            started_unix_ms: 1,
-            interval_ms: 5000,
-            peers: vec![PeerResult {
-                node: "node-2".into(),
-                pod: "netmatrix-agent-abcde".into(),
-                ip: "10.244.2.2".parse().unwrap(),
-                icmp: EchoResult {
-                    sent: 3,
-                    received: 3,
+            peers: vec![peer(
+                "node-2",
+                "netmatrix-agent-abcde",
+                "10.244.2.2",
+                EchoResult {
                     rtt_min_ms: Some(0.2),
                     rtt_avg_ms: Some(0.3),
                     rtt_max_ms: Some(0.4),
-                    error: None,
+                    ..echoes(3, 3)
                 },
-                mtu: None,
-                tcp: None,
-                udp: None,
-                port: None,
-            }],
+            )],
             services: vec![ServiceResult {
                 kind: ServiceKind::Clusterip,
                 name: "kube-dns".into(),
@@ -394,12 +380,8 @@ mod tests {
                 pending: vec![],
                 error: None,
             }],
-            peer_source: Default::default(),
             mtu_probe_bytes: Some(1450),
-            dns_server: None,
-            sampled: None,
-            facts_digest: None,
-            facts: None,
+            ..fixtures::report(identity("node-1", "netmatrix-agent-x7k2p", "10.244.1.2"))
         }
     }
 

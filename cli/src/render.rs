@@ -4,7 +4,10 @@
 //! so scripts and tests read the same table.
 
 use crate::client::FactsAnswer;
-use netmatrix_api::{Cell, CheckCell, Finding, Findings, Matrix, MatrixRow, NodeState, Status};
+use netmatrix_api::{
+    Cell, CheckCell, CheckGroup, Finding, Findings, Matrix, MatrixRow, NetworkMode, NodeState,
+    Status,
+};
 
 /// How to render: with ANSI colours or plain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +77,10 @@ fn severity(s: Status) -> u8 {
     }
 }
 
-/// Worst status of the checks whose column starts with `prefix` (`None`:
-/// no such check).
-fn worst<'a>(checks: impl Iterator<Item = &'a CheckCell>, prefix: &str) -> Option<Status> {
+/// Worst status of the checks of `group` (`None`: no such check).
+fn worst<'a>(checks: impl Iterator<Item = &'a CheckCell>, group: CheckGroup) -> Option<Status> {
     checks
-        .filter(|c| c.column.starts_with(prefix))
+        .filter(|c| c.column.kind().group() == Some(group))
         .map(|c| c.status)
         .max_by_key(|s| severity(*s))
 }
@@ -106,7 +108,7 @@ fn rows(m: &Matrix, rows: &[MatrixRow], title: &str, style: Style) -> String {
     for r in rows {
         out.push_str(&format!("{:width$}", r.node));
         for n in &m.nodes {
-            let cell = r.cells.iter().find(|c| &c.to == n);
+            let cell = r.cell(n);
             let unprobed = *n == r.node && cell.is_none_or(|c| c.status == Status::Unknown);
             let (status, text) = match cell {
                 _ if unprobed => (Status::Unknown, "-"),
@@ -118,14 +120,16 @@ fn rows(m: &Matrix, rows: &[MatrixRow], title: &str, style: Style) -> String {
             };
             out.push_str(&style.status(status, text, width));
         }
-        let col =
-            |checks: &[CheckCell], prefix: &str, width: usize| match worst(checks.iter(), prefix) {
-                Some(s) => style.status(s, short(s), width),
-                None => format!("{:width$}", "-"),
-            };
-        out.push_str(&col(&r.services, "apiserver", 11));
-        out.push_str(&col(&r.services, "clusterip", 11));
-        out.push_str(&col(&r.dns, "dns", 11));
+        let col = |checks: &[CheckCell], group: CheckGroup, width: usize| match worst(
+            checks.iter(),
+            group,
+        ) {
+            Some(s) => style.status(s, short(s), width),
+            None => format!("{:width$}", "-"),
+        };
+        out.push_str(&col(&r.services, CheckGroup::Apiserver, 11));
+        out.push_str(&col(&r.services, CheckGroup::Clusterip, 11));
+        out.push_str(&col(&r.dns, CheckGroup::Dns, 11));
         out.push_str(&match &r.mtu {
             Some(c) => style.status(c.status, short(c.status), 0),
             None => "-".to_owned(),
@@ -232,7 +236,7 @@ pub fn findings(f: &Findings, style: Style) -> String {
 /// checks, and the findings naming it. `None` when the matrix has no such
 /// node.
 pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<String> {
-    let row = m.rows.iter().find(|r| r.node == node)?;
+    let row = m.row(node, NetworkMode::Pod)?;
     let mut out = format!(
         "{} ({:?}, {})\n",
         style.bold(node),
@@ -252,7 +256,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
         style.bold("who reaches it (its column)")
     ));
     for r in m.rows.iter().filter(|r| r.node != node) {
-        if let Some(c) = r.cells.iter().find(|c| c.to == node) {
+        if let Some(c) = r.cell(node) {
             out.push_str(&cell_line(&r.node, c, style));
         }
     }
@@ -260,7 +264,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
         "\n{}\n",
         style.bold("checks (API server, ClusterIPs, DNS, MTU)")
     ));
-    let host = m.host_rows.iter().find(|r| r.node == node);
+    let host = m.row(node, NetworkMode::Host);
     let width = row
         .services
         .iter()
@@ -270,7 +274,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
         .max()
         .unwrap_or(0)
         + 2;
-    for c in row.services.iter().chain(&row.dns).chain(&row.mtu) {
+    for c in row.checks() {
         out.push_str(&check_line(c, width, style));
     }
     if let Some(host) = host {
@@ -410,24 +414,17 @@ fn check_line(c: &CheckCell, width: usize, style: Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmatrix_api::fixtures;
     use netmatrix_api::{ErrorKind, FindingKind, ProbeError};
 
     fn cell(to: &str, status: Status) -> Cell {
         Cell {
-            to: to.into(),
-            status,
             loss: Some(if status == Status::Failed { 1.0 } else { 0.0 }),
             rtt_avg_ms: (status == Status::Ok).then_some(0.25),
-            rtt_max_ms: None,
             pods: 2,
-            mtu: None,
-            icmp: None,
-            tcp: None,
-            udp: None,
-            blocked: None,
             last_error: (status == Status::Failed)
                 .then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply from 10.244.2.2")),
-            age_ms: None,
+            ..fixtures::cell(to, status)
         }
     }
 
@@ -435,52 +432,36 @@ mod tests {
         let nodes = ["node-1", "node-2"];
         let rows = nodes
             .iter()
-            .map(|from| MatrixRow {
-                node: from.to_string(),
-                state: NodeState::Ready,
-                reporting: true,
-                relayed_by: None,
-                report_age_ms: Some(800.0),
-                cells: nodes
+            .map(|from| {
+                let cells = nodes
                     .iter()
                     .map(|to| {
                         let failed = from != to;
                         cell(to, if failed { Status::Failed } else { Status::Ok })
                     })
-                    .collect(),
-                services: vec![CheckCell {
-                    column: "apiserver".into(),
-                    status: Status::Ok,
+                    .collect();
+                let apiserver = CheckCell {
                     latency_ms: Some(1.5),
-                    last_error: None,
-                    age_ms: None,
-                    blocked: None,
-                }],
-                dns: vec![],
-                mtu: None,
+                    ..fixtures::check("apiserver", Status::Ok)
+                };
+                MatrixRow {
+                    report_age_ms: Some(800.0),
+                    services: vec![apiserver],
+                    ..fixtures::row(from, cells)
+                }
             })
             .collect();
         let matrix = Matrix {
             generated_unix_ms: 1,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            rows,
-            host_rows: vec![],
+            ..fixtures::matrix(rows)
         };
         let findings = Findings {
             generated_unix_ms: 1,
             findings: vec![Finding {
-                kind: FindingKind::PairBroken,
-                nodes: vec!["node-1".into(), "node-2".into()],
-                groups: vec![],
-                paths: vec![],
                 summary: "node-1 and node-2 cannot reach each other".into(),
                 evidence: vec!["node-1 -> node-2: failed".into()],
                 hint: "bridge fdb show dev flannel.1".into(),
-                since: String::new(),
-                since_unix_ms: 0,
-                flapping: false,
-                cause: Vec::new(),
-                facts_missing: Vec::new(),
+                ..fixtures::finding(FindingKind::PairBroken, &["node-1", "node-2"])
             }],
             pending: Vec::new(),
         };

@@ -85,7 +85,7 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
                 failing.push(format!("{} -> {}{error}", row.node, cell.to));
             }
         }
-        for check in row.services.iter().chain(&row.dns).chain(&row.mtu) {
+        for check in row.checks() {
             if check.status == Status::Failed {
                 let error = error_suffix(check.last_error.as_ref());
                 failing.push(format!("{} {}{error}", row.node, check.column));
@@ -117,63 +117,36 @@ fn error_suffix(error: Option<&ProbeError>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{Cell, CheckCell, MatrixRow};
+    use netmatrix_api::fixtures;
+    use netmatrix_api::{Cell, MatrixRow};
 
     fn cell(to: &str, status: Status) -> Cell {
         Cell {
-            to: to.into(),
-            status,
-            loss: None,
-            rtt_avg_ms: None,
-            rtt_max_ms: None,
             pods: 2,
-            mtu: None,
-            icmp: None,
-            tcp: None,
-            udp: None,
-            blocked: None,
-            last_error: None,
-            age_ms: None,
+            ..fixtures::cell(to, status)
         }
     }
 
     fn row(node: &str, reporting: bool, cells: Vec<Cell>) -> MatrixRow {
         MatrixRow {
-            node: node.into(),
-            state: NodeState::Ready,
             reporting,
-            relayed_by: None,
             report_age_ms: reporting.then_some(1000.0),
-            cells,
-            services: vec![],
-            dns: vec![],
-            mtu: None,
+            ..fixtures::row(node, cells)
         }
     }
 
     fn matrix(rows: Vec<MatrixRow>) -> Matrix {
         Matrix {
             generated_unix_ms: 1,
-            nodes: rows.iter().map(|r| r.node.clone()).collect(),
-            rows,
-            host_rows: vec![],
+            ..fixtures::matrix(rows)
         }
     }
 
     fn finding(kind: FindingKind, nodes: &[&str]) -> Finding {
         Finding {
-            kind,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            groups: vec![],
-            paths: vec![],
             summary: "s".into(),
-            evidence: vec![],
             hint: "h".into(),
-            since: String::new(),
-            since_unix_ms: 0,
-            flapping: false,
-            cause: Vec::new(),
-            facts_missing: Vec::new(),
+            ..fixtures::finding(kind, nodes)
         }
     }
 
@@ -280,14 +253,9 @@ mod tests {
             kind: netmatrix_api::ErrorKind::Timeout,
             message: "no echo reply".into(),
         });
-        rows[1].services.push(CheckCell {
-            column: "apiserver".into(),
-            status: Status::Failed,
-            latency_ms: None,
-            last_error: None,
-            age_ms: None,
-            blocked: None,
-        });
+        rows[1]
+            .services
+            .push(fixtures::check("apiserver", Status::Failed));
         let Round::Failing { findings, failing } = judge(&matrix(rows), &[]) else {
             panic!("not failing");
         };

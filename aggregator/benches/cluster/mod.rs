@@ -8,12 +8,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use netmatrix_aggregator::auth::{Caller, Sender};
+use netmatrix_aggregator::config::Settings;
 use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
-use netmatrix_aggregator::state::{Aggregator, Settings};
+use netmatrix_aggregator::state::Aggregator;
+use netmatrix_api::fixtures::{self, identity};
 use netmatrix_api::sampling::{PeerSampling, Ring};
 use netmatrix_api::{
-    AgentIdentity, DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource,
-    ProbeError, RecordType, Report, Sampled, ServiceKind, ServiceResult, round_ms,
+    DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource, ProbeError, RecordType,
+    Report, Sampled, ServiceKind, ServiceResult, round_ms,
 };
 
 pub struct Cluster {
@@ -147,13 +149,8 @@ impl Cluster {
                     }
                 })
                 .collect();
+            let agent = identity(node, &format!("agent-{node}"), &agent_ip(i).to_string());
             let report = Report {
-                agent: AgentIdentity {
-                    node: node.clone(),
-                    pod: format!("agent-{node}"),
-                    pod_ip: agent_ip(i),
-                    network: NetworkMode::Pod,
-                },
                 round,
                 started_unix_ms: now,
                 interval_ms: 10_000,
@@ -171,13 +168,11 @@ impl Cluster {
                 ],
                 peer_source: PeerSource::Api,
                 mtu_probe_bytes: Some(1450),
-                dns_server: None,
                 sampled: self.sampled().then_some(Sampled {
                     nodes: self.nodes.len() as u32,
                     probed: targets.len() as u32,
                 }),
-                facts_digest: None,
-                facts: None,
+                ..fixtures::report(agent)
             };
             let sender = Sender::Agent(Caller {
                 service_account: "netmatrix-agent".to_owned(),

@@ -25,7 +25,7 @@ pub use silence::SilenceGate;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netmatrix_api::{FindingKind, Path};
+use netmatrix_api::{CheckColumn, FindingKind, Path};
 
 use crate::matrix::{CheckTargets, PathWindows};
 
@@ -86,7 +86,7 @@ pub enum Subject {
     /// An unordered node pair, sorted.
     Pair(String, String),
     /// One Service (its check column) from one node, or from every node.
-    Service(Option<String>, String),
+    Service(Option<String>, CheckColumn),
     /// A NetworkPolicy (`namespace/name`).
     Policy(String),
 }

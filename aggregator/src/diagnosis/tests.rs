@@ -5,6 +5,7 @@
 //! overlay, the agents' ClusterIP load-balanced over every node...), and
 //! expects exactly the named finding.
 
+use netmatrix_api::fixtures;
 use netmatrix_api::{
     Cell, CheckCell, ErrorKind, Finding, FindingKind, Matrix, MatrixRow, NetworkMode, NodeState,
     Path, ProbeError, Status,
@@ -42,30 +43,21 @@ struct Grid {
 
 fn ok_cell(to: &str) -> Cell {
     Cell {
-        to: to.into(),
-        status: Status::Ok,
         loss: Some(0.0),
         rtt_avg_ms: Some(0.3),
         rtt_max_ms: Some(0.5),
         pods: 2,
         mtu: Some(Status::Ok),
-        icmp: None,
-        tcp: None,
-        udp: None,
-        blocked: None,
-        last_error: None,
         age_ms: Some(1000.0),
+        ..fixtures::cell(to, Status::Ok)
     }
 }
 
 fn check(column: &str) -> CheckCell {
     CheckCell {
-        column: column.into(),
-        status: Status::Ok,
         latency_ms: Some(1.0),
-        last_error: None,
         age_ms: Some(1000.0),
-        blocked: None,
+        ..fixtures::check(column, Status::Ok)
     }
 }
 
@@ -84,15 +76,11 @@ fn clean_window() -> PathWindow {
 
 fn row(node: &str, nodes: &[String]) -> MatrixRow {
     MatrixRow {
-        node: node.to_owned(),
-        reporting: true,
-        relayed_by: None,
         report_age_ms: Some(1000.0),
-        cells: nodes.iter().map(|to| ok_cell(to)).collect(),
         services: vec![check(APISERVER), check(KUBE_DNS), check(AGENTS)],
         dns: vec![check(DNS_A), check(DNS_SRV)],
-        state: NodeState::Ready,
         mtu: Some(check("mtu")),
+        ..fixtures::row(node, nodes.iter().map(|to| ok_cell(to)).collect())
     }
 }
 

@@ -1,9 +1,11 @@
-//! The web page at `/`: a live heatmap of the matrix and the findings.
+//! The web page at `/`: a live heatmap of the matrix and the findings. This
+//! module holds the page's assets and serves them; the routes are
+//! [`crate::serve`]'s.
 //!
 //! Everything is embedded in the binary (`include_str!`): no CDN, no fetch
 //! to anywhere but the aggregator itself (the Content-Security-Policy says
-//! so to the browser too). The page polls [`MATRIX_COMPACT_PATH`] and
-//! [`FINDINGS_PATH`] and draws the matrix on a `<canvas>`, so 1,000 nodes
+//! so to the browser too). The page polls [`MATRIX_COMPACT_PATH`](netmatrix_api::MATRIX_COMPACT_PATH)
+//! and [`FINDINGS_PATH`](netmatrix_api::FINDINGS_PATH) and draws the matrix on a `<canvas>`, so 1,000 nodes
 //! (a million cells) cost a few MB per poll and no DOM node per cell.
 //!
 //! For tests and scripts the page exposes its state (see `app.js`):
@@ -13,17 +15,9 @@
 //! id="cells">` has one `<td data-from data-to data-network data-status>`
 //! per cell.
 
-mod compact;
-
-pub use compact::compact;
-
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use netmatrix_api::{
-    Cell, FINDINGS_PATH, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH, Matrix,
-    NODE_FACTS_PATH, NetworkMode, REPORTS_PATH,
-};
 
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
@@ -74,64 +68,10 @@ pub async fn asset(Path(name): Path<String>) -> Response {
     }
 }
 
-/// The endpoint list (`GET /api`, and the page's footer).
-pub const ENDPOINTS: &str = concat!(
-    "netmatrix aggregator\n\n",
-    "GET  /                        web page: live matrix and findings\n",
-    "GET  /api/v1/matrix           node-to-node connectivity matrix (JSON)\n",
-    "GET  /api/v1/matrix/compact   the same, a few bytes per cell (JSON)\n",
-    "GET  /api/v1/matrix/cell      one cell: ?from=NODE&to=NODE[&network=pod|host]\n",
-    "GET  /api/v1/findings         what is broken and where (JSON)\n",
-    "GET  /api/v1/facts            one node's own network, from its host agent: ?node=NODE\n",
-    "POST /api/v1/reports          agent reports\n",
-    "GET  /metrics                 Prometheus metrics\n",
-    "GET  /healthz                 liveness\n",
-);
-
-/// `GET /api`: the endpoint list as text.
-pub async fn api_index() -> &'static str {
-    ENDPOINTS
-}
-
-/// The full cell `from` -> `to` of `network`, if both nodes are in the matrix.
-pub fn cell(matrix: &Matrix, from: &str, to: &str, network: NetworkMode) -> Option<Cell> {
-    let rows = match network {
-        NetworkMode::Pod => &matrix.rows,
-        NetworkMode::Host => &matrix.host_rows,
-    };
-    let row = rows.iter().find(|r| r.node == from)?;
-    row.cells.iter().find(|c| c.to == to).cloned()
-}
-
-// The list above must name the real paths.
-const _: () = {
-    assert!(const_contains(ENDPOINTS, MATRIX_PATH));
-    assert!(const_contains(ENDPOINTS, MATRIX_COMPACT_PATH));
-    assert!(const_contains(ENDPOINTS, MATRIX_CELL_PATH));
-    assert!(const_contains(ENDPOINTS, FINDINGS_PATH));
-    assert!(const_contains(ENDPOINTS, NODE_FACTS_PATH));
-    assert!(const_contains(ENDPOINTS, REPORTS_PATH));
-};
-
-const fn const_contains(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    let mut i = 0;
-    while i + n.len() <= h.len() {
-        let mut j = 0;
-        while j < n.len() && h[i + j] == n[j] {
-            j += 1;
-        }
-        if j == n.len() {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmatrix_api::{FINDINGS_PATH, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH};
 
     #[test]
     fn the_page_links_only_its_own_assets() {

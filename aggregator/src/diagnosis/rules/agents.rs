@@ -42,7 +42,12 @@ pub(super) fn agent_missing(view: &View, silence: &Silence) -> Vec<Condition> {
         let network_not_ready = down(node).is_some_and(AgentDown::judged_when_not_ready);
         (ready || network_not_ready) && !silence.explained.contains(node)
     };
-    let rows: Vec<&MatrixRow> = view.rows(NetworkMode::Pod).iter().filter(judged).collect();
+    let rows: Vec<&MatrixRow> = view
+        .matrix
+        .rows_of(NetworkMode::Pod)
+        .iter()
+        .filter(judged)
+        .collect();
     let silent: Vec<&MatrixRow> = rows.iter().copied().filter(|r| !r.reporting).collect();
     let none_explained = silent.iter().all(|r| down(&r.node).is_none());
     if silent.len() >= 2 && silent.len() == rows.len() && none_explained {

@@ -235,16 +235,9 @@ impl<'a> View<'a> {
         self.ready.contains(node)
     }
 
-    fn rows(&self, network: NetworkMode) -> &'a [MatrixRow] {
-        match network {
-            NetworkMode::Pod => &self.matrix.rows,
-            NetworkMode::Host => &self.matrix.host_rows,
-        }
-    }
-
     /// Rows are in `Matrix::nodes` order (sorted).
     fn row(&self, network: NetworkMode, node: &str) -> Option<&'a MatrixRow> {
-        let rows = self.rows(network);
+        let rows = self.matrix.rows_of(network);
         rows.binary_search_by(|r| r.node.as_str().cmp(node))
             .ok()
             .map(|i| &rows[i])
@@ -265,7 +258,8 @@ impl<'a> View<'a> {
         &'s self,
         network: NetworkMode,
     ) -> impl Iterator<Item = &'a MatrixRow> + use<'a, 's> {
-        self.rows(network)
+        self.matrix
+            .rows_of(network)
             .iter()
             .filter(move |r| r.reporting && self.is_ready(&r.node))
     }

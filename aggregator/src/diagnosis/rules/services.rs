@@ -10,15 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netmatrix_api::{CheckCell, ErrorKind, FindingKind, Status};
+use netmatrix_api::{CheckCell, CheckColumn, ColumnKind, ErrorKind, FindingKind, Status};
 
 use super::checks::{NodeChecks, everywhere, judged};
 use super::{Suppression, View, capped, describe_check};
 use crate::diagnosis::{Condition, Subject};
 use crate::matrix::CheckTargets;
-
-/// Column of the API server check.
-const APISERVER: &str = "apiserver";
 
 /// Whether every known service check of the node failed while its pod
 /// cells work: the service path (kube-proxy rules, route to the service
@@ -37,7 +34,7 @@ pub(super) fn diagnose(
     let mut clusterip = Vec::new();
     let mut apiserver = Vec::new();
     // Per Service column: the nodes where it alone fails.
-    let mut single: BTreeMap<&str, Vec<(&NodeChecks, &CheckCell)>> = BTreeMap::new();
+    let mut single: BTreeMap<&CheckColumn, Vec<(&NodeChecks, &CheckCell)>> = BTreeMap::new();
     for n in &nodes {
         if service_path_broken(n) {
             clusterip.push(clusterip_broken(n, targets));
@@ -58,31 +55,32 @@ pub(super) fn diagnose(
             .services
             .iter()
             .copied()
-            .filter(|c| c.column != APISERVER && c.status == Status::Failed)
+            .filter(|c| c.column != ColumnKind::Apiserver && c.status == Status::Failed)
             .filter(|c| {
                 target_ip(targets, n.node, &c.column).is_none_or(|ip| !failing_dns.contains(ip))
             })
             .filter(|c| !backend_maybe_cut_off(c, suppress))
             .filter(|c| !(suppress.tcp_filtered.contains(n.node) && timed_out(c)))
         {
-            single.entry(c.column.as_str()).or_default().push((n, c));
+            single.entry(&c.column).or_default().push((n, c));
         }
         let failed: Vec<&CheckCell> = n
             .services
             .iter()
             .copied()
-            .filter(|c| c.column == APISERVER && c.status == Status::Failed)
+            .filter(|c| c.column == ColumnKind::Apiserver && c.status == Status::Failed)
             .collect();
         let other_ok = n
             .services
             .iter()
-            .any(|c| c.column != APISERVER && c.status == Status::Ok);
+            .any(|c| c.column != ColumnKind::Apiserver && c.status == Status::Ok);
         if !failed.is_empty() && other_ok {
             apiserver.push(apiserver_unreachable(n, &failed, targets));
         }
     }
     let has_services = |n: &&NodeChecks| !n.services.is_empty();
-    let has_apiserver = |n: &&NodeChecks| n.services.iter().any(|c| c.column == APISERVER);
+    let has_apiserver =
+        |n: &&NodeChecks| n.services.iter().any(|c| c.column == ColumnKind::Apiserver);
     let mut out = everywhere(clusterip, nodes.iter().filter(has_services));
     out.extend(everywhere(apiserver, nodes.iter().filter(has_apiserver)));
     for (column, failing) in single {
@@ -91,7 +89,7 @@ pub(super) fn diagnose(
         let checking: BTreeSet<&str> = nodes
             .iter()
             .filter(|n| n.pods_fine && !service_path_broken(n))
-            .filter(|n| n.services.iter().any(|c| c.column == column))
+            .filter(|n| n.services.iter().any(|c| &c.column == column))
             .map(|n| n.node)
             .collect();
         let failing_nodes: BTreeSet<&str> = failing.iter().map(|(n, _)| n.node).collect();
@@ -126,15 +124,18 @@ fn timed_out(c: &CheckCell) -> bool {
 }
 
 /// The address (without port) a check of `node` dialled.
-fn target_ip<'t>(targets: &'t CheckTargets, node: &str, column: &str) -> Option<&'t str> {
-    let target = targets.get(&(node.to_owned(), column.to_owned()))?;
+fn target_ip<'t>(targets: &'t CheckTargets, node: &str, column: &CheckColumn) -> Option<&'t str> {
+    let target = targets.get(&(node.to_owned(), column.clone()))?;
     let (ip, _port) = target.rsplit_once(':')?;
     Some(ip.trim_start_matches('[').trim_end_matches(']'))
 }
 
 /// The Service's name in its column (`clusterip/NAME`).
-fn service_name(column: &str) -> &str {
-    column.strip_prefix("clusterip/").unwrap_or(column)
+fn service_name(column: &CheckColumn) -> &str {
+    match column.kind() {
+        ColumnKind::Clusterip(name) => name,
+        _ => column,
+    }
 }
 
 fn service_unreachable(n: &NodeChecks, failed: &CheckCell, targets: &CheckTargets) -> Condition {
@@ -171,7 +172,7 @@ fn service_unreachable(n: &NodeChecks, failed: &CheckCell, targets: &CheckTarget
 }
 
 fn service_unreachable_everywhere(
-    column: &str,
+    column: &CheckColumn,
     failing: &[(&NodeChecks, &CheckCell)],
     targets: &CheckTargets,
 ) -> Condition {
@@ -183,7 +184,7 @@ fn service_unreachable_everywhere(
         .collect();
     Condition::new(
         FindingKind::ServiceUnreachable,
-        Subject::Service(None, column.to_owned()),
+        Subject::Service(None, column.clone()),
         nodes,
         format!(
             "the {service} Service is unreachable from every node, while the other Services work"

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use netmatrix_api::{
-    CheckCell, CompactError, CompactMatrix, CompactRow, Matrix, MatrixRow, ProbeError, Status,
-    status_char,
+    CheckCell, CheckColumn, CompactError, CompactMatrix, CompactRow, Matrix, MatrixRow, ProbeError,
+    Status, status_char,
 };
 
 /// Builds the compact form of `matrix` (see [`CompactMatrix`] for the layout).
@@ -12,10 +12,10 @@ use netmatrix_api::{
 /// Linear in the rows times the columns: columns are numbered once, and
 /// each row's checks are placed by number.
 pub fn compact(matrix: &Matrix) -> CompactMatrix {
-    let mut columns: Vec<String> = Vec::new();
+    let mut columns: Vec<CheckColumn> = Vec::new();
     let mut numbers: HashMap<&str, usize> = HashMap::new();
     for row in matrix.rows.iter().chain(&matrix.host_rows) {
-        for check in row_checks(row) {
+        for check in row.checks() {
             numbers.entry(&check.column).or_insert_with(|| {
                 columns.push(check.column.clone());
                 columns.len() - 1
@@ -34,11 +34,6 @@ pub fn compact(matrix: &Matrix) -> CompactMatrix {
         host_rows: rows(&matrix.host_rows),
         columns,
     }
-}
-
-/// A row's checks in column order: services, DNS, then `mtu`.
-fn row_checks(row: &MatrixRow) -> impl Iterator<Item = &CheckCell> {
-    row.services.iter().chain(&row.dns).chain(&row.mtu)
 }
 
 /// One row, a column per node. A sampled row (cells only for the probed
@@ -71,7 +66,7 @@ fn compact_row(
         }
     }
     let mut placed: Vec<Option<&CheckCell>> = vec![None; columns];
-    for check in row_checks(row) {
+    for check in row.checks() {
         if let Some(slot) = numbers
             .get(check.column.as_str())
             .and_then(|&j| placed.get_mut(j))
@@ -136,48 +131,32 @@ fn micros(ms: f64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{Cell, ErrorKind, NodeState, Status, status_from_char};
+    use netmatrix_api::fixtures;
+    use netmatrix_api::{Cell, ErrorKind, Status, status_from_char};
 
     fn cell(to: &str, status: Status, loss: Option<f64>, rtt: Option<f64>) -> Cell {
         Cell {
-            to: to.to_owned(),
-            status,
             loss,
             rtt_avg_ms: rtt,
             rtt_max_ms: rtt.map(|r| r * 2.0),
             pods: 2,
-            mtu: None,
-            icmp: None,
-            tcp: None,
-            udp: None,
-            blocked: None,
-            last_error: None,
             age_ms: Some(812.5),
+            ..fixtures::cell(to, status)
         }
     }
 
     fn check(column: &str, status: Status, latency: Option<f64>) -> CheckCell {
         CheckCell {
-            column: column.to_owned(),
-            status,
             latency_ms: latency,
-            last_error: None,
-            age_ms: None,
-            blocked: None,
+            ..fixtures::check(column, status)
         }
     }
 
     fn row(node: &str, cells: Vec<Cell>) -> MatrixRow {
         MatrixRow {
-            node: node.to_owned(),
-            state: NodeState::Ready,
-            reporting: true,
-            relayed_by: None,
             report_age_ms: Some(420.4),
-            cells,
             services: vec![check("apiserver", Status::Ok, Some(1.25))],
-            dns: vec![],
-            mtu: None,
+            ..fixtures::row(node, cells)
         }
     }
 
@@ -208,9 +187,7 @@ mod tests {
             .collect();
         Matrix {
             generated_unix_ms: 1_700_000_000_000,
-            nodes,
-            rows,
-            host_rows: vec![],
+            ..fixtures::matrix(rows)
         }
     }
 

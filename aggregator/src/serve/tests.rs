@@ -1,0 +1,392 @@
+//! The routes, end to end through the router.
+
+use super::*;
+use crate::auth::{Authenticator, Caller};
+use crate::config::Settings;
+use crate::inventory::InventorySource;
+use crate::store::tests::{inventory, report};
+use axum::body::{Body, Bytes};
+use axum::http::{Request, header};
+use http_body_util::BodyExt;
+use netmatrix_api::fixtures::{echoes, peer};
+use netmatrix_api::{Cell, CompactMatrix, Findings, Matrix, ReportAccepted};
+use netmatrix_api::{EchoResult, Status};
+use tower::ServiceExt;
+
+const MAX_BODY: usize = 4096;
+
+const NOW: u64 = 1_000_000_000;
+
+/// An aggregator knowing nodes n1 and n2, whose agents' tokens are
+/// `token-agent-n1` and `token-agent-n2`.
+fn app() -> (Router, Arc<Aggregator>) {
+    let inv = InventorySource::Fixed(Arc::new(inventory(&["n1", "n2"])));
+    let tokens = ["agent-n1", "agent-n2", "host-agent-n1", "host-agent-n2"]
+        .map(|pod| {
+            let caller = Caller {
+                service_account: "netmatrix-agent".into(),
+                pod: pod.into(),
+                pod_uid: format!("uid-{pod}"),
+                node: None,
+            };
+            (format!("token-{pod}"), caller)
+        })
+        .into();
+    let aggregator = Aggregator::new(inv, Settings::default())
+        .unwrap()
+        .with_authenticator(Authenticator::with_static_tokens(tokens))
+        .with_clock(|| NOW);
+    let aggregator = Arc::new(aggregator);
+    (router(Arc::clone(&aggregator), MAX_BODY), aggregator)
+}
+
+/// A request as n1's agent (GETs carry the token too: it is ignored).
+async fn send(app: &Router, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    send_as(app, Some("token-agent-n1"), method, uri, body).await
+}
+
+async fn send_as(
+    app: &Router,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Body::from(body)).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, bytes.to_vec())
+}
+
+/// n1's report of round 10 with one peer, n2's agent, echoed as `icmp`.
+fn report_with_peer(icmp: EchoResult) -> netmatrix_api::Report {
+    let mut r = report(0, "n1", NOW);
+    r.round = 10;
+    r.peers.push(peer("n2", "agent-n2", "10.244.2.2", icmp));
+    r
+}
+
+fn good_report() -> Vec<u8> {
+    let r = report_with_peer(echoes(3, 3));
+    serde_json::to_vec(&r).unwrap()
+}
+
+/// n1's host agent relays n1's pod agent's report; nobody else may.
+#[tokio::test]
+async fn relayed_reports_come_only_from_the_nodes_host_agent() {
+    let (app, aggregator) = app();
+    for (token, expected) in [
+        ("token-agent-n1", StatusCode::FORBIDDEN),
+        ("token-host-agent-n2", StatusCode::FORBIDDEN),
+        ("token-host-agent-n1", StatusCode::ACCEPTED),
+    ] {
+        let (status, body) = send_as(
+            &app,
+            Some(token),
+            "POST",
+            RELAYED_REPORTS_PATH,
+            good_report(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            expected,
+            "{token}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let row = matrix(&app).await.rows.remove(0);
+    assert_eq!(row.relayed_by.as_deref(), Some("host-agent-n1"));
+    let text = aggregator.metrics().encode().unwrap();
+    assert!(text.contains("netmatrix_reports_relayed_total 1"), "{text}");
+}
+
+async fn matrix(app: &Router) -> Matrix {
+    let (status, body) = send(app, "GET", MATRIX_PATH, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn reason(body: &[u8]) -> String {
+    serde_json::from_slice::<ApiError>(body).unwrap().reason
+}
+
+#[tokio::test]
+async fn accepts_a_good_report() {
+    let (app, _) = app();
+    let (status, body) = send(&app, "POST", REPORTS_PATH, good_report()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let accepted: ReportAccepted = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        accepted,
+        ReportAccepted {
+            node: "n1".into(),
+            round: 10,
+            want_facts: false,
+        }
+    );
+    let m = matrix(&app).await;
+    assert_eq!(m.nodes, ["n1", "n2"]);
+    assert!(m.rows[0].reporting);
+    assert_eq!(m.rows[0].cells[1].status, Status::Ok);
+}
+
+#[tokio::test]
+async fn bad_reports_get_4xx_and_change_nothing() {
+    let (app, aggregator) = app();
+    assert_eq!(
+        send(&app, "POST", REPORTS_PATH, good_report()).await.0,
+        StatusCode::ACCEPTED
+    );
+    let before = matrix(&app).await;
+
+    let (status, body) = send(&app, "POST", REPORTS_PATH, b"{not json".to_vec()).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid")
+    );
+
+    let mut huge = good_report();
+    huge.extend(std::iter::repeat_n(b' ', MAX_BODY));
+    let (status, body) = send(&app, "POST", REPORTS_PATH, huge).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too-large")
+    );
+
+    // No token, an unknown one, and n2's agent's token with n1's body.
+    for (token, expected, why) in [
+        (None, StatusCode::UNAUTHORIZED, "unauthenticated"),
+        (Some("forged"), StatusCode::UNAUTHORIZED, "unauthenticated"),
+        (Some("token-agent-n2"), StatusCode::FORBIDDEN, "forbidden"),
+    ] {
+        let mut r = report_with_peer(EchoResult::default());
+        r.round = 20;
+        let body = serde_json::to_vec(&r).unwrap();
+        let (status, body) = send_as(&app, token, "POST", REPORTS_PATH, body).await;
+        assert_eq!(
+            (status, reason(&body).as_str()),
+            (expected, why),
+            "{token:?}"
+        );
+    }
+
+    let mut old = report(0, "n1", NOW);
+    old.round = 5;
+    let (status, body) = send(
+        &app,
+        "POST",
+        REPORTS_PATH,
+        serde_json::to_vec(&old).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (StatusCode::CONFLICT, "stale")
+    );
+
+    assert_eq!(matrix(&app).await, before);
+
+    let text = aggregator.metrics().encode().unwrap();
+    for (reason, count) in [
+        ("invalid", 1),
+        ("too-large", 1),
+        ("unauthenticated", 2),
+        ("forbidden", 1),
+        ("stale", 1),
+    ] {
+        let line = format!("netmatrix_reports_rejected_total{{reason=\"{reason}\"}} {count}");
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
+    assert!(text.contains("netmatrix_reports_total 1"));
+}
+
+#[tokio::test]
+async fn refusals_are_short_and_say_what_to_do() {
+    let (app, _) = app();
+    let request = Request::post(REPORTS_PATH).body(Body::from("{}")).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+
+    let (status, body) = send(&app, "POST", REPORTS_PATH, vec![b' '; 10]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.len() < 200, "{}", String::from_utf8_lossy(&body));
+    let (_, body) = send(
+        &app,
+        "POST",
+        REPORTS_PATH,
+        br#"{"agent":{"node":"n1\nforged log line","pod":"agent-n1","pod_ip":"10.244.1.2"},"round":11,"started_unix_ms":1000000000,"interval_ms":5000}"#.to_vec(),
+    )
+    .await;
+    let error: ApiError = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        error.message,
+        "invalid: agent.node: not a Kubernetes name (DNS-1123 subdomain)"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_content_length_is_refused_before_the_body() {
+    let (app, aggregator) = app();
+    // The body never arrives: a stream that stays pending.
+    let never = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+    let request = Request::post(REPORTS_PATH)
+        .header(header::CONTENT_LENGTH, "1000000000000")
+        .header(header::AUTHORIZATION, "Bearer token-agent-n1")
+        .body(never)
+        .unwrap();
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        app.clone().oneshot(request),
+    )
+    .await
+    .expect("answered without waiting for the body")
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(reason(&body), "too-large");
+    let text = aggregator.metrics().encode().unwrap();
+    assert!(text.contains("netmatrix_reports_rejected_total{reason=\"too-large\"} 1"));
+}
+
+#[tokio::test]
+async fn findings_metrics_and_pointers_are_served() {
+    let (app, aggregator) = app();
+    aggregator.evaluate();
+    let (status, body) = send(&app, "GET", FINDINGS_PATH, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let findings: Findings = serde_json::from_slice(&body).unwrap();
+    assert!(
+        findings.findings.is_empty(),
+        "hysteresis holds back round one"
+    );
+
+    let (status, body) = send(&app, "GET", "/metrics", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("netmatrix_nodes_expected 2"), "{text}");
+    assert!(text.contains("netmatrix_finding_active{kind=\"agent-missing\"} 0"));
+
+    assert_eq!(
+        send(&app, "GET", "/healthz", vec![]).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = send(&app, "GET", "/api", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8(body).unwrap().contains(MATRIX_PATH));
+    let (status, body) = send(&app, "GET", "/nope", vec![]).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (StatusCode::NOT_FOUND, "not-found")
+    );
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, String, Vec<u8>) {
+    let request = Request::get(uri).body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, content_type, bytes.to_vec())
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served() {
+    let (app, _) = app();
+    let (status, content_type, body) = get(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    let html = String::from_utf8(body).unwrap();
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    assert!(html.contains("<canvas id=\"heatmap\""));
+    for (path, expected) in [
+        ("/assets/app.js", "text/javascript; charset=utf-8"),
+        ("/assets/app.css", "text/css; charset=utf-8"),
+        ("/assets/favicon.svg", "image/svg+xml"),
+    ] {
+        assert!(html.contains(path), "{path} not linked");
+        let (status, content_type, body) = get(&app, path).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::OK, expected));
+        assert!(!body.is_empty());
+    }
+    let (_, _, js) = get(&app, "/assets/app.js").await;
+    assert!(String::from_utf8(js).unwrap().contains("window.netmatrix"));
+    assert_eq!(get(&app, "/assets/nope.js").await.0, StatusCode::NOT_FOUND);
+    let (status, content_type, body) = get(&app, "/api").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    for path in [
+        MATRIX_PATH,
+        MATRIX_COMPACT_PATH,
+        FINDINGS_PATH,
+        REPORTS_PATH,
+    ] {
+        assert!(text.contains(path), "{path} missing from /api");
+    }
+}
+
+#[tokio::test]
+async fn compact_and_cell_endpoints_match_the_full_matrix() {
+    let (app, _) = app();
+    let r = report_with_peer(EchoResult {
+        sent: 4,
+        received: 3,
+        rtt_avg_ms: Some(0.4567),
+        rtt_max_ms: Some(0.9),
+        ..Default::default()
+    });
+    let (status, _) = send(&app, "POST", REPORTS_PATH, serde_json::to_vec(&r).unwrap()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    let full = matrix(&app).await;
+    let (status, content_type, body) = get(&app, MATRIX_COMPACT_PATH).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/json");
+    let compact: CompactMatrix = serde_json::from_slice(&body).unwrap();
+    assert_eq!(compact.nodes, full.nodes);
+    assert_eq!(compact.rows.len(), full.rows.len());
+    for (row, small) in full.rows.iter().zip(&compact.rows) {
+        assert_eq!(small.node, row.node);
+        let statuses: String = row
+            .cells
+            .iter()
+            .map(|c| netmatrix_api::status_char(c.status))
+            .collect();
+        assert_eq!(small.status, statuses);
+    }
+    let cell = &full.rows[0].cells[1];
+    assert_eq!(compact.rows[0].rtt_avg_us[1], 457);
+    assert_eq!(
+        compact.rows[0].loss_pct[1],
+        (cell.loss.unwrap() * 100.0).ceil() as i16
+    );
+
+    let (status, _, body) = get(&app, "/api/v1/matrix/cell?from=n1&to=n2").await;
+    assert_eq!(status, StatusCode::OK);
+    let got: Cell = serde_json::from_slice(&body).unwrap();
+    assert_eq!(&got, cell);
+    let (status, _, body) = get(&app, "/api/v1/matrix/cell?from=n1&to=n9&network=pod").await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (StatusCode::NOT_FOUND, "no-such-cell")
+    );
+    let (status, _, body) = get(&app, "/api/v1/matrix/cell?from=n1").await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "bad-query")
+    );
+}
