@@ -563,11 +563,7 @@ async fn protocol_filters_are_named() {
 /// traffic untouched.
 fn service_route_evidence(snap: &Snapshot) {
     let r = row(&snap.matrix, "node-3").expect("node-3 row");
-    let api = r
-        .services
-        .iter()
-        .find(|c| c.column.starts_with("apiserver"))
-        .expect("apiserver column");
+    let api = r.check("apiserver").expect("apiserver column");
     assert_eq!(api.status, Status::Failed);
     let err = api.last_error.as_ref().expect("apiserver error");
     assert_eq!(err.kind, ErrorKind::Unreachable, "{err}");

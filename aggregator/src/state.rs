@@ -24,11 +24,7 @@ pub const REJECTIONS_LOGGED_PER_SECOND: u32 = 10;
 pub type Clock = fn() -> u64;
 
 /// The system clock.
-pub fn system_clock() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use netmatrix_runtime::now_unix_ms as system_clock;
 
 /// Nodes known to the matrix, the subset that must be reporting, and
 /// their states in the API.

@@ -1,15 +1,16 @@
 //! Reading the aggregator's answers: small queries the end-to-end tests use,
 //! and the text tables `netmatrix-lab up` prints every round.
 
-use netmatrix_api::{Cell, Finding, FindingKind, Findings, Matrix, MatrixRow, Status};
+use netmatrix_api::{Cell, Finding, FindingKind, Findings, Matrix, MatrixRow, NetworkMode, Status};
 
-/// The directed cell `from -> to`.
+/// The directed pod-network cell `from -> to`.
 pub fn cell<'a>(m: &'a Matrix, from: &str, to: &str) -> Option<&'a Cell> {
-    row(m, from)?.cells.iter().find(|c| c.to == to)
+    m.cell(from, to, NetworkMode::Pod)
 }
 
+/// The pod-network row of `node`.
 pub fn row<'a>(m: &'a Matrix, node: &str) -> Option<&'a MatrixRow> {
-    m.rows.iter().find(|r| r.node == node)
+    m.row(node, NetworkMode::Pod)
 }
 
 /// Every pod cell of every expected node is `ok` (and every node reports).
