@@ -154,15 +154,10 @@ async fn status(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{NetworkMode, PeerSource};
+    use netmatrix_api::PeerSource;
 
     fn identity() -> AgentIdentity {
-        AgentIdentity {
-            node: "n1".into(),
-            pod: "agent-1".into(),
-            pod_ip: "10.244.1.2".parse().unwrap(),
-            network: NetworkMode::Pod,
-        }
+        netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2")
     }
 
     #[tokio::test]

@@ -339,7 +339,7 @@ pub fn peer_mtu_failing(peer: &PeerResult) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmatrix_api::{AgentIdentity, EchoResult, NetworkMode};
+    use netmatrix_api::EchoResult;
 
     fn peer(node: &str, received: u32) -> PeerResult {
         PeerResult {
@@ -360,12 +360,7 @@ mod tests {
 
     fn report(peers: Vec<PeerResult>) -> Report {
         Report {
-            agent: AgentIdentity {
-                node: "n1".into(),
-                pod: "agent-n1".into(),
-                pod_ip: "10.244.1.2".parse().unwrap(),
-                network: NetworkMode::Pod,
-            },
+            agent: netmatrix_api::fixtures::identity("n1", "agent-n1", "10.244.1.2"),
             round: 1,
             started_unix_ms: 0,
             interval_ms: 5000,

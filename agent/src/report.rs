@@ -602,16 +602,11 @@ mod tests {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     use axum::routing::post;
-    use netmatrix_api::{AgentIdentity, NetworkMode, PeerSource};
+    use netmatrix_api::PeerSource;
 
     fn report() -> Arc<Report> {
         Arc::new(Report {
-            agent: AgentIdentity {
-                node: "n1".into(),
-                pod: "agent-1".into(),
-                pod_ip: "10.244.1.2".parse().unwrap(),
-                network: NetworkMode::Pod,
-            },
+            agent: netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2"),
             round: 7,
             started_unix_ms: 1,
             interval_ms: 1000,

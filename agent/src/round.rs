@@ -427,7 +427,7 @@ mod tests {
     use super::*;
     use crate::discovery::filter::tests::info;
     use crate::probes::apiserver::{CaSource, Credentials};
-    use netmatrix_api::{ErrorKind, NetworkMode, ServiceKind};
+    use netmatrix_api::{ErrorKind, ServiceKind};
     use tokio::net::TcpListener;
 
     #[test]
@@ -512,12 +512,7 @@ mod tests {
         .unwrap();
         tokio::spawn(netmatrix_runtime::udp_echo::serve(echo));
         let prober = Prober {
-            identity: AgentIdentity {
-                node: "n1".into(),
-                pod: "agent-1".into(),
-                pod_ip: "10.244.1.2".parse().unwrap(),
-                network: NetworkMode::Pod,
-            },
+            identity: netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2"),
             interval,
             icmp: IcmpProber::new(
                 2,

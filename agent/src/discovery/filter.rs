@@ -206,7 +206,6 @@ pub(crate) mod tests {
     use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
-    use netmatrix_api::NetworkMode;
 
     pub(crate) fn pod(name: &str, node: &str, ip: &str, phase: &str, component: &str) -> Pod {
         Pod {
@@ -251,12 +250,7 @@ pub(crate) mod tests {
     }
 
     fn me() -> AgentIdentity {
-        AgentIdentity {
-            node: "n1".into(),
-            pod: "agent-1".into(),
-            pod_ip: "10.244.1.2".parse().unwrap(),
-            network: NetworkMode::Pod,
-        }
+        netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2")
     }
 
     #[test]
@@ -344,7 +338,6 @@ pub(crate) mod node_tests {
     use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, PodCondition};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
-    use netmatrix_api::NetworkMode;
 
     pub(crate) fn node(name: &str, unschedulable: bool, ready: Option<&str>) -> Node {
         Node {
@@ -451,12 +444,7 @@ pub(crate) mod node_tests {
             pod("agent-9", "n9", "10.244.9.2", "Running", "agent"),
             pod("companion-1", "n1", "10.244.1.3", "Running", "companion"),
         ];
-        let me = AgentIdentity {
-            node: "n1".into(),
-            pod: "agent-1".into(),
-            pod_ip: "10.244.1.2".parse().unwrap(),
-            network: NetworkMode::Pod,
-        };
+        let me = netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2");
         let running = running_pods(&pods);
         let names: Vec<_> = peers(&running, &me, &skipped)
             .into_iter()

@@ -294,12 +294,7 @@ mod tests {
     #[test]
     fn peers_that_left_during_the_round_are_not_reported() {
         let mut report = Report {
-            agent: AgentIdentity {
-                node: "n1".into(),
-                pod: "agent-1".into(),
-                pod_ip: "10.244.1.2".parse().unwrap(),
-                network: NetworkMode::Pod,
-            },
+            agent: netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2"),
             round: 1,
             started_unix_ms: 0,
             interval_ms: 1000,
@@ -328,12 +323,7 @@ mod tests {
 
     #[test]
     fn srv_fallback_excludes_this_agent_and_leaves_names_empty() {
-        let me = AgentIdentity {
-            node: "n1".into(),
-            pod: "agent-1".into(),
-            pod_ip: "10.244.1.2".parse().unwrap(),
-            network: NetworkMode::Pod,
-        };
+        let me = netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2");
         let addrs: BTreeSet<IpAddr> = ["10.244.1.2", "10.244.2.2"]
             .iter()
             .map(|s| s.parse().unwrap())
@@ -455,12 +445,7 @@ mod tests {
             ],
         )
         .await;
-        let me = AgentIdentity {
-            node: "n1".into(),
-            pod: "agent-1".into(),
-            pod_ip: "10.244.1.2".parse().unwrap(),
-            network: NetworkMode::Pod,
-        };
+        let me = netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2");
         let discovery = Discovery::start(
             client,
             "netmatrix",
@@ -524,10 +509,8 @@ mod tests {
         )
         .await;
         let me = AgentIdentity {
-            node: "n1".into(),
-            pod: "host-agent-1".into(),
-            pod_ip: "198.18.0.1".parse().unwrap(),
             network: NetworkMode::Host,
+            ..netmatrix_api::fixtures::identity("n1", "host-agent-1", "198.18.0.1")
         };
         let discovery = Discovery::start(
             client,

@@ -727,6 +727,7 @@ mod tests {
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use netmatrix_api::NetworkMode;
+    use netmatrix_api::fixtures::identity;
     use netmatrix_api::labels;
 
     fn node(name: &str, cidr: &str) -> Node {
@@ -767,15 +768,6 @@ mod tests {
                 pod_ips: Some(vec![PodIP { ip: ip.into() }]),
                 ..Default::default()
             }),
-        }
-    }
-
-    fn identity(node: &str, pod: &str, ip: &str) -> AgentIdentity {
-        AgentIdentity {
-            node: node.into(),
-            pod: pod.into(),
-            pod_ip: ip.parse().unwrap(),
-            network: NetworkMode::Pod,
         }
     }
 
