@@ -164,19 +164,9 @@ mod tests {
     async fn endpoints_answer_over_loopback() {
         let status = Arc::new(StatusBoard::new(identity(), Duration::from_secs(5)));
         status.set_report(Arc::new(Report {
-            agent: identity(),
             round: 4,
-            started_unix_ms: 1,
-            interval_ms: 5000,
-            peers: vec![],
-            services: vec![],
-            dns: vec![],
             peer_source: PeerSource::LastKnown,
-            mtu_probe_bytes: None,
-            dns_server: None,
-            sampled: None,
-            facts_digest: None,
-            facts: None,
+            ..netmatrix_api::fixtures::report(identity())
         }));
         let state = AppState {
             metrics: Arc::new(Metrics::new().unwrap()),

@@ -360,19 +360,14 @@ mod tests {
 
     fn report(peers: Vec<PeerResult>) -> Report {
         Report {
-            agent: netmatrix_api::fixtures::identity("n1", "agent-n1", "10.244.1.2"),
-            round: 1,
-            started_unix_ms: 0,
-            interval_ms: 5000,
             peers,
-            services: vec![],
-            dns: vec![],
+            started_unix_ms: 0,
             peer_source: PeerSource::LastKnown,
-            mtu_probe_bytes: None,
-            dns_server: None,
-            sampled: None,
-            facts_digest: None,
-            facts: None,
+            ..netmatrix_api::fixtures::report(netmatrix_api::fixtures::identity(
+                "n1",
+                "agent-n1",
+                "10.244.1.2",
+            ))
         }
     }
 

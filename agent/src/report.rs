@@ -606,19 +606,14 @@ mod tests {
 
     fn report() -> Arc<Report> {
         Arc::new(Report {
-            agent: netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2"),
             round: 7,
-            started_unix_ms: 1,
             interval_ms: 1000,
-            peers: vec![],
-            services: vec![],
-            dns: vec![],
             peer_source: PeerSource::Api,
-            mtu_probe_bytes: None,
-            dns_server: None,
-            sampled: None,
-            facts_digest: None,
-            facts: None,
+            ..netmatrix_api::fixtures::report(netmatrix_api::fixtures::identity(
+                "n1",
+                "agent-1",
+                "10.244.1.2",
+            ))
         })
     }
 

@@ -294,23 +294,17 @@ mod tests {
     #[test]
     fn peers_that_left_during_the_round_are_not_reported() {
         let mut report = Report {
-            agent: netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2"),
-            round: 1,
-            started_unix_ms: 0,
-            interval_ms: 1000,
             peers: vec![
                 result("stays", "10.244.2.2"),
                 result("deleted", "10.244.2.3"),
                 result("moved", "10.244.2.4"),
             ],
-            services: vec![],
-            dns: vec![],
             peer_source: PeerSource::Api,
-            mtu_probe_bytes: None,
-            dns_server: None,
-            sampled: None,
-            facts_digest: None,
-            facts: None,
+            ..netmatrix_api::fixtures::report(netmatrix_api::fixtures::identity(
+                "n1",
+                "agent-1",
+                "10.244.1.2",
+            ))
         };
         let mut moved = info("10.244.2.9");
         moved.pod = "moved".into();
