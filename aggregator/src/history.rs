@@ -334,6 +334,135 @@ fn merge(into: &mut RoundSample, other: &RoundSample) {
     };
 }
 
+/// Windows of the fresh rows' paths, by (network, from, to). Node names
+/// are numbered once per round and each source's windows kept in a list
+/// sorted by destination: at 5,000 nodes the build stores a quarter million
+/// windows a round, and the rules walk them alongside the rows' cells
+/// ([`RowWindows`]) rather than looking each one up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathWindows {
+    // The matrix build fills `ids` and `rows` directly, a row at a time:
+    // no per-path lookup at 5,000 nodes.
+    pub(crate) ids: HashMap<String, u32>,
+    /// By id.
+    names: Vec<String>,
+    /// By network, then source id: (destination id, window), sorted by id.
+    pub(crate) rows: [Vec<Vec<(u32, PathWindow)>>; 2],
+}
+
+impl PathWindows {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Windows between `nodes`, numbered by their position (so that ids
+    /// sort like names).
+    pub(crate) fn for_nodes(nodes: &[String]) -> Self {
+        PathWindows {
+            ids: (0u32..).zip(nodes).map(|(i, n)| (n.clone(), i)).collect(),
+            names: nodes.to_vec(),
+            rows: Default::default(),
+        }
+    }
+
+    fn id_or_insert(&mut self, node: String) -> u32 {
+        if let Some(id) = self.ids.get(&node) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(node.clone());
+        self.ids.insert(node, id);
+        id
+    }
+
+    fn row_mut(&mut self, network: NetworkMode, from: u32) -> &mut Vec<(u32, PathWindow)> {
+        let rows = &mut self.rows[network_slot(network)];
+        let i = from as usize;
+        if rows.len() <= i {
+            rows.resize_with(i + 1, Vec::new);
+        }
+        &mut rows[i]
+    }
+
+    pub fn insert(&mut self, (network, from, to): (NetworkMode, String, String), w: PathWindow) {
+        let (from, to) = (self.id_or_insert(from), self.id_or_insert(to));
+        let row = self.row_mut(network, from);
+        match row.binary_search_by_key(&to, |(id, _)| *id) {
+            Ok(i) => row[i].1 = w,
+            Err(i) => row.insert(i, (to, w)),
+        }
+    }
+
+    fn row(&self, network: NetworkMode, from: &str) -> &[(u32, PathWindow)] {
+        self.ids
+            .get(from)
+            .and_then(|id| self.rows[network_slot(network)].get(*id as usize))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn get(&self, network: NetworkMode, from: &str, to: &str) -> Option<&PathWindow> {
+        let to = *self.ids.get(to)?;
+        let row = self.row(network, from);
+        let i = row.binary_search_by_key(&to, |(id, _)| *id).ok()?;
+        Some(&row[i].1)
+    }
+
+    pub fn get_mut(
+        &mut self,
+        network: NetworkMode,
+        from: &str,
+        to: &str,
+    ) -> Option<&mut PathWindow> {
+        let (from, to) = (*self.ids.get(from)?, *self.ids.get(to)?);
+        let row = self.rows[network_slot(network)].get_mut(from as usize)?;
+        let i = row.binary_search_by_key(&to, |(id, _)| *id).ok()?;
+        Some(&mut row[i].1)
+    }
+
+    /// `from`'s windows, to walk alongside its row's cells.
+    pub fn row_windows<'a>(&'a self, network: NetworkMode, from: &'a str) -> RowWindows<'a> {
+        RowWindows {
+            windows: self,
+            network,
+            from,
+            entries: self.row(network, from),
+            cursor: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.iter().flatten().all(Vec::is_empty)
+    }
+}
+
+/// One source's windows with a cursor ([`PathWindows::row_windows`]).
+pub struct RowWindows<'a> {
+    windows: &'a PathWindows,
+    network: NetworkMode,
+    from: &'a str,
+    entries: &'a [(u32, PathWindow)],
+    cursor: usize,
+}
+
+impl<'a> RowWindows<'a> {
+    /// The window of the path to `to`. Asked in the row's (sorted) order,
+    /// as the matrix build stores them, this is a step of the cursor; any
+    /// other order falls back to a lookup.
+    pub fn find(&mut self, to: &str) -> Option<&'a PathWindow> {
+        while let Some((id, w)) = self.entries.get(self.cursor) {
+            match self.windows.names[*id as usize].as_str().cmp(to) {
+                std::cmp::Ordering::Less => self.cursor += 1,
+                std::cmp::Ordering::Equal => {
+                    self.cursor += 1;
+                    return Some(w);
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        self.windows.get(self.network, self.from, to)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,5 +593,47 @@ mod tests {
         // 8) now end on a run of two lost echoes: for all this window
         // knows, they went down, so that round leaves them out.
         assert_eq!((w.sent, w.received, w.partial_rounds), (34, 28, 3));
+    }
+
+    #[test]
+    fn row_windows_are_found_in_any_order() {
+        let window = |rounds| PathWindow {
+            rounds,
+            ..Default::default()
+        };
+        let nodes: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let mut built = PathWindows::for_nodes(&nodes);
+        *built.row_mut(NetworkMode::Pod, 0) = vec![(1, window(1)), (3, window(3))];
+        // Inserted by name, out of order, as the diagnosis tests do.
+        let mut inserted = PathWindows::new();
+        for (to, rounds) in [("d", 3), ("b", 1)] {
+            inserted.insert((NetworkMode::Pod, "a".into(), to.into()), window(rounds));
+        }
+        for windows in [&built, &inserted] {
+            let rounds = |order: &[&str]| -> Vec<Option<usize>> {
+                let mut row = windows.row_windows(NetworkMode::Pod, "a");
+                order
+                    .iter()
+                    .map(|to| row.find(to).map(|w| w.rounds))
+                    .collect()
+            };
+            assert_eq!(
+                rounds(&["a", "b", "c", "d"]),
+                [None, Some(1), None, Some(3)]
+            );
+            assert_eq!(rounds(&["d", "c", "b"]), [Some(3), None, Some(1)]);
+            assert!(
+                windows
+                    .row_windows(NetworkMode::Host, "a")
+                    .find("b")
+                    .is_none()
+            );
+            assert!(
+                windows
+                    .row_windows(NetworkMode::Pod, "x")
+                    .find("b")
+                    .is_none()
+            );
+        }
     }
 }

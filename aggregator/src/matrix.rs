@@ -22,136 +22,10 @@ use netmatrix_api::{
     NodeState, PeerResult, ProbeError, Status,
 };
 
-use crate::history::{PathWindow, network_slot};
+use crate::diagnosis::CheckTargets;
+use crate::history::{PathWindow, PathWindows, network_slot};
 use crate::policy::{Probe, Screen};
 use crate::store::{ReportStore, StoredReport};
-
-/// Windows of the fresh rows' paths, by (network, from, to). Node names
-/// are numbered once per round and each source's windows kept in a list
-/// sorted by destination: at 5,000 nodes the build stores a quarter million
-/// windows a round, and the rules walk them alongside the rows' cells
-/// ([`RowWindows`]) rather than looking each one up.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PathWindows {
-    ids: HashMap<String, u32>,
-    /// By id.
-    names: Vec<String>,
-    /// By network, then source id: (destination id, window), sorted by id.
-    rows: [Vec<Vec<(u32, PathWindow)>>; 2],
-}
-
-impl PathWindows {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Windows between `nodes`, numbered by their position (so that ids
-    /// sort like names).
-    fn for_nodes(nodes: &[String]) -> Self {
-        PathWindows {
-            ids: (0u32..).zip(nodes).map(|(i, n)| (n.clone(), i)).collect(),
-            names: nodes.to_vec(),
-            rows: Default::default(),
-        }
-    }
-
-    fn id_or_insert(&mut self, node: String) -> u32 {
-        if let Some(id) = self.ids.get(&node) {
-            return *id;
-        }
-        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
-        self.names.push(node.clone());
-        self.ids.insert(node, id);
-        id
-    }
-
-    fn row_mut(&mut self, network: NetworkMode, from: u32) -> &mut Vec<(u32, PathWindow)> {
-        let rows = &mut self.rows[network_slot(network)];
-        let i = from as usize;
-        if rows.len() <= i {
-            rows.resize_with(i + 1, Vec::new);
-        }
-        &mut rows[i]
-    }
-
-    pub fn insert(&mut self, (network, from, to): (NetworkMode, String, String), w: PathWindow) {
-        let (from, to) = (self.id_or_insert(from), self.id_or_insert(to));
-        let row = self.row_mut(network, from);
-        match row.binary_search_by_key(&to, |(id, _)| *id) {
-            Ok(i) => row[i].1 = w,
-            Err(i) => row.insert(i, (to, w)),
-        }
-    }
-
-    fn row(&self, network: NetworkMode, from: &str) -> &[(u32, PathWindow)] {
-        self.ids
-            .get(from)
-            .and_then(|id| self.rows[network_slot(network)].get(*id as usize))
-            .map_or(&[], Vec::as_slice)
-    }
-
-    pub fn get(&self, network: NetworkMode, from: &str, to: &str) -> Option<&PathWindow> {
-        let to = *self.ids.get(to)?;
-        let row = self.row(network, from);
-        let i = row.binary_search_by_key(&to, |(id, _)| *id).ok()?;
-        Some(&row[i].1)
-    }
-
-    pub fn get_mut(
-        &mut self,
-        network: NetworkMode,
-        from: &str,
-        to: &str,
-    ) -> Option<&mut PathWindow> {
-        let (from, to) = (*self.ids.get(from)?, *self.ids.get(to)?);
-        let row = self.rows[network_slot(network)].get_mut(from as usize)?;
-        let i = row.binary_search_by_key(&to, |(id, _)| *id).ok()?;
-        Some(&mut row[i].1)
-    }
-
-    /// `from`'s windows, to walk alongside its row's cells.
-    pub fn row_windows<'a>(&'a self, network: NetworkMode, from: &'a str) -> RowWindows<'a> {
-        RowWindows {
-            windows: self,
-            network,
-            from,
-            entries: self.row(network, from),
-            cursor: 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.iter().flatten().all(Vec::is_empty)
-    }
-}
-
-/// One source's windows with a cursor ([`PathWindows::row_windows`]).
-pub struct RowWindows<'a> {
-    windows: &'a PathWindows,
-    network: NetworkMode,
-    from: &'a str,
-    entries: &'a [(u32, PathWindow)],
-    cursor: usize,
-}
-
-impl<'a> RowWindows<'a> {
-    /// The window of the path to `to`. Asked in the row's (sorted) order,
-    /// as the matrix build stores them, this is a step of the cursor; any
-    /// other order falls back to a lookup.
-    pub fn find(&mut self, to: &str) -> Option<&'a PathWindow> {
-        while let Some((id, w)) = self.entries.get(self.cursor) {
-            match self.windows.names[*id as usize].as_str().cmp(to) {
-                std::cmp::Ordering::Less => self.cursor += 1,
-                std::cmp::Ordering::Equal => {
-                    self.cursor += 1;
-                    return Some(w);
-                }
-                std::cmp::Ordering::Greater => break,
-            }
-        }
-        self.windows.get(self.network, self.from, to)
-    }
-}
 
 /// States of the nodes according to the API; `None` without one
 /// (`--no-kubernetes`): every node is then `Ready`.
@@ -204,10 +78,6 @@ impl MatrixPolicy {
         }
     }
 }
-
-/// `ip:port` dialled by each service check, by (node, column): the matrix
-/// has no room for it, but findings quote it as evidence.
-pub type CheckTargets = BTreeMap<(String, CheckColumn), String>;
 
 /// Builds the matrix at `now_unix_ms`. Nodes are the union of `known` (the
 /// inventory's nodes) and the nodes with a fresh report, sorted.
@@ -911,7 +781,7 @@ mod tests {
             namespace: "netmatrix".into(),
             ..Default::default()
         }));
-        let screen = Screen::new(&inv).unwrap();
+        let screen = inv.policy_screen().unwrap();
         let mut store = ReportStore::default();
         let mut r = report(0, "n1", 1);
         let mut blocked = peer("n2", 3, 0, 1.0);
@@ -993,47 +863,5 @@ mod tests {
         // A stale row has no window.
         let stale = build(&store, &expected(), &None, &MatrixPolicy::default(), 60_000);
         assert!(stale.windows.is_empty());
-    }
-
-    #[test]
-    fn row_windows_are_found_in_any_order() {
-        let window = |rounds| PathWindow {
-            rounds,
-            ..Default::default()
-        };
-        let nodes: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
-        let mut built = PathWindows::for_nodes(&nodes);
-        *built.row_mut(NetworkMode::Pod, 0) = vec![(1, window(1)), (3, window(3))];
-        // Inserted by name, out of order, as the diagnosis tests do.
-        let mut inserted = PathWindows::new();
-        for (to, rounds) in [("d", 3), ("b", 1)] {
-            inserted.insert((NetworkMode::Pod, "a".into(), to.into()), window(rounds));
-        }
-        for windows in [&built, &inserted] {
-            let rounds = |order: &[&str]| -> Vec<Option<usize>> {
-                let mut row = windows.row_windows(NetworkMode::Pod, "a");
-                order
-                    .iter()
-                    .map(|to| row.find(to).map(|w| w.rounds))
-                    .collect()
-            };
-            assert_eq!(
-                rounds(&["a", "b", "c", "d"]),
-                [None, Some(1), None, Some(3)]
-            );
-            assert_eq!(rounds(&["d", "c", "b"]), [Some(3), None, Some(1)]);
-            assert!(
-                windows
-                    .row_windows(NetworkMode::Host, "a")
-                    .find("b")
-                    .is_none()
-            );
-            assert!(
-                windows
-                    .row_windows(NetworkMode::Pod, "x")
-                    .find("b")
-                    .is_none()
-            );
-        }
     }
 }

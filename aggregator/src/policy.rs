@@ -28,10 +28,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use netmatrix_api::NetworkMode;
-
-use crate::inventory::Inventory;
-
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -219,20 +215,24 @@ pub struct Screen {
 pub type Denial = Vec<String>;
 
 impl Screen {
-    /// `None` when no policy exists: nothing to screen.
-    pub fn new(inventory: &Inventory) -> Option<Screen> {
-        let policies = inventory.policies.0.clone();
+    /// The screen of `policies` over the pod-network agents, each given as
+    /// (node, pod name, labels, named container ports); `None` when no
+    /// policy exists: nothing to screen.
+    pub fn new<'a>(
+        policies: &PolicySet,
+        agents: impl IntoIterator<Item = (&'a str, &'a str, &'a Labels, &'a NamedPorts)>,
+    ) -> Option<Screen> {
+        let policies = policies.0.clone();
         if policies.is_empty() {
             return None;
         }
-        let mut agents = BTreeMap::new();
+        let mut agent_sides = BTreeMap::new();
         let mut agent_pods = BTreeMap::new();
-        for (node, pods) in &inventory.agents {
-            for pod in pods.iter().filter(|p| p.network == NetworkMode::Pod) {
-                agents.insert(node.clone(), (pod.labels.clone(), pod.named_ports.clone()));
-                agent_pods.insert(pod.name.clone(), node.clone());
-            }
+        for (node, pod, labels, ports) in agents {
+            agent_sides.insert(node.to_owned(), (labels.clone(), ports.clone()));
+            agent_pods.insert(pod.to_owned(), node.to_owned());
         }
+        let agents = agent_sides;
         Some(Screen {
             namespace: policies.namespace.clone(),
             policies,
@@ -336,7 +336,11 @@ type Rule<'a> = (
 );
 
 /// A pod's labels and named container ports.
-type PodSide = (BTreeMap<String, String>, BTreeMap<String, u16>);
+/// A pod's labels.
+pub type Labels = BTreeMap<String, String>;
+/// A pod's named container ports.
+pub type NamedPorts = BTreeMap<String, u16>;
+type PodSide = (Labels, NamedPorts);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {

@@ -257,7 +257,7 @@ impl Aggregator {
         let screen = self
             .inventory
             .snapshot()
-            .and_then(|inventory| crate::policy::Screen::new(&inventory));
+            .and_then(|inventory| inventory.policy_screen());
         let built = matrix::build_screened(
             &store,
             &nodes.known,

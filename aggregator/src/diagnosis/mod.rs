@@ -27,7 +27,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use netmatrix_api::{CheckColumn, FindingKind, Path};
 
-use crate::matrix::{CheckTargets, PathWindows};
+use crate::history::PathWindows;
+
+/// `ip:port` dialled by each service check, by (node, column): the matrix
+/// has no room for it, but findings quote it as evidence.
+pub type CheckTargets = BTreeMap<(String, CheckColumn), String>;
 
 /// Thresholds of the windowed rules, from the command line.
 #[derive(Debug, Clone, Copy, PartialEq)]

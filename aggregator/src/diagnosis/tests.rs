@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{
     AgentDown, Condition, Context, DiagnosisPolicy, DownCause, Hysteresis, Subject, evaluate,
 };
+use crate::diagnosis::CheckTargets;
 use crate::history::PathWindow;
-use crate::matrix::{CheckTargets, PathWindows};
+use crate::history::PathWindows;
 
 /// Columns of every row, as the lab's agents report them.
 const APISERVER: &str = "apiserver";

@@ -84,6 +84,19 @@ pub struct Inventory {
     pub policies: crate::policy::PolicySet,
 }
 
+impl Inventory {
+    /// The NetworkPolicy screen over this inventory's pod-network agents
+    /// (`None` without a policy).
+    pub fn policy_screen(&self) -> Option<crate::policy::Screen> {
+        let agents = self.agents.iter().flat_map(|(node, pods)| {
+            pods.iter()
+                .filter(|p| p.network == NetworkMode::Pod)
+                .map(move |p| (node.as_str(), p.name.as_str(), &p.labels, &p.named_ports))
+        });
+        crate::policy::Screen::new(&self.policies, agents)
+    }
+}
+
 /// Why a verified caller may not send its report. The text says what the
 /// API says instead, for the aggregator's log (never for the client), so the
 /// operator can tell a stale agent from an impostor.

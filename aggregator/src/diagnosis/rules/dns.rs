@@ -8,8 +8,8 @@ use netmatrix_api::{CheckCell, ErrorKind, FindingKind, Status};
 use super::checks::{NodeChecks, everywhere, judged};
 use super::services::service_path_broken;
 use super::{Suppression, View, capped, describe_check};
+use crate::diagnosis::CheckTargets;
 use crate::diagnosis::{Condition, Subject};
-use crate::matrix::CheckTargets;
 
 const DNS_HINT: &str = "check CoreDNS: its pods and logs (kubectl -n kube-system logs -l k8s-app=kube-dns), the kube-dns Service and its endpoints (kubectl -n kube-system get endpointslices -l kubernetes.io/service-name=kube-dns); timeout points at the path to CoreDNS, servfail at CoreDNS or its upstream, nxdomain at a missing Service or negative caching";
 

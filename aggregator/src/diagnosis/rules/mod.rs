@@ -47,8 +47,9 @@ use netmatrix_api::{
 };
 
 use super::{Condition, Context, DiagnosisPolicy, causes};
+use crate::diagnosis::CheckTargets;
+use crate::history::PathWindows;
 use crate::history::{PathWindow, network_slot};
-use crate::matrix::{CheckTargets, PathWindows};
 
 /// "(Nearly) all failed": at least this share of the known cells.
 const NEARLY_ALL: f64 = 0.9;

@@ -14,8 +14,8 @@ use netmatrix_api::{CheckCell, CheckColumn, ColumnKind, ErrorKind, FindingKind, 
 
 use super::checks::{NodeChecks, everywhere, judged};
 use super::{Suppression, View, capped, describe_check};
+use crate::diagnosis::CheckTargets;
 use crate::diagnosis::{Condition, Subject};
-use crate::matrix::CheckTargets;
 
 /// Whether every known service check of the node failed while its pod
 /// cells work: the service path (kube-proxy rules, route to the service
