@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::emulator::apiserver::clients::Clients;
 use crate::emulator::cluster::{self, ClusterState};
 use crate::emulator::dns::{self, DnsControl};
 use crate::emulator::pki::LabPki;
@@ -654,7 +655,7 @@ fn start_servers(
     let dns_tcp = tokio::net::TcpListener::from_std(dns_tcp)?;
     let sink_l = tokio::net::TcpListener::from_std(sink_l)?;
     let (s1, s2) = (state.clone(), state.clone());
-    let (tls, token) = (pki.server_config()?, pki.token.clone());
+    let (tls, clients) = (pki.server_config()?, Arc::new(Clients::new(&pki.token)));
     let mut tasks = Tasks(Vec::new());
     tasks.0.push(tokio::spawn(async move {
         let authority = match crate::emulator::apiserver::tokens::TokenAuthority::new() {
@@ -665,7 +666,7 @@ fn start_servers(
             }
         };
         if let Err(error) =
-            crate::emulator::apiserver::serve(api_l, s1, tls, token, authority).await
+            crate::emulator::apiserver::serve(api_l, s1, tls, clients, authority).await
         {
             tracing::error!(%error, "API server emulator stopped");
         }
