@@ -683,6 +683,11 @@ mod tests {
         (state, base, reqwest::Client::new(), clients)
     }
 
+    /// `GET url` with `token`.
+    async fn get_as(client: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+        client.get(url).bearer_auth(token).send().await.unwrap()
+    }
+
     async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
         let response = client.get(url).bearer_auth(TOKEN).send().await.unwrap();
         let code = response.status().as_u16();
@@ -818,12 +823,7 @@ mod tests {
             (status["kind"].as_str(), status["reason"].as_str()),
             (Some("Status"), Some("Unauthorized"))
         );
-        let wrong = client
-            .get(format!("{base}/api/v1/nodes"))
-            .bearer_auth("nope")
-            .send()
-            .await
-            .unwrap();
+        let wrong = get_as(&client, &format!("{base}/api/v1/nodes"), "nope").await;
         assert_eq!(wrong.status(), 401);
 
         for (url, code, reason) in [
@@ -913,22 +913,17 @@ mod tests {
         let (_state, base, client, clients) = start_counted().await;
         let agent = ClientId::pod("ns", "netmatrix-agent", "a");
         clients.register("agent-token", agent);
-        let list = client
-            .get(format!("{base}/api/v1/namespaces/ns/pods"))
-            .bearer_auth("agent-token")
-            .send()
-            .await
-            .unwrap();
+        let list = get_as(
+            &client,
+            &format!("{base}/api/v1/namespaces/ns/pods"),
+            "agent-token",
+        )
+        .await;
         assert_eq!(list.status(), 200);
         let list_len = list.bytes().await.unwrap().len() as u64;
         let (code, _) = get(&client, &format!("{base}/api/v1/nodes/node-1")).await;
         assert_eq!(code, 200);
-        let refused = client
-            .get(format!("{base}/api/v1/nodes"))
-            .bearer_auth("forged")
-            .send()
-            .await
-            .unwrap();
+        let refused = get_as(&client, &format!("{base}/api/v1/nodes"), "forged").await;
         assert_eq!(refused.status(), 401);
 
         let counted = clients.snapshot();
@@ -949,14 +944,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_watch_is_no_longer_open() {
         let (state, base, client, clients) = start_counted().await;
-        let mut watch = client
-            .get(format!(
-                "{base}/api/v1/namespaces/ns/pods?watch=true&timeoutSeconds=60"
-            ))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{base}/api/v1/namespaces/ns/pods?watch=true&timeoutSeconds=60");
+        let mut watch = get_as(&client, &url, TOKEN).await;
         assert_eq!(watch.status(), 200);
         let mut received = 0;
         while received < 2 {
