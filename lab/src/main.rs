@@ -125,7 +125,8 @@ enum Command {
     },
     /// Benchmarks in throw-away namespaces: `bench sweep` (ICMP sweep, netmatrix vs fping),
     /// `bench agent` (the agent's CPU and memory at thousands of peers), `bench detect` (fault
-    /// to finding and heal to clear in a lab, per trial and the median).
+    /// to finding and heal to clear in a lab, per trial and the median), `bench control-plane`
+    /// (watch streams and bytes the API server sends netmatrix, per Node update).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
