@@ -11,6 +11,7 @@ use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+use netmatrix_lab::emulator::apiserver::clients::Clients;
 use netmatrix_lab::emulator::apiserver::tokens::TokenAuthority;
 use netmatrix_lab::emulator::cluster::{self, ClusterState};
 use netmatrix_lab::emulator::{apiserver, pki::LabPki};
@@ -33,7 +34,7 @@ async fn start() -> Lab {
         listener,
         state.clone(),
         pki.server_config().unwrap(),
-        pki.token.clone(),
+        Arc::new(Clients::new(&pki.token)),
         Arc::new(TokenAuthority::new().unwrap()),
     ));
     // The way the lab hands credentials to its processes: a kubeconfig.

@@ -53,6 +53,23 @@ async fn healthy_cluster_is_all_ok_without_findings() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    // Every process has an API token of its own, so the emulator counts the
+    // aggregator and each agent apart, and they all watch today.
+    let clients = lab.api_clients();
+    let mut expected = vec!["netmatrix/netmatrix-aggregator/netmatrix-aggregator".to_owned()];
+    for node in lab.topology().nodes {
+        expected.push(format!("netmatrix/netmatrix-agent/{}", node.agent.name));
+        expected.push(format!(
+            "netmatrix/netmatrix-host-agent/{}",
+            node.host_agent
+        ));
+    }
+    for client in &expected {
+        let stats = clients
+            .get(client)
+            .unwrap_or_else(|| panic!("{client} not among the API clients: {clients:?}"));
+        assert!(stats.watches_open > 0, "{client}: {stats:?}");
+    }
     lab.down().await;
 }
 

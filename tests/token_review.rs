@@ -14,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use netmatrix_aggregator::auth::{AuthError, Authenticator, Sender, TokenPolicy};
 use netmatrix_aggregator::inventory::Inventory;
 use netmatrix_api::labels;
+use netmatrix_lab::emulator::apiserver::clients::Clients;
 use netmatrix_lab::emulator::apiserver::tokens::{Binding, ISSUER, TokenAuthority};
 use netmatrix_lab::emulator::cluster::{self, ClusterState};
 use netmatrix_lab::emulator::{apiserver, pki::LabPki};
@@ -55,7 +56,7 @@ async fn start() -> Emulator {
         listener,
         state.clone(),
         pki.server_config().unwrap(),
-        pki.token.clone(),
+        Arc::new(Clients::new(&pki.token)),
         Arc::clone(&authority),
     ));
     let kubeconfig = Kubeconfig::from_yaml(&pki.kubeconfig(&format!("https://{addr}"))).unwrap();

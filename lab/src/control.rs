@@ -32,6 +32,9 @@ pub enum Request {
     Churn {
         duration_ms: u64,
     },
+    /// What the API emulator sent each client ([`Lab::api_clients`]); the
+    /// message is their counters as JSON.
+    ApiClients,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +140,12 @@ fn handle(lab: &Lab, request: Request) -> Response {
             .remove_node(&node)
             .map(|n| format!("{} removed", n.name)),
         Request::Churn { .. } => Ok("churn runs asynchronously".into()),
+        Request::ApiClients => {
+            serde_json::to_string_pretty(&lab.api_clients()).map_err(|e| crate::lab::LabError::Io {
+                what: "writing the API clients as JSON".into(),
+                source: std::io::Error::other(e),
+            })
+        }
         Request::Status => Ok(format!(
             "lab {} at {}; faults: {}",
             lab.prefix(),

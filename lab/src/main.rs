@@ -110,6 +110,13 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Print, as JSON, what the running lab's API server emulator sent each client (by
+    /// `namespace/serviceaccount/pod`, `lab` for the admin token): watch streams opened and
+    /// open, watch events, bookmarks and bytes, lists, gets. The emulator's own counters.
+    ApiClients {
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Show the running labs and their faults (every running lab, or the one named).
     Status {
         /// Only this lab.
@@ -118,7 +125,8 @@ enum Command {
     },
     /// Benchmarks in throw-away namespaces: `bench sweep` (ICMP sweep, netmatrix vs fping),
     /// `bench agent` (the agent's CPU and memory at thousands of peers), `bench detect` (fault
-    /// to finding and heal to clear in a lab, per trial and the median).
+    /// to finding and heal to clear in a lab, per trial and the median), `bench control-plane`
+    /// (watch streams and bytes the API server sends netmatrix, per Node update).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -200,6 +208,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Churn { duration, prefix } => {
             let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
             send(prefix.as_deref(), Request::Churn { duration_ms }).await
+        }
+        Command::ApiClients { prefix } => {
+            let dir = control::find_lab(prefix.as_deref())?;
+            let response = control::request(&dir.control_socket(), &Request::ApiClients).await?;
+            if !response.ok {
+                bail!("lab {}: {}", dir.prefix(), response.message);
+            }
+            // JSON alone on stdout, for jq.
+            println!("{}", response.message);
+            Ok(())
         }
         Command::Bench(command) => bench::run(command).await,
     }

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::emulator::apiserver::clients::Clients;
+use crate::emulator::apiserver::tokens::TokenAuthority;
 use crate::emulator::cluster::{self, ClusterState};
 use crate::emulator::dns::{self, DnsControl};
 use crate::emulator::pki::LabPki;
@@ -104,7 +106,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// Aborts the in-process servers when dropped (before the namespaces go).
-struct Tasks(Vec<JoinHandle<()>>);
+pub(super) struct Tasks(Vec<JoinHandle<()>>);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
@@ -308,13 +310,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The cluster as the API server emulator and DNS serve it.
     let state = ClusterState::new();
     register(&state, &nodes);
-    let pki = LabPki::generate(
-        &[
-            IpAddr::V4(KUBERNETES_SVC.0),
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ],
-        &["kubernetes.default.svc".to_owned()],
-    )?;
+    let pki = cluster_pki()?;
     let kubeconfig = scratch.state().write(
         "kubeconfig-pods",
         &pki.kubeconfig(&format!(
@@ -627,6 +623,18 @@ fn register(state: &ClusterState, nodes: &[(usize, Vec<Ipv4Addr>)]) {
     crate::lab::objects::register_services(state);
 }
 
+/// The certificates and admin token of a bench's cluster: the API server
+/// certificate for the `kubernetes` Service address, where its pods dial.
+pub(super) fn cluster_pki() -> anyhow::Result<LabPki> {
+    Ok(LabPki::generate(
+        &[
+            IpAddr::V4(KUBERNETES_SVC.0),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ],
+        &["kubernetes.default.svc".to_owned()],
+    )?)
+}
+
 /// The API server emulator, DNS and the report sink, in the cluster
 /// namespace, on this runtime.
 fn start_servers(
@@ -635,37 +643,58 @@ fn start_servers(
     pki: &LabPki,
     sink: Arc<Mutex<SinkStats>>,
 ) -> anyhow::Result<Tasks> {
+    let clients = Arc::new(Clients::new(&pki.token));
+    let authority = Arc::new(TokenAuthority::new()?);
+    let mut tasks = start_api_and_dns(ns, state, pki, clients, authority)?;
+    let sink_addr = SocketAddr::from(AGGREGATOR_SVC);
+    let sink_l = netns::in_netns(ns, move || {
+        let sink_l = std::net::TcpListener::bind(sink_addr)?;
+        sink_l.set_nonblocking(true)?;
+        Ok(sink_l)
+    })?;
+    let sink_l = tokio::net::TcpListener::from_std(sink_l)?;
+    let app = Router::new()
+        .route(REPORTS_PATH, post(receive_report))
+        .with_state(sink);
+    tasks.0.push(tokio::spawn(async move {
+        if let Err(error) = axum::serve(sink_l, app).await {
+            tracing::error!(%error, "report sink stopped");
+        }
+    }));
+    Ok(tasks)
+}
+
+/// The API server emulator (on the `kubernetes` Service address, accepting
+/// the tokens of `clients`) and DNS (on `kube-dns`'s), in namespace `ns`,
+/// on this runtime.
+pub(super) fn start_api_and_dns(
+    ns: &str,
+    state: &ClusterState,
+    pki: &LabPki,
+    clients: Arc<Clients>,
+    authority: Arc<TokenAuthority>,
+) -> anyhow::Result<Tasks> {
     let api = SocketAddr::from(KUBERNETES_SVC);
     let dns_addr = SocketAddr::from((DNS_SVC.0, 53));
-    let sink_addr = SocketAddr::from(AGGREGATOR_SVC);
-    let (api_l, dns_udp, dns_tcp, sink_l) = netns::in_netns(ns, move || {
+    let (api_l, dns_udp, dns_tcp) = netns::in_netns(ns, move || {
         let api_l = std::net::TcpListener::bind(api)?;
         let dns_udp = std::net::UdpSocket::bind(dns_addr)?;
         let dns_tcp = std::net::TcpListener::bind(dns_addr)?;
-        let sink_l = std::net::TcpListener::bind(sink_addr)?;
-        for l in [&api_l, &dns_tcp, &sink_l] {
+        for l in [&api_l, &dns_tcp] {
             l.set_nonblocking(true)?;
         }
         dns_udp.set_nonblocking(true)?;
-        Ok((api_l, dns_udp, dns_tcp, sink_l))
+        Ok((api_l, dns_udp, dns_tcp))
     })?;
     let api_l = tokio::net::TcpListener::from_std(api_l)?;
     let dns_udp = tokio::net::UdpSocket::from_std(dns_udp)?;
     let dns_tcp = tokio::net::TcpListener::from_std(dns_tcp)?;
-    let sink_l = tokio::net::TcpListener::from_std(sink_l)?;
     let (s1, s2) = (state.clone(), state.clone());
-    let (tls, token) = (pki.server_config()?, pki.token.clone());
+    let tls = pki.server_config()?;
     let mut tasks = Tasks(Vec::new());
     tasks.0.push(tokio::spawn(async move {
-        let authority = match crate::emulator::apiserver::tokens::TokenAuthority::new() {
-            Ok(authority) => Arc::new(authority),
-            Err(error) => {
-                tracing::error!(%error, "API server emulator not started");
-                return;
-            }
-        };
         if let Err(error) =
-            crate::emulator::apiserver::serve(api_l, s1, tls, token, authority).await
+            crate::emulator::apiserver::serve(api_l, s1, tls, clients, authority).await
         {
             tracing::error!(%error, "API server emulator stopped");
         }
@@ -675,14 +704,6 @@ fn start_servers(
             dns::serve(dns_udp, dns_tcp, s2, CLUSTER_DOMAIN, DnsControl::default()).await
         {
             tracing::error!(%error, "DNS server stopped");
-        }
-    }));
-    let app = Router::new()
-        .route(REPORTS_PATH, post(receive_report))
-        .with_state(sink);
-    tasks.0.push(tokio::spawn(async move {
-        if let Err(error) = axum::serve(sink_l, app).await {
-            tracing::error!(%error, "report sink stopped");
         }
     }));
     Ok(tasks)
@@ -710,34 +731,12 @@ async fn receive_report(State(sink): State<Arc<Mutex<SinkStats>>>, body: Bytes) 
     StatusCode::ACCEPTED
 }
 
-fn agent_spec(args: &AgentArgs, ns: &str, bin: &Path, kubeconfig: &Path) -> ProcessSpec {
+/// The environment of a process in a pod of the bench's cluster: nothing
+/// from the user's shell (a proxy variable would send reports astray), the
+/// API server through `kubeconfig` and the `kubernetes` Service variables.
+pub(super) fn pod_env(kubeconfig: &Path) -> Vec<(String, String)> {
     let log = std::env::var("NETMATRIX_LAB_LOG").unwrap_or_else(|_| "info".into());
-    let mut agent_args: Vec<String> = [
-        "--node-name",
-        AGENT_NODE,
-        "--pod-name",
-        AGENT_POD,
-        "--pod-ip",
-        &AGENT_IP.to_string(),
-        "--namespace",
-        NAMESPACE,
-        "--aggregator-url",
-        &format!("http://{}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
-        "--interval",
-        &humantime::format_duration(args.interval).to_string(),
-        "--dns-server",
-        &DNS_SVC.0.to_string(),
-        "--clusterip",
-        &format!("aggregator={}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
-        "--clusterip",
-        &format!("kube-dns={}:{}", DNS_SVC.0, DNS_SVC.1),
-        "--listen",
-        &format!("0.0.0.0:{AGENT_METRICS_PORT}"),
-    ]
-    .map(String::from)
-    .to_vec();
-    agent_args.extend(args.agent_args.iter().cloned());
-    let mut env = vec![
+    vec![
         (
             "PATH".into(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
@@ -752,7 +751,20 @@ fn agent_spec(args: &AgentArgs, ns: &str, bin: &Path, kubeconfig: &Path) -> Proc
             "KUBERNETES_SERVICE_PORT".into(),
             KUBERNETES_SVC.1.to_string(),
         ),
-    ];
+    ]
+}
+
+fn agent_spec(args: &AgentArgs, ns: &str, bin: &Path, kubeconfig: &Path) -> ProcessSpec {
+    let interval = humantime::format_duration(args.interval).to_string();
+    let mut agent_args = agent_cluster_args(
+        AGENT_NODE,
+        AGENT_POD,
+        AGENT_IP,
+        &interval,
+        AGENT_METRICS_PORT,
+    );
+    agent_args.extend(args.agent_args.iter().cloned());
+    let mut env = pod_env(kubeconfig);
     env.extend(args.agent_env.iter().cloned());
     ProcessSpec {
         name: "agent".into(),
@@ -763,8 +775,43 @@ fn agent_spec(args: &AgentArgs, ns: &str, bin: &Path, kubeconfig: &Path) -> Proc
     }
 }
 
+/// The arguments of an agent of `node`, pod `pod` with address `ip`, in a
+/// bench's cluster: its Services (aggregator, DNS) and its port.
+pub(super) fn agent_cluster_args(
+    node: &str,
+    pod: &str,
+    ip: Ipv4Addr,
+    interval: &str,
+    port: u16,
+) -> Vec<String> {
+    [
+        "--node-name",
+        node,
+        "--pod-name",
+        pod,
+        "--pod-ip",
+        &ip.to_string(),
+        "--namespace",
+        NAMESPACE,
+        "--aggregator-url",
+        &format!("http://{}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
+        "--interval",
+        interval,
+        "--dns-server",
+        &DNS_SVC.0.to_string(),
+        "--clusterip",
+        &format!("aggregator={}:{}", AGGREGATOR_SVC.0, AGGREGATOR_SVC.1),
+        "--clusterip",
+        &format!("kube-dns={}:{}", DNS_SVC.0, DNS_SVC.1),
+        "--listen",
+        &format!("0.0.0.0:{port}"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// `GET path` over HTTP/1.0 to `addr`, from a socket opened inside `ns`.
-async fn http_get(ns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub(super) async fn http_get(ns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let (ns, path) = (ns.to_owned(), path.to_owned());
     let body = tokio::task::spawn_blocking(move || {
         netns::in_netns(&ns, move || {

@@ -4,7 +4,9 @@
 //!   dropped) with netmatrix's own ICMP prober and with `fping`: wall time
 //!   and per-address verdicts, which must agree;
 //! - [`agent`]: the real `netmatrix-agent` against the lab's Kubernetes API
-//!   emulator with thousands of answering peers: CPU and memory per round.
+//!   emulator with thousands of answering peers: CPU and memory per round;
+//! - [`control_plane`]: what netmatrix's watches cost the API server, per
+//!   client and per Node update, extrapolated to a whole cluster.
 //!
 //! Every bench builds its namespaces under a fresh lab prefix (`nm` + hex
 //! digits) with a state directory, exactly as a lab does, so `netmatrix-lab
@@ -25,6 +27,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 mod agent;
+mod control_plane;
 mod detect;
 mod sweep;
 
@@ -38,6 +41,10 @@ pub enum BenchCommand {
     /// The real netmatrix-agent probing N answering peers against the API
     /// server emulator; prints its CPU and memory per round.
     Agent(agent::AgentArgs),
+    /// What netmatrix costs the API server: N Nodes with their netmatrix
+    /// pods in the emulator, K real agents and the real aggregator; watch
+    /// streams and bytes per client, per Node update, extrapolated to N.
+    ControlPlane(control_plane::ControlPlaneArgs),
     /// Fault injected to finding named, and heal to findings cleared, over
     /// several trials in one lab; prints every trial and the median.
     Detect(detect::DetectArgs),
@@ -52,6 +59,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Sweep(args) => interruptible(sweep::run(args)).await,
         BenchCommand::Agent(args) => interruptible(agent::run(args)).await,
+        BenchCommand::ControlPlane(args) => interruptible(control_plane::run(args)).await,
         BenchCommand::Detect(args) => interruptible(detect::run(args)).await,
         BenchCommand::IcmpSweep(args) => sweep::icmp_sweep(args).await,
     }
@@ -138,8 +146,6 @@ impl Drop for Scratch {
     }
 }
 
-/// `ip -n NS -batch -` with `commands`, one per line: thousands of
-/// addresses in one process.
 /// A "pod" namespace linked to the namespace holding the targets: a veth
 /// `eth0` in each, `inner/prefix` and `outer/prefix` on its ends, `route`
 /// (e.g. `default`) via the outer end, and unprivileged ICMP echo sockets
@@ -149,14 +155,31 @@ impl Drop for Scratch {
 pub fn link_prober(
     inner: &str,
     outer: &str,
-    (inner_ip, outer_ip, prefix): (Ipv4Addr, Ipv4Addr, u8),
+    addresses: (Ipv4Addr, Ipv4Addr, u8),
     route: &str,
     targets: impl IntoIterator<Item = Ipv4Addr>,
+) -> anyhow::Result<()> {
+    link_pod(inner, outer, "eth0", addresses, route)?;
+    let batch: String = targets
+        .into_iter()
+        .map(|ip| format!("addr add {ip}/32 dev lo\n"))
+        .collect();
+    ip_batch(outer, &batch)
+}
+
+/// The link of [`link_prober`] without the targets, its outer end named
+/// `outer_dev`: several pods can then hang off the same outer namespace.
+pub fn link_pod(
+    inner: &str,
+    outer: &str,
+    outer_dev: &str,
+    (inner_ip, outer_ip, prefix): (Ipv4Addr, Ipv4Addr, u8),
+    route: &str,
 ) -> anyhow::Result<()> {
     netns::ip(
         inner,
         &[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", outer,
+            "link", "add", "eth0", "type", "veth", "peer", "name", outer_dev, "netns", outer,
         ],
     )?;
     netns::ip(
@@ -190,15 +213,11 @@ pub fn link_prober(
             "add",
             &format!("{outer_ip}/{prefix}"),
             "dev",
-            "eth0",
+            outer_dev,
         ],
     )?;
-    netns::ip(outer, &["link", "set", "eth0", "up"])?;
-    let batch: String = targets
-        .into_iter()
-        .map(|ip| format!("addr add {ip}/32 dev lo\n"))
-        .collect();
-    ip_batch(outer, &batch)
+    netns::ip(outer, &["link", "set", outer_dev, "up"])?;
+    Ok(())
 }
 
 /// Runs `ip -batch` in `ns`: thousands of address changes in one process.

@@ -105,6 +105,29 @@ impl LabPki {
     /// context, all named `netmatrix-lab`; the context's namespace is
     /// `netmatrix`.
     pub fn kubeconfig(&self, server_url: &str) -> String {
+        self.kubeconfig_with(server_url, &self.token)
+    }
+
+    /// The token of one client of the API emulator (`client`, e.g.
+    /// `netmatrix/netmatrix-agent/netmatrix-agent-node-1`): hex SHA-256 of
+    /// the lab's token and the client's name, so each process has a token
+    /// of its own (the emulator counts per token) and nobody who does not
+    /// know the lab's token can derive one.
+    pub fn client_token(&self, client: &str) -> String {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(self.token.as_bytes());
+        context.update(b"\0");
+        context.update(client.as_bytes());
+        context
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// [`LabPki::kubeconfig`] with `token` instead of the lab's.
+    pub fn kubeconfig_with(&self, server_url: &str, token: &str) -> String {
         format!(
             "apiVersion: v1\n\
              kind: Config\n\
@@ -125,7 +148,6 @@ impl LabPki {
              \x20   namespace: netmatrix\n\
              current-context: netmatrix-lab\n",
             ca = base64(self.ca_cert_pem.as_bytes()),
-            token = self.token,
         )
     }
 }
@@ -185,5 +207,12 @@ mod tests {
             "{kc}"
         );
         assert!(kc.ends_with("current-context: netmatrix-lab\n"), "{kc}");
+        let agent = pki.client_token("netmatrix/netmatrix-agent/a");
+        assert_eq!(agent.len(), 64);
+        assert_eq!(agent, pki.client_token("netmatrix/netmatrix-agent/a"));
+        assert_ne!(agent, pki.client_token("netmatrix/netmatrix-agent/b"));
+        assert_ne!(agent, pki.token);
+        let kc = pki.kubeconfig_with("https://10.96.0.1:443", &agent);
+        assert!(kc.contains(&format!("\n    token: {agent}\n")), "{kc}");
     }
 }

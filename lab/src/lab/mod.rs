@@ -2,6 +2,7 @@
 //! DNS, forwarder, aggregator, agents), reads the aggregator, injects faults,
 //! and removes everything when dropped, also on panic.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -12,6 +13,7 @@ use netmatrix_api::{FINDINGS_PATH, Findings, MATRIX_PATH, Matrix, labels};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use crate::emulator::apiserver::clients::{ClientId, ClientStats, Clients};
 use crate::emulator::apiserver::tokens::{KeyError, TokenAuthority};
 use crate::emulator::cluster::ClusterState;
 use crate::emulator::dns::{self, DnsControl};
@@ -39,6 +41,11 @@ pub use prometheus::{Alert, LabPrometheus, Target, prometheus_binary};
 
 pub use churn_run::{ChurnReport, FalseAlarm, StepReport};
 use kubelet::TokenMounts;
+
+/// The aggregator's Pod (on the control-plane node) and ServiceAccount
+/// (the chart's names for a release called `netmatrix`).
+pub const AGGREGATOR_POD: &str = "netmatrix-aggregator";
+pub const AGGREGATOR_SERVICE_ACCOUNT: &str = "netmatrix-aggregator";
 
 /// The aggregator's `--node-grace` in the lab: its nodes are brand new, so
 /// their agents are expected right away, not after the default 2 minutes.
@@ -183,6 +190,9 @@ pub struct Lab {
     state: StateDir,
     cluster: ClusterState,
     pki: LabPki,
+    /// The API emulator's clients: a token per process, and what each was
+    /// sent.
+    clients: Arc<Clients>,
     /// Mounts the agents' tokens, signed by the API emulator's key.
     kubelet: Arc<TokenMounts>,
     dns: DnsControl,
@@ -283,6 +293,7 @@ impl Lab {
             config,
             state,
             cluster,
+            clients: Arc::new(Clients::new(&pki.token)),
             pki,
             kubelet,
             dns: DnsControl::default(),
@@ -603,21 +614,45 @@ impl Lab {
         let cp = topo.control_plane();
         let addr = SocketAddr::from((cp.ip, APISERVER_PORT));
         let listener = self.bind_tcp(&cp.netns, addr)?;
-        let (state, tls, token, authority) = (
+        let (state, tls, clients, authority) = (
             self.cluster.clone(),
             self.pki.server_config()?,
-            self.pki.token.clone(),
+            Arc::clone(&self.clients),
             Arc::clone(self.kubelet.authority()),
         );
         let task = self.runtime.spawn(async move {
             if let Err(error) =
-                crate::emulator::apiserver::serve(listener, state, tls, token, authority).await
+                crate::emulator::apiserver::serve(listener, state, tls, clients, authority).await
             {
                 tracing::error!(%error, "API server emulator stopped");
             }
         });
         self.servers().apiserver = Some(task);
         Ok(())
+    }
+
+    /// What the API emulator sent each client so far, by client
+    /// (`namespace/serviceaccount/pod`, or `lab` for the admin token). The
+    /// emulator's own counters: see [`crate::emulator::apiserver::clients`].
+    pub fn api_clients(&self) -> BTreeMap<String, ClientStats> {
+        self.clients.snapshot()
+    }
+
+    /// Writes `kubeconfig-<process>` with a token of its own for `client`
+    /// (accepted by the API emulator from now on) and `server_url`; returns
+    /// the file's name in the state directory.
+    fn process_kubeconfig(
+        &self,
+        process: &str,
+        client: &ClientId,
+        server_url: &str,
+    ) -> Result<String, LabError> {
+        let token = self.pki.client_token(client.as_str());
+        self.clients.register(&token, client.clone());
+        let name = format!("kubeconfig-{process}");
+        self.state
+            .write(&name, &self.pki.kubeconfig_with(server_url, &token))?;
+        Ok(name)
     }
 
     /// Writes `pod`'s projected ServiceAccount token where its agent reads
@@ -730,6 +765,11 @@ impl Lab {
         let topo = self.topology();
         let cp = topo.control_plane();
         let interval = humantime::format_duration(self.config.interval).to_string();
+        let kubeconfig = self.process_kubeconfig(
+            "aggregator",
+            &ClientId::pod(NAMESPACE, AGGREGATOR_SERVICE_ACCOUNT, AGGREGATOR_POD),
+            &topo.apiserver_node_url(),
+        )?;
         Ok(ProcessSpec {
             name: "aggregator".into(),
             netns: cp.netns.clone(),
@@ -756,7 +796,7 @@ impl Lab {
                     .then(|| "--node-conditions".to_owned()),
             )
             .collect(),
-            env: self.base_env("kubeconfig"),
+            env: self.base_env(&kubeconfig),
         })
     }
 
@@ -786,7 +826,17 @@ impl Lab {
             (self.config.interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(2)),
         )
         .to_string();
-        let mut env = self.base_env("kubeconfig-pods");
+        let pod_name = agent_pod_name(node, network);
+        let service_account = match network {
+            AgentNetwork::Pod => labels::AGENT_SERVICE_ACCOUNT,
+            AgentNetwork::Host => labels::HOST_AGENT_SERVICE_ACCOUNT,
+        };
+        let kubeconfig = self.process_kubeconfig(
+            &agent_process(node, network),
+            &ClientId::pod(NAMESPACE, service_account, &pod_name),
+            &self.topology().apiserver_service_url(),
+        )?;
+        let mut env = self.base_env(&kubeconfig);
         env.push((
             "KUBERNETES_SERVICE_HOST".into(),
             KUBERNETES_SVC.0.to_string(),
@@ -795,7 +845,6 @@ impl Lab {
             "KUBERNETES_SERVICE_PORT".into(),
             KUBERNETES_SVC.1.to_string(),
         ));
-        let pod_name = agent_pod_name(node, network);
         let token_file = self.mint_token(&pod_name)?;
         let (pod_ip, netns, port) = match network {
             AgentNetwork::Pod => (node.agent.ip, node.agent.netns.clone(), AGENT_SVC.1),

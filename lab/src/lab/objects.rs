@@ -247,7 +247,7 @@ fn register_control_plane(t: &Topology, state: &ClusterState) {
     let cp = t.control_plane();
     state.apply_pod(cluster::pod(
         NAMESPACE,
-        "netmatrix-aggregator",
+        super::AGGREGATOR_POD,
         &cp.name,
         &cp.ip.to_string(),
         &[

@@ -32,7 +32,11 @@
 //!
 //! Everything else is read from [`ClusterState`], which the lab changes
 //! directly.
+//!
+//! Each lab process has a token of its own; the emulator counts what it
+//! sends each one ([`clients`]: its own counters, not a real API server's).
 
+pub mod clients;
 mod selector;
 pub mod tokens;
 mod watch;
@@ -43,7 +47,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -56,6 +60,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::emulator::cluster::{ClusterState, Kind};
+use clients::{ClientId, Clients};
 use selector::{Filter, SelectorError};
 use tokens::TokenAuthority;
 
@@ -77,8 +82,8 @@ const DEFAULT_WATCH_SECONDS: u64 = 300;
 /// Upper bound of `timeoutSeconds`.
 const MAX_WATCH_SECONDS: u64 = 3600;
 
-/// Serves the emulator on `listener`, TLS with `tls`, requiring `token` on
-/// `/api`. Runs until the task is dropped or aborted, which also closes
+/// Serves the emulator on `listener`, TLS with `tls`, requiring a token of
+/// `clients` on `/api` and `/apis`. Runs until the task is dropped or aborted, which also closes
 /// every open connection (and watch) at once: stopping this task is a real
 /// API server outage, not a half-alive one. Accept errors (out of file
 /// descriptors, ...) are logged and retried after a pause, as `axum::serve`
@@ -87,11 +92,11 @@ pub async fn serve(
     listener: TcpListener,
     state: ClusterState,
     tls: Arc<rustls::ServerConfig>,
-    token: String,
+    clients: Arc<Clients>,
     authority: Arc<TokenAuthority>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(state, token, authority);
+    let app = router(state, clients, authority);
     // Connections live in this set: dropping `serve` aborts them all.
     let mut connections = JoinSet::new();
     loop {
@@ -131,16 +136,20 @@ pub async fn serve(
 #[derive(Clone)]
 struct Api {
     state: ClusterState,
-    /// `Bearer <token>`, the whole expected header value.
-    authorization: Arc<str>,
+    /// The tokens accepted, and what each client was sent.
+    clients: Arc<Clients>,
     authority: Arc<TokenAuthority>,
 }
 
 /// The emulator's routes, without TLS (for tests and plain-HTTP use).
-pub fn router(state: ClusterState, token: String, authority: Arc<TokenAuthority>) -> Router {
+pub fn router(
+    state: ClusterState,
+    clients: Arc<Clients>,
+    authority: Arc<TokenAuthority>,
+) -> Router {
     let api = Api {
         state,
-        authorization: format!("Bearer {token}").into(),
+        clients,
         authority,
     };
     let resources = Router::new()
@@ -236,16 +245,23 @@ async fn version() -> Response {
     .into_response()
 }
 
-/// Requires `Authorization: Bearer <token>` on `/api`.
-async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let authorized = request
+/// Requires `Authorization: Bearer <token>` with a known token on `/api`
+/// and `/apis`, and tells the handlers who it is (a [`ClientId`]
+/// extension). A missing or unknown token is a `401` with a `Status`, as
+/// from a real API server when no authenticator accepts the request.
+async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) -> Response {
+    let client = request
         .headers()
         .get(header::AUTHORIZATION)
-        .is_some_and(|got| got.as_bytes() == api.authorization.as_bytes());
-    if authorized {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| api.clients.identify(token));
+    match client {
+        Some(client) => {
+            request.extensions_mut().insert(client);
+            next.run(request).await
+        }
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 
@@ -409,6 +425,7 @@ fn resource(plural: &str, namespaced_url: bool) -> Result<Kind, ApiError> {
 impl Api {
     fn collection(
         &self,
+        client: &ClientId,
         kind: Kind,
         namespace: Option<String>,
         query: &ListQuery,
@@ -427,7 +444,8 @@ impl Api {
                 timeout: query.timeout(),
                 bookmarks: query.allow_watch_bookmarks.then_some(BOOKMARK_EVERY),
             };
-            let events = watch::stream(self.state.clone(), request);
+            let meter = self.clients.open_watch(client);
+            let events = watch::stream(self.state.clone(), request, Some(meter));
             let body = Body::from_stream(futures::StreamExt::map(
                 events,
                 Ok::<_, std::convert::Infallible>,
@@ -443,42 +461,70 @@ impl Api {
         }
         let (rv, items) = self.state.list(kind);
         let items: Vec<Value> = items.into_iter().filter(|o| filter.matches(o)).collect();
-        Ok(axum::Json(json!({
+        let count = items.len();
+        let body = json!({
             "kind": format!("{}List", kind.name()),
             "apiVersion": kind.api_version(),
             "metadata": { "resourceVersion": rv.to_string() },
             "items": items,
-        }))
-        .into_response())
+        });
+        let response = json_response(&body);
+        self.clients.list(client, count, response.1.len());
+        Ok(response.into_response())
     }
 
-    fn object(&self, kind: Kind, namespace: &str, name: &str) -> Result<Response, ApiError> {
-        self.state
+    fn object(
+        &self,
+        client: &ClientId,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Response, ApiError> {
+        let object = self
+            .state
             .get(kind, namespace, name)
-            .map(|object| axum::Json(object).into_response())
             .ok_or_else(|| ApiError::NotFound {
                 kind: kind.plural(),
                 name: name.to_owned(),
-            })
+            })?;
+        let response = json_response(&object);
+        self.clients.get(client, response.1.len());
+        Ok(response.into_response())
     }
+}
+
+/// `value` as a JSON body, serialized here so that its size is known (as
+/// `axum::Json` would send it).
+fn json_response(value: &Value) -> ([(header::HeaderName, &'static str); 1], Vec<u8>) {
+    // Serializing a `Value` cannot fail (its keys are strings).
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 async fn list_cluster_wide(
     State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
     Path(plural): Path<String>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    api.collection(resource(&plural, false)?, None, &ListQuery::parse(query)?)
+    api.collection(
+        &client,
+        resource(&plural, false)?,
+        None,
+        &ListQuery::parse(query)?,
+    )
 }
 
 async fn list_namespaced(
     State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
     Path((ns, plural)): Path<(String, String)>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     api.collection(
+        &client,
         resource(&plural, true)?,
         Some(ns),
         &ListQuery::parse(query)?,
@@ -487,28 +533,42 @@ async fn list_namespaced(
 
 async fn list_network_policies(
     State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    api.collection(Kind::NetworkPolicy, None, &ListQuery::parse(query)?)
+    api.collection(
+        &client,
+        Kind::NetworkPolicy,
+        None,
+        &ListQuery::parse(query)?,
+    )
 }
 
 async fn list_namespaced_network_policies(
     State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
     Path(ns): Path<String>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    api.collection(Kind::NetworkPolicy, Some(ns), &ListQuery::parse(query)?)
+    api.collection(
+        &client,
+        Kind::NetworkPolicy,
+        Some(ns),
+        &ListQuery::parse(query)?,
+    )
 }
 
 async fn get_network_policy(
     State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    api.object(Kind::NetworkPolicy, &ns, &name)
+    api.object(&client, Kind::NetworkPolicy, &ns, &name)
 }
 
 async fn get_cluster_scoped(
     State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
     Path((plural, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = resource(&plural, false)?;
@@ -516,14 +576,15 @@ async fn get_cluster_scoped(
         // `/api/v1/pods/{name}` does not exist: pods are got by namespace.
         return Err(ApiError::NoSuchPath);
     }
-    api.object(kind, "", &name)
+    api.object(&client, kind, "", &name)
 }
 
 async fn get_namespaced(
     State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    api.object(resource(&plural, true)?, &ns, &name)
+    api.object(&client, resource(&plural, true)?, &ns, &name)
 }
 
 /// `PATCH /api/v1/nodes/{name}/status`: the node's status, patched.
@@ -589,6 +650,12 @@ mod tests {
 
     /// The router over plain HTTP on loopback, and a client with the token.
     async fn start() -> (ClusterState, String, reqwest::Client) {
+        let (state, base, client, _) = start_counted().await;
+        (state, base, client)
+    }
+
+    /// [`start`], with the emulator's clients (`TOKEN` is the admin).
+    async fn start_counted() -> (ClusterState, String, reqwest::Client, Arc<Clients>) {
         let state = ClusterState::new();
         state.apply_node(node("node-1", "198.18.0.1", "10.244.1.0/24"));
         state.apply_pod(pod(
@@ -610,9 +677,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let authority = Arc::new(TokenAuthority::new().unwrap());
-        let app = router(state.clone(), TOKEN.into(), authority);
+        let clients = Arc::new(Clients::new(TOKEN));
+        let app = router(state.clone(), Arc::clone(&clients), authority);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (state, base, reqwest::Client::new())
+        (state, base, reqwest::Client::new(), clients)
+    }
+
+    /// `GET url` with `token`.
+    async fn get_as(client: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+        client.get(url).bearer_auth(token).send().await.unwrap()
     }
 
     async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
@@ -750,12 +823,7 @@ mod tests {
             (status["kind"].as_str(), status["reason"].as_str()),
             (Some("Status"), Some("Unauthorized"))
         );
-        let wrong = client
-            .get(format!("{base}/api/v1/nodes"))
-            .bearer_auth("nope")
-            .send()
-            .await
-            .unwrap();
+        let wrong = get_as(&client, &format!("{base}/api/v1/nodes"), "nope").await;
         assert_eq!(wrong.status(), 401);
 
         for (url, code, reason) in [
@@ -835,5 +903,83 @@ mod tests {
             (event["type"].as_str(), event["object"]["code"].as_u64()),
             (Some("ERROR"), Some(410))
         );
+    }
+
+    /// Two tokens, two clients: lists (items and bytes as sent) and gets
+    /// are counted for the one that asked; an unknown token is refused
+    /// and counts for no one.
+    #[tokio::test]
+    async fn clients_are_counted_apart_by_token() {
+        let (_state, base, client, clients) = start_counted().await;
+        let agent = ClientId::pod("ns", "netmatrix-agent", "a");
+        clients.register("agent-token", agent);
+        let list = get_as(
+            &client,
+            &format!("{base}/api/v1/namespaces/ns/pods"),
+            "agent-token",
+        )
+        .await;
+        assert_eq!(list.status(), 200);
+        let list_len = list.bytes().await.unwrap().len() as u64;
+        let (code, _) = get(&client, &format!("{base}/api/v1/nodes/node-1")).await;
+        assert_eq!(code, 200);
+        let refused = get_as(&client, &format!("{base}/api/v1/nodes"), "forged").await;
+        assert_eq!(refused.status(), 401);
+
+        let counted = clients.snapshot();
+        assert_eq!(
+            counted.keys().collect::<Vec<_>>(),
+            ["lab", "ns/netmatrix-agent/a"]
+        );
+        let a = counted["ns/netmatrix-agent/a"];
+        assert_eq!((a.lists, a.list_objects, a.list_bytes), (1, 2, list_len));
+        assert_eq!((a.gets, a.watches_opened), (0, 0));
+        let admin = counted["lab"];
+        assert_eq!((admin.lists, admin.gets), (0, 1));
+        assert!(admin.get_bytes > 100, "{admin:?}");
+    }
+
+    /// A watch counts as open while its response streams, and no longer
+    /// once the client drops it; its lines are counted as sent.
+    #[tokio::test]
+    async fn a_dropped_watch_is_no_longer_open() {
+        let (state, base, client, clients) = start_counted().await;
+        let url = format!("{base}/api/v1/namespaces/ns/pods?watch=true&timeoutSeconds=60");
+        let mut watch = get_as(&client, &url, TOKEN).await;
+        assert_eq!(watch.status(), 200);
+        let mut received = 0;
+        while received < 2 {
+            received += watch
+                .chunk()
+                .await
+                .unwrap()
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .count()
+                - 1;
+        }
+        state.delete_pod("ns", "a");
+        let deleted = watch.chunk().await.unwrap().unwrap();
+        let open = clients.snapshot()["lab"];
+        assert_eq!((open.watches_opened, open.watches_open), (1, 1));
+        assert_eq!((open.watch_events, open.watch_bookmarks), (3, 0));
+        assert!(open.watch_bytes > deleted.len() as u64, "{open:?}");
+
+        drop(watch);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            // The server notices the closed connection on its next write
+            // or read; a change makes it write.
+            state.apply_pod(pod("ns", "c", "node-1", "10.244.1.4", &[], false));
+            if clients.snapshot()["lab"].watches_open == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watch still counts as open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(clients.snapshot()["lab"].watches_opened, 1);
     }
 }

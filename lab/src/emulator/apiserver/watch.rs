@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::clients::WatchMeter;
 use super::selector::Filter;
 use crate::emulator::cluster::{ClusterState, Event, EventType, Expired, Kind};
 
@@ -52,9 +53,14 @@ pub struct WatchRequest {
 }
 
 /// The event lines of a watch, ending after the request's timeout or after
-/// an ERROR event.
-pub fn stream(state: ClusterState, request: WatchRequest) -> impl Stream<Item = Bytes> + Send {
-    let watch = Watch::new(state, request);
+/// an ERROR event. `meter` counts the lines for the client, and the stream
+/// as open until it is dropped.
+pub fn stream(
+    state: ClusterState,
+    request: WatchRequest,
+    meter: Option<WatchMeter>,
+) -> impl Stream<Item = Bytes> + Send {
+    let watch = Watch::new(state, request, meter);
     futures::stream::unfold(watch, |mut watch| async move {
         let line = watch.next_line().await?;
         Some((line, watch))
@@ -71,10 +77,12 @@ struct Watch {
     deadline: Instant,
     /// Nothing follows the pending lines (after an ERROR event).
     finished: bool,
+    /// Dropped with the stream: the watch then no longer counts as open.
+    meter: Option<WatchMeter>,
 }
 
 impl Watch {
-    fn new(state: ClusterState, request: WatchRequest) -> Self {
+    fn new(state: ClusterState, request: WatchRequest, meter: Option<WatchMeter>) -> Self {
         // Subscribe before reading anything: a change made after this point
         // wakes the watch even if it lands between the snapshot and the wait.
         let mut wake = state.subscribe();
@@ -105,13 +113,18 @@ impl Watch {
             pending,
             deadline,
             finished: false,
+            meter,
         }
     }
 
     async fn next_line(&mut self) -> Option<Bytes> {
         loop {
             if let Some(event) = self.pending.pop_front() {
-                return Some(line(&event));
+                let line = line(&event);
+                if let Some(meter) = &self.meter {
+                    meter.line(event["type"] == "BOOKMARK", line.len());
+                }
+                return Some(line);
             }
             if self.finished || Instant::now() >= self.deadline {
                 return None;
@@ -252,6 +265,7 @@ mod tests {
         let mut s = Box::pin(stream(
             state.clone(),
             request(Start::After(rv), "app=agent"),
+            None,
         ));
         assert_eq!(next(&mut s).await, ev("ADDED", "b"));
 
@@ -272,7 +286,7 @@ mod tests {
     async fn an_expired_resource_version_gets_a_410_error_event() {
         let state = ClusterState::new();
         state.apply_pod(agent("a", "10.244.1.2", "agent"));
-        let mut s = Box::pin(stream(state, request(Start::After(99), "")));
+        let mut s = Box::pin(stream(state, request(Start::After(99), ""), None));
         let line = s.next().await.unwrap();
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "ERROR");
@@ -291,7 +305,7 @@ mod tests {
         let mut req = request(start, "app=agent");
         req.bookmarks = Some(Duration::from_millis(50));
         req.timeout = Duration::from_millis(400);
-        let mut s = Box::pin(stream(state.clone(), req));
+        let mut s = Box::pin(stream(state.clone(), req, None));
         assert_eq!(next(&mut s).await, ev("ADDED", "a"));
         let line = s.next().await.unwrap();
         let v: Value = serde_json::from_slice(&line).unwrap();
