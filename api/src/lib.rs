@@ -20,6 +20,7 @@
 //! - `findings`: what it names ([`Findings`], [`FindingKind`]);
 //! - `compact`: the matrix in a few bytes per cell ([`CompactMatrix`]);
 //! - `endpoints`: the paths, and the error body ([`ApiError`]);
+//! - `pinglist`: what the aggregator tells each agent to probe ([`NodeSkip`]);
 //! - [`facts`], [`labels`], [`sampling`], [`validate`]: a node's own
 //!   network, Kubernetes labels, the sampled mesh, report validation;
 //! - `fixtures` (feature `fixtures`): wire values for tests.
@@ -29,6 +30,7 @@ mod compact;
 mod endpoints;
 mod findings;
 mod matrix;
+mod pinglist;
 mod report;
 
 pub mod facts;
@@ -43,6 +45,7 @@ pub use compact::*;
 pub use endpoints::*;
 pub use findings::*;
 pub use matrix::*;
+pub use pinglist::*;
 pub use report::*;
 
 #[cfg(test)]
