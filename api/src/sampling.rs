@@ -55,11 +55,7 @@ impl PeerSampling {
 /// (splitmix64) so that names differing in one character land far apart.
 /// Both are fixed algorithms, so every agent version agrees.
 pub fn ring_position(node: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = crate::fnv1a_64(node.as_bytes());
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
