@@ -425,9 +425,9 @@ fn log_summary(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::filter::tests::info;
     use crate::probes::apiserver::{CaSource, Credentials};
     use netmatrix_api::{ErrorKind, ServiceKind};
+    use netmatrix_runtime::k8s::targets::fixtures::info;
     use tokio::net::TcpListener;
 
     #[test]

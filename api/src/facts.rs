@@ -236,10 +236,7 @@ fn mac(mac: Option<&str>, field: &str) -> Result<(), Invalid> {
 /// the standard library, unlike `DefaultHasher`).
 pub fn digest(facts: &NodeFacts) -> String {
     let json = serde_json::to_vec(facts).unwrap_or_default();
-    let hash = json.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    format!("{:016x}", crate::fnv1a_64(&json))
 }
 
 /// Whether `s` has the shape of a [`digest`].

@@ -12,7 +12,8 @@
 
 use crate::{
     AgentIdentity, Cell, CheckCell, CheckColumn, EchoResult, Finding, FindingKind, Matrix,
-    MatrixRow, NetworkMode, NodeState, PeerResult, Report, Status,
+    MatrixRow, NetworkMode, NodeState, PINGLIST_VERSION, PeerResult, Pinglist, Report, SrvTruth,
+    Status,
 };
 
 /// The pod-network agent `pod` on `node`, at `pod_ip` (panics when it is
@@ -140,5 +141,25 @@ pub fn finding(kind: FindingKind, nodes: &[&str]) -> Finding {
         flapping: false,
         cause: Vec::new(),
         facts_missing: Vec::new(),
+    }
+}
+
+/// The full-mesh pinglist of `node`'s `network` agent, naming no node, no
+/// pod and no agent (a complete, empty SRV truth).
+pub fn pinglist(node: &str, network: NetworkMode) -> Pinglist {
+    Pinglist {
+        version: PINGLIST_VERSION,
+        node: node.to_owned(),
+        network,
+        nodes: Default::default(),
+        sampling: None,
+        srv: SrvTruth {
+            complete: true,
+            agents: Vec::new(),
+            gone: Vec::new(),
+        },
+        aggregators: Vec::new(),
+        local_pod_agent: None,
+        apiserver_ip: None,
     }
 }

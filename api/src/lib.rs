@@ -20,6 +20,7 @@
 //! - `findings`: what it names ([`Findings`], [`FindingKind`]);
 //! - `compact`: the matrix in a few bytes per cell ([`CompactMatrix`]);
 //! - `endpoints`: the paths, and the error body ([`ApiError`]);
+//! - `pinglist`: what the aggregator tells each agent to probe ([`Pinglist`]);
 //! - [`facts`], [`labels`], [`sampling`], [`validate`]: a node's own
 //!   network, Kubernetes labels, the sampled mesh, report validation;
 //! - `fixtures` (feature `fixtures`): wire values for tests.
@@ -29,6 +30,7 @@ mod compact;
 mod endpoints;
 mod findings;
 mod matrix;
+mod pinglist;
 mod report;
 
 pub mod facts;
@@ -43,7 +45,17 @@ pub use compact::*;
 pub use endpoints::*;
 pub use findings::*;
 pub use matrix::*;
+pub use pinglist::*;
 pub use report::*;
+
+/// 64-bit FNV-1a: a fixed algorithm, stable across processes and versions
+/// of the standard library (unlike `DefaultHasher`), for digests that the
+/// agents and the aggregator must agree on.
+pub(crate) fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -110,6 +110,8 @@ pub enum PeerSource {
     LastKnown,
     /// The SRV record of the agents' headless Service (start-up fallback).
     Dns,
+    /// The agent's pinglist, fetched from the aggregator ([`crate::Pinglist`]).
+    Aggregator,
 }
 
 /// A probed peer pod.

@@ -55,11 +55,7 @@ impl PeerSampling {
 /// (splitmix64) so that names differing in one character land far apart.
 /// Both are fixed algorithms, so every agent version agrees.
 pub fn ring_position(node: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = crate::fnv1a_64(node.as_bytes());
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
@@ -91,41 +87,97 @@ impl<'a> Ring<'a> {
         self.nodes.is_empty()
     }
 
-    /// Remote nodes `me` probes in `epoch`, `me` excluded. `me` need not be
-    /// on the ring (its own node may be cordoned): it is placed where its
-    /// hash says. With at most `full_mesh_max_nodes` nodes, every other node.
+    /// Remote nodes `me` probes in `epoch`, `me` excluded: the
+    /// [`stable`](Ring::stable_targets) ones, then the
+    /// [`rotating`](Ring::rotating_targets) ones. `me` need not be on the
+    /// ring (its own node may be cordoned): it is placed where its hash
+    /// says. With at most `full_mesh_max_nodes` nodes, every other node.
     pub fn targets(&self, me: &str, sampling: &PeerSampling, epoch: u64) -> Vec<&'a str> {
-        let len = self.nodes.len();
-        let key = (ring_position(me), me);
-        let (start, on_ring) = match self.nodes.binary_search_by(|(h, n)| (*h, *n).cmp(&key)) {
-            Ok(i) => (i + 1, true),
-            Err(i) => (i, false),
-        };
-        let others = len - usize::from(on_ring);
-        // `ahead(0)` is the node following `me`, `behind(0)` the one before.
-        let ahead = |offset: usize| self.nodes[(start + offset) % len].1;
-        let behind = |offset: usize| {
-            let back = 1 + usize::from(on_ring) + offset;
-            self.nodes[(start + len * 2 - back % len) % len].1
-        };
-        if len <= sampling.full_mesh_max_nodes || others <= sampling.per_agent() {
-            return (0..others).map(ahead).collect();
+        let mut targets = self.stable_targets(me, sampling);
+        targets.extend(self.rotating_targets(me, sampling, epoch));
+        targets
+    }
+
+    /// The remote nodes `me` probes in every epoch: in a full mesh, every
+    /// other node; sampled, the `stable` nearest on the ring.
+    pub fn stable_targets(&self, me: &str, sampling: &PeerSampling) -> Vec<&'a str> {
+        let at = self.locate(me);
+        if at.full_mesh(sampling) {
+            return (0..at.others).map(|o| self.ahead(&at, o)).collect();
         }
         // Half of the stable nodes ahead, half behind: if `me` probes a node
         // at distance d, that node probes `me` back at -d, so both
         // directions of every stable pair are measured (one-way failures
         // need both). An odd count leaves the farthest one ahead one-way.
         let (up, down) = (sampling.stable.div_ceil(2), sampling.stable / 2);
-        let mut targets: Vec<&str> = (0..up).map(ahead).chain((0..down).map(behind)).collect();
+        (0..up)
+            .map(|o| self.ahead(&at, o))
+            .chain((0..down).map(|o| self.behind(&at, o)))
+            .collect()
+    }
+
+    /// The remote nodes `me` probes in `epoch` only: none in a full mesh;
+    /// sampled, `rotating` nodes beyond the stable ones ahead.
+    pub fn rotating_targets(&self, me: &str, sampling: &PeerSampling, epoch: u64) -> Vec<&'a str> {
+        let at = self.locate(me);
+        if at.full_mesh(sampling) {
+            return Vec::new();
+        }
+        let up = sampling.stable.div_ceil(2);
         // The rotating block walks the rest of the ring ahead. It starts at
         // a multiple of `rotating` modulo a power of two rather than modulo
         // the span, and wraps: views that differ by a node or two then still
         // agree on the offsets (except where the block wraps).
-        let span = others - sampling.stable;
+        let span = at.others - sampling.stable;
         let cycle = span.next_power_of_two() as u64;
         let first = (epoch.wrapping_mul(sampling.rotating as u64) % cycle) as usize;
-        targets.extend((first..first + sampling.rotating).map(|c| ahead(up + c % span)));
-        targets
+        (first..first + sampling.rotating)
+            .map(|c| self.ahead(&at, up + c % span))
+            .collect()
+    }
+
+    /// Where `me` sits on the ring.
+    fn locate(&self, me: &str) -> Place {
+        let len = self.nodes.len();
+        let key = (ring_position(me), me);
+        let (start, on_ring) = match self.nodes.binary_search_by(|(h, n)| (*h, *n).cmp(&key)) {
+            Ok(i) => (i + 1, true),
+            Err(i) => (i, false),
+        };
+        Place {
+            len,
+            start,
+            on_ring,
+            others: len - usize::from(on_ring),
+        }
+    }
+
+    /// `ahead(0)` is the node following `me`.
+    fn ahead(&self, at: &Place, offset: usize) -> &'a str {
+        self.nodes[(at.start + offset) % at.len].1
+    }
+
+    /// `behind(0)` is the node before `me`.
+    fn behind(&self, at: &Place, offset: usize) -> &'a str {
+        let back = 1 + usize::from(at.on_ring) + offset;
+        self.nodes[(at.start + at.len * 2 - back % at.len) % at.len].1
+    }
+}
+
+/// A node's place on a [`Ring`]: the index of the node following it, and
+/// whether it is on the ring itself.
+struct Place {
+    len: usize,
+    start: usize,
+    on_ring: bool,
+    /// Ring nodes other than `me`.
+    others: usize,
+}
+
+impl Place {
+    /// Too few nodes to sample: everyone probes everyone.
+    fn full_mesh(&self, sampling: &PeerSampling) -> bool {
+        self.len <= sampling.full_mesh_max_nodes || self.others <= sampling.per_agent()
     }
 }
 
@@ -314,6 +366,72 @@ mod tests {
             seen.len(),
             300 * 299,
             "every directed pair probed once in a while"
+        );
+    }
+
+    /// `targets()` before the split into stable and rotating parts, kept
+    /// as the reference the split must reproduce.
+    fn targets_before_the_split<'a>(
+        ring: &Ring<'a>,
+        me: &str,
+        sampling: &PeerSampling,
+        epoch: u64,
+    ) -> Vec<&'a str> {
+        let nodes = &ring.nodes;
+        let len = nodes.len();
+        let key = (ring_position(me), me);
+        let (start, on_ring) = match nodes.binary_search_by(|(h, n)| (*h, *n).cmp(&key)) {
+            Ok(i) => (i + 1, true),
+            Err(i) => (i, false),
+        };
+        let others = len - usize::from(on_ring);
+        let ahead = |offset: usize| nodes[(start + offset) % len].1;
+        let behind = |offset: usize| {
+            let back = 1 + usize::from(on_ring) + offset;
+            nodes[(start + len * 2 - back % len) % len].1
+        };
+        if len <= sampling.full_mesh_max_nodes || others <= sampling.per_agent() {
+            return (0..others).map(ahead).collect();
+        }
+        let (up, down) = (sampling.stable.div_ceil(2), sampling.stable / 2);
+        let mut targets: Vec<&str> = (0..up).map(ahead).chain((0..down).map(behind)).collect();
+        let span = others - sampling.stable;
+        let cycle = span.next_power_of_two() as u64;
+        let first = (epoch.wrapping_mul(sampling.rotating as u64) % cycle) as usize;
+        targets.extend((first..first + sampling.rotating).map(|c| ahead(up + c % span)));
+        targets
+    }
+
+    #[test]
+    fn stable_then_rotating_is_the_same_targets_at_5000_nodes() {
+        let nodes = names(5000);
+        let ring = Ring::new(nodes.iter().map(String::as_str));
+        let odd = sampling_of(7, 3);
+        for s in [sampled(), odd, PeerSampling::default()] {
+            for me in nodes
+                .iter()
+                .step_by(7)
+                .map(String::as_str)
+                .chain(["off-ring"])
+            {
+                let stable = ring.stable_targets(me, &s);
+                assert_eq!(stable.len(), s.stable);
+                for epoch in [0, 1, 2, 977, 2047, 2048, u64::MAX] {
+                    let rotating = ring.rotating_targets(me, &s, epoch);
+                    assert_eq!(rotating.len(), s.rotating);
+                    let reference = targets_before_the_split(&ring, me, &s, epoch);
+                    assert_eq!(ring.targets(me, &s, epoch), reference, "{me} {epoch}");
+                    assert_eq!([stable.clone(), rotating].concat(), reference);
+                }
+            }
+        }
+        // A full mesh: everything is stable, nothing rotates.
+        let small = Ring::new(nodes[..150].iter().map(String::as_str));
+        assert_eq!(small.stable_targets("node-0003", &sampled()).len(), 149);
+        assert!(
+            small
+                .rotating_targets("node-0003", &sampled(), 5)
+                .is_empty()
         );
     }
 

@@ -1,4 +1,5 @@
-//! What a well-formed [`Report`] looks like, beyond what serde checks.
+//! What a well-formed [`Report`] looks like, beyond what serde checks (and
+//! the [`Invalid`] that [`Pinglist::validate_for`](crate::Pinglist::validate_for) answers too).
 //!
 //! The aggregator runs [`Report::validate`] on every report before it
 //! touches any state, so that no value a client chooses (a name, a size, a
@@ -77,7 +78,7 @@ impl std::fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-fn invalid(field: impl Into<String>, problem: &'static str) -> Invalid {
+pub(crate) fn invalid(field: impl Into<String>, problem: &'static str) -> Invalid {
     Invalid {
         field: field.into(),
         problem,

@@ -39,10 +39,12 @@ use netmatrix_api::{AgentIdentity, NetworkMode, PeerSource, Report, Sampled};
 use netmatrix_runtime::k8s::{self, WatchHealth};
 use serde::de::DeserializeOwned;
 
-pub mod filter;
 pub mod sample;
 
 pub use filter::{NodeSkip, PodInfo};
+/// Which pods are peers: the shared reading of the probe targets (the
+/// aggregator reads its pinglists with the same rules).
+pub use netmatrix_runtime::k8s::targets as filter;
 
 /// The peer set for one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,8 +277,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::filter::tests::info;
     use netmatrix_api::PeerResult;
+    use netmatrix_runtime::k8s::targets::fixtures::info;
 
     fn result(pod: &str, ip: &str) -> PeerResult {
         PeerResult {
@@ -421,8 +423,8 @@ mod tests {
     /// not probed).
     #[tokio::test]
     async fn peers_come_from_the_watch_and_survive_an_api_outage() {
-        use super::filter::node_tests::node;
-        use super::filter::tests::pod;
+        use netmatrix_runtime::k8s::targets::fixtures::node;
+        use netmatrix_runtime::k8s::targets::fixtures::pod;
 
         let (client, server) = fake_api(
             vec![(
@@ -479,8 +481,8 @@ mod tests {
     /// with the pod-network agents, which its peer watch does not cover.
     #[tokio::test]
     async fn host_agents_watch_the_agents_separately() {
-        use super::filter::tests::pod;
         use netmatrix_api::labels;
+        use netmatrix_runtime::k8s::targets::fixtures::pod;
 
         let (client, _server) = fake_api(
             vec![

@@ -139,6 +139,29 @@ async fn accepts_a_good_report() {
     assert_eq!(m.rows[0].cells[1].status, Status::Ok);
 }
 
+/// Every peer source is accepted, `aggregator` (pinglists) among them:
+/// agents that fetch pinglists must not be refused by this aggregator.
+#[tokio::test]
+async fn every_peer_source_is_accepted() {
+    let (app, _) = app();
+    for (round, source) in ["api", "last-known", "dns", "aggregator"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = serde_json::to_value(report_with_peer(echoes(3, 3))).unwrap();
+        r["round"] = (11 + round).into();
+        r["peer_source"] = source.into();
+        let body = serde_json::to_vec(&r).unwrap();
+        let (status, answer) = send(&app, "POST", REPORTS_PATH, body).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{source}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_reports_get_4xx_and_change_nothing() {
     let (app, aggregator) = app();

@@ -1,7 +1,8 @@
 //! How the netmatrix binaries read Kubernetes objects: one reading of a
 //! Running pod, its node and addresses, a Ready node and an API timestamp,
 //! for the agent (which pods to probe) and the aggregator (which agents may
-//! report, which nodes are expected), and one watch loop ([`watch`]).
+//! report, which nodes are expected), the probe targets read from them
+//! ([`targets`]), and one watch loop ([`watch`]).
 //!
 //! The rules are pure functions over the API objects, unit-tested without
 //! an API server.
@@ -11,6 +12,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+pub mod targets;
 pub mod watch;
 
 pub use watch::{WatchHealth, spawn_reflector};

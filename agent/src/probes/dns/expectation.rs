@@ -349,8 +349,8 @@ fn join<T: ToString>(items: impl ExactSizeIterator<Item = T>) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::discovery::filter::tests::info;
     use crate::probes::dns::DEFAULT_NEGATIVE_TTL;
+    use netmatrix_runtime::k8s::targets::fixtures::info;
 
     pub(in crate::probes::dns) const NOW: u64 = 1_000_000_000;
     pub(in crate::probes::dns) const TTL: Duration = DEFAULT_NEGATIVE_TTL;

@@ -64,8 +64,10 @@ pub use expectation::{
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// An SOA cannot make the agent wait longer than this for a record (CoreDNS
 /// `cache` caps denials at 30 minutes too): a zone with a day-long minimum
-/// must not silence the check for a day.
-pub const MAX_SOA_NEGATIVE_TTL: Duration = Duration::from_secs(1800);
+/// must not silence the check for a day. The aggregator keeps departed
+/// agents in the pinglists' `srv.gone` as long (the same constant).
+pub const MAX_SOA_NEGATIVE_TTL: Duration =
+    Duration::from_millis(netmatrix_api::DNS_MAX_NEGATIVE_TTL_MS);
 /// At most this many SRV targets without glue records are resolved per round.
 const MAX_TARGET_LOOKUPS: usize = 256;
 /// At most this many names are listed in a wrong-answer message, and

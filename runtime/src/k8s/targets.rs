@@ -1,5 +1,8 @@
-//! Which pods are peers: pure functions over Pod and Node objects, so the
-//! rules are unit-tested without an API server.
+//! Which pods are probe targets, and which nodes are left alone: pure
+//! functions over Pod and Node objects, so the rules are unit-tested without
+//! an API server. The agent reads its peers with them, and the aggregator
+//! the pinglists it serves, so both read Running, skip and dedup-by-IP the
+//! same way.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -7,7 +10,10 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use netmatrix_api::{AgentIdentity, labels};
-use netmatrix_runtime::k8s;
+
+use crate::k8s;
+
+pub use netmatrix_api::NodeSkip;
 
 /// What the agent needs to know about a Running pod.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,7 +43,7 @@ impl PodInfo {
 }
 
 /// A pod worth probing: Running, has an IP, not terminating, scheduled
-/// (the shared reading of [`netmatrix_runtime::k8s`]; its address is the
+/// (the shared reading of [`crate::k8s`]; its address is the
 /// first of `status.podIPs`, else `status.podIP`). Anything else is
 /// skipped, because pinging a pod that is starting or being deleted reports
 /// churn as a network failure.
@@ -130,26 +136,6 @@ fn trim_metadata(meta: &mut ObjectMeta) {
     meta.owner_references = None;
 }
 
-/// Why the pods of a node are not probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum NodeSkip {
-    /// `spec.unschedulable`: cordoned or being drained; its pods are about
-    /// to go, and a drain is no network failure.
-    Cordoned,
-    /// The kubelet's Ready condition is not True: the node itself is down
-    /// (or its kubelet is), which the node controller already reports.
-    NotReady,
-}
-
-impl NodeSkip {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeSkip::Cordoned => "cordoned",
-            NodeSkip::NotReady => "not-ready",
-        }
-    }
-}
-
 /// Whether the pods of `node` should be left alone, and why.
 pub fn node_skip(node: &Node) -> Option<NodeSkip> {
     if k8s::node_is_cordoned(node) {
@@ -200,14 +186,22 @@ pub fn agents(running: &[PodInfo]) -> Vec<PodInfo> {
     running.iter().filter(|p| p.is_agent()).cloned().collect()
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+/// Pod and Node objects, and their readings, for tests (cargo feature
+/// `fixtures`, which the crates' dev-dependencies enable).
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures {
+    use k8s_openapi::api::core::v1::{
+        Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
+    use netmatrix_api::labels;
 
-    pub(crate) fn pod(name: &str, node: &str, ip: &str, phase: &str, component: &str) -> Pod {
+    use super::PodInfo;
+
+    /// A pod of `component` named `name` on `node`, in `phase`, at `ip`
+    /// (none when empty), started at 1,700,000,000,000 ms.
+    pub fn pod(name: &str, node: &str, ip: &str, phase: &str, component: &str) -> Pod {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -229,7 +223,7 @@ pub(crate) mod tests {
                 phase: Some(phase.into()),
                 pod_ip: (!ip.is_empty()).then(|| ip.into()),
                 start_time: Some(Time(
-                    Timestamp::from_millisecond(1_700_000_000_000).unwrap(),
+                    Timestamp::from_millisecond(1_700_000_000_000).expect("a valid time"),
                 )),
                 ..Default::default()
             }),
@@ -237,17 +231,51 @@ pub(crate) mod tests {
     }
 
     /// A Ready agent pod on n1, as discovery reads it.
-    pub(crate) fn info(ip: &str) -> PodInfo {
+    pub fn info(ip: &str) -> PodInfo {
         PodInfo {
             node: "n1".into(),
             pod: format!("agent-{ip}"),
-            ip: ip.parse().unwrap(),
+            ip: ip.parse().expect("an IP address"),
             component: Some("agent".into()),
             started_unix_ms: None,
             ready: true,
             ready_since_unix_ms: None,
         }
     }
+
+    /// A node, cordoned or not, with a Ready condition of `ready` (none: no
+    /// condition at all).
+    pub fn node(name: &str, unschedulable: bool, ready: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable: unschedulable.then_some(true),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                conditions: ready.map(|status| {
+                    vec![NodeCondition {
+                        type_: "Ready".into(),
+                        status: status.into(),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{node, pod};
+    use super::*;
+    use k8s_openapi::api::core::v1::PodCondition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
 
     fn me() -> AgentIdentity {
         netmatrix_api::fixtures::identity("n1", "agent-1", "10.244.1.2")
@@ -328,38 +356,6 @@ pub(crate) mod tests {
         assert!(peers.starts_with(&["companion-1".to_owned(), "agent-2".to_owned()]));
         let agents: Vec<_> = agents(&running).into_iter().map(|p| p.pod).collect();
         assert_eq!(agents, ["agent-1", "agent-2"]);
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod node_tests {
-    use super::tests::pod;
-    use super::*;
-    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, PodCondition};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-    use k8s_openapi::jiff::Timestamp;
-
-    pub(crate) fn node(name: &str, unschedulable: bool, ready: Option<&str>) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(NodeSpec {
-                unschedulable: unschedulable.then_some(true),
-                ..Default::default()
-            }),
-            status: Some(NodeStatus {
-                conditions: ready.map(|status| {
-                    vec![NodeCondition {
-                        type_: "Ready".into(),
-                        status: status.into(),
-                        ..Default::default()
-                    }]
-                }),
-                ..Default::default()
-            }),
-        }
     }
 
     /// What the cache keeps still gives the same verdicts, and the bulk of
