@@ -58,6 +58,15 @@ impl From<Network> for NetworkMode {
     }
 }
 
+/// Where the agent's peers come from (`--peer-discovery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerDiscovery {
+    /// The agent's own watches of the Kubernetes API.
+    Api,
+    /// The aggregator's pinglist for this node.
+    Aggregator,
+}
+
 /// netmatrix agent: probes peer pods, the API server, ClusterIP services and
 /// DNS from one node, every interval, and reports to the aggregator.
 #[derive(Debug, Clone, Parser)]
@@ -102,6 +111,21 @@ pub struct Args {
     /// agent only probes and serves metrics.
     #[arg(long, env = "NETMATRIX_AGGREGATOR_URL")]
     pub aggregator_url: Option<String>,
+
+    /// Where the peers come from: `api`, the agent's own watches of pods and
+    /// Nodes; or `aggregator`, the pinglist the aggregator computes for this
+    /// node (one watcher for the whole cluster instead of one per agent;
+    /// needs --aggregator-url and an aggregator that serves
+    /// /api/v1/pinglist). Being introduced: `api` stays the default until
+    /// the chart switches.
+    #[arg(long, env = "NETMATRIX_PEER_DISCOVERY", value_enum, default_value_t = PeerDiscovery::Api)]
+    pub peer_discovery: PeerDiscovery,
+
+    /// With --peer-discovery aggregator: a file keeping the last pinglist
+    /// (an emptyDir in the chart), so that a restarted agent probes it
+    /// before the aggregator answers. Unset: memory only.
+    #[arg(long, env = "NETMATRIX_PINGLIST_FILE", value_name = "PATH")]
+    pub pinglist_file: Option<PathBuf>,
 
     /// Label selector of the aggregator pods, reported to directly when the
     /// aggregator Service cannot be reached.
@@ -295,6 +319,10 @@ pub struct Args {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
+        "--peer-discovery aggregator needs --aggregator-url: the pinglist comes from the aggregator"
+    )]
+    PinglistWithoutAggregator,
+    #[error(
         "--clusterip {value:?}: expected NAME=IP:PORT, e.g. --clusterip aggregator=10.96.0.20:80"
     )]
     ClusterIpWithoutName { value: String },
@@ -409,6 +437,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub status_listen: SocketAddr,
     pub token_file: PathBuf,
+    pub peer_discovery: PeerDiscovery,
+    pub pinglist_file: Option<PathBuf>,
     pub apiserver: SocketAddr,
     pub apiserver_ca: Option<PathBuf>,
     pub clusterips: Vec<ClusterIpTarget>,
@@ -505,6 +535,9 @@ impl Settings {
             .filter(|s| !s.trim().is_empty())
             .map(parse_aggregator_url)
             .transpose()?;
+        if args.peer_discovery == PeerDiscovery::Aggregator && aggregator_url.is_none() {
+            return Err(ConfigError::PinglistWithoutAggregator);
+        }
 
         Ok(Settings {
             identity: AgentIdentity {
@@ -539,6 +572,8 @@ impl Settings {
             listen: args.listen,
             status_listen: args.status_listen,
             token_file: args.token_file,
+            peer_discovery: args.peer_discovery,
+            pinglist_file: args.pinglist_file,
             apiserver,
             apiserver_ca: args.apiserver_ca,
             clusterips,

@@ -213,16 +213,40 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // them (host agents, or a custom selector), watch them separately.
     let agent_selector = (settings.peer_selector != netmatrix_api::labels::PEER_SELECTOR)
         .then_some(netmatrix_api::labels::AGENT_SELECTOR);
-    let discovery = Arc::new(discovery::Discovery::start(
-        client,
-        &settings.namespace,
-        discovery::Selectors {
-            peers: &settings.peer_selector,
-            aggregators: &settings.aggregator_selector,
-            agents: agent_selector,
-        },
-        settings.identity.clone(),
-    ));
+    let discovery = match (settings.peer_discovery, &settings.aggregator_url) {
+        (config::PeerDiscovery::Aggregator, Some(url)) => {
+            let source = Arc::new(discovery::pinglist::PinglistSource::new(
+                settings.identity.clone(),
+                settings.pinglist_file.clone(),
+            ));
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(settings.tcp_timeout)
+                .build()
+                .map_err(Error::ReportClient)?;
+            tokio::spawn(discovery::pinglist::poll(
+                source.clone(),
+                client,
+                url.clone(),
+                report::TokenFile::new(Some(settings.token_file.clone())),
+                settings.interval,
+            ));
+            Arc::new(discovery::Discovery::from_pinglist(
+                settings.identity.clone(),
+                source,
+            ))
+        }
+        _ => Arc::new(discovery::Discovery::start(
+            client,
+            &settings.namespace,
+            discovery::Selectors {
+                peers: &settings.peer_selector,
+                aggregators: &settings.aggregator_selector,
+                agents: agent_selector,
+            },
+            settings.identity.clone(),
+        )),
+    };
 
     let status = Arc::new(http::StatusBoard::new(
         settings.identity.clone(),
@@ -293,7 +317,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         tracing::warn!(
             grace = ?STARTUP_SYNC_GRACE,
             srv = settings.srv_name.as_deref().unwrap_or("(disabled)"),
-            "no pod list from the API yet; peers come from the SRV record until it arrives"
+            "no peer list yet (API watch or pinglist); peers come from the SRV record until it arrives"
         );
     }
     let rounds = round::RoundLoop {

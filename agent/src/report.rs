@@ -211,6 +211,11 @@ impl TokenFile {
         }
     }
 
+    /// The token as the kubelet last wrote it (`None`: none to send).
+    pub fn current(&mut self) -> Option<String> {
+        self.read()
+    }
+
     /// The token as the kubelet last wrote it.
     fn read(&mut self) -> Option<String> {
         let path = self.path.as_ref()?;

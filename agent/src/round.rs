@@ -562,6 +562,7 @@ mod tests {
             source: PeerSource::Api,
             skipped_nodes: BTreeMap::new(),
             sampled: None,
+            decided_upstream: false,
         };
         let expectation = AgentHistory::default().update(&[info("127.0.0.1")], now_unix_ms());
         let report = prober

@@ -39,6 +39,7 @@ use netmatrix_api::{AgentIdentity, NetworkMode, PeerSource, Report, Sampled};
 use netmatrix_runtime::k8s::{self, WatchHealth};
 use serde::de::DeserializeOwned;
 
+pub mod pinglist;
 pub mod sample;
 
 pub use filter::{NodeSkip, PodInfo};
@@ -58,10 +59,26 @@ pub struct PeerView {
     pub skipped_nodes: BTreeMap<String, NodeSkip>,
     /// Set when the cluster is large and `peers` is a sample ([`sample`]).
     pub sampled: Option<Sampled>,
+    /// The aggregator chose these peers (a pinglist): not sampled again here.
+    pub decided_upstream: bool,
 }
 
 /// Live discovery; cheap to share.
 pub struct Discovery {
+    me: AgentIdentity,
+    source: Source,
+}
+
+/// Where the peers come from.
+enum Source {
+    /// The agent's own watches of the Kubernetes API.
+    Api(Watches),
+    /// The aggregator's pinglist ([`pinglist`]).
+    Pinglist(Arc<pinglist::PinglistSource>),
+}
+
+/// The agent's own watches.
+struct Watches {
     me: AgentIdentity,
     peers: Store<Pod>,
     peer_watch: Arc<WatchHealth>,
@@ -109,25 +126,117 @@ impl Discovery {
             filter::trim_node,
         );
         Self {
-            me,
-            peers,
-            peer_watch,
-            agents,
-            nodes,
-            aggregators,
+            me: me.clone(),
+            source: Source::Api(Watches {
+                me,
+                peers,
+                peer_watch,
+                agents,
+                nodes,
+                aggregators,
+            }),
         }
     }
 
-    /// Waits until the peer list has been synced once, up to `timeout`.
-    pub async fn wait_synced(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.peers.wait_until_ready())
-            .await
-            .is_ok_and(|r| r.is_ok())
+    /// Peers from the aggregator's pinglist (see [`pinglist::poll`], which
+    /// keeps `source` up to date).
+    pub fn from_pinglist(me: AgentIdentity, source: Arc<pinglist::PinglistSource>) -> Self {
+        Self {
+            me,
+            source: Source::Pinglist(source),
+        }
     }
 
+    /// Waits until the peers are known once (the first list from the API,
+    /// or a pinglist fetched or stored), up to `timeout`.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        match &self.source {
+            Source::Api(w) => tokio::time::timeout(timeout, w.peers.wait_until_ready())
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            Source::Pinglist(p) => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                while !p.synced() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                p.synced()
+            }
+        }
+    }
+
+    /// The current peers; `None` until they are first known.
+    pub fn view(&self) -> Option<PeerView> {
+        match &self.source {
+            Source::Api(w) => w.view(),
+            Source::Pinglist(p) => p.view(netmatrix_runtime::now_unix_ms()),
+        }
+    }
+
+    /// Peers from the watch or the pinglist; before either is known, from
+    /// the agents' SRV record (`srv_addresses`, its lookup; `None` when
+    /// disabled); with neither, nothing (and say so). A host-network agent
+    /// has no SRV fallback: the record lists pod agents, which are not its
+    /// peers (pinging them from the node would fail the MTU probe, the node
+    /// MTU being larger than the pods').
+    pub async fn view_or_srv<E: std::fmt::Display>(
+        &self,
+        srv_addresses: Option<impl Future<Output = Result<BTreeSet<IpAddr>, E>>>,
+    ) -> PeerView {
+        if let Some(view) = self.view() {
+            return view;
+        }
+        let srv_fallback = match self.me.network {
+            NetworkMode::Pod => srv_addresses,
+            NetworkMode::Host => None,
+        };
+        if let Some(lookup) = srv_fallback {
+            match lookup.await {
+                Ok(addresses) => return fallback_from_srv(&addresses, &self.me),
+                Err(error) => {
+                    tracing::warn!(%error, "no peer list yet, and the SRV fallback failed")
+                }
+            }
+        }
+        PeerView {
+            peers: Vec::new(),
+            agents: None,
+            source: PeerSource::LastKnown,
+            skipped_nodes: BTreeMap::new(),
+            sampled: None,
+            decided_upstream: false,
+        }
+    }
+
+    /// Whether the peers' source (the API watch, or the aggregator) answers.
+    pub fn watch_healthy(&self) -> bool {
+        match &self.source {
+            Source::Api(w) => w.peer_watch.healthy(),
+            Source::Pinglist(p) => p.healthy(),
+        }
+    }
+
+    /// The IP of this node's Running pod-network agent (host agents: whose
+    /// reports to relay); last known, like peers.
+    pub fn local_agent_ip(&self) -> Option<IpAddr> {
+        match &self.source {
+            Source::Api(w) => w.local_agent_ip(),
+            Source::Pinglist(p) => p.local_agent_ip(),
+        }
+    }
+
+    /// IPs of the aggregator's pods (last known, like peers).
+    pub fn aggregator_ips(&self) -> Vec<IpAddr> {
+        match &self.source {
+            Source::Api(w) => w.aggregator_ips(),
+            Source::Pinglist(p) => p.aggregator_ips(),
+        }
+    }
+}
+
+impl Watches {
     /// Peers from the API (`Api` while the watch is healthy, `LastKnown`
     /// while it retries); `None` until the first list has completed.
-    pub fn view(&self) -> Option<PeerView> {
+    fn view(&self) -> Option<PeerView> {
         if !self.peer_watch.synced() {
             return None;
         }
@@ -155,51 +264,13 @@ impl Discovery {
             source,
             skipped_nodes,
             sampled: None,
+            decided_upstream: false,
         })
     }
 
-    /// Peers from the watch; before it has synced, from the agents' SRV
-    /// record (`srv_addresses`, its lookup; `None` when disabled); with
-    /// neither, nothing (and say so). A host-network agent has no SRV
-    /// fallback: the record lists pod agents, which are not its peers
-    /// (pinging them from the node would fail the MTU probe, the node MTU
-    /// being larger than the pods').
-    pub async fn view_or_srv<E: std::fmt::Display>(
-        &self,
-        srv_addresses: Option<impl Future<Output = Result<BTreeSet<IpAddr>, E>>>,
-    ) -> PeerView {
-        if let Some(view) = self.view() {
-            return view;
-        }
-        let srv_fallback = match self.me.network {
-            NetworkMode::Pod => srv_addresses,
-            NetworkMode::Host => None,
-        };
-        if let Some(lookup) = srv_fallback {
-            match lookup.await {
-                Ok(addresses) => return fallback_from_srv(&addresses, &self.me),
-                Err(error) => {
-                    tracing::warn!(%error, "no pod list from the API yet, and the SRV fallback failed")
-                }
-            }
-        }
-        PeerView {
-            peers: Vec::new(),
-            agents: None,
-            source: PeerSource::LastKnown,
-            skipped_nodes: BTreeMap::new(),
-            sampled: None,
-        }
-    }
-
-    /// Whether the peer watch currently reaches the API server.
-    pub fn watch_healthy(&self) -> bool {
-        self.peer_watch.healthy()
-    }
-
     /// The IP of this node's Running pod-network agent, when the agents are
-    /// watched apart from the peers (host agents); last known, like peers.
-    pub fn local_agent_ip(&self) -> Option<IpAddr> {
+    /// watched apart from the peers (host agents).
+    fn local_agent_ip(&self) -> Option<IpAddr> {
         let (agents, _) = self.agents.as_ref()?;
         let state = agents.state();
         filter::running_pods(state.iter().map(|p| p.as_ref()))
@@ -208,8 +279,8 @@ impl Discovery {
             .map(|p| p.ip)
     }
 
-    /// IPs of the Running aggregator pods (last known, like peers).
-    pub fn aggregator_ips(&self) -> Vec<IpAddr> {
+    /// IPs of the Running aggregator pods.
+    fn aggregator_ips(&self) -> Vec<IpAddr> {
         let state = self.aggregators.state();
         filter::running_pods(state.iter().map(|p| p.as_ref()))
             .into_iter()
@@ -240,6 +311,7 @@ pub fn fallback_from_srv(addresses: &BTreeSet<IpAddr>, me: &AgentIdentity) -> Pe
         source: PeerSource::Dns,
         skipped_nodes: BTreeMap::new(),
         sampled: None,
+        decided_upstream: false,
     }
 }
 

@@ -13,8 +13,9 @@ use super::PeerView;
 /// from this node and the nodes of the view's peers: agents that see the
 /// same pods build the same ring.
 pub fn apply(view: &mut PeerView, my_node: &str, sampling: &PeerSampling, epoch: u64) {
-    // SRV fallback peers have no node names: nothing to sample by.
-    if view.peers.iter().all(|p| p.node.is_empty()) {
+    // The aggregator sampled a pinglist already; SRV fallback peers have
+    // no node names: nothing to sample by.
+    if view.decided_upstream || view.peers.iter().all(|p| p.node.is_empty()) {
         return;
     }
     let mut nodes: BTreeSet<&str> = view.peers.iter().map(|p| p.node.as_str()).collect();
@@ -64,6 +65,7 @@ mod tests {
             source: PeerSource::Api,
             skipped_nodes: BTreeMap::new(),
             sampled: None,
+            decided_upstream: false,
         }
     }
 
