@@ -284,6 +284,7 @@ impl Metrics {
         }
         for (source, label) in [
             (PeerSource::Api, "api"),
+            (PeerSource::Aggregator, "aggregator"),
             (PeerSource::LastKnown, "last-known"),
             (PeerSource::Dns, "dns"),
         ] {
