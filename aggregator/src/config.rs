@@ -135,6 +135,12 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_AGENT_SELECTOR", default_value = labels::REPORTER_SELECTOR)]
     pub agent_selector: String,
 
+    /// Label selector of the pods the pod-network agents probe (agents and
+    /// companions): what their pinglists name. Host agents probe the host
+    /// agents among the --agent-selector pods.
+    #[arg(long, env = "NETMATRIX_PEER_SELECTOR", default_value = labels::PEER_SELECTOR)]
+    pub peer_selector: String,
+
     /// Kubeconfig file; without it the in-cluster config or ~/.kube/config is used.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -190,6 +196,7 @@ mod tests {
         );
         assert_eq!(args.max_body, 1 << 20);
         assert_eq!(args.agent_selector, labels::REPORTER_SELECTOR);
+        assert_eq!(args.peer_selector, labels::PEER_SELECTOR);
         assert_eq!(args.loss_threshold, 0.1);
         assert_eq!(args.history_rounds, 5);
         assert_eq!(args.latency_floor, Duration::from_millis(100));

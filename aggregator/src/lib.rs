@@ -6,6 +6,8 @@
 //! - [`store`]: the latest report per (node, network) and its validation;
 //! - [`history`]: the last rounds' echo counts per peer (windowed loss);
 //! - [`inventory`]: nodes and agent pods according to the Kubernetes API;
+//! - [`pinglist`]: what each agent probes, computed from the inventory's
+//!   watches;
 //! - [`matrix`]: reports to matrix;
 //! - [`diagnosis`]: matrix to findings, with hysteresis;
 //! - [`metrics`]: Prometheus series bounded by the number of nodes;
@@ -25,6 +27,7 @@ pub mod inventory;
 pub mod matrix;
 pub mod metrics;
 pub mod node_status;
+pub mod pinglist;
 pub mod policy;
 pub mod published;
 pub mod serve;
@@ -43,6 +46,8 @@ pub use config::Args;
 use config::Settings;
 use inventory::{InventorySource, KubeInventory};
 use node_status::NodeStatusWriter;
+use pinglist::PinglistBook;
+use pinglist::build::{PinglistConfig, ROTATE_EVERY_ROUNDS};
 use state::Aggregator;
 
 /// Why the aggregator could not start or stopped.
@@ -64,6 +69,7 @@ pub enum Error {
 /// Runs the aggregator until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
     let mut node_status = None;
+    let mut pinglists = None;
     let (inventory, authenticator) = if args.no_kubernetes {
         tracing::warn!(
             "--no-kubernetes: reports are NOT authenticated (anyone who reaches this aggregator can write any node's row) and only nodes that have reported are expected; for trials only"
@@ -81,18 +87,32 @@ pub async fn run(args: Args) -> Result<(), Error> {
         if args.node_conditions {
             node_status = Some(NodeStatusWriter::new(client.clone()));
         }
+        let kube = KubeInventory::spawn(
+            client.clone(),
+            &args.namespace,
+            &args.agent_selector,
+            &args.peer_selector,
+        );
+        // Computed from now on; served from step 6 of design 20 (the
+        // pinglist route), agents' sampling flags not yet moved here.
+        pinglists = Some(PinglistBook::spawn(
+            kube.clone(),
+            PinglistConfig {
+                epoch_ms: epoch_ms(args.interval),
+                ..PinglistConfig::default()
+            },
+        ));
         (
-            InventorySource::Kubernetes(KubeInventory::spawn(
-                client.clone(),
-                &args.namespace,
-                &args.agent_selector,
-            )),
+            InventorySource::Kubernetes(kube),
             Authenticator::with_reviews(client, policy),
         )
     };
 
-    let aggregator =
+    let mut aggregator =
         Aggregator::new(inventory, Settings::from_args(&args))?.with_authenticator(authenticator);
+    if let Some(book) = pinglists {
+        aggregator = aggregator.with_pinglists(book);
+    }
     let aggregator = Arc::new(aggregator);
 
     let listeners = netmatrix_runtime::serve::bind_all(&args.listen)
@@ -123,6 +143,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .await;
     evaluation.abort();
     Ok(())
+}
+
+/// The rotation epoch of the pinglists: [`ROTATE_EVERY_ROUNDS`] intervals,
+/// as the agents counted it.
+fn epoch_ms(interval: std::time::Duration) -> u64 {
+    u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(ROTATE_EVERY_ROUNDS)
 }
 
 /// The evaluation loop: one round per interval. A slow round delays the next

@@ -14,6 +14,7 @@ use crate::diagnosis::{self, AgentDown, Context, CutRecovery, Hysteresis, Silenc
 use crate::inventory::{Inventory, InventorySource};
 use crate::matrix::{self, Built, NodeStates};
 use crate::metrics::Metrics;
+use crate::pinglist::PinglistBook;
 use crate::published::{Form, Published};
 use crate::store::{self, Accepted, FactsLookup, Rejection, ReportStore, TimeBounds};
 
@@ -66,6 +67,9 @@ pub struct Aggregator {
     polled: Mutex<(bool, bool)>,
     metrics: Metrics,
     clock: Clock,
+    /// The agents' pinglists; `None` without Kubernetes (agents stay on
+    /// their SRV fallback).
+    pinglists: Option<Arc<PinglistBook>>,
 }
 
 impl Aggregator {
@@ -98,6 +102,7 @@ impl Aggregator {
             polled: Mutex::new((false, false)),
             metrics: Metrics::new()?,
             clock: system_clock,
+            pinglists: None,
         })
     }
 
@@ -106,6 +111,17 @@ impl Aggregator {
     pub fn with_authenticator(mut self, authenticator: Authenticator) -> Self {
         self.authenticator = authenticator;
         self
+    }
+
+    /// Serves `book`'s pinglists.
+    pub fn with_pinglists(mut self, book: Arc<PinglistBook>) -> Self {
+        self.pinglists = Some(book);
+        self
+    }
+
+    /// The pinglists, when there are any (with Kubernetes).
+    pub fn pinglists(&self) -> Option<&Arc<PinglistBook>> {
+        self.pinglists.as_ref()
     }
 
     /// Replaces the clock (tests).

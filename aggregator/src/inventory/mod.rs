@@ -15,6 +15,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::Notify;
+
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::Store;
@@ -587,7 +589,9 @@ impl InventorySource {
     }
 }
 
-/// Reflectors on Nodes and agent Pods, turned into [`Inventory`] snapshots.
+/// Reflectors on Nodes and agent Pods, turned into [`Inventory`] snapshots,
+/// and on the probe targets (agents and companions), which with the Nodes
+/// and the reporters feed the pinglists ([`crate::pinglist`]).
 ///
 /// A snapshot is rebuilt only after a watch event arrived, so report
 /// validation costs a pointer clone in the steady state.
@@ -595,6 +599,8 @@ impl InventorySource {
 pub struct KubeInventory {
     nodes: Store<Node>,
     pods: Store<Pod>,
+    /// `--peer-selector`, trimmed as the agents trimmed them.
+    targets: Store<Pod>,
     events: Store<Event>,
     policies: Store<NetworkPolicy>,
     namespaces: Store<Namespace>,
@@ -608,14 +614,27 @@ struct WatchState {
     /// Nodes and agent pods gate the inventory's sync.
     nodes: Arc<WatchHealth>,
     pods: Arc<WatchHealth>,
+    targets: Arc<WatchHealth>,
+    /// Bumped, and [`WatchState::targets_changed`] notified, on events of
+    /// the watches the pinglists read (nodes, reporters, probe targets)
+    /// only: Events and NetworkPolicies do not wake the pinglist task.
+    targets_gen: Arc<AtomicU64>,
+    targets_changed: Arc<Notify>,
     cache: Mutex<Option<(u64, Arc<Inventory>)>>,
 }
 
 impl KubeInventory {
     /// Starts the watches. They run for the life of the process, retrying
     /// with kube-rs' default backoff; the stores only advance while polled.
-    pub fn spawn(client: Client, namespace: &str, agent_selector: &str) -> Self {
+    pub fn spawn(
+        client: Client,
+        namespace: &str,
+        agent_selector: &str,
+        peer_selector: &str,
+    ) -> Self {
         let generation = Arc::new(AtomicU64::new(0));
+        let targets_gen = Arc::new(AtomicU64::new(0));
+        let targets_changed = Arc::new(Notify::new());
         // Every event the store applied makes the cached snapshot stale.
         let bump = || {
             let generation = Arc::clone(&generation);
@@ -623,19 +642,40 @@ impl KubeInventory {
                 generation.fetch_add(1, Ordering::AcqRel);
             }
         };
+        // ... and, for the watches the pinglists read, wakes their task (a
+        // stored permit: an event while it works is not lost).
+        let bump_targets = || {
+            let bump = bump();
+            let targets_gen = Arc::clone(&targets_gen);
+            let notify = Arc::clone(&targets_changed);
+            move || {
+                bump();
+                targets_gen.fetch_add(1, Ordering::AcqRel);
+                notify.notify_one();
+            }
+        };
         let (nodes, nodes_health) = k8s::spawn_reflector(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             "nodes",
             |_| {},
-            bump(),
+            bump_targets(),
         );
         let (pods, pods_health) = k8s::spawn_reflector(
             Api::<Pod>::namespaced(client.clone(), namespace),
             watcher::Config::default().labels(agent_selector),
             "agent pods",
             |_| {},
-            bump(),
+            bump_targets(),
+        );
+        // The probe targets (agents and companions): what the pod agents'
+        // pinglists name. Cached as the agents cached them (trimmed).
+        let (targets, targets_health) = k8s::spawn_reflector(
+            Api::<Pod>::namespaced(client.clone(), namespace),
+            watcher::Config::default().labels(peer_selector),
+            "probe targets",
+            k8s::targets::trim_pod,
+            bump_targets(),
         );
         // The Events about Pods in the agents' namespace: why an agent pod
         // does not start (FailedCreatePodSandBox, image pulls). Optional:
@@ -670,6 +710,7 @@ impl KubeInventory {
         KubeInventory {
             nodes,
             pods,
+            targets,
             events,
             policies,
             namespaces,
@@ -678,6 +719,9 @@ impl KubeInventory {
                 generation,
                 nodes: nodes_health,
                 pods: pods_health,
+                targets: targets_health,
+                targets_gen,
+                targets_changed,
                 cache: Mutex::new(None),
             }),
         }
@@ -724,6 +768,31 @@ impl KubeInventory {
         let inventory = Arc::new(inventory);
         *cache = Some((generation, Arc::clone(&inventory)));
         inventory
+    }
+}
+
+/// What the pinglists are computed from: the Nodes, the reporters and the
+/// probe targets, as the stores hold them.
+pub type PinglistInputs = (Vec<Arc<Node>>, Vec<Arc<Pod>>, Vec<Arc<Pod>>);
+
+impl KubeInventory {
+    /// The pinglists' inputs, once all three watches have listed.
+    pub fn pinglist_inputs(&self) -> Option<PinglistInputs> {
+        let synced = [&self.state.nodes, &self.state.pods, &self.state.targets]
+            .iter()
+            .all(|h| h.synced());
+        synced.then(|| (self.nodes.state(), self.pods.state(), self.targets.state()))
+    }
+
+    /// Resolves after an event of the nodes, reporter or probe-target
+    /// watches (at once when one came since the last call).
+    pub async fn targets_changed(&self) {
+        self.state.targets_changed.notified().await;
+    }
+
+    /// How many events those watches have applied.
+    pub fn targets_generation(&self) -> u64 {
+        self.state.targets_gen.load(Ordering::Acquire)
     }
 }
 
@@ -1104,6 +1173,15 @@ mod tests {
             "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
             "items": [serde_json::to_value(pod("agent-a", "n1", "10.244.1.2", "Running")).unwrap()]
         });
+        // The probe targets: the agent and its node's companion.
+        let target = netmatrix_runtime::k8s::targets::fixtures::pod;
+        let targets = serde_json::json!({
+            "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
+            "items": [
+                serde_json::to_value(target("agent-a", "n1", "10.244.1.2", "Running", "agent")).unwrap(),
+                serde_json::to_value(target("companion-a", "n1", "10.244.1.3", "Running", "companion")).unwrap(),
+            ]
+        });
         let app = Router::new()
             .route(
                 "/api/v1/nodes",
@@ -1115,18 +1193,14 @@ mod tests {
             .route(
                 "/api/v1/namespaces/{ns}/pods",
                 get(move |Query(q): Query<HashMap<String, String>>| {
-                    let pods = pods.clone();
+                    let (pods, targets) = (pods.clone(), targets.clone());
                     async move {
-                        let selected = q.get("labelSelector").map(String::as_str)
-                            == Some(netmatrix_api::labels::AGENT_SELECTOR);
-                        answer(
-                            &q,
-                            if selected {
-                                pods
-                            } else {
-                                serde_json::json!({})
-                            },
-                        )
+                        let list = match q.get("labelSelector").map(String::as_str) {
+                            Some(netmatrix_api::labels::AGENT_SELECTOR) => pods,
+                            Some(netmatrix_api::labels::PEER_SELECTOR) => targets,
+                            _ => serde_json::json!({}),
+                        };
+                        answer(&q, list)
                     }
                 }),
             );
@@ -1136,7 +1210,12 @@ mod tests {
 
         let url = format!("http://{addr}").parse().unwrap();
         let client = Client::try_from(kube::Config::new(url)).unwrap();
-        let kube = KubeInventory::spawn(client, "netmatrix", netmatrix_api::labels::AGENT_SELECTOR);
+        let kube = KubeInventory::spawn(
+            client,
+            "netmatrix",
+            netmatrix_api::labels::AGENT_SELECTOR,
+            netmatrix_api::labels::PEER_SELECTOR,
+        );
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let snapshot = loop {
             let snapshot = kube.snapshot();
@@ -1153,5 +1232,30 @@ mod tests {
         );
         // Unchanged generation: the same snapshot, not a rebuild.
         assert!(Arc::ptr_eq(&snapshot, &kube.snapshot()));
+        // The pinglists' inputs: the probe-target watch sees the companion.
+        let inputs = loop {
+            if let Some(inputs) = kube.pinglist_inputs() {
+                break inputs;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "targets never synced"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(kube.targets_generation() > 0);
+        let (nodes, reporters, targets) = &inputs;
+        let view = crate::pinglist::ClusterView::from_stores(
+            nodes.iter().map(AsRef::as_ref),
+            reporters.iter().map(AsRef::as_ref),
+            targets.iter().map(AsRef::as_ref),
+        );
+        let on_n1: Vec<&str> = view.nodes["n1"]
+            .pod_targets
+            .iter()
+            .map(|p| p.pod.as_str())
+            .collect();
+        assert_eq!(on_n1, ["agent-a", "companion-a"]);
+        assert!(view.pod_ring.contains("n1"));
     }
 }
