@@ -153,6 +153,15 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_NODE_CONDITIONS")]
     pub node_conditions: bool,
 
+    /// Compute each agent's pinglist from the watches and serve it at
+    /// `GET /api/v1/pinglist/NODE`, for agents run with
+    /// `--peer-discovery aggregator` (then the aggregator is the only
+    /// watcher of Nodes and probe targets). Off by default while the agents'
+    /// own watches are the default: lists nobody fetches cost memory and CPU
+    /// on a large cluster.
+    #[arg(long, env = "NETMATRIX_SERVE_PINGLISTS")]
+    pub serve_pinglists: bool,
+
     /// Run without the Kubernetes API, for tests and trials only: expected nodes
     /// are the nodes that have reported, and reports are NOT authenticated:
     /// anyone who reaches the aggregator can write any node's row.

@@ -93,15 +93,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
             &args.agent_selector,
             &args.peer_selector,
         );
-        // Computed from now on; served from step 6 of design 20 (the
-        // pinglist route), agents' sampling flags not yet moved here.
-        pinglists = Some(PinglistBook::spawn(
-            kube.clone(),
-            PinglistConfig {
-                epoch_ms: epoch_ms(args.interval),
-                ..PinglistConfig::default()
-            },
-        ));
+        // The agents' sampling flags are not on the aggregator yet: the
+        // lists use the agents' defaults.
+        if args.serve_pinglists {
+            pinglists = Some(PinglistBook::spawn(
+                kube.clone(),
+                PinglistConfig {
+                    epoch_ms: epoch_ms(args.interval),
+                    ..PinglistConfig::default()
+                },
+            ));
+        }
         (
             InventorySource::Kubernetes(kube),
             Authenticator::with_reviews(client, policy),

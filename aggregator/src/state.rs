@@ -156,6 +156,26 @@ impl Aggregator {
         sender.inspect_err(|rejection| self.rejected(rejection))
     }
 
+    /// The network of the pinglist `sender` may read for `node`: that of
+    /// its own agent pod, on its own node only.
+    pub fn fetcher_network(
+        &self,
+        sender: &Sender,
+        node: &str,
+    ) -> Result<netmatrix_api::NetworkMode, Rejection> {
+        match sender {
+            Sender::Unverified => Err(Rejection::Forbidden(
+                "pinglists are served to verified agents only".to_owned(),
+            )),
+            Sender::Agent(caller) => {
+                let inventory = self.inventory.snapshot().ok_or(Rejection::NotReady)?;
+                inventory
+                    .verify_fetcher(caller, node)
+                    .map_err(|mismatch| Rejection::Forbidden(mismatch.to_string()))
+            }
+        }
+    }
+
     /// Validates and stores one report body from `sender`, counting the
     /// outcome.
     pub fn ingest(&self, body: &[u8], sender: &Sender) -> Result<Accepted, Rejection> {

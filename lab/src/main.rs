@@ -53,6 +53,10 @@ enum Command {
         /// of it as the kubelet does.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         token_ttl: Duration,
+        /// Agents take their peers from the aggregator's pinglists instead
+        /// of watching the API themselves (`--peer-discovery aggregator`).
+        #[arg(long)]
+        pinglists: bool,
     },
     /// Remove labs left behind by a killed `up` or test.
     Down {
@@ -170,6 +174,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             no_host_agents,
             node_conditions,
             token_ttl,
+            pinglists,
         } => {
             up(LabConfig {
                 nodes,
@@ -182,6 +187,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 node_conditions,
                 bin_dir,
                 token_ttl,
+                pinglists,
             })
             .await
         }

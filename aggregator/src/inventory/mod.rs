@@ -233,6 +233,24 @@ impl Inventory {
     }
 
     /// The caller's pod on `node`, with the token's UID.
+    /// The network of the pinglist `caller` may read for `node`: its own
+    /// pod's, on its own node only.
+    pub fn verify_fetcher(
+        &self,
+        caller: &Caller,
+        node: &str,
+    ) -> Result<NetworkMode, SenderMismatch> {
+        if let Some(actual) = caller.node.as_deref()
+            && actual != node
+        {
+            return Err(SenderMismatch::WrongNode {
+                pod: caller.pod.clone(),
+                actual: actual.to_owned(),
+            });
+        }
+        self.caller_pod(caller, node).map(|pod| pod.network)
+    }
+
     fn caller_pod(&self, caller: &Caller, node: &str) -> Result<&AgentPod, SenderMismatch> {
         let on_node = self
             .agents

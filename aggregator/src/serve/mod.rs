@@ -8,10 +8,12 @@
 //! - `reads`: the matrix (full and compact), the findings, a node's facts,
 //!   the metrics;
 //! - `cell`: one full cell of the matrix;
+//! - `pinglist`: an agent's pinglist, by ETag with a long poll;
 //! - [`compact`]: the matrix encoded a few bytes per cell.
 
 mod cell;
 mod compact;
+mod pinglist;
 mod reads;
 mod reports;
 #[cfg(test)]
@@ -29,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use netmatrix_api::{
     ApiError, FINDINGS_PATH, MATRIX_CELL_PATH, MATRIX_COMPACT_PATH, MATRIX_PATH, NODE_FACTS_PATH,
-    RELAYED_REPORTS_PATH, REPORTS_PATH,
+    PINGLIST_PATH, RELAYED_REPORTS_PATH, REPORTS_PATH,
 };
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -44,6 +46,8 @@ pub(super) struct AppState {
     /// KiB of report bodies being read at once, at most: a client may hold
     /// a body for the body timeout, and many clients many bodies.
     pub(super) body_budget: Arc<Semaphore>,
+    /// Pinglist polls held open at once ([`pinglist::MAX_WAITERS`]).
+    pub(super) long_polls: Arc<Semaphore>,
 }
 
 /// Report bodies buffered at once, at most (in KiB): 64 MiB, or eight
@@ -60,6 +64,7 @@ pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
         aggregator,
         max_body,
         body_budget: Arc::new(Semaphore::new(body_budget_kib(max_body))),
+        long_polls: Arc::new(Semaphore::new(pinglist::MAX_WAITERS)),
     };
     // Layers wrap what is above them: the limit sees the request first,
     // and its plain 413 is rewritten on the way out.
@@ -77,6 +82,10 @@ pub fn router(aggregator: Arc<Aggregator>, max_body: usize) -> Router {
         .route(
             RELAYED_REPORTS_PATH,
             bounded(post(reports::post_relayed_report)),
+        )
+        .route(
+            &format!("{PINGLIST_PATH}/{{node}}"),
+            get(pinglist::get_pinglist).route_layer(DefaultBodyLimit::max(0)),
         )
         .route(MATRIX_PATH, get(reads::get_matrix))
         .route(MATRIX_COMPACT_PATH, get(reads::get_matrix_compact))
@@ -119,6 +128,7 @@ pub const ENDPOINTS: &str = concat!(
     "GET  /api/v1/findings         what is broken and where (JSON)\n",
     "GET  /api/v1/facts            one node's own network, from its host agent: ?node=NODE\n",
     "POST /api/v1/reports          agent reports\n",
+    "GET  /api/v1/pinglist/NODE    an agent's pinglist (its own token; ETag, ?wait=SECONDS)\n",
     "GET  /metrics                 Prometheus metrics\n",
     "GET  /healthz                 liveness\n",
 );
@@ -136,6 +146,7 @@ const _: () = {
     assert!(const_contains(ENDPOINTS, FINDINGS_PATH));
     assert!(const_contains(ENDPOINTS, NODE_FACTS_PATH));
     assert!(const_contains(ENDPOINTS, REPORTS_PATH));
+    assert!(const_contains(ENDPOINTS, PINGLIST_PATH));
 };
 
 const fn const_contains(haystack: &str, needle: &str) -> bool {

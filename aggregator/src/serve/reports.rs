@@ -114,7 +114,7 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
     }
 }
 
-fn rejection_response(rejection: &Rejection) -> Response {
+pub(super) fn rejection_response(rejection: &Rejection) -> Response {
     let status = match rejection {
         Rejection::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Rejection::Malformed(_) | Rejection::Invalid(_) => StatusCode::BAD_REQUEST,

@@ -413,3 +413,144 @@ async fn compact_and_cell_endpoints_match_the_full_matrix() {
         (StatusCode::BAD_REQUEST, "bad-query")
     );
 }
+
+mod pinglists {
+    use super::*;
+    use crate::pinglist::{Change, PinglistBook, Published};
+    use axum::http::HeaderMap;
+    use netmatrix_api::{NetworkMode, Pinglist};
+
+    fn list(node: &str, network: NetworkMode, aggregators: usize) -> Pinglist {
+        let mut list = netmatrix_api::fixtures::pinglist(node, network);
+        list.aggregators = (0..aggregators)
+            .map(|i| format!("10.244.1.{}:8080", 50 + i).parse().unwrap())
+            .collect();
+        list
+    }
+
+    fn publish(book: &PinglistBook, list: &Pinglist) -> String {
+        let published = Arc::new(Published::of(list));
+        let etag = published.etag.clone();
+        book.apply(vec![Change::Publish(
+            (list.node.clone(), list.network),
+            published,
+        )]);
+        etag
+    }
+
+    /// [`app`] serving pinglists for n1's two agents.
+    fn app_with_lists() -> (Router, Arc<PinglistBook>) {
+        let (_, aggregator) = app();
+        let book = Arc::new(PinglistBook::default());
+        publish(&book, &list("n1", NetworkMode::Pod, 0));
+        publish(&book, &list("n1", NetworkMode::Host, 0));
+        let aggregator = Arc::try_unwrap(aggregator)
+            .unwrap_or_else(|_| panic!("one owner"))
+            .with_pinglists(Arc::clone(&book));
+        (router(Arc::new(aggregator), MAX_BODY), book)
+    }
+
+    async fn get(
+        app: &Router,
+        token: Option<&str>,
+        uri: &str,
+        if_none_match: Option<&str>,
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let mut request = Request::builder().uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(etag) = if_none_match {
+            request = request.header(header::IF_NONE_MATCH, format!("\"{etag}\""));
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, bytes.to_vec())
+    }
+
+    fn etag_of(headers: &HeaderMap) -> String {
+        headers[header::ETAG]
+            .to_str()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn an_agent_gets_its_own_list_by_etag() {
+        let (app, _) = app_with_lists();
+        let uri = "/api/v1/pinglist/n1";
+        let (status, headers, body) = get(&app, Some("token-agent-n1"), uri, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let etag = etag_of(&headers);
+        assert_eq!(etag, netmatrix_api::etag(&body));
+        let got: Pinglist = serde_json::from_slice(&body).unwrap();
+        assert_eq!((got.node.as_str(), got.network), ("n1", NetworkMode::Pod));
+        // Unchanged, asked not to wait: 304 with the ETag.
+        let (status, headers, body) = get(&app, Some("token-agent-n1"), uri, Some(&etag)).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert_eq!(etag_of(&headers), etag);
+        assert!(body.is_empty());
+        // The host agent of the same node gets the host list.
+        let (status, _, body) = get(&app, Some("token-host-agent-n1"), uri, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let got: Pinglist = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got.network, NetworkMode::Host);
+    }
+
+    #[tokio::test]
+    async fn another_nodes_list_or_no_token_is_refused() {
+        let (app, _) = app_with_lists();
+        let (status, _, body) =
+            get(&app, Some("token-agent-n2"), "/api/v1/pinglist/n1", None).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let (status, _, _) = get(&app, None, "/api/v1/pinglist/n1", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // n2's agent is known, but has no list (yet).
+        let (status, _, body) =
+            get(&app, Some("token-agent-n2"), "/api/v1/pinglist/n2", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(String::from_utf8_lossy(&body).contains("no-pinglist"));
+        // An aggregator that computes no lists says so.
+        let (plain, _) = super::app();
+        let (status, _, _) = get(&plain, Some("token-agent-n1"), "/api/v1/pinglist/n1", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_returns_as_soon_as_its_list_changes() {
+        let (app, book) = app_with_lists();
+        let uri = "/api/v1/pinglist/n1?wait=20";
+        let (_, headers, _) = get(&app, Some("token-agent-n1"), "/api/v1/pinglist/n1", None).await;
+        let old = etag_of(&headers);
+        let poll = tokio::spawn({
+            let app = app.clone();
+            async move { get(&app, Some("token-agent-n1"), uri, Some(&old)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!poll.is_finished(), "an unchanged list is held");
+        // Another node's change does not wake it; its own does.
+        publish(&book, &list("n2", NetworkMode::Pod, 1));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!poll.is_finished());
+        let new = publish(&book, &list("n1", NetworkMode::Pod, 1));
+        let (status, headers, body) = tokio::time::timeout(std::time::Duration::from_secs(5), poll)
+            .await
+            .expect("answered at the change")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(etag_of(&headers), new);
+        let got: Pinglist = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got.aggregators.len(), 1);
+    }
+}

@@ -78,6 +78,10 @@ pub struct LabConfig {
     /// at 80 % of it, as the kubelet does (the chart asks for an hour; the
     /// real minimum is 10 minutes, the emulator allows less for tests).
     pub token_ttl: Duration,
+    /// Agents take their peers from the aggregator's pinglists
+    /// (`--peer-discovery aggregator`, the aggregator `--serve-pinglists`)
+    /// instead of watching the API themselves.
+    pub pinglists: bool,
 }
 
 impl Default for LabConfig {
@@ -93,6 +97,7 @@ impl Default for LabConfig {
             node_conditions: false,
             bin_dir: None,
             token_ttl: DEFAULT_TOKEN_TTL,
+            pinglists: false,
         }
     }
 }
@@ -795,6 +800,11 @@ impl Lab {
                     .node_conditions
                     .then(|| "--node-conditions".to_owned()),
             )
+            .chain(
+                self.config
+                    .pinglists
+                    .then(|| "--serve-pinglists".to_owned()),
+            )
             .collect(),
             env: self.base_env(&kubeconfig),
         })
@@ -897,6 +907,18 @@ impl Lab {
                 ]
                 .map(String::from),
             );
+        }
+        if self.config.pinglists {
+            // The emptyDir of the chart: the state directory, per pod.
+            let file = self
+                .state_dir()
+                .file(&format!("pinglist-{}.json", agent_process(node, network)));
+            args.extend([
+                "--peer-discovery".to_owned(),
+                "aggregator".to_owned(),
+                "--pinglist-file".to_owned(),
+                file.display().to_string(),
+            ]);
         }
         Ok(ProcessSpec {
             name: agent_process(node, network),
