@@ -93,6 +93,11 @@ pub struct ControlPlaneArgs {
     /// Namespace prefix (default: random, nm + 6 hex digits).
     #[arg(long)]
     prefix: Option<String>,
+    /// The agents take their peers from the aggregator's pinglists
+    /// (`--peer-discovery aggregator`; the aggregator `--serve-pinglists`)
+    /// instead of watching the API: the "after" of design 20.
+    #[arg(long)]
+    pinglists: bool,
 }
 
 /// One of the bench's nodes: its name and addresses.
@@ -393,7 +398,9 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
             labels::REPORTER_SELECTOR,
         ]
         .map(String::from)
-        .to_vec(),
+        .into_iter()
+        .chain(args.pinglists.then(|| "--serve-pinglists".to_owned()))
+        .collect(),
         env: pod_env(&aggregator_config),
     })?;
     for agent in &agents {
@@ -417,7 +424,12 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         let token_file = scratch
             .state()
             .write(&format!("token-{}", agent.pod), &token)?;
-        procs.start(agent.spec(&bins, &interval, &config, &token_file))?;
+        let mut spec = agent.spec(&bins, &interval, &config, &token_file);
+        if args.pinglists {
+            spec.args
+                .extend(["--peer-discovery", "aggregator"].map(String::from));
+        }
+        procs.start(spec)?;
     }
     println!(
         "bench control-plane: lab {}, {} nodes ({} Pod objects), {pod_agents} pod agent(s) and {host_agents} host agent(s) running, the aggregator; logs in {}",
@@ -427,7 +439,8 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         scratch.state().path().display()
     );
 
-    wait_for_sync(&agents, &procs, &clients, args.sync_timeout).await?;
+    let source = if args.pinglists { "aggregator" } else { "api" };
+    wait_for_sync(&agents, &procs, &clients, source, args.sync_timeout).await?;
     let synced = clients.snapshot();
     tracing::info!(idle = ?args.idle, "synced; measuring idle");
     tokio::time::sleep(args.idle).await;
@@ -498,12 +511,14 @@ fn heartbeat(state: &ClusterState, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Until every agent reads its peers from the API (`peer_source: api` in
-/// its last round) and the aggregator watches.
+/// Until every agent reads its peers from `source` (`peer_source` of its
+/// last round: `api`, or `aggregator` with pinglists) and the aggregator
+/// watches.
 async fn wait_for_sync(
     agents: &[RealAgent],
     procs: &Processes,
     clients: &Clients,
+    source: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -524,10 +539,10 @@ async fn wait_for_sync(
             .await
             .ok()
             .and_then(|body| serde_json::from_str::<Value>(&body).ok());
-            let source = status
+            let got = status
                 .as_ref()
                 .and_then(|s| s["last_round"]["peer_source"].as_str());
-            if source != Some("api") {
+            if got != Some(source) {
                 waiting.push(agent.process.clone());
             }
         }
