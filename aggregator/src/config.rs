@@ -14,6 +14,7 @@ use netmatrix_api::labels;
 use crate::diagnosis::{DiagnosisPolicy, hysteresis};
 use crate::history;
 use crate::matrix::MatrixPolicy;
+use crate::pinglist::build::{PinglistConfig, ROTATE_EVERY_ROUNDS};
 
 /// Builds the node-to-node connectivity matrix from agent reports and names
 /// what is broken.
@@ -162,6 +163,37 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_SERVE_PINGLISTS")]
     pub serve_pinglists: bool,
 
+    /// Pinglists: clusters of up to this many nodes are probed as a full
+    /// mesh. Above it each agent's list names its own node and
+    /// --sampled-nodes + --rotating-nodes remote nodes picked on a hash ring
+    /// over node names (the agents' flags of the same names, moved here).
+    #[arg(long, env = "NETMATRIX_FULL_MESH_MAX_NODES", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_mesh_max_nodes: u32,
+
+    /// Pinglists, sampled cluster: remote nodes each agent always probes
+    /// (its nearest on the ring, half on each side).
+    #[arg(long, env = "NETMATRIX_SAMPLED_NODES", default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub sampled_nodes: u32,
+
+    /// Pinglists, sampled cluster: remote nodes probed in addition, moving
+    /// along the ring every 6 intervals (0: none).
+    #[arg(long, env = "NETMATRIX_ROTATING_NODES", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub rotating_nodes: u32,
+
+    /// Pinglists: where agents reach this aggregator directly when its
+    /// Service does not answer, comma-separated `IP:PORT` (the chart:
+    /// `$(POD_IP):8080`). Empty: the Service only.
+    #[arg(
+        long,
+        env = "NETMATRIX_ADVERTISE",
+        value_delimiter = ',',
+        value_name = "IP:PORT"
+    )]
+    pub advertise: Vec<SocketAddr>,
+
     /// Run without the Kubernetes API, for tests and trials only: expected nodes
     /// are the nodes that have reported, and reports are NOT authenticated:
     /// anyone who reaches the aggregator can write any node's row.
@@ -185,9 +217,59 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+impl Args {
+    /// What the pinglists are built with: the sampling flags, the rotation
+    /// epoch (`--interval` × [`ROTATE_EVERY_ROUNDS`]), `--advertise`, and the
+    /// API's ClusterIP as this pod sees it (`KUBERNETES_SERVICE_HOST`), the
+    /// A expectation of agents that have none of their own.
+    pub fn pinglist_config(&self, kubernetes_service_host: Option<&str>) -> PinglistConfig {
+        PinglistConfig {
+            sampling: netmatrix_api::sampling::PeerSampling {
+                full_mesh_max_nodes: self.full_mesh_max_nodes as usize,
+                stable: self.sampled_nodes as usize,
+                rotating: self.rotating_nodes as usize,
+            },
+            epoch_ms: u64::try_from(self.interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(ROTATE_EVERY_ROUNDS),
+            aggregators: self.advertise.clone(),
+            apiserver_ip: kubernetes_service_host.and_then(|h| h.trim().parse().ok()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pinglists_take_the_sampling_flags_and_where_to_reach_us() {
+        let args = Args::try_parse_from([
+            "netmatrix-aggregator",
+            "--interval",
+            "2s",
+            "--sampled-nodes",
+            "10",
+            "--rotating-nodes",
+            "0",
+            "--advertise",
+            "10.244.1.5:8080,[fd00::5]:8080",
+        ])
+        .unwrap();
+        let config = args.pinglist_config(Some("10.96.0.1"));
+        assert_eq!(
+            (
+                config.sampling.full_mesh_max_nodes,
+                config.sampling.stable,
+                config.sampling.rotating
+            ),
+            (200, 10, 0)
+        );
+        assert_eq!(config.epoch_ms, 2_000 * ROTATE_EVERY_ROUNDS);
+        assert_eq!(config.aggregators.len(), 2);
+        assert_eq!(config.apiserver_ip, Some("10.96.0.1".parse().unwrap()));
+        assert_eq!(args.pinglist_config(Some("not-an-ip")).apiserver_ip, None);
+    }
 
     #[test]
     fn defaults_match_the_documentation() {

@@ -47,7 +47,6 @@ use config::Settings;
 use inventory::{InventorySource, KubeInventory};
 use node_status::NodeStatusWriter;
 use pinglist::PinglistBook;
-use pinglist::build::{PinglistConfig, ROTATE_EVERY_ROUNDS};
 use state::Aggregator;
 
 /// Why the aggregator could not start or stopped.
@@ -93,15 +92,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
             &args.agent_selector,
             &args.peer_selector,
         );
-        // The agents' sampling flags are not on the aggregator yet: the
-        // lists use the agents' defaults.
         if args.serve_pinglists {
+            let host = std::env::var("KUBERNETES_SERVICE_HOST").ok();
             pinglists = Some(PinglistBook::spawn(
                 kube.clone(),
-                PinglistConfig {
-                    epoch_ms: epoch_ms(args.interval),
-                    ..PinglistConfig::default()
-                },
+                args.pinglist_config(host.as_deref()),
             ));
         }
         (
@@ -145,14 +140,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .await;
     evaluation.abort();
     Ok(())
-}
-
-/// The rotation epoch of the pinglists: [`ROTATE_EVERY_ROUNDS`] intervals,
-/// as the agents counted it.
-fn epoch_ms(interval: std::time::Duration) -> u64 {
-    u64::try_from(interval.as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_mul(ROTATE_EVERY_ROUNDS)
 }
 
 /// The evaluation loop: one round per interval. A slow round delays the next

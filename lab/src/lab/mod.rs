@@ -803,7 +803,15 @@ impl Lab {
             .chain(
                 self.config
                     .pinglists
-                    .then(|| "--serve-pinglists".to_owned()),
+                    .then(|| {
+                        [
+                            "--serve-pinglists".to_owned(),
+                            "--advertise".to_owned(),
+                            format!("{}:{AGGREGATOR_PORT}", cp.ip),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
             )
             .collect(),
             env: self.base_env(&kubeconfig),
