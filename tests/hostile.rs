@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::WAIT;
 use netmatrix_api::{ApiError, REPORTS_PATH, Report};
-use netmatrix_lab::lab::{AgentNetwork, agent_status_addr};
+use netmatrix_lab::lab::AgentNetwork;
 use netmatrix_lab::view::all_pod_cells_ok;
 use netmatrix_lab::{Lab, LabConfig, Snapshot, net::netns};
 use serde_json::Value;
@@ -56,24 +56,6 @@ async fn post(
     let response = request.send().await.expect("the aggregator answers");
     let status = response.status().as_u16();
     (status, response.bytes().await.unwrap_or_default().to_vec())
-}
-
-/// `GET /status` from an agent's loopback, inside its pod's namespace (as
-/// `kubectl port-forward` reaches it): the last round's full report.
-fn stolen_status(ns: &str, addr: SocketAddr) -> Report {
-    let mut stream =
-        netns::in_netns(ns, move || std::net::TcpStream::connect(addr)).expect("agent's loopback");
-    stream
-        .write_all(b"GET /status HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    let status: Value = serde_json::from_str(body).expect("/status is JSON");
-    serde_json::from_value(status["last_round"].clone()).expect("a full report")
 }
 
 /// The aggregator's resident memory (KiB) and open files.
@@ -147,7 +129,10 @@ async fn hostile_reports_and_connections_change_nothing() {
     // node-3's and node-2's host agent's tokens (a compromised pod each).
     let topo = lab.topology();
     let node2 = topo.node("node-2").unwrap();
-    let stolen = stolen_status(&node2.agent.netns, agent_status_addr(AgentNetwork::Pod));
+    let stolen = lab
+        .agent_last_round("node-2", AgentNetwork::Pod)
+        .unwrap()
+        .expect("node-2's agent has completed a round");
     assert_eq!(stolen.agent.node, "node-2");
     let node2_token = lab.agent_token("node-2", AgentNetwork::Pod).unwrap();
     let node3_token = lab.agent_token("node-3", AgentNetwork::Pod).unwrap();

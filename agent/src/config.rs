@@ -112,14 +112,14 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_AGGREGATOR_URL")]
     pub aggregator_url: Option<String>,
 
-    /// Where the peers come from: `api`, the agent's own watches of pods and
-    /// Nodes; or `aggregator`, the pinglist the aggregator computes for this
-    /// node (one watcher for the whole cluster instead of one per agent;
-    /// needs --aggregator-url and an aggregator that serves
-    /// /api/v1/pinglist). Being introduced: `api` stays the default until
-    /// the chart switches.
-    #[arg(long, env = "NETMATRIX_PEER_DISCOVERY", value_enum, default_value_t = PeerDiscovery::Api)]
-    pub peer_discovery: PeerDiscovery,
+    /// Where the peers come from: `aggregator`, the pinglist the aggregator
+    /// computes for this node (one watcher of the API for the whole cluster;
+    /// the agent needs no RBAC); or `api`, the agent's own watches of pods
+    /// and Nodes (needs get/list/watch on pods and nodes; for aggregators
+    /// run with --no-pinglists). [default: `aggregator` with
+    /// --aggregator-url, `api` without]
+    #[arg(long, env = "NETMATRIX_PEER_DISCOVERY", value_enum)]
+    pub peer_discovery: Option<PeerDiscovery>,
 
     /// With --peer-discovery aggregator: a file keeping the last pinglist
     /// (an emptyDir in the chart), so that a restarted agent probes it
@@ -535,9 +535,14 @@ impl Settings {
             .filter(|s| !s.trim().is_empty())
             .map(parse_aggregator_url)
             .transpose()?;
-        if args.peer_discovery == PeerDiscovery::Aggregator && aggregator_url.is_none() {
-            return Err(ConfigError::PinglistWithoutAggregator);
-        }
+        let peer_discovery = match (args.peer_discovery, &aggregator_url) {
+            (Some(PeerDiscovery::Aggregator), None) => {
+                return Err(ConfigError::PinglistWithoutAggregator);
+            }
+            (Some(chosen), _) => chosen,
+            (None, Some(_)) => PeerDiscovery::Aggregator,
+            (None, None) => PeerDiscovery::Api,
+        };
 
         Ok(Settings {
             identity: AgentIdentity {
@@ -572,7 +577,7 @@ impl Settings {
             listen: args.listen,
             status_listen: args.status_listen,
             token_file: args.token_file,
-            peer_discovery: args.peer_discovery,
+            peer_discovery,
             pinglist_file: args.pinglist_file,
             apiserver,
             apiserver_ca: args.apiserver_ca,
@@ -819,6 +824,21 @@ mod tests {
             })
         );
         assert_eq!(s.dns_negative_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn peers_come_from_the_aggregator_when_there_is_one() {
+        let url = ["--aggregator-url", "http://10.96.0.20:80"];
+        let discovery =
+            |extra: &[&str]| Settings::from_args(args(extra), &host()).map(|s| s.peer_discovery);
+        assert_eq!(discovery(&url), Ok(PeerDiscovery::Aggregator));
+        assert_eq!(discovery(&[]), Ok(PeerDiscovery::Api));
+        let api = [url[0], url[1], "--peer-discovery", "api"];
+        assert_eq!(discovery(&api), Ok(PeerDiscovery::Api));
+        assert_eq!(
+            discovery(&["--peer-discovery", "aggregator"]),
+            Err(ConfigError::PinglistWithoutAggregator)
+        );
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         dns_server = %settings.dns_server,
         interval = ?settings.interval,
         peer_selector = %settings.peer_selector,
+        peer_discovery = ?settings.peer_discovery,
         mtu_probe_bytes = settings.mtu_probe.map(|m| m.bytes),
         dns_negative_ttl = ?settings.dns_negative_ttl,
         aggregator = settings.aggregator_url.as_ref().map(|u| u.as_str()),

@@ -341,8 +341,8 @@ impl RoundLoop {
             }
             let expectation = view
                 .agents
-                .as_deref()
-                .map(|list| agents.update(list, now_unix_ms()));
+                .as_ref()
+                .map(|truth| agents.update(truth, now_unix_ms()));
             self.prober
                 .icmp
                 .retain_targets(&view.peers.iter().map(|p| p.ip).collect());
@@ -425,6 +425,7 @@ fn log_summary(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::AgentTruth;
     use crate::probes::apiserver::{CaSource, Credentials};
     use netmatrix_api::{ErrorKind, ServiceKind};
     use netmatrix_runtime::k8s::targets::fixtures::info;
@@ -558,13 +559,16 @@ mod tests {
         };
         let view = PeerView {
             peers: vec![info("127.0.0.1")],
-            agents: Some(vec![info("127.0.0.1")]),
+            agents: Some(AgentTruth::complete(vec![info("127.0.0.1")])),
             source: PeerSource::Api,
             skipped_nodes: BTreeMap::new(),
             sampled: None,
             decided_upstream: false,
         };
-        let expectation = AgentHistory::default().update(&[info("127.0.0.1")], now_unix_ms());
+        let expectation = AgentHistory::default().update(
+            &AgentTruth::complete(vec![info("127.0.0.1")]),
+            now_unix_ms(),
+        );
         let report = prober
             .round(3, &view, Some(expectation), &HashSet::new())
             .await;

@@ -154,14 +154,13 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_NODE_CONDITIONS")]
     pub node_conditions: bool,
 
-    /// Compute each agent's pinglist from the watches and serve it at
-    /// `GET /api/v1/pinglist/NODE`, for agents run with
-    /// `--peer-discovery aggregator` (then the aggregator is the only
-    /// watcher of Nodes and probe targets). Off by default while the agents'
-    /// own watches are the default: lists nobody fetches cost memory and CPU
-    /// on a large cluster.
-    #[arg(long, env = "NETMATRIX_SERVE_PINGLISTS")]
-    pub serve_pinglists: bool,
+    /// Serve no pinglists. By default the aggregator computes each agent's
+    /// pinglist from its own watches and serves it at
+    /// `GET /api/v1/pinglist/NODE`, so that it is the only watcher of Nodes
+    /// and probe targets. With this flag agents must be run with
+    /// `--peer-discovery api` and the RBAC to watch pods and Nodes.
+    #[arg(long, env = "NETMATRIX_NO_PINGLISTS")]
+    pub no_pinglists: bool,
 
     /// Pinglists: clusters of up to this many nodes are probed as a full
     /// mesh. Above it each agent's list names its own node and

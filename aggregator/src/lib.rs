@@ -92,12 +92,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
             &args.agent_selector,
             &args.peer_selector,
         );
-        if args.serve_pinglists {
+        if !args.no_pinglists {
             let host = std::env::var("KUBERNETES_SERVICE_HOST").ok();
-            pinglists = Some(PinglistBook::spawn(
-                kube.clone(),
-                args.pinglist_config(host.as_deref()),
-            ));
+            pinglists = Some((kube.clone(), args.pinglist_config(host.as_deref())));
         }
         (
             InventorySource::Kubernetes(kube),
@@ -107,7 +104,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
     let mut aggregator =
         Aggregator::new(inventory, Settings::from_args(&args))?.with_authenticator(authenticator);
-    if let Some(book) = pinglists {
+    if let Some((kube, config)) = pinglists {
+        let book = PinglistBook::spawn(kube, config, aggregator.metrics().pinglists().clone());
         aggregator = aggregator.with_pinglists(book);
     }
     let aggregator = Arc::new(aggregator);

@@ -12,7 +12,8 @@ use netmatrix_api::{CheckGroup, Finding, FindingKind, Matrix, Status};
 use netmatrix_runtime::metrics::GaugeSeries;
 use prometheus::core::{AtomicF64, AtomicI64};
 use prometheus::{
-    GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -34,6 +35,17 @@ pub struct Metrics {
     reports_relayed_total: IntCounter,
     reports_rejected_total: IntCounterVec,
     peers_unplaced_total: IntCounter,
+    pinglists: PinglistMetrics,
+}
+
+/// What the pinglists cost: how many are held, how often their content
+/// changes, how long recomputing them takes, and the polls held open.
+#[derive(Clone)]
+pub struct PinglistMetrics {
+    pub lists: IntGauge,
+    pub changes_total: IntCounter,
+    pub recompute_seconds: Histogram,
+    pub polls_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -143,6 +155,35 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            pinglists: PinglistMetrics {
+                lists: gauge(
+                    "pinglists",
+                    "Pinglists held, one per agent (node and network).",
+                )?,
+                changes_total: {
+                    let c = IntCounter::new(
+                        "pinglist_changes_total",
+                        "Pinglists republished because their content changed (each wakes its agent's poll).",
+                    )?;
+                    registry.register(Box::new(c.clone()))?;
+                    c
+                },
+                recompute_seconds: {
+                    let h = Histogram::with_opts(
+                        HistogramOpts::new(
+                            "pinglist_recompute_seconds",
+                            "Time to recompute the pinglists after watch events or at an epoch boundary.",
+                        )
+                        .buckets(vec![0.001, 0.005, 0.02, 0.1, 0.5, 2.0, 10.0, 60.0]),
+                    )?;
+                    registry.register(Box::new(h.clone()))?;
+                    h
+                },
+                polls_waiting: gauge(
+                    "pinglist_polls_waiting",
+                    "Pinglist long polls held open (at most 1,024; more are answered at once).",
+                )?,
+            },
             registry,
         };
         // Every finding kind exists (at 0) before it first fires: alert rules
@@ -163,6 +204,12 @@ impl Metrics {
         }
         self.peers_unplaced_total
             .inc_by(u64::try_from(unplaced_peers).unwrap_or(u64::MAX));
+    }
+
+    /// The pinglists' instruments, for the task that maintains them and
+    /// the endpoint that serves them.
+    pub fn pinglists(&self) -> &PinglistMetrics {
+        &self.pinglists
     }
 
     pub fn report_rejected(&self, reason: &str) {

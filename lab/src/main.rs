@@ -53,10 +53,11 @@ enum Command {
         /// of it as the kubelet does.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         token_ttl: Duration,
-        /// Agents take their peers from the aggregator's pinglists instead
-        /// of watching the API themselves (`--peer-discovery aggregator`).
+        /// Agents watch the API themselves (`--peer-discovery api`, the
+        /// aggregator `--no-pinglists`) instead of taking their peers from
+        /// the aggregator's pinglists, as the chart runs them.
         #[arg(long)]
-        pinglists: bool,
+        agent_watches: bool,
     },
     /// Remove labs left behind by a killed `up` or test.
     Down {
@@ -174,7 +175,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             no_host_agents,
             node_conditions,
             token_ttl,
-            pinglists,
+            agent_watches,
         } => {
             up(LabConfig {
                 nodes,
@@ -187,7 +188,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 node_conditions,
                 bin_dir,
                 token_ttl,
-                pinglists,
+                pinglists: !agent_watches,
             })
             .await
         }
@@ -298,7 +299,7 @@ async fn show_round(lab: &Lab, view: &mut LiveView) -> anyhow::Result<()> {
     if let Some((name, status)) = lab
         .exited_processes()
         .into_iter()
-        .find(|(name, _)| name == "aggregator")
+        .find(|(name, _)| name == netmatrix_lab::lab::AGGREGATOR_PROCESS)
     {
         bail!(
             "the {name} exited ({status}); see {}",

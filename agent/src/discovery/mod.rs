@@ -47,13 +47,38 @@ pub use filter::{NodeSkip, PodInfo};
 /// aggregator reads its pinglists with the same rules).
 pub use netmatrix_runtime::k8s::targets as filter;
 
+/// The agents the SRV record should list, per the API or the pinglist.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentTruth {
+    /// Running agent pods (this one included).
+    pub agents: Vec<PodInfo>,
+    /// The truth covers part of the cluster only (a sampled pinglist: this
+    /// node and its stable neighbours), so answers naming other agents are
+    /// not judged.
+    pub partial: bool,
+    /// Agents that left that part, and when (Unix ms), as the aggregator saw
+    /// them go: DNS may answer them for a TTL more.
+    pub gone: Vec<(IpAddr, u64)>,
+}
+
+impl AgentTruth {
+    /// The whole truth: every Running agent.
+    pub fn complete(agents: Vec<PodInfo>) -> Self {
+        AgentTruth {
+            agents,
+            partial: false,
+            gone: Vec::new(),
+        }
+    }
+}
+
 /// The peer set for one round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerView {
     pub peers: Vec<PodInfo>,
-    /// Running agent pods (this one included) per the API; `None` when the
-    /// peers did not come from the API, so DNS is not compared with guesses.
-    pub agents: Option<Vec<PodInfo>>,
+    /// What the SRV record should list; `None` when the peers did not come
+    /// from the API or a pinglist, so DNS is not compared with guesses.
+    pub agents: Option<AgentTruth>,
     pub source: PeerSource,
     /// Nodes whose pods are left out of `peers`, and why.
     pub skipped_nodes: BTreeMap<String, NodeSkip>,
@@ -257,7 +282,8 @@ impl Watches {
                 let state = store.state();
                 filter::agents(&filter::running_pods(state.iter().map(|p| p.as_ref())))
             }),
-        };
+        }
+        .map(AgentTruth::complete);
         Some(PeerView {
             peers: filter::peers(&running, &self.me, &skipped_nodes),
             agents,
@@ -534,7 +560,7 @@ mod tests {
         assert_eq!(view.peers.len(), 1);
         assert_eq!(view.peers[0].pod, "agent-2");
         // The SRV truth still has the cordoned node's agent.
-        assert_eq!(view.agents.as_ref().map(Vec::len), Some(3));
+        assert_eq!(view.agents.as_ref().map(|t| t.agents.len()), Some(3));
         assert!(discovery.aggregator_ips().is_empty());
 
         // The API goes away: the watch fails, the peers stay.
@@ -594,7 +620,13 @@ mod tests {
         let view = view_when(&discovery, |v| v.agents.is_some()).await;
         let peers: Vec<_> = view.peers.iter().map(|p| p.pod.as_str()).collect();
         assert_eq!(peers, ["host-agent-2"]);
-        let agents: Vec<_> = view.agents.unwrap().into_iter().map(|p| p.pod).collect();
+        let agents: Vec<_> = view
+            .agents
+            .unwrap()
+            .agents
+            .into_iter()
+            .map(|p| p.pod)
+            .collect();
         assert_eq!(agents, ["agent-1", "agent-2"]);
     }
 }

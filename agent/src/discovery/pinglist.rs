@@ -22,13 +22,13 @@ use netmatrix_api::{
     AgentIdentity, MAX_PINGLIST_BYTES, PINGLIST_PATH, PeerRole, PeerSource, Pinglist, Sampled,
 };
 
-use super::PeerView;
 use super::filter::{self, PodInfo};
+use super::{AgentTruth, PeerView};
 
 /// Seconds a poll asks the aggregator to hold an unchanged list.
 pub const POLL_WAIT_SECS: u64 = 20;
-/// Longest pause between failed polls.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The shortest pause between failed polls, whatever the interval.
+const MIN_RETRY: Duration = Duration::from_millis(500);
 
 /// Why a fetched or stored list was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -252,10 +252,10 @@ pub fn resolve(
         })
         .collect();
     running.sort();
-    // Only a complete truth can be compared with the SRV record: a partial
-    // one would read every other agent as an extra.
-    let agents = list.srv.complete.then(|| {
-        list.srv
+    // A partial truth (sampled) says nothing of the agents outside it.
+    let agents = AgentTruth {
+        agents: list
+            .srv
             .agents
             .iter()
             .map(|a| PodInfo {
@@ -267,8 +267,15 @@ pub fn resolve(
                 ready: a.ready,
                 ready_since_unix_ms: a.ready_since_unix_ms,
             })
-            .collect()
-    });
+            .collect(),
+        partial: !list.srv.complete,
+        gone: list
+            .srv
+            .gone
+            .iter()
+            .map(|g| (g.ip, g.since_unix_ms))
+            .collect(),
+    };
     let sampled = list.sampling.as_ref().map(|s| Sampled {
         nodes: s.ring_nodes,
         probed: included.as_ref().map_or(0, |set| {
@@ -277,7 +284,7 @@ pub fn resolve(
     });
     PeerView {
         peers: filter::peers(&running, me, &skipped_nodes),
-        agents,
+        agents: Some(agents),
         source,
         skipped_nodes,
         sampled,
@@ -296,8 +303,12 @@ fn component(role: PeerRole) -> &'static str {
 
 /// Keeps `source` up to date from the aggregator at `base`: a long poll
 /// with `If-None-Match`, answered at once when the list changes. Failures
-/// keep the held list and retry with backoff; a quick `304` (the
-/// aggregator would not hold the poll) waits one `interval`.
+/// keep the held list and retry every `interval`, without growing backoff,
+/// so that the peers that joined during an aggregator outage are probed
+/// within two rounds of its return. That costs one refused connection per
+/// agent and round while it is down; once it is back, a poll is held
+/// until the list changes, which bounds the load. A quick `304` (the
+/// aggregator would not hold the poll) also waits one `interval`.
 pub async fn poll(
     source: Arc<PinglistSource>,
     client: reqwest::Client,
@@ -305,7 +316,7 @@ pub async fn poll(
     mut token: crate::report::TokenFile,
     interval: Duration,
 ) {
-    let mut backoff = interval.max(Duration::from_secs(1));
+    let retry = interval.max(MIN_RETRY);
     let mut failing_logged = false;
     loop {
         let started = Instant::now();
@@ -316,7 +327,6 @@ pub async fn poll(
                     tracing::info!("the aggregator serves the pinglist again");
                     failing_logged = false;
                 }
-                backoff = interval.max(Duration::from_secs(1));
                 if !changed && started.elapsed() < Duration::from_secs(POLL_WAIT_SECS / 2) {
                     tokio::time::sleep(interval).await;
                 }
@@ -329,8 +339,7 @@ pub async fn poll(
                 } else {
                     tracing::debug!(%error, "pinglist fetch failed");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(retry).await;
             }
         }
     }
@@ -463,8 +472,9 @@ mod tests {
         assert_eq!(view.skipped_nodes.get("n3"), Some(&NodeSkip::Cordoned));
         assert_eq!(view.source, PeerSource::Aggregator);
         assert!(view.sampled.is_none() && view.decided_upstream);
-        let agents = view.agents.unwrap();
-        assert_eq!(agents[0].ready_since_unix_ms, Some(6));
+        let truth = view.agents.unwrap();
+        assert!(!truth.partial);
+        assert_eq!(truth.agents[0].ready_since_unix_ms, Some(6));
         assert_eq!(view.peers[0].component.as_deref(), Some("companion"));
         assert_eq!(view.peers[1].component.as_deref(), Some("agent"));
     }
@@ -478,6 +488,10 @@ mod tests {
         );
         list.nodes.get_mut("n3").unwrap().skip = None;
         list.srv.complete = false;
+        list.srv.gone = vec![netmatrix_api::GoneAgent {
+            ip: "10.244.9.2".parse().unwrap(),
+            since_unix_ms: 9_000,
+        }];
         list.sampling = Some(SamplingWindow {
             ring_nodes: 40,
             epoch_ms: 1000,
@@ -507,8 +521,10 @@ mod tests {
                 probed: 2
             })
         );
-        // A partial SRV truth is not compared with the record.
-        assert!(view.agents.is_none());
+        // A partial SRV truth says so, with the agents that left its part.
+        let truth = view.agents.unwrap();
+        assert!(truth.partial);
+        assert_eq!(truth.gone, vec![("10.244.9.2".parse().unwrap(), 9_000)]);
     }
 
     fn body(list: &Pinglist) -> (String, Vec<u8>) {

@@ -14,6 +14,7 @@ use super::build::PinglistConfig;
 use super::view::ClusterView;
 use super::{Change, Lists, PinglistBook};
 use crate::inventory::KubeInventory;
+use crate::metrics::PinglistMetrics;
 
 /// How long a burst of watch events may settle before the lists are
 /// recomputed: well below the probe interval, so a cordon reaches the
@@ -23,14 +24,23 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 impl PinglistBook {
     /// Starts maintaining a book from `kube`'s watches; it fills once the
     /// nodes, reporters and probe targets have been listed.
-    pub fn spawn(kube: KubeInventory, cfg: PinglistConfig) -> Arc<PinglistBook> {
+    pub fn spawn(
+        kube: KubeInventory,
+        cfg: PinglistConfig,
+        metrics: PinglistMetrics,
+    ) -> Arc<PinglistBook> {
         let book = Arc::new(PinglistBook::default());
-        tokio::spawn(maintain(kube, cfg, Arc::clone(&book)));
+        tokio::spawn(maintain(kube, cfg, Arc::clone(&book), metrics));
         book
     }
 }
 
-async fn maintain(kube: KubeInventory, cfg: PinglistConfig, book: Arc<PinglistBook>) {
+async fn maintain(
+    kube: KubeInventory,
+    cfg: PinglistConfig,
+    book: Arc<PinglistBook>,
+    metrics: PinglistMetrics,
+) {
     let epoch_ms = cfg.epoch_ms.max(1);
     let mut lists = Some(Lists::new(cfg.clone()));
     let mut last_epoch = cfg.epoch(now_unix_ms());
@@ -52,6 +62,7 @@ async fn maintain(kube: KubeInventory, cfg: PinglistConfig, book: Arc<PinglistBo
         let tick = epoch != last_epoch;
         last_epoch = epoch;
         let mut state = lists.take().unwrap_or_else(|| Lists::new(cfg.clone()));
+        let started = std::time::Instant::now();
         let work = tokio::task::spawn_blocking(move || {
             let mut changes: Vec<Change> = Vec::new();
             if changed || state.is_empty() {
@@ -71,6 +82,15 @@ async fn maintain(kube: KubeInventory, cfg: PinglistConfig, book: Arc<PinglistBo
         match work.await {
             Ok((state, changes)) => {
                 let count = book.apply(changes);
+                metrics
+                    .recompute_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics
+                    .changes_total
+                    .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+                metrics
+                    .lists
+                    .set(i64::try_from(book.len()).unwrap_or(i64::MAX));
                 if count > 0 {
                     tracing::debug!(lists = state.len(), changed = count, "pinglists updated");
                 }

@@ -13,11 +13,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use netmatrix_api::sampling::{PeerSampling, Ring};
 use netmatrix_api::{DNS_MAX_NEGATIVE_TTL_MS, GoneAgent, NetworkMode, Pinglist, etag};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 pub mod build;
 pub mod maintain;
@@ -349,6 +350,8 @@ fn neighbourhood(sampling: &PeerSampling) -> PeerSampling {
 #[derive(Debug, Default)]
 pub struct PinglistBook {
     entries: RwLock<HashMap<Key, watch::Sender<Arc<Published>>>>,
+    /// Woken when lists appear: polls that came before their list wait here.
+    created: Notify,
 }
 
 impl PinglistBook {
@@ -372,6 +375,30 @@ impl PinglistBook {
             .map(watch::Sender::subscribe)
     }
 
+    /// As [`subscribe`](Self::subscribe), waiting up to `wait` for the list
+    /// to exist: an agent that polls before the aggregator has seen its pod
+    /// (a new node, or the aggregator just started) gets its list as soon
+    /// as it is built rather than a retry later.
+    pub async fn subscribe_within(
+        &self,
+        node: &str,
+        network: NetworkMode,
+        wait: Duration,
+    ) -> Option<watch::Receiver<Arc<Published>>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the look-up, so a list created in between
+            // is not missed.
+            let created = self.created.notified();
+            if let Some(list) = self.subscribe(node, network) {
+                return Some(list);
+            }
+            if tokio::time::timeout_at(deadline, created).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         entries.len()
@@ -384,6 +411,7 @@ impl PinglistBook {
     /// Publishes `changes`; returns how many lists changed.
     pub fn apply(&self, changes: Vec<Change>) -> usize {
         let count = changes.len();
+        let mut created = false;
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         for change in changes {
             match change {
@@ -393,6 +421,7 @@ impl PinglistBook {
                     }
                     None => {
                         entries.insert(key, watch::Sender::new(published));
+                        created = true;
                     }
                 },
                 // Dropping the sender ends its receivers' waits.
@@ -400,6 +429,10 @@ impl PinglistBook {
                     entries.remove(&key);
                 }
             }
+        }
+        drop(entries);
+        if created {
+            self.created.notify_waiters();
         }
         count
     }

@@ -59,7 +59,15 @@ pub(super) async fn get_pinglist(
         Ok(network) => network,
         Err(rejection) => return rejection_response(&rejection),
     };
-    let Some(mut list) = book.subscribe(&node, network) else {
+    let wait = Duration::from_secs(wait.min(MAX_PINGLIST_WAIT_SECS));
+    let started = tokio::time::Instant::now();
+    // Past the bound, answer now: the agent asks again a round later.
+    let waiting = state.long_polls.clone().try_acquire_owned().ok();
+    let list = match &waiting {
+        Some(_) => book.subscribe_within(&node, network, wait).await,
+        None => book.subscribe(&node, network),
+    };
+    let Some(mut list) = list else {
         return no_pinglist(
             "no list for this agent yet: the aggregator has not seen its pod Running in the API; retry",
         );
@@ -68,12 +76,8 @@ pub(super) async fn get_pinglist(
     if !held_by_client(&headers, &current.etag) {
         return ok(&current);
     }
-    let wait = Duration::from_secs(wait.min(MAX_PINGLIST_WAIT_SECS));
-    // Past the bound, answer now: the agent asks again a round later.
-    let Ok(_waiting) = state.long_polls.clone().try_acquire_owned() else {
-        return not_modified(&current.etag);
-    };
-    if wait.is_zero() {
+    let wait = wait.saturating_sub(started.elapsed());
+    if waiting.is_none() || wait.is_zero() {
         return not_modified(&current.etag);
     }
     match tokio::time::timeout(wait, list.changed()).await {

@@ -88,6 +88,11 @@ pub(super) async fn get_findings(State(state): State<AppState>) -> Json<Findings
 
 pub(super) async fn get_metrics(State(state): State<AppState>) -> Response {
     let metrics = state.aggregator.metrics();
+    let waiting = super::pinglist::MAX_WAITERS.saturating_sub(state.long_polls.available_permits());
+    metrics
+        .pinglists()
+        .polls_waiting
+        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     match metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics.content_type())], text).into_response(),
         Err(error) => {

@@ -553,4 +553,77 @@ mod pinglists {
         let got: Pinglist = serde_json::from_slice(&body).unwrap();
         assert_eq!(got.aggregators.len(), 1);
     }
+
+    #[tokio::test]
+    async fn a_poll_that_comes_before_its_list_gets_it_once_built() {
+        let (app, book) = app_with_lists();
+        let poll = tokio::spawn({
+            let app = app.clone();
+            async move {
+                get(
+                    &app,
+                    Some("token-agent-n2"),
+                    "/api/v1/pinglist/n2?wait=20",
+                    None,
+                )
+                .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!poll.is_finished(), "held until n2's list exists");
+        let etag = publish(&book, &list("n2", NetworkMode::Pod, 0));
+        let (status, headers, _) = tokio::time::timeout(std::time::Duration::from_secs(5), poll)
+            .await
+            .expect("answered when the list appears")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(etag_of(&headers), etag);
+    }
+
+    /// Many open polls (a hostile client, or a cluster larger than the
+    /// bound): past [`MAX_WAITERS`](super::super::pinglist::MAX_WAITERS)
+    /// they are answered at once, and the held ones still end at a change.
+    #[tokio::test]
+    async fn waiting_polls_are_bounded() {
+        let (app, book) = app_with_lists();
+        let (_, headers, _) = get(&app, Some("token-agent-n1"), "/api/v1/pinglist/n1", None).await;
+        let etag = etag_of(&headers);
+        let uri = "/api/v1/pinglist/n1?wait=25";
+        let held: Vec<_> = (0..super::super::pinglist::MAX_WAITERS)
+            .map(|_| {
+                let (app, etag) = (app.clone(), etag.clone());
+                tokio::spawn(
+                    async move { get(&app, Some("token-agent-n1"), uri, Some(&etag)).await },
+                )
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            held.iter().all(|p| !p.is_finished()),
+            "the first polls are held"
+        );
+        let started = std::time::Instant::now();
+        let (status, _, _) = get(&app, Some("token-agent-n1"), uri, Some(&etag)).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "answered at once"
+        );
+        // A report is still taken meanwhile.
+        let (status, body) = send(&app, "POST", REPORTS_PATH, good_report()).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        publish(&book, &list("n1", NetworkMode::Pod, 2));
+        for poll in held {
+            let (status, _, _) = tokio::time::timeout(std::time::Duration::from_secs(5), poll)
+                .await
+                .expect("a held poll ends at the change")
+                .unwrap();
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
 }

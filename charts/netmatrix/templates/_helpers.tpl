@@ -79,6 +79,34 @@ still watch the API.
   readOnly: true
 {{- end -}}
 
+{{/*
+The agents' state: the last pinglist, kept in an emptyDir so that a
+restarted container probes it before the aggregator answers (the root
+filesystem is read-only). Outlives the container, not the pod.
+*/}}
+{{- define "netmatrix.stateDir" -}}/var/lib/netmatrix{{- end -}}
+
+{{- define "netmatrix.stateVolume" -}}
+- name: state
+  emptyDir:
+    sizeLimit: 32Mi
+{{- end -}}
+
+{{- define "netmatrix.stateVolumeMount" -}}
+- name: state
+  mountPath: {{ include "netmatrix.stateDir" . }}
+{{- end -}}
+
+{{/* The sampling settings, for whoever computes the peers. */}}
+{{- define "netmatrix.samplingEnv" -}}
+- name: NETMATRIX_FULL_MESH_MAX_NODES
+  value: {{ .Values.sampling.fullMeshMaxNodes | int64 | quote }}
+- name: NETMATRIX_SAMPLED_NODES
+  value: {{ .Values.sampling.sampledNodes | int64 | quote }}
+- name: NETMATRIX_ROTATING_NODES
+  value: {{ .Values.sampling.rotatingNodes | int64 | quote }}
+{{- end -}}
+
 {{/* The node's primary address, for listeners on the host network. */}}
 {{- define "netmatrix.hostIPEnv" -}}
 - name: HOST_IP
@@ -151,6 +179,14 @@ expands $(VAR) references to them.
   value: {{ .Values.aggregator.port | quote }}
 - name: NETMATRIX_TOKEN_FILE
   value: {{ printf "%s/token" (include "netmatrix.tokenDir" .) | quote }}
+- name: NETMATRIX_PEER_DISCOVERY
+  value: {{ .Values.peerDiscovery | quote }}
+{{- if eq .Values.peerDiscovery "aggregator" }}
+- name: NETMATRIX_PINGLIST_FILE
+  value: {{ printf "%s/pinglist.json" (include "netmatrix.stateDir" .) | quote }}
+{{- else }}
+{{ include "netmatrix.samplingEnv" . }}
+{{- end }}
 - name: NETMATRIX_SRV_NAME
   value: {{ printf "_metrics._tcp.%s.%s.svc.%s." (include "netmatrix.agentsService" .) .Release.Namespace (trimSuffix "." .Values.clusterDomain) | quote }}
 {{- $agg := include "netmatrix.serviceEnv" (include "netmatrix.aggregatorService" .) }}

@@ -93,11 +93,12 @@ pub struct ControlPlaneArgs {
     /// Namespace prefix (default: random, nm + 6 hex digits).
     #[arg(long)]
     prefix: Option<String>,
-    /// The agents take their peers from the aggregator's pinglists
-    /// (`--peer-discovery aggregator`; the aggregator `--serve-pinglists`)
-    /// instead of watching the API: the "after" of design 20.
+    /// The agents watch the API themselves (`--peer-discovery api`; the
+    /// aggregator `--no-pinglists`): the "before", when every agent watched
+    /// every Node. By default they take their peers from the aggregator's
+    /// pinglists, as the chart runs them.
     #[arg(long)]
-    pinglists: bool,
+    agent_watches: bool,
 }
 
 /// One of the bench's nodes: its name and addresses.
@@ -399,7 +400,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         ]
         .map(String::from)
         .into_iter()
-        .chain(args.pinglists.then(|| "--serve-pinglists".to_owned()))
+        .chain(args.agent_watches.then(|| "--no-pinglists".to_owned()))
         .collect(),
         env: pod_env(&aggregator_config),
     })?;
@@ -425,9 +426,9 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
             .state()
             .write(&format!("token-{}", agent.pod), &token)?;
         let mut spec = agent.spec(&bins, &interval, &config, &token_file);
-        if args.pinglists {
+        if args.agent_watches {
             spec.args
-                .extend(["--peer-discovery", "aggregator"].map(String::from));
+                .extend(["--peer-discovery", "api"].map(String::from));
         }
         procs.start(spec)?;
     }
@@ -439,7 +440,11 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         scratch.state().path().display()
     );
 
-    let source = if args.pinglists { "aggregator" } else { "api" };
+    let source = if args.agent_watches {
+        "api"
+    } else {
+        "aggregator"
+    };
     wait_for_sync(&agents, &procs, &clients, source, args.sync_timeout).await?;
     let synced = clients.snapshot();
     tracing::info!(idle = ?args.idle, "synced; measuring idle");

@@ -5,13 +5,16 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{AgentNetwork, Lab, LabError, agent_process, companion_process, lock, objects};
+use super::{
+    AGGREGATOR_PROCESS, AgentNetwork, Lab, LabError, agent_process, companion_process, lock,
+    objects,
+};
 use crate::net::network;
 use crate::net::services;
 use crate::net::topology::{NAMESPACE, NodePlan, PodPlan, Topology};
 
 impl Lab {
-    fn node_plan(&self, node: &str) -> Result<NodePlan, LabError> {
+    pub(super) fn node_plan(&self, node: &str) -> Result<NodePlan, LabError> {
         self.topology()
             .node(node)
             .cloned()
@@ -33,6 +36,23 @@ impl Lab {
             return Err(LabError::UnknownNode(node.to_owned()));
         }
         tracing::info!(node, cordoned = on, "node schedulability changed");
+        Ok(())
+    }
+
+    /// Kills the aggregator (its pod deleted, or its container crashed):
+    /// what it held in memory is gone. The agents keep probing the lists
+    /// they hold. [`start_aggregator`](Self::start_aggregator) brings it back.
+    pub fn stop_aggregator(&self) -> Result<(), LabError> {
+        self.procs.stop(AGGREGATOR_PROCESS)?;
+        tracing::info!("aggregator stopped");
+        Ok(())
+    }
+
+    /// Starts the aggregator again after [`stop_aggregator`](Self::stop_aggregator):
+    /// a fresh process, which lists the API again.
+    pub fn start_aggregator(&self) -> Result<(), LabError> {
+        self.procs.start(self.aggregator_spec()?)?;
+        tracing::info!("aggregator started");
         Ok(())
     }
 

@@ -78,9 +78,9 @@ pub struct LabConfig {
     /// at 80 % of it, as the kubelet does (the chart asks for an hour; the
     /// real minimum is 10 minutes, the emulator allows less for tests).
     pub token_ttl: Duration,
-    /// Agents take their peers from the aggregator's pinglists
-    /// (`--peer-discovery aggregator`, the aggregator `--serve-pinglists`)
-    /// instead of watching the API themselves.
+    /// Agents take their peers from the aggregator's pinglists, as the chart
+    /// runs them (the default). `false`: the agents watch the API themselves
+    /// (`--peer-discovery api`, the aggregator `--no-pinglists`).
     pub pinglists: bool,
 }
 
@@ -97,7 +97,7 @@ impl Default for LabConfig {
             node_conditions: false,
             bin_dir: None,
             token_ttl: DEFAULT_TOKEN_TTL,
-            pinglists: false,
+            pinglists: true,
         }
     }
 }
@@ -516,7 +516,7 @@ impl Lab {
     /// Freezes the aggregator process (SIGSTOP) or lets it resume: the
     /// aggregator's own stall, which must not read as every agent silent.
     pub fn pause_aggregator(&self, paused: bool) -> Result<(), LabError> {
-        Ok(self.procs.pause("aggregator", paused)?)
+        Ok(self.procs.pause(AGGREGATOR_PROCESS, paused)?)
     }
 
     /// Undoes every applied fault, newest first. Returns what was healed.
@@ -679,6 +679,47 @@ impl Lab {
         std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))
     }
 
+    /// The last round an agent completed, from its own `/status` (read in
+    /// its namespace, on its loopback, as `kubectl port-forward` would):
+    /// what it probes whether or not the aggregator hears it. `None` before
+    /// its first round.
+    pub fn agent_last_round(
+        &self,
+        node: &str,
+        network: AgentNetwork,
+    ) -> Result<Option<netmatrix_api::Report>, LabError> {
+        use std::io::{Read, Write};
+        let plan = self.node_plan(node)?;
+        let netns = match network {
+            AgentNetwork::Pod => plan.agent.netns.clone(),
+            AgentNetwork::Host => plan.netns.clone(),
+        };
+        let addr = agent_status_addr(network);
+        let what = format!("GET /status of {}", agent_process(&plan, network));
+        let response = netns::in_netns(&netns, move || {
+            let timeout = Duration::from_secs(2);
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.write_all(
+                b"GET /status HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+            )?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response)?;
+            Ok(response)
+        })?;
+        let response = String::from_utf8_lossy(&response);
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        #[derive(serde::Deserialize)]
+        struct Status {
+            last_round: Option<netmatrix_api::Report>,
+        }
+        let status: Status = serde_json::from_str(body).map_err(|e| LabError::Http {
+            url: what,
+            message: e.to_string(),
+        })?;
+        Ok(status.last_round)
+    }
+
     /// TokenReviews the API emulator has answered so far.
     pub fn token_reviews(&self) -> u64 {
         self.kubelet.authority().reviews()
@@ -771,12 +812,12 @@ impl Lab {
         let cp = topo.control_plane();
         let interval = humantime::format_duration(self.config.interval).to_string();
         let kubeconfig = self.process_kubeconfig(
-            "aggregator",
+            AGGREGATOR_PROCESS,
             &ClientId::pod(NAMESPACE, AGGREGATOR_SERVICE_ACCOUNT, AGGREGATOR_POD),
             &topo.apiserver_node_url(),
         )?;
         Ok(ProcessSpec {
-            name: "aggregator".into(),
+            name: AGGREGATOR_PROCESS.into(),
             netns: cp.netns.clone(),
             program: self.binaries()?.aggregator.clone(),
             args: [
@@ -800,19 +841,14 @@ impl Lab {
                     .node_conditions
                     .then(|| "--node-conditions".to_owned()),
             )
-            .chain(
-                self.config
-                    .pinglists
-                    .then(|| {
-                        [
-                            "--serve-pinglists".to_owned(),
-                            "--advertise".to_owned(),
-                            format!("{}:{AGGREGATOR_PORT}", cp.ip),
-                        ]
-                    })
-                    .into_iter()
-                    .flatten(),
-            )
+            .chain(if self.config.pinglists {
+                vec![
+                    "--advertise".to_owned(),
+                    format!("{}:{AGGREGATOR_PORT}", cp.ip),
+                ]
+            } else {
+                vec!["--no-pinglists".to_owned()]
+            })
             .collect(),
             env: self.base_env(&kubeconfig),
         })
@@ -917,16 +953,15 @@ impl Lab {
             );
         }
         if self.config.pinglists {
-            // The emptyDir of the chart: the state directory, per pod.
+            // The peers come from the aggregator (the agent's default with
+            // --aggregator-url). The emptyDir of the chart: the state
+            // directory, per pod.
             let file = self
                 .state_dir()
                 .file(&format!("pinglist-{}.json", agent_process(node, network)));
-            args.extend([
-                "--peer-discovery".to_owned(),
-                "aggregator".to_owned(),
-                "--pinglist-file".to_owned(),
-                file.display().to_string(),
-            ]);
+            args.extend(["--pinglist-file".to_owned(), file.display().to_string()]);
+        } else {
+            args.extend(["--peer-discovery", "api"].map(String::from));
         }
         Ok(ProcessSpec {
             name: agent_process(node, network),
@@ -1060,6 +1095,9 @@ pub fn agent_status_addr(network: AgentNetwork) -> SocketAddr {
     };
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
+
+/// The aggregator's process name (and log file name).
+pub const AGGREGATOR_PROCESS: &str = "aggregator";
 
 /// The pod agent's `/status` port on its loopback (the agent's default).
 pub const AGENT_STATUS_PORT: u16 = 9092;

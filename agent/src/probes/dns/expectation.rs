@@ -11,7 +11,7 @@ use std::time::Duration;
 use netmatrix_api::{ErrorKind, ProbeError};
 
 use super::{MAX_LISTED, MAX_SOA_NEGATIVE_TTL, NegativeAnswer};
-use crate::discovery::PodInfo;
+use crate::discovery::AgentTruth;
 
 /// A Ready agent pod: what the SRV answer should list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,9 @@ pub struct SrvExpectation {
     /// milliseconds): a cached positive answer may list them for up to the
     /// TTL after that.
     pub departed: HashMap<IpAddr, u64>,
+    /// The truth covers part of the cluster (a sampled pinglist): answered
+    /// agents it does not know are not extras. Those it saw leave still are.
+    pub outside_scope_ok: bool,
 }
 
 /// What the loop remembers of the agent pods, to tell DNS lagging the API
@@ -53,7 +56,13 @@ pub struct AgentHistory {
 impl AgentHistory {
     /// Records this round's agents (per the API) and returns what the SRV
     /// answer should be compared with.
-    pub fn update(&mut self, agents: &[PodInfo], now_unix_ms: u64) -> SrvExpectation {
+    pub fn update(&mut self, truth: &AgentTruth, now_unix_ms: u64) -> SrvExpectation {
+        let agents = &truth.agents;
+        // The aggregator saw these leave the scope, maybe before this agent
+        // started: the time they left is its.
+        for (ip, since) in &truth.gone {
+            self.departed.entry(*ip).or_insert(*since);
+        }
         let mut next = HashMap::new();
         let mut expected = Vec::new();
         for agent in agents.iter().filter(|a| a.ready) {
@@ -78,9 +87,14 @@ impl AgentHistory {
             next.insert(key, since);
         }
         let still: HashSet<IpAddr> = next.keys().map(|(_, ip)| *ip).collect();
-        for (_, ip) in self.expected_since.keys() {
-            if !still.contains(ip) {
-                self.departed.entry(*ip).or_insert(now_unix_ms);
+        // Gone from a partial truth may mean gone from its scope only (the
+        // ring changed), not from the cluster: there, only the
+        // aggregator's `gone` says an agent left.
+        if !truth.partial {
+            for (_, ip) in self.expected_since.keys() {
+                if !still.contains(ip) {
+                    self.departed.entry(*ip).or_insert(now_unix_ms);
+                }
             }
         }
         // Kept as long as the longest TTL an SOA may impose.
@@ -97,6 +111,7 @@ impl AgentHistory {
                 .map(|a| a.ip)
                 .collect(),
             departed: self.departed.clone(),
+            outside_scope_ok: truth.partial,
         }
     }
 }
@@ -155,6 +170,8 @@ struct Tolerance {
     optional: HashSet<String>,
     /// Departure time of records the API had, Unix milliseconds.
     departed: HashMap<String, u64>,
+    /// Only `departed` records are extras (a partial truth).
+    outside_scope_ok: bool,
 }
 
 /// The A answer must be exactly `expected`. The expectation counts from the
@@ -214,6 +231,7 @@ pub fn compare_srv(
             .iter()
             .map(|(ip, t)| (ip.to_string(), *t))
             .collect(),
+        outside_scope_ok: expectation.outside_scope_ok,
     };
     let found: BTreeSet<String> = found.iter().map(ToString::to_string).collect();
     let input = Comparison {
@@ -275,6 +293,9 @@ impl Comparison<'_> {
             .found
             .iter()
             .filter(|r| !wanted.contains(r.as_str()) && !self.tolerance.optional.contains(*r))
+            .filter(|r| {
+                !self.tolerance.outside_scope_ok || self.tolerance.departed.contains_key(*r)
+            })
             .collect();
         history.extra_since.retain(|r, _| extra.contains(&r));
         let mut stale = Vec::new();
@@ -349,6 +370,7 @@ fn join<T: ToString>(items: impl ExactSizeIterator<Item = T>) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::discovery::PodInfo;
     use crate::probes::dns::DEFAULT_NEGATIVE_TTL;
     use netmatrix_runtime::k8s::targets::fixtures::info;
 
@@ -456,6 +478,7 @@ pub(super) mod tests {
                 // Left 40 s ago: it should be gone by now.
                 ("10.244.8.8".parse().unwrap(), NOW - 40_000),
             ]),
+            outside_scope_ok: false,
         };
         let mut h = History::new(0);
         let found = [
@@ -546,17 +569,20 @@ pub(super) mod tests {
         const T0: u64 = 1_000_000;
         let mut h = AgentHistory::default();
         // First view: the API's Ready time (the agent restarted, not the pods).
-        let e = h.update(&[ready_since("10.0.0.1", 10), info("10.0.0.2")], T0);
+        let e = h.update(
+            &truth(vec![ready_since("10.0.0.1", 10), info("10.0.0.2")]),
+            T0,
+        );
         assert_eq!(since_of(&e, "10.0.0.1"), Some(10));
         assert_eq!(since_of(&e, "10.0.0.2"), Some(T0));
         // Later arrivals count from when this agent first saw them, even if
         // the API says they became Ready earlier.
         let e = h.update(
-            &[
+            &truth(vec![
                 ready_since("10.0.0.1", 10),
                 info("10.0.0.2"),
                 ready_since("10.0.0.3", 5),
-            ],
+            ]),
             T0 + 1_000,
         );
         assert_eq!(since_of(&e, "10.0.0.3"), Some(T0 + 1_000));
@@ -567,7 +593,10 @@ pub(super) mod tests {
         // DNS; the unready one is optional, not departed.
         let mut unready = ready_since("10.0.0.3", 5);
         unready.ready = false;
-        let e = h.update(&[ready_since("10.0.0.1", 10), unready], T0 + 2_000);
+        let e = h.update(
+            &truth(vec![ready_since("10.0.0.1", 10), unready]),
+            T0 + 2_000,
+        );
         assert_eq!(e.agents.len(), 1);
         assert_eq!(
             e.departed,
@@ -578,7 +607,87 @@ pub(super) mod tests {
         );
         assert_eq!(e.optional, HashSet::from(["10.0.0.3".parse().unwrap()]));
         // Forgotten after the longest TTL.
-        let e = h.update(&[ready_since("10.0.0.1", 10)], T0 + 2_000 + 1_800_000);
+        let e = h.update(
+            &truth(vec![ready_since("10.0.0.1", 10)]),
+            T0 + 2_000 + 1_800_000,
+        );
         assert!(e.departed.is_empty());
+    }
+
+    fn truth(agents: Vec<PodInfo>) -> AgentTruth {
+        AgentTruth::complete(agents)
+    }
+
+    /// A sampled pinglist's truth covers this node and its stable
+    /// neighbours: the other agents DNS answers are not extras, an agent of
+    /// the scope missing from DNS still is, and so is one the aggregator saw
+    /// leave, once the TTL has passed since it left.
+    #[test]
+    fn a_partial_truth_judges_its_scope_only() {
+        const T0: u64 = 10_000_000;
+        let ttl = Duration::from_secs(30);
+        let partial = |agents: Vec<PodInfo>, gone: Vec<(IpAddr, u64)>| AgentTruth {
+            agents,
+            partial: true,
+            gone,
+        };
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let found = |ips: &[&str]| ips.iter().map(|s| ip(s)).collect::<BTreeSet<IpAddr>>();
+        let mut h = AgentHistory::default();
+        let mut history = History::new(T0);
+        let scope = vec![ready_since("10.0.0.1", 10), ready_since("10.0.0.2", 10)];
+        let e = h.update(&partial(scope.clone(), vec![]), T0);
+        assert!(e.outside_scope_ok);
+        // Everyone in the scope, and agents beyond it: fine.
+        let v = compare_srv(
+            "srv",
+            &found(&["10.0.0.1", "10.0.0.2", "10.0.9.9"]),
+            &e,
+            None,
+            ttl,
+            &mut history,
+            T0,
+        );
+        assert!(v.error.is_none() && v.pending.is_empty(), "{v:?}");
+        // An agent of the scope missing for long: wrong.
+        let v = compare_srv(
+            "srv",
+            &found(&["10.0.0.1", "10.0.9.9"]),
+            &e,
+            None,
+            ttl,
+            &mut history,
+            T0,
+        );
+        assert!(v.error.is_some(), "{v:?}");
+        // 10.0.0.2 leaves the scope (the ring changed), not the cluster:
+        // DNS still answers it, rightly.
+        let e = h.update(&partial(vec![scope[0].clone()], vec![]), T0 + 60_000);
+        let v = compare_srv(
+            "srv",
+            &found(&["10.0.0.1", "10.0.0.2"]),
+            &e,
+            None,
+            ttl,
+            &mut history,
+            T0 + 120_000,
+        );
+        assert!(v.error.is_none(), "{v:?}");
+        // The aggregator saw 10.0.0.3 leave at T0: still answered after the
+        // TTL is stale.
+        let e = h.update(
+            &partial(vec![scope[0].clone()], vec![(ip("10.0.0.3"), T0)]),
+            T0 + 120_000,
+        );
+        let v = compare_srv(
+            "srv",
+            &found(&["10.0.0.1", "10.0.0.3"]),
+            &e,
+            None,
+            ttl,
+            &mut history,
+            T0 + 120_000,
+        );
+        assert!(v.error.is_some(), "{v:?}");
     }
 }
