@@ -141,7 +141,10 @@ impl Metrics {
             },
             reports_rejected_total: {
                 let c = IntCounterVec::new(
-                    Opts::new("reports_rejected_total", "Reports rejected, by reason."),
+                    Opts::new(
+                        "reports_rejected_total",
+                        "Reports rejected, by reason (pinglist fetches refused for their token too).",
+                    ),
                     &["reason"],
                 )?;
                 registry.register(Box::new(c.clone()))?;

@@ -66,7 +66,37 @@ pub fn ring_position(node: &str) -> u64 {
 /// Nodes in ring order.
 #[derive(Debug, Clone)]
 pub struct Ring<'a> {
-    nodes: Vec<(u64, &'a str)>,
+    nodes: RingNodes<'a>,
+}
+
+/// A ring built here, or one its owner keeps in ring order.
+#[derive(Debug, Clone)]
+enum RingNodes<'a> {
+    Built(Vec<(u64, &'a str)>),
+    Kept(&'a [(u64, String)]),
+}
+
+impl<'a> RingNodes<'a> {
+    fn len(&self) -> usize {
+        match self {
+            RingNodes::Built(nodes) => nodes.len(),
+            RingNodes::Kept(nodes) => nodes.len(),
+        }
+    }
+
+    fn name(&self, i: usize) -> &'a str {
+        match self {
+            RingNodes::Built(nodes) => nodes[i].1,
+            RingNodes::Kept(nodes) => nodes[i].1.as_str(),
+        }
+    }
+
+    fn search(&self, key: (u64, &str)) -> Result<usize, usize> {
+        match self {
+            RingNodes::Built(nodes) => nodes.binary_search_by(|(h, n)| (*h, *n).cmp(&key)),
+            RingNodes::Kept(nodes) => nodes.binary_search_by(|(h, n)| (*h, n.as_str()).cmp(&key)),
+        }
+    }
 }
 
 impl<'a> Ring<'a> {
@@ -76,7 +106,19 @@ impl<'a> Ring<'a> {
             nodes.into_iter().map(|n| (ring_position(n), n)).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        Ring { nodes }
+        Ring {
+            nodes: RingNodes::Built(nodes),
+        }
+    }
+
+    /// The ring of nodes its owner keeps in ring order, by
+    /// [`ring_position`] then name, without duplicates (so that a ring of
+    /// 100,000 nodes is neither sorted nor copied on every change).
+    pub fn from_sorted(nodes: &'a [(u64, String)]) -> Self {
+        debug_assert!(nodes.windows(2).all(|w| w[0] < w[1]), "not in ring order");
+        Ring {
+            nodes: RingNodes::Kept(nodes),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -84,7 +126,7 @@ impl<'a> Ring<'a> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.nodes.len() == 0
     }
 
     /// Remote nodes `me` probes in `epoch`, `me` excluded: the
@@ -140,7 +182,7 @@ impl<'a> Ring<'a> {
     fn locate(&self, me: &str) -> Place {
         let len = self.nodes.len();
         let key = (ring_position(me), me);
-        let (start, on_ring) = match self.nodes.binary_search_by(|(h, n)| (*h, *n).cmp(&key)) {
+        let (start, on_ring) = match self.nodes.search(key) {
             Ok(i) => (i + 1, true),
             Err(i) => (i, false),
         };
@@ -154,13 +196,14 @@ impl<'a> Ring<'a> {
 
     /// `ahead(0)` is the node following `me`.
     fn ahead(&self, at: &Place, offset: usize) -> &'a str {
-        self.nodes[(at.start + offset) % at.len].1
+        self.nodes.name((at.start + offset) % at.len)
     }
 
     /// `behind(0)` is the node before `me`.
     fn behind(&self, at: &Place, offset: usize) -> &'a str {
         let back = 1 + usize::from(at.on_ring) + offset;
-        self.nodes[(at.start + at.len * 2 - back % at.len) % at.len].1
+        self.nodes
+            .name((at.start + at.len * 2 - back % at.len) % at.len)
     }
 }
 
@@ -201,6 +244,31 @@ mod tests {
             full_mesh_max_nodes: 200,
             stable: 50,
             rotating: 2,
+        }
+    }
+
+    /// A ring its owner keeps sorted answers as the ring built from names,
+    /// for nodes on it and off it.
+    #[test]
+    fn a_kept_ring_is_the_built_ring() {
+        let all = names(1000);
+        let mut kept: Vec<(u64, String)> =
+            all.iter().map(|n| (ring_position(n), n.clone())).collect();
+        kept.sort();
+        let built = Ring::new(all.iter().map(String::as_str));
+        let borrowed = Ring::from_sorted(&kept);
+        for me in all
+            .iter()
+            .map(String::as_str)
+            .chain(["elsewhere", "node-x"])
+        {
+            for epoch in [0, 7] {
+                assert_eq!(
+                    built.targets(me, &sampled(), epoch),
+                    borrowed.targets(me, &sampled(), epoch),
+                    "{me}"
+                );
+            }
         }
     }
 
@@ -380,15 +448,15 @@ mod tests {
         let nodes = &ring.nodes;
         let len = nodes.len();
         let key = (ring_position(me), me);
-        let (start, on_ring) = match nodes.binary_search_by(|(h, n)| (*h, *n).cmp(&key)) {
+        let (start, on_ring) = match nodes.search(key) {
             Ok(i) => (i + 1, true),
             Err(i) => (i, false),
         };
         let others = len - usize::from(on_ring);
-        let ahead = |offset: usize| nodes[(start + offset) % len].1;
+        let ahead = |offset: usize| nodes.name((start + offset) % len);
         let behind = |offset: usize| {
             let back = 1 + usize::from(on_ring) + offset;
-            nodes[(start + len * 2 - back % len) % len].1
+            nodes.name((start + len * 2 - back % len) % len)
         };
         if len <= sampling.full_mesh_max_nodes || others <= sampling.per_agent() {
             return (0..others).map(ahead).collect();

@@ -369,7 +369,7 @@ where
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
     };
-    k8s::spawn_reflector(api, config, what, trim, || {})
+    k8s::spawn_reflector(api, config, what, trim, |_| {})
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! keep their last state when the API server becomes unreachable, which is
 //! exactly when the operator needs the aggregator to keep judging reports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, NodeSpec, NodeStatus, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use netmatrix_api::{AgentIdentity, NetworkMode, NodeState};
@@ -434,6 +434,43 @@ impl Inventory {
 const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
 const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
 
+/// Drops what the aggregator does not read before a Node enters the
+/// watch's cache: a real Node is 10 to 50 KB, mostly its image list, and
+/// the aggregator caches every Node (5 GB at 100,000 nodes untrimmed). Kept:
+/// the name, creation time and labels; flannel's two annotations; the pod
+/// CIDRs and `unschedulable`; the Ready condition and the addresses.
+pub fn trim_node(node: &mut Node) {
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == FLANNEL_PUBLIC_IP || k == FLANNEL_BACKEND_DATA);
+    }
+    if let Some(spec) = node.spec.as_mut() {
+        *spec = NodeSpec {
+            pod_cidr: spec.pod_cidr.take(),
+            pod_cidrs: spec.pod_cidrs.take(),
+            unschedulable: spec.unschedulable,
+            ..Default::default()
+        };
+    }
+    if let Some(status) = node.status.as_mut() {
+        *status = NodeStatus {
+            addresses: status.addresses.take(),
+            conditions: status
+                .conditions
+                .take()
+                .map(|c| c.into_iter().filter(|c| c.type_ == k8s::READY).collect()),
+            ..Default::default()
+        };
+    }
+}
+
+/// The node a pod is bound to.
+fn pod_node(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref()?.node_name.clone()
+}
+
 /// `spec.podCIDRs`, else `spec.podCIDR`, parsed.
 fn pod_cidrs(node: &Node) -> Vec<Cidr> {
     let spec = node.spec.as_ref();
@@ -638,7 +675,75 @@ struct WatchState {
     /// only: Events and NetworkPolicies do not wake the pinglist task.
     targets_gen: Arc<AtomicU64>,
     targets_changed: Arc<Notify>,
+    /// The nodes those events touched, for an update of their lists only.
+    touched: Arc<Mutex<TouchedNodes>>,
+    reporters_by_node: PodsByNode,
+    targets_by_node: PodsByNode,
     cache: Mutex<Option<(u64, Arc<Inventory>)>>,
+}
+
+/// The nodes the pinglists' watches touched since the pinglist task last
+/// looked: a Node's own events, a pod's events by its `spec.nodeName`.
+#[derive(Debug, Default)]
+pub struct TouchedNodes {
+    pub nodes: HashSet<String>,
+    /// A watch (re)listed: what was deleted meanwhile was never an event,
+    /// so everything must be read again.
+    pub relisted: bool,
+}
+
+/// The names of a pod watch's objects by the node they are bound to, so
+/// that the pods of a few nodes are found without reading them all. It may
+/// name pods deleted during a watch outage: the store is the truth.
+type PodsByNode = Arc<Mutex<HashMap<String, BTreeSet<String>>>>;
+
+/// The `on_event` of a watch the pinglists read: wakes their task and
+/// notes which node the event touched (`node_of` its object), and keeps
+/// `by_node` (pod watches).
+fn touch<K: kube::Resource + 'static>(
+    bump: impl Fn() + Send + 'static,
+    touched: &Arc<Mutex<TouchedNodes>>,
+    node_of: fn(&K) -> Option<String>,
+    by_node: Option<PodsByNode>,
+) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+    let touched = Arc::clone(touched);
+    move |event| {
+        let index = |object: &K, present: bool| {
+            let (Some(by_node), Some(node)) = (&by_node, node_of(object)) else {
+                return;
+            };
+            let mut by_node = by_node.lock().unwrap_or_else(PoisonError::into_inner);
+            let name = object.meta().name.clone().unwrap_or_default();
+            if present {
+                by_node.entry(node).or_default().insert(name);
+            } else if let Some(names) = by_node.get_mut(&node) {
+                names.remove(&name);
+                if names.is_empty() {
+                    by_node.remove(&node);
+                }
+            }
+        };
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                index(object, true)
+            }
+            watcher::Event::Delete(object) => index(object, false),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        {
+            let mut touched = touched.lock().unwrap_or_else(PoisonError::into_inner);
+            match event {
+                watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                    if let Some(node) = node_of(object) {
+                        touched.nodes.insert(node);
+                    }
+                }
+                watcher::Event::InitDone => touched.relisted = true,
+                watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            }
+        }
+        bump();
+    }
 }
 
 impl KubeInventory {
@@ -653,6 +758,9 @@ impl KubeInventory {
         let generation = Arc::new(AtomicU64::new(0));
         let targets_gen = Arc::new(AtomicU64::new(0));
         let targets_changed = Arc::new(Notify::new());
+        let touched = Arc::new(Mutex::new(TouchedNodes::default()));
+        let reporters_by_node = PodsByNode::default();
+        let targets_by_node = PodsByNode::default();
         // Every event the store applied makes the cached snapshot stale.
         let bump = || {
             let generation = Arc::clone(&generation);
@@ -676,15 +784,25 @@ impl KubeInventory {
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             "nodes",
-            |_| {},
-            bump_targets(),
+            trim_node,
+            touch(
+                bump_targets(),
+                &touched,
+                |n: &Node| Some(n.name_any()),
+                None,
+            ),
         );
         let (pods, pods_health) = k8s::spawn_reflector(
             Api::<Pod>::namespaced(client.clone(), namespace),
             watcher::Config::default().labels(agent_selector),
             "agent pods",
             |_| {},
-            bump_targets(),
+            touch(
+                bump_targets(),
+                &touched,
+                pod_node,
+                Some(Arc::clone(&reporters_by_node)),
+            ),
         );
         // The probe targets (agents and companions): what the pod agents'
         // pinglists name. Cached as the agents cached them (trimmed).
@@ -693,7 +811,12 @@ impl KubeInventory {
             watcher::Config::default().labels(peer_selector),
             "probe targets",
             k8s::targets::trim_pod,
-            bump_targets(),
+            touch(
+                bump_targets(),
+                &touched,
+                pod_node,
+                Some(Arc::clone(&targets_by_node)),
+            ),
         );
         // The Events about Pods in the agents' namespace: why an agent pod
         // does not start (FailedCreatePodSandBox, image pulls). Optional:
@@ -704,7 +827,10 @@ impl KubeInventory {
             watcher::Config::default().fields("involvedObject.kind=Pod"),
             "agent pod events",
             |e: &mut Event| e.managed_fields_mut().clear(),
-            bump(),
+            {
+                let bump = bump();
+                move |_| bump()
+            },
         );
         // The NetworkPolicies of the agents' namespace and its labels: a
         // probe a policy denies is named as such, not as a broken network.
@@ -715,14 +841,20 @@ impl KubeInventory {
             watcher::Config::default(),
             "network policies",
             |p: &mut NetworkPolicy| p.managed_fields_mut().clear(),
-            bump(),
+            {
+                let bump = bump();
+                move |_| bump()
+            },
         );
         let (namespaces, _) = k8s::spawn_reflector(
             Api::<Namespace>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={namespace}")),
             "the agents' namespace",
             |n: &mut Namespace| n.managed_fields_mut().clear(),
-            bump(),
+            {
+                let bump = bump();
+                move |_| bump()
+            },
         );
 
         KubeInventory {
@@ -740,6 +872,9 @@ impl KubeInventory {
                 targets: targets_health,
                 targets_gen,
                 targets_changed,
+                touched,
+                reporters_by_node,
+                targets_by_node,
                 cache: Mutex::new(None),
             }),
         }
@@ -794,12 +929,51 @@ impl KubeInventory {
 pub type PinglistInputs = (Vec<Arc<Node>>, Vec<Arc<Pod>>, Vec<Arc<Pod>>);
 
 impl KubeInventory {
+    /// Whether the three watches the pinglists read have listed (for good:
+    /// a watch that fails later keeps its objects).
+    pub fn pinglist_synced(&self) -> bool {
+        [&self.state.nodes, &self.state.pods, &self.state.targets]
+            .iter()
+            .all(|h| h.synced())
+    }
+
+    /// The pinglists' inputs on `nodes` only: those Nodes, and the
+    /// reporter and probe-target pods bound to them. Costs those nodes'
+    /// objects, not the cluster's.
+    pub fn pinglist_inputs_on(&self, nodes: &HashSet<String>) -> PinglistInputs {
+        let on = |by_node: &PodsByNode, store: &Store<Pod>| -> Vec<Arc<Pod>> {
+            let by_node = by_node.lock().unwrap_or_else(PoisonError::into_inner);
+            nodes
+                .iter()
+                .filter_map(|node| by_node.get(node))
+                .flatten()
+                .filter_map(|pod| store.get(&ObjectRef::new(pod).within(&self.namespace)))
+                .collect()
+        };
+        (
+            nodes
+                .iter()
+                .filter_map(|n| self.nodes.get(&ObjectRef::new(n)))
+                .collect(),
+            on(&self.state.reporters_by_node, &self.pods),
+            on(&self.state.targets_by_node, &self.targets),
+        )
+    }
+
     /// The pinglists' inputs, once all three watches have listed.
     pub fn pinglist_inputs(&self) -> Option<PinglistInputs> {
-        let synced = [&self.state.nodes, &self.state.pods, &self.state.targets]
-            .iter()
-            .all(|h| h.synced());
-        synced.then(|| (self.nodes.state(), self.pods.state(), self.targets.state()))
+        self.pinglist_synced()
+            .then(|| (self.nodes.state(), self.pods.state(), self.targets.state()))
+    }
+
+    /// The nodes touched since the last call, and whether a watch relisted.
+    pub fn take_touched(&self) -> TouchedNodes {
+        let mut touched = self
+            .state
+            .touched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *touched)
     }
 
     /// Resolves after an event of the nodes, reporter or probe-target
@@ -1143,6 +1317,54 @@ mod tests {
         node(name, "10.244.3.0/24")
     }
 
+    /// The trimmed Node reads the same (truth, readiness, cordon, age) and
+    /// keeps none of the bulk (images, node info, other annotations).
+    #[test]
+    fn a_trimmed_node_reads_the_same_without_its_bulk() {
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2", "creationTimestamp": "2026-01-01T00:00:00Z", "annotations": {
+                "flannel.alpha.coreos.com/public-ip": "192.0.2.7",
+                "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0A:58:0A:F4:02:00\"}",
+                "node.alpha.kubernetes.io/ttl": "0"
+            }, "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"podCIDR": "10.244.2.0/24", "unschedulable": true, "providerID": "aws:///i-1"},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "198.18.0.2"}],
+                "conditions": [
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "Ready", "status": "True"}
+                ],
+                "images": [{"names": ["registry.example/app:1"], "sizeBytes": 1}],
+                "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "",
+                    "operatingSystem": "linux", "osImage": "", "systemUUID": ""}
+            }
+        }))
+        .unwrap();
+        let before = (
+            node_truth(&node),
+            pod_cidrs(&node),
+            k8s::node_is_ready(&node),
+            k8s::node_is_cordoned(&node),
+            node.metadata.creation_timestamp.clone(),
+        );
+        trim_node(&mut node);
+        let after = (
+            node_truth(&node),
+            pod_cidrs(&node),
+            k8s::node_is_ready(&node),
+            k8s::node_is_cordoned(&node),
+            node.metadata.creation_timestamp.clone(),
+        );
+        assert_eq!(before, after);
+        let status = node.status.as_ref().unwrap();
+        assert!(status.images.is_none() && status.node_info.is_none());
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        assert_eq!(node.metadata.annotations.as_ref().unwrap().len(), 2);
+        assert!(node.metadata.managed_fields.is_none());
+        assert!(node.spec.as_ref().unwrap().provider_id.is_none());
+    }
+
     #[test]
     fn places_addresses_on_nodes() {
         let inv = sample();
@@ -1275,5 +1497,21 @@ mod tests {
             .collect();
         assert_eq!(on_n1, ["agent-a", "companion-a"]);
         assert!(view.pod_ring.contains("n1"));
+        // The initial lists are noted as a relist (read everything), and
+        // n1's objects are found by node without reading them all.
+        assert!(kube.take_touched().relisted);
+        assert!(!kube.take_touched().relisted, "taken");
+        let n1: HashSet<String> = ["n1".to_owned()].into();
+        let (nodes_on, reporters_on, targets_on) = kube.pinglist_inputs_on(&n1);
+        let names = |pods: &[Arc<Pod>]| {
+            let mut names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(nodes_on.len(), 1);
+        assert_eq!(names(&reporters_on), names(reporters));
+        assert_eq!(names(&targets_on), names(targets));
+        let none = kube.pinglist_inputs_on(&["n9".to_owned()].into());
+        assert!(none.0.is_empty() && none.1.is_empty() && none.2.is_empty());
     }
 }

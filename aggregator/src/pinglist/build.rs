@@ -13,8 +13,10 @@
 //! only the lists whose stable set or named nodes it changes. Renewals are
 //! staggered by the node's ring position: about 1/W of the lists per epoch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+
+use serde_json::value::RawValue;
 
 use netmatrix_api::sampling::{PeerSampling, Ring, ring_position};
 use netmatrix_api::{
@@ -23,7 +25,7 @@ use netmatrix_api::{
 };
 use netmatrix_runtime::k8s::targets::PodInfo;
 
-use super::view::{ClusterView, NodeEntry};
+use super::view::{ClusterView, NETWORKS, NodeEntry};
 
 /// Epochs a rotation window covers beyond its base: `[b, b + W]`, W + 1
 /// entries, so the list due at `b + W` still covers that epoch while it is
@@ -119,76 +121,29 @@ impl Window {
     }
 }
 
-/// The pinglist of `key`'s agent. `ring` is `view`'s ring of the key's
-/// network (built once per update: at 100,000 nodes a ring is a sort);
-/// `window` is used only when the ring is sampled.
-pub fn build(
-    view: &ClusterView,
-    ring: &Ring<'_>,
-    key: (&str, NetworkMode),
-    window: &Window,
+/// What one list names, before it is put in words: its nodes, its
+/// sampling, whose pod agents are its SRV truth.
+struct Selection<'a> {
+    /// Sorted, without duplicates; names of the view or of the window
+    /// (a frozen rotation may name a node that has left: it has no pods).
+    nodes: Vec<&'a str>,
+    sampling: Option<SamplingWindow>,
+    /// The whole cluster's agents (full mesh), or those of `srv_nodes`.
+    complete: bool,
+    srv_nodes: Vec<&'a str>,
+    gone: Vec<GoneAgent>,
+    local_pod_agent: Option<IpAddr>,
+}
+
+fn select<'a>(
+    view: &'a ClusterView,
+    ring: &Ring<'a>,
+    key: (&'a str, NetworkMode),
+    window: &'a Window,
     gone: &Gone,
     cfg: &PinglistConfig,
-) -> Pinglist {
+) -> Selection<'a> {
     let (me, network) = key;
-    let entry_of = |name: &str| -> PinglistNode {
-        let entry = view.nodes.get(name);
-        PinglistNode {
-            skip: entry.and_then(|e| e.skip),
-            pods: entry
-                .map(|e| e.targets(network).iter().map(pinglist_pod).collect())
-                .unwrap_or_default(),
-        }
-    };
-    let (nodes, sampling, srv) = if cfg.full_mesh(ring.len()) {
-        let mut nodes: BTreeMap<String, PinglistNode> = view
-            .nodes
-            .iter()
-            .filter(|(_, e)| !e.targets(network).is_empty())
-            .map(|(name, _)| (name.clone(), entry_of(name)))
-            .collect();
-        nodes.entry(me.to_owned()).or_insert_with(|| entry_of(me));
-        let srv = SrvTruth {
-            complete: true,
-            agents: srv_agents(view.nodes.iter()),
-            gone: Vec::new(),
-        };
-        (nodes, None, srv)
-    } else {
-        let stable: Vec<String> = ring
-            .stable_targets(me, &cfg.sampling)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        let scope: BTreeSet<&str> = std::iter::once(me)
-            .chain(stable.iter().map(String::as_str))
-            .collect();
-        let nodes = scope
-            .iter()
-            .copied()
-            .chain(window.nodes().map(String::as_str))
-            .map(|name| (name.to_owned(), entry_of(name)))
-            .collect();
-        let mut gone: Vec<GoneAgent> = scope
-            .iter()
-            .filter_map(|n| gone.get(*n))
-            .flatten()
-            .cloned()
-            .collect();
-        gone.sort();
-        let srv = SrvTruth {
-            complete: false,
-            agents: srv_agents(scope.iter().filter_map(|n| view.nodes.get_key_value(*n))),
-            gone,
-        };
-        let sampling = SamplingWindow {
-            ring_nodes: window.ring_nodes,
-            epoch_ms: cfg.epoch_ms,
-            stable,
-            rotation: window.rotation.clone(),
-        };
-        (nodes, Some(sampling), srv)
-    };
     let local_pod_agent = match network {
         NetworkMode::Host => view
             .nodes
@@ -197,23 +152,216 @@ pub fn build(
             .map(|p| p.ip),
         NetworkMode::Pod => None,
     };
+    if cfg.full_mesh(ring.len()) {
+        let nodes: BTreeSet<&str> = view
+            .nodes
+            .iter()
+            .filter(|(_, e)| !e.targets(network).is_empty())
+            .map(|(name, _)| name.as_str())
+            .chain(std::iter::once(me))
+            .collect();
+        return Selection {
+            nodes: nodes.into_iter().collect(),
+            sampling: None,
+            complete: true,
+            srv_nodes: view.nodes.keys().map(String::as_str).collect(),
+            gone: Vec::new(),
+            local_pod_agent,
+        };
+    }
+    let stable = ring.stable_targets(me, &cfg.sampling);
+    let scope: BTreeSet<&str> = std::iter::once(me).chain(stable.iter().copied()).collect();
+    let nodes: BTreeSet<&str> = scope
+        .iter()
+        .copied()
+        .chain(window.nodes().map(String::as_str))
+        .collect();
+    let mut departed: Vec<GoneAgent> = scope
+        .iter()
+        .filter_map(|n| gone.get(*n))
+        .flatten()
+        .cloned()
+        .collect();
+    departed.sort();
+    Selection {
+        nodes: nodes.into_iter().collect(),
+        sampling: Some(SamplingWindow {
+            ring_nodes: window.ring_nodes,
+            epoch_ms: cfg.epoch_ms,
+            stable: stable.into_iter().map(str::to_owned).collect(),
+            rotation: window.rotation.clone(),
+        }),
+        complete: false,
+        srv_nodes: scope.into_iter().collect(),
+        gone: departed,
+        local_pod_agent,
+    }
+}
+
+/// The pinglist of `key`'s agent. `ring` is `view`'s ring of the key's
+/// network; `window` is used only when the ring is sampled. The reference
+/// for [`encode`], which writes the same bytes from encoded pieces.
+pub fn build<'a>(
+    view: &'a ClusterView,
+    ring: &Ring<'a>,
+    key: (&'a str, NetworkMode),
+    window: &'a Window,
+    gone: &Gone,
+    cfg: &PinglistConfig,
+) -> Pinglist {
+    let (me, network) = key;
+    let s = select(view, ring, key, window, gone, cfg);
     Pinglist {
         version: PINGLIST_VERSION,
         node: me.to_owned(),
         network,
-        nodes,
-        sampling,
-        srv,
+        nodes: s
+            .nodes
+            .iter()
+            .map(|n| ((*n).to_owned(), pinglist_node(view.nodes.get(*n), network)))
+            .collect(),
+        sampling: s.sampling,
+        srv: SrvTruth {
+            complete: s.complete,
+            agents: srv_agents(s.srv_nodes.iter().filter_map(|n| view.nodes.get(*n))),
+            gone: s.gone,
+        },
         aggregators: cfg.aggregators.clone(),
-        local_pod_agent,
+        local_pod_agent: s.local_pod_agent,
         apiserver_ip: cfg.apiserver_ip,
     }
 }
 
-/// The pod agents of `nodes`, sorted by node then pod (the map's order).
-fn srv_agents<'a>(nodes: impl Iterator<Item = (&'a String, &'a NodeEntry)>) -> Vec<SrvAgent> {
+fn pinglist_node(entry: Option<&NodeEntry>, network: NetworkMode) -> PinglistNode {
+    PinglistNode {
+        skip: entry.and_then(|e| e.skip),
+        pods: entry
+            .map(|e| e.targets(network).iter().map(pinglist_pod).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// One node's part of every list that names it, encoded once when the
+/// node changes: its [`PinglistNode`] per network and its pod agents as
+/// [`SrvAgent`]s. A list is then put together from its nodes' pieces.
+#[derive(Debug, Clone)]
+pub struct NodePieces {
+    nodes: [Box<RawValue>; 2],
+    agents: Vec<Box<RawValue>>,
+}
+
+/// A node the view does not have: no pods.
+fn empty_node() -> Box<RawValue> {
+    raw(&PinglistNode {
+        skip: None,
+        pods: Vec::new(),
+    })
+}
+
+fn raw<T: serde::Serialize>(value: &T) -> Box<RawValue> {
+    // Strings, addresses and integers: always serializable, always JSON.
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).unwrap_or_default())
+}
+
+impl NodePieces {
+    pub fn of(entry: &NodeEntry) -> Self {
+        let agents: Vec<SrvAgent> = srv_agents(std::iter::once(entry));
+        NodePieces {
+            nodes: NETWORKS.map(|network| raw(&pinglist_node(Some(entry), network))),
+            agents: agents.iter().map(raw).collect(),
+        }
+    }
+}
+
+/// The pieces of every node of a view, by name.
+pub type Pieces = HashMap<String, NodePieces>;
+
+/// The bytes of the list [`build`] describes, put together from the
+/// nodes' `pieces` (which must be those of `view`'s entries).
+pub fn encode<'a>(
+    view: &'a ClusterView,
+    pieces: &Pieces,
+    ring: &Ring<'a>,
+    key: (&'a str, NetworkMode),
+    window: &'a Window,
+    gone: &Gone,
+    cfg: &PinglistConfig,
+) -> (Vec<u8>, Vec<String>) {
+    let (me, network) = key;
+    let s = select(view, ring, key, window, gone, cfg);
+    let empty = empty_node();
+    let node_piece = |name: &str| -> &RawValue {
+        pieces.get(name).map_or(&*empty, |p| {
+            &*p.nodes[usize::from(network == NetworkMode::Host)]
+        })
+    };
+    let encoded = Encoded {
+        version: PINGLIST_VERSION,
+        node: me,
+        network,
+        nodes: Pairs(s.nodes.iter().map(|n| (*n, node_piece(n))).collect()),
+        sampling: s.sampling.as_ref(),
+        srv: EncodedSrv {
+            complete: s.complete,
+            agents: s
+                .srv_nodes
+                .iter()
+                .filter_map(|n| pieces.get(*n))
+                .flat_map(|p| p.agents.iter().map(|a| &**a))
+                .collect(),
+            gone: &s.gone,
+        },
+        aggregators: &cfg.aggregators,
+        local_pod_agent: s.local_pod_agent,
+        apiserver_ip: cfg.apiserver_ip,
+    };
+    // Borrowed strings, raw JSON and integers: always serializable.
+    let body = serde_json::to_vec(&encoded).unwrap_or_default();
+    (body, s.nodes.iter().map(|n| (*n).to_owned()).collect())
+}
+
+/// [`Pinglist`] as it is written, field for field (same order, same
+/// omissions), with its nodes and agents already encoded.
+#[derive(serde::Serialize)]
+struct Encoded<'a> {
+    version: u32,
+    node: &'a str,
+    network: NetworkMode,
+    nodes: Pairs<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampling: Option<&'a SamplingWindow>,
+    srv: EncodedSrv<'a>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    aggregators: &'a [SocketAddr],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_pod_agent: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apiserver_ip: Option<IpAddr>,
+}
+
+#[derive(serde::Serialize)]
+struct EncodedSrv<'a> {
+    complete: bool,
+    agents: Vec<&'a RawValue>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    gone: &'a [GoneAgent],
+}
+
+/// Sorted (name, piece) pairs, written as a JSON object.
+struct Pairs<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl serde::Serialize for Pairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// The pod agents of `nodes`, in their order, then by pod.
+fn srv_agents<'a>(nodes: impl IntoIterator<Item = &'a NodeEntry>) -> Vec<SrvAgent> {
     nodes
-        .flat_map(|(_, e)| &e.pod_agents)
+        .into_iter()
+        .flat_map(|e| &e.pod_agents)
         .map(|p| SrvAgent {
             node: p.node.clone(),
             pod: p.pod.clone(),

@@ -1,9 +1,10 @@
 //! The task that keeps the [`PinglistBook`] current: it waits for an event
 //! of the nodes, reporter or probe-target watches (Events and
 //! NetworkPolicies do not wake it), lets a burst settle for
-//! [`DEBOUNCE`], then reads the stores, diffs the view and publishes the
-//! lists whose bytes changed, off the async threads. At each epoch boundary
-//! it renews the rotations due and expires departed agents.
+//! [`DEBOUNCE`], then reads the entries of the nodes the events touched
+//! (the whole view at start and after a relist), and publishes the lists
+//! whose bytes changed, off the async threads. At each epoch boundary it
+//! renews the rotations due and expires departed agents.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,32 +48,49 @@ async fn maintain(
     loop {
         let now = now_unix_ms();
         let to_boundary = Duration::from_millis((now / epoch_ms + 1) * epoch_ms - now);
-        let changed = tokio::select! {
-            () = kube.targets_changed() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                true
-            }
-            () = tokio::time::sleep(to_boundary) => false,
+        tokio::select! {
+            () = kube.targets_changed() => tokio::time::sleep(DEBOUNCE).await,
+            () = tokio::time::sleep(to_boundary) => {}
+        }
+        // The touched nodes are taken before the stores are read: a store
+        // applies an event before noting its node, so every node noted
+        // until now is current in what is read next, and a later event is
+        // noted for the next pass.
+        if !kube.pinglist_synced() {
+            continue;
+        }
+        let touched = kube.take_touched();
+        let mut state = lists.take().unwrap_or_else(|| Lists::new(cfg.clone()));
+        // The whole view at start and after a relist (deletions during a
+        // watch outage were never events); else the touched nodes' objects.
+        let whole = state.is_empty() || touched.relisted;
+        let inputs = if whole {
+            kube.pinglist_inputs()
+        } else {
+            Some(kube.pinglist_inputs_on(&touched.nodes))
         };
-        let Some(inputs) = kube.pinglist_inputs() else {
+        let Some(inputs) = inputs else {
+            lists = Some(state);
             continue;
         };
         let now = now_unix_ms();
         let epoch = cfg.epoch(now);
         let tick = epoch != last_epoch;
         last_epoch = epoch;
-        let mut state = lists.take().unwrap_or_else(|| Lists::new(cfg.clone()));
         let started = std::time::Instant::now();
         let work = tokio::task::spawn_blocking(move || {
             let mut changes: Vec<Change> = Vec::new();
-            if changed || state.is_empty() {
-                let (nodes, reporters, targets) = &inputs;
-                let view = ClusterView::from_stores(
-                    nodes.iter().map(AsRef::as_ref),
-                    reporters.iter().map(AsRef::as_ref),
-                    targets.iter().map(AsRef::as_ref),
-                );
-                changes = state.update(view, now);
+            let (nodes, reporters, targets) = &inputs;
+            let (nodes, reporters, targets) = (
+                nodes.iter().map(AsRef::as_ref),
+                reporters.iter().map(AsRef::as_ref),
+                targets.iter().map(AsRef::as_ref),
+            );
+            if whole {
+                changes = state.update(ClusterView::from_stores(nodes, reporters, targets), now);
+            } else if !touched.nodes.is_empty() {
+                let entries = ClusterView::entries_of(&touched.nodes, nodes, reporters, targets);
+                changes = state.update_nodes(entries, now);
             }
             if tick {
                 changes.extend(state.tick(now));

@@ -1,8 +1,11 @@
 //! Pinglists: what each agent probes, computed here from the aggregator's
 //! watches so that the agents need none (design 20).
 //!
-//! - [`view`]: the cluster as the lists read it, and what changed;
-//! - [`build`]: one list from the view, a pure function;
+//! - [`view`]: the cluster as the lists read it, and what changed; updated
+//!   in place from the entries of the nodes the watch events touched, its
+//!   rings kept in ring order;
+//! - [`build`]: one list from the view, a pure function, and its bytes put
+//!   together from each node's pieces, encoded once when the node changes;
 //! - [`Lists`] (here): the incremental state. After a change it rebuilds
 //!   only the candidate lists (those naming a changed node, the changed
 //!   nodes' own, the ring neighbours of a join or leave) and returns only
@@ -11,7 +14,7 @@
 //!   each, so a long poll wakes only when its own list changes;
 //! - [`maintain`]: the task that feeds the book from the watches.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -24,7 +27,8 @@ pub mod build;
 pub mod maintain;
 pub mod view;
 
-use build::{Gone, PinglistConfig, Window, due_base};
+use build::{Gone, NodePieces, Pieces, PinglistConfig, Window, due_base};
+use view::ViewDiff;
 pub use view::{ClusterView, Key, NETWORKS};
 
 /// A list as served: its body, encoded once, and the body's ETag.
@@ -82,6 +86,8 @@ pub struct Lists {
     lists: HashMap<Key, ListState>,
     /// Node → the lists naming it.
     referenced_by: HashMap<String, HashSet<Key>>,
+    /// Each node's encoded part of the lists, redone when it changes.
+    pieces: Pieces,
 }
 
 impl Lists {
@@ -92,6 +98,7 @@ impl Lists {
             gone: Gone::new(),
             lists: HashMap::new(),
             referenced_by: HashMap::new(),
+            pieces: Pieces::new(),
         }
     }
 
@@ -103,6 +110,14 @@ impl Lists {
         self.lists.is_empty()
     }
 
+    /// Every list's ETag, in key order.
+    pub fn etags(&self) -> BTreeMap<&Key, &str> {
+        self.lists
+            .iter()
+            .map(|(k, s)| (k, s.etag.as_str()))
+            .collect()
+    }
+
     /// The ETag of `key`'s list.
     pub fn etag(&self, key: &Key) -> Option<&str> {
         self.lists.get(key).map(|l| l.etag.as_str())
@@ -112,9 +127,41 @@ impl Lists {
         &self.view
     }
 
-    /// Takes the new view at `now_ms`; returns the lists that changed.
+    /// Takes the new view at `now_ms`; returns the lists that changed. Costs
+    /// a comparison of the whole view: at start, and after a relist.
     pub fn update(&mut self, view: ClusterView, now_ms: u64) -> Vec<Change> {
         let diff = view.diff(&self.view);
+        let ring_lens = NETWORKS.map(|network| self.view.ring(network).len());
+        self.view = view;
+        self.apply(&diff, ring_lens, now_ms)
+    }
+
+    /// Takes the new entries of the nodes named (`None`: gone), the nodes
+    /// the watch events touched, at `now_ms`; returns the lists that
+    /// changed. Costs those nodes and the lists they change.
+    pub fn update_nodes(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, Option<view::NodeEntry>)>,
+        now_ms: u64,
+    ) -> Vec<Change> {
+        let ring_lens = NETWORKS.map(|network| self.view.ring(network).len());
+        let diff = self.view.set_entries(entries);
+        self.apply(&diff, ring_lens, now_ms)
+    }
+
+    /// What `diff` (already applied to the view; the rings had `ring_lens`
+    /// nodes before it) does to the lists.
+    fn apply(&mut self, diff: &ViewDiff, ring_lens: [usize; 2], now_ms: u64) -> Vec<Change> {
+        for node in &diff.changed_nodes {
+            match self.view.nodes.get(node) {
+                Some(entry) => {
+                    self.pieces.insert(node.clone(), NodePieces::of(entry));
+                }
+                None => {
+                    self.pieces.remove(node);
+                }
+            }
+        }
         let mut touched: BTreeSet<String> = diff.changed_nodes.clone();
         // Departed agents, for the sampled lists' `srv.gone`; an address
         // that is an agent's again is no longer gone.
@@ -128,24 +175,22 @@ impl Lists {
                 touched.insert(node.clone());
             }
         }
-        if !self.gone.is_empty() {
-            let agents = view.pod_agent_ips();
+        if !self.gone.is_empty() && !diff.agents_present.is_empty() {
             for (node, entries) in &mut self.gone {
                 let before = entries.len();
-                entries.retain(|g| !agents.contains(&g.ip));
+                entries.retain(|g| !diff.agents_present.contains(&g.ip));
                 if entries.len() != before {
                     touched.insert(node.clone());
                 }
             }
             self.gone.retain(|_, e| !e.is_empty());
         }
-        let old = std::mem::replace(&mut self.view, view);
         let epoch = self.cfg.epoch(now_ms);
         let mut candidates: BTreeSet<Key> = BTreeSet::new();
         let mut renew: HashSet<Key> = HashSet::new();
-        for network in NETWORKS {
+        for (network, old_len) in NETWORKS.into_iter().zip(ring_lens) {
             let ring = ring_of(&self.view, network);
-            let was_full = self.cfg.full_mesh(old.ring(network).len());
+            let was_full = self.cfg.full_mesh(old_len);
             // A changed node's own list: new, changed, or gone with its agent.
             candidates.extend(touched.iter().map(|node| (node.clone(), network)));
             if self.cfg.full_mesh(ring.len()) {
@@ -170,37 +215,26 @@ impl Lists {
             // A join or a leave changes the stable set of the nodes within
             // half a stable set on either side (the other lists' rotation
             // is frozen until their renewal).
-            let added = diff.ring_added.iter().filter(|(n, _)| *n == network);
-            let removed: Vec<&String> = diff
-                .ring_removed
-                .iter()
-                .filter(|(n, _)| *n == network)
-                .map(|(_, name)| name)
-                .collect();
+            // A node that left is placed at its hash on the ring without
+            // it: its neighbours there are those that had it in reach.
             let reach = neighbourhood(&self.cfg.sampling);
-            for (_, name) in added {
+            let moved = diff
+                .ring_added
+                .iter()
+                .chain(&diff.ring_removed)
+                .filter(|(n, _)| *n == network);
+            for (_, name) in moved {
                 candidates.extend(
                     ring.stable_targets(name, &reach)
                         .into_iter()
                         .map(|n| (n.to_owned(), network)),
                 );
             }
-            if !removed.is_empty() {
-                let old_ring = ring_of(&old, network);
-                for name in removed {
-                    candidates.extend(
-                        old_ring
-                            .stable_targets(name, &reach)
-                            .into_iter()
-                            .map(|n| (n.to_owned(), network)),
-                    );
-                }
-            }
             if !diff.ring_added.is_empty() || !diff.ring_removed.is_empty() {
                 // Lists of nodes off the ring (a cordoned node still runs
                 // its agent) sit at their hash: few, so all of them.
-                let on_ring = self.view.ring(network);
-                candidates.extend(self.keys_of(network).filter(|(n, _)| !on_ring.contains(n)));
+                let off_ring = self.view.off_ring(network);
+                candidates.extend(off_ring.iter().map(|n| (n.clone(), network)));
             }
         }
         self.rebuild(candidates, &renew, epoch)
@@ -283,16 +317,19 @@ impl Lists {
                 _ if !sampled => Window::default(),
                 _ => Window::renew(ring, &key.0, &self.cfg.sampling, epoch),
             };
-            let list = build::build(
+            let (body, refs) = build::encode(
                 &self.view,
+                &self.pieces,
                 ring,
                 (&key.0, key.1),
                 &window,
                 &self.gone,
                 &self.cfg,
             );
-            let published = Published::of(&list);
-            let refs: Vec<String> = list.nodes.into_keys().collect();
+            let published = Published {
+                etag: etag(&body),
+                body: Bytes::from(body),
+            };
             let unchanged = self
                 .lists
                 .get(&key)
@@ -331,7 +368,7 @@ fn unreference(referenced_by: &mut HashMap<String, HashSet<Key>>, key: &Key, ref
 }
 
 fn ring_of(view: &ClusterView, network: NetworkMode) -> Ring<'_> {
-    Ring::new(view.ring(network).iter().map(String::as_str))
+    Ring::from_sorted(view.ring_order(network))
 }
 
 /// A sampling whose stable set is the ring neighbours a join or a leave can

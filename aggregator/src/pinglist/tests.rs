@@ -102,10 +102,28 @@ fn big() -> Lists {
 /// takes seconds unoptimised, so only the ring changes (the subtle
 /// candidates) are, with [`after_checked`], and the other rows compare
 /// with sets computed apart.
+///
+/// Every edit is also applied incrementally, as the watches' events drive
+/// it ([`Lists::update_nodes`] with the entries of the nodes that differ),
+/// to a copy: it must publish the same lists with the same bytes and end in
+/// the same state as the whole-view update.
 fn after(lists: &mut Lists, edit: impl FnOnce(&mut BTreeMap<String, NodeEntry>)) -> BTreeSet<Key> {
     let mut nodes = lists.view().nodes.clone();
     edit(&mut nodes);
+    let touched: Vec<(String, Option<NodeEntry>)> = nodes
+        .keys()
+        .chain(lists.view().nodes.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|n| nodes.get(*n) != lists.view().nodes.get(*n))
+        .map(|n| (n.clone(), nodes.get(n).cloned()))
+        .collect();
+    let mut incremental = lists.clone();
     let changes = lists.update(ClusterView::from_entries(nodes), NOW);
+    let by_events = incremental.update_nodes(touched, NOW);
+    assert_eq!(by_events, changes, "the incremental update differs");
+    assert_eq!(incremental.view, lists.view);
+    assert_eq!(incremental.etags(), lists.etags());
     if lists.len() < 1000 {
         assert_consistent(lists);
     }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use netmatrix_api::sampling::ring_position;
 use netmatrix_api::{NetworkMode, NodeSkip, labels};
 use netmatrix_runtime::k8s::targets::{self, PodInfo};
 
@@ -53,6 +54,16 @@ impl NodeEntry {
     fn is_empty(&self) -> bool {
         self.pod_targets.is_empty() && self.host_targets.is_empty() && self.pod_agents.is_empty()
     }
+
+    /// On `network`'s ring: a target of it, and not skipped.
+    fn on_ring(&self, network: NetworkMode) -> bool {
+        self.skip.is_none() && !self.targets(network).is_empty()
+    }
+}
+
+/// Index of `network` in per-network arrays ([`NETWORKS`]' order).
+fn slot(network: NetworkMode) -> usize {
+    usize::from(network == NetworkMode::Host)
 }
 
 /// Every node with a target or an agent, and the rings.
@@ -64,6 +75,12 @@ pub struct ClusterView {
     pub pod_ring: BTreeSet<String>,
     /// The same for the host agents.
     pub host_ring: BTreeSet<String>,
+    /// Each ring in ring order (position, name), kept sorted as nodes come
+    /// and go so that no update sorts or copies 100,000 names again.
+    ordered: [Vec<(u64, String)>; 2],
+    /// Per network, the nodes with an agent but off the ring (cordoned,
+    /// NotReady, or without targets of it): their lists sit at their hash.
+    off_ring: [BTreeSet<String>; 2],
 }
 
 /// What changed between two views.
@@ -76,6 +93,9 @@ pub struct ViewDiff {
     /// Pod agent addresses no Running pod agent has any more, with the node
     /// they were on: DNS may still list them for a while.
     pub agents_gone: Vec<(IpAddr, String)>,
+    /// Pod agent addresses of the changed nodes (all of them for a whole
+    /// view): an address there is no longer gone.
+    pub agents_present: HashSet<IpAddr>,
 }
 
 impl ViewDiff {
@@ -116,22 +136,50 @@ impl ClusterView {
         Self::from_entries(entries)
     }
 
+    /// The entries of the nodes `names` only, read from the watches'
+    /// objects as [`from_stores`](Self::from_stores) reads them (`None`: the
+    /// node has nothing the lists read), for [`set_entries`](Self::set_entries).
+    pub fn entries_of<'a>(
+        names: &HashSet<String>,
+        nodes: impl IntoIterator<Item = &'a Node>,
+        reporters: impl IntoIterator<Item = &'a Pod>,
+        probe_targets: impl IntoIterator<Item = &'a Pod>,
+    ) -> Vec<(String, Option<NodeEntry>)> {
+        let named = |name: Option<&String>| name.is_some_and(|n| names.contains(n));
+        let on_named = |pod: &&Pod| named(pod.spec.as_ref().and_then(|s| s.node_name.as_ref()));
+        let mut view = Self::from_stores(
+            nodes
+                .into_iter()
+                .filter(|n| named(n.metadata.name.as_ref())),
+            reporters.into_iter().filter(on_named),
+            probe_targets.into_iter().filter(on_named),
+        );
+        names
+            .iter()
+            .map(|name| (name.clone(), view.nodes.remove(name)))
+            .collect()
+    }
+
     /// The view of `nodes` (entries with nothing in them are dropped), its
     /// rings derived.
     pub fn from_entries(mut nodes: BTreeMap<String, NodeEntry>) -> Self {
         nodes.retain(|_, e| !e.is_empty());
-        let ring = |network| -> BTreeSet<String> {
-            nodes
-                .iter()
-                .filter(|(_, e)| e.skip.is_none() && !e.targets(network).is_empty())
-                .map(|(n, _)| n.clone())
-                .collect()
-        };
-        ClusterView {
-            pod_ring: ring(NetworkMode::Pod),
-            host_ring: ring(NetworkMode::Host),
-            nodes,
+        let mut view = ClusterView::default();
+        for network in NETWORKS {
+            let mut ordered = Vec::new();
+            for (name, entry) in &nodes {
+                if entry.on_ring(network) {
+                    view.ring_mut(network).insert(name.clone());
+                    ordered.push((ring_position(name), name.clone()));
+                } else if entry.has_agent(network) {
+                    view.off_ring[slot(network)].insert(name.clone());
+                }
+            }
+            ordered.sort_unstable();
+            view.ordered[slot(network)] = ordered;
         }
+        view.nodes = nodes;
+        view
     }
 
     pub fn ring(&self, network: NetworkMode) -> &BTreeSet<String> {
@@ -139,6 +187,93 @@ impl ClusterView {
             NetworkMode::Pod => &self.pod_ring,
             NetworkMode::Host => &self.host_ring,
         }
+    }
+
+    fn ring_mut(&mut self, network: NetworkMode) -> &mut BTreeSet<String> {
+        match network {
+            NetworkMode::Pod => &mut self.pod_ring,
+            NetworkMode::Host => &mut self.host_ring,
+        }
+    }
+
+    /// `network`'s ring in ring order, for
+    /// [`Ring::from_sorted`](netmatrix_api::sampling::Ring::from_sorted).
+    pub fn ring_order(&self, network: NetworkMode) -> &[(u64, String)] {
+        &self.ordered[slot(network)]
+    }
+
+    /// The nodes with a `network` agent that are off its ring.
+    pub fn off_ring(&self, network: NetworkMode) -> &BTreeSet<String> {
+        &self.off_ring[slot(network)]
+    }
+
+    /// Replaces the entries of the nodes named (`None`, or an empty entry:
+    /// the node has nothing the lists read any more) and says what changed,
+    /// as [`diff`](Self::diff) would against the view before. The watches
+    /// name the nodes their events touch, so an update costs the nodes that
+    /// changed, not the cluster.
+    pub fn set_entries(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, Option<NodeEntry>)>,
+    ) -> ViewDiff {
+        let mut diff = ViewDiff::default();
+        let mut new_agent_ips = HashSet::new();
+        let mut old_agents = Vec::new();
+        for (name, entry) in entries {
+            let entry = entry.filter(|e| !e.is_empty());
+            if self.nodes.get(&name) == entry.as_ref() {
+                continue;
+            }
+            diff.changed_nodes.insert(name.clone());
+            if let Some(e) = &entry {
+                new_agent_ips.extend(e.pod_agents.iter().map(|p| p.ip));
+            }
+            let old = match entry {
+                Some(e) => self.nodes.insert(name.clone(), e),
+                None => self.nodes.remove(&name),
+            };
+            if let Some(old) = &old {
+                old_agents.extend(old.pod_agents.iter().map(|p| (p.ip, name.clone())));
+            }
+            for network in NETWORKS {
+                let (was, is) = (
+                    self.ring(network).contains(&name),
+                    self.nodes.get(&name).is_some_and(|e| e.on_ring(network)),
+                );
+                let ordered = &mut self.ordered[slot(network)];
+                let position = ring_position(&name);
+                let at = ordered
+                    .binary_search_by(|(h, n)| (*h, n.as_str()).cmp(&(position, name.as_str())));
+                if is && !was {
+                    if let Err(i) = at {
+                        ordered.insert(i, (position, name.clone()));
+                    }
+                    self.ring_mut(network).insert(name.clone());
+                    diff.ring_added.insert((network, name.clone()));
+                } else if was && !is {
+                    if let Ok(i) = at {
+                        ordered.remove(i);
+                    }
+                    self.ring_mut(network).remove(&name);
+                    diff.ring_removed.insert((network, name.clone()));
+                }
+                let off = self
+                    .nodes
+                    .get(&name)
+                    .is_some_and(|e| e.has_agent(network) && !e.on_ring(network));
+                if off {
+                    self.off_ring[slot(network)].insert(name.clone());
+                } else {
+                    self.off_ring[slot(network)].remove(&name);
+                }
+            }
+        }
+        diff.agents_gone = old_agents
+            .into_iter()
+            .filter(|(ip, _)| !new_agent_ips.contains(ip))
+            .collect();
+        diff.agents_present = new_agent_ips;
+        diff
     }
 
     /// The lists that should exist: one per node and network with an agent.
@@ -176,7 +311,7 @@ impl ClusterView {
             ring_removed.extend(old.difference(new).map(|n| (network, n.clone())));
         }
         let current = self.pod_agent_ips();
-        let agents_gone = old
+        let agents_gone: Vec<(IpAddr, String)> = old
             .nodes
             .iter()
             .flat_map(|(node, e)| e.pod_agents.iter().map(move |p| (p.ip, node)))
@@ -188,6 +323,7 @@ impl ClusterView {
             ring_added,
             ring_removed,
             agents_gone,
+            agents_present: current,
         }
     }
 }

@@ -39,7 +39,7 @@ impl WatchHealth {
 
 /// Runs `watcher(api, config).default_backoff().modify(trim).reflect(..)` in
 /// a task (the store only advances while the stream is polled), calling
-/// `on_event` after every event the store has applied. Objects are cached
+/// `on_event` with every event the store has applied. Objects are cached
 /// as `trim` leaves them. Failures are logged once per outage and retried
 /// with the backoff; the store keeps its last state meanwhile.
 pub fn spawn_reflector<K>(
@@ -47,7 +47,7 @@ pub fn spawn_reflector<K>(
     config: watcher::Config,
     what: &'static str,
     trim: impl FnMut(&mut K) + Send + 'static,
-    on_event: impl Fn() + Send + 'static,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> (Store<K>, Arc<WatchHealth>)
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -73,7 +73,7 @@ where
             match item {
                 // `Init` only announces a (re)list that may still fail; any
                 // other event is data from the API server.
-                Ok(watcher::Event::Init) => on_event(),
+                Ok(event @ watcher::Event::Init) => on_event(&event),
                 Ok(event) => {
                     if matches!(event, watcher::Event::InitDone)
                         && !task_health.synced.swap(true, Ordering::AcqRel)
@@ -84,7 +84,7 @@ where
                         outage_logged = false;
                         tracing::info!(what, "watch is healthy");
                     }
-                    on_event();
+                    on_event(&event);
                 }
                 Err(error) => {
                     // Warn once per outage (including one at start-up), not per retry.
