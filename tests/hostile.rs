@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::WAIT;
-use netmatrix_api::{ApiError, REPORTS_PATH, Report};
+use netmatrix_api::{ApiError, PINGLIST_PATH, REPORTS_PATH, Report};
 use netmatrix_lab::lab::AgentNetwork;
 use netmatrix_lab::view::all_pod_cells_ok;
 use netmatrix_lab::{Lab, LabConfig, Snapshot, net::netns};
@@ -380,6 +380,66 @@ async fn hostile_reports_and_connections_change_nothing() {
         "| 200 forged JWTs (our audience, node-2's pod name, made-up UIDs) | 403 forbidden each | TokenReviews meanwhile: {reviews_spent} (only the agents' own rotations may cause any) |"
     ));
     *expected_rejections.entry("forbidden").or_default() += 200;
+
+    // Pinglists: an agent's own, with its own token, and nobody else's
+    // (the tokens as the agents hold them now: they rotate every 8 s here).
+    let node2_token = lab.agent_token("node-2", AgentNetwork::Pod).unwrap();
+    let node3_token = lab.agent_token("node-3", AgentNetwork::Pod).unwrap();
+    let pinglist = |token: Option<&str>, node: &str, etag: Option<&str>| {
+        let mut request = http.get(format!("{url}{PINGLIST_PATH}/{node}?wait=25"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", format!("\"{etag}\""));
+        }
+        request.send()
+    };
+    let own = pinglist(Some(&node2_token), "node-2", None).await.unwrap();
+    assert_eq!(own.status(), 200);
+    let etag = own.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    for (what, token, node, want) in [
+        ("no token", None, "node-2", 401),
+        ("a token that is no JWT", Some("x.y.z"), "node-2", 401),
+        (
+            "node-3's token, node-2's list",
+            Some(node3_token.as_str()),
+            "node-2",
+            403,
+        ),
+        (
+            "node-2's token, node-3's list",
+            Some(node2_token.as_str()),
+            "node-3",
+            403,
+        ),
+    ] {
+        let answer = pinglist(token, node, None).await.unwrap();
+        assert_eq!(answer.status().as_u16(), want, "{what}");
+        table.push(format!("| GET pinglist/{node}, {what} | {want} | |"));
+    }
+    *expected_rejections.entry("unauthenticated").or_default() += 2;
+    // 60 polls held open by one client (the forwarder's address; 64 is the
+    // cap per address): the agents keep their polls and their reports.
+    let polls: Vec<_> = (0..60)
+        .map(|_| tokio::spawn(pinglist(Some(&node2_token), "node-2", Some(&etag))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lab.wait_for("healthy while 60 polls are held", WAIT, healthy)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let held = polls.iter().filter(|p| !p.is_finished()).count();
+    assert!(held >= 55, "only {held} of 60 polls held");
+    table.push(format!(
+        "| 60 pinglist long polls held from one address | {held} held (≤ 25 s each); reports and the agents' own polls unaffected | |"
+    ));
+    for poll in polls {
+        poll.abort();
+    }
 
     // Slow and idle connections: 300 idle, 50 sending headers a byte at a
     // time, 20 stalling in a 1 MB body. Through the forwarder they all come

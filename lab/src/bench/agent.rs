@@ -9,14 +9,18 @@
 //!  netmatrix-agent :9090                   (node-K, K = 1.., P = 2..), answering ICMP;
 //!                                          10.96.0.1:443   API server emulator (TLS)
 //!                                          10.96.0.10:53   DNS (cluster.local)
-//!                                          10.96.0.20:80   report sink (POST /api/v1/reports)
+//!                                          10.96.0.20:80   report sink (POST /api/v1/reports,
+//!                                                          GET /api/v1/pinglist/node-0)
 //! ```
 //!
 //! The peers are companion pods (probe targets that are not agents, so the
 //! SRV record lists only the one agent), `--pods-per-node` per node, so that
 //! the agent probes every one of them (full mesh below 200 nodes). The
-//! report sink stands in for the aggregator: it counts the reports and the
-//! peers in each, which proves the rounds really covered every peer.
+//! report sink stands in for the aggregator: it serves the agent the
+//! pinglist the aggregator's own code computes from the emulator's objects
+//! (as the chart runs agents; `--agent-arg=--peer-discovery=api` has the
+//! agent watch the emulator instead), and counts the reports and the peers
+//! in each, which proves the rounds really covered every peer.
 //!
 //! After `--warmup-rounds` rounds, `/proc/PID/stat` (utime + stime) and
 //! `/proc/PID/status` (VmRSS, VmHWM) are sampled over `--duration`. The
@@ -45,9 +49,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use clap::Args;
-use netmatrix_api::{REPORTS_PATH, Report, labels};
+use netmatrix_aggregator::pinglist::build::{PinglistConfig, ROTATE_EVERY_ROUNDS};
+use netmatrix_aggregator::pinglist::{Change, ClusterView, Lists, Published};
+use netmatrix_api::{PINGLIST_PATH, REPORTS_PATH, Report, labels};
 use tokio::task::JoinHandle;
 
 use super::{Scratch, link_prober, markdown_table};
@@ -319,7 +325,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         )),
     )?;
     let sink = Arc::new(Mutex::new(SinkStats::default()));
-    let _tasks = start_servers(&cluster_ns, &state, &pki, sink.clone())?;
+    let pinglist = agent_pinglist(&state, args.interval)?;
+    let _tasks = start_servers(&cluster_ns, &state, &pki, sink.clone(), pinglist)?;
 
     let procs = Processes::new(scratch.state().clone());
     let spec = agent_spec(&args, &agent_ns, &agent_bin, &kubeconfig);
@@ -642,6 +649,7 @@ fn start_servers(
     state: &ClusterState,
     pki: &LabPki,
     sink: Arc<Mutex<SinkStats>>,
+    pinglist: Published,
 ) -> anyhow::Result<Tasks> {
     let clients = Arc::new(Clients::new(&pki.token));
     let authority = Arc::new(TokenAuthority::new()?);
@@ -655,7 +663,12 @@ fn start_servers(
     let sink_l = tokio::net::TcpListener::from_std(sink_l)?;
     let app = Router::new()
         .route(REPORTS_PATH, post(receive_report))
-        .with_state(sink);
+        .with_state(sink)
+        .merge(
+            Router::new()
+                .route(&format!("{PINGLIST_PATH}/{{node}}"), get(serve_pinglist))
+                .with_state(Arc::new(pinglist)),
+        );
     tasks.0.push(tokio::spawn(async move {
         if let Err(error) = axum::serve(sink_l, app).await {
             tracing::error!(%error, "report sink stopped");
@@ -707,6 +720,60 @@ pub(super) fn start_api_and_dns(
         }
     }));
     Ok(tasks)
+}
+
+/// The agent's pinglist as the aggregator computes it, from the objects
+/// the emulator holds (the agent's node, network pod).
+fn agent_pinglist(state: &ClusterState, interval: Duration) -> anyhow::Result<Published> {
+    let (nodes, pods) = (state.nodes(), state.pods());
+    // Every pod here is a probe target; the agent is the one reporter.
+    let view = ClusterView::from_stores(&nodes, &pods, &pods);
+    let cfg = PinglistConfig {
+        epoch_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) * ROTATE_EVERY_ROUNDS,
+        ..PinglistConfig::default()
+    };
+    let key = (AGENT_NODE.to_owned(), netmatrix_api::NetworkMode::Pod);
+    Lists::new(cfg)
+        .update(view, netmatrix_runtime::now_unix_ms())
+        .into_iter()
+        .find_map(|change| match change {
+            Change::Publish(k, published) if k == key => Some(Published::clone(&published)),
+            _ => None,
+        })
+        .context("no pinglist for the bench's agent")
+}
+
+/// `GET /api/v1/pinglist/{node}` as the aggregator answers it: the list
+/// with its ETag, or, when the agent holds it, a long poll ending in `304`.
+async fn serve_pinglist(
+    State(list): State<Arc<Published>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let etag = format!("\"{}\"", list.etag);
+    let held = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    if held {
+        let wait: u64 = query.get("wait").and_then(|w| w.parse().ok()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(
+            wait.min(netmatrix_api::MAX_PINGLIST_WAIT_SECS),
+        ))
+        .await;
+        return (StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response();
+    }
+    (
+        [
+            (axum::http::header::ETAG, etag),
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/json".to_owned(),
+            ),
+        ],
+        list.body.clone(),
+    )
+        .into_response()
 }
 
 async fn receive_report(State(sink): State<Arc<Mutex<SinkStats>>>, body: Bytes) -> StatusCode {
