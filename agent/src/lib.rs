@@ -214,6 +214,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // them (host agents, or a custom selector), watch them separately.
     let agent_selector = (settings.peer_selector != netmatrix_api::labels::PEER_SELECTOR)
         .then_some(netmatrix_api::labels::AGENT_SELECTOR);
+    let mut pinglist = None;
     let discovery = match (settings.peer_discovery, &settings.aggregator_url) {
         (config::PeerDiscovery::Aggregator, Some(url)) => {
             let source = Arc::new(discovery::pinglist::PinglistSource::new(
@@ -232,6 +233,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 report::TokenFile::new(Some(settings.token_file.clone())),
                 settings.interval,
             ));
+            pinglist = Some(source.clone());
             Arc::new(discovery::Discovery::from_pinglist(
                 settings.identity.clone(),
                 source,
@@ -302,6 +304,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
             )
             .map_err(Error::ReportClient)?
             .with_undelivered(status.undelivered.clone());
+            if let Some(source) = pinglist {
+                reporter = reporter.with_pinglist(source);
+            }
             if settings.identity.network == netmatrix_api::NetworkMode::Host {
                 let local = discovery.clone();
                 reporter = reporter.with_relay(report::Relay::new(

@@ -127,6 +127,8 @@ enum Delivery {
         endpoint: String,
         /// The aggregator wants the node facts with the next report.
         want_facts: bool,
+        /// The ETag of this agent's current pinglist, when it serves one.
+        pinglist_etag: Option<String>,
     },
     Rejected {
         endpoint: String,
@@ -258,6 +260,9 @@ pub struct Reporter {
     backoff: Backoff,
     /// The aggregator asked for the node facts in its last answer.
     facts_wanted: bool,
+    /// The pinglist this agent probes, told when a report's answer names
+    /// another one.
+    pinglist: Option<Arc<crate::discovery::pinglist::PinglistSource>>,
 }
 
 impl Reporter {
@@ -301,6 +306,7 @@ impl Reporter {
             relay: None,
             backoff: Backoff::default(),
             facts_wanted: false,
+            pinglist: None,
         })
     }
 
@@ -311,6 +317,15 @@ impl Reporter {
     }
 
     /// Relays the local pod agent's undelivered reports (host agents).
+    /// Tells `source` the ETag each report's answer names.
+    pub fn with_pinglist(
+        mut self,
+        source: Arc<crate::discovery::pinglist::PinglistSource>,
+    ) -> Self {
+        self.pinglist = Some(source);
+        self
+    }
+
     pub fn with_relay(mut self, relay: Relay) -> Self {
         self.relay = Some(relay);
         self
@@ -357,8 +372,16 @@ impl Reporter {
         let sent = self.facts_if_wanted(report);
         let delivery = self.send_with_token(REPORTS_PATH, &sent).await;
         let taken = !matches!(delivery, Delivery::Failed { .. });
-        if let Delivery::Accepted { want_facts, .. } = delivery {
-            self.facts_wanted = want_facts;
+        if let Delivery::Accepted {
+            want_facts,
+            pinglist_etag,
+            ..
+        } = &delivery
+        {
+            self.facts_wanted = *want_facts;
+            if let (Some(source), Some(etag)) = (&self.pinglist, pinglist_etag) {
+                source.current_is(etag);
+            }
         }
         self.undelivered.set((!taken).then(|| report.clone()));
         let Ok(mut state) = self.state.lock() else {
@@ -548,11 +571,11 @@ impl Reporter {
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
         if status.is_success() {
-            let want_facts = serde_json::from_slice::<netmatrix_api::ReportAccepted>(&body)
-                .is_ok_and(|accepted| accepted.want_facts);
+            let accepted = serde_json::from_slice::<netmatrix_api::ReportAccepted>(&body).ok();
             return Ok(Delivery::Accepted {
                 endpoint,
-                want_facts,
+                want_facts: accepted.as_ref().is_some_and(|a| a.want_facts),
+                pinglist_etag: accepted.and_then(|a| a.pinglist_etag),
             });
         }
         let error = serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| ApiError {

@@ -155,6 +155,7 @@ impl TimeBounds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub node: String,
+    pub network: NetworkMode,
     pub round: u64,
     /// Peers without a node name whose IP no node claims; they were dropped.
     pub unmapped_peers: usize,
@@ -372,6 +373,7 @@ impl ReportStore {
         let unmapped_peers = self.place_unnamed_peers(&mut report, inventory);
         let accepted = Accepted {
             node: report.agent.node.clone(),
+            network: report.agent.network,
             round: report.round,
             unmapped_peers,
             want_facts,

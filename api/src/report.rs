@@ -325,6 +325,11 @@ pub struct ReportAccepted {
     /// that reads them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub want_facts: bool,
+    /// The ETag of the reporting agent's current pinglist. An agent that
+    /// holds another fetches the list at once, so on a large cluster it
+    /// needs no poll held open to learn of a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinglist_etag: Option<String>,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use netmatrix_api::labels;
 use netmatrix_api::{
@@ -27,6 +28,8 @@ use super::{AgentTruth, PeerView};
 
 /// Seconds a poll asks the aggregator to hold an unchanged list.
 pub const POLL_WAIT_SECS: u64 = 20;
+/// Between polls the aggregator answered at once without holding them.
+pub const UNHELD_POLL_EVERY: Duration = Duration::from_secs(60);
 /// The shortest pause between failed polls, whatever the interval.
 const MIN_RETRY: Duration = Duration::from_millis(500);
 
@@ -52,6 +55,9 @@ pub struct PinglistSource {
     /// The last poll was answered (200 or 304).
     healthy: AtomicBool,
     file: Option<PathBuf>,
+    /// Woken when the aggregator says (in a report's answer) that the
+    /// current list is not the one held: the poll then fetches at once.
+    stale: Notify,
 }
 
 struct Held {
@@ -70,6 +76,15 @@ impl PinglistSource {
             held: RwLock::new(held),
             healthy: AtomicBool::new(false),
             file,
+            stale: Notify::new(),
+        }
+    }
+
+    /// The aggregator's current list for this agent has ETag `etag` (from a
+    /// report's answer): when it is not the one held, fetch it now.
+    pub fn current_is(&self, etag: &str) {
+        if self.etag().as_deref() != Some(etag) {
+            self.stale.notify_one();
         }
     }
 
@@ -305,10 +320,12 @@ fn component(role: PeerRole) -> &'static str {
 /// with `If-None-Match`, answered at once when the list changes. Failures
 /// keep the held list and retry every `interval`, without growing backoff,
 /// so that the peers that joined during an aggregator outage are probed
-/// within two rounds of its return. That costs one refused connection per
-/// agent and round while it is down; once it is back, a poll is held
-/// until the list changes, which bounds the load. A quick `304` (the
-/// aggregator would not hold the poll) also waits one `interval`.
+/// within two rounds of its return (one refused connection per agent and
+/// round while it is down). A quick `304` means the aggregator holds as
+/// many polls as it will (a large cluster): the next poll waits
+/// [`UNHELD_POLL_EVERY`], or less when a report's answer names another
+/// list ([`PinglistSource::current_is`]), so a change still arrives within
+/// a round without a poll held open per agent.
 pub async fn poll(
     source: Arc<PinglistSource>,
     client: reqwest::Client,
@@ -328,7 +345,11 @@ pub async fn poll(
                     failing_logged = false;
                 }
                 if !changed && started.elapsed() < Duration::from_secs(POLL_WAIT_SECS / 2) {
-                    tokio::time::sleep(interval).await;
+                    let pause = UNHELD_POLL_EVERY.max(interval);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = source.stale.notified() => {}
+                    }
                 }
             }
             Err(error) => {
@@ -339,7 +360,10 @@ pub async fn poll(
                 } else {
                     tracing::debug!(%error, "pinglist fetch failed");
                 }
-                tokio::time::sleep(retry).await;
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = source.stale.notified() => {}
+                }
             }
         }
     }
@@ -621,5 +645,56 @@ mod tests {
         assert!(fetch(&source, &client, &base, None).await.unwrap());
         assert_eq!(source.etag(), Some(etag));
         assert!(!fetch(&source, &client, &base, None).await.unwrap());
+    }
+
+    /// An aggregator that answers every poll at once (it holds as many as
+    /// it will): the agent polls again only after a long pause, or at once
+    /// when a report's answer names another list.
+    #[tokio::test]
+    async fn an_unheld_poll_waits_until_a_report_answer_names_another_list() {
+        use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::AtomicUsize;
+        let (etag, bytes) = body(&mesh());
+        let polls = Arc::new(AtomicUsize::new(0));
+        let served = (etag.clone(), bytes.clone(), Arc::clone(&polls));
+        let app = axum::Router::new().route(
+            "/api/v1/pinglist/{node}",
+            axum::routing::get(move |headers: HeaderMap| {
+                let (etag, bytes, polls) = served.clone();
+                async move {
+                    polls.fetch_add(1, Ordering::SeqCst);
+                    let quoted = format!("\"{etag}\"");
+                    if headers
+                        .get(header::IF_NONE_MATCH)
+                        .and_then(|v| v.to_str().ok())
+                        == Some(quoted.as_str())
+                    {
+                        return StatusCode::NOT_MODIFIED.into_response();
+                    }
+                    ([(header::ETAG, quoted)], bytes).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let source = Arc::new(PinglistSource::new(me(), None));
+        tokio::spawn(poll(
+            Arc::clone(&source),
+            reqwest::Client::new(),
+            format!("http://{addr}").parse().unwrap(),
+            crate::report::TokenFile::new(None),
+            Duration::from_millis(100),
+        ));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // The list, then one unheld 304, then a pause far longer than this.
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        source.current_is(&etag);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "the list held is current");
+        source.current_is("pl1-0000000000000000");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(polls.load(Ordering::SeqCst), 3, "polled when told");
     }
 }

@@ -436,6 +436,14 @@ impl PinglistBook {
         }
     }
 
+    /// The current ETag of `node`'s `network` list.
+    pub fn etag(&self, node: &str, network: NetworkMode) -> Option<String> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(&(node.to_owned(), network))
+            .map(|sender| sender.borrow().etag.clone())
+    }
+
     pub fn len(&self) -> usize {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         entries.len()

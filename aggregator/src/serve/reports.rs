@@ -101,15 +101,24 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
         state.aggregator.ingest(&body, &sender)
     };
     match outcome {
-        Ok(accepted) => (
-            StatusCode::ACCEPTED,
-            Json(ReportAccepted {
-                node: accepted.node,
-                round: accepted.round,
-                want_facts: accepted.want_facts,
-            }),
-        )
-            .into_response(),
+        Ok(accepted) => {
+            // The sender's own list (a relayed report's sender is another
+            // agent, the host agent: nothing to tell it here).
+            let pinglist_etag = (!relayed)
+                .then(|| state.aggregator.pinglists())
+                .flatten()
+                .and_then(|book| book.etag(&accepted.node, accepted.network));
+            (
+                StatusCode::ACCEPTED,
+                Json(ReportAccepted {
+                    node: accepted.node,
+                    round: accepted.round,
+                    want_facts: accepted.want_facts,
+                    pinglist_etag,
+                }),
+            )
+                .into_response()
+        }
         Err(rejection) => rejection_response(&rejection),
     }
 }

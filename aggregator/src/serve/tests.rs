@@ -131,6 +131,7 @@ async fn accepts_a_good_report() {
             node: "n1".into(),
             round: 10,
             want_facts: false,
+            pinglist_etag: None,
         }
     );
     let m = matrix(&app).await;
@@ -552,6 +553,18 @@ mod pinglists {
         assert_eq!(etag_of(&headers), new);
         let got: Pinglist = serde_json::from_slice(&body).unwrap();
         assert_eq!(got.aggregators.len(), 1);
+    }
+
+    /// The answer to a report names the sender's current list, so an agent
+    /// that holds another fetches it without a poll held open.
+    #[tokio::test]
+    async fn a_report_answer_names_the_current_pinglist() {
+        let (app, book) = app_with_lists();
+        let etag = publish(&book, &list("n1", NetworkMode::Pod, 3));
+        let (status, body) = send(&app, "POST", REPORTS_PATH, good_report()).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let accepted: ReportAccepted = serde_json::from_slice(&body).unwrap();
+        assert_eq!(accepted.pinglist_etag.as_deref(), Some(etag.as_str()));
     }
 
     #[tokio::test]
