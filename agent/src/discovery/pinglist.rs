@@ -431,6 +431,7 @@ mod tests {
     use netmatrix_api::{
         NetworkMode, NodeSkip, PinglistNode, PinglistPod, RotationEpoch, SamplingWindow, SrvAgent,
     };
+    use std::sync::atomic::AtomicUsize;
 
     fn me() -> AgentIdentity {
         fixtures::identity("n1", "agent-1", "10.244.1.2")
@@ -603,27 +604,25 @@ mod tests {
         assert_eq!(source.etag().as_deref(), Some(etag.as_str()));
     }
 
-    /// A fake aggregator on loopback: the list with its ETag, `304` when
-    /// the agent already has it, and the node asked for.
-    #[tokio::test]
-    async fn the_poll_takes_a_new_list_and_is_told_when_it_is_unchanged() {
+    /// A fake aggregator on loopback serving `list` at once: the list with
+    /// its ETag, `304` when the agent already has it. It checks the node
+    /// asked for and that no token was sent, and counts the polls. Returns
+    /// its URL, the list's ETag and the count.
+    async fn fake_aggregator(list: &Pinglist) -> (reqwest::Url, String, Arc<AtomicUsize>) {
         use axum::extract::Path as UrlPath;
         use axum::http::{HeaderMap, StatusCode, header};
         use axum::response::IntoResponse;
-        let (etag, bytes) = body(&mesh());
-        let served = (etag.clone(), bytes.clone());
+        let (etag, bytes) = body(list);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let served = (etag.clone(), bytes, Arc::clone(&polls));
         let app = axum::Router::new().route(
             "/api/v1/pinglist/{node}",
             axum::routing::get(move |UrlPath(node): UrlPath<String>, headers: HeaderMap| {
-                let (etag, bytes) = served.clone();
+                let (etag, bytes, polls) = served.clone();
                 async move {
+                    polls.fetch_add(1, Ordering::SeqCst);
                     assert_eq!(node, "n1");
-                    assert_eq!(
-                        headers
-                            .get(header::AUTHORIZATION)
-                            .and_then(|v| v.to_str().ok()),
-                        None
-                    );
+                    assert!(headers.get(header::AUTHORIZATION).is_none());
                     let quoted = format!("\"{etag}\"");
                     if headers
                         .get(header::IF_NONE_MATCH)
@@ -639,7 +638,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let base: reqwest::Url = format!("http://{addr}").parse().unwrap();
+        (format!("http://{addr}").parse().unwrap(), etag, polls)
+    }
+
+    #[tokio::test]
+    async fn the_poll_takes_a_new_list_and_is_told_when_it_is_unchanged() {
+        let (base, etag, _) = fake_aggregator(&mesh()).await;
         let client = reqwest::Client::new();
         let source = PinglistSource::new(me(), None);
         assert!(fetch(&source, &client, &base, None).await.unwrap());
@@ -652,38 +656,12 @@ mod tests {
     /// when a report's answer names another list.
     #[tokio::test]
     async fn an_unheld_poll_waits_until_a_report_answer_names_another_list() {
-        use axum::http::{HeaderMap, StatusCode, header};
-        use axum::response::IntoResponse;
-        use std::sync::atomic::AtomicUsize;
-        let (etag, bytes) = body(&mesh());
-        let polls = Arc::new(AtomicUsize::new(0));
-        let served = (etag.clone(), bytes.clone(), Arc::clone(&polls));
-        let app = axum::Router::new().route(
-            "/api/v1/pinglist/{node}",
-            axum::routing::get(move |headers: HeaderMap| {
-                let (etag, bytes, polls) = served.clone();
-                async move {
-                    polls.fetch_add(1, Ordering::SeqCst);
-                    let quoted = format!("\"{etag}\"");
-                    if headers
-                        .get(header::IF_NONE_MATCH)
-                        .and_then(|v| v.to_str().ok())
-                        == Some(quoted.as_str())
-                    {
-                        return StatusCode::NOT_MODIFIED.into_response();
-                    }
-                    ([(header::ETAG, quoted)], bytes).into_response()
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (base, etag, polls) = fake_aggregator(&mesh()).await;
         let source = Arc::new(PinglistSource::new(me(), None));
         tokio::spawn(poll(
             Arc::clone(&source),
             reqwest::Client::new(),
-            format!("http://{addr}").parse().unwrap(),
+            base,
             crate::report::TokenFile::new(None),
             Duration::from_millis(100),
         ));
