@@ -370,6 +370,7 @@ impl Settings {
             diagnosis: DiagnosisPolicy {
                 loss_threshold: args.loss_threshold,
                 latency_floor_ms: ms(args.latency_floor) as f64,
+                interval_ms: ms(args.interval) as f64,
             },
             history_rounds: usize::try_from(args.history_rounds).unwrap_or(history::DEFAULT_ROUNDS),
             limits: Default::default(),

@@ -41,6 +41,9 @@ pub struct DiagnosisPolicy {
     pub loss_threshold: f64,
     /// A path is slow only above this mean RTT (`--latency-floor`).
     pub latency_floor_ms: f64,
+    /// The probe interval (`--interval`): rows whose data are further apart
+    /// in time than this are not compared as the same moment.
+    pub interval_ms: f64,
 }
 
 impl Default for DiagnosisPolicy {
@@ -48,6 +51,7 @@ impl Default for DiagnosisPolicy {
         DiagnosisPolicy {
             loss_threshold: 0.1,
             latency_floor_ms: 100.0,
+            interval_ms: 5000.0,
         }
     }
 }

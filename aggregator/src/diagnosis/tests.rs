@@ -594,6 +594,40 @@ fn catalog_asymmetric_path() {
     assert!(c.hint.contains("rp_filter"));
 }
 
+/// The reverse direction "works" only on data older than the broken
+/// direction's by more than an interval (n3's row relayed late, its last
+/// data from before the fault): no one-way path is named on it.
+#[test]
+fn a_reverse_that_reaches_on_older_data_names_no_one_way_path() {
+    let n3_data_aged = |ms: f64| {
+        let mut grid = Grid::new(3).fail("n2", "n3");
+        let n3 = grid
+            .matrix
+            .rows
+            .iter_mut()
+            .find(|r| r.node == "n3")
+            .unwrap();
+        for cell in &mut n3.cells {
+            cell.age_ms = Some(ms);
+        }
+        grid.conditions()
+    };
+    // n2's data are 1 s old; n3's 8 s, more than an interval (5 s) older.
+    let conditions = n3_data_aged(8000.0);
+    assert!(
+        !conditions
+            .iter()
+            .any(|c| c.kind == FindingKind::AsymmetricPath),
+        "{conditions:?}"
+    );
+    // Within an interval of each other: judged.
+    only(
+        &n3_data_aged(5000.0),
+        FindingKind::AsymmetricPath,
+        &["n2", "n3"],
+    );
+}
+
 /// pair n2 n3: traffic between the two dropped both ways.
 #[test]
 fn catalog_pair_broken() {

@@ -6,7 +6,11 @@
 //!   source node, listing its broken paths.
 //!
 //! A path whose reverse is unknown (silent or unprobed node) names nothing:
-//! one direction alone cannot tell a one-way path from a dead node.
+//! one direction alone cannot tell a one-way path from a dead node. Nor
+//! does a reverse that reaches on data older than the broken direction's by
+//! more than an interval (a relayed or delayed row): it may show the path
+//! before whatever broke the other direction, so it is judged again once
+//! both directions are measured at the same time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,7 +45,7 @@ pub(super) fn diagnose(
             if a < b {
                 pairs.push(pair_broken(a, b, forward, reverse));
             }
-        } else if is_reaching(reverse) {
+        } else if is_reaching(reverse) && measured_together(forward, reverse, view) {
             one_way.entry(a).or_default().push((b, forward, reverse));
         }
     }
@@ -96,6 +100,16 @@ fn asymmetric(from: &str, broken: &[(&str, &Cell, &Cell)]) -> Condition {
         ),
     )
     .with_paths(tos.iter().map(|to| path(from, to)).collect())
+}
+
+/// Whether `reverse`'s data are not older than `forward`'s by more than an
+/// interval (rows report at their own phase within an interval); unknown
+/// ages are taken as recent.
+fn measured_together(forward: &Cell, reverse: &Cell, view: &View) -> bool {
+    match (forward.age_ms, reverse.age_ms) {
+        (Some(forward), Some(reverse)) => reverse <= forward + view.policy.interval_ms,
+        _ => true,
+    }
 }
 
 fn path(from: &str, to: &str) -> Path {
