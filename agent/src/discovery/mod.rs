@@ -179,13 +179,7 @@ impl Discovery {
             Source::Api(w) => tokio::time::timeout(timeout, w.peers.wait_until_ready())
                 .await
                 .is_ok_and(|r| r.is_ok()),
-            Source::Pinglist(p) => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                while !p.synced() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                p.synced()
-            }
+            Source::Pinglist(p) => p.wait_synced(timeout).await,
         }
     }
 

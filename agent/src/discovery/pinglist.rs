@@ -58,6 +58,8 @@ pub struct PinglistSource {
     /// Woken when the aggregator says (in a report's answer) that the
     /// current list is not the one held: the poll then fetches at once.
     stale: Notify,
+    /// Woken when a list is taken, for [`PinglistSource::wait_synced`].
+    taken: Notify,
 }
 
 struct Held {
@@ -77,6 +79,22 @@ impl PinglistSource {
             healthy: AtomicBool::new(false),
             file,
             stale: Notify::new(),
+            taken: Notify::new(),
+        }
+    }
+
+    /// Waits until a list is held, up to `timeout`; whether one is.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a list taken in between wakes it.
+            let taken = self.taken.notified();
+            if self.synced() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+                return self.synced();
+            }
         }
     }
 
@@ -144,6 +162,7 @@ impl PinglistSource {
         {
             tracing::warn!(path = %path.display(), %error, "cannot store the pinglist; a restarted agent will wait for the aggregator");
         }
+        self.taken.notify_waiters();
         Ok(())
     }
 }
@@ -639,6 +658,22 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (format!("http://{addr}").parse().unwrap(), etag, polls)
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_first_list_ends_when_it_is_taken() {
+        let source = Arc::new(PinglistSource::new(me(), None));
+        assert!(!source.wait_synced(Duration::from_millis(50)).await);
+        let (etag, bytes) = body(&mesh());
+        let waiter = tokio::spawn({
+            let source = Arc::clone(&source);
+            async move { source.wait_synced(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        source.accept(&etag, &bytes).unwrap();
+        assert!(waiter.await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]
