@@ -104,7 +104,6 @@ enum Source {
 
 /// The agent's own watches.
 struct Watches {
-    me: AgentIdentity,
     peers: Store<Pod>,
     peer_watch: Arc<WatchHealth>,
     /// The agent pods, when the peer watch does not cover them.
@@ -151,9 +150,8 @@ impl Discovery {
             filter::trim_node,
         );
         Self {
-            me: me.clone(),
+            me,
             source: Source::Api(Watches {
-                me,
                 peers,
                 peer_watch,
                 agents,
@@ -186,7 +184,7 @@ impl Discovery {
     /// The current peers; `None` until they are first known.
     pub fn view(&self) -> Option<PeerView> {
         match &self.source {
-            Source::Api(w) => w.view(),
+            Source::Api(w) => w.view(&self.me),
             Source::Pinglist(p) => p.view(netmatrix_runtime::now_unix_ms()),
         }
     }
@@ -238,7 +236,7 @@ impl Discovery {
     /// reports to relay); last known, like peers.
     pub fn local_agent_ip(&self) -> Option<IpAddr> {
         match &self.source {
-            Source::Api(w) => w.local_agent_ip(),
+            Source::Api(w) => w.local_agent_ip(&self.me),
             Source::Pinglist(p) => p.local_agent_ip(),
         }
     }
@@ -255,7 +253,7 @@ impl Discovery {
 impl Watches {
     /// Peers from the API (`Api` while the watch is healthy, `LastKnown`
     /// while it retries); `None` until the first list has completed.
-    fn view(&self) -> Option<PeerView> {
+    fn view(&self, me: &AgentIdentity) -> Option<PeerView> {
         if !self.peer_watch.synced() {
             return None;
         }
@@ -279,7 +277,7 @@ impl Watches {
         }
         .map(AgentTruth::complete);
         Some(PeerView {
-            peers: filter::peers(&running, &self.me, &skipped_nodes),
+            peers: filter::peers(&running, me, &skipped_nodes),
             agents,
             source,
             skipped_nodes,
@@ -290,12 +288,12 @@ impl Watches {
 
     /// The IP of this node's Running pod-network agent, when the agents are
     /// watched apart from the peers (host agents).
-    fn local_agent_ip(&self) -> Option<IpAddr> {
+    fn local_agent_ip(&self, me: &AgentIdentity) -> Option<IpAddr> {
         let (agents, _) = self.agents.as_ref()?;
         let state = agents.state();
         filter::running_pods(state.iter().map(|p| p.as_ref()))
             .into_iter()
-            .find(|p| p.node == self.me.node)
+            .find(|p| p.node == me.node)
             .map(|p| p.ip)
     }
 
