@@ -688,32 +688,23 @@ impl Lab {
         node: &str,
         network: AgentNetwork,
     ) -> Result<Option<netmatrix_api::Report>, LabError> {
-        use std::io::{Read, Write};
         let plan = self.node_plan(node)?;
         let netns = match network {
             AgentNetwork::Pod => plan.agent.netns.clone(),
             AgentNetwork::Host => plan.netns.clone(),
         };
-        let addr = agent_status_addr(network);
         let what = format!("GET /status of {}", agent_process(&plan, network));
-        let response = netns::in_netns(&netns, move || {
-            let timeout = Duration::from_secs(2);
-            let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-            stream.set_read_timeout(Some(timeout))?;
-            stream.write_all(
-                b"GET /status HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
-            )?;
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response)?;
-            Ok(response)
-        })?;
-        let response = String::from_utf8_lossy(&response);
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let body = netns::http_get(
+            &netns,
+            agent_status_addr(network),
+            "/status",
+            Duration::from_secs(2),
+        )?;
         #[derive(serde::Deserialize)]
         struct Status {
             last_round: Option<netmatrix_api::Report>,
         }
-        let status: Status = serde_json::from_str(body).map_err(|e| LabError::Http {
+        let status: Status = serde_json::from_str(&body).map_err(|e| LabError::Http {
             url: what,
             message: e.to_string(),
         })?;

@@ -11,10 +11,12 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Where `ip netns add` mounts namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -225,6 +227,34 @@ where
                     source: std::io::Error::other("the closure panicked"),
                 })
             })
+    })
+}
+
+/// `GET path` over HTTP/1.0 to `addr`, from a socket opened inside `ns` (as
+/// `kubectl port-forward` reaches a pod's loopback), each step bounded by
+/// `timeout`: the body of a `200`; any other answer is an error naming its
+/// status line.
+pub fn http_get(
+    ns: &str,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, NetnsError> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let (head, body) = out
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+        let ok = head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200");
+        if !ok {
+            let status = head.lines().next().unwrap_or("");
+            return Err(std::io::Error::other(format!("GET {addr}{path}: {status}")));
+        }
+        Ok(body.to_owned())
     })
 }
 
