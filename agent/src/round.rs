@@ -309,10 +309,6 @@ fn echoes_per_pod(count: u16, pods_on_node: Option<&u16>) -> u16 {
     }
 }
 
-/// Rounds between two moves of the rotating sampled nodes: long enough for
-/// the aggregator to confirm a broken path (it raises after 3 rounds).
-const ROTATE_EVERY_ROUNDS: u64 = 6;
-
 impl RoundLoop {
     pub async fn run(self) {
         let mut ticker = tokio::time::interval(self.prober.interval);
@@ -329,7 +325,7 @@ impl RoundLoop {
                 (self.prober.srv_name.as_deref()).map(|name| self.prober.dns.srv_addresses(name));
             let mut view = self.discovery.view_or_srv(srv).await;
             let interval_ms = u64::try_from(self.prober.interval.as_millis()).unwrap_or(u64::MAX);
-            let epoch = sampling::epoch(now_unix_ms(), interval_ms, ROTATE_EVERY_ROUNDS);
+            let epoch = sampling::epoch(now_unix_ms(), interval_ms, sampling::ROTATE_EVERY_ROUNDS);
             discovery::sample::apply(&mut view, &self.prober.identity.node, &self.sampling, epoch);
             if last_source != Some(view.source) {
                 tracing::info!(source = ?view.source, peers = view.peers.len(), "peer source");

@@ -224,6 +224,12 @@ impl Place {
     }
 }
 
+/// Rounds between two moves of the rotating sampled nodes (an epoch, in
+/// probe intervals): long enough for the aggregator to confirm a broken
+/// path (it raises after 3 rounds). Agents on their own watches and the
+/// aggregator's pinglists both count epochs with it.
+pub const ROTATE_EVERY_ROUNDS: u64 = 6;
+
 /// The epoch of the rotating targets at `unix_ms`: it advances every
 /// `rounds` rounds of `interval_ms`, on the wall clock so that agents agree.
 pub fn epoch(unix_ms: u64, interval_ms: u64, rounds: u64) -> u64 {

@@ -31,9 +31,8 @@ use super::view::{ClusterView, NETWORKS, NodeEntry};
 /// entries, so the list due at `b + W` still covers that epoch while it is
 /// being renewed.
 pub const ROTATION_WINDOW_EPOCHS: u64 = 8;
-/// An epoch is this many probe intervals (the agents' former
-/// `ROTATE_EVERY_ROUNDS`).
-pub const ROTATE_EVERY_ROUNDS: u64 = 6;
+/// An epoch is this many probe intervals, as for agents on their own watches.
+pub use netmatrix_api::sampling::ROTATE_EVERY_ROUNDS;
 
 /// What every list shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
