@@ -303,7 +303,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 status.reporting.clone(),
             )
             .map_err(Error::ReportClient)?
-            .with_undelivered(status.undelivered.clone());
+            .with_undelivered(status.undelivered.clone())
+            .with_encoding(settings.report_encoding);
             if let Some(source) = pinglist {
                 reporter = reporter.with_pinglist(source);
             }

@@ -30,17 +30,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use netmatrix_runtime::{cause_chain, now_unix_ms};
 
 use netmatrix_api::{
-    AGENT_UNDELIVERED_PATH, ApiError, RELAYED_REPORTS_PATH, REPORTS_PATH, Report, reasons,
+    AGENT_UNDELIVERED_PATH, ApiError, RELAYED_REPORTS_PATH, REPORTS_PATH, Report, protobuf, reasons,
 };
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::config::ReportEncoding;
 use crate::metrics::{Metrics, ReportOutcome};
 
 /// Longest pause between delivery attempts.
@@ -263,6 +265,9 @@ pub struct Reporter {
     /// The pinglist this agent probes, told when a report's answer names
     /// another one.
     pinglist: Option<Arc<crate::discovery::pinglist::PinglistSource>>,
+    /// Protobuf until an aggregator answers 415 (an older one): then JSON
+    /// for good.
+    protobuf: AtomicBool,
 }
 
 impl Reporter {
@@ -307,7 +312,15 @@ impl Reporter {
             backoff: Backoff::default(),
             facts_wanted: false,
             pinglist: None,
+            protobuf: AtomicBool::new(true),
         })
+    }
+
+    /// Encodes reports as `encoding` (protobuf by default).
+    pub fn with_encoding(self, encoding: ReportEncoding) -> Self {
+        self.protobuf
+            .store(encoding == ReportEncoding::Protobuf, Ordering::Relaxed);
+        self
     }
 
     /// Keeps undelivered reports in `undelivered` (served for the host agent).
@@ -505,6 +518,27 @@ impl Reporter {
         self.metrics.record_relay(Some(outcome));
     }
 
+    /// One POST of `report`, encoded as the aggregator reads it.
+    async fn post_once(
+        &self,
+        url: reqwest::Url,
+        report: &Report,
+        token: Option<&str>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut request = if self.protobuf.load(Ordering::Relaxed) {
+            self.client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, protobuf::REPORT_PROTOBUF)
+                .body(protobuf::encode_report(report))
+        } else {
+            self.client.post(url).json(report)
+        };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await
+    }
+
     /// Service first; aggregator pods when the Service cannot be reached.
     async fn send(&self, path: &str, report: &Report, token: Option<&str>) -> Delivery {
         let service = self
@@ -550,11 +584,15 @@ impl Reporter {
         token: Option<&str>,
     ) -> Result<Delivery, String> {
         let endpoint = url.to_string();
-        let mut request = self.client.post(url).json(report);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        let mut response = self.post_once(url.clone(), report, token).await;
+        if let Ok(r) = &response
+            && r.status() == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE
+            && self.protobuf.swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(%endpoint, "the aggregator does not read protobuf reports (an older version?); sending JSON from now on");
+            response = self.post_once(url, report, token).await;
         }
-        let response = match request.send().await {
+        let response = match response {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_timeout() => {
                 // reqwest's top-level message hides the cause ("error sending
@@ -645,18 +683,65 @@ mod tests {
         })
     }
 
-    async fn aggregator(status: StatusCode, body: &'static str) -> SocketAddr {
+    async fn aggregator(status: StatusCode, answer: &'static str) -> SocketAddr {
         let app = Router::new().route(
             REPORTS_PATH,
-            post(move |axum::Json(r): axum::Json<Report>| async move {
-                assert_eq!(r.round, 7);
-                (status, body)
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let r = read_report(&headers, &body);
+                    assert_eq!(r.round, 7);
+                    (status, answer)
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
+    }
+
+    /// A report as the aggregator reads it, in either encoding.
+    fn read_report(headers: &axum::http::HeaderMap, body: &[u8]) -> Report {
+        let content_type = headers.get(reqwest::header::CONTENT_TYPE).unwrap();
+        if content_type == protobuf::REPORT_PROTOBUF {
+            protobuf::decode_report(body, 100).unwrap()
+        } else {
+            assert_eq!(content_type, "application/json");
+            serde_json::from_slice(body).unwrap()
+        }
+    }
+
+    /// Agents send protobuf; an aggregator that answers 415 (an older
+    /// one) gets the same report again in JSON, and JSON from then on.
+    #[tokio::test]
+    async fn an_aggregator_without_protobuf_gets_json() {
+        let types = Arc::new(Mutex::new(Vec::new()));
+        let seen = types.clone();
+        let app = Router::new().route(
+            REPORTS_PATH,
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let r = read_report(&headers, &body);
+                    let json = headers[reqwest::header::CONTENT_TYPE] == "application/json";
+                    seen.lock().unwrap().push((json, r.round));
+                    if json {
+                        (StatusCode::ACCEPTED, "{}")
+                    } else {
+                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}")
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (mut r, state, _) = reporter(addr, vec![], 0);
+        r.deliver(&report()).await;
+        let mut next = (*report()).clone();
+        next.round = 8;
+        r.deliver(&Arc::new(next)).await;
+        assert_eq!(*types.lock().unwrap(), [(false, 7), (true, 7), (true, 8)]);
+        assert!(state.lock().unwrap().last_error.is_none());
     }
 
     async fn closed_port() -> SocketAddr {
@@ -762,11 +847,14 @@ mod tests {
         let count = relayed.clone();
         let app = Router::new().route(
             RELAYED_REPORTS_PATH,
-            post(move |axum::Json(r): axum::Json<Report>| async move {
-                assert_eq!(r.agent.pod, "agent-1");
-                count.fetch_add(1, Ordering::SeqCst);
-                (StatusCode::ACCEPTED, "{}")
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let r = read_report(&headers, &body);
+                    assert_eq!(r.agent.pod, "agent-1");
+                    count.fetch_add(1, Ordering::SeqCst);
+                    (StatusCode::ACCEPTED, "{}")
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let aggregator = listener.local_addr().unwrap();

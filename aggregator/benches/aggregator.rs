@@ -44,7 +44,8 @@ fn round_5000(c: &mut Criterion) {
     let ingest_all = |a: &netmatrix_aggregator::state::Aggregator,
                       bodies: Vec<(Sender, Vec<u8>)>| {
         for (sender, body) in &bodies {
-            a.ingest(body, sender)
+            cluster
+                .ingest(a, sender, body)
                 .expect("a generated report is accepted");
         }
     };
@@ -93,8 +94,8 @@ fn matrix_json_1000(c: &mut Criterion) {
     let bodies: Vec<_> = cluster.report_bodies(1, clock()).collect();
     let aggregator = Arc::new(cluster.aggregator(INTERVAL_MS, clock));
     for (sender, body) in &bodies {
-        aggregator
-            .ingest(body, sender)
+        cluster
+            .ingest(&aggregator, sender, body)
             .expect("a generated report is accepted");
     }
     drop(bodies);

@@ -7,10 +7,13 @@
 //! ```
 //!
 //! Arguments: nodes (default 5000), remote peers per agent (default 50; a
-//! full mesh when at least nodes - 1).
+//! full mesh when at least nodes - 1), the reports' encoding (`protobuf`,
+//! as agents send them, or `json`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use netmatrix_aggregator::store::ReportEncoding;
 
 #[path = "../benches/cluster/mod.rs"]
 mod cluster;
@@ -47,9 +50,15 @@ fn main() -> anyhow::Result<()> {
     let nodes: usize = args.next().map_or(Ok(5000), |a| a.parse())?;
     let peers: usize = args.next().map_or(Ok(50), |a| a.parse())?;
     let (_, rss_start) = memory_mib();
-    let cluster = cluster::Cluster::new(nodes, peers.min(nodes.saturating_sub(1)));
+    let mut cluster = cluster::Cluster::new(nodes, peers.min(nodes.saturating_sub(1)));
+    cluster.encoding = match args.next().as_deref() {
+        None | Some("protobuf") => ReportEncoding::Protobuf,
+        Some("json") => ReportEncoding::Json,
+        Some(other) => anyhow::bail!("encoding {other:?}: protobuf or json"),
+    };
     let aggregator = cluster.aggregator(10_000, clock);
     let (mut ingest_ms, mut evaluate_ms) = (Vec::new(), Vec::new());
+    let mut report_bytes = 0;
     // Several rounds, so that the path history fills up (5 rounds); the
     // times are the medians of the rounds after that.
     for round in 1..=ROUNDS {
@@ -57,15 +66,18 @@ fn main() -> anyhow::Result<()> {
         // Bodies are made one at a time (as they arrive one request at a
         // time); only the ingest is timed.
         let mut ingest = std::time::Duration::ZERO;
+        let mut bytes = 0;
         for (sender, body) in cluster.report_bodies(round, clock()) {
             let started = Instant::now();
-            aggregator
-                .ingest(&body, &sender)
+            cluster
+                .ingest(&aggregator, &sender, &body)
                 .map_err(|e| anyhow::anyhow!("report rejected: {e}"))?;
             ingest += started.elapsed();
+            bytes += body.len();
         }
         let started = Instant::now();
         let findings = aggregator.evaluate();
+        report_bytes = bytes / nodes.max(1);
         if round > 5 {
             ingest_ms.push(ingest.as_secs_f64() * 1000.0);
             evaluate_ms.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -84,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         .count();
     let (peak, rss) = memory_mib();
     println!(
-        "| {nodes} | {} | {cells} | {series} | {:.0} | {:.0} | {peak:.0} | {:.0} |",
+        "| {nodes} | {} | {report_bytes} | {cells} | {series} | {:.0} | {:.0} | {peak:.0} | {:.0} |",
         if cluster.sampled() {
             format!("{peers} sampled")
         } else {

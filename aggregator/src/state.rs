@@ -16,7 +16,9 @@ use crate::matrix::{self, Built, NodeStates};
 use crate::metrics::Metrics;
 use crate::pinglist::PinglistBook;
 use crate::published::{Form, Published};
-use crate::store::{self, Accepted, FactsLookup, Rejection, ReportStore, TimeBounds};
+use crate::store::{
+    self, Accepted, FactsLookup, Rejection, ReportEncoding, ReportStore, TimeBounds,
+};
 
 /// Lines of "report rejected" logged per second at most.
 pub const REJECTIONS_LOGGED_PER_SECOND: u32 = 10;
@@ -176,25 +178,23 @@ impl Aggregator {
         }
     }
 
-    /// Validates and stores one report body from `sender`, counting the
-    /// outcome.
+    /// Validates and stores one JSON report body from `sender`, counting
+    /// the outcome.
     pub fn ingest(&self, body: &[u8], sender: &Sender) -> Result<Accepted, Rejection> {
-        self.ingest_as(body, sender, false)
+        self.ingest_encoded(body, ReportEncoding::Json, sender, false)
     }
 
-    /// As [`Aggregator::ingest`], for a pod agent's report that `sender`,
-    /// its node's host agent, relays ([`ReportStore::insert_relayed`]).
-    pub fn ingest_relayed(&self, body: &[u8], sender: &Sender) -> Result<Accepted, Rejection> {
-        self.ingest_as(body, sender, true)
-    }
-
-    fn ingest_as(
+    /// As [`Aggregator::ingest`], for a body in `encoding`; `relayed`: a
+    /// pod agent's report that `sender`, its node's host agent, relays
+    /// ([`ReportStore::insert_relayed`]).
+    pub fn ingest_encoded(
         &self,
         body: &[u8],
+        encoding: ReportEncoding,
         sender: &Sender,
         relayed: bool,
     ) -> Result<Accepted, Rejection> {
-        let outcome = store::parse(body, &self.settings.limits).and_then(|report| {
+        let outcome = store::parse(body, encoding, &self.settings.limits).and_then(|report| {
             let inventory = self.inventory.snapshot();
             let now = self.now();
             let mut store = self.lock_store();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use netmatrix_api::facts::NodeFacts;
 use netmatrix_api::validate::{Invalid, Limits};
-use netmatrix_api::{NetworkMode, Report, reasons};
+use netmatrix_api::{NetworkMode, Report, protobuf, reasons};
 
 use crate::auth::{AuthError, Caller, Sender, truncated};
 use crate::history::{History, RoundSample};
@@ -64,6 +64,8 @@ pub enum Rejection {
     NotReady,
     #[error("round {round} of {pod} is not newer than round {held} held")]
     Stale { pod: String, round: u64, held: u64 },
+    #[error("a report of type {0}, which this aggregator does not read")]
+    UnsupportedType(String),
 }
 
 impl Rejection {
@@ -80,6 +82,7 @@ impl Rejection {
             Rejection::Auth(AuthError::Unavailable(_)) => reasons::AUTH_UNAVAILABLE,
             Rejection::NotReady => reasons::NOT_READY,
             Rejection::Stale { .. } => reasons::STALE,
+            Rejection::UnsupportedType(_) => reasons::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -103,6 +106,10 @@ impl Rejection {
             Rejection::Stale { .. } => {
                 "stale: a newer report of this pod is held; late retries are dropped".to_owned()
             }
+            Rejection::UnsupportedType(_) => format!(
+                "unsupported-media-type: send application/json or {}",
+                netmatrix_api::protobuf::REPORT_PROTOBUF
+            ),
         }
     }
 }
@@ -203,10 +210,46 @@ pub enum FactsLookup {
     NoHostAgent,
 }
 
+/// How a report body is encoded (its `Content-Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReportEncoding {
+    /// `application/json`, and bodies without a type (`curl -d`).
+    #[default]
+    Json,
+    /// [`protobuf::REPORT_PROTOBUF`]: what agents send.
+    Protobuf,
+}
+
+impl ReportEncoding {
+    /// The encoding a `Content-Type` names; parameters (`; charset=utf-8`)
+    /// and case are ignored.
+    pub fn of_content_type(content_type: Option<&[u8]>) -> Result<ReportEncoding, Rejection> {
+        let Some(raw) = content_type else {
+            return Ok(ReportEncoding::Json);
+        };
+        let text = String::from_utf8_lossy(raw);
+        let essence = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "" | "application/json" => Ok(ReportEncoding::Json),
+            protobuf::REPORT_PROTOBUF => Ok(ReportEncoding::Protobuf),
+            _ => Err(Rejection::UnsupportedType(truncated(&essence))),
+        }
+    }
+}
+
 /// Parses and validates a report body. Done before taking the store's
 /// lock: parsing a large body must not hold up other agents.
-pub fn parse(body: &[u8], limits: &Limits) -> Result<Report, Rejection> {
-    let mut report: Report = serde_json::from_slice(body).map_err(|_| malformed(body))?;
+pub fn parse(body: &[u8], encoding: ReportEncoding, limits: &Limits) -> Result<Report, Rejection> {
+    let mut report: Report = match encoding {
+        ReportEncoding::Json => serde_json::from_slice(body).map_err(|_| malformed(body))?,
+        ReportEncoding::Protobuf => protobuf::decode_report(body, limits.max_peers)
+            .map_err(|e| Rejection::Malformed(e.to_string()))?,
+    };
     report.validate(limits).map_err(Rejection::Invalid)?;
     report.truncate_messages();
     // Node facts get our own digest (what the agent claims is only a hint
@@ -265,7 +308,7 @@ impl ReportStore {
         now_unix_ms: u64,
     ) -> Result<Accepted, Rejection> {
         self.insert(
-            parse(body, &Limits::default())?,
+            parse(body, ReportEncoding::Json, &Limits::default())?,
             sender,
             inventory,
             now_unix_ms,
@@ -397,22 +440,27 @@ impl ReportStore {
         Ok(accepted)
     }
 
-    /// Peers found through DNS carry no node name: place them by IP through
-    /// the inventory (agent pod IPs, node pod CIDRs), or, without one, through
-    /// the addresses of agents that have reported. Unplaceable peers are
-    /// dropped, since a cell needs a destination node.
+    /// Peers found through DNS, and every peer of a protobuf report, carry
+    /// no names: place them by IP through the inventory (agent and target
+    /// pod IPs, node pod CIDRs), or, without one, through the addresses of
+    /// agents that have reported. Unplaceable peers are dropped, since a
+    /// cell needs a destination node.
     fn place_unnamed_peers(&self, report: &mut Report, inventory: Option<&Inventory>) -> usize {
         let before = report.peers.len();
         report.peers.retain_mut(|peer| {
             if !peer.node.is_empty() {
                 return true;
             }
-            let node = inventory
-                .and_then(|inv| inv.node_of_ip(peer.ip))
-                .or_else(|| self.reporter_of_ip(peer.ip));
-            match node {
-                Some(node) => {
+            let placed = match inventory {
+                Some(inventory) => inventory.place(peer.ip),
+                None => self.reporter_of_ip(peer.ip),
+            };
+            match placed {
+                Some((node, pod)) => {
                     peer.node = node.to_owned();
+                    if peer.pod.is_empty() {
+                        peer.pod = pod.to_owned();
+                    }
                     true
                 }
                 None => false,
@@ -421,11 +469,11 @@ impl ReportStore {
         before - report.peers.len()
     }
 
-    fn reporter_of_ip(&self, ip: IpAddr) -> Option<&str> {
+    fn reporter_of_ip(&self, ip: IpAddr) -> Option<(&str, &str)> {
         self.latest
             .values()
             .find(|s| s.report.agent.pod_ip == ip)
-            .map(|s| s.report.agent.node.as_str())
+            .map(|s| (s.report.agent.node.as_str(), s.report.agent.pod.as_str()))
     }
 
     pub fn get(&self, node: &str, network: NetworkMode) -> Option<&StoredReport> {
@@ -744,6 +792,58 @@ pub(crate) mod tests {
         let held = store.get("n1", NetworkMode::Pod).unwrap();
         assert_eq!(held.received_unix_ms, 1000);
         assert_eq!(held.sender, "uid-agent-n1");
+    }
+
+    /// A protobuf report names its peers by address alone: the inventory
+    /// names them (an agent, a companion, an address in a node's pod CIDR),
+    /// and an address of no node's is dropped and counted.
+    #[test]
+    fn protobuf_peers_are_placed_by_address() {
+        let mut inv = inventory(&["n1", "n2"]);
+        inv.targets.push(crate::inventory::TargetPod {
+            node: "n2".into(),
+            pod: "companion-n2".into(),
+            ip: "10.244.2.3".parse().unwrap(),
+        });
+        let mut r = report(0, "n1", 10);
+        for ip in ["10.244.2.2", "10.244.2.3", "10.244.2.77", "192.0.2.1"] {
+            r.peers.push(peer("claimed", "claimed", ip, echoes(3, 3)));
+        }
+        let body = protobuf::encode_report(&r);
+        let parsed = parse(&body, ReportEncoding::Protobuf, &Limits::default()).unwrap();
+        let mut store = ReportStore::default();
+        let accepted = store
+            .insert(parsed, &agent("agent-n1"), Some(&inv), 1000)
+            .unwrap();
+        assert_eq!(accepted.unmapped_peers, 1);
+        let held = &store.get("n1", NetworkMode::Pod).unwrap().report;
+        let placed: Vec<(&str, &str)> = held
+            .peers
+            .iter()
+            .map(|p| (p.node.as_str(), p.pod.as_str()))
+            .collect();
+        assert_eq!(
+            placed,
+            [("n2", "agent-n2"), ("n2", "companion-n2"), ("n2", "")]
+        );
+    }
+
+    #[test]
+    fn content_types_choose_the_parser() {
+        let of = |t: Option<&str>| ReportEncoding::of_content_type(t.map(str::as_bytes));
+        assert_eq!(of(None).unwrap(), ReportEncoding::Json);
+        assert_eq!(
+            of(Some("application/json; charset=utf-8")).unwrap(),
+            ReportEncoding::Json
+        );
+        assert_eq!(
+            of(Some("Application/VND.netmatrix.report.v1+protobuf")).unwrap(),
+            ReportEncoding::Protobuf
+        );
+        let refused = of(Some("text/plain")).unwrap_err();
+        assert_eq!(refused.reason(), "unsupported-media-type");
+        let garbage = parse(b"\x0a\xff", ReportEncoding::Protobuf, &Limits::default());
+        assert_eq!(garbage.unwrap_err().reason(), "invalid");
     }
 
     #[test]

@@ -27,8 +27,8 @@ fn run(cluster: &Cluster, now: &'static AtomicU64, clock: fn() -> u64, rounds: u
     for round in 1..=rounds {
         now.fetch_add(10_000, Ordering::SeqCst);
         for (sender, body) in cluster.report_bodies(round, clock()) {
-            aggregator
-                .ingest(&body, &sender)
+            cluster
+                .ingest(&aggregator, &sender, &body)
                 .expect("a generated report is accepted");
         }
         findings = Some(aggregator.evaluate());

@@ -59,4 +59,7 @@ pub mod reasons {
     /// unreachable, or token reviews are being rate limited (503). A client
     /// may retry with an older token it still holds.
     pub const AUTH_UNAVAILABLE: &str = "auth-unavailable";
+    /// A report in an encoding this aggregator does not read (415): an
+    /// agent falls back to JSON.
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported-media-type";
 }

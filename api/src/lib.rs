@@ -21,6 +21,7 @@
 //! - `compact`: the matrix in a few bytes per cell ([`CompactMatrix`]);
 //! - `endpoints`: the paths, and the error body ([`ApiError`]);
 //! - `pinglist`: what the aggregator tells each agent to probe ([`Pinglist`]);
+//! - [`protobuf`]: the report in Protocol Buffers, as agents send it;
 //! - [`facts`], [`labels`], [`sampling`], [`validate`]: a node's own
 //!   network, Kubernetes labels, the sampled mesh, report validation;
 //! - `fixtures` (feature `fixtures`): wire values for tests.
@@ -37,6 +38,7 @@ pub mod facts;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod labels;
+pub mod protobuf;
 pub mod sampling;
 pub mod validate;
 

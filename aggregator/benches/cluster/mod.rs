@@ -11,7 +11,9 @@ use netmatrix_aggregator::auth::{Caller, Sender};
 use netmatrix_aggregator::config::Settings;
 use netmatrix_aggregator::inventory::{AgentPod, Inventory, InventorySource, NodeInfo};
 use netmatrix_aggregator::state::Aggregator;
+use netmatrix_aggregator::store::{Accepted, Rejection, ReportEncoding};
 use netmatrix_api::fixtures::{self, identity};
+use netmatrix_api::protobuf;
 use netmatrix_api::sampling::{PeerSampling, Ring};
 use netmatrix_api::{
     DnsResult, EchoResult, ErrorKind, NetworkMode, PeerResult, PeerSource, ProbeError, RecordType,
@@ -28,6 +30,8 @@ pub struct Cluster {
     pub split_at: Option<usize>,
     /// Directed paths (from, to) that are down.
     pub broken: Vec<(String, String)>,
+    /// How the reports are encoded (protobuf, as agents send them).
+    pub encoding: ReportEncoding,
 }
 
 pub fn node_name(i: usize) -> String {
@@ -60,7 +64,19 @@ impl Cluster {
             isolated: Vec::new(),
             split_at: None,
             broken: Vec::new(),
+            encoding: ReportEncoding::Protobuf,
         }
+    }
+
+    /// Hands one of [`Cluster::report_bodies`] to `aggregator`, as its
+    /// HTTP route would.
+    pub fn ingest(
+        &self,
+        aggregator: &Aggregator,
+        sender: &Sender,
+        body: &[u8],
+    ) -> Result<Accepted, Rejection> {
+        aggregator.ingest_encoded(body, self.encoding, sender, false)
     }
 
     pub fn sampled(&self) -> bool {
@@ -180,10 +196,11 @@ impl Cluster {
                 pod_uid: format!("uid-agent-{node}"),
                 node: Some(node.clone()),
             });
-            (
-                sender,
-                serde_json::to_vec(&report).expect("a report encodes"),
-            )
+            let body = match self.encoding {
+                ReportEncoding::Json => serde_json::to_vec(&report).expect("a report encodes"),
+                ReportEncoding::Protobuf => protobuf::encode_report(&report),
+            };
+            (sender, body)
         })
     }
 }

@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -84,6 +84,32 @@ pub struct Inventory {
     /// The NetworkPolicies of the agents' namespace and its labels: what
     /// may keep probes out ([`crate::policy`]).
     pub policies: crate::policy::PolicySet,
+    /// Probe targets that are not agents (companion pods), so that a peer
+    /// reported by address alone is named.
+    pub targets: Vec<TargetPod>,
+    /// Every agent's and target's address, built on first use from the
+    /// fields above: leave it at its default.
+    pub addresses: AddressIndex,
+}
+
+/// The addresses of an [`Inventory`]'s pods, built when first asked: a
+/// snapshot is not changed once shared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressIndex(OnceLock<HashMap<IpAddr, PlacedPod>>);
+
+/// A probe target of the API's (`--peer-selector`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPod {
+    pub node: String,
+    pub pod: String,
+    pub ip: IpAddr,
+}
+
+/// Where an address is: a pod of the API's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedPod {
+    node: String,
+    pod: String,
 }
 
 impl Inventory {
@@ -353,19 +379,48 @@ impl Inventory {
     /// The node an address belongs to: an agent pod's IP first, then the
     /// most specific node pod CIDR that contains it.
     pub fn node_of_ip(&self, ip: IpAddr) -> Option<&str> {
-        let by_agent = self.agents.iter().find_map(|(node, pods)| {
-            pods.iter()
-                .any(|p| p.ips.contains(&ip))
-                .then_some(node.as_str())
-        });
-        by_agent.or_else(|| {
-            self.nodes
-                .iter()
-                .flat_map(|(node, info)| info.pod_cidrs.iter().map(move |c| (node, c)))
-                .filter(|(_, cidr)| cidr.contains(ip))
-                .max_by_key(|(_, cidr)| cidr.prefix)
-                .map(|(node, _)| node.as_str())
-        })
+        self.place(ip).map(|(node, _)| node)
+    }
+
+    /// The node and pod of a probed address: an agent's or a probe
+    /// target's (a hash look-up, for the quarter of a million peers a round
+    /// at 5,000 nodes); else the node whose pod CIDR holds it, with no pod
+    /// name (`""`).
+    pub fn place(&self, ip: IpAddr) -> Option<(&str, &str)> {
+        let addresses = self.addresses.0.get_or_init(|| self.index_addresses());
+        if let Some(placed) = addresses.get(&ip) {
+            return Some((&placed.node, &placed.pod));
+        }
+        self.nodes
+            .iter()
+            .flat_map(|(node, info)| info.pod_cidrs.iter().map(move |c| (node, c)))
+            .filter(|(_, cidr)| cidr.contains(ip))
+            .max_by_key(|(_, cidr)| cidr.prefix)
+            .map(|(node, _)| (node.as_str(), ""))
+    }
+
+    /// Pod-network agents first, then host agents (their node's
+    /// addresses), then the other probe targets: the first claim wins.
+    fn index_addresses(&self) -> HashMap<IpAddr, PlacedPod> {
+        let mut addresses = HashMap::new();
+        let agents = |network: NetworkMode| {
+            self.agents.iter().flat_map(move |(node, pods)| {
+                pods.iter()
+                    .filter(move |p| p.network == network)
+                    .flat_map(move |p| p.ips.iter().map(move |ip| (*ip, node, &p.name)))
+            })
+        };
+        let targets = self.targets.iter().map(|t| (t.ip, &t.node, &t.pod));
+        for (ip, node, pod) in agents(NetworkMode::Pod)
+            .chain(agents(NetworkMode::Host))
+            .chain(targets)
+        {
+            addresses.entry(ip).or_insert_with(|| PlacedPod {
+                node: node.clone(),
+                pod: pod.clone(),
+            });
+        }
+        addresses
     }
 
     /// Builds a snapshot from Nodes and agent Pods. Pods that are not
@@ -425,6 +480,8 @@ impl Inventory {
             agents_down,
             truth,
             policies: Default::default(),
+            targets: Vec::new(),
+            addresses: AddressIndex::default(),
         }
     }
 }
@@ -918,6 +975,18 @@ impl KubeInventory {
                 .collect(),
             namespace: self.namespace.to_string(),
         }));
+        inventory.targets = self
+            .targets
+            .state()
+            .iter()
+            .filter_map(|pod| netmatrix_runtime::k8s::targets::running_pod(pod))
+            .filter(|t| !t.is_agent())
+            .map(|t| TargetPod {
+                node: t.node,
+                pod: t.pod,
+                ip: t.ip,
+            })
+            .collect();
         let inventory = Arc::new(inventory);
         *cache = Some((generation, Arc::clone(&inventory)));
         inventory

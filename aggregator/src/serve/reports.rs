@@ -11,7 +11,7 @@ use netmatrix_api::{ReportAccepted, reasons};
 
 use super::{AppState, api_error};
 use crate::auth::AuthError;
-use crate::store::Rejection;
+use crate::store::{Rejection, ReportEncoding};
 
 /// The body limit layer answers a plain-text 413 before any handler runs:
 /// count it, and answer in the API's words.
@@ -80,6 +80,20 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
             "not-ready: the aggregator is shutting down".to_owned(),
         );
     };
+    let encoding = match ReportEncoding::of_content_type(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    ) {
+        Ok(encoding) => encoding,
+        Err(rejection) => {
+            state.aggregator.rejected(&rejection);
+            let mut discarded = body.into_data_stream();
+            while let Some(Ok(_)) = discarded.next().await {}
+            return rejection_response(&rejection);
+        }
+    };
     let request = Request::from_parts(parts, body);
     let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
@@ -95,11 +109,9 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
             return rejection_response(&rejection);
         }
     };
-    let outcome = if relayed {
-        state.aggregator.ingest_relayed(&body, &sender)
-    } else {
-        state.aggregator.ingest(&body, &sender)
-    };
+    let outcome = state
+        .aggregator
+        .ingest_encoded(&body, encoding, &sender, relayed);
     match outcome {
         Ok(accepted) => {
             // The sender's own list (a relayed report's sender is another
@@ -135,6 +147,7 @@ pub(super) fn rejection_response(rejection: &Rejection) -> Response {
             StatusCode::SERVICE_UNAVAILABLE
         }
         Rejection::Stale { .. } => StatusCode::CONFLICT,
+        Rejection::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
     };
     let mut response = api_error(status, rejection.reason(), rejection.client_message());
     let headers = response.headers_mut();

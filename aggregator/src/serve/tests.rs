@@ -119,6 +119,44 @@ fn reason(body: &[u8]) -> String {
     serde_json::from_slice::<ApiError>(body).unwrap().reason
 }
 
+/// As an agent sends it: in protobuf, peers by address; anything else
+/// than JSON or protobuf is answered 415, which agents read as "send JSON".
+#[tokio::test]
+async fn reads_protobuf_reports_and_refuses_other_types() {
+    let (app, _) = app();
+    let typed = |content_type: &str, body: Vec<u8>| {
+        Request::builder()
+            .method("POST")
+            .uri(REPORTS_PATH)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::AUTHORIZATION, "Bearer token-agent-n1")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let r = report_with_peer(echoes(3, 2));
+    let body = netmatrix_api::protobuf::encode_report(&r);
+    let response = app
+        .clone()
+        .oneshot(typed(netmatrix_api::protobuf::REPORT_PROTOBUF, body))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let cell = matrix(&app).await;
+    let cell = cell
+        .cell("n1", "n2", netmatrix_api::NetworkMode::Pod)
+        .unwrap();
+    assert_eq!(cell.loss, Some(0.3333), "one echo of three lost");
+
+    let response = app
+        .clone()
+        .oneshot(typed("text/plain", b"hello".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(reason(&body), "unsupported-media-type");
+}
+
 #[tokio::test]
 async fn accepts_a_good_report() {
     let (app, _) = app();

@@ -52,6 +52,7 @@ use axum::routing::{get, post};
 use clap::Args;
 use netmatrix_aggregator::pinglist::build::{PinglistConfig, ROTATE_EVERY_ROUNDS};
 use netmatrix_aggregator::pinglist::{Change, ClusterView, Lists, Published};
+use netmatrix_api::protobuf::REPORT_PROTOBUF;
 use netmatrix_api::{PINGLIST_PATH, REPORTS_PATH, Report, labels};
 use tokio::task::JoinHandle;
 
@@ -130,6 +131,8 @@ struct SinkStats {
     last_answered: usize,
     /// Small and large echoes sent in the last round.
     last_echoes: u64,
+    /// Size of the last report's body.
+    last_bytes: usize,
 }
 
 /// CPU time and memory of a process, from `/proc`.
@@ -468,8 +471,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         vec![
             "last report posted (report sink)".into(),
             format!(
-                "round {}: {} peers, {} answered; {} reports received",
-                sink.last_round, sink.last_peers, sink.last_answered, sink.reports
+                "round {}: {} peers, {} answered, {} bytes; {} reports received",
+                sink.last_round, sink.last_peers, sink.last_answered, sink.last_bytes, sink.reports
             ),
             format!("{}", args.peers),
             ok(sink.last_peers == args.peers && sink.last_answered == args.peers),
@@ -775,13 +778,28 @@ async fn serve_pinglist(
         .into_response()
 }
 
-async fn receive_report(State(sink): State<Arc<Mutex<SinkStats>>>, body: Bytes) -> StatusCode {
-    let Ok(report) = serde_json::from_slice::<Report>(&body) else {
+/// Reads reports as the aggregator does, in either encoding; also records
+/// the last body's size.
+async fn receive_report(
+    State(sink): State<Arc<Mutex<SinkStats>>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let protobuf = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(REPORT_PROTOBUF.as_bytes()));
+    let report = if protobuf {
+        netmatrix_api::protobuf::decode_report(&body, usize::MAX).ok()
+    } else {
+        serde_json::from_slice::<Report>(&body).ok()
+    };
+    let Some(report) = report else {
         return StatusCode::BAD_REQUEST;
     };
     if let Ok(mut s) = sink.lock() {
         s.reports += 1;
         s.last_round = report.round;
+        s.last_bytes = body.len();
         s.last_peers = report.peers.len();
         s.last_answered = report
             .peers
