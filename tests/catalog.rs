@@ -379,6 +379,15 @@ async fn path_faults_are_named() {
             .cause(Cause::Says(
                 "node-3 has no route to 10.244.1.0/24 (node-1's pod CIDR)",
             )),
+            // One pod, not a node: node-1 reaches node-3's agent, not its
+            // companion; node-2 reaches both.
+            Case::new(
+                Fault::pod_blackhole("node-1", "node-3"),
+                FindingKind::PodUnreachable,
+                Names::Paths(&[("node-1", "node-3")]),
+            )
+            .evidence("pod netmatrix-companion-node-3 (10.244.3.3): no echo answered")
+            .cause(Cause::Says("node-1 has a blackhole route to 10.244.3.3/32")),
         ],
     )
     .await;

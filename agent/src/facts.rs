@@ -17,11 +17,14 @@ use netlink_packet_route::link::{
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use netmatrix_api::facts::{
-    FdbFact, LinkFact, MAX_FACT_ENTRIES, NeighbourFact, NodeFacts, RouteFact, VxlanFact, format_mac,
+    FdbFact, LinkFact, MAX_FACT_ENTRIES, NeighbourFact, NodeFacts, RejectRoute, RouteFact,
+    VxlanFact, format_mac,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +263,12 @@ fn route_fact(route: &RouteMessage, names: &HashMap<u32, String>) -> Option<Rout
         prefix: header.destination_prefix_length,
         via,
         dev,
+        reject: match header.kind {
+            RouteType::BlackHole => Some(RejectRoute::Blackhole),
+            RouteType::Unreachable => Some(RejectRoute::Unreachable),
+            RouteType::Prohibit => Some(RejectRoute::Prohibit),
+            _ => None,
+        },
     })
 }
 

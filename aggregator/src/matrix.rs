@@ -19,7 +19,7 @@ use foldhash::HashMap;
 
 use netmatrix_api::{
     Blocked, Cell, CheckCell, CheckColumn, ColumnKind, EchoResult, Matrix, MatrixRow, NetworkMode,
-    NodeState, PeerResult, ProbeError, Status,
+    NodeState, PeerResult, ProbeError, Status, UnansweredPod,
 };
 
 use crate::diagnosis::CheckTargets;
@@ -300,6 +300,7 @@ impl RowBuilder<'_> {
             reporting: fresh.is_some(),
             relayed_by: fresh.and_then(|s| s.relayed_by.clone()),
             report_age_ms: age_ms,
+            probe_ip: fresh.map(|s| s.report.agent.pod_ip),
             cells,
             services,
             dns,
@@ -361,6 +362,10 @@ impl RowBuilder<'_> {
         let mut udp = Tally::default();
         let mut blocked_protocols: BTreeSet<&'static str> = BTreeSet::new();
         let mut blocked_policies: BTreeSet<String> = BTreeSet::new();
+        // Pods that answered nothing, and whether another answered all.
+        let mut silent: Vec<UnansweredPod> = Vec::new();
+        let mut silent_transport = Vec::new();
+        let mut one_answered_all = false;
         for peer in peers {
             // A failing probe a NetworkPolicy denies is left out: the
             // path is not judged by what a policy keeps out.
@@ -381,13 +386,27 @@ impl RowBuilder<'_> {
                 }
             };
             let port = peer.port.unwrap_or(0);
-            if let Some(t) = peer.tcp.as_ref().filter(|t| !denied(Probe::Tcp(port), t)) {
-                tcp.add(Some(t));
-            }
-            if let Some(u) = peer.udp.as_ref().filter(|u| !denied(Probe::Udp(port), u)) {
-                udp.add(Some(u));
-            }
+            let tcp_probe = peer.tcp.as_ref().filter(|t| !denied(Probe::Tcp(port), t));
+            let udp_probe = peer.udp.as_ref().filter(|u| !denied(Probe::Udp(port), u));
             let icmp_denied = denied(Probe::Icmp, &peer.icmp);
+            // A pod that answered nothing in any protocol, over two echoes
+            // or more (agents send one per pod to nodes with many: one
+            // lost echo says nothing).
+            let transport_answered = [tcp_probe, udp_probe]
+                .into_iter()
+                .flatten()
+                .any(|e| e.received > 0);
+            if !icmp_denied && peer.icmp.sent >= 2 && peer.icmp.received == 0 && !transport_answered
+            {
+                silent.push(UnansweredPod {
+                    pod: peer.pod.clone(),
+                    ip: peer.ip,
+                });
+                silent_transport.push((tcp_probe, udp_probe));
+            } else {
+                tcp.add(tcp_probe);
+                udp.add(udp_probe);
+            }
             // A pod that answered no small echo says nothing about the MTU
             // (agents send large echoes to one pod per node: a dead one
             // must not read as an MTU fault). Where ICMP is filtered the
@@ -415,6 +434,7 @@ impl RowBuilder<'_> {
             if icmp_denied {
                 continue;
             }
+            one_answered_all |= icmp.sent > 0 && icmp.received >= icmp.sent;
             let answered = icmp.received.min(icmp.sent);
             sent += u64::from(icmp.sent);
             received += u64::from(answered);
@@ -432,6 +452,18 @@ impl RowBuilder<'_> {
                 }
             }
         }
+        // Beside a pod that answered everything, a silent pod is that pod's
+        // fault (`pod-unreachable`), not its protocols filtered on the
+        // path; otherwise its probes are the path's.
+        let unanswered = if one_answered_all {
+            silent
+        } else {
+            for (t, u) in silent_transport {
+                tcp.add(t);
+                udp.add(u);
+            }
+            Vec::new()
+        };
         let blocked = (!blocked_protocols.is_empty()).then(|| Blocked {
             protocols: blocked_protocols.iter().map(|p| (*p).to_owned()).collect(),
             policies: blocked_policies.into_iter().collect(),
@@ -483,6 +515,7 @@ impl RowBuilder<'_> {
             // Small echoes all answered: the large echoes' error is the news.
             last_error: worst.map(|(_, e)| e.clone()).or(mtu_error),
             age_ms,
+            unanswered,
         }
     }
 }
@@ -528,6 +561,7 @@ fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
         blocked: None,
         last_error: None,
         age_ms,
+        unanswered: Vec::new(),
     }
 }
 
@@ -600,9 +634,37 @@ mod tests {
             row.cells[1].last_error.as_ref().map(|e| e.kind),
             Some(ErrorKind::Timeout)
         );
+        // The dead pod is listed beside one that answered every echo; on
+        // n3 every pod answered something, and none is listed.
+        let dead = &row.cells[1].unanswered;
+        assert_eq!(dead.len(), 1);
+        assert_eq!(Some(dead[0].ip), r_peers_ip(&store, 2));
+        assert!(row.cells[2].unanswered.is_empty());
         // Rows of nodes that never reported are unknown, never ok.
         assert!(!m.rows[1].reporting);
         assert!(m.rows[1].cells.iter().all(|c| c.status == Status::Unknown));
+    }
+
+    fn r_peers_ip(store: &ReportStore, i: usize) -> Option<std::net::IpAddr> {
+        let held = store.get("n1", netmatrix_api::NetworkMode::Pod)?;
+        held.report.peers.get(i).map(|p| p.ip)
+    }
+
+    /// A pod is unanswered only beside one that answered everything, and
+    /// only on two echoes or more (one lost echo says nothing).
+    #[test]
+    fn unanswered_pods_need_an_answering_neighbour_and_two_echoes() {
+        let mut store = ReportStore::default();
+        let mut r = report(0, "n1", 1);
+        r.peers = vec![
+            peer("n2", 3, 2, 1.0),
+            peer("n2", 3, 0, 0.0),
+            peer("n3", 1, 0, 0.0),
+            peer("n3", 1, 1, 1.0),
+        ];
+        ingest(&mut store, r, 1000);
+        let m = build(&store, &expected(), &None, &MatrixPolicy::default(), 1000).matrix;
+        assert!(m.rows[0].cells.iter().all(|c| c.unanswered.is_empty()));
     }
 
     #[test]

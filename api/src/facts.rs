@@ -85,9 +85,45 @@ pub struct RouteFact {
     pub via: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// A route that drops what it matches (`ip route add blackhole ...`);
+    /// absent for a route that forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<RejectRoute>,
+}
+
+/// How a rejecting route drops packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectRoute {
+    /// Silently.
+    Blackhole,
+    /// With ICMP "host unreachable".
+    Unreachable,
+    /// With ICMP "administratively prohibited".
+    Prohibit,
+}
+
+impl RejectRoute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectRoute::Blackhole => "blackhole",
+            RejectRoute::Unreachable => "unreachable",
+            RejectRoute::Prohibit => "prohibit",
+        }
+    }
 }
 
 impl RouteFact {
+    /// The most specific route of `routes` holding `ip` (the kernel's
+    /// choice in the main table).
+    pub fn lookup(routes: &[RouteFact], ip: IpAddr) -> Option<&RouteFact> {
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        routes
+            .iter()
+            .filter(|r| r.covers(ip, width))
+            .max_by_key(|r| r.prefix)
+    }
+
     /// Whether this route covers the whole of `net/prefix` (a default
     /// route covers everything, and is not counted by callers that want a
     /// specific route).
@@ -265,6 +301,7 @@ mod tests {
             prefix,
             via: None,
             dev: None,
+            reject: None,
         };
         assert!(route("10.244.2.0", 24).covers(ip("10.244.2.0"), 24));
         assert!(route("10.244.0.0", 16).covers(ip("10.244.2.0"), 24));
@@ -297,7 +334,8 @@ mod tests {
                 dst: "10.0.0.0".parse().unwrap(),
                 prefix: 33,
                 via: None,
-                dev: None
+                dev: None,
+                reject: None,
             };
             1
         ];

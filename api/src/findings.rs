@@ -35,6 +35,7 @@ finding_kinds! {
     Partition => "partition",
     AsymmetricPath => "asymmetric-path",
     PairBroken => "pair-broken",
+    PodUnreachable => "pod-unreachable",
     PacketLoss => "packet-loss",
     HighLatency => "high-latency",
     MtuMismatch => "mtu-mismatch",

@@ -86,6 +86,7 @@ pub fn cell(to: &str, status: Status) -> Cell {
         blocked: None,
         last_error: None,
         age_ms: None,
+        unanswered: Vec::new(),
     }
 }
 
@@ -113,6 +114,7 @@ pub fn row(node: &str, cells: Vec<Cell>) -> MatrixRow {
         services: Vec::new(),
         dns: Vec::new(),
         mtu: None,
+        probe_ip: None,
     }
 }
 

@@ -108,6 +108,10 @@ pub struct MatrixRow {
     /// Age of the node's last report, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_age_ms: Option<f64>,
+    /// The address this row's probes leave from (its agent pod's), while it
+    /// reports: replies to it are this row's as much as the probes are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_ip: Option<std::net::IpAddr>,
     /// Directed cells from `node` to each destination node, in `Matrix::nodes`
     /// order. In a sampled cluster (more nodes than a full mesh covers, see
     /// [`sampling`](crate::sampling)) only the probed destinations have a cell; find a cell by
@@ -181,6 +185,21 @@ pub struct Cell {
     /// Age of the data behind this cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<f64>,
+    /// Pods of `to` that answered none of this round's echoes (at least
+    /// two, none a NetworkPolicy denies) while another pod of `to` answered
+    /// every one: those pods are cut off, not the path (`loss` counts them;
+    /// `pod-unreachable` names them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<UnansweredPod>,
+}
+
+/// A pod of a [`Cell`] that answered nothing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UnansweredPod {
+    /// Its name, when the aggregator knows it (`""` otherwise).
+    #[serde(default)]
+    pub pod: String,
+    pub ip: std::net::IpAddr,
 }
 
 /// Probes a NetworkPolicy denies, and which.

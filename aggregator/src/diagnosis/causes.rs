@@ -144,6 +144,7 @@ fn explained_kind(kind: FindingKind) -> bool {
             | FindingKind::CrossNodeBroken
             | FindingKind::Partition
             | FindingKind::MtuMismatch
+            | FindingKind::PodUnreachable
     )
 }
 
@@ -249,6 +250,13 @@ fn causes(c: &Condition, k: &Knowledge) -> Vec<String> {
     for (from, to) in pairs(c, k.truth) {
         pair_lines(from, to, k, &mut lines);
     }
+    if let super::Subject::Pod(_, ip) = &c.subject {
+        for node in &c.nodes {
+            if let Some(f) = k.facts.get(node) {
+                pod_route_lines(node, *ip, f, &mut lines);
+            }
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     lines.retain(|l| seen.insert(l.clone()));
     lines.truncate(MAX_LINES);
@@ -315,6 +323,22 @@ fn node_lines(node: &str, f: &NodeFacts, k: &Knowledge, lines: &mut Vec<String>)
                 ));
             }
         }
+    }
+}
+
+/// A route on `node` that drops what is sent to `ip`: the kernel's choice
+/// for it rejects (a blackhole, unreachable or prohibit route, often a
+/// per-pod /32 left behind).
+fn pod_route_lines(node: &str, ip: IpAddr, f: &NodeFacts, lines: &mut Vec<String>) {
+    if let Some(route) = RouteFact::lookup(&f.routes, ip)
+        && let Some(reject) = route.reject
+    {
+        lines.push(format!(
+            "{node} has a {} route to {}/{}: it drops what is sent to {ip}",
+            reject.as_str(),
+            route.dst,
+            route.prefix
+        ));
     }
 }
 
@@ -446,7 +470,7 @@ fn mtu_lines(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
 mod tests {
     use super::*;
     use crate::diagnosis::Subject;
-    use netmatrix_api::facts::{FdbFact, NeighbourFact, VxlanFact};
+    use netmatrix_api::facts::{FdbFact, NeighbourFact, RejectRoute, VxlanFact};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -490,6 +514,7 @@ mod tests {
                 prefix: 24,
                 via: None,
                 dev: Some("cni0".into()),
+                reject: None,
             });
             for j in (1..=n).filter(|j| *j != i) {
                 f.routes.push(RouteFact {
@@ -497,6 +522,7 @@ mod tests {
                     prefix: 24,
                     via: Some(ip(&format!("10.244.{j}.0"))),
                     dev: Some("flannel.1".into()),
+                    reject: None,
                 });
                 f.neighbours.push(NeighbourFact {
                     dev: "flannel.1".into(),
@@ -554,6 +580,7 @@ mod tests {
             prefix,
             via: None,
             dev: None,
+            reject: None,
         };
         for (r, want) in [
             (route("10.244.2.0", 24), true),
@@ -642,6 +669,7 @@ mod tests {
             prefix: 0,
             via: Some(ip("198.18.0.254")),
             dev: Some("eth0".into()),
+            reject: None,
         });
         assert_eq!(
             explained(FindingKind::NodeIsolated, &["node-1"], facts, &truth),
@@ -665,6 +693,7 @@ mod tests {
                 prefix: 26,
                 via: None,
                 dev: Some("tunl0".into()),
+                reject: None,
             });
         }
         assert!(explained(FindingKind::NodeIsolated, &["node-1"], facts, &truth).is_empty());
@@ -672,5 +701,48 @@ mod tests {
         // Loss has no cause the facts can tell.
         let (facts, truth) = cluster(3);
         assert!(explained(FindingKind::PacketLoss, &["node-3"], facts, &truth).is_empty());
+    }
+
+    /// A pod out of reach: the kernel's choice of route for its address,
+    /// on the nodes concerned, rejects it.
+    #[test]
+    fn a_rejecting_route_to_a_pod_is_named() {
+        let (mut facts, truth) = cluster(3);
+        let unreachable = |facts: BTreeMap<String, Arc<NodeFacts>>| {
+            let mut c = vec![Condition::new(
+                FindingKind::PodUnreachable,
+                Subject::Pod("node-3".into(), ip("10.244.3.3")),
+                vec!["node-1".into(), "node-3".into()],
+                String::new(),
+                Vec::new(),
+                String::new(),
+            )];
+            explain(&mut c, &Knowledge::new(&facts, &truth));
+            c.remove(0).cause
+        };
+        let plain: BTreeMap<String, Arc<NodeFacts>> = facts
+            .iter()
+            .map(|(n, f)| (n.clone(), Arc::new(f.clone())))
+            .collect();
+        assert!(unreachable(plain).is_empty());
+        for (dst, reject) in [
+            ("10.244.3.3", RejectRoute::Blackhole),
+            // A wider rejecting route loses to the pod CIDR's: not said.
+            ("10.244.0.0", RejectRoute::Unreachable),
+        ] {
+            facts.get_mut("node-1").unwrap().routes.push(RouteFact {
+                dst: ip(dst),
+                prefix: if dst.ends_with(".3") { 32 } else { 16 },
+                via: None,
+                dev: None,
+                reject: Some(reject),
+            });
+        }
+        let facts: BTreeMap<String, Arc<NodeFacts>> =
+            facts.into_iter().map(|(n, f)| (n, Arc::new(f))).collect();
+        assert_eq!(
+            unreachable(facts),
+            ["node-1 has a blackhole route to 10.244.3.3/32: it drops what is sent to 10.244.3.3"]
+        );
     }
 }

@@ -97,6 +97,8 @@ pub enum Subject {
     Service(Option<String>, CheckColumn),
     /// A NetworkPolicy (`namespace/name`).
     Policy(String),
+    /// One pod, by its node and address.
+    Pod(String, std::net::IpAddr),
 }
 
 impl Subject {

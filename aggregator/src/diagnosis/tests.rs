@@ -240,6 +240,23 @@ impl Grid {
         self
     }
 
+    /// `to`'s pod at `ip` answers nothing from `from`, its other pod
+    /// everything: half the cell's echoes lost, the pod listed.
+    fn pod_silent(mut self, from: &str, to: &str, ip: &str) -> Self {
+        let cell = self.cell(from, to);
+        cell.status = Status::Degraded;
+        cell.loss = Some(0.5);
+        cell.last_error = Some(ProbeError::new(
+            ErrorKind::Unreachable,
+            "sendto: Invalid argument",
+        ));
+        cell.unanswered.push(netmatrix_api::UnansweredPod {
+            pod: format!("companion-{to}"),
+            ip: ip.parse().unwrap(),
+        });
+        self
+    }
+
     fn degrade(mut self, from: &str, to: &str) -> Self {
         let cell = self.cell(from, to);
         cell.status = Status::Degraded;
@@ -592,6 +609,122 @@ fn catalog_asymmetric_path() {
     );
     assert_eq!(c.evidence[1], "n3 -> n2: ok, 0% loss over 2 pod(s)");
     assert!(c.hint.contains("rp_filter"));
+}
+
+/// One node cannot reach one pod (a blackhole route to its address) while
+/// every other node can, and it reaches the pod's neighbours: the pod is
+/// named, with the source that cannot reach it.
+#[test]
+fn one_pod_unreachable_from_one_node_is_named_with_that_node() {
+    let grid = Grid::new(4).pod_silent("n1", "n3", "10.244.3.3");
+    let c = only(
+        &grid.conditions(),
+        FindingKind::PodUnreachable,
+        &["n1", "n3"],
+    );
+    assert_eq!(c.paths, [path("n1", "n3")]);
+    assert_eq!(
+        c.subject,
+        Subject::Pod("n3".into(), "10.244.3.3".parse().unwrap())
+    );
+    assert_eq!(
+        c.summary,
+        "pod companion-n3 (10.244.3.3) on n3 answers nothing from n1 while n2, n3, n4 reach it"
+    );
+    assert!(c.hint.contains("ip route get 10.244.3.3"), "{}", c.hint);
+}
+
+/// Nobody reaches the pod, its own node included: the pod's own network.
+/// Its own node reaches it but no other node does: its node's forwarding.
+#[test]
+fn where_a_pod_is_unreachable_from_says_where_to_look() {
+    let mut grid = Grid::new(3);
+    for from in ["n1", "n2", "n3"] {
+        grid = grid.pod_silent(from, "n2", "10.244.2.3");
+    }
+    let c = only(
+        &grid.conditions(),
+        FindingKind::PodUnreachable,
+        &["n1", "n2", "n3"],
+    );
+    assert!(
+        c.summary
+            .contains("answers no node that probes it, its own included"),
+        "{}",
+        c.summary
+    );
+    assert!(c.hint.contains("the pod's own network"), "{}", c.hint);
+    // The same, where the node's own cell holds that pod alone (the agent
+    // does not probe itself): the cell is down, and lists nobody.
+    let grid = Grid::new(3)
+        .pod_silent("n1", "n2", "10.244.2.3")
+        .pod_silent("n3", "n2", "10.244.2.3")
+        .fail("n2", "n2");
+    let c = only(
+        &grid.conditions(),
+        FindingKind::PodUnreachable,
+        &["n1", "n2", "n3"],
+    );
+    assert!(c.summary.contains("its own included"), "{}", c.summary);
+    assert!(c.paths.contains(&path("n2", "n2")), "{:?}", c.paths);
+
+    let grid = Grid::new(3)
+        .pod_silent("n1", "n2", "10.244.2.3")
+        .pod_silent("n3", "n2", "10.244.2.3");
+    let c = only(
+        &grid.conditions(),
+        FindingKind::PodUnreachable,
+        &["n1", "n2", "n3"],
+    );
+    assert_eq!(
+        c.summary,
+        "pod companion-n2 (10.244.2.3) on n2 answers its own node but not n1, n3: traffic from other nodes to it stops at n2"
+    );
+}
+
+/// node-1 cannot reach node-3's agent pod alone: node-3's probes to
+/// node-1 get no replies either (they go back to that address). That is
+/// the pod's address, not a one-way path between the nodes.
+#[test]
+fn a_probing_pod_out_of_reach_is_no_one_way_path() {
+    let mut grid = Grid::new(3)
+        .pod_silent("n1", "n3", "10.244.3.2")
+        .fail("n3", "n1");
+    grid.row_in(NetworkMode::Pod, "n3").probe_ip = Some("10.244.3.2".parse().unwrap());
+    let c = only(
+        &grid.conditions(),
+        FindingKind::PodUnreachable,
+        &["n1", "n3"],
+    );
+    assert!(
+        c.summary.ends_with(
+            "it is the pod n3 probes from, so n3's probes to them get no replies either"
+        ),
+        "{}",
+        c.summary
+    );
+    assert!(
+        c.evidence
+            .iter()
+            .any(|e| e.starts_with("n3 -> n1: failed") && e.ends_with("(replies to 10.244.3.2)")),
+        "{:#?}",
+        c.evidence
+    );
+}
+
+/// A node cut off explains its cells: no pod finding beside it.
+#[test]
+fn a_pod_on_an_isolated_node_is_the_isolation() {
+    let grid = Grid::new(4)
+        .isolate("n3")
+        .pod_silent("n3", "n3", "10.244.3.3");
+    let conditions = grid.conditions();
+    assert!(
+        !kinds(&conditions)
+            .iter()
+            .any(|(k, _)| *k == FindingKind::PodUnreachable),
+        "{conditions:#?}"
+    );
 }
 
 /// The reverse direction "works" only on data older than the broken

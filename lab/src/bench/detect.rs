@@ -79,6 +79,7 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
         FaultKind::Partition => FindingKind::Partition,
         FaultKind::OneWay => FindingKind::AsymmetricPath,
         FaultKind::Pair | FaultKind::FdbStale | FaultKind::RouteDel => FindingKind::PairBroken,
+        FaultKind::PodBlackhole => FindingKind::PodUnreachable,
         FaultKind::Mtu | FaultKind::MtuLower => FindingKind::MtuMismatch,
         FaultKind::ServiceRoute | FaultKind::Dnat => FindingKind::ClusteripBroken,
         FaultKind::ApiserverBlock => FindingKind::ApiserverUnreachable,

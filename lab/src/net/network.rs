@@ -499,6 +499,15 @@ pub fn delete_peer_route(node: &NodePlan, peer: &NodePlan) -> Result<(), NetnsEr
     ip(&node.netns, &["route", "del", &peer.pod_cidr]).map(|_| ())
 }
 
+/// Adds (or removes) a blackhole route on `node` to `pod`'s address alone:
+/// a stale or mistyped /32 in one node's table, which a CNI that routes
+/// per pod (calico) can leave behind.
+pub fn blackhole_pod(node: &NodePlan, pod: &PodPlan, add: bool) -> Result<(), NetnsError> {
+    let dst = format!("{}/32", pod.ip);
+    let verb = if add { "add" } else { "del" };
+    ip(&node.netns, &["route", verb, "blackhole", &dst]).map(|_| ())
+}
+
 pub fn set_pod_bridge(node: &NodePlan, up: bool) -> Result<(), NetnsError> {
     ip(
         &node.netns,

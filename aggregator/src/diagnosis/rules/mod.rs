@@ -14,7 +14,8 @@
 //! 2. [`overlay`]: the pod network split into groups (`cross-node-broken`,
 //!    `node-isolated`, `partition`);
 //! 3. [`paths`]: single broken paths inside a group (`pair-broken`,
-//!    `asymmetric-path`);
+//!    `asymmetric-path`), and [`pods`]: one pod cut off while its node's
+//!    other pods answer (`pod-unreachable`);
 //! 4. [`quality`]: paths that work but badly, judged over the window of
 //!    recent rounds (`packet-loss`, `mtu-mismatch`, `high-latency`), and
 //!    [`filtered`]: paths that carry some protocols only (`icmp-filtered`,
@@ -33,6 +34,7 @@ mod filtered;
 mod localize;
 mod overlay;
 mod paths;
+mod pods;
 mod policies;
 mod quality;
 mod services;
@@ -114,18 +116,25 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         })
         .flat_map(|c| c.nodes.iter().map(String::as_str))
         .collect();
+    let pods = pods::diagnose(&view, &behind_network);
     let suppress = Suppression {
         nodes: behind_network,
         lossy: view.lossy_nodes(),
         dns_timeouts_everywhere: split,
         cut_off: cut_nodes,
-        tcp_filtered: filtered
+        pods_out_of_reach: filtered
             .iter()
             .filter(|c| c.kind == FindingKind::TcpFiltered)
             .filter_map(|c| match &c.subject {
                 super::Subject::Node(from) => Some(from.as_str()),
                 _ => None,
             })
+            // A node that cannot reach some pod cannot reach it behind a
+            // Service either.
+            .chain(
+                pods.iter()
+                    .flat_map(|c| c.paths.iter().map(|p| p.from.as_str())),
+            )
             .collect(),
     };
 
@@ -154,6 +163,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
     conditions.extend(underlay);
     conditions.extend(overlay.conditions);
     conditions.extend(paths);
+    conditions.extend(pods);
     conditions.extend(quality);
     conditions.extend(filtered);
     conditions.extend(blocked);
@@ -175,9 +185,10 @@ struct Suppression<'a> {
     /// Nodes cut off (`node-isolated`, `underlay-broken`): if CoreDNS runs
     /// only there, the other nodes' DNS timeouts follow; DNS findings say so.
     cut_off: Vec<&'a str>,
-    /// Nodes whose TCP to some pods is filtered (`tcp-filtered`): a Service
-    /// timing out from them may be picking a backend behind the filter.
-    tcp_filtered: BTreeSet<&'a str>,
+    /// Nodes whose TCP to some pods is filtered (`tcp-filtered`), or that
+    /// cannot reach some pod (`pod-unreachable`): a Service timing out from
+    /// them may be picking a backend behind the filter.
+    pods_out_of_reach: BTreeSet<&'a str>,
 }
 
 /// The matrix as the rules see it.

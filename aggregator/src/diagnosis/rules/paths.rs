@@ -5,6 +5,9 @@
 //! - `asymmetric-path`: A -> B broken while B -> A reaches; one finding per
 //!   source node, listing its broken paths.
 //!
+//! A broken direction whose reverse shows the source's own probing pod
+//! unanswered is that pod's address, not the path (`pod-unreachable`).
+//!
 //! A path whose reverse is unknown (silent or unprobed node) names nothing:
 //! one direction alone cannot tell a one-way path from a dead node. Nor
 //! does a reverse that reaches on data older than the broken direction's by
@@ -45,7 +48,10 @@ pub(super) fn diagnose(
             if a < b {
                 pairs.push(pair_broken(a, b, forward, reverse));
             }
-        } else if is_reaching(reverse) && measured_together(forward, reverse, view) {
+        } else if is_reaching(reverse)
+            && measured_together(forward, reverse, view)
+            && !replies_lost(view, a, reverse)
+        {
             one_way.entry(a).or_default().push((b, forward, reverse));
         }
     }
@@ -100,6 +106,15 @@ fn asymmetric(from: &str, broken: &[(&str, &Cell, &Cell)]) -> Condition {
         ),
     )
     .with_paths(tos.iter().map(|to| path(from, to)).collect())
+}
+
+/// Whether `b` reaches `a`'s other pods but not the one `a` probes from
+/// (`reverse`, the cell `b -> a`, lists it unanswered): then `a`'s probes
+/// are lost on their way back to that one address, which is no one-way
+/// path between the nodes but `pod-unreachable` ([`super::pods`]).
+fn replies_lost(view: &View, a: &str, reverse: &Cell) -> bool {
+    let prober = view.row(NetworkMode::Pod, a).and_then(|row| row.probe_ip);
+    prober.is_some_and(|ip| reverse.unanswered.iter().any(|u| u.ip == ip))
 }
 
 /// Whether `reverse`'s data are not older than `forward`'s by more than an

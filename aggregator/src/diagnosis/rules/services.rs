@@ -60,7 +60,7 @@ pub(super) fn diagnose(
                 target_ip(targets, n.node, &c.column).is_none_or(|ip| !failing_dns.contains(ip))
             })
             .filter(|c| !backend_maybe_cut_off(c, suppress))
-            .filter(|c| !(suppress.tcp_filtered.contains(n.node) && timed_out(c)))
+            .filter(|c| !(suppress.pods_out_of_reach.contains(n.node) && timed_out(c)))
         {
             single.entry(&c.column).or_default().push((n, c));
         }

@@ -95,6 +95,8 @@ pub enum FaultKind {
     VtepDown,
     /// A B: delete A's route to B's pod subnet.
     RouteDel,
+    /// A B: a blackhole route on A to B's companion pod alone (its /32).
+    PodBlackhole,
     /// NODE [PERCENT]: drop PERCENT % (default 30) of the overlay packets arriving at NODE.
     Loss,
     /// NODE [PERCENT]: drop PERCENT % (default 20) of everything arriving at NODE's eth0 (node network and overlay alike).
@@ -170,6 +172,7 @@ impl FaultKind {
             FaultKind::FdbStale => "fdb-stale",
             FaultKind::VtepDown => "vtep-down",
             FaultKind::RouteDel => "route-del",
+            FaultKind::PodBlackhole => "pod-blackhole",
             FaultKind::Loss => "loss",
             FaultKind::UnderlayLoss => "underlay-loss",
             FaultKind::Mtu => "mtu",
@@ -200,7 +203,8 @@ impl FaultKind {
             | FaultKind::IcmpDrop
             | FaultKind::TcpDrop
             | FaultKind::FdbStale
-            | FaultKind::RouteDel => Arity::Two,
+            | FaultKind::RouteDel
+            | FaultKind::PodBlackhole => Arity::Two,
             FaultKind::Partition => Arity::Group,
             _ => Arity::One,
         }
@@ -427,6 +431,10 @@ impl Fault {
         Self::on(FaultKind::RouteDel, &[from, to], None)
     }
 
+    pub fn pod_blackhole(from: &str, to: &str) -> Self {
+        Self::on(FaultKind::PodBlackhole, &[from, to], None)
+    }
+
     pub fn mtu(node: &str) -> Self {
         Self::on(FaultKind::Mtu, &[node], None)
     }
@@ -635,6 +643,11 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
                 network::delete_peer_route(a, b)?;
             }
         }
+        FaultKind::PodBlackhole => {
+            if let [a, b] = nodes[..] {
+                network::blackhole_pod(a, &b.companion, true)?;
+            }
+        }
         FaultKind::VtepDown => network::set_vtep_link(n, false)?,
         FaultKind::OverlayDown => {
             let done =
@@ -693,6 +706,11 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
         FaultKind::FdbStale | FaultKind::RouteDel => {
             if let [a, b] = nodes[..] {
                 network::connect_peer(t.overlay, a, b)?;
+            }
+        }
+        FaultKind::PodBlackhole => {
+            if let [a, b] = nodes[..] {
+                network::blackhole_pod(a, &b.companion, false)?;
             }
         }
         FaultKind::VtepDown => {
