@@ -228,30 +228,10 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_PEER_COMPANION_PORT", default_value_t = 9091)]
     pub peer_companion_port: u16,
 
-    /// Clusters of up to this many nodes are probed as a full mesh (every
-    /// agent probes every node). Above it each agent probes its own node and
-    /// --sampled-nodes + --rotating-nodes remote nodes picked on a hash ring
-    /// over node names, so that every node is probed by that many agents.
-    /// Use the same value on every agent.
-    #[arg(long, env = "NETMATRIX_FULL_MESH_MAX_NODES", default_value_t = 200,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub full_mesh_max_nodes: u32,
-
-    /// In a sampled cluster: remote nodes each agent always probes (its
-    /// nearest on the ring, half on each side, so that these pairs are
-    /// probed both ways; with an odd number the farthest one ahead is probed
-    /// one way only). A node joining or leaving changes one of them on this
-    /// many agents.
-    #[arg(long, env = "NETMATRIX_SAMPLED_NODES", default_value_t = 40,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub sampled_nodes: u32,
-
-    /// In a sampled cluster: remote nodes probed in addition, moving along
-    /// the ring every 6 rounds, so that over time every pair of nodes is
-    /// probed (0: none).
-    #[arg(long, env = "NETMATRIX_ROTATING_NODES", default_value_t = 2,
-          value_parser = clap::value_parser!(u32).range(0..=1_000))]
-    pub rotating_nodes: u32,
+    /// Sampling of the remote nodes on a large cluster (with
+    /// --peer-discovery api; on pinglists the aggregator's flags decide).
+    #[command(flatten)]
+    pub sampling: netmatrix_runtime::flags::SamplingFlags,
 
     /// Address serving /metrics and /healthz (Prometheus, the kubelet's
     /// probes). IPv6 with or without brackets (the chart's `$(HOST_IP):9095`).
@@ -582,11 +562,7 @@ impl Settings {
             aggregator_port: args.aggregator_port,
             pod_agent_port: args.pod_agent_port,
             interval: args.interval,
-            sampling: PeerSampling {
-                full_mesh_max_nodes: args.full_mesh_max_nodes as usize,
-                stable: args.sampled_nodes as usize,
-                rotating: args.rotating_nodes as usize,
-            },
+            sampling: args.sampling.sampling(),
             icmp_count: args.icmp_count,
             icmp_timeout,
             mtu_probe,

@@ -162,25 +162,11 @@ pub struct Args {
     #[arg(long, env = "NETMATRIX_NO_PINGLISTS")]
     pub no_pinglists: bool,
 
-    /// Pinglists: clusters of up to this many nodes are probed as a full
-    /// mesh. Above it each agent's list names its own node and
-    /// --sampled-nodes + --rotating-nodes remote nodes picked on a hash ring
-    /// over node names (the agents' flags of the same names, moved here).
-    #[arg(long, env = "NETMATRIX_FULL_MESH_MAX_NODES", default_value_t = 200,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub full_mesh_max_nodes: u32,
-
-    /// Pinglists, sampled cluster: remote nodes each agent always probes
-    /// (its nearest on the ring, half on each side).
-    #[arg(long, env = "NETMATRIX_SAMPLED_NODES", default_value_t = 40,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub sampled_nodes: u32,
-
-    /// Pinglists, sampled cluster: remote nodes probed in addition, moving
-    /// along the ring every 6 intervals (0: none).
-    #[arg(long, env = "NETMATRIX_ROTATING_NODES", default_value_t = 2,
-          value_parser = clap::value_parser!(u32).range(0..=1_000))]
-    pub rotating_nodes: u32,
+    /// Pinglists: the sampling of remote nodes on a large cluster (the
+    /// agents' flags of the same names, which decide only with
+    /// --peer-discovery api).
+    #[command(flatten)]
+    pub sampling: netmatrix_runtime::flags::SamplingFlags,
 
     /// Pinglists: where agents reach this aggregator directly when its
     /// Service does not answer, comma-separated `IP:PORT` (the chart:
@@ -223,11 +209,7 @@ impl Args {
     /// A expectation of agents that have none of their own.
     pub fn pinglist_config(&self, kubernetes_service_host: Option<&str>) -> PinglistConfig {
         PinglistConfig {
-            sampling: netmatrix_api::sampling::PeerSampling {
-                full_mesh_max_nodes: self.full_mesh_max_nodes as usize,
-                stable: self.sampled_nodes as usize,
-                rotating: self.rotating_nodes as usize,
-            },
+            sampling: self.sampling.sampling(),
             epoch_ms: u64::try_from(self.interval.as_millis())
                 .unwrap_or(u64::MAX)
                 .saturating_mul(ROTATE_EVERY_ROUNDS),

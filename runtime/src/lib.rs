@@ -12,9 +12,11 @@
 //! - [`serve`]: the bounded HTTP server both binaries serve with;
 //! - [`k8s`]: one reading of Pods, Nodes and API times, and the watch loop;
 //! - [`clock`]: now, in Unix milliseconds or seconds;
-//! - [`metrics`]: gauge series that vanish when no longer written.
+//! - [`metrics`]: gauge series that vanish when no longer written;
+//! - [`flags`]: flags both binaries take, declared once.
 
 pub mod clock;
+pub mod flags;
 pub mod k8s;
 pub mod metrics;
 pub mod serve;
