@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use netmatrix_api::sampling::Ring;
 use netmatrix_api::{FindingKind, Findings};
 
 #[path = "../benches/cluster/mod.rs"]
@@ -87,14 +86,6 @@ fn a_partition_is_named_with_both_groups() {
     assert_eq!(f.nodes.len(), 1000, "both groups are named");
 }
 
-/// A node and one of its stable targets (probed every round, both ways).
-fn stable_pair(cluster: &Cluster) -> (String, String) {
-    let ring = Ring::new(cluster.nodes.iter().map(String::as_str));
-    let from = node_name(42);
-    let to = ring.targets(&from, &cluster.sampling, 0)[0].to_owned();
-    (from, to)
-}
-
 fn kinds(findings: &Findings) -> Vec<(FindingKind, Vec<String>)> {
     findings
         .findings
@@ -111,7 +102,7 @@ fn kinds(findings: &Findings) -> Vec<(FindingKind, Vec<String>)> {
 fn a_one_way_failure_between_two_sampled_nodes_is_named() {
     clock!(NOW);
     let mut cluster = sampled();
-    let (a, b) = stable_pair(&cluster);
+    let (a, b) = cluster.stable_pair(42);
     cluster.broken = vec![(a.clone(), b.clone())];
     let findings = run(&cluster, &NOW, || NOW.load(Ordering::SeqCst), 4);
     let mut pair = vec![a, b];
@@ -123,7 +114,7 @@ fn a_one_way_failure_between_two_sampled_nodes_is_named() {
 fn a_pair_broken_both_ways_is_named() {
     clock!(NOW);
     let mut cluster = sampled();
-    let (a, b) = stable_pair(&cluster);
+    let (a, b) = cluster.stable_pair(42);
     cluster.broken = vec![(a.clone(), b.clone()), (b.clone(), a.clone())];
     let findings = run(&cluster, &NOW, || NOW.load(Ordering::SeqCst), 4);
     let mut pair = vec![a, b];

@@ -818,6 +818,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, decoding answers: a report or an error,
+        /// never a panic (bytes of any kind, and a real report with bytes
+        /// flipped, cut or inserted).
+        #[test]
+        fn no_body_panics_the_decoder(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flips in proptest::collection::vec((0usize..2048, proptest::prelude::any::<u8>()), 0..8),
+            cut in 0usize..4096,
+        ) {
+            let _ = decode_report(&noise, 100);
+            let mut body = encode_report(&full_report());
+            for (at, byte) in flips {
+                let at = at % body.len();
+                body[at] ^= byte;
+            }
+            let _ = decode_report(&body, 100);
+            body.truncate(cut.min(body.len()));
+            let _ = decode_report(&body, 100);
+        }
+    }
+
     #[test]
     fn every_error_kind_survives() {
         for kind in [

@@ -20,6 +20,7 @@ use netmatrix_api::{
     Report, Sampled, ServiceKind, ServiceResult, round_ms,
 };
 
+#[derive(Clone)]
 pub struct Cluster {
     pub nodes: Vec<String>,
     pub sampling: PeerSampling,
@@ -38,8 +39,12 @@ pub fn node_name(i: usize) -> String {
     format!("node-{i:05}")
 }
 
+/// Node `i`'s pods are in 10.0.0.0/8, four addresses each (a /30), so
+/// that a million nodes fit; its agent has the third.
 fn agent_ip(i: usize) -> IpAddr {
-    IpAddr::from([10, (i / 250) as u8, (i % 250) as u8, 2])
+    IpAddr::from(std::net::Ipv4Addr::from(
+        0x0a00_0000 + 4 * (i as u32 & 0x3f_ffff) + 2,
+    ))
 }
 
 impl Cluster {
@@ -79,6 +84,18 @@ impl Cluster {
         aggregator.ingest_encoded(body, self.encoding, sender, false)
     }
 
+    /// A node and one of its stable targets (probed every round, both
+    /// ways).
+    // Each user of this module (benches, the scale example, the sampled
+    // tests) compiles it on its own, and the benches need no pair.
+    #[allow(dead_code)]
+    pub fn stable_pair(&self, from: usize) -> (String, String) {
+        let ring = Ring::new(self.nodes.iter().map(String::as_str));
+        let from = node_name(from);
+        let to = ring.targets(&from, &self.sampling, 0)[0].to_owned();
+        (from, to)
+    }
+
     pub fn sampled(&self) -> bool {
         self.nodes.len() > self.sampling.full_mesh_max_nodes
     }
@@ -94,11 +111,16 @@ impl Cluster {
             let IpAddr::V4(ip) = agent_ip(i) else {
                 unreachable!("v4 addresses only")
             };
-            let [a, b, c, _] = ip.octets();
+            let [a, b, c, d] = ip.octets();
+            let base = d & !3;
             inv.nodes.insert(
                 node.clone(),
                 NodeInfo {
-                    pod_cidrs: vec![format!("{a}.{b}.{c}.0/24").parse().expect("valid CIDR")],
+                    pod_cidrs: vec![
+                        format!("{a}.{b}.{c}.{base}/30")
+                            .parse()
+                            .expect("valid CIDR"),
+                    ],
                     ready: true,
                     created_unix_ms: Some(0),
                     unschedulable: false,
