@@ -116,15 +116,7 @@ fn main() -> anyhow::Result<()> {
             ingest_ms.push(ingest.as_secs_f64() * 1000.0);
             evaluate_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         }
-        last = findings
-            .findings
-            .iter()
-            .map(|f| {
-                let mut nodes = f.nodes.clone();
-                nodes.sort();
-                (f.kind, nodes)
-            })
-            .collect();
+        last = cluster::kinds(&findings.findings);
         anyhow::ensure!(
             round >= FAULT_FROM || last.is_empty(),
             "a healthy cluster has no findings: {last:?}"

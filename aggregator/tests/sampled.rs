@@ -87,15 +87,7 @@ fn a_partition_is_named_with_both_groups() {
 }
 
 fn kinds(findings: &Findings) -> Vec<(FindingKind, Vec<String>)> {
-    findings
-        .findings
-        .iter()
-        .map(|f| {
-            let mut nodes = f.nodes.clone();
-            nodes.sort();
-            (f.kind, nodes)
-        })
-        .collect()
+    cluster::kinds(&findings.findings)
 }
 
 #[test]

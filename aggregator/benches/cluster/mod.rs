@@ -35,6 +35,21 @@ pub struct Cluster {
     pub encoding: ReportEncoding,
 }
 
+/// Each finding's kind and its nodes, sorted: what a run is checked by.
+#[allow(dead_code)] // not every user of this module checks findings
+pub fn kinds(
+    findings: &[netmatrix_api::Finding],
+) -> Vec<(netmatrix_api::FindingKind, Vec<String>)> {
+    findings
+        .iter()
+        .map(|f| {
+            let mut nodes = f.nodes.clone();
+            nodes.sort();
+            (f.kind, nodes)
+        })
+        .collect()
+}
+
 pub fn node_name(i: usize) -> String {
     format!("node-{i:05}")
 }
