@@ -525,6 +525,8 @@
       // the probes a NetworkPolicy keeps out.
       const protocols = add("ICMP · TCP · UDP", "…");
       const blocked = add("NetworkPolicy", "…");
+      // Pods that answered nothing while their neighbours answered.
+      const unanswered = add("pods answering nothing", "…");
       const age = add("data age", "…");
       const seq = ++detailSeq;
       const q = "?from=" + encodeURIComponent(info.from) + "&to=" + encodeURIComponent(info.to) + "&network=" + info.network;
@@ -538,6 +540,8 @@
         blocked.textContent = cell.blocked
           ? cell.blocked.protocols.join(", ") + " denied by " + cell.blocked.policies.join(", ")
           : "none";
+        unanswered.textContent = (cell.unanswered || [])
+          .map((p) => (p.pod ? p.pod + " (" + p.ip + ")" : p.ip)).join(", ") || "none";
         age.textContent = fmtAge(cell.age_ms);
       }).catch(() => {});
     } else {
