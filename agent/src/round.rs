@@ -323,6 +323,7 @@ impl RoundLoop {
             self.status.heartbeat();
             let srv =
                 (self.prober.srv_name.as_deref()).map(|name| self.prober.dns.srv_addresses(name));
+            let list_at_start = self.discovery.list_etag();
             let mut view = self.discovery.view_or_srv(srv).await;
             let interval_ms = u64::try_from(self.prober.interval.as_millis()).unwrap_or(u64::MAX);
             let epoch = sampling::epoch(now_unix_ms(), interval_ms, sampling::ROTATE_EVERY_ROUNDS);
@@ -354,8 +355,13 @@ impl RoundLoop {
                 .map(|p| p.ip)
                 .collect();
             // Only the API's view can say a peer left; results of a round
-            // run on the SRV fallback (no pod names) are all kept.
+            // run on the SRV fallback (no pod names) are all kept. A
+            // pinglist that did not change during the round dropped nobody
+            // (and its rotation must not: the epoch may have moved on).
+            let list_changed =
+                list_at_start.is_none() || self.discovery.list_etag() != list_at_start;
             if view.source != PeerSource::Dns
+                && list_changed
                 && let Some(now) = self.discovery.view()
             {
                 let dropped = discovery::drop_departed_peers(&mut report, &now.peers);

@@ -224,6 +224,15 @@ impl Discovery {
         }
     }
 
+    /// The pinglist's ETag while one is held; `None` on the API's watches
+    /// (whose changes have no version to compare).
+    pub fn list_etag(&self) -> Option<String> {
+        match &self.source {
+            Source::Api(_) => None,
+            Source::Pinglist(p) => p.etag(),
+        }
+    }
+
     /// Whether the peers' source (the API watch, or the aggregator) answers.
     pub fn watch_healthy(&self) -> bool {
         match &self.source {

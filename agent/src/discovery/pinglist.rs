@@ -141,7 +141,8 @@ impl PinglistSource {
         })
     }
 
-    fn etag(&self) -> Option<String> {
+    /// The ETag of the held list.
+    pub fn etag(&self) -> Option<String> {
         self.read(|held| held.as_ref().map(|h| h.etag.clone()))
     }
 
