@@ -27,6 +27,9 @@ use crate::history::{PathWindow, PathWindows, network_slot};
 use crate::policy::{Probe, Screen};
 use crate::store::{ReportStore, StoredReport};
 
+/// Most pods a cell lists as answering nothing ([`Cell::unanswered`]).
+pub const MAX_UNANSWERED: usize = 16;
+
 /// States of the nodes according to the API; `None` without one
 /// (`--no-kubernetes`): every node is then `Ready`.
 pub type NodeStates = Option<BTreeMap<String, NodeState>>;
@@ -396,7 +399,13 @@ impl RowBuilder<'_> {
                 .into_iter()
                 .flatten()
                 .any(|e| e.received > 0);
-            if !icmp_denied && peer.icmp.sent >= 2 && peer.icmp.received == 0 && !transport_answered
+            // Only pods the API (or a report) names: an address a report
+            // made up in a node's pod CIDR is no pod to name.
+            if !icmp_denied
+                && peer.icmp.sent >= 2
+                && peer.icmp.received == 0
+                && !transport_answered
+                && !peer.pod.is_empty()
             {
                 silent.push(UnansweredPod {
                     pod: peer.pod.clone(),
@@ -456,6 +465,9 @@ impl RowBuilder<'_> {
         // fault (`pod-unreachable`), not its protocols filtered on the
         // path; otherwise its probes are the path's.
         let unanswered = if one_answered_all {
+            // A node runs a few probe targets; a report listing more
+            // silent pods than that is not worth a finding each.
+            silent.truncate(MAX_UNANSWERED);
             silent
         } else {
             for (t, u) in silent_transport {

@@ -194,6 +194,15 @@ impl Aggregator {
         sender: &Sender,
         relayed: bool,
     ) -> Result<Accepted, Rejection> {
+        // Protobuf peers are addresses, which only the Kubernetes API's
+        // pods name: without it, agents are told to send JSON (415).
+        if encoding == ReportEncoding::Protobuf
+            && matches!(self.inventory, InventorySource::Unverified)
+        {
+            let rejection = Rejection::NamesNeeded;
+            self.rejected(&rejection);
+            return Err(rejection);
+        }
         let outcome = store::parse(body, encoding, &self.settings.limits).and_then(|report| {
             let inventory = self.inventory.snapshot();
             let now = self.now();
@@ -491,6 +500,24 @@ mod tests {
         aggregator
             .ingest(&serde_json::to_vec(&r).unwrap(), &Sender::Unverified)
             .unwrap();
+    }
+
+    /// Without the API nothing names a peer given by address: protobuf
+    /// reports are refused as of an unreadable type (agents then send JSON),
+    /// and change nothing.
+    #[test]
+    fn without_kubernetes_protobuf_reports_are_sent_back_for_json() {
+        let aggregator = Aggregator::new(InventorySource::Unverified, Settings::default())
+            .unwrap()
+            .with_clock(clock);
+        let r = report(0, "n1", clock());
+        let body = netmatrix_api::protobuf::encode_report(&r);
+        let refused = aggregator
+            .ingest_encoded(&body, ReportEncoding::Protobuf, &Sender::Unverified, false)
+            .unwrap_err();
+        assert_eq!(refused.reason(), "unsupported-media-type");
+        assert!(refused.client_message().contains("send application/json"));
+        assert!(aggregator.matrix().nodes.is_empty());
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub enum Rejection {
     Stale { pod: String, round: u64, held: u64 },
     #[error("a report of type {0}, which this aggregator does not read")]
     UnsupportedType(String),
+    #[error(
+        "a protobuf report, whose peers only the Kubernetes API names, and the aggregator runs without it"
+    )]
+    NamesNeeded,
 }
 
 impl Rejection {
@@ -82,7 +86,9 @@ impl Rejection {
             Rejection::Auth(AuthError::Unavailable(_)) => reasons::AUTH_UNAVAILABLE,
             Rejection::NotReady => reasons::NOT_READY,
             Rejection::Stale { .. } => reasons::STALE,
-            Rejection::UnsupportedType(_) => reasons::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::UnsupportedType(_) | Rejection::NamesNeeded => {
+                reasons::UNSUPPORTED_MEDIA_TYPE
+            }
         }
     }
 
@@ -110,6 +116,7 @@ impl Rejection {
                 "unsupported-media-type: send application/json or {}",
                 netmatrix_api::protobuf::REPORT_PROTOBUF
             ),
+            Rejection::NamesNeeded => "unsupported-media-type: this aggregator runs without the Kubernetes API (--no-kubernetes) and cannot name peers given by address; send application/json".to_owned(),
         }
     }
 }

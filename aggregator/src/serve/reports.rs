@@ -147,7 +147,9 @@ pub(super) fn rejection_response(rejection: &Rejection) -> Response {
             StatusCode::SERVICE_UNAVAILABLE
         }
         Rejection::Stale { .. } => StatusCode::CONFLICT,
-        Rejection::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Rejection::UnsupportedType(_) | Rejection::NamesNeeded => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
     };
     let mut response = api_error(status, rejection.reason(), rejection.client_message());
     let headers = response.headers_mut();

@@ -116,7 +116,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         })
         .flat_map(|c| c.nodes.iter().map(String::as_str))
         .collect();
-    let pods = pods::diagnose(&view, &behind_network);
+    let pods = pods::diagnose(&view, &cut_off, &overlay.components);
     let suppress = Suppression {
         nodes: behind_network,
         lossy: view.lossy_nodes(),

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use netmatrix_api::{Cell, FindingKind, NetworkMode, Path};
 
-use super::{View, capped, describe_cell, is_broken, is_reaching};
+use super::{Components, View, capped, describe_cell, is_broken};
 use crate::diagnosis::{Condition, Subject};
 
 /// What the judged rows say of one pod: who gets nothing from it.
@@ -35,10 +35,19 @@ struct Seen<'a> {
     reached_from: BTreeSet<&'a str>,
 }
 
-/// `hidden`: nodes a network finding already concerns (their cells are
-/// that finding's evidence).
-pub(super) fn diagnose(view: &View, hidden: &BTreeSet<&str>) -> Vec<Condition> {
-    let judged = |from: &str, c: &Cell| !hidden.contains(from) && !hidden.contains(c.to.as_str());
+/// Judged as [`super::paths`] judges: nodes the underlay cuts off are
+/// left out, and only paths within one group of the overlay (a partition's
+/// cells are the partition's). So where the path rule leaves a broken
+/// direction to this one (the replies to a node's own agent lost), this
+/// one sees the reverse cell.
+pub(super) fn diagnose(
+    view: &View,
+    cut_off: &BTreeSet<&str>,
+    components: &Components,
+) -> Vec<Condition> {
+    let judged = |from: &str, c: &Cell| {
+        !cut_off.contains(from) && !cut_off.contains(c.to.as_str()) && components.same(from, &c.to)
+    };
     let mut pods: BTreeMap<(&str, IpAddr), Seen> = BTreeMap::new();
     for (from, cell) in view
         .known_cells(NetworkMode::Pod)
@@ -53,28 +62,36 @@ pub(super) fn diagnose(view: &View, hidden: &BTreeSet<&str>) -> Vec<Condition> {
     if pods.is_empty() {
         return Vec::new();
     }
-    // Who reaches them: a reaching cell to their node that does not list
-    // them (every pod of a probed node is probed).
+    let prober = |node: &str, ip: IpAddr| {
+        view.row(NetworkMode::Pod, node)
+            .is_some_and(|r| r.probe_ip == Some(ip))
+    };
+    // Who reaches them: a cell to their node that lost no echo at all (so
+    // every pod it probed answered every echo; every pod of a probed node
+    // is probed). A cell with some loss that does not list the pod says
+    // nothing of it (it may have been left out for a single echo, or for
+    // want of a neighbour that answered everything). A node's own cell
+    // never holds its own agent.
     let their_nodes: BTreeSet<&str> = pods.keys().map(|(node, _)| *node).collect();
     for (from, cell) in view.known_cells(NetworkMode::Pod).filter(|(from, c)| {
-        judged(from, c) && is_reaching(c) && their_nodes.contains(c.to.as_str())
+        judged(from, c) && c.loss == Some(0.0) && their_nodes.contains(c.to.as_str())
     }) {
         let on_node = pods
             .range_mut((cell.to.as_str(), IpAddr::from([0u8; 4]))..)
             .take_while(|((node, _), _)| *node == cell.to);
-        for ((_, ip), seen) in on_node {
-            if !cell.unanswered.iter().any(|u| u.ip == *ip) {
+        for ((node, ip), seen) in on_node {
+            if !(from == *node && prober(node, *ip)) {
                 seen.reached_from.insert(from);
             }
         }
     }
     // A node's own cell lists no pod when the agent probes a single pod
     // there (the agent does not probe itself): that cell broken is that
-    // pod silent from its own node.
-    for ((node, _), seen) in pods.iter_mut() {
+    // pod silent from its own node (unless the pod is that agent).
+    for ((node, ip), seen) in pods.iter_mut() {
         let own = view
             .known_cell(NetworkMode::Pod, node, node)
-            .filter(|c| is_broken(c) && judged(node, c));
+            .filter(|c| is_broken(c) && judged(node, c) && !prober(node, *ip));
         if let Some(own) = own
             && !seen.silent_from.iter().any(|(from, _)| from == node)
         {
@@ -83,9 +100,7 @@ pub(super) fn diagnose(view: &View, hidden: &BTreeSet<&str>) -> Vec<Condition> {
     }
     pods.iter()
         .map(|((node, ip), seen)| {
-            let prober = view
-                .row(NetworkMode::Pod, node)
-                .is_some_and(|r| r.probe_ip == Some(*ip));
+            let prober = prober(node, *ip);
             let back: Vec<(&str, &Cell)> = if prober {
                 seen.silent_from
                     .iter()
