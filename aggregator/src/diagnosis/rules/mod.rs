@@ -80,7 +80,11 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         running: context.pod_agents_running,
     };
     let overlay = overlay::diagnose(&view, &cut_off, &alive);
-    let paths = paths::diagnose(&view, &cut_off, &overlay.components);
+    let scope = PathScope {
+        cut_off: &cut_off,
+        components: &overlay.components,
+    };
+    let paths = paths::diagnose(&view, &scope);
     let quality = quality::diagnose(&view, &cut_off, &overlay.components);
     let filtered = filtered::diagnose(&view, &cut_off);
     let blocked = policies::diagnose(&view);
@@ -116,7 +120,7 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         })
         .flat_map(|c| c.nodes.iter().map(String::as_str))
         .collect();
-    let pods = pods::diagnose(&view, &cut_off, &overlay.components);
+    let pods = pods::diagnose(&view, &scope);
     let suppress = Suppression {
         nodes: behind_network,
         lossy: view.lossy_nodes(),
@@ -424,6 +428,22 @@ fn sorted_nodes<'n>(nodes: impl IntoIterator<Item = &'n str>) -> Vec<String> {
 #[derive(Debug, Default)]
 struct Components {
     of: HashMap<String, usize>,
+}
+
+/// The paths judged one by one ([`paths`], [`pods`]): between nodes the
+/// underlay does not cut off, within one group of the overlay (the cells
+/// across groups are the group finding's).
+struct PathScope<'a> {
+    cut_off: &'a BTreeSet<&'a str>,
+    components: &'a Components,
+}
+
+impl PathScope<'_> {
+    fn judges(&self, from: &str, cell: &Cell) -> bool {
+        !self.cut_off.contains(from)
+            && !self.cut_off.contains(cell.to.as_str())
+            && self.components.same(from, &cell.to)
+    }
 }
 
 impl Components {

@@ -15,21 +15,15 @@
 //! before whatever broke the other direction, so it is judged again once
 //! both directions are measured at the same time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use netmatrix_api::{Cell, FindingKind, NetworkMode, Path};
 
-use super::{Components, View, capped, describe_cell, is_broken, is_reaching};
+use super::{PathScope, View, capped, describe_cell, is_broken, is_reaching};
 use crate::diagnosis::{Condition, Subject};
 
-pub(super) fn diagnose(
-    view: &View,
-    cut_off: &BTreeSet<&str>,
-    components: &Components,
-) -> Vec<Condition> {
-    let judged = |from: &str, c: &Cell| {
-        !cut_off.contains(from) && !cut_off.contains(c.to.as_str()) && components.same(from, &c.to)
-    };
+pub(super) fn diagnose(view: &View, scope: &PathScope) -> Vec<Condition> {
+    let judged = |from: &str, c: &Cell| scope.judges(from, c);
     let mut pairs = Vec::new();
     let mut one_way: BTreeMap<&str, Vec<(&str, &Cell, &Cell)>> = BTreeMap::new();
     // Cells come sorted by (from, to); only broken ones need their reverse.

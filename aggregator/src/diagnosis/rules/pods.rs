@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use netmatrix_api::{Cell, FindingKind, NetworkMode, Path};
 
-use super::{Components, View, capped, describe_cell, is_broken};
+use super::{PathScope, View, capped, describe_cell, is_broken};
 use crate::diagnosis::{Condition, Subject};
 
 /// What the judged rows say of one pod: who gets nothing from it.
@@ -35,19 +35,11 @@ struct Seen<'a> {
     reached_from: BTreeSet<&'a str>,
 }
 
-/// Judged as [`super::paths`] judges: nodes the underlay cuts off are
-/// left out, and only paths within one group of the overlay (a partition's
-/// cells are the partition's). So where the path rule leaves a broken
-/// direction to this one (the replies to a node's own agent lost), this
-/// one sees the reverse cell.
-pub(super) fn diagnose(
-    view: &View,
-    cut_off: &BTreeSet<&str>,
-    components: &Components,
-) -> Vec<Condition> {
-    let judged = |from: &str, c: &Cell| {
-        !cut_off.contains(from) && !cut_off.contains(c.to.as_str()) && components.same(from, &c.to)
-    };
+/// Judged in the path rule's [`PathScope`], so that where the path rule
+/// leaves a broken direction to this one (the replies to a node's own
+/// agent lost), this one sees the reverse cell.
+pub(super) fn diagnose(view: &View, scope: &PathScope) -> Vec<Condition> {
+    let judged = |from: &str, c: &Cell| scope.judges(from, c);
     let mut pods: BTreeMap<(&str, IpAddr), Seen> = BTreeMap::new();
     for (from, cell) in view
         .known_cells(NetworkMode::Pod)
