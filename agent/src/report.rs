@@ -694,6 +694,11 @@ mod tests {
                 },
             ),
         );
+        serve(app).await
+    }
+
+    /// Serves `app` on a loopback port of its own.
+    async fn serve(app: Router) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -732,10 +737,7 @@ mod tests {
                 },
             ),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let (mut r, state, _) = reporter(addr, vec![], 0);
+        let (mut r, state, _) = reporter(serve(app).await, vec![], 0);
         r.deliver(&report()).await;
         let mut next = (*report()).clone();
         next.round = 8;
@@ -856,9 +858,7 @@ mod tests {
                 },
             ),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let aggregator = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let aggregator = serve(app).await;
 
         let held = Undelivered::default();
         let served = held.clone();
@@ -874,9 +874,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pod = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, pod_agent).await });
+        let pod = serve(pod_agent).await;
 
         let (r, _, metrics) = reporter(aggregator, vec![], 0);
         let mut r = r.with_relay(Relay::new(Arc::new(move || Some(pod.ip())), pod.port()));
@@ -952,10 +950,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
+        serve(app).await
     }
 
     #[tokio::test]

@@ -650,14 +650,15 @@ mod tests {
         // n3 every pod answered something, and none is listed.
         let dead = &row.cells[1].unanswered;
         assert_eq!(dead.len(), 1);
-        assert_eq!(Some(dead[0].ip), r_peers_ip(&store, 2));
+        assert_eq!(Some(dead[0].ip), held_peer_ip(&store, 2));
         assert!(row.cells[2].unanswered.is_empty());
         // Rows of nodes that never reported are unknown, never ok.
         assert!(!m.rows[1].reporting);
         assert!(m.rows[1].cells.iter().all(|c| c.status == Status::Unknown));
     }
 
-    fn r_peers_ip(store: &ReportStore, i: usize) -> Option<std::net::IpAddr> {
+    /// The address of peer `i` of n1's held report.
+    fn held_peer_ip(store: &ReportStore, i: usize) -> Option<std::net::IpAddr> {
         let held = store.get("n1", netmatrix_api::NetworkMode::Pod)?;
         held.report.peers.get(i).map(|p| p.ip)
     }

@@ -2,7 +2,7 @@
 //! then the body (bounded in size and time), then the report.
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -59,10 +59,19 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
         .map(HeaderValue::as_bytes);
     let sender = match state.aggregator.authenticate(authorization).await {
         Ok(sender) => sender,
+        Err(rejection) => return refuse_unread(body, &rejection).await,
+    };
+    // Read from the headers, before the body is given any budget.
+    let encoding = match ReportEncoding::of_content_type(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    ) {
+        Ok(encoding) => encoding,
         Err(rejection) => {
-            let mut discarded = body.into_data_stream();
-            while let Some(Ok(_)) = discarded.next().await {}
-            return rejection_response(&rejection);
+            state.aggregator.rejected(&rejection);
+            return refuse_unread(body, &rejection).await;
         }
     };
     let declared = parts
@@ -79,20 +88,6 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
             reasons::NOT_READY,
             "not-ready: the aggregator is shutting down".to_owned(),
         );
-    };
-    let encoding = match ReportEncoding::of_content_type(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map(HeaderValue::as_bytes),
-    ) {
-        Ok(encoding) => encoding,
-        Err(rejection) => {
-            state.aggregator.rejected(&rejection);
-            let mut discarded = body.into_data_stream();
-            while let Some(Ok(_)) = discarded.next().await {}
-            return rejection_response(&rejection);
-        }
     };
     let request = Request::from_parts(parts, body);
     let body = match Bytes::from_request(request, &()).await {
@@ -133,6 +128,15 @@ async fn intake(state: &AppState, request: Request, relayed: bool) -> Response {
         }
         Err(rejection) => rejection_response(&rejection),
     }
+}
+
+/// Answers `rejection` after reading the body and throwing it away
+/// (bounded by the body layers): closing a connection with unread data
+/// resets it, and the client would never see why it was refused.
+async fn refuse_unread(body: Body, rejection: &Rejection) -> Response {
+    let mut discarded = body.into_data_stream();
+    while let Some(Ok(_)) = discarded.next().await {}
+    rejection_response(rejection)
 }
 
 pub(super) fn rejection_response(rejection: &Rejection) -> Response {

@@ -93,14 +93,12 @@ pub(super) fn diagnose(view: &View, scope: &PathScope) -> Vec<Condition> {
     pods.iter()
         .map(|((node, ip), seen)| {
             let prober = prober(node, *ip);
-            let back: Vec<(&str, &Cell)> = if prober {
+            let back: Vec<&Cell> = if prober {
                 seen.silent_from
                     .iter()
                     .filter(|(from, _)| from != node)
-                    .filter_map(|(from, _)| {
-                        Some((*node, view.known_cell(NetworkMode::Pod, node, from)?))
-                    })
-                    .filter(|(_, c)| is_broken(c))
+                    .filter_map(|(from, _)| view.known_cell(NetworkMode::Pod, node, from))
+                    .filter(|c| is_broken(c))
                     .collect()
             } else {
                 Vec::new()
@@ -111,14 +109,8 @@ pub(super) fn diagnose(view: &View, scope: &PathScope) -> Vec<Condition> {
 }
 
 /// `prober`: the pod is `node`'s agent, whose probes' replies come back to
-/// it; `back`: `node`'s cells to the nodes that cannot reach it.
-fn pod_unreachable(
-    node: &str,
-    ip: IpAddr,
-    seen: &Seen,
-    prober: bool,
-    back: &[(&str, &Cell)],
-) -> Condition {
+/// it; `back`: `node`'s broken cells to the nodes that cannot reach it.
+fn pod_unreachable(node: &str, ip: IpAddr, seen: &Seen, prober: bool, back: &[&Cell]) -> Condition {
     let name = if seen.pod.is_empty() {
         ip.to_string()
     } else {
@@ -129,12 +121,7 @@ fn pod_unreachable(
     let own_reaches = seen.reached_from.contains(node);
     let remote_reach = seen.reached_from.iter().any(|n| *n != node);
     let remote: Vec<&str> = sources.iter().copied().filter(|n| *n != node).collect();
-    let pod_network_hint = || {
-        format!(
-            "the pod's own network: on {node}, is its interface up with its address (kubectl -n <namespace> exec <pod> -- ip addr; or the host end: ip link | grep <veth>; bridge link), is the host route or neighbour entry for {ip} right (ip route get {ip}; ip neigh show {ip}), and is its sandbox alive (crictl pods; kubelet log)"
-        )
-    };
-    let (summary, hint) = if seen.reached_from.is_empty() {
+    let (mut summary, hint) = if seen.reached_from.is_empty() {
         let own = if own_silent {
             ", its own included,"
         } else {
@@ -144,7 +131,9 @@ fn pod_unreachable(
             format!(
                 "pod {name} on {node} answers no node that probes it{own} while the other pods on {node} answer"
             ),
-            pod_network_hint(),
+            format!(
+                "the pod's own network: on {node}, is its interface up with its address (kubectl -n <namespace> exec <pod> -- ip addr; or the host end: ip link | grep <veth>; bridge link), is the host route or neighbour entry for {ip} right (ip route get {ip}; ip neigh show {ip}), and is its sandbox alive (crictl pods; kubelet log)"
+            ),
         )
     } else if own_reaches && !remote_reach && !remote.is_empty() {
         (
@@ -187,14 +176,13 @@ fn pod_unreachable(
         .collect();
     // The pod is the one `node` probes from: its probes to those sources
     // get no replies either, for the same reason.
-    let mut summary = summary;
     if prober {
         summary.push_str(&format!(
             "; it is the pod {node} probes from, so {node}'s probes to them get no replies either"
         ));
         evidence.extend(
             back.iter()
-                .map(|(from, cell)| format!("{} (replies to {ip})", describe_cell(from, cell))),
+                .map(|cell| format!("{} (replies to {ip})", describe_cell(node, cell))),
         );
     }
     if !seen.reached_from.is_empty() {
