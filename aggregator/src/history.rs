@@ -10,11 +10,14 @@
 //! node's loss for several rounds.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use foldhash::HashMap;
-use std::net::IpAddr;
 
-use netmatrix_api::{EchoResult, NetworkMode, PeerResult};
+use netmatrix_api::NetworkMode;
+
+use crate::store::{Echoes, HeldPeer};
 
 /// Index of `network` in the per-network arrays (pod, host) kept here, by
 /// the path windows and by the rules.
@@ -29,31 +32,55 @@ pub(crate) fn network_slot(network: NetworkMode) -> usize {
 pub const DEFAULT_ROUNDS: usize = 5;
 
 /// One peer's echo counts in one round.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+///
+/// Kept for six rounds per probed pod (a million and a half at 5,000
+/// nodes), so kept small: 12 bytes. Counts saturate at 65,535 echoes a
+/// round, far above what an agent sends one pod.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoundSample {
-    pub sent: u32,
-    pub received: u32,
-    pub rtt_avg_ms: Option<f64>,
-    /// Large Don't-Fragment echoes: (sent, received), when probed.
-    pub mtu: Option<(u32, u32)>,
+    pub sent: u16,
+    pub received: u16,
+    /// Mean RTT in milliseconds; NaN when none was measured.
+    rtt_avg_ms: f32,
+    /// Large Don't-Fragment echoes (sent, received); (0, 0) when not probed.
+    mtu: (u16, u16),
+}
+
+impl Default for RoundSample {
+    fn default() -> Self {
+        RoundSample {
+            sent: 0,
+            received: 0,
+            rtt_avg_ms: f32::NAN,
+            mtu: (0, 0),
+        }
+    }
 }
 
 impl RoundSample {
-    pub fn of(peer: &PeerResult) -> Self {
-        let counts = |e: &EchoResult| (e.sent, e.received.min(e.sent));
+    pub fn of(peer: &HeldPeer) -> Self {
+        let count = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+        let counts = |e: &Echoes| (count(e.sent), count(e.received.min(e.sent)));
         let (sent, received) = counts(&peer.icmp);
         RoundSample {
             sent,
             received,
-            rtt_avg_ms: peer.icmp.rtt_avg_ms.filter(|v| v.is_finite() && *v >= 0.0),
+            rtt_avg_ms: peer
+                .icmp
+                .rtt_avg_ms()
+                .filter(|v| *v >= 0.0)
+                .map_or(f32::NAN, |v| v as f32),
             // A pod that answered no small echo says nothing about the MTU.
             mtu: peer
                 .mtu
                 .as_ref()
                 .filter(|_| received > 0)
-                .map(counts)
-                .filter(|(sent, _)| *sent > 0),
+                .map_or((0, 0), counts),
         }
+    }
+
+    fn rtt_avg_ms(&self) -> Option<f64> {
+        (!self.rtt_avg_ms.is_nan()).then_some(f64::from(self.rtt_avg_ms))
     }
 
     /// Every echo lost: the pod or the path was down, which is not "loss".
@@ -70,7 +97,7 @@ impl RoundSample {
 #[derive(Debug, Clone)]
 struct PeerTrack {
     ip: IpAddr,
-    node: String,
+    node: Arc<str>,
     /// Newest first.
     rounds: VecDeque<RoundSample>,
 }
@@ -140,11 +167,11 @@ impl History {
         &mut self,
         source: &str,
         network: NetworkMode,
-        samples: impl IntoIterator<Item = (IpAddr, String, RoundSample)>,
+        samples: impl IntoIterator<Item = (IpAddr, Arc<str>, RoundSample)>,
     ) {
         let sources = &mut self.sources[network_slot(network)];
         let previous = sources.remove(source).unwrap_or_default();
-        let mut incoming: Vec<(IpAddr, String, RoundSample)> = samples.into_iter().collect();
+        let mut incoming: Vec<(IpAddr, Arc<str>, RoundSample)> = samples.into_iter().collect();
         // Stable: of a pod listed twice, the first listing comes first.
         incoming.sort_by_key(|(ip, _, _)| *ip);
         let mut current: Vec<PeerTrack> = Vec::with_capacity(incoming.len());
@@ -192,7 +219,7 @@ impl History {
         let tracks: Vec<Judged> = self.sources[network_slot(network)]
             .get(source)?
             .iter()
-            .filter(|t| t.node == to)
+            .filter(|t| &*t.node == to)
             .map(judged)
             .collect();
         (!tracks.is_empty()).then(|| window_of(&tracks, self.rounds))
@@ -224,7 +251,7 @@ impl Tracks<'_> {
     pub fn window<'p>(&self, pods: impl Iterator<Item = (IpAddr, &'p str)>) -> Option<PathWindow> {
         let mut found = pods.filter_map(|(ip, node)| {
             let i = self.tracks.binary_search_by_key(&ip, |t| t.ip).ok()?;
-            (self.tracks[i].node == node).then_some(i)
+            (&*self.tracks[i].node == node).then_some(i)
         });
         let first = found.next()?;
         let Some(second) = found.next() else {
@@ -287,14 +314,12 @@ fn window_of(tracks: &[Judged], rounds: usize) -> PathWindow {
             w.rtt_rounds += 1;
         }
         for s in samples() {
-            if let Some(rtt) = s.rtt_avg_ms.filter(|_| s.received > 0) {
+            if let Some(rtt) = s.rtt_avg_ms().filter(|_| s.received > 0) {
                 rtt_sum += rtt * f64::from(s.received);
                 rtt_weight += u64::from(s.received);
             }
-            if let Some((sent, received)) = s.mtu {
-                w.mtu_sent += u64::from(sent);
-                w.mtu_received += u64::from(received);
-            }
+            w.mtu_sent += u64::from(s.mtu.0);
+            w.mtu_received += u64::from(s.mtu.1);
         }
     }
     w.rtt_avg_ms = (rtt_weight > 0).then(|| rtt_sum / rtt_weight as f64);
@@ -327,11 +352,13 @@ fn down_edges(track: &PeerTrack) -> (usize, usize) {
 fn merge(into: &mut RoundSample, other: &RoundSample) {
     into.sent = into.sent.saturating_add(other.sent);
     into.received = into.received.saturating_add(other.received);
-    into.rtt_avg_ms = into.rtt_avg_ms.or(other.rtt_avg_ms);
-    into.mtu = match (into.mtu, other.mtu) {
-        (Some((s1, r1)), Some((s2, r2))) => Some((s1.saturating_add(s2), r1.saturating_add(r2))),
-        (a, b) => a.or(b),
-    };
+    if into.rtt_avg_ms.is_nan() {
+        into.rtt_avg_ms = other.rtt_avg_ms;
+    }
+    into.mtu = (
+        into.mtu.0.saturating_add(other.mtu.0),
+        into.mtu.1.saturating_add(other.mtu.1),
+    );
 }
 
 /// Windows of the fresh rows' paths, by (network, from, to). Node names
@@ -467,12 +494,12 @@ impl<'a> RowWindows<'a> {
 mod tests {
     use super::*;
 
-    fn sample(sent: u32, received: u32) -> RoundSample {
+    fn sample(sent: u16, received: u16) -> RoundSample {
         RoundSample {
             sent,
             received,
-            rtt_avg_ms: (received > 0).then_some(1.0),
-            mtu: Some((2, if received > 0 { 2 } else { 0 })),
+            rtt_avg_ms: if received > 0 { 1.0 } else { f32::NAN },
+            mtu: (2, if received > 0 { 2 } else { 0 }),
         }
     }
 
@@ -484,7 +511,7 @@ mod tests {
         h.record(
             "n1",
             NetworkMode::Pod,
-            peers.iter().map(|(a, n, s)| (ip(a), (*n).to_owned(), *s)),
+            peers.iter().map(|(a, n, s)| (ip(a), Arc::from(*n), *s)),
         );
     }
 
@@ -539,7 +566,7 @@ mod tests {
         let mut partial = Vec::new();
         for r in 1..=12 {
             // The third pod is down in rounds 4 to 8.
-            let third = sample(1, u32::from(!(4..=8).contains(&r)));
+            let third = sample(1, u16::from(!(4..=8).contains(&r)));
             round(
                 &mut h,
                 &[
@@ -573,7 +600,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, a)| {
                     let lost = i == 9 || i == r || i == r + 4;
-                    (a.as_str(), "n2", sample(1, u32::from(!lost)))
+                    (a.as_str(), "n2", sample(1, u16::from(!lost)))
                 })
                 .collect();
             round(&mut h, &samples);

@@ -18,14 +18,14 @@ use std::net::IpAddr;
 use foldhash::HashMap;
 
 use netmatrix_api::{
-    Blocked, Cell, CheckCell, CheckColumn, ColumnKind, EchoResult, Matrix, MatrixRow, NetworkMode,
-    NodeState, PeerResult, ProbeError, Status, UnansweredPod,
+    Blocked, Cell, CheckCell, CheckColumn, ColumnKind, Matrix, MatrixRow, NetworkMode, NodeState,
+    ProbeError, Status, UnansweredPod,
 };
 
 use crate::diagnosis::CheckTargets;
 use crate::history::{PathWindow, PathWindows, network_slot};
 use crate::policy::{Probe, Screen};
-use crate::store::{ReportStore, StoredReport};
+use crate::store::{Echoes, HeldPeer, ReportStore, StoredReport};
 
 /// Most pods a cell lists as answering nothing ([`Cell::unanswered`]).
 pub const MAX_UNANSWERED: usize = 16;
@@ -203,10 +203,10 @@ impl RowBuilder<'_> {
         let fresh = stored.filter(|s| self.policy.is_fresh(s, self.now_unix_ms));
         // The report's peers grouped by destination node (a stable sort
         // keeps each node's pods in report order; ids sort like names).
-        let mut peers: Vec<(u32, &PeerResult)> = fresh
+        let mut peers: Vec<(u32, &HeldPeer)> = fresh
             .iter()
-            .flat_map(|s| &s.report.peers)
-            .filter_map(|p| Some((*self.ids.get(p.node.as_str())?, p)))
+            .flat_map(|s| &s.peers)
+            .filter_map(|p| Some((*self.ids.get(&*p.node)?, p)))
             .collect();
         peers.sort_by_key(|(id, _)| *id);
         let probed = peers.chunk_by(|a, b| a.0 == b.0);
@@ -223,7 +223,7 @@ impl RowBuilder<'_> {
             Some(tracks) => probed
                 .clone()
                 .filter_map(|group| {
-                    let w = tracks.window(group.iter().map(|(_, p)| (p.ip, p.node.as_str())))?;
+                    let w = tracks.window(group.iter().map(|(_, p)| (p.ip, &*p.node)))?;
                     Some((group[0].0, w))
                 })
                 .collect(),
@@ -349,7 +349,7 @@ impl RowBuilder<'_> {
     fn cell<'p>(
         &self,
         to: &str,
-        peers: impl Iterator<Item = &'p PeerResult>,
+        peers: impl Iterator<Item = &'p HeldPeer>,
         age_ms: Option<f64>,
         screen: Option<(&Screen, &str, IpAddr)>,
     ) -> Cell {
@@ -372,7 +372,7 @@ impl RowBuilder<'_> {
         for peer in peers {
             // A failing probe a NetworkPolicy denies is left out: the
             // path is not judged by what a policy keeps out.
-            let mut denied = |probe: Probe, echoes: &EchoResult| {
+            let mut denied = |probe: Probe, echoes: &Echoes| {
                 if echoes.received >= echoes.sent {
                     return false;
                 }
@@ -408,7 +408,7 @@ impl RowBuilder<'_> {
                 && !peer.pod.is_empty()
             {
                 silent.push(UnansweredPod {
-                    pod: peer.pod.clone(),
+                    pod: peer.pod.to_string(),
                     ip: peer.ip,
                 });
                 silent_transport.push((tcp_probe, udp_probe));
@@ -422,16 +422,10 @@ impl RowBuilder<'_> {
             // large echoes are UDP ones, judged against the small UDP ones.
             let answered =
                 peer.icmp.received > 0 || peer.udp.as_ref().is_some_and(|u| u.received > 0);
-            if let Some(EchoResult {
-                sent,
-                received,
-                error,
-                ..
-            }) = peer.mtu.as_ref().filter(|_| answered)
-            {
+            if let Some(Echoes { sent, received, .. }) = peer.mtu.as_ref().filter(|_| answered) {
                 mtu_sent += u64::from(*sent);
                 mtu_received += u64::from((*received).min(*sent));
-                if let Some(e) = error.as_ref().filter(|_| mtu_error.is_none()) {
+                if let Some(e) = peer.mtu_error().filter(|_| mtu_error.is_none()) {
                     mtu_error = Some(ProbeError::new(
                         e.kind,
                         format!("large Don't-Fragment echo: {}", e.message),
@@ -447,14 +441,14 @@ impl RowBuilder<'_> {
             let answered = icmp.received.min(icmp.sent);
             sent += u64::from(icmp.sent);
             received += u64::from(answered);
-            if let Some(avg) = icmp.rtt_avg_ms.filter(|v| v.is_finite()) {
+            if let Some(avg) = icmp.rtt_avg_ms() {
                 rtt_weighted += avg * f64::from(answered);
                 rtt_samples += u64::from(answered);
             }
-            if let Some(max) = icmp.rtt_max_ms.filter(|v| v.is_finite()) {
+            if let Some(max) = icmp.rtt_max_ms() {
                 rtt_max = Some(rtt_max.map_or(max, |m| m.max(max)));
             }
-            if let Some(error) = &icmp.error {
+            if let Some(error) = peer.icmp_error() {
                 let loss = icmp.loss();
                 if worst.is_none_or(|(l, _)| loss > l) {
                     worst = Some((loss, error));
@@ -540,7 +534,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, r: Option<&EchoResult>) {
+    fn add(&mut self, r: Option<&Echoes>) {
         if let Some(r) = r {
             self.sent += u64::from(r.sent);
             self.received += u64::from(r.received.min(r.sent));
@@ -582,7 +576,7 @@ mod tests {
     use super::*;
     use crate::store::tests::{agent, inventory, report};
     use netmatrix_api::fixtures;
-    use netmatrix_api::{EchoResult, ErrorKind, Report, ServiceKind, ServiceResult};
+    use netmatrix_api::{EchoResult, ErrorKind, PeerResult, Report, ServiceKind, ServiceResult};
 
     /// Name of the row's MTU column.
     const MTU_COLUMN: &str = "mtu";
@@ -660,7 +654,7 @@ mod tests {
     /// The address of peer `i` of n1's held report.
     fn held_peer_ip(store: &ReportStore, i: usize) -> Option<std::net::IpAddr> {
         let held = store.get("n1", netmatrix_api::NetworkMode::Pod)?;
-        held.report.peers.get(i).map(|p| p.ip)
+        held.peers.get(i).map(|p| p.ip)
     }
 
     /// A pod is unanswered only beside one that answered everything, and

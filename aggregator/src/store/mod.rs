@@ -20,6 +20,10 @@ use netmatrix_api::facts::NodeFacts;
 use netmatrix_api::validate::{Invalid, Limits};
 use netmatrix_api::{NetworkMode, Report, protobuf, reasons};
 
+mod held;
+
+pub use held::{Echoes, HeldPeer};
+
 use crate::auth::{AuthError, Caller, Sender, truncated};
 use crate::history::{History, RoundSample};
 use crate::inventory::{Inventory, SenderMismatch};
@@ -28,7 +32,10 @@ use crate::inventory::{Inventory, SenderMismatch};
 /// are not trusted for freshness) and who sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredReport {
+    /// The report, its peers moved to `peers`.
     pub report: Report,
+    /// Its peers, each placed on a node, held compact.
+    pub peers: Vec<HeldPeer>,
     pub received_unix_ms: u64,
     /// The sending pod's UID when verified (its name otherwise): reports
     /// are ordered per pod.
@@ -264,9 +271,6 @@ pub fn parse(body: &[u8], encoding: ReportEncoding, limits: &Limits) -> Result<R
     if let Some(facts) = &report.facts {
         report.facts_digest = Some(netmatrix_api::facts::digest(facts));
     }
-    // Kept until the next report: without the slack of the parser's
-    // doubling (64 slots for 50 peers), a fifth of the store's memory.
-    report.peers.shrink_to_fit();
     Ok(report)
 }
 
@@ -420,7 +424,7 @@ impl ReportStore {
                 .is_some_and(|&until| until > now_unix_ms);
             want_facts = (asked || self.facts_wanted.contains(node)) && !self.facts_fresh(node);
         }
-        let unmapped_peers = self.place_unnamed_peers(&mut report, inventory);
+        let (peers, unmapped_peers) = self.place_peers(&mut report, inventory);
         let accepted = Accepted {
             node: report.agent.node.clone(),
             network: report.agent.network,
@@ -429,16 +433,16 @@ impl ReportStore {
             want_facts,
         };
         self.seen_nodes.insert(report.agent.node.clone());
-        let samples = report
-            .peers
+        let samples = peers
             .iter()
-            .map(|p| (p.ip, p.node.clone(), RoundSample::of(p)));
+            .map(|p| (p.ip, Arc::clone(&p.node), RoundSample::of(p)));
         self.history
             .record(&report.agent.node, report.agent.network, samples);
         self.latest.insert(
             key,
             StoredReport {
                 report,
+                peers,
                 received_unix_ms: now_unix_ms,
                 sender: sender_id,
                 relayed_by,
@@ -447,33 +451,45 @@ impl ReportStore {
         Ok(accepted)
     }
 
-    /// Peers found through DNS, and every peer of a protobuf report, carry
-    /// no names: place them by IP through the inventory (agent and target
-    /// pod IPs, node pod CIDRs), or, without one, through the addresses of
-    /// agents that have reported. Unplaceable peers are dropped, since a
-    /// cell needs a destination node.
-    fn place_unnamed_peers(&self, report: &mut Report, inventory: Option<&Inventory>) -> usize {
-        let before = report.peers.len();
-        report.peers.retain_mut(|peer| {
-            if !peer.node.is_empty() {
-                return true;
-            }
-            let placed = match inventory {
-                Some(inventory) => inventory.place(peer.ip),
-                None => self.reporter_of_ip(peer.ip),
-            };
-            match placed {
-                Some((node, pod)) => {
-                    peer.node = node.to_owned();
-                    if peer.pod.is_empty() {
-                        peer.pod = pod.to_owned();
-                    }
-                    true
+    /// The report's peers, taken out of it and held compact, each placed
+    /// on a node. Peers found through DNS, and every peer of a protobuf
+    /// report, carry no names: they are placed by IP through the inventory
+    /// (agent and target pod IPs, node pod CIDRs), or, without one, through
+    /// the addresses of agents that have reported. Unplaceable peers are
+    /// dropped (counted in the second value), since a cell needs a
+    /// destination node.
+    fn place_peers(
+        &self,
+        report: &mut Report,
+        inventory: Option<&Inventory>,
+    ) -> (Vec<HeldPeer>, usize) {
+        let parsed = std::mem::take(&mut report.peers);
+        let before = parsed.len();
+        let mut held = Vec::with_capacity(before);
+        for mut peer in parsed {
+            let placed = if peer.node.is_empty() {
+                match inventory {
+                    Some(inventory) => inventory.place(peer.ip),
+                    None => self
+                        .reporter_of_ip(peer.ip)
+                        .map(|(node, pod)| (Arc::from(node), Arc::from(pod))),
                 }
-                None => false,
-            }
-        });
-        before - report.peers.len()
+            } else {
+                Some((Arc::from(std::mem::take(&mut peer.node)), Arc::from("")))
+            };
+            let Some((node, placed_pod)) = placed else {
+                continue;
+            };
+            // A name the report gave is kept.
+            let pod = if peer.pod.is_empty() {
+                placed_pod
+            } else {
+                Arc::from(std::mem::take(&mut peer.pod))
+            };
+            held.push(HeldPeer::new(peer, node, pod));
+        }
+        let dropped = before - held.len();
+        (held, dropped)
     }
 
     fn reporter_of_ip(&self, ip: IpAddr) -> Option<(&str, &str)> {
@@ -823,12 +839,8 @@ pub(crate) mod tests {
             .insert(parsed, &agent("agent-n1"), Some(&inv), 1000)
             .unwrap();
         assert_eq!(accepted.unmapped_peers, 1);
-        let held = &store.get("n1", NetworkMode::Pod).unwrap().report;
-        let placed: Vec<(&str, &str)> = held
-            .peers
-            .iter()
-            .map(|p| (p.node.as_str(), p.pod.as_str()))
-            .collect();
+        let held = store.get("n1", NetworkMode::Pod).unwrap();
+        let placed: Vec<(&str, &str)> = held.peers.iter().map(|p| (&*p.node, &*p.pod)).collect();
         assert_eq!(
             placed,
             [("n2", "agent-n2"), ("n2", "companion-n2"), ("n2", "")]
@@ -1006,8 +1018,8 @@ pub(crate) mod tests {
         let mut store = ReportStore::default();
         let accepted = ingest(&mut store, &r, Some(&inv), 1).unwrap();
         assert_eq!(accepted.unmapped_peers, 1);
-        let held = &store.get("n1", NetworkMode::Pod).unwrap().report;
-        let nodes: Vec<_> = held.peers.iter().map(|p| p.node.as_str()).collect();
+        let held = store.get("n1", NetworkMode::Pod).unwrap();
+        let nodes: Vec<_> = held.peers.iter().map(|p| &*p.node).collect();
         assert_eq!(nodes, ["n2", "n2"]);
     }
 
