@@ -173,22 +173,28 @@ impl History {
         let previous = sources.remove(source).unwrap_or_default();
         let mut incoming: Vec<(IpAddr, Arc<str>, RoundSample)> = samples.into_iter().collect();
         // Stable: of a pod listed twice, the first listing comes first.
-        incoming.sort_by_key(|(ip, _, _)| *ip);
+        incoming.sort_by(|(a_ip, a_node, _), (b_ip, b_node, _)| {
+            by_node(a_node, b_node).then(a_ip.cmp(b_ip))
+        });
         let mut current: Vec<PeerTrack> = Vec::with_capacity(incoming.len());
         let mut previous = previous.into_iter().peekable();
         for (ip, node, sample) in incoming {
-            if let Some(track) = current.last_mut().filter(|t| t.ip == ip) {
+            if let Some(track) = current
+                .last_mut()
+                .filter(|t| t.ip == ip && by_node(&t.node, &node).is_eq())
+            {
                 // The same pod listed twice in one round: one sample.
                 if let Some(front) = track.rounds.front_mut() {
                     merge(front, &sample);
                 }
                 continue;
             }
-            // Both sorted by address: one merge pass.
-            while previous.next_if(|t| t.ip < ip).is_some() {}
+            // Both sorted by (node, address): one merge pass. A pod now on
+            // another node is another track.
+            let order = |t: &PeerTrack| by_node(&t.node, &node).then(t.ip.cmp(&ip));
+            while previous.next_if(|t| order(t).is_lt()).is_some() {}
             let mut track = previous
-                .next_if(|t| t.ip == ip)
-                .filter(|t| t.node == node)
+                .next_if(|t| order(t).is_eq())
                 .unwrap_or_else(|| PeerTrack {
                     ip,
                     node,
@@ -216,16 +222,12 @@ impl History {
 
     /// The window of `source`'s path to the pods on `to`.
     pub fn window(&self, source: &str, network: NetworkMode, to: &str) -> Option<PathWindow> {
-        let tracks: Vec<Judged> = self.sources[network_slot(network)]
-            .get(source)?
-            .iter()
-            .filter(|t| &*t.node == to)
-            .map(judged)
-            .collect();
-        (!tracks.is_empty()).then(|| window_of(&tracks, self.rounds))
+        self.tracks(source, network)?
+            .by_node()
+            .find_map(|(node, w)| (node == to).then_some(w))
     }
 
-    /// `source`'s peer tracks, for windows over groups of its pods.
+    /// `source`'s peer tracks, for its paths' windows.
     pub fn tracks(&self, source: &str, network: NetworkMode) -> Option<Tracks<'_>> {
         self.sources[network_slot(network)]
             .get(source)
@@ -236,7 +238,16 @@ impl History {
     }
 }
 
-/// One source's peer tracks ([`History::tracks`]).
+/// Node names in their order as strings; the pods of one node in a report
+/// share one name (the inventory's), so equal ones are usually one pointer.
+fn by_node(a: &Arc<str>, b: &Arc<str>) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        return std::cmp::Ordering::Equal;
+    }
+    a.cmp(b)
+}
+
+/// One source's peer tracks ([`History::tracks`]), sorted by node.
 #[derive(Debug, Clone, Copy)]
 pub struct Tracks<'a> {
     tracks: &'a [PeerTrack],
@@ -244,26 +255,22 @@ pub struct Tracks<'a> {
     rounds: usize,
 }
 
-impl Tracks<'_> {
-    /// The window over the given pods (address, node), those with a history
-    /// on that node; `None` when none has. The matrix build passes the pods
-    /// of one destination node as its report lists them.
-    pub fn window<'p>(&self, pods: impl Iterator<Item = (IpAddr, &'p str)>) -> Option<PathWindow> {
-        let mut found = pods.filter_map(|(ip, node)| {
-            let i = self.tracks.binary_search_by_key(&ip, |t| t.ip).ok()?;
-            (&*self.tracks[i].node == node).then_some(i)
-        });
-        let first = found.next()?;
-        let Some(second) = found.next() else {
-            // One pod (the usual case): nothing to allocate.
-            return Some(window_of(&[judged(&self.tracks[first])], self.rounds));
-        };
-        let mut all: Vec<usize> = [first, second].into_iter().chain(found).collect();
-        // A pod listed twice in a report has one track.
-        all.sort_unstable();
-        all.dedup();
-        let tracks: Vec<Judged> = all.iter().map(|&i| judged(&self.tracks[i])).collect();
-        Some(window_of(&tracks, self.rounds))
+impl<'a> Tracks<'a> {
+    /// The window of each destination node (the pods the latest report
+    /// lists on it), in the order of node names: the matrix build walks
+    /// them beside its cells.
+    pub fn by_node(&self) -> impl Iterator<Item = (&'a str, PathWindow)> + use<'a> {
+        let rounds = self.rounds;
+        self.tracks
+            .chunk_by(|a, b| by_node(&a.node, &b.node).is_eq())
+            .map(move |pods| {
+                let window = match pods {
+                    // One pod (the usual case): nothing to allocate.
+                    [one] => window_of(&[judged(one)], rounds),
+                    _ => window_of(&pods.iter().map(judged).collect::<Vec<_>>(), rounds),
+                };
+                (&*pods[0].node, window)
+            })
     }
 }
 

@@ -219,16 +219,12 @@ impl RowBuilder<'_> {
             }
             _ => None,
         };
-        let windows: Vec<(u32, PathWindow)> = match history {
-            Some(tracks) => probed
-                .clone()
-                .filter_map(|group| {
-                    let w = tracks.window(group.iter().map(|(_, p)| (p.ip, &*p.node)))?;
-                    Some((group[0].0, w))
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        // Both in the order of node names: the ids of the destinations.
+        let windows: Vec<(u32, PathWindow)> = history
+            .iter()
+            .flat_map(|tracks| tracks.by_node())
+            .filter_map(|(to, w)| Some((*self.ids.get(to)?, w)))
+            .collect();
         let cells: Vec<Cell> = if self.dense {
             // Both sorted by node: one merge pass.
             let mut probed = probed.peekable();
