@@ -92,12 +92,22 @@ pub struct Inventory {
     pub addresses: AddressIndex,
 }
 
-/// The addresses of an [`Inventory`]'s pods, built when first asked: a
-/// snapshot is not changed once shared.
+/// The addresses of an [`Inventory`]'s pods and its nodes' pod CIDRs,
+/// built when first asked: a snapshot is not changed once shared.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressIndex(OnceLock<Addresses>);
+
 // foldhash: a quarter of a million look-ups a round at 5,000 nodes, and the
 // keys are the API's, not clients'.
-pub struct AddressIndex(OnceLock<foldhash::HashMap<IpAddr, PlacedPod>>);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Addresses {
+    pods: foldhash::HashMap<IpAddr, PlacedPod>,
+    /// Pod CIDRs by [`Cidr::key`], and the prefix lengths present, longest
+    /// first: an address no pod has (a report may name any) costs one
+    /// look-up per length, never a scan of every node.
+    cidrs: foldhash::HashMap<(bool, u8, u128), Arc<str>>,
+    prefixes: Vec<(bool, u8)>,
+}
 
 /// A probe target of the API's (`--peer-selector`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,20 +402,22 @@ impl Inventory {
     /// name (`""`).
     pub fn place(&self, ip: IpAddr) -> Option<(Arc<str>, Arc<str>)> {
         let addresses = self.addresses.0.get_or_init(|| self.index_addresses());
-        if let Some(placed) = addresses.get(&ip) {
+        if let Some(placed) = addresses.pods.get(&ip) {
             return Some((Arc::clone(&placed.node), Arc::clone(&placed.pod)));
         }
-        self.nodes
+        // The most specific pod CIDR holding it.
+        addresses
+            .prefixes
             .iter()
-            .flat_map(|(node, info)| info.pod_cidrs.iter().map(move |c| (node, c)))
-            .filter(|(_, cidr)| cidr.contains(ip))
-            .max_by_key(|(_, cidr)| cidr.prefix)
-            .map(|(node, _)| (Arc::from(node.as_str()), Arc::from("")))
+            .filter(|(v6, _)| *v6 == ip.is_ipv6())
+            .find_map(|&(_, prefix)| addresses.cidrs.get(&Cidr { addr: ip, prefix }.key()))
+            .map(|node| (Arc::clone(node), Arc::from("")))
     }
 
     /// Pod-network agents first, then host agents (their node's
     /// addresses), then the other probe targets: the first claim wins.
-    fn index_addresses(&self) -> foldhash::HashMap<IpAddr, PlacedPod> {
+    /// Of nodes claiming one pod CIDR, the last by name wins.
+    fn index_addresses(&self) -> Addresses {
         let mut addresses = foldhash::HashMap::default();
         let agents = |network: NetworkMode| {
             self.agents.iter().flat_map(move |(node, pods)| {
@@ -431,7 +443,23 @@ impl Inventory {
                 });
             }
         }
-        addresses
+        let mut cidrs = foldhash::HashMap::default();
+        for (node, info) in &self.nodes {
+            let name = names
+                .entry(node.as_str())
+                .or_insert_with(|| Arc::from(node.as_str()));
+            for cidr in &info.pod_cidrs {
+                cidrs.insert(cidr.key(), Arc::clone(name));
+            }
+        }
+        let mut prefixes: Vec<(bool, u8)> = cidrs.keys().map(|&(v6, p, _)| (v6, p)).collect();
+        prefixes.sort_unstable_by(|a, b| b.cmp(a));
+        prefixes.dedup();
+        Addresses {
+            pods: addresses,
+            cidrs,
+            prefixes,
+        }
     }
 
     /// Builds a snapshot from Nodes and agent Pods. Pods that are not
@@ -648,20 +676,22 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
+        self.addr.is_ipv6() == ip.is_ipv6() && self.key() == Cidr { addr: ip, ..*self }.key()
+    }
+
+    /// The prefix as a hash key: family, length, and the network bits.
+    fn key(&self) -> (bool, u8, u128) {
         fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
             let shift = u32::from(width - prefix.min(width));
             if shift >= 128 { 0 } else { bits >> shift }
         }
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u32::from(net).into(), self.prefix, 32)
-                    == masked(u32::from(ip).into(), self.prefix, 32)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), self.prefix, 128)
-                    == masked(u128::from(ip), self.prefix, 128)
-            }
-            _ => false,
+        match self.addr {
+            IpAddr::V4(net) => (
+                false,
+                self.prefix,
+                masked(u32::from(net).into(), self.prefix, 32),
+            ),
+            IpAddr::V6(net) => (true, self.prefix, masked(u128::from(net), self.prefix, 128)),
         }
     }
 }
@@ -1478,6 +1508,31 @@ mod tests {
         assert!(v6.contains("fd00:10:244:1::5".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("garbage".parse::<Cidr>().is_err());
+    }
+
+    /// An address no pod has goes to the most specific pod CIDR holding
+    /// it, of its own family.
+    #[test]
+    fn unknown_addresses_go_to_the_longest_pod_cidr() {
+        let node = |cidrs: &[&str]| NodeInfo {
+            pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            ready: true,
+            created_unix_ms: None,
+            unschedulable: false,
+        };
+        let mut inv = Inventory::default();
+        inv.nodes.insert("wide".into(), node(&["10.244.0.0/16"]));
+        inv.nodes.insert(
+            "narrow".into(),
+            node(&["10.244.7.0/24", "fd00:10:244:7::/64"]),
+        );
+        let at = |ip: &str| inv.node_of_ip(ip.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(at("10.244.7.9").as_deref(), Some("narrow"));
+        assert_eq!(at("10.244.8.9").as_deref(), Some("wide"));
+        assert_eq!(at("fd00:10:244:7::9").as_deref(), Some("narrow"));
+        // The same leading bits in the other family are not in the /16.
+        assert_eq!(at("af4::1"), None);
+        assert_eq!(at("10.245.0.1"), None);
     }
 
     /// The reflectors against a minimal API server on loopback: list, then a
