@@ -321,7 +321,7 @@ async fn faults_show_in_the_matrix_of_running_agents() {
                     && r.cells.len() == 3
                     && r.cells
                         .iter()
-                        .all(|c| c.to == r.node || c.status == Status::Ok)
+                        .all(|c| *c.to == *r.node || c.status == Status::Ok)
             })
     };
     lab.wait_for("pod and host rows all ok", WAIT, |s| {

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use foldhash::HashMap;
 
@@ -124,8 +125,10 @@ pub fn build_screened(
 
     let mut targets = CheckTargets::new();
     let mut windows = PathWindows::for_nodes(&nodes);
+    // Each cell names its destination with one of these (a count, not a copy).
+    let names: Vec<Arc<str>> = nodes.iter().map(|n| Arc::from(n.as_str())).collect();
     let builder = RowBuilder {
-        nodes: &nodes,
+        nodes: &names,
         ids: &windows.ids,
         store,
         policy,
@@ -182,7 +185,7 @@ pub fn build_screened(
 
 struct RowBuilder<'a> {
     /// Sorted.
-    nodes: &'a [String],
+    nodes: &'a [Arc<str>],
     /// Position of each node in `nodes` (the windows' ids): hashed once per
     /// peer, where a binary search compared a dozen strings.
     ids: &'a HashMap<String, u32>,
@@ -239,7 +242,7 @@ impl RowBuilder<'_> {
             // Sized up front (the rows live for a round, two rounds at once).
             let mut cells = Vec::with_capacity(probed.clone().count());
             cells.extend(probed.map(|group| {
-                let to = self.nodes[group[0].0 as usize].as_str();
+                let to = &self.nodes[group[0].0 as usize];
                 self.cell(to, group.iter().map(|(_, p)| *p), age_ms, screen)
             }));
             cells
@@ -344,7 +347,7 @@ impl RowBuilder<'_> {
     /// Aggregates every probed pod on `to`.
     fn cell<'p>(
         &self,
-        to: &str,
+        to: &Arc<str>,
         peers: impl Iterator<Item = &'p HeldPeer>,
         age_ms: Option<f64>,
         screen: Option<(&Screen, &str, IpAddr)>,
@@ -501,7 +504,7 @@ impl RowBuilder<'_> {
         };
         let probed_more = tcp.is_some() || udp.is_some();
         Cell {
-            to: to.to_owned(),
+            to: Arc::clone(to),
             status,
             icmp: icmp.filter(|_| probed_more),
             tcp,
@@ -548,9 +551,9 @@ fn round_to(value: f64, scale: f64) -> f64 {
     (value * scale).round() / scale
 }
 
-fn unknown_cell(to: &str, age_ms: Option<f64>) -> Cell {
+fn unknown_cell(to: &Arc<str>, age_ms: Option<f64>) -> Cell {
     Cell {
-        to: to.to_owned(),
+        to: Arc::clone(to),
         status: Status::Unknown,
         loss: None,
         rtt_avg_ms: None,

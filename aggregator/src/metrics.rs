@@ -251,7 +251,7 @@ impl Metrics {
                 checks.push((vec![node.clone(), check.to_owned()], i64::from(up)));
             }
             for cell in row.cells.iter().filter(|c| c.status == Status::Failed) {
-                pairs.push((vec![node.clone(), cell.to.clone()], 1));
+                pairs.push((vec![node.clone(), cell.to.to_string()], 1));
             }
             if let Some(rtt_ms) = mean(row.cells.iter().filter_map(|c| c.rtt_avg_ms)) {
                 rtts.push((vec![node.clone()], rtt_ms / 1000.0));

@@ -73,7 +73,7 @@ pub fn peer(node: &str, pod: &str, ip: &str, icmp: EchoResult) -> PeerResult {
 /// The cell to `to` of `status`, with no measurement.
 pub fn cell(to: &str, status: Status) -> Cell {
     Cell {
-        to: to.to_owned(),
+        to: to.into(),
         status,
         loss: None,
         rtt_avg_ms: None,

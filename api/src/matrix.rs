@@ -1,6 +1,8 @@
 //! What the aggregator serves: the directed node-to-node [`Matrix`] and
 //! its per-node check columns.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{CheckColumn, NetworkMode, ProbeError};
@@ -133,7 +135,7 @@ impl MatrixRow {
     /// The cell to `to`, if this row has one (a sampled row has cells only
     /// for the nodes it probes).
     pub fn cell(&self, to: &str) -> Option<&Cell> {
-        self.cells.iter().find(|c| c.to == to)
+        self.cells.iter().find(|c| &*c.to == to)
     }
 
     /// The row's checks in column order: services, DNS, then `mtu`.
@@ -150,8 +152,10 @@ impl MatrixRow {
 /// One directed node-to-node cell (all pods on `to` probed from `node`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
-    /// Destination node.
-    pub to: String,
+    /// Destination node. Shared with the matrix's node list: a matrix of
+    /// 5,000 nodes holds a quarter of a million cells, and the rules read
+    /// every cell's destination several times a round.
+    pub to: Arc<str>,
     pub status: Status,
     /// Fraction of echoes lost, 0.0 to 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -283,7 +283,7 @@ pub fn explain(m: &Matrix, f: &Findings, node: &str, style: Style) -> Option<Str
             style.bold("host network (node IP to node IP)")
         ));
         // A host agent does not ping its own node.
-        for c in host.cells.iter().filter(|c| c.to != node) {
+        for c in host.cells.iter().filter(|c| *c.to != *node) {
             out.push_str(&cell_line(&c.to, c, style));
         }
         for c in host.services.iter().chain(&host.dns) {

@@ -74,10 +74,10 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
     let mut failing = Vec::new();
     let mut unmeasured = 0;
     for row in &expected {
-        for cell in row.cells.iter().filter(|c| names.contains(c.to.as_str())) {
+        for cell in row.cells.iter().filter(|c| names.contains(&*c.to)) {
             // Not probed yet. The node's own cell stays unknown when it has
             // no companion pod, and that is not a gap.
-            if cell.status == Status::Unknown && cell.to != row.node {
+            if cell.status == Status::Unknown && *cell.to != *row.node {
                 unmeasured += 1;
             }
             if cell.status == Status::Failed {

@@ -29,7 +29,7 @@ pub fn all_host_cells_ok(m: &Matrix, nodes: usize) -> bool {
     // cell stays unknown.
     m.host_rows.len() == nodes
         && m.host_rows.iter().all(|r| {
-            let cross: Vec<&Cell> = r.cells.iter().filter(|c| c.to != r.node).collect();
+            let cross: Vec<&Cell> = r.cells.iter().filter(|c| *c.to != *r.node).collect();
             r.reporting && cross.len() + 1 == nodes && cross.iter().all(|c| c.status == Status::Ok)
         })
 }

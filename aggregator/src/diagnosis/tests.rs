@@ -191,7 +191,7 @@ impl Grid {
         self.row_in(network, from)
             .cells
             .iter_mut()
-            .find(|c| c.to == to)
+            .find(|c| *c.to == *to)
             .expect("cell in grid")
     }
 

@@ -51,7 +51,7 @@ fn compact_row(
     let mut cells = row.cells.iter().peekable();
     for (i, node) in nodes.iter().enumerate() {
         // Cells are in node order, so one merge pass places them.
-        match cells.next_if(|c| &c.to == node) {
+        match cells.next_if(|c| *c.to == **node) {
             Some(cell) => {
                 status.push(status_char(cell.status));
                 loss_pct.push(cell.loss.map_or(-1, percent_up));

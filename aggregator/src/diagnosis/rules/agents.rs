@@ -182,7 +182,7 @@ fn unexplained(view: &View, row: &MatrixRow) -> Condition {
     let node = row.node.as_str();
     let inbound: Vec<_> = view
         .cross_cells(NetworkMode::Pod)
-        .filter(|(_, c)| c.to == node)
+        .filter(|(_, c)| *c.to == *node)
         .collect();
     let unreachable = Tally::of(inbound.iter().map(|(_, c)| *c)).nearly_all_broken();
     let mut evidence = vec![silence_line(row)];

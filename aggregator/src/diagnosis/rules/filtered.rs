@@ -53,7 +53,7 @@ pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> 
     // Per protocol and source node: the paths that drop it, with the cell.
     let mut by_protocol: BTreeMap<(usize, &str), Vec<(&str, &Cell)>> = BTreeMap::new();
     for (from, cell, window) in view.known_with_windows(NetworkMode::Pod) {
-        if cut_off.contains(from) || cut_off.contains(cell.to.as_str()) {
+        if cut_off.contains(from) || cut_off.contains(&*cell.to) {
             continue;
         }
         // A lossy path (ICMP echoes lost over the window, outside outage
@@ -76,10 +76,7 @@ pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> 
 
 fn condition(i: usize, from: &str, paths: &[(&str, &Cell)]) -> Condition {
     let (kind, protocol) = PROTOCOLS[i];
-    let nodes: BTreeSet<&str> = paths
-        .iter()
-        .flat_map(|(from, c)| [*from, c.to.as_str()])
-        .collect();
+    let nodes: BTreeSet<&str> = paths.iter().flat_map(|(from, c)| [*from, &*c.to]).collect();
     let evidence = paths
         .iter()
         .map(|(from, c)| {
@@ -97,7 +94,7 @@ fn condition(i: usize, from: &str, paths: &[(&str, &Cell)]) -> Condition {
             line
         })
         .collect();
-    let tos: Vec<&str> = paths.iter().map(|(_, c)| c.to.as_str()).collect();
+    let tos: Vec<&str> = paths.iter().map(|(_, c)| &*c.to).collect();
     let summary = format!(
         "{protocol} from {from}'s pods to the pods of {} is dropped, while other protocols cross: filtered, not broken",
         tos.join(", ")
@@ -118,7 +115,7 @@ fn condition(i: usize, from: &str, paths: &[(&str, &Cell)]) -> Condition {
             .iter()
             .map(|(from, c)| Path {
                 from: (*from).to_owned(),
-                to: c.to.clone(),
+                to: c.to.to_string(),
             })
             .collect(),
     )

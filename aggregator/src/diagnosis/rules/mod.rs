@@ -205,6 +205,9 @@ struct View<'a> {
     /// destination.
     known: [Vec<(&'a str, &'a Cell, Option<&'a PathWindow>)>; 2],
     policy: &'a DiagnosisPolicy,
+    /// [`View::pod_tallies`], counted once: the service and the DNS rules
+    /// both ask.
+    pod_tallies: std::cell::OnceCell<HashMap<&'a str, Tally>>,
 }
 
 impl<'a> View<'a> {
@@ -229,7 +232,7 @@ impl<'a> View<'a> {
                 known.extend(
                     row.cells
                         .iter()
-                        .filter(|c| c.status != Status::Unknown && ready.contains(c.to.as_str()))
+                        .filter(|c| c.status != Status::Unknown && ready.contains(&*c.to))
                         .map(|c| (row.node.as_str(), c, row_windows.find(&c.to))),
                 );
             }
@@ -244,6 +247,7 @@ impl<'a> View<'a> {
             ready,
             known,
             policy,
+            pod_tallies: std::cell::OnceCell::new(),
         }
     }
 
@@ -265,7 +269,7 @@ impl<'a> View<'a> {
         let row = self
             .row(network, from)
             .filter(|r| r.reporting && self.is_ready(&r.node))?;
-        let i = row.cells.binary_search_by(|c| c.to.as_str().cmp(to)).ok()?;
+        let i = row.cells.binary_search_by(|c| (*c.to).cmp(to)).ok()?;
         Some(&row.cells[i]).filter(|c| c.status != Status::Unknown && self.is_ready(&c.to))
     }
 
@@ -301,19 +305,24 @@ impl<'a> View<'a> {
         &'s self,
         network: NetworkMode,
     ) -> impl Iterator<Item = (&'a str, &'a Cell)> + use<'a, 's> {
-        self.known_cells(network).filter(|(from, c)| *from != c.to)
+        self.known_cells(network)
+            .filter(|(from, c)| **from != *c.to)
     }
 
     /// Pod cells touching each node (row and column, same-node included).
-    fn pod_tallies(&self) -> HashMap<&'a str, Tally> {
+    fn pod_tallies(&self) -> &HashMap<&'a str, Tally> {
+        self.pod_tallies.get_or_init(|| self.count_pod_tallies())
+    }
+
+    fn count_pod_tallies(&self) -> HashMap<&'a str, Tally> {
         let mut tallies: HashMap<&str, Tally> = HashMap::new();
         for (from, cell) in self.known_cells(NetworkMode::Pod) {
             let t = Tally::of([cell]);
-            for node in [from, cell.to.as_str()] {
+            for node in [from, &*cell.to] {
                 let entry = tallies.entry(node).or_default();
                 entry.reachable += t.reachable;
                 entry.broken += t.broken;
-                if from == cell.to {
+                if *from == *cell.to {
                     break; // a same-node cell counts once
                 }
             }
@@ -330,7 +339,7 @@ impl<'a> View<'a> {
                 // ICMP filtered is not loss.
                 c.loss.is_some_and(|l| l > 0.0) && !is_broken(c) && c.icmp != Some(Status::Failed)
             })
-            .flat_map(|(from, c)| [from, c.to.as_str()])
+            .flat_map(|(from, c)| [from, &*c.to])
             .collect()
     }
 }
@@ -441,7 +450,7 @@ struct PathScope<'a> {
 impl PathScope<'_> {
     fn judges(&self, from: &str, cell: &Cell) -> bool {
         !self.cut_off.contains(from)
-            && !self.cut_off.contains(cell.to.as_str())
+            && !self.cut_off.contains(&*cell.to)
             && self.components.same(from, &cell.to)
     }
 }

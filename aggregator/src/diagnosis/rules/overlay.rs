@@ -43,7 +43,7 @@ pub(super) struct Liveness<'a> {
 pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>, alive: &Liveness) -> Overlay {
     let cells: Vec<(&str, &Cell)> = view
         .cross_cells(NetworkMode::Pod)
-        .filter(|(from, c)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
+        .filter(|(from, c)| !cut_off.contains(from) && !cut_off.contains(&*c.to))
         .collect();
     let groups = groups(&cells);
     let components = Components {
@@ -77,7 +77,7 @@ pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>, alive: &Liveness) 
 fn groups(cells: &[(&str, &Cell)]) -> Vec<Vec<String>> {
     // Hashed: two lookups per cell.
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for node in cells.iter().flat_map(|(f, c)| [*f, c.to.as_str()]) {
+    for node in cells.iter().flat_map(|(f, c)| [*f, &*c.to]) {
         let next = index.len();
         index.entry(node).or_insert(next);
     }
@@ -92,7 +92,7 @@ fn groups(cells: &[(&str, &Cell)]) -> Vec<Vec<String>> {
         i
     }
     for (from, cell) in cells.iter().filter(|(_, c)| is_reaching(c)) {
-        if let (Some(&a), Some(&b)) = (index.get(*from), index.get(cell.to.as_str())) {
+        if let (Some(&a), Some(&b)) = (index.get(*from), index.get(&*cell.to)) {
             let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
             parent[ra] = rb;
         }
@@ -116,7 +116,7 @@ fn cross_node_broken(view: &View, cells: &[(&str, &Cell)]) -> Option<Condition> 
     }
     let same = Tally::of(
         view.known_cells(NetworkMode::Pod)
-            .filter(|(from, c)| *from == c.to)
+            .filter(|(from, c)| **from == *c.to)
             .map(|(_, c)| c),
     );
     if same.known() > 0 && !same.mostly_reachable() {
@@ -133,7 +133,7 @@ fn cross_node_broken(view: &View, cells: &[(&str, &Cell)]) -> Option<Condition> 
     } else {
         "no same-node data (no companion pods probed)".to_owned()
     });
-    let nodes = sorted_nodes(cells.iter().flat_map(|(f, c)| [*f, c.to.as_str()]));
+    let nodes = sorted_nodes(cells.iter().flat_map(|(f, c)| [*f, &*c.to]));
     Some(Condition::new(
         FindingKind::CrossNodeBroken,
         Subject::Cluster,
@@ -158,7 +158,7 @@ fn partition(cells: &[(&str, &Cell)], groups: &[Vec<String>]) -> Condition {
     let between: Vec<(&str, &Cell)> = cells
         .iter()
         .copied()
-        .filter(|(from, c)| group_of.get(from) != group_of.get(c.to.as_str()))
+        .filter(|(from, c)| group_of.get(from) != group_of.get(&*c.to))
         .collect();
     let nodes = sorted_nodes(groups.iter().flatten().map(String::as_str));
     let shown: Vec<String> = groups
@@ -194,7 +194,7 @@ fn node_isolated(
     let row = view.row(NetworkMode::Pod, x);
     let reporting = row.is_some_and(|r| r.reporting && view.is_ready(x));
     let outbound: Vec<(&str, &Cell)> = cells.iter().copied().filter(|(f, _)| *f == x).collect();
-    let inbound: Vec<(&str, &Cell)> = cells.iter().copied().filter(|(_, c)| c.to == x).collect();
+    let inbound: Vec<(&str, &Cell)> = cells.iter().copied().filter(|(_, c)| *c.to == *x).collect();
     if inbound.is_empty() {
         return None;
     }
@@ -257,7 +257,7 @@ fn silent_but_alive(view: &View, x: &str, alive: &Liveness) -> Option<Vec<String
     if view.row(NetworkMode::Host, x).is_some_and(|r| r.reporting) {
         let host_in = Tally::of(
             view.cross_cells(NetworkMode::Host)
-                .filter(|(_, c)| c.to == x)
+                .filter(|(_, c)| *c.to == *x)
                 .map(|(_, c)| c),
         );
         if host_in.known() > 0 && !host_in.mostly_reachable() {

@@ -31,7 +31,7 @@ pub(super) fn diagnose(view: &View, scope: &PathScope) -> Vec<Condition> {
         .cross_cells(NetworkMode::Pod)
         .filter(|(from, c)| is_broken(c) && judged(from, c))
     {
-        let b = forward.to.as_str();
+        let b = &*forward.to;
         let Some(reverse) = view
             .known_cell(NetworkMode::Pod, b, a)
             .filter(|c| judged(b, c))

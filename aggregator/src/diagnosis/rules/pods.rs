@@ -46,7 +46,7 @@ pub(super) fn diagnose(view: &View, scope: &PathScope) -> Vec<Condition> {
         .filter(|(from, c)| !c.unanswered.is_empty() && judged(from, c))
     {
         for pod in &cell.unanswered {
-            let seen = pods.entry((cell.to.as_str(), pod.ip)).or_default();
+            let seen = pods.entry((&*cell.to, pod.ip)).or_default();
             seen.pod = &pod.pod;
             seen.silent_from.push((from, cell));
         }
@@ -65,12 +65,13 @@ pub(super) fn diagnose(view: &View, scope: &PathScope) -> Vec<Condition> {
     // want of a neighbour that answered everything). A node's own cell
     // never holds its own agent.
     let their_nodes: BTreeSet<&str> = pods.keys().map(|(node, _)| *node).collect();
-    for (from, cell) in view.known_cells(NetworkMode::Pod).filter(|(from, c)| {
-        judged(from, c) && c.loss == Some(0.0) && their_nodes.contains(c.to.as_str())
-    }) {
+    for (from, cell) in view
+        .known_cells(NetworkMode::Pod)
+        .filter(|(from, c)| judged(from, c) && c.loss == Some(0.0) && their_nodes.contains(&*c.to))
+    {
         let on_node = pods
-            .range_mut((cell.to.as_str(), IpAddr::from([0u8; 4]))..)
-            .take_while(|((node, _), _)| *node == cell.to);
+            .range_mut((&*cell.to, IpAddr::from([0u8; 4]))..)
+            .take_while(|((node, _), _)| **node == *cell.to);
         for ((node, ip), seen) in on_node {
             if !(from == *node && prober(node, *ip)) {
                 seen.reached_from.insert(from);

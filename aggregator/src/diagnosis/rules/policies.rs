@@ -38,7 +38,7 @@ pub(super) fn diagnose(view: &View) -> Vec<Condition> {
             for policy in &blocked.policies {
                 by_policy.entry(policy.as_str()).or_default().push((
                     row.node.as_str(),
-                    cell.to.as_str(),
+                    &*cell.to,
                     &blocked.protocols,
                 ));
             }

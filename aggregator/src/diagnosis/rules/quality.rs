@@ -70,8 +70,8 @@ pub(super) fn diagnose(
     let candidates = |network| -> Vec<Candidate> {
         // Known, not broken, between nodes of one group.
         view.known_with_windows(network)
-            .filter(|(from, c, _)| *from != c.to)
-            .filter(|(from, c, _)| !cut_off.contains(from) && !cut_off.contains(c.to.as_str()))
+            .filter(|(from, c, _)| **from != *c.to)
+            .filter(|(from, c, _)| !cut_off.contains(from) && !cut_off.contains(&*c.to))
             .filter(|(from, c, _)| components.of.is_empty() || components.same(from, &c.to))
             .filter(|(_, c, _)| !is_broken(c))
             .collect()
@@ -229,7 +229,7 @@ impl<'a> HostLayer<'a> {
             flagged: BTreeMap::new(),
         };
         for ((from, cell, _), j) in paths.iter().zip(judged) {
-            for node in [*from, cell.to.as_str()] {
+            for node in [*from, &*cell.to] {
                 let e = layer.by_node.entry(node).or_default();
                 e.0 += 1;
                 e.1 += usize::from(j.line.is_some());
@@ -237,7 +237,7 @@ impl<'a> HostLayer<'a> {
             if let Some(line) = &j.line {
                 layer
                     .flagged
-                    .insert((*from, cell.to.as_str()), format!("host network: {line}"));
+                    .insert((*from, &*cell.to), format!("host network: {line}"));
             }
         }
         layer

@@ -24,7 +24,7 @@ pub(super) fn underlay_broken<'a>(view: &View<'a>) -> Vec<Condition> {
     let by_destination = |cells: Vec<(&'a str, &'a Cell)>| {
         let mut map: BTreeMap<&str, Vec<(&str, &Cell)>> = BTreeMap::new();
         for (from, cell) in cells {
-            map.entry(cell.to.as_str()).or_default().push((from, cell));
+            map.entry(&*cell.to).or_default().push((from, cell));
         }
         map
     };
@@ -58,7 +58,7 @@ fn judge(
     let sources: BTreeSet<&str> = host_in.iter().map(|(from, _)| *from).collect();
     let elsewhere = Tally::of(
         host.iter()
-            .filter(|(from, c)| sources.contains(from) && c.to != x)
+            .filter(|(from, c)| sources.contains(from) && *c.to != *x)
             .map(|(_, c)| *c),
     );
     if elsewhere.known() > 0 && !elsewhere.mostly_reachable() {
