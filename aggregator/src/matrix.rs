@@ -206,11 +206,12 @@ impl RowBuilder<'_> {
         let fresh = stored.filter(|s| self.policy.is_fresh(s, self.now_unix_ms));
         // The report's peers grouped by destination node (a stable sort
         // keeps each node's pods in report order; ids sort like names).
-        let mut peers: Vec<(u32, &HeldPeer)> = fresh
-            .iter()
-            .flat_map(|s| &s.peers)
-            .filter_map(|p| Some((*self.ids.get(&*p.node)?, p)))
-            .collect();
+        let held = fresh.map_or(&[][..], |s| s.peers.as_slice());
+        let mut peers: Vec<(u32, &HeldPeer)> = Vec::with_capacity(held.len());
+        peers.extend(
+            held.iter()
+                .filter_map(|p| Some((*self.ids.get(&*p.node)?, p))),
+        );
         peers.sort_by_key(|(id, _)| *id);
         let probed = peers.chunk_by(|a, b| a.0 == b.0);
         // The windows of the same groups of pods, from their history.
@@ -222,12 +223,21 @@ impl RowBuilder<'_> {
             }
             _ => None,
         };
-        // Both in the order of node names: the ids of the destinations.
-        let windows: Vec<(u32, PathWindow)> = history
-            .iter()
-            .flat_map(|tracks| tracks.by_node())
-            .filter_map(|(to, w)| Some((*self.ids.get(to)?, w)))
-            .collect();
+        // The history's runs and the groups are both in the order of node
+        // names (the history may hold nodes the matrix does not): one merge
+        // pass by name, no look-up.
+        let mut windows: Vec<(u32, PathWindow)> = Vec::with_capacity(probed.clone().count());
+        if let Some(tracks) = history {
+            let mut runs = tracks.by_node().peekable();
+            for group in probed.clone() {
+                let id = group[0].0;
+                let to = &*self.nodes[id as usize];
+                while runs.next_if(|(node, _)| *node < to).is_some() {}
+                if let Some((_, w)) = runs.next_if(|(node, _)| *node == to) {
+                    windows.push((id, w));
+                }
+            }
+        }
         let cells: Vec<Cell> = if self.dense {
             // Both sorted by node: one merge pass.
             let mut probed = probed.peekable();

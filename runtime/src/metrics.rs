@@ -1,6 +1,6 @@
 //! Prometheus helpers shared by the agent and the aggregator.
 
-use std::collections::BTreeSet;
+use foldhash::HashSet;
 use std::sync::{Mutex, PoisonError};
 
 use prometheus::core::{Atomic, GenericGaugeVec};
@@ -11,14 +11,16 @@ use prometheus::core::{Atomic, GenericGaugeVec};
 /// cleared). Absent means "nothing to say", which a stale 0 or 1 would not.
 pub struct GaugeSeries<P: Atomic> {
     vec: GenericGaugeVec<P>,
-    written: Mutex<BTreeSet<Vec<String>>>,
+    // Hashed: tens of thousands of label sets a round on a large cluster,
+    // and only their difference is ever asked.
+    written: Mutex<HashSet<Vec<String>>>,
 }
 
 impl<P: Atomic> GaugeSeries<P> {
     pub fn new(vec: GenericGaugeVec<P>) -> Self {
         Self {
             vec,
-            written: Mutex::new(BTreeSet::new()),
+            written: Mutex::new(HashSet::default()),
         }
     }
 
@@ -30,7 +32,7 @@ impl<P: Atomic> GaugeSeries<P> {
     /// Sets the series of `current` and deletes the ones written last time
     /// that `current` does not have.
     pub fn set(&self, current: impl IntoIterator<Item = (Vec<String>, P::T)>) {
-        let mut now = BTreeSet::new();
+        let mut now = HashSet::default();
         for (labels, value) in current {
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
             self.vec.with_label_values(&refs).set(value);
