@@ -28,6 +28,7 @@ pub struct Metrics {
     finding_flapping: GaugeSeries<AtomicI64>,
     finding_cause: GaugeSeries<AtomicI64>,
     pair_failed: GaugeSeries<AtomicI64>,
+    pairs_failed: IntGauge,
     report_age_seconds: GaugeSeries<AtomicF64>,
     node_rtt_seconds: GaugeSeries<AtomicF64>,
     node_loss_ratio: GaugeSeries<AtomicF64>,
@@ -47,6 +48,13 @@ pub struct PinglistMetrics {
     pub recompute_seconds: Histogram,
     pub polls_waiting: IntGauge,
 }
+
+/// Series of `netmatrix_pair_failed` at most. A partition of a large
+/// cluster fails every path across it (125,000 at 5,000 nodes sampling 50
+/// peers): a series each would load Prometheus exactly when it is needed,
+/// and the findings already name the groups. The first pairs in node order
+/// are kept, so the same ones stay from round to round.
+pub const MAX_PAIR_SERIES: usize = 1000;
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -108,9 +116,13 @@ impl Metrics {
             )?),
             pair_failed: GaugeSeries::new(gauges(
                 "pair_failed",
-                "1 for each directed node pair whose pod-network cell is failed (absent otherwise).",
+                "1 for each directed node pair whose pod-network cell is failed (absent otherwise); at most 1,000 pairs, the first in node order: netmatrix_pairs_failed counts them all.",
                 &["from", "to"],
             )?),
+            pairs_failed: gauge(
+                "pairs_failed",
+                "Directed node pairs whose pod-network cell is failed, all of them (netmatrix_pair_failed names at most 1,000).",
+            )?,
             report_age_seconds: GaugeSeries::new(float_gauges(
                 "report_age_seconds",
                 "Age of the node's last pod-network report.",
@@ -235,6 +247,7 @@ impl Metrics {
         let mut ages = Vec::new();
         let mut rtts = Vec::new();
         let mut losses = Vec::new();
+        let mut failed_pairs = 0usize;
         for row in &matrix.rows {
             let node = row.node.clone();
             let count = |wanted: &[Status]| {
@@ -251,7 +264,10 @@ impl Metrics {
                 checks.push((vec![node.clone(), check.to_owned()], i64::from(up)));
             }
             for cell in row.cells.iter().filter(|c| c.status == Status::Failed) {
-                pairs.push((vec![node.clone(), cell.to.to_string()], 1));
+                failed_pairs += 1;
+                if pairs.len() < MAX_PAIR_SERIES {
+                    pairs.push((vec![node.clone(), cell.to.to_string()], 1));
+                }
             }
             if let Some(rtt_ms) = mean(row.cells.iter().filter_map(|c| c.rtt_avg_ms)) {
                 rtts.push((vec![node.clone()], rtt_ms / 1000.0));
@@ -297,6 +313,7 @@ impl Metrics {
         self.node_failing_peers.set(failing);
         self.node_check_up.set(checks);
         self.pair_failed.set(pairs);
+        self.pairs_failed.set(as_i64(failed_pairs));
         self.finding.set(finding_nodes);
         self.finding_flapping.set(flapping);
         self.finding_cause.set(causes);
@@ -388,6 +405,38 @@ mod tests {
         assert!(!text.contains("netmatrix_pair_failed{"), "{text}");
         assert!(!text.contains("node=\"n3\""), "{text}");
         assert!(text.contains("netmatrix_nodes_expected 2"));
+    }
+
+    /// A partition fails thousands of pairs: the series stop at the cap,
+    /// the count does not, and the same pairs are kept round after round.
+    #[test]
+    fn failed_pair_series_are_capped_and_counted() {
+        let nodes: Vec<String> = (0..50).map(|i| format!("n{i:02}")).collect();
+        let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let (left, right) = names.split_at(25);
+        let across: Vec<(&str, &str)> = left
+            .iter()
+            .flat_map(|a| right.iter().flat_map(move |b| [(*a, *b), (*b, *a)]))
+            .collect();
+        assert!(across.len() > MAX_PAIR_SERIES);
+        let m = Metrics::new().unwrap();
+        let mut kept = None;
+        for _ in 0..2 {
+            m.observe(&matrix(&names, &across), names.len(), &[]);
+            let text = m.encode().unwrap();
+            assert_eq!(
+                value(&text, "netmatrix_pairs_failed"),
+                across.len() as f64,
+                "{text}"
+            );
+            let series: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("netmatrix_pair_failed{"))
+                .collect();
+            assert_eq!(series.len(), MAX_PAIR_SERIES);
+            let first = series.first().map(|l| l.to_string());
+            assert_eq!(*kept.get_or_insert(first.clone()), first);
+        }
     }
 
     fn value(text: &str, series: &str) -> f64 {
