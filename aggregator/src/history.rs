@@ -35,8 +35,9 @@ pub const DEFAULT_ROUNDS: usize = 5;
 ///
 /// Kept for six rounds per probed pod (a million and a half at 5,000
 /// nodes), so kept small: 12 bytes. Counts saturate at 65,535 echoes a
-/// round, far above what an agent sends one pod.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// round, far above what an agent sends one pod (a report lists a pod
+/// once: validation refuses an address listed twice).
+#[derive(Debug, Clone, Copy)]
 pub struct RoundSample {
     pub sent: u16,
     pub received: u16,
@@ -44,6 +45,23 @@ pub struct RoundSample {
     rtt_avg_ms: f32,
     /// Large Don't-Fragment echoes (sent, received); (0, 0) when not probed.
     mtu: (u16, u16),
+}
+
+/// Equal when the same bits: NaN ("none measured") equals itself.
+impl PartialEq for RoundSample {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.sent,
+            self.received,
+            self.rtt_avg_ms.to_bits(),
+            self.mtu,
+        ) == (
+            other.sent,
+            other.received,
+            other.rtt_avg_ms.to_bits(),
+            other.mtu,
+        )
+    }
 }
 
 impl Default for RoundSample {
@@ -137,9 +155,9 @@ impl PathWindow {
 /// Per source (node, network): the peers of its latest report and their
 /// last rounds.
 ///
-/// A source's tracks are a vector sorted by peer address: at 5,000 nodes
-/// the matrix build looks up a quarter million of them a round, and the
-/// vector is both smaller and faster to search than a tree.
+/// A source's tracks are a vector sorted by (node, peer address): a path's
+/// window is one run of it, and at 5,000 nodes the matrix build reads a
+/// quarter of a million of them a round in order, with no look-up.
 #[derive(Debug, Clone)]
 pub struct History {
     rounds: usize,

@@ -916,6 +916,44 @@ mod tests {
         assert!(m.rows.iter().all(|r| r.state == NodeState::Ready));
     }
 
+    /// Each destination's window is over its own pods only, and nodes the
+    /// matrix does not hold (before, between and after the others by name)
+    /// are passed over.
+    #[test]
+    fn windows_follow_each_destination_and_pass_over_unknown_nodes() {
+        let mut store = ReportStore::default();
+        let at = |node: &str, ip: &str, sent, received| {
+            let mut p = peer(node, sent, received, 1.0);
+            p.ip = ip.parse().unwrap();
+            p
+        };
+        for round in 1..=3u64 {
+            let mut r = report(0, "n1", round);
+            r.peers = vec![
+                at("a-ghost", "10.9.0.1", 3, 0),
+                at("n2", "10.244.2.2", 3, 3),
+                at("n2", "10.244.2.3", 3, if round == 2 { 2 } else { 3 }),
+                at("n25-ghost", "10.9.0.2", 3, 1),
+                at("n3", "10.244.3.2", 3, if round == 3 { 1 } else { 3 }),
+                at("zz-ghost", "10.9.0.3", 3, 0),
+            ];
+            ingest(&mut store, r, round * 1000);
+        }
+        let built = build(&store, &expected(), &None, &MatrixPolicy::default(), 3000);
+        let window = |to: &str| {
+            let w = built.windows.get(NetworkMode::Pod, "n1", to).copied();
+            w.map(|w| (w.rounds, w.sent, w.received, w.partial_rounds))
+        };
+        // n2: 6/6, then 6/5, then 6/6.
+        assert_eq!(window("n2"), Some((3, 18, 17, 1)));
+        assert_eq!(window("n3"), Some((3, 9, 7, 1)));
+        for ghost in ["a-ghost", "n25-ghost", "zz-ghost"] {
+            assert_eq!(window(ghost), None, "{ghost}");
+        }
+        let tos: Vec<&str> = built.matrix.rows[0].cells.iter().map(|c| &*c.to).collect();
+        assert_eq!(tos, ["n1", "n2", "n3"]);
+    }
+
     #[test]
     fn fresh_rows_get_windows_over_their_last_rounds() {
         let mut store = ReportStore::default();

@@ -429,13 +429,13 @@ mod tests {
                 across.len() as f64,
                 "{text}"
             );
-            let series: Vec<&str> = text
+            let series: Vec<String> = text
                 .lines()
                 .filter(|l| l.starts_with("netmatrix_pair_failed{"))
+                .map(str::to_owned)
                 .collect();
             assert_eq!(series.len(), MAX_PAIR_SERIES);
-            let first = series.first().map(|l| l.to_string());
-            assert_eq!(*kept.get_or_insert(first.clone()), first);
+            assert_eq!(*kept.get_or_insert(series.clone()), series);
         }
     }
 

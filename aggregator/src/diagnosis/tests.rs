@@ -1597,6 +1597,23 @@ fn a_protocol_dropped_where_others_pass_is_filtered_not_broken() {
         "{:?}",
         kinds(&grid.conditions())
     );
+    // Loss at the node: a handshake lost on a path whose echoes came
+    // through clean this round is the node's loss (on another path this
+    // round, or over this path's window), no filter.
+    for grid in [
+        Grid::new(4).degrade("n3", "n4"),
+        Grid::new(4).lossy("n3", "n4", 0.0, 0.2),
+        Grid::new(4).lossy("n2", "n3", 0.0, 0.2),
+    ] {
+        let grid = grid.protocols("n3", "n2", Ok, Failed, Ok);
+        assert!(
+            kinds(&grid.conditions())
+                .iter()
+                .all(|(k, _)| *k != FindingKind::TcpFiltered),
+            "{:?}",
+            kinds(&grid.conditions())
+        );
+    }
     // Everything dropped: the path is broken, as before.
     let grid = Grid::new(3)
         .protocols("n1", "n2", Failed, Failed, Failed)

@@ -411,7 +411,7 @@ impl Inventory {
             .iter()
             .filter(|(v6, _)| *v6 == ip.is_ipv6())
             .find_map(|&(_, prefix)| addresses.cidrs.get(&Cidr { addr: ip, prefix }.key()))
-            .map(|node| (Arc::clone(node), Arc::from("")))
+            .map(|node| (Arc::clone(node), crate::store::no_pod()))
     }
 
     /// Pod-network agents first, then host agents (their node's
@@ -1522,6 +1522,8 @@ mod tests {
         };
         let mut inv = Inventory::default();
         inv.nodes.insert("wide".into(), node(&["10.244.0.0/16"]));
+        // Its first 16 bits are those of 10.244/16: another family.
+        inv.nodes.insert("v6-wide".into(), node(&["af4::/16"]));
         inv.nodes.insert(
             "narrow".into(),
             node(&["10.244.7.0/24", "fd00:10:244:7::/64"]),
@@ -1530,9 +1532,19 @@ mod tests {
         assert_eq!(at("10.244.7.9").as_deref(), Some("narrow"));
         assert_eq!(at("10.244.8.9").as_deref(), Some("wide"));
         assert_eq!(at("fd00:10:244:7::9").as_deref(), Some("narrow"));
-        // The same leading bits in the other family are not in the /16.
-        assert_eq!(at("af4::1"), None);
+        // The same leading bits in the other family are the other /16.
+        assert_eq!(at("af4::1").as_deref(), Some("v6-wide"));
         assert_eq!(at("10.245.0.1"), None);
+        assert_eq!(at("af5::1"), None);
+        // A single address, and everything.
+        inv.nodes.insert("one".into(), node(&["10.245.0.1/32"]));
+        inv.nodes.insert("all".into(), node(&["0.0.0.0/0"]));
+        inv.addresses = AddressIndex::default();
+        let at = |ip: &str| inv.node_of_ip(ip.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(at("10.245.0.1").as_deref(), Some("one"));
+        assert_eq!(at("10.245.0.2").as_deref(), Some("all"));
+        assert_eq!(at("10.244.7.9").as_deref(), Some("narrow"));
+        assert_eq!(at("af5::1"), None);
     }
 
     /// The reflectors against a minimal API server on loopback: list, then a

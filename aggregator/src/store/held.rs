@@ -4,14 +4,22 @@
 //! quarter of a million peers are held at once. As parsed, a peer takes
 //! about 500 bytes (four echo results with three `f64` latencies and an
 //! error each, two names of its own); held, about 140: the latencies the
-//! matrix reads as `f32` (a microsecond is three to four significant
-//! digits, `f32` keeps seven), the rare errors boxed, and the names shared
+//! matrix reads as `f32` (seven significant digits: to the microsecond up
+//! to 8 seconds, which covers any path that answers), the rare errors
+//! boxed, and the names shared
 //! with the inventory's address index (a reference count, not a copy).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use netmatrix_api::{EchoResult, PeerResult, ProbeError};
+
+/// The name of no pod (an address placed by its node's pod CIDR only):
+/// one shared allocation.
+pub fn no_pod() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    Arc::clone(&EMPTY)
+}
 
 /// One probed pod of a held report.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,13 +93,31 @@ impl HeldPeer {
 }
 
 /// Echo counts and the latencies the matrix shows.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Echoes {
     pub sent: u32,
     pub received: u32,
     /// Milliseconds; NaN when none was measured.
     rtt_avg: f32,
     rtt_max: f32,
+}
+
+/// Equal when the same bits: NaN ("none measured") equals itself, so that a
+/// held report equals its copy.
+impl PartialEq for Echoes {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.sent,
+            self.received,
+            self.rtt_avg.to_bits(),
+            self.rtt_max.to_bits(),
+        ) == (
+            other.sent,
+            other.received,
+            other.rtt_avg.to_bits(),
+            other.rtt_max.to_bits(),
+        )
+    }
 }
 
 impl Echoes {

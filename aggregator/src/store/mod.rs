@@ -22,7 +22,7 @@ use netmatrix_api::{NetworkMode, Report, protobuf, reasons};
 
 mod held;
 
-pub use held::{Echoes, HeldPeer};
+pub use held::{Echoes, HeldPeer, no_pod};
 
 use crate::auth::{AuthError, Caller, Sender, truncated};
 use crate::history::{History, RoundSample};
@@ -475,7 +475,14 @@ impl ReportStore {
                         .map(|(node, pod)| (Arc::from(node), Arc::from(pod))),
                 }
             } else {
-                Some((Arc::from(std::mem::take(&mut peer.node)), Arc::from("")))
+                // The inventory's copy of the name when it agrees (shared,
+                // like a protobuf peer's), else the report's.
+                let known = inventory
+                    .and_then(|inventory| inventory.place(peer.ip))
+                    .map(|(node, _)| node)
+                    .filter(|node| **node == *peer.node);
+                let node = known.unwrap_or_else(|| Arc::from(std::mem::take(&mut peer.node)));
+                Some((node, no_pod()))
             };
             let Some((node, placed_pod)) = placed else {
                 continue;

@@ -16,8 +16,9 @@
 //! One finding per protocol and source node, listing its paths (as
 //! `asymmetric-path` does): a finding is raised once the same node's paths
 //! showed the filter for the rounds the hysteresis asks, which random
-//! loss elsewhere in the cluster cannot fake. Lossy paths are not judged:
-//! random loss takes a TCP handshake or a UDP echo now and then.
+//! loss elsewhere in the cluster cannot fake. Paths of a lossy node are not
+//! judged: random loss takes a TCP handshake or a UDP echo now and then,
+//! and one of each a round is all a path gets.
 //! A refusal (reset, port unreachable) crossed the path: it is no filter.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,10 +51,24 @@ fn dropped(c: &Cell) -> Vec<usize> {
 }
 
 pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> {
+    // Random loss at a node takes the one TCP handshake or UDP echo a path
+    // gets a round on any of its paths, also where the path's own ICMP
+    // echoes came through clean this time: a node losing echoes anywhere,
+    // this round or over the window, is not judged for filters (a filter
+    // drops every probe of its protocol; loss is the quality rules').
+    let mut lossy = view.lossy_nodes();
+    for (from, cell, window) in view.known_with_windows(NetworkMode::Pod) {
+        if window.and_then(PathWindow::loss).is_some_and(|l| l > 0.0) {
+            lossy.extend([from, &*cell.to]);
+        }
+    }
     // Per protocol and source node: the paths that drop it, with the cell.
     let mut by_protocol: BTreeMap<(usize, &str), Vec<(&str, &Cell)>> = BTreeMap::new();
     for (from, cell, window) in view.known_with_windows(NetworkMode::Pod) {
         if cut_off.contains(from) || cut_off.contains(&*cell.to) {
+            continue;
+        }
+        if lossy.contains(from) || lossy.contains(&*cell.to) {
             continue;
         }
         // A lossy path (ICMP echoes lost over the window, outside outage
