@@ -17,6 +17,7 @@ use foldhash::HashMap;
 
 use netmatrix_api::NetworkMode;
 
+use crate::store::held::{held_ms, measured_ms};
 use crate::store::{Echoes, HeldPeer};
 
 /// Index of `network` in the per-network arrays (pod, host) kept here, by
@@ -83,11 +84,7 @@ impl RoundSample {
         RoundSample {
             sent,
             received,
-            rtt_avg_ms: peer
-                .icmp
-                .rtt_avg_ms()
-                .filter(|v| *v >= 0.0)
-                .map_or(f32::NAN, |v| v as f32),
+            rtt_avg_ms: held_ms(peer.icmp.rtt_avg_ms().filter(|v| *v >= 0.0)),
             // A pod that answered no small echo says nothing about the MTU.
             mtu: peer
                 .mtu
@@ -98,7 +95,7 @@ impl RoundSample {
     }
 
     fn rtt_avg_ms(&self) -> Option<f64> {
-        (!self.rtt_avg_ms.is_nan()).then_some(f64::from(self.rtt_avg_ms))
+        measured_ms(self.rtt_avg_ms)
     }
 
     /// Every echo lost: the pod or the path was down, which is not "loss".

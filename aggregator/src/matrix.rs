@@ -214,6 +214,7 @@ impl RowBuilder<'_> {
         );
         peers.sort_by_key(|(id, _)| *id);
         let probed = peers.chunk_by(|a, b| a.0 == b.0);
+        let destinations = probed.clone().count();
         // The windows of the same groups of pods, from their history.
         let history = fresh.and_then(|_| self.store.history().tracks(node, network));
         // NetworkPolicies govern pod traffic only.
@@ -226,7 +227,7 @@ impl RowBuilder<'_> {
         // The history's runs and the groups are both in the order of node
         // names (the history may hold nodes the matrix does not): one merge
         // pass by name, no look-up.
-        let mut windows: Vec<(u32, PathWindow)> = Vec::with_capacity(probed.clone().count());
+        let mut windows: Vec<(u32, PathWindow)> = Vec::with_capacity(destinations);
         if let Some(tracks) = history {
             let mut runs = tracks.by_node().peekable();
             for group in probed.clone() {
@@ -250,7 +251,7 @@ impl RowBuilder<'_> {
                 .collect()
         } else {
             // Sized up front (the rows live for a round, two rounds at once).
-            let mut cells = Vec::with_capacity(probed.clone().count());
+            let mut cells = Vec::with_capacity(destinations);
             cells.extend(probed.map(|group| {
                 let to = &self.nodes[group[0].0 as usize];
                 self.cell(to, group.iter().map(|(_, p)| *p), age_ms, screen)

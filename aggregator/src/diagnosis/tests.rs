@@ -465,6 +465,12 @@ fn path(from: &str, to: &str) -> Path {
 }
 
 /// The only condition, of the expected kind and nodes.
+/// Asserts that no condition is of `kind`.
+fn none_of(conditions: &[Condition], kind: FindingKind) {
+    let all = kinds(conditions);
+    assert!(all.iter().all(|(k, _)| *k != kind), "{all:?}");
+}
+
 fn only(conditions: &[Condition], kind: FindingKind, nodes: &[&str]) -> Condition {
     assert_eq!(kinds(conditions), [on(kind, nodes)], "{conditions:#?}");
     conditions[0].clone()
@@ -1590,13 +1596,7 @@ fn a_protocol_dropped_where_others_pass_is_filtered_not_broken() {
     let grid = Grid::new(3)
         .degrade("n1", "n2")
         .protocols("n1", "n2", Status::Degraded, Failed, Ok);
-    assert!(
-        kinds(&grid.conditions())
-            .iter()
-            .all(|(k, _)| *k != FindingKind::TcpFiltered),
-        "{:?}",
-        kinds(&grid.conditions())
-    );
+    none_of(&grid.conditions(), FindingKind::TcpFiltered);
     // Loss at the node: a handshake lost on a path whose echoes came
     // through clean this round is the node's loss (on another path this
     // round, or over this path's window), no filter.
@@ -1606,13 +1606,7 @@ fn a_protocol_dropped_where_others_pass_is_filtered_not_broken() {
         Grid::new(4).lossy("n2", "n3", 0.0, 0.2),
     ] {
         let grid = grid.protocols("n3", "n2", Ok, Failed, Ok);
-        assert!(
-            kinds(&grid.conditions())
-                .iter()
-                .all(|(k, _)| *k != FindingKind::TcpFiltered),
-            "{:?}",
-            kinds(&grid.conditions())
-        );
+        none_of(&grid.conditions(), FindingKind::TcpFiltered);
     }
     // Everything dropped: the path is broken, as before.
     let grid = Grid::new(3)

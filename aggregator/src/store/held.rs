@@ -92,6 +92,17 @@ impl HeldPeer {
     }
 }
 
+/// A latency held as `f32`, NaN for none (half the size of an
+/// `Option<f64>`): from the wire's milliseconds...
+pub(crate) fn held_ms(ms: Option<f64>) -> f32 {
+    ms.filter(|v| v.is_finite()).map_or(f32::NAN, |v| v as f32)
+}
+
+/// ...and back.
+pub(crate) fn measured_ms(held: f32) -> Option<f64> {
+    (!held.is_nan()).then_some(f64::from(held))
+}
+
 /// Echo counts and the latencies the matrix shows.
 #[derive(Debug, Clone, Copy)]
 pub struct Echoes {
@@ -122,21 +133,20 @@ impl PartialEq for Echoes {
 
 impl Echoes {
     pub fn of(echoes: &EchoResult) -> Self {
-        let ms = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or(f32::NAN, |v| v as f32);
         Echoes {
             sent: echoes.sent,
             received: echoes.received,
-            rtt_avg: ms(echoes.rtt_avg_ms),
-            rtt_max: ms(echoes.rtt_max_ms),
+            rtt_avg: held_ms(echoes.rtt_avg_ms),
+            rtt_max: held_ms(echoes.rtt_max_ms),
         }
     }
 
     pub fn rtt_avg_ms(&self) -> Option<f64> {
-        (!self.rtt_avg.is_nan()).then_some(f64::from(self.rtt_avg))
+        measured_ms(self.rtt_avg)
     }
 
     pub fn rtt_max_ms(&self) -> Option<f64> {
-        (!self.rtt_max.is_nan()).then_some(f64::from(self.rtt_max))
+        measured_ms(self.rtt_max)
     }
 
     /// Fraction of echoes lost, 0.0 to 1.0 (1.0 when nothing was sent).

@@ -20,7 +20,7 @@ use netmatrix_api::facts::NodeFacts;
 use netmatrix_api::validate::{Invalid, Limits};
 use netmatrix_api::{NetworkMode, Report, protobuf, reasons};
 
-mod held;
+pub(crate) mod held;
 
 pub use held::{Echoes, HeldPeer, no_pod};
 
