@@ -344,7 +344,7 @@ impl RowBuilder<'_> {
         let last_error = probed
             .iter()
             .find(|c| c.mtu == Some(Status::Failed))
-            .and_then(|c| c.last_error.clone());
+            .and_then(|c| c.last_error.as_deref().cloned());
         Some(CheckCell {
             column: CheckColumn::new(ColumnKind::Mtu),
             status: if fresh { worst } else { Status::Unknown },
@@ -489,8 +489,8 @@ impl RowBuilder<'_> {
         if sent == 0 && tcp.is_none() && udp.is_none() {
             let mut cell = unknown_cell(to, age_ms);
             cell.pods = pods;
-            cell.last_error = worst.map(|(_, e)| e.clone());
-            cell.blocked = blocked;
+            cell.last_error = worst.map(|(_, e)| Box::new(e.clone()));
+            cell.blocked = blocked.map(Box::new);
             return cell;
         }
         let loss = 1.0 - received as f64 / sent.max(1) as f64;
@@ -520,7 +520,7 @@ impl RowBuilder<'_> {
             icmp: icmp.filter(|_| probed_more),
             tcp,
             udp,
-            blocked,
+            blocked: blocked.map(Box::new),
             // Rounded to what is meaningful (0.01 % of echoes, a
             // microsecond): shorter JSON, faster to encode at 1M cells.
             loss: (sent > 0).then(|| round_to(loss, 1e4)),
@@ -529,7 +529,7 @@ impl RowBuilder<'_> {
             pods,
             mtu,
             // Small echoes all answered: the large echoes' error is the news.
-            last_error: worst.map(|(_, e)| e.clone()).or(mtu_error),
+            last_error: worst.map(|(_, e)| e.clone()).or(mtu_error).map(Box::new),
             age_ms,
             unanswered,
         }

@@ -422,8 +422,12 @@ mod tests {
             loss: Some(if status == Status::Failed { 1.0 } else { 0.0 }),
             rtt_avg_ms: (status == Status::Ok).then_some(0.25),
             pods: 2,
-            last_error: (status == Status::Failed)
-                .then(|| ProbeError::new(ErrorKind::Timeout, "no echo reply from 10.244.2.2")),
+            last_error: (status == Status::Failed).then(|| {
+                Box::new(ProbeError::new(
+                    ErrorKind::Timeout,
+                    "no echo reply from 10.244.2.2",
+                ))
+            }),
             ..fixtures::cell(to, status)
         }
     }

@@ -81,7 +81,7 @@ pub fn judge(matrix: &Matrix, findings: &[Finding]) -> Round {
                 unmeasured += 1;
             }
             if cell.status == Status::Failed {
-                let error = error_suffix(cell.last_error.as_ref());
+                let error = error_suffix(cell.last_error.as_deref());
                 failing.push(format!("{} -> {}{error}", row.node, cell.to));
             }
         }
@@ -249,10 +249,10 @@ mod tests {
 
         let mut rows = all_ok(&["a", "b"]);
         rows[0].cells[1].status = Status::Failed;
-        rows[0].cells[1].last_error = Some(ProbeError {
+        rows[0].cells[1].last_error = Some(Box::new(ProbeError {
             kind: netmatrix_api::ErrorKind::Timeout,
             message: "no echo reply".into(),
-        });
+        }));
         rows[1]
             .services
             .push(fixtures::check("apiserver", Status::Failed));

@@ -211,7 +211,10 @@ impl Grid {
         cell.loss = Some(1.0);
         cell.rtt_avg_ms = None;
         cell.mtu = cell.mtu.map(|_| Status::Failed);
-        cell.last_error = Some(ProbeError::new(ErrorKind::Timeout, "no echo reply"));
+        cell.last_error = Some(Box::new(ProbeError::new(
+            ErrorKind::Timeout,
+            "no echo reply",
+        )));
         self
     }
 
@@ -232,7 +235,10 @@ impl Grid {
         cell.udp = Some(udp);
         if icmp == Status::Failed {
             cell.loss = Some(1.0);
-            cell.last_error = Some(ProbeError::new(ErrorKind::Timeout, "no echo reply"));
+            cell.last_error = Some(Box::new(ProbeError::new(
+                ErrorKind::Timeout,
+                "no echo reply",
+            )));
             if tcp == Status::Failed && udp == Status::Failed {
                 cell.status = Status::Failed;
             }
@@ -246,10 +252,10 @@ impl Grid {
         let cell = self.cell(from, to);
         cell.status = Status::Degraded;
         cell.loss = Some(0.5);
-        cell.last_error = Some(ProbeError::new(
+        cell.last_error = Some(Box::new(ProbeError::new(
             ErrorKind::Unreachable,
             "sendto: Invalid argument",
-        ));
+        )));
         cell.unanswered.push(netmatrix_api::UnansweredPod {
             pod: format!("companion-{to}"),
             ip: ip.parse().unwrap(),
@@ -286,7 +292,10 @@ impl Grid {
         cell.loss = Some(round_loss);
         cell.status = crate::matrix::MatrixPolicy::default().status_for_loss(round_loss);
         if round_loss > 0.0 {
-            cell.last_error = Some(ProbeError::new(ErrorKind::Timeout, "no echo reply in 1s"));
+            cell.last_error = Some(Box::new(ProbeError::new(
+                ErrorKind::Timeout,
+                "no echo reply in 1s",
+            )));
         }
         let w = self.window(from, to);
         w.received = ((1.0 - window_loss) * w.sent as f64).round() as u64;
@@ -298,10 +307,10 @@ impl Grid {
     fn mtu_fails(mut self, from: &str, to: &str) -> Self {
         let cell = self.cell(from, to);
         cell.mtu = Some(Status::Failed);
-        cell.last_error = Some(ProbeError::new(
+        cell.last_error = Some(Box::new(ProbeError::new(
             ErrorKind::Timeout,
             "large Don't-Fragment echo: no echo reply in 1s",
-        ));
+        )));
         self.window(from, to).mtu_received = 0;
         self
     }
@@ -1631,10 +1640,10 @@ fn probes_a_policy_denies_are_named_as_the_policy_only() {
             let cell = grid.cell(from, to);
             cell.status = Status::Unknown;
             cell.loss = None;
-            cell.blocked = Some(netmatrix_api::Blocked {
+            cell.blocked = Some(Box::new(netmatrix_api::Blocked {
                 protocols: vec!["ICMP".into(), "TCP".into(), "UDP".into()],
                 policies: vec!["netmatrix/default-deny".into()],
-            });
+            }));
         }
     }
     let c = only(

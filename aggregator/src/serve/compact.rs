@@ -56,7 +56,7 @@ fn compact_row(
                 status.push(status_char(cell.status));
                 loss_pct.push(cell.loss.map_or(-1, percent_up));
                 rtt_avg_us.push(cell.rtt_avg_ms.map_or(-1, micros));
-                push_error(&mut errors, i, cell.last_error.as_ref());
+                push_error(&mut errors, i, cell.last_error.as_deref());
             }
             None => {
                 status.push(status_char(Status::Unknown));
@@ -195,7 +195,8 @@ mod tests {
     fn compact_matches_the_full_matrix() {
         let mut m = healthy(3);
         m.rows[0].cells[1] = cell("node-0001", Status::Failed, Some(1.0), None);
-        m.rows[0].cells[1].last_error = Some(ProbeError::new(ErrorKind::Timeout, "no reply"));
+        m.rows[0].cells[1].last_error =
+            Some(Box::new(ProbeError::new(ErrorKind::Timeout, "no reply")));
         m.rows[1].cells[2] = cell("node-0002", Status::Degraded, Some(0.001), Some(12.3456));
         m.rows[2].cells[0] = cell("node-0000", Status::Unknown, None, None);
         m.rows[2].services[0] = check("apiserver", Status::Failed, None);
@@ -267,7 +268,8 @@ mod tests {
             cell("node-0000", Status::Ok, Some(0.0), Some(0.5)),
             cell("node-0003", Status::Failed, Some(1.0), None),
         ];
-        m.rows[1].cells[1].last_error = Some(ProbeError::new(ErrorKind::Timeout, "no reply"));
+        m.rows[1].cells[1].last_error =
+            Some(Box::new(ProbeError::new(ErrorKind::Timeout, "no reply")));
         let c = compact(&m);
         assert_eq!(c.rows[1].status, "ouuf");
         assert_eq!(c.rows[1].loss_pct, [0, -1, -1, 100]);
