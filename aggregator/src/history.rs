@@ -119,33 +119,38 @@ struct PeerTrack {
 
 /// What the last rounds say about one directed path (all pods of `to` as
 /// probed from one source).
+///
+/// One per probed path is alive while a round is judged (a quarter of a
+/// million at 5,000 nodes): counts in 32 bits (a window holds at most
+/// `u16::MAX` samples of `u16::MAX` echoes per pod, added saturating),
+/// rounds in 16 and the RTT in `f32`, as in the samples: 32 bytes, not 80.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PathWindow {
     /// Rounds held (the longest peer history).
-    pub rounds: usize,
+    pub rounds: u16,
     /// Echoes sent and received over the window, leaving out the rounds in
     /// which a pod answered nothing (outages are judged by the cell rules).
-    pub sent: u64,
-    pub received: u64,
+    pub sent: u32,
+    pub received: u32,
     /// Rounds in which at least one pod lost some, not all, of its echoes.
-    pub partial_rounds: usize,
-    /// Mean RTT over the window's answered echoes.
-    pub rtt_avg_ms: Option<f64>,
+    pub partial_rounds: u16,
     /// Rounds with at least one answered echo.
-    pub rtt_rounds: usize,
+    pub rtt_rounds: u16,
+    /// Mean RTT over the window's answered echoes.
+    pub rtt_avg_ms: Option<f32>,
     /// Large echoes over the window.
-    pub mtu_sent: u64,
-    pub mtu_received: u64,
+    pub mtu_sent: u32,
+    pub mtu_received: u32,
 }
 
 impl PathWindow {
     /// Loss over the window's rounds that were not outages.
     pub fn loss(&self) -> Option<f64> {
-        (self.sent > 0).then(|| 1.0 - self.received as f64 / self.sent as f64)
+        (self.sent > 0).then(|| 1.0 - f64::from(self.received) / f64::from(self.sent))
     }
 
     pub fn mtu_loss(&self) -> Option<f64> {
-        (self.mtu_sent > 0).then(|| 1.0 - self.mtu_received as f64 / self.mtu_sent as f64)
+        (self.mtu_sent > 0).then(|| 1.0 - f64::from(self.mtu_received) / f64::from(self.mtu_sent))
     }
 }
 
@@ -300,16 +305,17 @@ impl<'a> Tracks<'a> {
 /// node are pooled and judged together, leaving out the rounds in which a
 /// pod was down rather than lossy ([`down_edges`]).
 fn window_of(tracks: &[Judged], rounds: usize) -> PathWindow {
+    let held = tracks
+        .iter()
+        .map(|(t, _)| t.rounds.len().min(rounds))
+        .max()
+        .unwrap_or(0);
     let mut w = PathWindow {
-        rounds: tracks
-            .iter()
-            .map(|(t, _)| t.rounds.len().min(rounds))
-            .max()
-            .unwrap_or(0),
+        rounds: saturate(held),
         ..Default::default()
     };
     let (mut rtt_sum, mut rtt_weight) = (0.0, 0u64);
-    for round in 0..w.rounds {
+    for round in 0..held {
         let samples = || tracks.iter().filter_map(move |(t, _)| t.rounds.get(round));
         let mut pooled = RoundSample::default();
         let mut partial = false;
@@ -322,32 +328,37 @@ fn window_of(tracks: &[Judged], rounds: usize) -> PathWindow {
             } else {
                 partial |= s.is_partial();
                 if !s.is_outage() {
-                    w.sent += u64::from(s.sent);
-                    w.received += u64::from(s.received);
+                    w.sent = w.sent.saturating_add(u32::from(s.sent));
+                    w.received = w.received.saturating_add(u32::from(s.received));
                 }
             }
         }
         if !pooled.is_outage() {
-            w.sent += u64::from(pooled.sent);
-            w.received += u64::from(pooled.received);
+            w.sent = w.sent.saturating_add(u32::from(pooled.sent));
+            w.received = w.received.saturating_add(u32::from(pooled.received));
         }
         if partial || pooled.is_partial() {
-            w.partial_rounds += 1;
+            w.partial_rounds = w.partial_rounds.saturating_add(1);
         }
         if samples().any(|s| s.received > 0) {
-            w.rtt_rounds += 1;
+            w.rtt_rounds = w.rtt_rounds.saturating_add(1);
         }
         for s in samples() {
             if let Some(rtt) = s.rtt_avg_ms().filter(|_| s.received > 0) {
                 rtt_sum += rtt * f64::from(s.received);
                 rtt_weight += u64::from(s.received);
             }
-            w.mtu_sent += u64::from(s.mtu.0);
-            w.mtu_received += u64::from(s.mtu.1);
+            w.mtu_sent = w.mtu_sent.saturating_add(u32::from(s.mtu.0));
+            w.mtu_received = w.mtu_received.saturating_add(u32::from(s.mtu.1));
         }
     }
-    w.rtt_avg_ms = (rtt_weight > 0).then(|| rtt_sum / rtt_weight as f64);
+    w.rtt_avg_ms = (rtt_weight > 0).then(|| (rtt_sum / rtt_weight as f64) as f32);
     w
+}
+
+/// A count of rounds as held in a [`PathWindow`].
+fn saturate(rounds: usize) -> u16 {
+    u16::try_from(rounds).unwrap_or(u16::MAX)
 }
 
 /// A pod's track with its [`down_edges`].
@@ -567,6 +578,14 @@ mod tests {
         );
     }
 
+    /// One sample per pod and round, one window per path and round: at
+    /// 5,000 nodes a quarter of a million of each are alive.
+    #[test]
+    fn samples_and_windows_stay_small() {
+        assert_eq!(std::mem::size_of::<RoundSample>(), 12);
+        assert!(std::mem::size_of::<PathWindow>() <= 32);
+    }
+
     /// A track holds the window and one round more, in a buffer of that
     /// size round after round (a quarter of a million tracks at 5,000 nodes).
     #[test]
@@ -674,7 +693,7 @@ mod tests {
             inserted.insert((NetworkMode::Pod, "a".into(), to.into()), window(rounds));
         }
         for windows in [&built, &inserted] {
-            let rounds = |order: &[&str]| -> Vec<Option<usize>> {
+            let rounds = |order: &[&str]| -> Vec<Option<u16>> {
                 let mut row = windows.row_windows(NetworkMode::Pod, "a");
                 order
                     .iter()

@@ -282,7 +282,7 @@ impl Grid {
             .windows
             .get_mut(NetworkMode::Host, from, to)
             .expect("host window in grid");
-        w.received = ((1.0 - window_loss) * w.sent as f64).round() as u64;
+        w.received = ((1.0 - window_loss) * f64::from(w.sent)).round() as u32;
         w.partial_rounds = 4;
         self
     }
@@ -298,7 +298,7 @@ impl Grid {
             )));
         }
         let w = self.window(from, to);
-        w.received = ((1.0 - window_loss) * w.sent as f64).round() as u64;
+        w.received = ((1.0 - window_loss) * f64::from(w.sent)).round() as u32;
         w.partial_rounds = 4;
         self
     }
@@ -317,7 +317,7 @@ impl Grid {
 
     fn slow(mut self, from: &str, to: &str, rtt_ms: f64) -> Self {
         self.cell(from, to).rtt_avg_ms = Some(rtt_ms);
-        self.window(from, to).rtt_avg_ms = Some(rtt_ms);
+        self.window(from, to).rtt_avg_ms = Some(rtt_ms as f32);
         self
     }
 

@@ -116,7 +116,7 @@ fn loss_flags(candidates: &[Candidate], threshold: f64, min_rounds: usize) -> Ve
             let tainted = loss.is_some_and(|l| l > 0.0);
             let line = window
                 .zip(loss)
-                .filter(|(w, loss)| w.partial_rounds >= min_rounds && *loss >= threshold)
+                .filter(|(w, loss)| usize::from(w.partial_rounds) >= min_rounds && *loss >= threshold)
                 .map(|(w, loss)| {
                     format!(
                         "{from} -> {}: {:.0}% of {} echoes lost over the last {} rounds (partial loss in {} of them); this round {}",
@@ -173,8 +173,9 @@ fn mtu_flags(candidates: &[Candidate], loss_threshold: f64) -> Vec<Judged> {
 fn latency_flags(candidates: &[Candidate], floor_ms: f64) -> Vec<Judged> {
     let rtt = |window: Option<&PathWindow>| {
         window
-            .filter(|w| w.rtt_rounds >= MIN_RTT_ROUNDS)
+            .filter(|w| usize::from(w.rtt_rounds) >= MIN_RTT_ROUNDS)
             .and_then(|w| w.rtt_avg_ms)
+            .map(f64::from)
     };
     let mut rtts: Vec<f64> = candidates.iter().filter_map(|(_, _, w)| rtt(*w)).collect();
     if rtts.len() < MIN_PATHS_FOR_BASELINE {
