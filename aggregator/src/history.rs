@@ -121,9 +121,10 @@ struct PeerTrack {
 /// probed from one source).
 ///
 /// One per probed path is alive while a round is judged (a quarter of a
-/// million at 5,000 nodes): counts in 32 bits (a window holds at most
-/// `u16::MAX` samples of `u16::MAX` echoes per pod, added saturating),
-/// rounds in 16 and the RTT in `f32`, as in the samples: 32 bytes, not 80.
+/// million at 5,000 nodes): counts in 32 bits (at most 60 rounds of a
+/// node's pods with 16-bit counts each, far beyond what agents send; added
+/// saturating), rounds in 16 and the RTT in `f32`, as in the samples: 32
+/// bytes, not 72.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PathWindow {
     /// Rounds held (the longest peer history).

@@ -1746,11 +1746,12 @@ fn a_service_timing_out_behind_a_cut_off_node_is_not_named() {
     );
 }
 
-/// A Service timing out while a node loses packets may be picking a
-/// backend there, whose handshakes fail at random (seen in the lab: loss
-/// on node-2, the companions Service timed out from node-3 three rounds in
-/// a row): the loss is named, not the Service. A refusal is still judged,
-/// and the same timeout without loss is the Service's.
+/// A Service timing out from one node while a node loses packets may be
+/// picking a backend there, whose handshakes fail at random (seen in the
+/// lab: loss on node-2, the companions Service timed out from node-3 three
+/// rounds in a row): the loss is named, not the Service. A refusal is still
+/// judged, the same timeout without loss is the Service's, and so is a
+/// Service timing out from every judged node: loss does not do that.
 #[test]
 fn a_service_timing_out_while_a_node_loses_packets_is_not_named() {
     let grid = loss_on_n2().agents_clusterip_times_out("n3");
@@ -1772,6 +1773,26 @@ fn a_service_timing_out_while_a_node_loses_packets_is_not_named() {
             .conditions(),
         FindingKind::ServiceUnreachable,
         &["n3"],
+    );
+    let grid = loss_on_n2()
+        .agents_clusterip_times_out("n1")
+        .agents_clusterip_times_out("n3");
+    let conditions = grid.conditions();
+    assert_eq!(
+        kinds(&conditions),
+        [
+            (FindingKind::PacketLoss, vec!["n2".to_owned()]),
+            (
+                FindingKind::ServiceUnreachable,
+                vec!["n1".to_owned(), "n3".to_owned()]
+            ),
+        ]
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.subject == Subject::Service(None, AGENTS.into())),
+        "one finding for the Service, not per node"
     );
 }
 

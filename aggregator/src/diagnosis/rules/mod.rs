@@ -120,18 +120,14 @@ pub fn evaluate(matrix: &Matrix, context: &Context) -> Vec<Condition> {
         })
         .flat_map(|c| c.nodes.iter().map(String::as_str))
         .collect();
-    let losing: Vec<&str> = quality
-        .iter()
-        .filter(|c| c.kind == FindingKind::PacketLoss)
-        .flat_map(|c| c.nodes.iter().map(String::as_str))
-        .collect();
+    let loss_somewhere = quality.iter().any(|c| c.kind == FindingKind::PacketLoss);
     let pods = pods::diagnose(&view, &scope);
     let suppress = Suppression {
         nodes: behind_network,
         lossy: view.lossy_nodes(),
         dns_timeouts_everywhere: split,
         cut_off: cut_nodes,
-        losing,
+        loss_somewhere,
         pods_out_of_reach: filtered
             .iter()
             .filter(|c| c.kind == FindingKind::TcpFiltered)
@@ -195,10 +191,10 @@ struct Suppression<'a> {
     /// Nodes cut off (`node-isolated`, `underlay-broken`): if CoreDNS runs
     /// only there, the other nodes' DNS timeouts follow; DNS findings say so.
     cut_off: Vec<&'a str>,
-    /// Nodes a `packet-loss` condition names: a Service backend there loses
-    /// handshakes at random, so a Service timing out from any node may be
-    /// picking it.
-    losing: Vec<&'a str>,
+    /// A `packet-loss` condition names some node: a Service backend there
+    /// loses handshakes at random, so a Service timing out from some other
+    /// node may be picking it.
+    loss_somewhere: bool,
     /// Nodes whose TCP to some pods is filtered (`tcp-filtered`), or that
     /// cannot reach some pod (`pod-unreachable`): a Service timing out from
     /// them may be picking a backend behind the filter.

@@ -59,7 +59,7 @@ pub(super) fn diagnose(
             .filter(|c| {
                 target_ip(targets, n.node, &c.column).is_none_or(|ip| !failing_dns.contains(ip))
             })
-            .filter(|c| !backend_maybe_out_of_reach(c, suppress))
+            .filter(|c| !backend_maybe_cut_off(c, suppress))
             .filter(|c| !(suppress.pods_out_of_reach.contains(n.node) && timed_out(c)))
         {
             single.entry(&c.column).or_default().push((n, c));
@@ -99,6 +99,7 @@ pub(super) fn diagnose(
             out.extend(
                 failing
                     .iter()
+                    .filter(|(_, c)| !maybe_lost_to_a_lossy_backend(c, suppress))
                     .map(|(n, c)| service_unreachable(n, c, targets)),
             );
         }
@@ -107,18 +108,24 @@ pub(super) fn diagnose(
 }
 
 /// A Service's backends may run on any node: while some node is cut off
-/// (or the pod network split), or loses packets, a Service timing out or
-/// unreachable from elsewhere may just be picking a backend there, which
-/// the network finding already names. Loss is enough: a handshake to a
-/// backend behind 30 % loss fails one time in two, and with a few backends
-/// three such rounds in a row on some node happen within the hour. A stale
-/// rule outlives the loss and is named once it clears. A refusal comes
-/// from a live host: still judged.
-fn backend_maybe_out_of_reach(c: &CheckCell, suppress: &Suppression) -> bool {
-    let somewhere = !suppress.cut_off.is_empty()
-        || suppress.dns_timeouts_everywhere
-        || !suppress.losing.is_empty();
-    somewhere && timed_out(c)
+/// (or the pod network split), a Service timing out or unreachable from
+/// elsewhere may just be picking a backend there, which the network
+/// finding already names. A refusal comes from a live host: still judged.
+fn backend_maybe_cut_off(c: &CheckCell, suppress: &Suppression) -> bool {
+    let cut = !suppress.cut_off.is_empty() || suppress.dns_timeouts_everywhere;
+    cut && timed_out(c)
+}
+
+/// While some node loses packets (`packet-loss`), a Service timing out
+/// from some nodes only may be picking a backend there: a lost SYN or
+/// SYN-ACK fails a check whose timeout is shorter than the kernel's 1 s
+/// retransmission, and with a few backends that happens on some node three
+/// rounds in a row within the hour at 30 % loss. A stale rule outlives the
+/// loss and is named once it clears. Not for a Service failing from every
+/// node (its endpoints: loss on one node does not fail every check every
+/// round), nor for a refusal, which comes from a live host.
+fn maybe_lost_to_a_lossy_backend(c: &CheckCell, suppress: &Suppression) -> bool {
+    suppress.loss_somewhere && timed_out(c)
 }
 
 /// Timed out or unreachable (or no error said): what a backend the node
