@@ -18,7 +18,7 @@ use foldhash::HashMap;
 use netmatrix_api::NetworkMode;
 
 use crate::store::held::{held_ms, measured_ms};
-use crate::store::{Echoes, HeldPeer};
+use crate::store::{Counts, HeldPeer};
 
 /// Index of `network` in the per-network arrays (pod, host) kept here, by
 /// the path windows and by the rules.
@@ -79,8 +79,8 @@ impl Default for RoundSample {
 impl RoundSample {
     pub fn of(peer: &HeldPeer) -> Self {
         let count = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
-        let counts = |e: &Echoes| (count(e.sent), count(e.received.min(e.sent)));
-        let (sent, received) = counts(&peer.icmp);
+        let counts = |e: &Counts| (count(e.sent), count(e.received.min(e.sent)));
+        let (sent, received) = counts(&peer.icmp.counts());
         RoundSample {
             sent,
             received,

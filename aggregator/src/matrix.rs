@@ -26,7 +26,7 @@ use netmatrix_api::{
 use crate::diagnosis::CheckTargets;
 use crate::history::{PathWindow, PathWindows, network_slot};
 use crate::policy::{Probe, Screen};
-use crate::store::{Echoes, HeldPeer, ReportStore, StoredReport};
+use crate::store::{Counts, HeldPeer, ReportStore, StoredReport};
 
 /// Most pods a cell lists as answering nothing ([`Cell::unanswered`]).
 pub const MAX_UNANSWERED: usize = 16;
@@ -382,7 +382,7 @@ impl RowBuilder<'_> {
         for peer in peers {
             // A failing probe a NetworkPolicy denies is left out: the
             // path is not judged by what a policy keeps out.
-            let mut denied = |probe: Probe, echoes: &Echoes| {
+            let mut denied = |probe: Probe, echoes: Counts| {
                 if echoes.received >= echoes.sent {
                     return false;
                 }
@@ -399,9 +399,9 @@ impl RowBuilder<'_> {
                 }
             };
             let port = peer.port.unwrap_or(0);
-            let tcp_probe = peer.tcp.as_ref().filter(|t| !denied(Probe::Tcp(port), t));
-            let udp_probe = peer.udp.as_ref().filter(|u| !denied(Probe::Udp(port), u));
-            let icmp_denied = denied(Probe::Icmp, &peer.icmp);
+            let tcp_probe = peer.tcp.as_ref().filter(|t| !denied(Probe::Tcp(port), **t));
+            let udp_probe = peer.udp.as_ref().filter(|u| !denied(Probe::Udp(port), **u));
+            let icmp_denied = denied(Probe::Icmp, peer.icmp.counts());
             // A pod that answered nothing in any protocol, over two echoes
             // or more (agents send one per pod to nodes with many: one
             // lost echo says nothing).
@@ -432,7 +432,7 @@ impl RowBuilder<'_> {
             // large echoes are UDP ones, judged against the small UDP ones.
             let answered =
                 peer.icmp.received > 0 || peer.udp.as_ref().is_some_and(|u| u.received > 0);
-            if let Some(Echoes { sent, received, .. }) = peer.mtu.as_ref().filter(|_| answered) {
+            if let Some(Counts { sent, received }) = peer.mtu.as_ref().filter(|_| answered) {
                 mtu_sent += u64::from(*sent);
                 mtu_received += u64::from((*received).min(*sent));
                 if let Some(e) = peer.mtu_error().filter(|_| mtu_error.is_none()) {
@@ -544,7 +544,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, r: Option<&Echoes>) {
+    fn add(&mut self, r: Option<&Counts>) {
         if let Some(r) = r {
             self.sent += u64::from(r.sent);
             self.received += u64::from(r.received.min(r.sent));

@@ -22,7 +22,7 @@ use netmatrix_api::{NetworkMode, Report, protobuf, reasons};
 
 pub(crate) mod held;
 
-pub use held::{Echoes, HeldPeer, no_pod};
+pub use held::{Counts, Echoes, HeldPeer, no_pod};
 
 use crate::auth::{AuthError, Caller, Sender, truncated};
 use crate::history::{History, RoundSample};
