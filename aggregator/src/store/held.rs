@@ -3,11 +3,11 @@
 //! A report is held until its agent's next one, and at 5,000 nodes a
 //! quarter of a million peers are held at once. As parsed, a peer takes
 //! about 500 bytes (four echo results with three `f64` latencies and an
-//! error each, two names of its own); held, about 140: the latencies the
-//! matrix reads as `f32` (seven significant digits: to the microsecond up
-//! to 8 seconds, which covers any path that answers), the rare errors
-//! boxed, and the names shared
-//! with the inventory's address index (a reference count, not a copy).
+//! error each, two names of its own); held, 120: the latencies the matrix
+//! reads (the small echoes' only) as `f32` (seven significant digits: to
+//! the microsecond up to 8 seconds, which covers any path that answers),
+//! the rare errors boxed, and the names shared with the inventory's
+//! address index (a reference count, not a copy).
 
 use std::net::IpAddr;
 use std::sync::Arc;
