@@ -64,19 +64,19 @@ pub(super) fn diagnose(view: &View, cut_off: &BTreeSet<&str>) -> Vec<Condition> 
     }
     // Per protocol and source node: the paths that drop it, with the cell.
     let mut by_protocol: BTreeMap<(usize, &str), Vec<(&str, &Cell)>> = BTreeMap::new();
-    for (from, cell, window) in view.known_with_windows(NetworkMode::Pod) {
+    for (from, cell) in view.known_cells(NetworkMode::Pod) {
         if cut_off.contains(from) || cut_off.contains(&*cell.to) {
             continue;
         }
+        // Window loss put both ends in `lossy` above.
         if lossy.contains(from) || lossy.contains(&*cell.to) {
             continue;
         }
-        // A lossy path (ICMP echoes lost over the window, outside outage
-        // rounds) loses TCP handshakes and UDP echoes too, at random: that
-        // is loss, the quality rules' to name, not a filter.
-        if cell.loss.is_some_and(|l| l > 0.0 && l < 1.0)
-            || window.and_then(PathWindow::loss).is_some_and(|l| l > 0.0)
-        {
+        // A path losing some of its ICMP echoes this round that
+        // `lossy_nodes` leaves out (ICMP counted failed, or nearly all
+        // lost) loses TCP handshakes and UDP echoes too, at random: that is
+        // loss, the quality rules' to name, not a filter.
+        if cell.loss.is_some_and(|l| l > 0.0 && l < 1.0) {
             continue;
         }
         for i in dropped(cell) {
