@@ -429,27 +429,25 @@ impl Inventory {
         let targets = self.targets.iter().map(|t| (t.ip, &t.node, &t.pod));
         // One copy of each node's name.
         let mut names: foldhash::HashMap<&str, Arc<str>> = foldhash::HashMap::default();
+        fn shared<'a>(names: &mut foldhash::HashMap<&'a str, Arc<str>>, node: &'a str) -> Arc<str> {
+            Arc::clone(names.entry(node).or_insert_with(|| Arc::from(node)))
+        }
         for (ip, node, pod) in agents(NetworkMode::Pod)
             .chain(agents(NetworkMode::Host))
             .chain(targets)
         {
             if let std::collections::hash_map::Entry::Vacant(entry) = addresses.entry(ip) {
-                let node = names
-                    .entry(node.as_str())
-                    .or_insert_with(|| Arc::from(node.as_str()));
                 entry.insert(PlacedPod {
-                    node: Arc::clone(node),
+                    node: shared(&mut names, node),
                     pod: Arc::from(pod.as_str()),
                 });
             }
         }
         let mut cidrs = foldhash::HashMap::default();
         for (node, info) in &self.nodes {
-            let name = names
-                .entry(node.as_str())
-                .or_insert_with(|| Arc::from(node.as_str()));
+            let name = shared(&mut names, node);
             for cidr in &info.pod_cidrs {
-                cidrs.insert(cidr.key(), Arc::clone(name));
+                cidrs.insert(cidr.key(), Arc::clone(&name));
             }
         }
         let mut prefixes: Vec<(bool, u8)> = cidrs.keys().map(|&(v6, p, _)| (v6, p)).collect();

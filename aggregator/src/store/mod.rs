@@ -643,6 +643,15 @@ pub(crate) mod tests {
             synced: true,
             ..Default::default()
         };
+        let agent_pod = |name: String, ip: String, network| AgentPod {
+            uid: format!("uid-{name}"),
+            name,
+            ips: vec![ip.parse().unwrap()],
+            network,
+            started_unix_ms: None,
+            labels: Default::default(),
+            named_ports: Default::default(),
+        };
         for (i, node) in nodes.iter().enumerate() {
             inv.nodes.insert(
                 node.to_string(),
@@ -656,24 +665,16 @@ pub(crate) mod tests {
             inv.agents.insert(
                 node.to_string(),
                 vec![
-                    AgentPod {
-                        name: format!("agent-{node}"),
-                        uid: format!("uid-agent-{node}"),
-                        ips: vec![format!("10.244.{}.2", i + 1).parse().unwrap()],
-                        network: NetworkMode::Pod,
-                        started_unix_ms: None,
-                        labels: Default::default(),
-                        named_ports: Default::default(),
-                    },
-                    AgentPod {
-                        name: format!("host-agent-{node}"),
-                        uid: format!("uid-host-agent-{node}"),
-                        ips: vec![format!("198.18.0.{}", i + 1).parse().unwrap()],
-                        network: NetworkMode::Host,
-                        started_unix_ms: None,
-                        labels: Default::default(),
-                        named_ports: Default::default(),
-                    },
+                    agent_pod(
+                        format!("agent-{node}"),
+                        format!("10.244.{}.2", i + 1),
+                        NetworkMode::Pod,
+                    ),
+                    agent_pod(
+                        format!("host-agent-{node}"),
+                        format!("198.18.0.{}", i + 1),
+                        NetworkMode::Host,
+                    ),
                 ],
             );
         }
