@@ -36,6 +36,11 @@ enum Command {
         /// Port of the aggregator forwarder on 127.0.0.1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Port on 127.0.0.1 forwarded to the lab's API server (what the
+        /// state directory's kubeconfig points kubectl and helm at); 0
+        /// picks a free one.
+        #[arg(long, default_value_t = 0)]
+        api_port: u16,
         /// Namespace prefix (default: random, nm + 6 hex digits).
         #[arg(long)]
         prefix: Option<String>,
@@ -170,6 +175,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             overlay,
             interval,
             port,
+            api_port,
             prefix,
             bin_dir,
             no_host_agents,
@@ -182,6 +188,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 overlay,
                 interval,
                 forward_port: port,
+                api_port,
                 prefix,
                 components: true,
                 host_agents: !no_host_agents,
@@ -247,7 +254,8 @@ async fn up(config: LabConfig) -> anyhow::Result<()> {
     println!(
         "lab {prefix} is up in {took:.1?}: {nodes} nodes, {overlay} overlay\n\
          aggregator: {url}  (API: {url}/api/v1/matrix, {url}/api/v1/findings)\n\
-         state, logs and kubeconfigs: {dir}\n\n\
+         state, logs and kubeconfigs: {dir}\n\
+         kubectl: export KUBECONFIG={kubeconfig}; kubectl get nodes,pods -o wide\n\n\
          break something from another terminal (netmatrix-lab fault --help lists every fault):\n  \
          netmatrix-lab fault overlay-down node-2\n  \
          netmatrix-lab fault vxlan-drop\n  \
@@ -263,6 +271,7 @@ async fn up(config: LabConfig) -> anyhow::Result<()> {
         nodes = lab.topology().nodes.len(),
         overlay = lab.topology().overlay,
         dir = lab.state_dir().path().display(),
+        kubeconfig = lab.kubeconfig_path().display(),
     );
     let result = watch(&lab, interval).await;
     control_task.abort();

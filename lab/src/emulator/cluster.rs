@@ -13,12 +13,14 @@
 //! so far behind that it is told to relist ([`Expired`], HTTP 410).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::{
-    Event as KubeEvent, EventSource, Namespace, Node, NodeAddress, NodeCondition, NodeSpec,
-    NodeStatus, ObjectReference, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service,
-    ServicePort, ServiceSpec,
+    Container, ContainerState, ContainerStateRunning, ContainerStatus, Event as KubeEvent,
+    EventSource, Namespace, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    ObjectReference, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service, ServicePort,
+    ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -83,18 +85,19 @@ impl Kind {
         }
     }
 
+    /// Every kind stored.
+    pub const ALL: [Kind; 6] = [
+        Kind::Node,
+        Kind::Pod,
+        Kind::Service,
+        Kind::Event,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
+    ];
+
     /// The kind from a URL's resource name.
     pub fn from_plural(plural: &str) -> Option<Kind> {
-        [
-            Kind::Node,
-            Kind::Pod,
-            Kind::Service,
-            Kind::Event,
-            Kind::Namespace,
-            Kind::NetworkPolicy,
-        ]
-        .into_iter()
-        .find(|k| k.plural() == plural)
+        Kind::ALL.into_iter().find(|k| k.plural() == plural)
     }
 
     /// Whether objects of this kind live in a namespace.
@@ -193,6 +196,10 @@ stored! {
 #[derive(Clone)]
 pub struct ClusterState {
     inner: Arc<Mutex<Inner>>,
+    /// Where each pod's container log is, as the kubelet keeps it: the API
+    /// server proxies `pods/{name}/log` to the kubelet, the emulator reads
+    /// the file itself. Not an object: no resourceVersion, no watch.
+    logs: Arc<Mutex<BTreeMap<Key, PathBuf>>>,
     /// The latest resourceVersion: a wake-up call for watchers.
     latest: Arc<watch::Sender<u64>>,
 }
@@ -207,6 +214,7 @@ impl ClusterState {
     pub fn new() -> Self {
         Self {
             inner: Arc::default(),
+            logs: Arc::default(),
             latest: Arc::new(watch::channel(0).0),
         }
     }
@@ -215,6 +223,25 @@ impl ClusterState {
         // Poisoning means a panic elsewhere mid-update; every update leaves
         // the maps consistent before anything can panic, so carry on.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pod `namespace/name` writes its log to `path` (the lab's process for
+    /// it started).
+    pub fn set_pod_log(&self, namespace: &str, name: &str, path: PathBuf) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.to_owned(), name.to_owned()), path);
+    }
+
+    /// Where pod `namespace/name` writes its log, if the lab runs a process
+    /// for it.
+    pub fn pod_log(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// The current resourceVersion (that of the latest change).
@@ -866,10 +893,41 @@ pub fn node(name: &str, internal_ip: &str, pod_cidr: &str) -> Node {
                 message: Some("kubelet is posting ready status".to_owned()),
                 ..Condition::new("Ready", "True")
             }]),
+            node_info: Some(NodeSystemInfo {
+                architecture: std::env::consts::ARCH.to_owned(),
+                operating_system: std::env::consts::OS.to_owned(),
+                // Every lab node is a namespace of this machine's kernel.
+                kernel_version: kernel_release(),
+                kubelet_version: crate::emulator::apiserver::GIT_VERSION.to_owned(),
+                os_image: "netmatrix lab (network namespace)".to_owned(),
+                container_runtime_version: "lab-process://".to_owned(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
     }
 }
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The name of a lab pod's one container: its component, as the chart
+/// names its containers (`agent`, `companion`, ...), or its app.
+fn container_name(labels: &[(&str, &str)]) -> String {
+    ["app.kubernetes.io/component", "k8s-app"]
+        .iter()
+        .find_map(|key| labels.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
+        .unwrap_or("main")
+        .to_owned()
+}
+
+/// The image the lab's pods "run": their processes are the binaries built
+/// in this workspace.
+pub const LAB_IMAGE: &str = "netmatrix:lab";
 
 /// A Running, Ready pod on `node` with address `ip`. `hostIP` is `ip` for a
 /// host-network pod; otherwise [`ClusterState::apply_pod`] fills it from the
@@ -883,6 +941,7 @@ pub fn pod(
     host_network: bool,
 ) -> Pod {
     let host_ip = host_network.then(|| ip.to_owned());
+    let container = container_name(labels);
     Pod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -893,10 +952,30 @@ pub fn pod(
         spec: Some(PodSpec {
             node_name: Some(node.to_owned()),
             host_network: host_network.then_some(true),
+            containers: vec![Container {
+                name: container.clone(),
+                image: Some(LAB_IMAGE.to_owned()),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         status: Some(PodStatus {
             phase: Some("Running".to_owned()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: container,
+                image: LAB_IMAGE.to_owned(),
+                image_id: String::new(),
+                ready: true,
+                started: Some(true),
+                restart_count: 0,
+                state: Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
             pod_ip: Some(ip.to_owned()),
             pod_ips: Some(vec![PodIP { ip: ip.to_owned() }]),
             host_ips: host_ip

@@ -6,8 +6,8 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    AGGREGATOR_PROCESS, AgentNetwork, Lab, LabError, agent_process, companion_process, lock,
-    objects,
+    AGGREGATOR_POD, AGGREGATOR_PROCESS, AgentNetwork, Lab, LabError, agent_process,
+    companion_process, lock, objects,
 };
 use crate::net::network;
 use crate::net::services;
@@ -51,7 +51,7 @@ impl Lab {
     /// Starts the aggregator again after [`stop_aggregator`](Self::stop_aggregator):
     /// a fresh process, which lists the API again.
     pub fn start_aggregator(&self) -> Result<(), LabError> {
-        self.procs.start(self.aggregator_spec()?)?;
+        self.start_pod(AGGREGATOR_POD, self.aggregator_spec()?)?;
         tracing::info!("aggregator started");
         Ok(())
     }
@@ -66,7 +66,7 @@ impl Lab {
         if let Err(e) = self.procs.stop(&name) {
             tracing::debug!(error = %e, "agent was not running");
         }
-        self.procs.start(self.agent_spec(&plan, network)?)?;
+        self.start_agent_pod(&plan, network)?;
         tracing::info!(process = %name, "agent restarted");
         Ok(())
     }
@@ -105,7 +105,7 @@ impl Lab {
             .unwrap_or_else(|e| e.into_inner())
             .set_companion(plan.index, new.clone());
         if self.binaries.is_some() {
-            self.procs.start(self.companion_spec(&plan, &new)?)?;
+            self.start_pod(&new.name, self.companion_spec(&plan, &new)?)?;
         }
         // kube-proxy follows the new endpoint on every node.
         let topo = self.topology();

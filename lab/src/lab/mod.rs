@@ -63,6 +63,9 @@ pub struct LabConfig {
     pub interval: Duration,
     /// Port of the forwarder on 127.0.0.1; `0` picks a free one (tests).
     pub forward_port: u16,
+    /// Port on 127.0.0.1 forwarded to the API emulator (the `kubeconfig`
+    /// of the state directory points there); `0` picks a free one.
+    pub api_port: u16,
     /// Namespace prefix; `None`: a random one.
     pub prefix: Option<String>,
     /// Start the aggregator and the agents (off: network and servers only).
@@ -91,6 +94,7 @@ impl Default for LabConfig {
             overlay: Overlay::Vxlan,
             interval: Duration::from_secs(1),
             forward_port: 0,
+            api_port: 0,
             prefix: None,
             components: true,
             host_agents: true,
@@ -162,6 +166,7 @@ struct Servers {
     apiserver: Option<JoinHandle<()>>,
     dns: Option<JoinHandle<()>>,
     forwarder: Option<JoinHandle<()>>,
+    api_forwarder: Option<JoinHandle<()>>,
     token_rotation: Option<JoinHandle<()>>,
 }
 
@@ -171,6 +176,7 @@ impl Servers {
             &mut self.apiserver,
             &mut self.dns,
             &mut self.forwarder,
+            &mut self.api_forwarder,
             &mut self.token_rotation,
         ] {
             if let Some(t) = task.take() {
@@ -207,6 +213,8 @@ pub struct Lab {
     procs: Processes,
     faults: Mutex<Vec<Fault>>,
     forward_addr: SocketAddr,
+    /// `127.0.0.1:PORT` forwarded to the API emulator.
+    api_forward_addr: SocketAddr,
     http: reqwest::Client,
     up_took: Duration,
     torn_down: AtomicBool,
@@ -266,6 +274,15 @@ impl Lab {
                 config.forward_port
             )))?;
         let forward_addr = forwarder.local_addr().map_err(io("forwarder address"))?;
+        let api_forwarder = crate::net::forward::bind(config.api_port)
+            .await
+            .map_err(io(format!(
+                "cannot listen on 127.0.0.1:{} for the API forwarder (in use? pass --api-port)",
+                config.api_port
+            )))?;
+        let api_forward_addr = api_forwarder
+            .local_addr()
+            .map_err(io("API forwarder address"))?;
         if netns::exists(&topo.switch_netns) {
             return Err(LabError::Io {
                 what: format!("prefix {prefix} is in use"),
@@ -307,6 +324,7 @@ impl Lab {
             servers: Mutex::new(Servers::default()),
             faults: Mutex::new(Vec::new()),
             forward_addr,
+            api_forward_addr,
             http,
             up_took: Duration::ZERO,
             torn_down: AtomicBool::new(false),
@@ -340,14 +358,21 @@ impl Lab {
             target,
         ));
         lab.servers().forwarder = Some(forward_task);
+        lab.servers().api_forwarder = Some(tokio::spawn(crate::net::forward::serve(
+            api_forwarder,
+            cp.netns.clone(),
+            SocketAddr::from((cp.ip, APISERVER_PORT)),
+        )));
         if lab.binaries.is_some() {
-            lab.procs.start(lab.aggregator_spec()?)?;
+            lab.start_pod(AGGREGATOR_POD, lab.aggregator_spec()?)?;
             for node in &topo.nodes {
-                lab.procs
-                    .start(lab.companion_spec(node, &node.companion)?)?;
-                lab.procs.start(lab.agent_spec(node, AgentNetwork::Pod)?)?;
+                lab.start_pod(
+                    &node.companion.name,
+                    lab.companion_spec(node, &node.companion)?,
+                )?;
+                lab.start_agent_pod(node, AgentNetwork::Pod)?;
                 if lab.config.host_agents {
-                    lab.procs.start(lab.agent_spec(node, AgentNetwork::Host)?)?;
+                    lab.start_agent_pod(node, AgentNetwork::Host)?;
                 }
             }
         }
@@ -390,6 +415,12 @@ impl Lab {
     /// The forwarder's address on 127.0.0.1.
     pub fn forward_addr(&self) -> SocketAddr {
         self.forward_addr
+    }
+
+    /// The kubeconfig for kubectl and helm in the root namespace (the API
+    /// emulator through its forwarder, as the lab's admin).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.state.file("kubeconfig")
     }
 
     /// `http://127.0.0.1:PORT`: the aggregator, through the forwarder.
@@ -595,9 +626,13 @@ impl Lab {
             "kubeconfig-pods",
             &self.pki.kubeconfig(&topo.apiserver_service_url()),
         )?;
+        // For people and tools in the root namespace (kubectl, helm):
+        // through the API forwarder, as the lab's admin.
         self.state.write(
             "kubeconfig",
-            &self.pki.kubeconfig(&topo.apiserver_node_url()),
+            &self
+                .pki
+                .kubeconfig(&format!("https://{}", self.api_forward_addr)),
         )?;
         self.state.write("ca.crt", &self.pki.ca_cert_pem)?;
         self.state.write(
@@ -861,6 +896,23 @@ impl Lab {
         })
     }
 
+    /// Starts the process of pod `pod` (in the `netmatrix` namespace): its
+    /// log file is what `kubectl logs` shows for the pod.
+    fn start_pod(&self, pod: &str, spec: ProcessSpec) -> Result<(), LabError> {
+        let log = self.procs.log_path(&spec.name);
+        self.procs.start(spec)?;
+        self.cluster.set_pod_log(NAMESPACE, pod, log);
+        Ok(())
+    }
+
+    /// Starts `node`'s agent on `network`, in its pod.
+    fn start_agent_pod(&self, node: &NodePlan, network: AgentNetwork) -> Result<(), LabError> {
+        self.start_pod(
+            &agent_pod_name(node, network),
+            self.agent_spec(node, network)?,
+        )
+    }
+
     /// The agent of `node`'s pod network (in its agent pod) or host network
     /// (in the node namespace, with the node's address, probing the other
     /// host agents).
@@ -999,12 +1051,7 @@ impl Hooks for Lab {
     }
 
     fn start_agent(&self, node: &NodePlan) -> Result<(), FaultError> {
-        let spec = self
-            .agent_spec(node, AgentNetwork::Pod)
-            .map_err(|e| FaultError::Lab(e.to_string()))?;
-        self.procs
-            .start(spec)
-            .map(|_| ())
+        self.start_agent_pod(node, AgentNetwork::Pod)
             .map_err(|e| FaultError::Lab(e.to_string()))
     }
 

@@ -25,13 +25,20 @@ pub(super) fn register_cluster(t: &Topology, state: &ClusterState, host_agents: 
     }
     register_control_plane(t, state);
     register_services(state);
-    state.apply_namespace(k8s_openapi::api::core::v1::Namespace {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(crate::net::topology::NAMESPACE.to_owned()),
+    // The namespaces every cluster has, and the chart's.
+    for name in ["default", "kube-system", crate::net::topology::NAMESPACE] {
+        state.apply_namespace(k8s_openapi::api::core::v1::Namespace {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            status: Some(k8s_openapi::api::core::v1::NamespaceStatus {
+                phase: Some("Active".to_owned()),
+                ..Default::default()
+            }),
             ..Default::default()
-        },
-        ..Default::default()
-    });
+        });
+    }
 }
 
 /// A Ready, schedulable Node object.
@@ -130,7 +137,7 @@ pub(super) fn companion_pod(node: &NodePlan, pod: &PodPlan) -> Pod {
 }
 
 /// `running` as it is before its sandbox exists: `Pending`, no address,
-/// not Ready.
+/// not Ready, its containers waiting to be created.
 pub(super) fn pending(running: &Pod) -> Pod {
     let mut pod = running.clone();
     if let Some(status) = pod.status.as_mut() {
@@ -142,6 +149,18 @@ pub(super) fn pending(running: &Pod) -> Pod {
             status: "False".to_owned(),
             ..Default::default()
         }]);
+        // Its containers are not created yet.
+        for container in status.container_statuses.iter_mut().flatten() {
+            container.ready = false;
+            container.started = Some(false);
+            container.state = Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("ContainerCreating".to_owned()),
+                    message: None,
+                }),
+                ..Default::default()
+            });
+        }
     }
     pod
 }
@@ -169,7 +188,7 @@ pub(super) fn sandbox_fails(n: &NodePlan) -> TroubledPod {
         n.pod_cidr
     );
     TroubledPod {
-        pod: waiting(n, "ContainerCreating", ""),
+        pod: waiting(n, cluster::LAB_IMAGE, "ContainerCreating", ""),
         events: vec![
             (
                 "Normal",
@@ -186,6 +205,7 @@ pub(super) fn image_not_pulled(n: &NodePlan) -> TroubledPod {
     TroubledPod {
         pod: waiting(
             n,
+            image,
             "ImagePullBackOff",
             &format!("Back-off pulling image \"{image}\""),
         ),
@@ -211,7 +231,7 @@ pub(super) fn image_not_pulled(n: &NodePlan) -> TroubledPod {
 
 pub(super) fn network_not_ready(n: &NodePlan) -> TroubledPod {
     TroubledPod {
-        pod: waiting(n, "ContainerCreating", ""),
+        pod: waiting(n, cluster::LAB_IMAGE, "ContainerCreating", ""),
         events: vec![(
             "Warning",
             "NetworkNotReady",
@@ -220,13 +240,17 @@ pub(super) fn network_not_ready(n: &NodePlan) -> TroubledPod {
     }
 }
 
-/// `n`'s agent pod, Pending, its container waiting for `reason`.
-fn waiting(n: &NodePlan, reason: &str, message: &str) -> Pod {
+/// `n`'s agent pod, Pending, its container (of `image`) waiting for
+/// `reason`.
+fn waiting(n: &NodePlan, image: &str, reason: &str, message: &str) -> Pod {
     let mut pod = pending(&agent_pod(n));
+    for container in pod.spec.iter_mut().flat_map(|s| s.containers.iter_mut()) {
+        container.image = Some(image.to_owned());
+    }
     if let Some(status) = pod.status.as_mut() {
         status.container_statuses = Some(vec![ContainerStatus {
             name: "agent".to_owned(),
-            image: "ghcr.io/netmatrix/netmatrix".to_owned(),
+            image: image.to_owned(),
             ready: false,
             restart_count: 0,
             state: Some(ContainerState {

@@ -1,10 +1,11 @@
-//! The forwarder: `127.0.0.1:PORT` in the root namespace to the aggregator
-//! inside the lab, like `kubectl port-forward`.
+//! The forwarders: `127.0.0.1:PORT` in the root namespace to a server
+//! inside the lab (the aggregator; the API emulator, for kubectl and helm),
+//! like `kubectl port-forward`.
 //!
-//! It is the lab's only socket in the root namespace, and it only listens on
-//! loopback: for each accepted connection it opens a connection from inside
-//! node 1's namespace (a socket stays in the namespace it was created in) and
-//! copies bytes both ways. The root namespace never routes to a lab address.
+//! They are the lab's only sockets in the root namespace, and they only
+//! listen on loopback: for each accepted connection a forwarder opens a
+//! connection from inside node 1's namespace (a socket stays in the
+//! namespace it was created in) and copies bytes both ways. The root namespace never routes to a lab address.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -3,10 +3,13 @@
 //!
 //! It exists because a real API server (and etcd) cannot run in the lab. It
 //! keeps to the real wire format so that the unmodified kube-rs client,
-//! reflectors and watchers included, works against it:
+//! reflectors and watchers included, and the real `kubectl` (`get`,
+//! `describe`, `logs`) work against it:
 //! - `GET /version`, `/livez`, `/readyz`, `/healthz`, open to anyone as in
 //!   real clusters (`system:public-info-viewer`);
-//! - `GET /api/v1/{nodes,pods,services,events}`, namespaced under
+//! - discovery, `GET /api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`,
+//!   listing only what is served here ([`discovery`]);
+//! - `GET /api/v1/{nodes,pods,services,events,namespaces}`, namespaced under
 //!   `/api/v1/namespaces/{ns}/...` for all but nodes, and single objects
 //!   by name, with the bearer token required (`401` and a `Status` body
 //!   otherwise);
@@ -18,6 +21,10 @@
 //!   `400 BadRequest`;
 //! - watches (`watch=true` on a list URL): see [`watch`] for where they start,
 //!   `410 Expired` ERROR events, selector transitions and BOOKMARKs;
+//! - lists, objects and watch events as `meta.k8s.io/v1` Tables when the
+//!   `Accept` header asks (`kubectl get`; [`table`]);
+//! - `GET .../pods/{name}/log` from the file the lab's process for the pod
+//!   writes (`tailLines`, `limitBytes`; no `follow`);
 //! - errors as `Status` objects (`NotFound`, `BadRequest`, `Invalid`, ...);
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews`, with the bearer
 //!   token required, checking the bound ServiceAccount tokens the lab mounts
@@ -37,7 +44,9 @@
 //! sends each one ([`clients`]: its own counters, not a real API server's).
 
 pub mod clients;
+mod discovery;
 mod selector;
+mod table;
 pub mod tokens;
 mod watch;
 
@@ -153,6 +162,31 @@ pub fn router(
         authority,
     };
     let resources = Router::new()
+        .route(
+            "/api",
+            get(|| async { axum::Json(discovery::core_versions()) }),
+        )
+        .route(
+            "/apis",
+            get(|| async { axum::Json(discovery::group_list()) }),
+        )
+        .route("/api/v1", get(|| async { resource_list("v1") }))
+        .route(
+            "/apis/{group}",
+            get(|Path(group): Path<String>| async move {
+                discovery::api_group(&group)
+                    .map(axum::Json)
+                    .ok_or(ApiError::NoSuchPath)
+            }),
+        )
+        .route(
+            "/apis/{group}/{version}",
+            get(
+                |Path((group, version)): Path<(String, String)>| async move {
+                    resource_list(&format!("{group}/{version}"))
+                },
+            ),
+        )
         .route("/api/v1/{resource}", get(list_cluster_wide))
         .route("/api/v1/{resource}/{name}", get(get_cluster_scoped))
         .route(
@@ -160,6 +194,7 @@ pub fn router(
             get(list_namespaced).post(create_namespaced),
         )
         .route("/api/v1/nodes/{name}/status", patch(patch_node_status))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
         .route(
             "/api/v1/namespaces/{ns}/{resource}/{name}",
             get(get_namespaced),
@@ -187,6 +222,35 @@ pub fn router(
         .fallback(|| async { not_found_path() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .with_state(api)
+}
+
+/// A group version's `APIResourceList`, `404` when not served.
+fn resource_list(group_version: &str) -> Result<axum::Json<Value>, ApiError> {
+    discovery::resource_list(group_version)
+        .map(axum::Json)
+        .ok_or(ApiError::NoSuchPath)
+}
+
+/// Whether the client asked for a `Table` (`kubectl get`): see [`table`].
+struct Printing {
+    table: bool,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Printing {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let accept = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        Ok(Printing {
+            table: table::wanted(accept),
+        })
+    }
 }
 
 async fn ok() -> &'static str {
@@ -429,6 +493,7 @@ impl Api {
         kind: Kind,
         namespace: Option<String>,
         query: &ListQuery,
+        printing: Printing,
     ) -> Result<Response, ApiError> {
         let filter = Filter::new(
             kind,
@@ -443,6 +508,7 @@ impl Api {
                 start: query.start()?,
                 timeout: query.timeout(),
                 bookmarks: query.allow_watch_bookmarks.then_some(BOOKMARK_EVERY),
+                table: printing.table,
             };
             let meter = self.clients.open_watch(client);
             let events = watch::stream(self.state.clone(), request, Some(meter));
@@ -462,13 +528,16 @@ impl Api {
         let (rv, items) = self.state.list(kind);
         let items: Vec<Value> = items.into_iter().filter(|o| filter.matches(o)).collect();
         let count = items.len();
-        let body = json!({
-            "kind": format!("{}List", kind.name()),
-            "apiVersion": kind.api_version(),
-            "metadata": { "resourceVersion": rv.to_string() },
-            "items": items,
-        });
-        let response = json_response(&body);
+        let response = if printing.table {
+            table_response(&table::table(kind, Some(rv), &items, now()))
+        } else {
+            json_response(&json!({
+                "kind": format!("{}List", kind.name()),
+                "apiVersion": kind.api_version(),
+                "metadata": { "resourceVersion": rv.to_string() },
+                "items": items,
+            }))
+        };
         self.clients.list(client, count, response.1.len());
         Ok(response.into_response())
     }
@@ -479,6 +548,7 @@ impl Api {
         kind: Kind,
         namespace: &str,
         name: &str,
+        printing: Printing,
     ) -> Result<Response, ApiError> {
         let object = self
             .state
@@ -487,7 +557,11 @@ impl Api {
                 kind: kind.plural(),
                 name: name.to_owned(),
             })?;
-        let response = json_response(&object);
+        let response = if printing.table {
+            table_response(&table::table(kind, None, &[object], now()))
+        } else {
+            json_response(&object)
+        };
         self.clients.get(client, response.1.len());
         Ok(response.into_response())
     }
@@ -501,12 +575,24 @@ fn json_response(value: &Value) -> ([(header::HeaderName, &'static str); 1], Vec
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// A Table as a JSON body, with the Table's media type.
+fn table_response(value: &Value) -> ([(header::HeaderName, &'static str); 1], Vec<u8>) {
+    let ([_], body) = json_response(value);
+    ([(header::CONTENT_TYPE, table::CONTENT_TYPE)], body)
+}
+
+/// The wall clock, for the ages a Table shows.
+fn now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 async fn list_cluster_wide(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
     Path(plural): Path<String>,
+    printing: Printing,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     api.collection(
@@ -514,6 +600,7 @@ async fn list_cluster_wide(
         resource(&plural, false)?,
         None,
         &ListQuery::parse(query)?,
+        printing,
     )
 }
 
@@ -521,6 +608,7 @@ async fn list_namespaced(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
     Path((ns, plural)): Path<(String, String)>,
+    printing: Printing,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     api.collection(
@@ -528,12 +616,14 @@ async fn list_namespaced(
         resource(&plural, true)?,
         Some(ns),
         &ListQuery::parse(query)?,
+        printing,
     )
 }
 
 async fn list_network_policies(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
+    printing: Printing,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     api.collection(
@@ -541,6 +631,7 @@ async fn list_network_policies(
         Kind::NetworkPolicy,
         None,
         &ListQuery::parse(query)?,
+        printing,
     )
 }
 
@@ -548,6 +639,7 @@ async fn list_namespaced_network_policies(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
     Path(ns): Path<String>,
+    printing: Printing,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     api.collection(
@@ -555,6 +647,7 @@ async fn list_namespaced_network_policies(
         Kind::NetworkPolicy,
         Some(ns),
         &ListQuery::parse(query)?,
+        printing,
     )
 }
 
@@ -562,29 +655,94 @@ async fn get_network_policy(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
     Path((ns, name)): Path<(String, String)>,
+    printing: Printing,
 ) -> Result<Response, ApiError> {
-    api.object(&client, Kind::NetworkPolicy, &ns, &name)
+    api.object(&client, Kind::NetworkPolicy, &ns, &name, printing)
 }
 
 async fn get_cluster_scoped(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
     Path((plural, name)): Path<(String, String)>,
+    printing: Printing,
 ) -> Result<Response, ApiError> {
     let kind = resource(&plural, false)?;
     if kind.namespaced() {
         // `/api/v1/pods/{name}` does not exist: pods are got by namespace.
         return Err(ApiError::NoSuchPath);
     }
-    api.object(&client, kind, "", &name)
+    api.object(&client, kind, "", &name, printing)
 }
 
 async fn get_namespaced(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
     Path((ns, plural, name)): Path<(String, String, String)>,
+    printing: Printing,
 ) -> Result<Response, ApiError> {
-    api.object(&client, resource(&plural, true)?, &ns, &name)
+    api.object(&client, resource(&plural, true)?, &ns, &name, printing)
+}
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the pod's log as plain
+/// text, read from the file the lab's process for it writes (the real API
+/// server asks the node's kubelet). `tailLines` and `limitBytes` are
+/// honoured; `follow` is not (the log so far is sent and the response
+/// ends, so `kubectl logs -f` prints it and returns).
+async fn pod_log(
+    State(api): State<Api>,
+    Path((ns, name)): Path<(String, String)>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let number = |key: &str| -> Result<Option<usize>, ApiError> {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| {
+                v.parse()
+                    .map_err(|_| ApiError::BadRequest(format!("{key}: invalid value {v:?}")))
+            })
+            .transpose()
+    };
+    let (tail_lines, limit_bytes) = (number("tailLines")?, number("limitBytes")?);
+    if api.state.get(Kind::Pod, &ns, &name).is_none() {
+        return Err(ApiError::NotFound { kind: "pods", name });
+    }
+    let path = api.state.pod_log(&ns, &name).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "pod {name:?} has no log: the lab serves it from inside its own process"
+        ))
+    })?;
+    let log = tokio::fs::read(&path).await.map_err(|e| {
+        ApiError::BadRequest(format!("the log of pod {name:?} cannot be read: {e}"))
+    })?;
+    let mut log = &log[..];
+    if let Some(n) = tail_lines {
+        log = &log[tail_start(log, n)..];
+    }
+    if let Some(limit) = limit_bytes {
+        log = &log[..log.len().min(limit)];
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from(log.to_vec()),
+    )
+        .into_response())
+}
+
+/// Where the last `n` lines of `log` start (a last line without its
+/// newline counts).
+fn tail_start(log: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return log.len();
+    }
+    let body = log.strip_suffix(b"\n").unwrap_or(log);
+    body.iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n - 1)
+        .map_or(0, |(i, _)| i + 1)
 }
 
 /// `PATCH /api/v1/nodes/{name}/status`: the node's status, patched.
@@ -981,5 +1139,69 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(clients.snapshot()["lab"].watches_opened, 1);
+    }
+
+    /// What kubectl asks before anything else, and the forms it prints.
+    #[tokio::test]
+    async fn discovery_tables_and_logs_as_kubectl_reads_them() {
+        let (state, base, client) = start().await;
+        let (code, versions) = get(&client, &format!("{base}/api")).await;
+        assert_eq!((code, versions["versions"][0].as_str()), (200, Some("v1")));
+        let (code, core) = get(&client, &format!("{base}/api/v1")).await;
+        assert_eq!(
+            (code, core["kind"].as_str()),
+            (200, Some("APIResourceList"))
+        );
+        let (code, _) = get(&client, &format!("{base}/apis/apps/v1")).await;
+        assert_eq!(code, 404);
+
+        let table = client
+            .get(format!("{base}/api/v1/namespaces/ns/pods"))
+            .bearer_auth(TOKEN)
+            .header(
+                header::ACCEPT,
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(table.headers()[header::CONTENT_TYPE], table::CONTENT_TYPE);
+        let table: Value = table.json().await.unwrap();
+        assert_eq!(table["kind"], "Table");
+        assert_eq!(table["rows"].as_array().map(Vec::len), Some(2));
+        assert_eq!(table["rows"][0]["cells"][0], "a");
+        assert_eq!(table["rows"][0]["object"]["metadata"]["name"], "a");
+
+        let log_url = format!("{base}/api/v1/namespaces/ns/pods/a/log");
+        let response = get_as(&client, &log_url, TOKEN).await;
+        assert_eq!(response.status().as_u16(), 400, "no log registered");
+        let dir = std::env::temp_dir().join(format!("nm-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.log");
+        std::fs::write(&file, "one\ntwo\nthree\n").unwrap();
+        state.set_pod_log("ns", "a", file);
+        let text = |url: String| {
+            let client = client.clone();
+            async move { get_as(&client, &url, TOKEN).await.text().await.unwrap() }
+        };
+        assert_eq!(text(log_url.clone()).await, "one\ntwo\nthree\n");
+        assert_eq!(text(format!("{log_url}?tailLines=2")).await, "two\nthree\n");
+        assert_eq!(text(format!("{log_url}?limitBytes=3")).await, "one");
+        let missing = get_as(
+            &client,
+            &format!("{base}/api/v1/namespaces/ns/pods/zz/log"),
+            TOKEN,
+        )
+        .await;
+        assert_eq!(missing.status().as_u16(), 404);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn log_tails_count_lines_with_or_without_a_last_newline() {
+        assert_eq!(tail_start(b"a\nb\nc\n", 1), 4);
+        assert_eq!(tail_start(b"a\nb\nc", 2), 2);
+        assert_eq!(tail_start(b"a\nb\n", 5), 0);
+        assert_eq!(tail_start(b"a\nb\n", 0), 4);
     }
 }

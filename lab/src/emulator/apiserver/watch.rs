@@ -50,6 +50,8 @@ pub struct WatchRequest {
     pub timeout: Duration,
     /// Send BOOKMARK events this often when idle (`None`: not allowed).
     pub bookmarks: Option<Duration>,
+    /// Each object as a one-row Table (`kubectl get -w`).
+    pub table: bool,
 }
 
 /// The event lines of a watch, ending after the request's timeout or after
@@ -119,7 +121,17 @@ impl Watch {
 
     async fn next_line(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
+            if let Some(mut event) = self.pending.pop_front() {
+                if self.request.table
+                    && matches!(
+                        event["type"].as_str(),
+                        Some("ADDED" | "MODIFIED" | "DELETED")
+                    )
+                {
+                    let object = event["object"].take();
+                    event["object"] =
+                        super::table::table(self.request.kind, None, &[object], super::now());
+                }
                 let line = line(&event);
                 if let Some(meter) = &self.meter {
                     meter.line(event["type"] == "BOOKMARK", line.len());
@@ -234,6 +246,7 @@ mod tests {
             start,
             timeout: Duration::from_secs(5),
             bookmarks: None,
+            table: false,
         }
     }
 
