@@ -7,32 +7,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use netmatrix_lab::{Fault, Lab};
 
-/// `kubectl ARGS` against `lab`; its stdout, or a panic with its stderr.
 fn kubectl(lab: &Lab, args: &[&str]) -> String {
-    let kubeconfig = lab.kubeconfig_path();
-    // Discovery is cached per server: one cache per lab, in its state
-    // directory (removed with the lab), not in the user's ~/.kube.
-    let cache = lab.state_dir().file("kube-cache");
-    let output = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run kubectl ({e}): install it with scripts/setup-test"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed ({}):\n{}{stdout}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    common::client(lab, "kubectl", args)
 }
 
 /// The line of `output` whose first column is `name`.

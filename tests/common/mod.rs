@@ -76,3 +76,32 @@ pub fn assert_pod_mesh(t: &Topology) {
         }
     }
 }
+
+/// `tool ARGS` (kubectl, helm) against `lab` through its kubeconfig; its
+/// stdout, or a panic with its stderr.
+pub fn client(lab: &Lab, tool: &str, args: &[&str]) -> String {
+    let mut command = std::process::Command::new(tool);
+    command.env("KUBECONFIG", lab.kubeconfig_path());
+    // Caches and helm's state in the lab's state directory (removed with
+    // the lab), not in the user's home.
+    let cache = lab.state_dir().file("client-cache");
+    command
+        .env("HELM_CACHE_HOME", &cache)
+        .env("HELM_CONFIG_HOME", &cache)
+        .env("HELM_DATA_HOME", &cache);
+    if tool == "kubectl" {
+        command.arg("--cache-dir").arg(&cache);
+    }
+    let output = command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}): install it with scripts/setup-test"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed ({}):\n{}{stdout}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}

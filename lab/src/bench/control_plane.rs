@@ -714,13 +714,7 @@ fn register(state: &ClusterState, nodes: &[BenchNode]) {
         ));
     }
     crate::lab::objects::register_services(state);
-    state.apply_namespace(k8s_openapi::api::core::v1::Namespace {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(NAMESPACE.to_owned()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    crate::lab::objects::register_namespaces(state);
 }
 
 /// A Running netmatrix Pod with the chart's labels: agents and companions

@@ -1,6 +1,8 @@
 //! The emulated cluster's state: what etcd holds for the objects netmatrix
-//! reads (Nodes, Pods, Services, Events, as k8s-openapi types), one global
-//! resourceVersion, and a bounded history of changes for watchers.
+//! reads (Nodes, Pods, Services, Events...) and those the chart installs
+//! (workloads, RBAC, helm's release Secrets), as k8s-openapi types, one
+//! global resourceVersion, and a bounded history of changes for watchers.
+//! Clients' writes go through [`writes`].
 //!
 //! Every change bumps the resourceVersion and stamps it into the object, as
 //! the real API server does; create also fills `uid` and `creationTimestamp`.
@@ -16,6 +18,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStatus, Event as KubeEvent,
     EventSource, Namespace, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
@@ -23,6 +27,7 @@ use k8s_openapi::api::core::v1::{
     ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
@@ -45,9 +50,41 @@ pub enum Kind {
     Namespace,
     /// `networking.k8s.io/v1`, served under `/apis/networking.k8s.io/v1`.
     NetworkPolicy,
+    // What the chart installs and helm stores, written by clients (`helm
+    // install`, `kubectl apply`): stored as sent, with no controller
+    // acting on them unless the lab runs one.
+    ServiceAccount,
+    /// helm keeps its releases in Secrets.
+    Secret,
+    ConfigMap,
+    DaemonSet,
+    Deployment,
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
 }
 
 impl Kind {
+    /// Every kind stored.
+    pub const ALL: [Kind; 15] = [
+        Kind::Node,
+        Kind::Pod,
+        Kind::Service,
+        Kind::Event,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
+        Kind::ServiceAccount,
+        Kind::Secret,
+        Kind::ConfigMap,
+        Kind::DaemonSet,
+        Kind::Deployment,
+        Kind::ClusterRole,
+        Kind::ClusterRoleBinding,
+        Kind::Role,
+        Kind::RoleBinding,
+    ];
+
     /// The kind as in `"kind": "Pod"`.
     pub fn name(self) -> &'static str {
         match self {
@@ -57,6 +94,15 @@ impl Kind {
             Kind::Event => "Event",
             Kind::Namespace => "Namespace",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::Deployment => "Deployment",
+            Kind::ClusterRole => "ClusterRole",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
+            Kind::Role => "Role",
+            Kind::RoleBinding => "RoleBinding",
         }
     }
 
@@ -64,6 +110,10 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::DaemonSet | Kind::Deployment => "apps/v1",
+            Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::Role | Kind::RoleBinding => {
+                "rbac.authorization.k8s.io/v1"
+            }
             _ => "v1",
         }
     }
@@ -82,29 +132,117 @@ impl Kind {
             Kind::Event => "events",
             Kind::Namespace => "namespaces",
             Kind::NetworkPolicy => "networkpolicies",
+            Kind::ServiceAccount => "serviceaccounts",
+            Kind::Secret => "secrets",
+            Kind::ConfigMap => "configmaps",
+            Kind::DaemonSet => "daemonsets",
+            Kind::Deployment => "deployments",
+            Kind::ClusterRole => "clusterroles",
+            Kind::ClusterRoleBinding => "clusterrolebindings",
+            Kind::Role => "roles",
+            Kind::RoleBinding => "rolebindings",
         }
     }
 
-    /// Every kind stored.
-    pub const ALL: [Kind; 6] = [
-        Kind::Node,
-        Kind::Pod,
-        Kind::Service,
-        Kind::Event,
-        Kind::Namespace,
-        Kind::NetworkPolicy,
-    ];
+    /// The kind from a URL's group version (`v1`, `apps/v1`) and resource
+    /// name.
+    pub fn from_path(group_version: &str, plural: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.plural() == plural && k.api_version() == group_version)
+    }
 
-    /// The kind from a URL's resource name.
+    /// The kind from a core (`/api/v1`) resource name.
     pub fn from_plural(plural: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.plural() == plural)
+        Kind::from_path("v1", plural)
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::Namespace)
+        !matches!(
+            self,
+            Kind::Node | Kind::Namespace | Kind::ClusterRole | Kind::ClusterRoleBinding
+        )
+    }
+
+    /// Whether clients create, update, patch and delete these through the
+    /// API. Nodes are the lab's (their status is patched through
+    /// `nodes/{name}/status`).
+    pub fn writable(self) -> bool {
+        self != Kind::Node
     }
 }
+
+/// Runs `$body` with `$t` the k8s-openapi type stored for `$kind`.
+macro_rules! for_kind {
+    ($kind:expr, $t:ident => $body:expr) => {
+        match $kind {
+            Kind::Node => {
+                type $t = Node;
+                $body
+            }
+            Kind::Pod => {
+                type $t = Pod;
+                $body
+            }
+            Kind::Service => {
+                type $t = Service;
+                $body
+            }
+            Kind::Event => {
+                type $t = KubeEvent;
+                $body
+            }
+            Kind::Namespace => {
+                type $t = Namespace;
+                $body
+            }
+            Kind::NetworkPolicy => {
+                type $t = NetworkPolicy;
+                $body
+            }
+            Kind::ServiceAccount => {
+                type $t = ServiceAccount;
+                $body
+            }
+            Kind::Secret => {
+                type $t = Secret;
+                $body
+            }
+            Kind::ConfigMap => {
+                type $t = ConfigMap;
+                $body
+            }
+            Kind::DaemonSet => {
+                type $t = DaemonSet;
+                $body
+            }
+            Kind::Deployment => {
+                type $t = Deployment;
+                $body
+            }
+            Kind::ClusterRole => {
+                type $t = ClusterRole;
+                $body
+            }
+            Kind::ClusterRoleBinding => {
+                type $t = ClusterRoleBinding;
+                $body
+            }
+            Kind::Role => {
+                type $t = Role;
+                $body
+            }
+            Kind::RoleBinding => {
+                type $t = RoleBinding;
+                $body
+            }
+        }
+    };
+}
+
+mod writes;
+pub use writes::{PatchKind, WriteError};
 
 /// What happened to an object, in the words of the watch API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +298,15 @@ struct Inner {
     events: BTreeMap<Key, KubeEvent>,
     namespaces: BTreeMap<Key, Namespace>,
     network_policies: BTreeMap<Key, NetworkPolicy>,
+    service_accounts: BTreeMap<Key, ServiceAccount>,
+    secrets: BTreeMap<Key, Secret>,
+    config_maps: BTreeMap<Key, ConfigMap>,
+    daemon_sets: BTreeMap<Key, DaemonSet>,
+    deployments: BTreeMap<Key, Deployment>,
+    cluster_roles: BTreeMap<Key, ClusterRole>,
+    cluster_role_bindings: BTreeMap<Key, ClusterRoleBinding>,
+    roles: BTreeMap<Key, Role>,
+    role_bindings: BTreeMap<Key, RoleBinding>,
     history: VecDeque<Arc<Event>>,
     /// resourceVersion of the newest event dropped from `history`.
     evicted: u64,
@@ -190,6 +337,15 @@ stored! {
     KubeEvent => Event, events;
     Namespace => Namespace, namespaces;
     NetworkPolicy => NetworkPolicy, network_policies;
+    ServiceAccount => ServiceAccount, service_accounts;
+    Secret => Secret, secrets;
+    ConfigMap => ConfigMap, config_maps;
+    DaemonSet => DaemonSet, daemon_sets;
+    Deployment => Deployment, deployments;
+    ClusterRole => ClusterRole, cluster_roles;
+    ClusterRoleBinding => ClusterRoleBinding, cluster_role_bindings;
+    Role => Role, roles;
+    RoleBinding => RoleBinding, role_bindings;
 }
 
 /// Shared handle on the cluster's state (cheap to clone).
@@ -281,14 +437,7 @@ impl ClusterState {
     /// this snapshot.
     pub fn list(&self, kind: Kind) -> (u64, Vec<Value>) {
         let mut inner = self.lock();
-        let items = match kind {
-            Kind::Node => to_json(Node::table(&mut inner).values()),
-            Kind::Pod => to_json(Pod::table(&mut inner).values()),
-            Kind::Service => to_json(Service::table(&mut inner).values()),
-            Kind::Event => to_json(KubeEvent::table(&mut inner).values()),
-            Kind::Namespace => to_json(Namespace::table(&mut inner).values()),
-            Kind::NetworkPolicy => to_json(NetworkPolicy::table(&mut inner).values()),
-        };
+        let items = for_kind!(kind, T => to_json(T::table(&mut inner).values()));
         (inner.rv, items)
     }
 
@@ -299,14 +448,7 @@ impl ClusterState {
             if kind.namespaced() { namespace } else { "" }.to_owned(),
             name.to_owned(),
         );
-        match kind {
-            Kind::Node => Node::table(&mut inner).get(&key).and_then(json),
-            Kind::Pod => Pod::table(&mut inner).get(&key).and_then(json),
-            Kind::Service => Service::table(&mut inner).get(&key).and_then(json),
-            Kind::Event => KubeEvent::table(&mut inner).get(&key).and_then(json),
-            Kind::Namespace => Namespace::table(&mut inner).get(&key).and_then(json),
-            Kind::NetworkPolicy => NetworkPolicy::table(&mut inner).get(&key).and_then(json),
-        }
+        for_kind!(kind, T => T::table(&mut inner).get(&key).and_then(json))
     }
 
     /// Creates or replaces a Namespace (`kubernetes.io/metadata.name` is
@@ -462,36 +604,6 @@ impl ClusterState {
             serde_json::from_value(object).map_err(|e| format!("invalid status: {e}"))?;
         self.apply_locked(&mut inner, patched);
         Ok(inner.nodes.get(&key).and_then(json))
-    }
-
-    /// Creates an Event in `namespace` (a name from `generateName` when it
-    /// has none). Returns it as stored.
-    pub fn create_event(
-        &self,
-        namespace: &str,
-        mut event: KubeEvent,
-    ) -> Result<Value, CreateError> {
-        let mut inner = self.lock();
-        event.metadata.namespace = Some(namespace.to_owned());
-        if event.metadata.name.as_deref().is_none_or(str::is_empty) {
-            let prefix = event
-                .metadata
-                .generate_name
-                .clone()
-                .ok_or(CreateError::NoName)?;
-            event.metadata.name = Some(format!("{prefix}{}", &new_uid()[..5]));
-        }
-        let name = event.metadata.name.clone().unwrap_or_default();
-        let key = (namespace.to_owned(), name.clone());
-        if inner.events.contains_key(&key) {
-            return Err(CreateError::Exists(name));
-        }
-        self.apply_locked(&mut inner, event);
-        inner
-            .events
-            .get(&key)
-            .and_then(json)
-            .ok_or(CreateError::NoName)
     }
 
     /// The Events of `namespace`.
@@ -709,17 +821,12 @@ impl ClusterState {
     }
 }
 
-/// Why an object was not created.
-#[derive(Debug)]
-pub enum CreateError {
-    Exists(String),
-    NoName,
-}
-
 /// Merges `patch` into `target`: JSON merge patch (objects merge, `null`
-/// deletes, anything else replaces), and with `strategic`, lists of
-/// `conditions` merge by their `type` as the API's strategy for Node and
-/// Pod status does.
+/// deletes, anything else replaces), and with `strategic`, lists of objects
+/// merge by their key, as the built-in types' strategies do: `conditions`
+/// by `type`, and lists whose items have a `name` (containers, ports, env,
+/// volumes...) by `name`. Other lists are replaced; `$patch` directives
+/// are not read.
 fn merge(target: &mut Value, patch: &Value, strategic: bool) {
     let (Value::Object(t), Value::Object(p)) = (&mut *target, patch) else {
         *target = patch.clone();
@@ -730,12 +837,15 @@ fn merge(target: &mut Value, patch: &Value, strategic: bool) {
             (_, _, Value::Null) => {
                 t.remove(key);
             }
-            ("conditions", Some(Value::Array(have)), Value::Array(new)) if strategic => {
-                for condition in new {
-                    let same = |c: &&mut Value| c.get("type") == condition.get("type");
+            (field, Some(Value::Array(have)), Value::Array(new))
+                if strategic && merge_key(field, new).is_some() =>
+            {
+                let key = merge_key(field, new).unwrap_or("name");
+                for item in new {
+                    let same = |c: &&mut Value| c.get(key) == item.get(key);
                     match have.iter_mut().find(same) {
-                        Some(old) => merge(old, condition, true),
-                        None => have.push(condition.clone()),
+                        Some(old) => merge(old, item, true),
+                        None => have.push(item.clone()),
                     }
                 }
             }
@@ -747,6 +857,16 @@ fn merge(target: &mut Value, patch: &Value, strategic: bool) {
             }
         }
     }
+}
+
+/// The key a strategic merge patch merges the list `field` by: `type` for
+/// conditions, `name` for lists of named objects; `None`: replaced whole.
+fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    if field == "conditions" {
+        return Some("type");
+    }
+    let named = |v: &Value| v.get("name").is_some_and(Value::is_string);
+    (!items.is_empty() && items.iter().all(named)).then_some("name")
 }
 
 fn key_of(meta: &ObjectMeta) -> Key {

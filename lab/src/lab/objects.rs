@@ -25,7 +25,12 @@ pub(super) fn register_cluster(t: &Topology, state: &ClusterState, host_agents: 
     }
     register_control_plane(t, state);
     register_services(state);
-    // The namespaces every cluster has, and the chart's.
+    register_namespaces(state);
+}
+
+/// The namespaces every cluster has (`default`, `kube-system`), and the
+/// chart's.
+pub(crate) fn register_namespaces(state: &ClusterState) {
     for name in ["default", "kube-system", crate::net::topology::NAMESPACE] {
         state.apply_namespace(k8s_openapi::api::core::v1::Namespace {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {

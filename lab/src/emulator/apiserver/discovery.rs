@@ -28,18 +28,50 @@ struct Resource {
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
+const READ_WRITE: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+/// kubectl's short names (`kubectl get po`).
+fn short_names(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Event => &["ev"],
+        Kind::Namespace => &["ns"],
+        Kind::Node => &["no"],
+        Kind::Pod => &["po"],
+        Kind::Service => &["svc"],
+        Kind::NetworkPolicy => &["netpol"],
+        Kind::ServiceAccount => &["sa"],
+        Kind::ConfigMap => &["cm"],
+        Kind::DaemonSet => &["ds"],
+        Kind::Deployment => &["deploy"],
+        Kind::Secret
+        | Kind::ClusterRole
+        | Kind::ClusterRoleBinding
+        | Kind::Role
+        | Kind::RoleBinding => &[],
+    }
+}
 
 /// The resources of `group_version` (`v1` for the core group), `None` for
 /// a group version not served.
 fn resources(group_version: &str) -> Option<Vec<Resource>> {
-    let of = |kind: Kind, verbs, short_names, categories| Resource {
-        name: kind.plural(),
-        kind: kind.name(),
-        namespaced: kind.namespaced(),
-        verbs,
-        short_names,
-        categories,
-    };
+    let mut resources: Vec<Resource> = Kind::ALL
+        .into_iter()
+        .filter(|kind| kind.api_version() == group_version)
+        .map(|kind| Resource {
+            name: kind.plural(),
+            kind: kind.name(),
+            namespaced: kind.namespaced(),
+            verbs: if kind.writable() { READ_WRITE } else { READ },
+            short_names: short_names(kind),
+            // What `kubectl get all` shows.
+            categories: match kind {
+                Kind::Pod | Kind::Service | Kind::DaemonSet | Kind::Deployment => &["all"],
+                _ => &[],
+            },
+        })
+        .collect();
     let sub = |name, kind: Kind, verbs| Resource {
         name,
         kind: kind.name(),
@@ -49,36 +81,52 @@ fn resources(group_version: &str) -> Option<Vec<Resource>> {
         categories: &[],
     };
     match group_version {
-        "v1" => Some(vec![
-            of(
-                Kind::Event,
-                &["create", "get", "list", "watch"],
-                &["ev"],
-                &[],
-            ),
-            of(Kind::Namespace, READ, &["ns"], &[]),
-            of(Kind::Node, READ, &["no"], &[]),
-            sub("nodes/status", Kind::Node, &["get", "patch"]),
-            of(Kind::Pod, READ, &["po"], &["all"]),
-            sub("pods/log", Kind::Pod, &["get"]),
-            of(Kind::Service, READ, &["svc"], &["all"]),
-        ]),
-        "networking.k8s.io/v1" => Some(vec![of(Kind::NetworkPolicy, READ, &["netpol"], &[])]),
-        "authentication.k8s.io/v1" => Some(vec![Resource {
+        "v1" => {
+            resources.push(sub("nodes/status", Kind::Node, &["get", "patch"]));
+            resources.push(sub("pods/log", Kind::Pod, &["get"]));
+        }
+        "authentication.k8s.io/v1" => resources.push(Resource {
             name: "tokenreviews",
             kind: "TokenReview",
             namespaced: false,
             verbs: &["create"],
             short_names: &[],
             categories: &[],
-        }]),
-        _ => None,
+        }),
+        _ if resources.is_empty() => return None,
+        _ => {}
     }
+    resources.sort_by_key(|r| r.name);
+    Some(resources)
 }
 
 /// The named groups served (the core group is `/api`'s), each with its one
 /// version.
-const GROUPS: &[(&str, &str)] = &[("authentication.k8s.io", "v1"), ("networking.k8s.io", "v1")];
+const GROUPS: &[(&str, &str)] = &[
+    ("apps", "v1"),
+    ("authentication.k8s.io", "v1"),
+    ("networking.k8s.io", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
+];
+
+/// `GET /openapi/v2`: an OpenAPI document without definitions, in the
+/// protobuf encoding clients ask for (an empty message is a valid, empty
+/// `openapi_v2.Document`). The emulator publishes no schemas: kubectl's
+/// and helm's client-side validation then finds none for any kind and
+/// skips, as it does for kinds a server has no schema for. The emulator
+/// still refuses a body that is not of its URL's kind (the types'
+/// deserializers check every field's shape).
+pub async fn openapi_v2() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        )],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
 
 /// `GET /api`.
 pub fn core_versions() -> Value {
@@ -182,7 +230,7 @@ mod tests {
             assert!(resource_list(gv).is_some(), "{gv}");
             assert!(api_group(group["name"].as_str().unwrap_or("")).is_some());
         }
-        assert!(resource_list("apps/v1").is_none());
-        assert!(api_group("apps").is_none());
+        assert!(resource_list("batch/v1").is_none());
+        assert!(api_group("batch").is_none());
     }
 }

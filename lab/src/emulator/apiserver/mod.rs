@@ -30,21 +30,27 @@
 //!   token required, checking the bound ServiceAccount tokens the lab mounts
 //!   for its agents ([`tokens`]).
 //!
-//! - two writes, as netmatrix's aggregator makes them with
-//!   `--node-conditions`: `PATCH /api/v1/nodes/{name}/status` (strategic
-//!   merge patch: `status.conditions` merges by `type`, as the real
-//!   strategy does; or a JSON merge patch) and `POST
-//!   /api/v1/namespaces/{ns}/events` (`generateName` honoured, `409
-//!   AlreadyExists` on a taken name).
+//! - `PATCH /api/v1/nodes/{name}/status`, as netmatrix's aggregator makes
+//!   it with `--node-conditions` (strategic merge patch: `status.conditions`
+//!   merges by `type`, as the real strategy does; or a JSON merge patch);
+//! - clients' writes, as `kubectl` and `helm` make them: `POST` to
+//!   collections, `PUT`, `PATCH` (JSON merge and strategic merge) and
+//!   `DELETE` of objects of every stored kind but Nodes, with the server's
+//!   part of each ([`crate::emulator::cluster::WriteError`] and the
+//!   module it comes from say what is done and what is left out); bodies
+//!   in JSON, or for Secrets, ConfigMaps and Namespaces in Kubernetes'
+//!   protobuf ([`protobuf`]), as client-go's typed clients send them;
+//! - `GET /openapi/v2`, with no definitions: clients skip their own
+//!   schema validation.
 //!
-//! Everything else is read from [`ClusterState`], which the lab changes
-//! directly.
+//! The lab changes [`ClusterState`] directly too (its pods, faults).
 //!
 //! Each lab process has a token of its own; the emulator counts what it
 //! sends each one ([`clients`]: its own counters, not a real API server's).
 
 pub mod clients;
 mod discovery;
+mod protobuf;
 mod selector;
 mod table;
 pub mod tokens;
@@ -68,7 +74,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::emulator::cluster::{ClusterState, Kind};
+use crate::emulator::cluster::{ClusterState, Kind, PatchKind, WriteError};
 use clients::{ClientId, Clients};
 use selector::{Filter, SelectorError};
 use tokens::TokenAuthority;
@@ -187,29 +193,46 @@ pub fn router(
                 },
             ),
         )
-        .route("/api/v1/{resource}", get(list_cluster_wide))
-        .route("/api/v1/{resource}/{name}", get(get_cluster_scoped))
-        .route(
-            "/api/v1/namespaces/{ns}/{resource}",
-            get(list_namespaced).post(create_namespaced),
-        )
+        .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/api/v1/nodes/{name}/status", patch(patch_node_status))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
+        // Every stored kind, core and named groups, cluster-wide or in a
+        // namespace: collections (list, watch, create) and objects (get,
+        // replace, patch, delete).
+        .route("/api/v1/{resource}", get(list).post(create))
+        .route(
+            "/api/v1/{resource}/{name}",
+            get(get_one)
+                .put(replace)
+                .patch(patch_one)
+                .delete(delete_one),
+        )
+        .route("/api/v1/namespaces/{ns}/{resource}", get(list).post(create))
         .route(
             "/api/v1/namespaces/{ns}/{resource}/{name}",
-            get(get_namespaced),
+            get(get_one)
+                .put(replace)
+                .patch(patch_one)
+                .delete(delete_one),
+        )
+        .route("/apis/{group}/{version}/{resource}", get(list).post(create))
+        .route(
+            "/apis/{group}/{version}/{resource}/{name}",
+            get(get_one)
+                .put(replace)
+                .patch(patch_one)
+                .delete(delete_one),
         )
         .route(
-            "/apis/networking.k8s.io/v1/networkpolicies",
-            get(list_network_policies),
+            "/apis/{group}/{version}/namespaces/{ns}/{resource}",
+            get(list).post(create),
         )
         .route(
-            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
-            get(list_namespaced_network_policies),
-        )
-        .route(
-            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
-            get(get_network_policy),
+            "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}",
+            get(get_one)
+                .put(replace)
+                .patch(patch_one)
+                .delete(delete_one),
         )
         .route(TOKEN_REVIEWS_PATH, post(create_token_review))
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
@@ -347,10 +370,18 @@ enum ApiError {
     MethodNotAllowed,
     #[error("{kind} \"{name}\" already exists")]
     AlreadyExists { kind: &'static str, name: String },
+    /// An update from a stale resourceVersion (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
     #[error(
-        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+        "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"
     )]
     UnsupportedMediaType,
+    /// A body in a media type the emulator does not read (HTTP 415).
+    #[error(
+        "the body is {0}: the lab's API emulator reads application/json, and Secrets, ConfigMaps and Namespaces in protobuf"
+    )]
+    BodyNotJson(String),
 }
 
 impl From<SelectorError> for ApiError {
@@ -368,7 +399,8 @@ impl IntoResponse for ApiError {
             ApiError::NotFound { .. } | ApiError::NoSuchPath => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            ApiError::UnsupportedMediaType => {
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::UnsupportedMediaType | ApiError::BodyNotJson(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
         };
@@ -478,14 +510,6 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// Resolves a URL's resource name, checking it is served at that scope.
-fn resource(plural: &str, namespaced_url: bool) -> Result<Kind, ApiError> {
-    Kind::from_plural(plural)
-        .filter(|kind| kind.core())
-        .filter(|kind| !namespaced_url || kind.namespaced())
-        .ok_or(ApiError::NoSuchPath)
-}
-
 impl Api {
     fn collection(
         &self,
@@ -588,99 +612,213 @@ fn now() -> k8s_openapi::jiff::Timestamp {
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-async fn list_cluster_wide(
-    State(api): State<Api>,
-    Extension(client): Extension<ClientId>,
-    Path(plural): Path<String>,
-    printing: Printing,
-    query: QueryPairs,
-) -> Result<Response, ApiError> {
-    api.collection(
-        &client,
-        resource(&plural, false)?,
-        None,
-        &ListQuery::parse(query)?,
-        printing,
-    )
+/// Where a request points: the collection's group version and resource,
+/// its namespace (`None` on a cluster-wide URL) and the object's name.
+#[derive(Debug, serde::Deserialize)]
+struct Target {
+    group: Option<String>,
+    version: Option<String>,
+    ns: Option<String>,
+    resource: String,
+    name: Option<String>,
 }
 
-async fn list_namespaced(
-    State(api): State<Api>,
-    Extension(client): Extension<ClientId>,
-    Path((ns, plural)): Path<(String, String)>,
-    printing: Printing,
-    query: QueryPairs,
-) -> Result<Response, ApiError> {
-    api.collection(
-        &client,
-        resource(&plural, true)?,
-        Some(ns),
-        &ListQuery::parse(query)?,
-        printing,
-    )
-}
-
-async fn list_network_policies(
-    State(api): State<Api>,
-    Extension(client): Extension<ClientId>,
-    printing: Printing,
-    query: QueryPairs,
-) -> Result<Response, ApiError> {
-    api.collection(
-        &client,
-        Kind::NetworkPolicy,
-        None,
-        &ListQuery::parse(query)?,
-        printing,
-    )
-}
-
-async fn list_namespaced_network_policies(
-    State(api): State<Api>,
-    Extension(client): Extension<ClientId>,
-    Path(ns): Path<String>,
-    printing: Printing,
-    query: QueryPairs,
-) -> Result<Response, ApiError> {
-    api.collection(
-        &client,
-        Kind::NetworkPolicy,
-        Some(ns),
-        &ListQuery::parse(query)?,
-        printing,
-    )
-}
-
-async fn get_network_policy(
-    State(api): State<Api>,
-    Extension(client): Extension<ClientId>,
-    Path((ns, name)): Path<(String, String)>,
-    printing: Printing,
-) -> Result<Response, ApiError> {
-    api.object(&client, Kind::NetworkPolicy, &ns, &name, printing)
-}
-
-async fn get_cluster_scoped(
-    State(api): State<Api>,
-    Extension(client): Extension<ClientId>,
-    Path((plural, name)): Path<(String, String)>,
-    printing: Printing,
-) -> Result<Response, ApiError> {
-    let kind = resource(&plural, false)?;
-    if kind.namespaced() {
-        // `/api/v1/pods/{name}` does not exist: pods are got by namespace.
-        return Err(ApiError::NoSuchPath);
+impl Target {
+    /// The kind served there: `404` for a resource not served, or a
+    /// cluster-scoped one under a namespace, or a namespaced object by
+    /// name without its namespace (`/api/v1/pods/{name}` does not exist).
+    fn kind(&self) -> Result<Kind, ApiError> {
+        let group_version = match (&self.group, &self.version) {
+            (Some(group), Some(version)) => format!("{group}/{version}"),
+            _ => "v1".to_owned(),
+        };
+        let kind = Kind::from_path(&group_version, &self.resource).ok_or(ApiError::NoSuchPath)?;
+        let namespaced_url = self.ns.is_some();
+        if (namespaced_url && !kind.namespaced())
+            || (!namespaced_url && kind.namespaced() && self.name.is_some())
+        {
+            return Err(ApiError::NoSuchPath);
+        }
+        Ok(kind)
     }
-    api.object(&client, kind, "", &name, printing)
+
+    /// [`Self::kind`], which clients may write (`405` otherwise).
+    fn writable_kind(&self) -> Result<Kind, ApiError> {
+        let kind = self.kind()?;
+        if kind.writable() {
+            Ok(kind)
+        } else {
+            Err(ApiError::MethodNotAllowed)
+        }
+    }
+
+    fn namespace(&self) -> &str {
+        self.ns.as_deref().unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
 }
 
-async fn get_namespaced(
+/// List or watch a collection.
+async fn list(
     State(api): State<Api>,
     Extension(client): Extension<ClientId>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
+    Path(target): Path<Target>,
+    printing: Printing,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    api.collection(
+        &client,
+        target.kind()?,
+        target.ns.clone(),
+        &ListQuery::parse(query)?,
+        printing,
+    )
+}
+
+async fn get_one(
+    State(api): State<Api>,
+    Extension(client): Extension<ClientId>,
+    Path(target): Path<Target>,
     printing: Printing,
 ) -> Result<Response, ApiError> {
-    api.object(&client, resource(&plural, true)?, &ns, &name, printing)
+    api.object(
+        &client,
+        target.kind()?,
+        target.namespace(),
+        target.name(),
+        printing,
+    )
+}
+
+/// Writes are not dry runs here: a `dryRun` would be stored for real, so
+/// it is refused instead.
+fn no_dry_run(query: QueryPairs) -> Result<(), ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if pairs.iter().any(|(k, _)| k == "dryRun") {
+        return Err(ApiError::BadRequest(
+            "dryRun is not supported by the lab's API emulator".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A request body as JSON: JSON as sent, a protobuf Secret decoded
+/// ([`protobuf`]); `415` for other media types and kinds (no YAML, CBOR or
+/// protobuf of other kinds), `400` for a body that does not parse.
+fn json_body(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
+    match media.as_deref() {
+        None | Some("application/json") => {}
+        Some("application/vnd.kubernetes.protobuf") => {
+            return protobuf::to_json(body).map_err(|e| match e {
+                protobuf::ProtobufError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+                protobuf::ProtobufError::Unsupported(_) => ApiError::BodyNotJson(e.to_string()),
+            });
+        }
+        Some(other) => return Err(ApiError::BodyNotJson(other.to_owned())),
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
+}
+
+/// `POST` to a collection: `201 Created` with the object as stored.
+async fn create(
+    State(api): State<Api>,
+    Path(target): Path<Target>,
+    headers: axum::http::HeaderMap,
+    query: QueryPairs,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    no_dry_run(query)?;
+    let kind = target.writable_kind()?;
+    let object = api
+        .state
+        .create(kind, target.namespace(), json_body(&headers, &body)?)?;
+    Ok((StatusCode::CREATED, axum::Json(object)).into_response())
+}
+
+/// `PUT` of an object.
+async fn replace(
+    State(api): State<Api>,
+    Path(target): Path<Target>,
+    headers: axum::http::HeaderMap,
+    query: QueryPairs,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    no_dry_run(query)?;
+    let kind = target.writable_kind()?;
+    let object = api.state.replace(
+        kind,
+        target.namespace(),
+        target.name(),
+        json_body(&headers, &body)?,
+    )?;
+    Ok(axum::Json(object).into_response())
+}
+
+/// `PATCH` of an object: JSON merge or strategic merge patches.
+async fn patch_one(
+    State(api): State<Api>,
+    Path(target): Path<Target>,
+    headers: axum::http::HeaderMap,
+    query: QueryPairs,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    no_dry_run(query)?;
+    let kind = target.writable_kind()?;
+    let how = patch_kind(&headers)?;
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
+    let object = api
+        .state
+        .patch(kind, target.namespace(), target.name(), &patch, how)?;
+    Ok(axum::Json(object).into_response())
+}
+
+/// `DELETE` of an object: `200` with the object as it was.
+async fn delete_one(
+    State(api): State<Api>,
+    Path(target): Path<Target>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    no_dry_run(query)?;
+    let object = api
+        .state
+        .remove(target.writable_kind()?, target.namespace(), target.name())?;
+    Ok(axum::Json(object).into_response())
+}
+
+/// The patch type from `Content-Type`; `415` for JSON patches and
+/// server-side apply, which the emulator does not implement.
+fn patch_kind(headers: &axum::http::HeaderMap) -> Result<PatchKind, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
+        "application/merge-patch+json" => Ok(PatchKind::Merge),
+        _ => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            WriteError::AlreadyExists { kind, name } => ApiError::AlreadyExists { kind, name },
+            WriteError::Conflict { .. } => ApiError::Conflict(error.to_string()),
+            WriteError::BadRequest(message) => ApiError::BadRequest(message),
+            WriteError::Invalid(message) => ApiError::Invalid(message),
+            WriteError::NotWritable(_) => ApiError::MethodNotAllowed,
+        }
+    }
 }
 
 /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the pod's log as plain
@@ -776,29 +914,6 @@ async fn patch_node_status(
         })
 }
 
-/// `POST /api/v1/namespaces/{ns}/{resource}`: only events are created.
-async fn create_namespaced(
-    State(api): State<Api>,
-    Path((ns, plural)): Path<(String, String)>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    if resource(&plural, true)? != Kind::Event {
-        return Err(ApiError::MethodNotAllowed);
-    }
-    let event: k8s_openapi::api::core::v1::Event = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid Event: {e}")))?;
-    match api.state.create_event(&ns, event) {
-        Ok(object) => Ok((StatusCode::CREATED, axum::Json(object)).into_response()),
-        Err(crate::emulator::cluster::CreateError::Exists(name)) => Err(ApiError::AlreadyExists {
-            kind: "events",
-            name,
-        }),
-        Err(crate::emulator::cluster::CreateError::NoName) => Err(ApiError::Invalid(
-            "metadata.name or metadata.generateName is required".into(),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -815,6 +930,14 @@ mod tests {
     /// [`start`], with the emulator's clients (`TOKEN` is the admin).
     async fn start_counted() -> (ClusterState, String, reqwest::Client, Arc<Clients>) {
         let state = ClusterState::new();
+        crate::lab::objects::register_namespaces(&state);
+        state.apply_namespace(k8s_openapi::api::core::v1::Namespace {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("ns".to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
         state.apply_node(node("node-1", "198.18.0.1", "10.244.1.0/24"));
         state.apply_pod(pod(
             "ns",
@@ -854,7 +977,7 @@ mod tests {
 
     #[tokio::test]
     async fn lists_and_gets_in_the_real_format() {
-        let (_state, base, client) = start().await;
+        let (state, base, client) = start().await;
         let (code, list) = get(
             &client,
             &format!("{base}/api/v1/namespaces/ns/pods?labelSelector=app%3Dagent&limit=500"),
@@ -863,7 +986,10 @@ mod tests {
         assert_eq!(code, 200);
         assert_eq!(list["kind"], "PodList");
         assert_eq!(list["apiVersion"], "v1");
-        assert_eq!(list["metadata"]["resourceVersion"], "3");
+        assert_eq!(
+            list["metadata"]["resourceVersion"],
+            state.resource_version().to_string()
+        );
         assert!(list["metadata"].get("continue").is_none());
         assert_eq!(list["items"].as_array().unwrap().len(), 1);
         assert_eq!(list["items"][0]["kind"], "Pod");
@@ -956,7 +1082,7 @@ mod tests {
         assert_eq!(list["kind"], "EventList");
         assert_eq!(list["items"].as_array().unwrap().len(), 1);
         assert_eq!(state.events("default").len(), 1);
-        // Only events can be created.
+        // An object needs a name (or generateName).
         let pod = client
             .post(format!("{base}/api/v1/namespaces/ns/pods"))
             .bearer_auth(TOKEN)
@@ -964,7 +1090,7 @@ mod tests {
             .send()
             .await
             .unwrap();
-        assert_eq!(pod.status().as_u16(), 405);
+        assert_eq!(pod.status().as_u16(), 422);
     }
 
     #[tokio::test]
@@ -1001,8 +1127,13 @@ mod tests {
             ("/api/v1/namespaces/ns/pods/absent", 404, "NotFound"),
             ("/api/v1/pods/a", 404, "NotFound"),
             ("/api/v1/namespaces/ns/nodes", 404, "NotFound"),
-            ("/api/v1/secrets", 404, "NotFound"),
-            ("/apis/apps/v1/daemonsets", 404, "NotFound"),
+            ("/api/v1/persistentvolumes", 404, "NotFound"),
+            ("/apis/batch/v1/jobs", 404, "NotFound"),
+            (
+                "/apis/apps/v1/namespaces/ns/daemonsets/absent",
+                404,
+                "NotFound",
+            ),
         ] {
             let (got, status) = get(&client, &format!("{base}{url}")).await;
             assert_eq!(
@@ -1152,7 +1283,7 @@ mod tests {
             (code, core["kind"].as_str()),
             (200, Some("APIResourceList"))
         );
-        let (code, _) = get(&client, &format!("{base}/apis/apps/v1")).await;
+        let (code, _) = get(&client, &format!("{base}/apis/batch/v1")).await;
         assert_eq!(code, 404);
 
         let table = client

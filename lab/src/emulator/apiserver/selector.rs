@@ -92,7 +92,21 @@ fn field_labels(kind: Kind) -> &'static [(&'static str, &'static str)] {
             ("status.podIP", ""),
             ("status.nominatedNodeName", ""),
         ],
-        Kind::Service | Kind::NetworkPolicy => &[("metadata.name", ""), ("metadata.namespace", "")],
+        Kind::Secret => &[
+            ("metadata.name", ""),
+            ("metadata.namespace", ""),
+            ("type", ""),
+        ],
+        Kind::Service
+        | Kind::NetworkPolicy
+        | Kind::ServiceAccount
+        | Kind::ConfigMap
+        | Kind::DaemonSet
+        | Kind::Deployment
+        | Kind::ClusterRole
+        | Kind::ClusterRoleBinding
+        | Kind::Role
+        | Kind::RoleBinding => &[("metadata.name", ""), ("metadata.namespace", "")],
         Kind::Namespace => &[("metadata.name", ""), ("status.phase", "")],
         // As the real registry's event strategy selects them.
         Kind::Event => &[

@@ -86,6 +86,54 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("Pod-Selector", "string", 0),
             ("Age", "string", 0),
         ],
+        Kind::ServiceAccount => &[
+            ("Name", "string", 0),
+            ("Secrets", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        Kind::Secret => &[
+            ("Name", "string", 0),
+            ("Type", "string", 0),
+            ("Data", "string", 0),
+            ("Age", "string", 0),
+        ],
+        Kind::ConfigMap => &[
+            ("Name", "string", 0),
+            ("Data", "string", 0),
+            ("Age", "string", 0),
+        ],
+        Kind::DaemonSet => &[
+            ("Name", "string", 0),
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        Kind::Deployment => &[
+            ("Name", "string", 0),
+            ("Ready", "string", 0),
+            ("Up-to-date", "string", 0),
+            ("Available", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        Kind::ClusterRole | Kind::Role => &[("Name", "string", 0), ("Created At", "date", 0)],
+        Kind::ClusterRoleBinding | Kind::RoleBinding => &[
+            ("Name", "string", 0),
+            ("Role", "string", 0),
+            ("Age", "string", 0),
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
+        ],
     }
 }
 
@@ -227,8 +275,128 @@ fn cells(kind: Kind, o: &Value, now: Timestamp) -> Vec<Value> {
             created.clone(),
         ],
         Kind::NetworkPolicy => vec![name, pod_selector(o), created],
+        Kind::ServiceAccount => vec![name, count(o.get("secrets")), created],
+        Kind::Secret => vec![
+            name,
+            text(o, "/type").unwrap_or("Opaque").to_owned(),
+            count(o.get("data")),
+            created,
+        ],
+        Kind::ConfigMap => {
+            let data = ["data", "binaryData"]
+                .iter()
+                .filter_map(|k| o.get(*k).and_then(Value::as_object))
+                .map(serde_json::Map::len)
+                .sum::<usize>();
+            vec![name, data.to_string(), created]
+        }
+        Kind::DaemonSet => {
+            let status = |field: &str| number(o, &format!("/status/{field}"));
+            let (containers, images) = containers(o);
+            vec![
+                name,
+                status("desiredNumberScheduled"),
+                status("currentNumberScheduled"),
+                status("numberReady"),
+                status("updatedNumberScheduled"),
+                status("numberAvailable"),
+                selector(o.pointer("/spec/template/spec/nodeSelector")),
+                created,
+                containers,
+                images,
+                selector(o.pointer("/spec/selector/matchLabels")),
+            ]
+        }
+        Kind::Deployment => {
+            let (containers, images) = containers(o);
+            vec![
+                name,
+                format!(
+                    "{}/{}",
+                    number(o, "/status/readyReplicas"),
+                    o.pointer("/spec/replicas")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1)
+                ),
+                number(o, "/status/updatedReplicas"),
+                number(o, "/status/availableReplicas"),
+                created,
+                containers,
+                images,
+                selector(o.pointer("/spec/selector/matchLabels")),
+            ]
+        }
+        Kind::ClusterRole | Kind::Role => vec![
+            name,
+            text(o, "/metadata/creationTimestamp")
+                .unwrap_or("<unknown>")
+                .to_owned(),
+        ],
+        Kind::ClusterRoleBinding | Kind::RoleBinding => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = o
+                    .get("subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s["kind"] == kind)
+                    .map(|s| match s["namespace"].as_str() {
+                        Some(ns) => format!("{ns}/{}", s["name"].as_str().unwrap_or("")),
+                        None => s["name"].as_str().unwrap_or("").to_owned(),
+                    })
+                    .collect();
+                names.join(", ")
+            };
+            vec![
+                name,
+                format!(
+                    "{}/{}",
+                    text(o, "/roleRef/kind").unwrap_or(""),
+                    text(o, "/roleRef/name").unwrap_or("")
+                ),
+                created,
+                subjects("User"),
+                subjects("Group"),
+                subjects("ServiceAccount"),
+            ]
+        }
     };
     cells.into_iter().map(Value::String).collect()
+}
+
+/// How many entries a list or map has (`0` when absent).
+fn count(value: Option<&Value>) -> String {
+    match value {
+        Some(Value::Array(a)) => a.len(),
+        Some(Value::Object(m)) => m.len(),
+        _ => 0,
+    }
+    .to_string()
+}
+
+/// A status counter, `0` when absent (as the printers show it).
+fn number(o: &Value, pointer: &str) -> String {
+    o.pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .to_string()
+}
+
+/// A workload's container names and images, comma-separated.
+fn containers(o: &Value) -> (String, String) {
+    let containers = o
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let join = |field: &str| {
+        containers
+            .iter()
+            .map(|c| c[field].as_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (join("name"), join("image"))
 }
 
 /// `Ready`, `NotReady` or `Unknown`, with `,SchedulingDisabled` when
