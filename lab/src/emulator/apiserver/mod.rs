@@ -24,7 +24,7 @@
 //! - lists, objects and watch events as `meta.k8s.io/v1` Tables when the
 //!   `Accept` header asks (`kubectl get`; [`table`]);
 //! - `GET .../pods/{name}/log` from the file the lab's process for the pod
-//!   writes (`tailLines`, `limitBytes`; no `follow`);
+//!   writes (`tailLines`, `limitBytes`, `follow`);
 //! - errors as `Status` objects (`NotFound`, `BadRequest`, `Invalid`, ...);
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews`, with the bearer
 //!   token required, checking the bound ServiceAccount tokens the lab mounts
@@ -67,6 +67,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
@@ -823,9 +824,9 @@ impl From<WriteError> for ApiError {
 
 /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the pod's log as plain
 /// text, read from the file the lab's process for it writes (the real API
-/// server asks the node's kubelet). `tailLines` and `limitBytes` are
-/// honoured; `follow` is not (the log so far is sent and the response
-/// ends, so `kubectl logs -f` prints it and returns).
+/// server asks the node's kubelet). `tailLines`, `limitBytes` and `follow`
+/// (new lines streamed as the process writes them, until the pod is
+/// deleted or the client leaves) are honoured.
 async fn pod_log(
     State(api): State<Api>,
     Path((ns, name)): Path<(String, String)>,
@@ -843,6 +844,10 @@ async fn pod_log(
             .transpose()
     };
     let (tail_lines, limit_bytes) = (number("tailLines")?, number("limitBytes")?);
+    let follow = match pairs.iter().find(|(k, _)| k == "follow") {
+        Some((key, value)) => parse_bool(key, value)?,
+        None => false,
+    };
     if api.state.get(Kind::Pod, &ns, &name).is_none() {
         return Err(ApiError::NotFound { kind: "pods", name });
     }
@@ -854,6 +859,7 @@ async fn pod_log(
     let log = tokio::fs::read(&path).await.map_err(|e| {
         ApiError::BadRequest(format!("the log of pod {name:?} cannot be read: {e}"))
     })?;
+    let full_len = log.len();
     let mut log = &log[..];
     if let Some(n) = tail_lines {
         log = &log[tail_start(log, n)..];
@@ -861,11 +867,82 @@ async fn pod_log(
     if let Some(limit) = limit_bytes {
         log = &log[..log.len().min(limit)];
     }
+    let first = Bytes::copy_from_slice(log);
+    if !follow || limit_bytes.is_some_and(|limit| first.len() >= limit) {
+        return Ok(([(header::CONTENT_TYPE, "text/plain")], Body::from(first)).into_response());
+    }
+    // `follow`: what is there, then what the process appends, until the
+    // pod is gone or the client hangs up (the stream is then dropped).
+    let follower = LogFollower {
+        state: api.state.clone(),
+        namespace: ns,
+        name,
+        path,
+        offset: u64::try_from(full_len).unwrap_or(u64::MAX),
+        left: limit_bytes.map(|limit| limit - first.len()),
+    };
+    let rest = futures::stream::unfold(follower, |mut f| async move {
+        let chunk = f.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), f))
+    });
+    let body = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
     Ok((
         [(header::CONTENT_TYPE, "text/plain")],
-        Body::from(log.to_vec()),
+        Body::from_stream(body),
     )
         .into_response())
+}
+
+/// A followed pod log: the bytes appended to the file after `offset`.
+struct LogFollower {
+    state: ClusterState,
+    namespace: String,
+    name: String,
+    path: std::path::PathBuf,
+    offset: u64,
+    /// Bytes still allowed by `limitBytes`.
+    left: Option<usize>,
+}
+
+impl LogFollower {
+    /// How often the file is checked for new lines.
+    const POLL: Duration = Duration::from_millis(250);
+
+    /// The next bytes appended, waiting for them; `None` when the log ends
+    /// (pod deleted, file gone, limit reached).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        loop {
+            if self.left == Some(0)
+                || self
+                    .state
+                    .get(Kind::Pod, &self.namespace, &self.name)
+                    .is_none()
+            {
+                return None;
+            }
+            let mut file = tokio::fs::File::open(&self.path).await.ok()?;
+            let len = file.metadata().await.ok()?.len();
+            if len < self.offset {
+                // Truncated or replaced: start over, as a rotated log.
+                self.offset = 0;
+            }
+            if len > self.offset {
+                file.seek(std::io::SeekFrom::Start(self.offset))
+                    .await
+                    .ok()?;
+                let mut chunk = Vec::new();
+                let want = (len - self.offset).min(self.left.map_or(u64::MAX, |l| l as u64));
+                file.take(want).read_to_end(&mut chunk).await.ok()?;
+                self.offset += chunk.len() as u64;
+                if let Some(left) = self.left.as_mut() {
+                    *left -= chunk.len().min(*left);
+                }
+                return Some(Bytes::from(chunk));
+            }
+            tokio::time::sleep(Self::POLL).await;
+        }
+    }
 }
 
 /// Where the last `n` lines of `log` start (a last line without its
@@ -1318,6 +1395,30 @@ mod tests {
         assert_eq!(text(log_url.clone()).await, "one\ntwo\nthree\n");
         assert_eq!(text(format!("{log_url}?tailLines=2")).await, "two\nthree\n");
         assert_eq!(text(format!("{log_url}?limitBytes=3")).await, "one");
+        // Following: what is there, what is appended, the end with the pod.
+        let mut follow = get_as(
+            &client,
+            &format!("{log_url}?follow=true&tailLines=1"),
+            TOKEN,
+        )
+        .await;
+        assert_eq!(
+            follow.chunk().await.unwrap().as_deref(),
+            Some(&b"three\n"[..])
+        );
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("a.log"))
+                .unwrap();
+            f.write_all(b"four\n").unwrap();
+        }
+        let next = tokio::time::timeout(Duration::from_secs(5), follow.chunk()).await;
+        assert_eq!(next.unwrap().unwrap().as_deref(), Some(&b"four\n"[..]));
+        state.delete_pod("ns", "a");
+        let end = tokio::time::timeout(Duration::from_secs(5), follow.chunk()).await;
+        assert_eq!(end.unwrap().unwrap(), None, "the log ends with its pod");
         let missing = get_as(
             &client,
             &format!("{base}/api/v1/namespaces/ns/pods/zz/log"),
