@@ -118,11 +118,6 @@ impl Kind {
         }
     }
 
-    /// Served under `/api/v1` (the core group).
-    pub fn core(self) -> bool {
-        self.api_version() == "v1"
-    }
-
     /// The resource name in URLs (`/api/v1/pods`).
     pub fn plural(self) -> &'static str {
         match self {
@@ -150,11 +145,6 @@ impl Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.plural() == plural && k.api_version() == group_version)
-    }
-
-    /// The kind from a core (`/api/v1`) resource name.
-    pub fn from_plural(plural: &str) -> Option<Kind> {
-        Kind::from_path("v1", plural)
     }
 
     /// Whether objects of this kind live in a namespace.
@@ -241,7 +231,9 @@ macro_rules! for_kind {
     };
 }
 
+mod merge;
 mod writes;
+use merge::merge;
 pub use writes::{PatchKind, WriteError};
 
 /// What happened to an object, in the words of the watch API.
@@ -819,54 +811,6 @@ impl ClusterState {
         );
         self.latest.send_replace(inner.rv);
     }
-}
-
-/// Merges `patch` into `target`: JSON merge patch (objects merge, `null`
-/// deletes, anything else replaces), and with `strategic`, lists of objects
-/// merge by their key, as the built-in types' strategies do: `conditions`
-/// by `type`, and lists whose items have a `name` (containers, ports, env,
-/// volumes...) by `name`. Other lists are replaced; `$patch` directives
-/// are not read.
-fn merge(target: &mut Value, patch: &Value, strategic: bool) {
-    let (Value::Object(t), Value::Object(p)) = (&mut *target, patch) else {
-        *target = patch.clone();
-        return;
-    };
-    for (key, value) in p {
-        match (key.as_str(), t.get_mut(key), value) {
-            (_, _, Value::Null) => {
-                t.remove(key);
-            }
-            (field, Some(Value::Array(have)), Value::Array(new))
-                if strategic && merge_key(field, new).is_some() =>
-            {
-                let key = merge_key(field, new).unwrap_or("name");
-                for item in new {
-                    let same = |c: &&mut Value| c.get(key) == item.get(key);
-                    match have.iter_mut().find(same) {
-                        Some(old) => merge(old, item, true),
-                        None => have.push(item.clone()),
-                    }
-                }
-            }
-            (_, Some(old), _) if old.is_object() && value.is_object() => {
-                merge(old, value, strategic)
-            }
-            _ => {
-                t.insert(key.clone(), value.clone());
-            }
-        }
-    }
-}
-
-/// The key a strategic merge patch merges the list `field` by: `type` for
-/// conditions, `name` for lists of named objects; `None`: replaced whole.
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
-    if field == "conditions" {
-        return Some("type");
-    }
-    let named = |v: &Value| v.get("name").is_some_and(Value::is_string);
-    (!items.is_empty() && items.iter().all(named)).then_some("name")
 }
 
 fn key_of(meta: &ObjectMeta) -> Key {

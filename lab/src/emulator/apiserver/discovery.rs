@@ -82,7 +82,7 @@ fn resources(group_version: &str) -> Option<Vec<Resource>> {
     };
     match group_version {
         "v1" => {
-            resources.push(sub("nodes/status", Kind::Node, &["get", "patch"]));
+            resources.push(sub("nodes/status", Kind::Node, &["patch"]));
             resources.push(sub("pods/log", Kind::Pod, &["get"]));
         }
         "authentication.k8s.io/v1" => resources.push(Resource {

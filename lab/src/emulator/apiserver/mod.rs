@@ -371,6 +371,9 @@ enum ApiError {
     MethodNotAllowed,
     #[error("{kind} \"{name}\" already exists")]
     AlreadyExists { kind: &'static str, name: String },
+    /// Never allowed (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
     /// An update from a stale resourceVersion (HTTP 409).
     #[error("{0}")]
     Conflict(String),
@@ -401,6 +404,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::UnsupportedMediaType | ApiError::BodyNotJson(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
@@ -706,7 +710,8 @@ fn no_dry_run(query: QueryPairs) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A request body as JSON: JSON as sent, a protobuf Secret decoded
+/// A request body as JSON: JSON as sent, a protobuf Secret, ConfigMap or
+/// Namespace decoded
 /// ([`protobuf`]); `415` for other media types and kinds (no YAML, CBOR or
 /// protobuf of other kinds), `400` for a body that does not parse.
 fn json_body(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
@@ -817,6 +822,7 @@ impl From<WriteError> for ApiError {
             WriteError::Conflict { .. } => ApiError::Conflict(error.to_string()),
             WriteError::BadRequest(message) => ApiError::BadRequest(message),
             WriteError::Invalid(message) => ApiError::Invalid(message),
+            WriteError::Forbidden(message) => ApiError::Forbidden(message),
             WriteError::NotWritable(_) => ApiError::MethodNotAllowed,
         }
     }

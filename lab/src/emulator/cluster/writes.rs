@@ -40,6 +40,9 @@ pub enum WriteError {
     /// 422: an object of the kind, but not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// 403: the server never allows it (deleting `default`).
+    #[error("{0}")]
+    Forbidden(String),
     /// 405: the kind is not written through the API here.
     #[error("{0} cannot be written through the lab's API")]
     NotWritable(&'static str),
@@ -115,6 +118,19 @@ impl ClusterState {
             // The Pod strategy's part: a new pod is Pending, whatever the
             // client says of its status.
             Kind::Pod => object["status"] = serde_json::json!({ "phase": "Pending" }),
+            Kind::Namespace => {
+                object["status"] = serde_json::json!({ "phase": "Active" });
+                let labels = object_meta(&mut object)?
+                    .entry("labels")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Value::Object(labels) = labels {
+                    labels.insert(
+                        "kubernetes.io/metadata.name".into(),
+                        Value::String(name.clone()),
+                    );
+                }
+            }
+            Kind::Secret => fold_string_data(&mut object)?,
             _ => {}
         }
         if kind.namespaced() && !namespace_exists(&mut inner, namespace) {
@@ -158,9 +174,11 @@ impl ClusterState {
                 meta.insert("name".into(), Value::String(name.to_owned()));
             }
         }
+        // An empty resourceVersion is no precondition, as with the server.
         let sent_rv = meta
             .get("resourceVersion")
             .and_then(Value::as_str)
+            .filter(|rv| !rv.is_empty())
             .map(str::to_owned);
         let mut inner = self.lock();
         let key = key(kind, namespace, name);
@@ -169,7 +187,7 @@ impl ClusterState {
             if sent_rv.is_some_and(|rv| Some(rv.as_str()) != stored["metadata"]["resourceVersion"].as_str()) {
                 return Err(WriteError::Conflict { kind: kind.plural(), name: name.to_owned() });
             }
-            let object = updated(kind, &stored, object);
+            let object = updated(kind, &stored, object)?;
             self.store::<T>(&mut inner, &key, object)
         })
     }
@@ -195,6 +213,9 @@ impl ClusterState {
             let stored = current::<T>(&mut inner, &key)?;
             let mut object = stored.clone();
             merge(&mut object, patch, how == PatchKind::Strategic);
+            if !object.get("metadata").is_some_and(Value::is_object) {
+                return Err(WriteError::BadRequest("the patch leaves no metadata object".into()));
+            }
             if object["metadata"]["name"] != stored["metadata"]["name"]
                 || object["metadata"]["namespace"] != stored["metadata"]["namespace"]
             {
@@ -202,7 +223,7 @@ impl ClusterState {
                     "a patch cannot change an object's name or namespace".into(),
                 ));
             }
-            let object = updated(kind, &stored, object);
+            let object = updated(kind, &stored, object)?;
             self.store::<T>(&mut inner, &key, object)
         })
     }
@@ -212,6 +233,11 @@ impl ClusterState {
     /// Returns the object as it was.
     pub fn remove(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, WriteError> {
         writable(kind)?;
+        if kind == Kind::Namespace && PROTECTED_NAMESPACES.contains(&name) {
+            return Err(WriteError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         let object = self
             .get(kind, namespace, name)
             .ok_or_else(|| WriteError::NotFound {
@@ -259,8 +285,8 @@ const SERVICE_RANGE: (std::net::Ipv4Addr, u32) = (std::net::Ipv4Addr::new(10, 96
 /// at random); a requested address must be in the range and free; a
 /// headless (`None`) or `ExternalName` Service gets none.
 fn allocate_cluster_ip(inner: &mut Inner, service: &mut Value) -> Result<(), WriteError> {
-    let spec = &mut service["spec"];
-    if spec["type"] == "ExternalName" {
+    let spec = service_spec(service)?;
+    if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
         return Ok(());
     }
     let taken: std::collections::BTreeSet<std::net::Ipv4Addr> = Service::table(inner)
@@ -271,7 +297,7 @@ fn allocate_cluster_ip(inner: &mut Inner, service: &mut Value) -> Result<(), Wri
     let base = u32::from(base);
     let size = 1u32 << (32 - prefix);
     let in_range = |ip: std::net::Ipv4Addr| u32::from(ip).wrapping_sub(base) < size;
-    let ip = match spec["clusterIP"].as_str() {
+    let ip = match spec.get("clusterIP").and_then(Value::as_str) {
         Some("None") => return Ok(()),
         Some(requested) if !requested.is_empty() => {
             let ip: std::net::Ipv4Addr = requested.parse().map_err(|_| {
@@ -299,8 +325,8 @@ fn allocate_cluster_ip(inner: &mut Inner, service: &mut Value) -> Result<(), Wri
                 WriteError::Invalid("Internal error: range is full (no ClusterIP left)".into())
             })?,
     };
-    spec["clusterIP"] = Value::String(ip.to_string());
-    spec["clusterIPs"] = serde_json::json!([ip.to_string()]);
+    spec.insert("clusterIP".into(), Value::String(ip.to_string()));
+    spec.insert("clusterIPs".into(), serde_json::json!([ip.to_string()]));
     Ok(())
 }
 
@@ -390,33 +416,121 @@ fn set_namespace(
 }
 
 /// `object`, a new version of `stored`: the server's fields kept (uid,
-/// creation time, status of kinds whose status is a subresource), the
-/// generation bumped when the spec changed.
-fn updated(kind: Kind, stored: &Value, mut object: Value) -> Value {
+/// creation time, status of kinds whose status is a subresource, a
+/// Service's ClusterIPs, which cannot change), the generation bumped when
+/// the spec changed.
+fn updated(kind: Kind, stored: &Value, mut object: Value) -> Result<Value, WriteError> {
+    let meta = object_meta(&mut object)?;
     for field in ["uid", "creationTimestamp", "deletionTimestamp"] {
         match stored["metadata"].get(field) {
-            Some(value) => object["metadata"][field] = value.clone(),
+            Some(value) => {
+                meta.insert(field.into(), value.clone());
+            }
             None => {
-                if let Some(meta) = object["metadata"].as_object_mut() {
-                    meta.remove(field);
-                }
+                meta.remove(field);
             }
         }
     }
     if has_status(kind) {
+        let fields = object
+            .as_object_mut()
+            .ok_or_else(|| WriteError::BadRequest("the body is not a JSON object".into()))?;
         match stored.get("status") {
-            Some(status) => object["status"] = status.clone(),
+            Some(status) => {
+                fields.insert("status".into(), status.clone());
+            }
             None => {
-                if let Some(fields) = object.as_object_mut() {
-                    fields.remove("status");
-                }
+                fields.remove("status");
             }
         }
     }
+    match kind {
+        Kind::Service => keep_cluster_ips(stored, &mut object)?,
+        Kind::Secret => fold_string_data(&mut object)?,
+        _ => {}
+    }
     let generation = stored["metadata"]["generation"].as_i64().unwrap_or(1);
     let changed = object.get("spec") != stored.get("spec");
-    object["metadata"]["generation"] = Value::from(generation + i64::from(changed));
-    object
+    object_meta(&mut object)?.insert(
+        "generation".into(),
+        Value::from(generation.saturating_add(i64::from(changed))),
+    );
+    Ok(object)
+}
+
+/// Namespaces the server refuses to delete.
+const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// `spec` of a Service body as an object (created when absent).
+fn service_spec(service: &mut Value) -> Result<&mut serde_json::Map<String, Value>, WriteError> {
+    let fields = service
+        .as_object_mut()
+        .ok_or_else(|| WriteError::BadRequest("the body is not a JSON object".into()))?;
+    let spec = fields
+        .entry("spec")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if spec.is_null() {
+        *spec = Value::Object(Default::default());
+    }
+    spec.as_object_mut()
+        .ok_or_else(|| WriteError::BadRequest("spec is not an object".into()))
+}
+
+/// A Service's addresses are the registry's: absent from an update, they
+/// are kept; changed, the update is refused.
+fn keep_cluster_ips(stored: &Value, service: &mut Value) -> Result<(), WriteError> {
+    let spec = service_spec(service)?;
+    for field in ["clusterIP", "clusterIPs"] {
+        let before = stored["spec"].get(field).filter(|v| !v.is_null());
+        match (
+            spec.get(field)
+                .filter(|v| !v.is_null() && v.as_str() != Some("")),
+            before,
+        ) {
+            (None, Some(before)) => {
+                spec.insert(field.into(), before.clone());
+            }
+            (Some(now), Some(before)) if now != before => {
+                return Err(WriteError::Invalid(format!(
+                    "spec.{field}: Invalid value: {now}: field is immutable"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The Secret strategy's part: `stringData` is folded into `data`
+/// (base64) and not stored.
+fn fold_string_data(secret: &mut Value) -> Result<(), WriteError> {
+    use base64::Engine;
+    let fields = secret
+        .as_object_mut()
+        .ok_or_else(|| WriteError::BadRequest("the body is not a JSON object".into()))?;
+    let Some(string_data) = fields.remove("stringData") else {
+        return Ok(());
+    };
+    let Value::Object(string_data) = string_data else {
+        return Err(WriteError::BadRequest("stringData is not an object".into()));
+    };
+    let data = fields
+        .entry("data")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if data.is_null() {
+        *data = Value::Object(Default::default());
+    }
+    let data = data
+        .as_object_mut()
+        .ok_or_else(|| WriteError::BadRequest("data is not an object".into()))?;
+    for (key, value) in string_data {
+        let text = value
+            .as_str()
+            .ok_or_else(|| WriteError::BadRequest(format!("stringData.{key} is not a string")))?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+        data.insert(key, Value::String(encoded));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -604,6 +718,76 @@ mod tests {
         assert!(matches!(
             svc("e", Some("192.168.1.1")),
             Err(WriteError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_services_addresses_outlive_updates_and_cannot_change() {
+        let state = cluster();
+        let body = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}});
+        let created = state
+            .create(Kind::Service, "ns", body.clone())
+            .expect("created");
+        let ip = created["spec"]["clusterIP"].clone();
+        // A PUT without the address keeps it, with an empty resourceVersion
+        // as no precondition.
+        let mut put = body.clone();
+        put["metadata"]["resourceVersion"] = json!("");
+        let replaced = state
+            .replace(Kind::Service, "ns", "s", put)
+            .expect("replaced");
+        assert_eq!(replaced["spec"]["clusterIP"], ip);
+        let mut moved = body;
+        moved["spec"]["clusterIP"] = json!("10.96.9.9");
+        assert!(matches!(
+            state.replace(Kind::Service, "ns", "s", moved),
+            Err(WriteError::Invalid(_))
+        ));
+        // Bodies whose parts are not objects are refused, not a panic.
+        for bad in [
+            json!({"metadata": {"name": "t"}, "spec": 5}),
+            json!({"metadata": 5}),
+        ] {
+            assert!(matches!(
+                state.create(Kind::Service, "ns", bad),
+                Err(WriteError::BadRequest(_))
+            ));
+        }
+        let patch = json!({"metadata": 5});
+        assert!(matches!(
+            state.patch(Kind::Service, "ns", "s", &patch, PatchKind::Merge),
+            Err(WriteError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn secrets_fold_string_data_and_namespaces_are_labelled_and_guarded() {
+        let state = cluster();
+        let secret = state
+            .create(
+                Kind::Secret,
+                "ns",
+                json!({"metadata": {"name": "s"}, "stringData": {"p": "q"}}),
+            )
+            .expect("created");
+        assert_eq!(secret["data"], json!({"p": "cQ=="}));
+        assert!(secret.get("stringData").is_none());
+        let ns = state.get(Kind::Namespace, "", "ns").expect("namespace");
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "ns"
+        );
+        assert_eq!(ns["status"]["phase"], "Active");
+        state
+            .create(
+                Kind::Namespace,
+                "",
+                json!({"metadata": {"name": "default"}}),
+            )
+            .expect("default");
+        assert!(matches!(
+            state.remove(Kind::Namespace, "", "default"),
+            Err(WriteError::Forbidden(_))
         ));
     }
 
