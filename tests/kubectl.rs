@@ -119,5 +119,63 @@ async fn kubectl_reads_the_lab_like_a_cluster() {
         ["1/1", "Running"],
         "{pods}"
     );
+
+    // Writes as kubectl makes them: `create` through client-go's typed
+    // clients (protobuf bodies), `apply` (a create, then a strategic merge
+    // patch), `label`, `delete`.
+    kubectl(&lab, &["create", "namespace", "scratch"]);
+    kubectl(
+        &lab,
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "scratch",
+            "--from-literal=mode=a",
+        ],
+    );
+    let applied = |mode: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"applied","namespace":"scratch"}},"data":{{"mode":"{mode}"}}}}"#
+        )
+    };
+    for mode in ["a", "b"] {
+        let file = lab.state_dir().file("applied.json");
+        std::fs::write(&file, applied(mode)).unwrap_or_else(|e| panic!("{e}"));
+        kubectl(&lab, &["apply", "-f", file.to_str().unwrap_or_default()]);
+    }
+    kubectl(
+        &lab,
+        &[
+            "label",
+            "configmap",
+            "settings",
+            "-n",
+            "scratch",
+            "tier=lab",
+        ],
+    );
+    let maps = kubectl(
+        &lab,
+        &["get", "configmaps", "-n", "scratch", "--show-labels"],
+    );
+    assert!(row(&maps, "settings").contains(&"tier=lab"), "{maps}");
+    let mode = kubectl(
+        &lab,
+        &[
+            "get",
+            "configmap",
+            "applied",
+            "-n",
+            "scratch",
+            "-o",
+            "jsonpath={.data.mode}",
+        ],
+    );
+    assert_eq!(mode, "b", "apply did not patch");
+    kubectl(&lab, &["delete", "namespace", "scratch"]);
+    let left = kubectl(&lab, &["get", "configmaps", "-n", "scratch", "-o", "name"]);
+    assert_eq!(left.trim(), "", "the namespace took its objects: {left}");
     lab.down().await;
 }
