@@ -436,23 +436,12 @@ impl ClusterState {
     /// One object as JSON; `namespace` is ignored for Nodes.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
         let mut inner = self.lock();
-        let key = (
-            if kind.namespaced() { namespace } else { "" }.to_owned(),
-            name.to_owned(),
-        );
+        let key = key(kind, namespace, name);
         for_kind!(kind, T => T::table(&mut inner).get(&key).and_then(json))
     }
 
-    /// Creates or replaces a Namespace (`kubernetes.io/metadata.name` is
-    /// set, as the API server sets it).
-    pub fn apply_namespace(&self, mut namespace: Namespace) {
-        if let Some(name) = namespace.metadata.name.clone() {
-            namespace
-                .metadata
-                .labels
-                .get_or_insert_with(Default::default)
-                .insert("kubernetes.io/metadata.name".into(), name);
-        }
+    /// Creates or replaces a Namespace.
+    pub fn apply_namespace(&self, namespace: Namespace) {
         self.apply(namespace);
     }
 
@@ -706,6 +695,15 @@ impl ClusterState {
         } else {
             meta.namespace = None;
         }
+        // The API server keeps this label on every Namespace, whoever
+        // writes it.
+        if T::STORED == Kind::Namespace
+            && let Some(name) = meta.name.clone()
+        {
+            meta.labels
+                .get_or_insert_with(Default::default)
+                .insert("kubernetes.io/metadata.name".into(), name);
+        }
         let key = key_of(meta);
         let previous = T::table(inner).get(&key).cloned();
         meta.resource_version = Some((inner.rv + 1).to_string());
@@ -734,15 +732,7 @@ impl ClusterState {
     }
 
     fn delete<T: Stored>(&self, namespace: &str, name: &str) -> bool {
-        let key = (
-            if T::STORED.namespaced() {
-                namespace
-            } else {
-                ""
-            }
-            .to_owned(),
-            name.to_owned(),
-        );
+        let key = key(T::STORED, namespace, name);
         let mut inner = self.lock();
         let Some(mut object) = T::table(&mut inner).remove(&key) else {
             return false;
@@ -764,15 +754,7 @@ impl ClusterState {
     /// Applies `change` to a stored object (a new resourceVersion, as any
     /// update). Returns whether the object exists.
     fn modify<T: Stored>(&self, namespace: &str, name: &str, change: impl FnOnce(&mut T)) -> bool {
-        let key = (
-            if T::STORED.namespaced() {
-                namespace
-            } else {
-                ""
-            }
-            .to_owned(),
-            name.to_owned(),
-        );
+        let key = key(T::STORED, namespace, name);
         let mut inner = self.lock();
         let Some(mut object) = T::table(&mut inner).get(&key).cloned() else {
             return false;
@@ -811,6 +793,15 @@ impl ClusterState {
         );
         self.latest.send_replace(inner.rv);
     }
+}
+
+/// Where an object of `kind` named `name` is stored (`namespace` is
+/// ignored for cluster-scoped kinds).
+fn key(kind: Kind, namespace: &str, name: &str) -> Key {
+    (
+        if kind.namespaced() { namespace } else { "" }.to_owned(),
+        name.to_owned(),
+    )
 }
 
 fn key_of(meta: &ObjectMeta) -> Key {

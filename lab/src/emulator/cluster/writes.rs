@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{
     ClusterRole, ClusterRoleBinding, ClusterState, ConfigMap, DaemonSet, Deployment, Inner, Key,
     Kind, KubeEvent, Namespace, NetworkPolicy, Node, Pod, Role, RoleBinding, Secret, Service,
-    ServiceAccount, Stored, json, merge, new_uid,
+    ServiceAccount, Stored, json, key, merge, new_uid,
 };
 
 /// Why a write was refused, in the API server's terms.
@@ -54,9 +54,8 @@ pub enum PatchKind {
     /// `application/merge-patch+json` (RFC 7386).
     Merge,
     /// `application/strategic-merge-patch+json`: as a merge patch, except
-    /// that lists of objects merge by their key (`name`; `type` for
-    /// conditions) instead of being replaced, as the built-in types'
-    /// strategies do for containers, ports, env, volumes...
+    /// that some lists merge item by item on their key and the patch's
+    /// directives are honoured (see [`super::merge`]).
     Strategic,
 }
 
@@ -71,13 +70,6 @@ fn has_status(kind: Kind) -> bool {
             | Kind::Namespace
             | Kind::DaemonSet
             | Kind::Deployment
-    )
-}
-
-fn key(kind: Kind, namespace: &str, name: &str) -> Key {
-    (
-        if kind.namespaced() { namespace } else { "" }.to_owned(),
-        name.to_owned(),
     )
 }
 
@@ -118,18 +110,7 @@ impl ClusterState {
             // The Pod strategy's part: a new pod is Pending, whatever the
             // client says of its status.
             Kind::Pod => object["status"] = serde_json::json!({ "phase": "Pending" }),
-            Kind::Namespace => {
-                object["status"] = serde_json::json!({ "phase": "Active" });
-                let labels = object_meta(&mut object)?
-                    .entry("labels")
-                    .or_insert_with(|| Value::Object(Default::default()));
-                if let Value::Object(labels) = labels {
-                    labels.insert(
-                        "kubernetes.io/metadata.name".into(),
-                        Value::String(name.clone()),
-                    );
-                }
-            }
+            Kind::Namespace => object["status"] = serde_json::json!({ "phase": "Active" }),
             Kind::Secret => fold_string_data(&mut object)?,
             _ => {}
         }
@@ -380,12 +361,8 @@ fn checked_body(kind: Kind, body: Value) -> Result<Value, WriteError> {
 }
 
 fn object_meta(object: &mut Value) -> Result<&mut serde_json::Map<String, Value>, WriteError> {
-    let Value::Object(fields) = object else {
-        return Err(WriteError::BadRequest(
-            "the body is not a JSON object".into(),
-        ));
-    };
-    fields
+    // Unlike `child`, a null `metadata` is refused, not taken as empty.
+    fields(object)?
         .entry("metadata")
         .or_insert_with(|| Value::Object(Default::default()))
         .as_object_mut()
@@ -432,9 +409,7 @@ fn updated(kind: Kind, stored: &Value, mut object: Value) -> Result<Value, Write
         }
     }
     if has_status(kind) {
-        let fields = object
-            .as_object_mut()
-            .ok_or_else(|| WriteError::BadRequest("the body is not a JSON object".into()))?;
+        let fields = fields(&mut object)?;
         match stored.get("status") {
             Some(status) => {
                 fields.insert("status".into(), status.clone());
@@ -461,19 +436,33 @@ fn updated(kind: Kind, stored: &Value, mut object: Value) -> Result<Value, Write
 /// Namespaces the server refuses to delete.
 const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
+/// The fields of `value`, `400` when it is not a JSON object.
+fn fields(value: &mut Value) -> Result<&mut serde_json::Map<String, Value>, WriteError> {
+    value
+        .as_object_mut()
+        .ok_or_else(|| WriteError::BadRequest("the body is not a JSON object".into()))
+}
+
+/// The object under `key` in `fields`, created when absent or null (as the
+/// API reads a null field); `400` when it is something else.
+fn child<'a>(
+    fields: &'a mut serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<&'a mut serde_json::Map<String, Value>, WriteError> {
+    let value = fields
+        .entry(key)
+        .or_insert_with(|| Value::Object(Default::default()));
+    if value.is_null() {
+        *value = Value::Object(Default::default());
+    }
+    value
+        .as_object_mut()
+        .ok_or_else(|| WriteError::BadRequest(format!("{key} is not an object")))
+}
+
 /// `spec` of a Service body as an object (created when absent).
 fn service_spec(service: &mut Value) -> Result<&mut serde_json::Map<String, Value>, WriteError> {
-    let fields = service
-        .as_object_mut()
-        .ok_or_else(|| WriteError::BadRequest("the body is not a JSON object".into()))?;
-    let spec = fields
-        .entry("spec")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if spec.is_null() {
-        *spec = Value::Object(Default::default());
-    }
-    spec.as_object_mut()
-        .ok_or_else(|| WriteError::BadRequest("spec is not an object".into()))
+    child(fields(service)?, "spec")
 }
 
 /// A Service's addresses are the registry's: absent from an update, they
@@ -505,24 +494,14 @@ fn keep_cluster_ips(stored: &Value, service: &mut Value) -> Result<(), WriteErro
 /// (base64) and not stored.
 fn fold_string_data(secret: &mut Value) -> Result<(), WriteError> {
     use base64::Engine;
-    let fields = secret
-        .as_object_mut()
-        .ok_or_else(|| WriteError::BadRequest("the body is not a JSON object".into()))?;
+    let fields = fields(secret)?;
     let Some(string_data) = fields.remove("stringData") else {
         return Ok(());
     };
     let Value::Object(string_data) = string_data else {
         return Err(WriteError::BadRequest("stringData is not an object".into()));
     };
-    let data = fields
-        .entry("data")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if data.is_null() {
-        *data = Value::Object(Default::default());
-    }
-    let data = data
-        .as_object_mut()
-        .ok_or_else(|| WriteError::BadRequest("data is not an object".into()))?;
+    let data = child(fields, "data")?;
     for (key, value) in string_data {
         let text = value
             .as_str()
