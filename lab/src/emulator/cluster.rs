@@ -440,6 +440,13 @@ impl ClusterState {
         for_kind!(kind, T => T::table(&mut inner).get(&key).and_then(json))
     }
 
+    /// Whether an object is stored, without serializing it.
+    pub fn contains(&self, kind: Kind, namespace: &str, name: &str) -> bool {
+        let mut inner = self.lock();
+        let key = key(kind, namespace, name);
+        for_kind!(kind, T => T::table(&mut inner).contains_key(&key))
+    }
+
     /// Creates or replaces a Namespace.
     pub fn apply_namespace(&self, namespace: Namespace) {
         self.apply(namespace);

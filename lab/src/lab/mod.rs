@@ -267,22 +267,10 @@ impl Lab {
         let pki = LabPki::generate(&cert_ips(&topo), &cert_names())?;
         let cluster = ClusterState::new();
         objects::register_cluster(&topo, &cluster, config.host_agents);
-        let forwarder = crate::net::forward::bind(config.forward_port)
-            .await
-            .map_err(io(format!(
-                "cannot listen on 127.0.0.1:{} for the forwarder (in use? pass --port)",
-                config.forward_port
-            )))?;
-        let forward_addr = forwarder.local_addr().map_err(io("forwarder address"))?;
-        let api_forwarder = crate::net::forward::bind(config.api_port)
-            .await
-            .map_err(io(format!(
-                "cannot listen on 127.0.0.1:{} for the API forwarder (in use? pass --api-port)",
-                config.api_port
-            )))?;
-        let api_forward_addr = api_forwarder
-            .local_addr()
-            .map_err(io("API forwarder address"))?;
+        let (forwarder, forward_addr) =
+            bind_forwarder(config.forward_port, "the forwarder", "--port").await?;
+        let (api_forwarder, api_forward_addr) =
+            bind_forwarder(config.api_port, "the API forwarder", "--api-port").await?;
         if netns::exists(&topo.switch_netns) {
             return Err(LabError::Io {
                 what: format!("prefix {prefix} is in use"),
@@ -1157,6 +1145,22 @@ pub fn agent_process(node: &NodePlan, network: AgentNetwork) -> String {
 
 /// The API server certificate's addresses: its ClusterIP (what pods dial),
 /// the control-plane node, loopback.
+/// A forwarder's listener on `127.0.0.1:port` (`0`: a free port) and the
+/// address it got; the error names `flag`, which picks another port.
+async fn bind_forwarder(
+    port: u16,
+    what: &str,
+    flag: &str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), LabError> {
+    let listener = crate::net::forward::bind(port).await.map_err(io(format!(
+        "cannot listen on 127.0.0.1:{port} for {what} (in use? pass {flag})"
+    )))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io(format!("{what}'s address")))?;
+    Ok((listener, addr))
+}
+
 fn cert_ips(t: &Topology) -> Vec<IpAddr> {
     vec![
         IpAddr::V4(KUBERNETES_SVC.0),

@@ -3,8 +3,8 @@
 //!
 //! It exists because a real API server (and etcd) cannot run in the lab. It
 //! keeps to the real wire format so that the unmodified kube-rs client,
-//! reflectors and watchers included, and the real `kubectl` (`get`,
-//! `describe`, `logs`) work against it:
+//! reflectors and watchers included, and the real `kubectl` and `helm`
+//! work against it:
 //! - `GET /version`, `/livez`, `/readyz`, `/healthz`, open to anyone as in
 //!   real clusters (`system:public-info-viewer`);
 //! - discovery, `GET /api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`,
@@ -710,16 +710,20 @@ fn no_dry_run(query: QueryPairs) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The request's `Content-Type` without its parameters.
+fn media_type(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim())
+}
+
 /// A request body as JSON: JSON as sent, a protobuf Secret, ConfigMap or
 /// Namespace decoded
 /// ([`protobuf`]); `415` for other media types and kinds (no YAML, CBOR or
 /// protobuf of other kinds), `400` for a body that does not parse.
 fn json_body(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
-    match media.as_deref() {
+    match media_type(headers) {
         None | Some("application/json") => {}
         Some("application/vnd.kubernetes.protobuf") => {
             return protobuf::to_json(body).map_err(|e| match e {
@@ -803,11 +807,7 @@ async fn delete_one(
 /// The patch type from `Content-Type`; `415` for JSON patches and
 /// server-side apply, which the emulator does not implement.
 fn patch_kind(headers: &axum::http::HeaderMap) -> Result<PatchKind, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    match content_type.split(';').next().unwrap_or_default().trim() {
+    match media_type(headers).unwrap_or_default() {
         "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
         "application/merge-patch+json" => Ok(PatchKind::Merge),
         _ => Err(ApiError::UnsupportedMediaType),
@@ -854,7 +854,7 @@ async fn pod_log(
         Some((key, value)) => parse_bool(key, value)?,
         None => false,
     };
-    if api.state.get(Kind::Pod, &ns, &name).is_none() {
+    if !api.state.contains(Kind::Pod, &ns, &name) {
         return Err(ApiError::NotFound { kind: "pods", name });
     }
     let path = api.state.pod_log(&ns, &name).ok_or_else(|| {
@@ -919,11 +919,7 @@ impl LogFollower {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         loop {
-            if self.left == Some(0)
-                || self
-                    .state
-                    .get(Kind::Pod, &self.namespace, &self.name)
-                    .is_none()
+            if self.left == Some(0) || !self.state.contains(Kind::Pod, &self.namespace, &self.name)
             {
                 return None;
             }
@@ -973,15 +969,7 @@ async fn patch_node_status(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let strategic = match content_type.split(';').next().unwrap_or_default().trim() {
-        "application/strategic-merge-patch+json" => true,
-        "application/merge-patch+json" => false,
-        _ => return Err(ApiError::UnsupportedMediaType),
-    };
+    let strategic = patch_kind(&headers)? == PatchKind::Strategic;
     let patch: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid patch: {e}")))?;
     // Only the status subresource: anything else in the patch is ignored,
