@@ -3,7 +3,8 @@
 //! this repository's chart stores every object of its manifest, `helm
 //! upgrade` changes them (strategic merge, a new generation), `helm
 //! rollback` and `helm uninstall` leave the cluster as it was. Nothing runs
-//! the installed workloads yet: the lab's own processes are its pods. Needs
+//! the installed workloads here (a process-mode lab: its own processes are
+//! its pods); `tests/container.rs` runs them from the image. Needs
 //! root, helm and kubectl (`scripts/setup-test` installs them).
 
 mod common;

@@ -24,7 +24,9 @@
 //! - [`state`]: the lab's state directory under `/run/netmatrix-lab`, and `down`;
 //! - [`control`]: the Unix socket through which `netmatrix-lab fault` reaches a running lab;
 //! - [`view`]: queries on the matrix and findings, and their text tables;
-//! - [`bench`]: `netmatrix-lab bench`, measurements in throw-away namespaces.
+//! - [`bench`]: `netmatrix-lab bench`, measurements in throw-away namespaces;
+//! - [`workloads`]: the container runtime mode's kubelet, controllers and
+//!   kube-proxy, which run the chart `helm install` stored, from the image.
 
 pub mod emulator;
 pub mod net;
@@ -35,7 +37,8 @@ pub mod lab;
 pub mod process;
 pub mod state;
 pub mod view;
+pub mod workloads;
 
-pub use lab::{AgentNetwork, Lab, LabConfig, LabError, Snapshot};
+pub use lab::{AgentNetwork, ContainerConfig, Lab, LabConfig, LabError, Runtime, Snapshot};
 pub use net::faults::{Fault, FaultKind};
 pub use net::topology::Overlay;

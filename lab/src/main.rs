@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use netmatrix_lab::control::{self, Request};
-use netmatrix_lab::lab::{Lab, LabConfig, is_root};
+use netmatrix_lab::lab::{ContainerConfig, Lab, LabConfig, Runtime, is_root};
 use netmatrix_lab::net::topology::Overlay;
 use netmatrix_lab::view::{self, LiveView};
 use netmatrix_lab::{Fault, FaultKind, bench, state};
@@ -20,6 +20,13 @@ use netmatrix_lab::{Fault, FaultKind, bench, state};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--runtime`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RuntimeArg {
+    Process,
+    Container,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +70,24 @@ enum Command {
         /// the aggregator's pinglists, as the chart runs them.
         #[arg(long)]
         agent_watches: bool,
+        /// How netmatrix runs. `process`: the workspace's binaries, started
+        /// by the lab in the pods' namespaces (fast, every fault).
+        /// `container`: `helm install` of the chart into the lab, whose
+        /// pods run from the image under podman + runc (build it first
+        /// with docker/build-image).
+        #[arg(long, value_enum, default_value_t = RuntimeArg::Process)]
+        runtime: RuntimeArg,
+        /// The image (`--runtime container`), in podman's local storage.
+        #[arg(long, default_value = netmatrix_lab::lab::DEFAULT_IMAGE)]
+        image: String,
+        /// The chart's directory (`--runtime container`; default: this
+        /// repository's charts/netmatrix).
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// A value for `helm install` (`--runtime container`; repeatable),
+        /// e.g. `--set companion.enabled=false`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Remove labs left behind by a killed `up` or test.
     Down {
@@ -182,7 +207,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             node_conditions,
             token_ttl,
             agent_watches,
+            runtime,
+            image,
+            chart,
+            set,
         } => {
+            let runtime = match runtime {
+                RuntimeArg::Process => Runtime::Process,
+                RuntimeArg::Container => {
+                    let defaults = ContainerConfig::from_repository();
+                    Runtime::Container(ContainerConfig {
+                        image,
+                        chart: chart.unwrap_or(defaults.chart),
+                        set,
+                    })
+                }
+            };
             up(LabConfig {
                 nodes,
                 overlay,
@@ -196,6 +236,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 bin_dir,
                 token_ttl,
                 pinglists: !agent_watches,
+                runtime,
             })
             .await
         }
@@ -247,6 +288,7 @@ fn require_root() -> anyhow::Result<()> {
 async fn up(config: LabConfig) -> anyhow::Result<()> {
     require_root()?;
     let interval = config.interval;
+    let container = matches!(config.runtime, Runtime::Container(_));
     let lab = Arc::new(Lab::up(config).await?);
     let control = control::bind(lab.state_dir()).context("cannot create the control socket")?;
     let control_task = tokio::spawn(control::serve(control, lab.clone()));
@@ -261,11 +303,21 @@ async fn up(config: LabConfig) -> anyhow::Result<()> {
          netmatrix-lab fault vxlan-drop\n  \
          netmatrix-lab fault one-way node-2 node-3\n  \
          netmatrix-lab fault loss node-3 30\n  \
-         netmatrix-lab fault service-route node-3\n  \
+         {pod_faults}\
          netmatrix-lab fault dns-stop\n  \
-         netmatrix-lab fault kill-agent node-3\n  \
          netmatrix-lab heal\n\
+         {helm}\
          Ctrl-C removes the lab.\n",
+        pod_faults = if container {
+            ""
+        } else {
+            "netmatrix-lab fault service-route node-3\n  netmatrix-lab fault kill-agent node-3\n  "
+        },
+        helm = if container {
+            "the chart's own check: helm test netmatrix -n netmatrix (with the KUBECONFIG above)\n"
+        } else {
+            ""
+        },
         prefix = lab.prefix(),
         took = lab.up_took(),
         nodes = lab.topology().nodes.len(),

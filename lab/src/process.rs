@@ -103,6 +103,8 @@ impl Binaries {
 pub struct ProcessSpec {
     /// Unique name in the lab, e.g. `agent-node-2`; also the log file's name.
     pub name: String,
+    /// Empty: the lab's own namespaces (a container runtime, which joins
+    /// the pod's network namespace itself and needs the host's `/sys`).
     pub netns: String,
     pub program: PathBuf,
     pub args: Vec<String>,
@@ -205,10 +207,26 @@ impl Processes {
 
     /// Names of processes that have exited on their own, with their status.
     pub fn exited(&self) -> Vec<(String, String)> {
+        self.finished()
+            .into_iter()
+            .map(|(name, status)| (name, status.to_string()))
+            .collect()
+    }
+
+    /// Processes that have exited on their own, with their exit code
+    /// (`None`: killed by a signal).
+    pub fn exit_codes(&self) -> Vec<(String, Option<i32>)> {
+        self.finished()
+            .into_iter()
+            .map(|(name, status)| (name, status.code()))
+            .collect()
+    }
+
+    fn finished(&self) -> Vec<(String, std::process::ExitStatus)> {
         lock(&self.running)
             .iter_mut()
             .filter_map(|(name, (_, child))| match child.try_wait() {
-                Ok(Some(status)) => Some((name.clone(), status.to_string())),
+                Ok(Some(status)) => Some((name.clone(), status)),
                 _ => None,
             })
             .collect()
@@ -242,10 +260,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn spawn_now(spec: &ProcessSpec, log: &Path) -> io::Result<Child> {
     let out = OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &spec.netns])
-        .arg(&spec.program)
-        .args(&spec.args)
+    let mut cmd = if spec.netns.is_empty() {
+        Command::new(&spec.program)
+    } else {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &spec.netns]).arg(&spec.program);
+        cmd
+    };
+    cmd.args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

@@ -140,8 +140,8 @@ pub struct DownReport {
 }
 
 /// Removes what lab `prefix` left behind: its processes (by recorded pid,
-/// checked to still be a netmatrix process), every namespace with its prefix,
-/// and its state directory.
+/// checked to still be a netmatrix process), its containers, every
+/// namespace with its prefix, and its state directory.
 pub fn down(prefix: &str) -> DownReport {
     let dir = StateDir::of(prefix);
     let mut report = DownReport::default();
@@ -157,6 +157,9 @@ pub fn down(prefix: &str) -> DownReport {
             }
         }
     }
+    // The container runtime mode's containers outlive a killed lab (their
+    // monitor is not the lab's child): remove them by the lab's label.
+    crate::workloads::remove_containers(std::path::Path::new("podman"), prefix);
     for ns in netns::list() {
         if prefix_of(&ns) == Some(prefix) {
             match netns::delete(&ns) {

@@ -849,7 +849,8 @@ pub fn uuid_v4(mut b: [u8; 16]) -> String {
     )
 }
 
-fn now() -> Time {
+/// Now, as Kubernetes timestamps it (whole seconds).
+pub fn now() -> Time {
     // Kubernetes timestamps have a resolution of one second.
     let secs = i64::try_from(netmatrix_runtime::now_unix_secs()).unwrap_or(0);
     Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))

@@ -85,7 +85,49 @@ pub struct LabConfig {
     /// runs them (the default). `false`: the agents watch the API themselves
     /// (`--peer-discovery api`, the aggregator `--no-pinglists`).
     pub pinglists: bool,
+    /// How netmatrix runs: processes the lab starts itself, or the real
+    /// chart installed with `helm install` and run from the image.
+    pub runtime: Runtime,
 }
+
+/// How the lab runs netmatrix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// The workspace's binaries as processes in the pods' namespaces, with
+    /// arguments the lab writes (fast; every fault of the catalog).
+    Process,
+    /// `helm install` of the chart into the API emulator; the lab's
+    /// kubelet, controllers and kube-proxy run what it stores, from the
+    /// image, under podman + runc ([`crate::workloads`]).
+    Container(ContainerConfig),
+}
+
+/// The container runtime mode's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// The image, in podman's local storage (`docker/build-image`).
+    pub image: String,
+    /// The chart's directory.
+    pub chart: PathBuf,
+    /// Extra `--set` values for `helm install`.
+    pub set: Vec<String>,
+}
+
+impl ContainerConfig {
+    /// The image `docker/build-image` builds, and this repository's chart.
+    pub fn from_repository() -> Self {
+        ContainerConfig {
+            image: DEFAULT_IMAGE.to_owned(),
+            chart: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/netmatrix")),
+            set: Vec::new(),
+        }
+    }
+}
+
+/// What `docker/build-image` tags by default.
+pub const DEFAULT_IMAGE: &str = "localhost/netmatrix:dev";
+/// The release `helm install` creates in the container runtime mode.
+pub const RELEASE: &str = "netmatrix";
 
 impl Default for LabConfig {
     fn default() -> Self {
@@ -102,6 +144,7 @@ impl Default for LabConfig {
             bin_dir: None,
             token_ttl: DEFAULT_TOKEN_TTL,
             pinglists: true,
+            runtime: Runtime::Process,
         }
     }
 }
@@ -216,6 +259,8 @@ pub struct Lab {
     /// `127.0.0.1:PORT` forwarded to the API emulator.
     api_forward_addr: SocketAddr,
     http: reqwest::Client,
+    /// The container runtime mode's kubelet, controllers and kube-proxy.
+    workloads: Mutex<Option<crate::workloads::Workloads>>,
     up_took: Duration,
     torn_down: AtomicBool,
 }
@@ -257,16 +302,28 @@ impl Lab {
             return Err(LabError::NotRoot);
         }
         let prefix = config.prefix.clone().unwrap_or_else(random_prefix);
-        let topo = Topology::plan(&prefix, config.nodes, config.overlay)?;
+        let mut topo = Topology::plan(&prefix, config.nodes, config.overlay)?;
+        let containers = match &config.runtime {
+            Runtime::Container(c) if config.components => Some(c.clone()),
+            _ => None,
+        };
+        topo.netmatrix_pods = containers.is_none();
         // Fail before touching the system when something is missing.
-        let binaries = if config.components {
+        if let Some(c) = &containers {
+            check_container_tools(c)?;
+        }
+        let binaries = if config.components && containers.is_none() {
             Some(Binaries::locate(config.bin_dir.as_deref())?)
         } else {
             None
         };
         let pki = LabPki::generate(&cert_ips(&topo), &cert_names())?;
         let cluster = ClusterState::new();
-        objects::register_cluster(&topo, &cluster, config.host_agents);
+        if containers.is_some() {
+            objects::register_platform(&topo, &cluster);
+        } else {
+            objects::register_cluster(&topo, &cluster, config.host_agents);
+        }
         let (forwarder, forward_addr) =
             bind_forwarder(config.forward_port, "the forwarder", "--port").await?;
         let (api_forwarder, api_forward_addr) =
@@ -314,6 +371,7 @@ impl Lab {
             forward_addr,
             api_forward_addr,
             http,
+            workloads: Mutex::new(None),
             up_took: Duration::ZERO,
             torn_down: AtomicBool::new(false),
         };
@@ -339,18 +397,21 @@ impl Lab {
         lab.start_token_rotation();
         lab.start_dns()?;
         let cp = topo.control_plane();
-        let target = SocketAddr::from((cp.ip, AGGREGATOR_PORT));
-        let forward_task = tokio::spawn(crate::net::forward::serve(
-            forwarder,
-            cp.netns.clone(),
-            target,
-        ));
-        lab.servers().forwarder = Some(forward_task);
         lab.servers().api_forwarder = Some(tokio::spawn(crate::net::forward::serve(
             api_forwarder,
             cp.netns.clone(),
             SocketAddr::from((cp.ip, APISERVER_PORT)),
         )));
+        let aggregator = match &containers {
+            Some(c) => lab.install_chart(c).await?,
+            None => SocketAddr::from((cp.ip, AGGREGATOR_PORT)),
+        };
+        let forward_task = tokio::spawn(crate::net::forward::serve(
+            forwarder,
+            cp.netns.clone(),
+            aggregator,
+        ));
+        lab.servers().forwarder = Some(forward_task);
         if lab.binaries.is_some() {
             lab.start_pod(AGGREGATOR_POD, lab.aggregator_spec()?)?;
             for node in &topo.nodes {
@@ -511,8 +572,15 @@ impl Lab {
         if applied.contains(&fault) {
             return Err(FaultError::AlreadyApplied(fault).into());
         }
+        let topology = self.topology();
+        if !topology.netmatrix_pods && fault.kind.needs_planned_pods() {
+            return Err(LabError::Busy(format!(
+                "fault {} acts on the process mode's own pods: it is not available with --runtime container (the node, overlay, path, loss, MTU, DNS-server and API faults are)",
+                fault.kind
+            )));
+        }
         tracing::info!(%fault, "applying fault");
-        faults::apply(&self.topology(), &fault, self)?;
+        faults::apply(&topology, &fault, self)?;
         applied.push(fault);
         Ok(())
     }
@@ -595,6 +663,9 @@ impl Lab {
             return;
         }
         let start = Instant::now();
+        if let Some(mut workloads) = lock(&self.workloads).take() {
+            workloads.stop();
+        }
         self.servers().abort_all();
         self.procs.stop_everything();
         for e in network::destroy(&self.topology()) {
@@ -602,6 +673,112 @@ impl Lab {
         }
         self.state.remove();
         tracing::info!(prefix = %self.prefix, took = ?start.elapsed(), "lab removed");
+    }
+
+    /// The container runtime mode: starts the kubelet, controllers and
+    /// kube-proxy stand-ins, installs the chart with the real `helm
+    /// install` through the API forwarder, and returns the aggregator
+    /// Service's address (what the forwarder reaches from node 1).
+    async fn install_chart(&self, c: &ContainerConfig) -> Result<SocketAddr, LabError> {
+        let topo = self.topology();
+        let workloads = crate::workloads::Workloads::start(crate::workloads::NodeAgent {
+            lab: self.prefix.clone(),
+            topology: topo.clone(),
+            cluster: self.cluster.clone(),
+            state: self.state.clone(),
+            authority: Arc::clone(self.kubelet.authority()),
+            ca_pem: self.pki.ca_cert_pem.clone(),
+            podman: PathBuf::from("podman"),
+        })
+        .map_err(io("starting the lab's kubelet"))?;
+        *lock(&self.workloads) = Some(workloads);
+        let (repository, tag) = split_image(&c.image);
+        let interval = humantime::format_duration(self.config.interval).to_string();
+        let grace = humantime::format_duration(NODE_GRACE).to_string();
+        let mut args: Vec<String> = [
+            "install",
+            RELEASE,
+            &c.chart.display().to_string(),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--set",
+            &format!("image.repository={repository}"),
+            "--set",
+            &format!("image.tag={tag}"),
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            &format!("interval={interval}"),
+            "--set",
+            &format!("aggregator.nodeGrace={grace}"),
+            "--set",
+            &format!("hostAgent.enabled={}", self.config.host_agents),
+            "--set",
+            &format!("aggregator.nodeConditions={}", self.config.node_conditions),
+        ]
+        .map(String::from)
+        .to_vec();
+        for value in &c.set {
+            args.extend(["--set".to_owned(), value.clone()]);
+        }
+        self.helm(&args).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let service = format!("{RELEASE}-aggregator");
+            let found = self.cluster.services().into_iter().find(|s| {
+                s.metadata.namespace.as_deref() == Some(NAMESPACE)
+                    && s.metadata.name.as_deref() == Some(service.as_str())
+            });
+            let addr = found.and_then(|s| {
+                let spec = s.spec?;
+                let ip: Ipv4Addr = spec.cluster_ip?.parse().ok()?;
+                let port = u16::try_from(spec.ports?.first()?.port).ok()?;
+                Some(SocketAddr::from((ip, port)))
+            });
+            match addr {
+                Some(addr) => return Ok(addr),
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                None => {
+                    return Err(LabError::Busy(format!(
+                        "helm install stored no Service {service} in {NAMESPACE}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Runs `helm ARGS` against the lab (its admin kubeconfig, caches in
+    /// the state directory); an error carries helm's output.
+    pub async fn helm(&self, args: &[String]) -> Result<String, LabError> {
+        let cache = self.state.file("client-cache");
+        let mut command = tokio::process::Command::new("helm");
+        command
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig_path())
+            .env("HELM_CACHE_HOME", &cache)
+            .env("HELM_CONFIG_HOME", &cache)
+            .env("HELM_DATA_HOME", &cache)
+            .kill_on_drop(true);
+        let output = command
+            .output()
+            .await
+            .map_err(io("running helm (install it with scripts/setup-test)"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !output.status.success() {
+            return Err(LabError::Busy(format!(
+                "helm {} failed ({}):\n{text}",
+                args.join(" "),
+                output.status
+            )));
+        }
+        Ok(text)
     }
 
     fn servers(&self) -> std::sync::MutexGuard<'_, Servers> {
@@ -1159,6 +1336,53 @@ async fn bind_forwarder(
         .local_addr()
         .map_err(io(format!("{what}'s address")))?;
     Ok((listener, addr))
+}
+
+/// `localhost/netmatrix:dev` -> (`localhost/netmatrix`, `dev`).
+fn split_image(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// The container runtime mode needs podman, runc, helm and the image.
+fn check_container_tools(c: &ContainerConfig) -> Result<(), LabError> {
+    let missing = |what: &str| {
+        LabError::Busy(format!(
+            "--runtime container: {what} (scripts/setup-test installs the tools; docker/build-image builds the image)"
+        ))
+    };
+    for (tool, version) in [
+        ("podman", "--version"),
+        ("runc", "--version"),
+        ("helm", "version"),
+    ] {
+        let found = std::process::Command::new(tool)
+            .arg(version)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Err(missing(&format!("{tool} not found")));
+        }
+    }
+    let image = std::process::Command::new("podman")
+        .args(["image", "exists", &c.image])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !image {
+        return Err(missing(&format!(
+            "image {} is not in podman's storage",
+            c.image
+        )));
+    }
+    if !c.chart.join("Chart.yaml").is_file() {
+        return Err(missing(&format!(
+            "no chart at {} (pass --chart)",
+            c.chart.display()
+        )));
+    }
+    Ok(())
 }
 
 fn cert_ips(t: &Topology) -> Vec<IpAddr> {

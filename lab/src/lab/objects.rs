@@ -28,21 +28,75 @@ pub(super) fn register_cluster(t: &Topology, state: &ClusterState, host_agents: 
     register_namespaces(state);
 }
 
+/// What a cluster has before anything is installed into it (the container
+/// runtime mode, where `helm install` brings netmatrix): Nodes, the DNS
+/// pod, the `kubernetes` and `kube-dns` Services, `default` and
+/// `kube-system`.
+pub(super) fn register_platform(t: &Topology, state: &ClusterState) {
+    for n in &t.nodes {
+        state.apply_node(node(n));
+    }
+    state.apply_pod(dns_pod(t));
+    for svc in platform_services() {
+        state.apply_service(svc);
+    }
+    for name in ["default", "kube-system"] {
+        state.apply_namespace(namespace(name));
+    }
+}
+
+fn namespace(name: &str) -> k8s_openapi::api::core::v1::Namespace {
+    k8s_openapi::api::core::v1::Namespace {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        status: Some(k8s_openapi::api::core::v1::NamespaceStatus {
+            phase: Some("Active".to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cluster DNS pod (CoreDNS's stand-in), on node 1.
+fn dns_pod(t: &Topology) -> k8s_openapi::api::core::v1::Pod {
+    cluster::pod(
+        "kube-system",
+        &t.dns.name,
+        &t.control_plane().name,
+        &t.dns.ip.to_string(),
+        &[("k8s-app", "kube-dns")],
+        false,
+    )
+}
+
+/// `kubernetes` and `kube-dns`.
+fn platform_services() -> Vec<k8s_openapi::api::core::v1::Service> {
+    let ip = |a: Ipv4Addr| a.to_string();
+    vec![
+        cluster::service(
+            "default",
+            "kubernetes",
+            Some(&ip(KUBERNETES_SVC.0)),
+            &[("https", i32::from(KUBERNETES_SVC.1), "TCP")],
+            &[],
+        ),
+        cluster::service(
+            "kube-system",
+            "kube-dns",
+            Some(&ip(DNS_SVC.0)),
+            &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+            &[("k8s-app", "kube-dns")],
+        ),
+    ]
+}
+
 /// The namespaces every cluster has (`default`, `kube-system`), and the
 /// chart's.
 pub(crate) fn register_namespaces(state: &ClusterState) {
     for name in ["default", "kube-system", crate::net::topology::NAMESPACE] {
-        state.apply_namespace(k8s_openapi::api::core::v1::Namespace {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: Some(name.to_owned()),
-                ..Default::default()
-            },
-            status: Some(k8s_openapi::api::core::v1::NamespaceStatus {
-                phase: Some("Active".to_owned()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        state.apply_namespace(namespace(name));
     }
 }
 
@@ -285,34 +339,16 @@ fn register_control_plane(t: &Topology, state: &ClusterState) {
         ],
         true,
     ));
-    state.apply_pod(cluster::pod(
-        "kube-system",
-        &t.dns.name,
-        &cp.name,
-        &t.dns.ip.to_string(),
-        &[("k8s-app", "kube-dns")],
-        false,
-    ));
+    state.apply_pod(dns_pod(t));
 }
 
 /// The Services every lab has: kubernetes, kube-dns and netmatrix's own
 /// (benches with a cluster of their own register them too).
 pub fn register_services(state: &ClusterState) {
     let ip = |a: Ipv4Addr| a.to_string();
-    state.apply_service(cluster::service(
-        "default",
-        "kubernetes",
-        Some(&ip(KUBERNETES_SVC.0)),
-        &[("https", i32::from(KUBERNETES_SVC.1), "TCP")],
-        &[],
-    ));
-    state.apply_service(cluster::service(
-        "kube-system",
-        "kube-dns",
-        Some(&ip(DNS_SVC.0)),
-        &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
-        &[("k8s-app", "kube-dns")],
-    ));
+    for svc in platform_services() {
+        state.apply_service(svc);
+    }
     state.apply_service(cluster::service(
         NAMESPACE,
         "netmatrix-aggregator",

@@ -201,6 +201,16 @@ fn build_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
 pub fn add_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
     netns::add(&pod.netns)?;
     sysctl(&pod.netns, &COMMON_SYSCTLS)?;
+    build_pod(node, pod)?;
+    // Unprivileged ICMP echo sockets, as the chart sets for the agent pod.
+    sysctl(&pod.netns, &["net.ipv4.ping_group_range=0 2147483647"])
+}
+
+/// A pod sandbox for a container runtime: [`add_pod`] without the ICMP
+/// sysctl, which the pod's own `securityContext.sysctls` set (or do not).
+pub fn add_sandbox(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
+    netns::add(&pod.netns)?;
+    sysctl(&pod.netns, &COMMON_SYSCTLS)?;
     build_pod(node, pod)
 }
 
@@ -251,8 +261,6 @@ fn build_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
         p,
         &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
     )?;
-    // Unprivileged ICMP echo sockets, as the chart sets for the agent pod.
-    sysctl(p, &["net.ipv4.ping_group_range=0 2147483647"])?;
     let gw = node.gateway.to_string();
     for cidr in [POD_CIDR, UNDERLAY_CIDR] {
         ip(p, &["route", "add", cidr, "via", &gw])?;

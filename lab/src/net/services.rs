@@ -7,6 +7,8 @@
 //! flushes it, so installing is idempotent and is also how the `dnat` fault
 //! heals.
 
+use std::net::Ipv4Addr;
+
 use crate::net::netns::{self, NetnsError};
 use crate::net::topology::{
     AGENT_METRICS_PORT, AGENT_SVC, AGGREGATOR_PORT, AGGREGATOR_SVC, APISERVER_PORT, COMPANION_PORT,
@@ -27,37 +29,33 @@ pub fn chain_rules(t: &Topology) -> String {
 fn rules_with(t: &Topology, stale_companions: bool) -> String {
     let cp = t.control_plane().ip;
     let mut rules = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n");
-    let mut dnat = |proto: &str, (ip, port): (std::net::Ipv4Addr, u16), to: String, extra: &str| {
-        rules.push_str(&format!(
-            "-A {SERVICES_CHAIN} -d {ip}/32 -p {proto} -m {proto} --dport {port}{extra} -j DNAT --to-destination {to}\n"
-        ));
-    };
-    dnat("tcp", KUBERNETES_SVC, format!("{cp}:{APISERVER_PORT}"), "");
-    dnat("udp", DNS_SVC, format!("{}:53", t.dns.ip), "");
-    dnat("tcp", DNS_SVC, format!("{}:53", t.dns.ip), "");
-    dnat("tcp", AGGREGATOR_SVC, format!("{cp}:{AGGREGATOR_PORT}"), "");
-    // kube-proxy's random balancing: backend i of n is taken with
-    // probability 1/(n-i), the last one unconditionally.
-    let mut balanced = |svc, backends: Vec<String>| {
-        let n = backends.len();
-        for (i, to) in backends.into_iter().enumerate() {
-            let remaining = n - i;
-            let extra = if remaining > 1 {
-                format!(
-                    " -m statistic --mode random --probability {:.5}",
-                    1.0 / remaining as f64
-                )
-            } else {
-                String::new()
-            };
-            dnat("tcp", svc, to, &extra);
-        }
-    };
-    let agents = t
+    let one = |to: String| vec![to];
+    rules.push_str(&dnat_rules(
+        "tcp",
+        KUBERNETES_SVC,
+        &one(format!("{cp}:{APISERVER_PORT}")),
+    ));
+    rules.push_str(&dnat_rules(
+        "udp",
+        DNS_SVC,
+        &one(format!("{}:53", t.dns.ip)),
+    ));
+    rules.push_str(&dnat_rules(
+        "tcp",
+        DNS_SVC,
+        &one(format!("{}:53", t.dns.ip)),
+    ));
+    rules.push_str(&dnat_rules(
+        "tcp",
+        AGGREGATOR_SVC,
+        &one(format!("{cp}:{AGGREGATOR_PORT}")),
+    ));
+    let agents: Vec<String> = t
         .nodes
         .iter()
-        .map(|node| format!("{}:{AGENT_METRICS_PORT}", node.agent.ip));
-    balanced(AGENT_SVC, agents.collect());
+        .map(|node| format!("{}:{AGENT_METRICS_PORT}", node.agent.ip))
+        .collect();
+    rules.push_str(&dnat_rules("tcp", AGENT_SVC, &agents));
     let companions: Vec<String> = if stale_companions {
         let (ip, port) = DELETED_POD;
         vec![format!("{ip}:{port}")]
@@ -67,8 +65,32 @@ fn rules_with(t: &Topology, stale_companions: bool) -> String {
             .map(|node| format!("{}:{COMPANION_PORT}", node.companion.ip))
             .collect()
     };
-    balanced(COMPANION_SVC, companions);
+    rules.push_str(&dnat_rules("tcp", COMPANION_SVC, &companions));
     rules.push_str("COMMIT\n");
+    rules
+}
+
+/// The DNAT rules of one Service port (`proto`, `ip:port`) to `backends`
+/// (`ip:port` each), in [`SERVICES_CHAIN`], balanced as kube-proxy does:
+/// backend i of n is taken with probability 1/(n-i), the last one
+/// unconditionally. No backend, no rule.
+pub fn dnat_rules(proto: &str, (ip, port): (Ipv4Addr, u16), backends: &[String]) -> String {
+    let n = backends.len();
+    let mut rules = String::new();
+    for (i, to) in backends.iter().enumerate() {
+        let remaining = n - i;
+        let extra = if remaining > 1 {
+            format!(
+                " -m statistic --mode random --probability {:.5}",
+                1.0 / remaining as f64
+            )
+        } else {
+            String::new()
+        };
+        rules.push_str(&format!(
+            "-A {SERVICES_CHAIN} -d {ip}/32 -p {proto} -m {proto} --dport {port}{extra} -j DNAT --to-destination {to}\n"
+        ));
+    }
     rules
 }
 

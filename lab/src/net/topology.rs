@@ -166,6 +166,10 @@ pub struct Topology {
     pub nodes: Vec<NodePlan>,
     /// The cluster DNS pod, on node 1.
     pub dns: PodPlan,
+    /// Whether the nodes' agent and companion pods are part of the plan
+    /// (the process mode). Off, a container runtime creates the pods the
+    /// cluster's workloads ask for, with sandboxes of its own.
+    pub netmatrix_pods: bool,
 }
 
 /// A plan that cannot be built.
@@ -233,6 +237,7 @@ impl Topology {
                 ip: DNS_POD_IP,
                 host_veth: "vdns".to_string(),
             },
+            netmatrix_pods: true,
             nodes,
         })
     }
@@ -303,7 +308,10 @@ impl Topology {
 
     /// Pod namespaces of node `n` (the DNS pod lives on node 1).
     pub fn pods_of<'a>(&'a self, n: &'a NodePlan) -> Vec<&'a PodPlan> {
-        let mut pods = vec![&n.agent, &n.companion];
+        let mut pods = Vec::new();
+        if self.netmatrix_pods {
+            pods.extend([&n.agent, &n.companion]);
+        }
         if n.index == 1 {
             pods.push(&self.dns);
         }

@@ -343,7 +343,14 @@ async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) 
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .and_then(|token| api.clients.identify(token));
+        .and_then(|token| {
+            api.clients.identify(token).or_else(|| {
+                // A pod's own ServiceAccount token (in-cluster config), as
+                // the API server's service-account authenticator takes it.
+                api.authority
+                    .authenticate(&api.state, token, netmatrix_runtime::now_unix_secs())
+            })
+        });
     match client {
         Some(client) => {
             request.extensions_mut().insert(client);

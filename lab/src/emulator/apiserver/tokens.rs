@@ -183,6 +183,23 @@ impl TokenAuthority {
         }
     }
 
+    /// Who a bearer token for the API server itself (its issuer as the
+    /// audience) belongs to: the pod it is bound to. Not counted as a
+    /// TokenReview.
+    pub fn authenticate(
+        &self,
+        state: &ClusterState,
+        token: &str,
+        now_unix: u64,
+    ) -> Option<super::clients::ClientId> {
+        let status = self.verify(state, token, &[], now_unix).ok()?;
+        let user = status["user"]["username"].as_str()?;
+        let mut parts = user.strip_prefix("system:serviceaccount:")?.splitn(2, ':');
+        let (namespace, account) = (parts.next()?, parts.next()?);
+        let pod = status["user"]["extra"]["authentication.kubernetes.io/pod-name"][0].as_str()?;
+        Some(super::clients::ClientId::pod(namespace, account, pod))
+    }
+
     fn verify(
         &self,
         state: &ClusterState,

@@ -240,6 +240,30 @@ impl ClusterState {
 
     /// Stores `object` (JSON of a `T`) under `key`, as a create or an
     /// update; returns it as stored.
+    /// A write to the `status` subresource of `namespace/name`: only the
+    /// status changes (what the lab's controllers and kubelet report).
+    /// Unchanged status: nothing is written, no watch event is sent.
+    pub fn write_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> Result<(), WriteError> {
+        let mut inner = self.lock();
+        let key = key(kind, namespace, name);
+        for_kind!(kind, T => {
+            let Some(mut object) = T::table(&mut inner).get(&key).and_then(json) else {
+                return Err(WriteError::NotFound { kind: kind.plural(), name: name.to_owned() });
+            };
+            if object["status"] == status {
+                return Ok(());
+            }
+            object["status"] = status;
+            self.store::<T>(&mut inner, &key, object).map(|_| ())
+        })
+    }
+
     fn store<T: Stored + DeserializeOwned>(
         &self,
         inner: &mut Inner,

@@ -159,6 +159,25 @@ pub struct ValueSpec {
 }
 
 impl FaultKind {
+    /// Whether the fault acts on the pods the process mode plans (the
+    /// agent and companion pods, their processes, their DNS names and
+    /// fixed Service rules), which the container runtime mode does not
+    /// have: there the cluster's workloads make their own pods.
+    pub fn needs_planned_pods(self) -> bool {
+        matches!(
+            self,
+            FaultKind::PodBlackhole
+                | FaultKind::ServiceRoute
+                | FaultKind::Dnat
+                | FaultKind::StaleService
+                | FaultKind::DnsHide
+                | FaultKind::KillAgent
+                | FaultKind::AgentSandboxFails
+                | FaultKind::AgentImagePull
+                | FaultKind::CniNotReady
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::OverlayDown => "overlay-down",
