@@ -2,9 +2,9 @@
 //! into a fresh 3-node lab, whose pods the lab's kubelet runs from the real
 //! image under podman + runc. Healthy with no findings; every container
 //! confined as the chart says (read from podman's inspect); `helm test`
-//! passes; a fault is named and healed; a pod-spec change (the agents'
-//! ICMP sysctl dropped) fails the way it would on a cluster; `helm
-//! uninstall` removes every pod and container.
+//! passes; a privileged pod is refused; a fault is named and healed; a
+//! pod-spec change (the agents' ICMP sysctl dropped) fails the way it would
+//! on a cluster; `helm uninstall` removes every pod and container.
 //!
 //! Needs root, podman, runc, helm, kubectl (`scripts/setup-test`) and the
 //! image (`docker/build-image`; `scripts/test` builds it).
@@ -129,6 +129,47 @@ async fn the_chart_runs_from_the_image_under_a_container_runtime() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(tested.contains("Phase:          Succeeded"), "{tested}");
+
+    // What the lab's kubelet will not run (it runs as root) is refused in
+    // the pod's status and Events, never started.
+    let privileged = lab.state_dir().file("privileged-pod.json");
+    std::fs::write(
+        &privileged,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "privileged", "namespace": NAMESPACE},
+            "spec": {"containers": [{
+                "name": "c", "image": netmatrix_lab::lab::DEFAULT_IMAGE,
+                "securityContext": {"privileged": true},
+            }]},
+        })
+        .to_string(),
+    )
+    .expect("pod file");
+    common::client(
+        &lab,
+        "kubectl",
+        &["create", "-f", &privileged.display().to_string()],
+    );
+    let refused = |p: &Value| {
+        p["metadata"]["name"] == "privileged"
+            && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+    };
+    until("the privileged pod refused", || {
+        pods(&lab).iter().any(refused)
+    })
+    .await;
+    assert!(
+        !containers(&lab)
+            .iter()
+            .any(|(name, _)| name.contains("_privileged_"))
+    );
+    common::client(
+        &lab,
+        "kubectl",
+        &["delete", "pod", "-n", NAMESPACE, "privileged"],
+    );
 
     // A fault injected with the kernel's tools is named, and clears.
     lab.fault(Fault::one_way("node-2", "node-3"))

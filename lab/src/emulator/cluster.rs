@@ -235,6 +235,7 @@ mod merge;
 mod writes;
 use merge::merge;
 pub use writes::{PatchKind, WriteError};
+pub use writes::{is_dns_label, is_dns_subdomain};
 
 /// What happened to an object, in the words of the watch API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,18 @@ use crate::net::services;
 use crate::net::topology::{NAMESPACE, NodePlan, PodPlan, Topology};
 
 impl Lab {
+    /// Churn acts on the processes and pods the process mode plans; in the
+    /// container runtime mode the cluster's workloads own them.
+    pub(super) fn process_mode(&self, what: &str) -> Result<(), LabError> {
+        if self.topology().netmatrix_pods {
+            Ok(())
+        } else {
+            Err(LabError::Busy(format!(
+                "{what} acts on the process mode's own pods and processes: it is not available with --runtime container"
+            )))
+        }
+    }
+
     pub(super) fn node_plan(&self, node: &str) -> Result<NodePlan, LabError> {
         self.topology()
             .node(node)
@@ -43,6 +55,7 @@ impl Lab {
     /// what it held in memory is gone. The agents keep probing the lists
     /// they hold. [`start_aggregator`](Self::start_aggregator) brings it back.
     pub fn stop_aggregator(&self) -> Result<(), LabError> {
+        self.process_mode("stopping the aggregator")?;
         self.procs.stop(AGGREGATOR_PROCESS)?;
         tracing::info!("aggregator stopped");
         Ok(())
@@ -51,6 +64,7 @@ impl Lab {
     /// Starts the aggregator again after [`stop_aggregator`](Self::stop_aggregator):
     /// a fresh process, which lists the API again.
     pub fn start_aggregator(&self) -> Result<(), LabError> {
+        self.process_mode("starting the aggregator")?;
         self.start_pod(AGGREGATOR_POD, self.aggregator_spec()?)?;
         tracing::info!("aggregator started");
         Ok(())
@@ -60,6 +74,7 @@ impl Lab {
     /// same pod, same address, a new process (its round counter starts
     /// again). Blocks up to the stop grace (2 s).
     pub fn restart_agent(&self, node: &str, network: AgentNetwork) -> Result<(), LabError> {
+        self.process_mode("restart-agent")?;
         let plan = self.node_plan(node)?;
         let name = agent_process(&plan, network);
         // A stopped agent (kill-agent) is simply started.
@@ -77,6 +92,7 @@ impl Lab {
     /// created `Pending` without an address, its namespace is wired, and
     /// only then is it `Running` with its IP. Returns the new pod.
     pub fn recreate_companion(&self, node: &str) -> Result<PodPlan, LabError> {
+        self.process_mode("re-creating a companion")?;
         let _serial = lock(&self.churn);
         let plan = self.node_plan(node)?;
         let old = plan.companion.clone();
@@ -125,6 +141,7 @@ impl Lab {
     /// start. Returns the new node (the lowest free index: `node-4` in a
     /// 3-node lab). Blocks for about a second.
     pub fn add_node(&self) -> Result<NodePlan, LabError> {
+        self.process_mode("add-node")?;
         let _serial = lock(&self.churn);
         self.refuse_with_faults("add a node")?;
         let mut next = self.topology();
@@ -184,6 +201,7 @@ impl Lab {
     /// (the control plane) cannot leave. Blocks up to the agents' stop grace
     /// (2 s each).
     pub fn remove_node(&self, name: &str) -> Result<NodePlan, LabError> {
+        self.process_mode("remove-node")?;
         let _serial = lock(&self.churn);
         self.refuse_with_faults("remove a node")?;
         let mut next = self.topology();

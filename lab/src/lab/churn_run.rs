@@ -128,6 +128,7 @@ impl Lab {
     /// The operations run on the blocking pool: the API server emulator and
     /// the DNS server share this runtime and must keep answering.
     pub async fn churn(self: &Arc<Self>, duration: Duration) -> Result<ChurnReport, LabError> {
+        self.process_mode("churn")?;
         let start = Instant::now();
         if self.binaries.is_none() {
             return Err(LabError::Busy(

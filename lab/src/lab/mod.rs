@@ -68,7 +68,8 @@ pub struct LabConfig {
     pub api_port: u16,
     /// Namespace prefix; `None`: a random one.
     pub prefix: Option<String>,
-    /// Start the aggregator and the agents (off: network and servers only).
+    /// Start the aggregator and the agents (off: network and servers only,
+    /// in either runtime).
     pub components: bool,
     /// Also run a host-network agent in every node namespace (and register
     /// its pod), as the chart's host-agent DaemonSet does.
@@ -668,8 +669,22 @@ impl Lab {
         }
         self.servers().abort_all();
         self.procs.stop_everything();
-        for e in network::destroy(&self.topology()) {
+        let topology = self.topology();
+        for e in network::destroy(&topology) {
             tracing::warn!(error = %e, "cleanup");
+        }
+        if !topology.netmatrix_pods {
+            // Whatever the container runtime's kubelet could not remove
+            // (it stopped early): its containers and pod sandboxes.
+            crate::workloads::remove_containers(std::path::Path::new("podman"), &self.prefix);
+            let sandboxes = netns::list()
+                .into_iter()
+                .filter(|ns| crate::net::topology::prefix_of(ns) == Some(self.prefix.as_str()));
+            for ns in sandboxes {
+                if let Err(e) = netns::delete(&ns) {
+                    tracing::warn!(error = %e, "cleanup");
+                }
+            }
         }
         self.state.remove();
         tracing::info!(prefix = %self.prefix, took = ?start.elapsed(), "lab removed");

@@ -13,7 +13,7 @@
 //! - the scheduler binds pods with `nodeName` and weighs nothing but node
 //!   selectors, taints and cordons (affinity is not read).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec, Taint, Toleration};
@@ -47,20 +47,17 @@ pub fn reconcile(
     nodes: &[Node],
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    let owners: Vec<(&str, &str)> = daemonsets
+    let owners: Vec<&str> = daemonsets
         .iter()
-        .map(|d| uid_kind(&d.metadata, "DaemonSet"))
-        .chain(
-            deployments
-                .iter()
-                .map(|d| uid_kind(&d.metadata, "Deployment")),
-        )
+        .map(|d| &d.metadata)
+        .chain(deployments.iter().map(|d| &d.metadata))
+        .filter_map(|meta| meta.uid.as_deref())
         .collect();
     // Garbage collection: a pod whose controller is gone goes too.
     for pod in pods {
         if let Some(owner) = controller_of(pod)
             && matches!(owner.kind.as_str(), "DaemonSet" | "Deployment")
-            && !owners.iter().any(|(uid, _)| *uid == owner.uid)
+            && !owners.contains(&owner.uid.as_str())
         {
             actions.push(delete(pod));
         }
@@ -81,13 +78,6 @@ pub fn reconcile(
         }
     }
     actions
-}
-
-fn uid_kind<'a>(
-    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    kind: &'a str,
-) -> (&'a str, &'a str) {
-    (meta.uid.as_deref().unwrap_or_default(), kind)
 }
 
 fn controller_of(
@@ -168,27 +158,27 @@ fn daemonset(ds: &DaemonSet, pods: &[Pod], nodes: &[Node]) -> Vec<Action> {
     let uid = ds.metadata.uid.as_deref().unwrap_or_default();
     let hash = template_hash(&spec.template);
     let tpl_spec = spec.template.spec.clone().unwrap_or_default();
-    let mut seen: BTreeMap<String, bool> = BTreeMap::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     for pod in owned_by(pods, Some(uid)) {
         let node = node_of(pod).unwrap_or_default().to_owned();
         let current = label(pod, REVISION_LABEL).as_deref() == Some(hash.as_str());
         // One pod per node, of the current template.
         if !current
-            || seen.contains_key(&node)
+            || seen.contains(&node)
             || !nodes
                 .iter()
                 .any(|n| n.metadata.name.as_deref() == Some(node.as_str()))
         {
             actions.push(delete(pod));
         } else {
-            seen.insert(node, true);
+            seen.insert(node);
         }
     }
     for node in nodes {
         let Some(node_name) = node.metadata.name.as_deref() else {
             continue;
         };
-        if seen.contains_key(node_name) {
+        if seen.contains(node_name) {
             continue;
         }
         // DaemonSets ignore cordons, as their controller does.
@@ -221,7 +211,16 @@ fn deployment(dep: &Deployment, pods: &[Pod]) -> Vec<Action> {
     let wanted = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
     let mut current = 0;
     for pod in owned_by(pods, Some(uid)) {
-        if label(pod, TEMPLATE_HASH_LABEL).as_deref() == Some(hash.as_str()) && current < wanted {
+        // A finished pod is no replica: its ReplicaSet would replace it.
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if label(pod, TEMPLATE_HASH_LABEL).as_deref() == Some(hash.as_str())
+            && current < wanted
+            && !finished
+        {
             current += 1;
         } else {
             actions.push(delete(pod));

@@ -9,7 +9,7 @@
 //! status and Events. A pod deleted from the API is stopped and its sandbox
 //! removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -35,12 +35,13 @@ const API_ACCESS_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const API_ACCESS_VOLUME: &str = "kube-api-access";
 /// The kubelet's lifetime for the API access token.
 const API_TOKEN_TTL: Duration = Duration::from_secs(3607);
-/// First restart delay, doubled per restart up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Readiness probes run at most this often (whatever the pod asks), so
-/// that a lab pod is Ready within a second or two of its server.
-const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// The kubelet's restart back-off: 10 s, doubled per restart up to 5
+/// minutes, back to 10 s after 10 minutes of running.
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often a readiness probe runs until the container is first ready.
+const FIRST_PROBES_EVERY: Duration = Duration::from_millis(500);
 
 /// What the kubelet needs from the lab.
 pub struct NodeAgent {
@@ -72,18 +73,32 @@ enum State {
 struct ContainerRuntime {
     name: String,
     image: String,
-    /// The process (and log) name.
+    /// The lab's process (and log) name for it.
     process: String,
-    run: Option<ContainerRun>,
+    /// Podman's name for it.
+    container: String,
+    run: ContainerRun,
     state: State,
     last_state: Option<State>,
     restarts: u32,
     restart_at: Option<Instant>,
+    /// The current restart delay.
+    backoff: Duration,
+    running_since: Option<Instant>,
     ready: bool,
     readiness: Option<Probe>,
+    probe: ProbeState,
     /// Container ports by name (probes may name theirs).
     ports: BTreeMap<String, u16>,
-    next_probe: Instant,
+}
+
+/// A readiness probe's counters.
+#[derive(Debug, Default)]
+struct ProbeState {
+    next: Option<Instant>,
+    successes: u32,
+    failures: u32,
+    ever_ready: bool,
 }
 
 /// A pod this kubelet runs.
@@ -100,6 +115,8 @@ struct RunningPod {
     containers: Vec<ContainerRuntime>,
     restart_policy: String,
     started_at: Value,
+    /// Every container ended and the sandbox is gone (status kept).
+    finished: bool,
 }
 
 /// The kubelets of every lab node.
@@ -107,9 +124,9 @@ pub struct Kubelet {
     agent: NodeAgent,
     processes: Processes,
     pods: BTreeMap<String, RunningPod>,
-    /// Pods the kubelet refused, by UID (not retried; the reason is in
-    /// their status and Events).
-    refused: BTreeMap<String, ()>,
+    /// Pods the kubelet refused, by UID, with when to try again (`None`:
+    /// never, the pod failed). The reason is in their status and Events.
+    refused: BTreeMap<String, Option<Instant>>,
     image_users: BTreeMap<String, Option<u32>>,
 }
 
@@ -145,7 +162,11 @@ impl Kubelet {
         }
         self.refused.retain(|uid, _| live.contains_key(uid));
         for (uid, pod) in &live {
-            if self.pods.contains_key(uid) || self.refused.contains_key(uid) {
+            let waiting = self
+                .refused
+                .get(uid)
+                .is_some_and(|retry| retry.is_none_or(|at| Instant::now() < at));
+            if self.pods.contains_key(uid) || waiting {
                 continue;
             }
             let terminal = pod
@@ -184,8 +205,8 @@ impl Kubelet {
         let name = pod.metadata.name.clone().unwrap_or_default();
         match self.prepare(pod, node) {
             Ok(running) => {
-                self.pods.insert(uid, running);
-                self.run_containers(&namespace, &name);
+                self.pods.insert(uid.clone(), running);
+                self.run_containers(&uid);
             }
             Err(refused) => {
                 tracing::warn!(pod = %name, %refused, "the lab's kubelet refuses the pod");
@@ -196,8 +217,12 @@ impl Kubelet {
                     refused.reason,
                     &refused.message,
                 );
+                // Admission refusals fail the pod for good; the rest are
+                // retried, as the kubelet retries a pod's set-up.
+                let admission = refused.reason == "SysctlForbidden";
                 let status = json!({
-                    "phase": "Pending",
+                    "phase": if admission { "Failed" } else { "Pending" },
+                    "reason": if admission { Some(refused.reason) } else { None },
                     "conditions": [{"type": "PodScheduled", "status": "True"}],
                     "containerStatuses": pod.spec.iter().flat_map(|s| &s.containers).map(|c| json!({
                         "name": c.name, "image": c.image, "imageID": "", "ready": false,
@@ -209,13 +234,15 @@ impl Kubelet {
                     .agent
                     .cluster
                     .write_status(Kind::Pod, &namespace, &name, status);
-                self.refused.insert(uid, ());
+                let retry = (!admission).then(|| Instant::now() + FIRST_BACKOFF);
+                self.refused.insert(uid, retry);
             }
         }
     }
 
     /// The sandbox and volumes of `pod` on `node`.
     fn prepare(&mut self, pod: &Pod, node: NodePlan) -> Result<RunningPod, Refused> {
+        super::validation::check(pod)?;
         let spec = pod.spec.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
@@ -243,19 +270,42 @@ impl Kubelet {
                 .clone()
                 .unwrap_or_else(|| "Always".into()),
             started_at: json!(cluster::now()),
+            finished: false,
         };
         if spec.host_network != Some(true) {
+            // Planned here (the containers' environment has the address),
+            // made last, when nothing else can fail.
             let sandbox = self.sandbox_for(&node).ok_or_else(|| Refused {
                 reason: "FailedCreatePodSandBox",
                 message: format!("no free pod address on {}", node.name),
             })?;
-            network::add_sandbox(&node, &sandbox).map_err(|e| Refused {
-                reason: "FailedCreatePodSandBox",
-                message: format!("setting up the pod network: {e}"),
-            })?;
             running.ip = sandbox.ip;
             running.sandbox = Some(sandbox);
         }
+        match self.prepare_containers(pod, &spec, &mut running) {
+            Ok(()) => Ok(running),
+            Err(refused) => {
+                if let Some(sandbox) = &running.sandbox
+                    && netns::exists(&sandbox.netns)
+                    && let Err(error) = network::remove_pod(sandbox)
+                {
+                    tracing::warn!(%error, pod = %running.name, "cannot remove the pod's sandbox");
+                }
+                let _ = std::fs::remove_dir_all(&running.dir);
+                Err(refused)
+            }
+        }
+    }
+
+    /// Volumes, each container's `podman run`, then the sandbox.
+    fn prepare_containers(
+        &mut self,
+        pod: &Pod,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        running: &mut RunningPod,
+    ) -> Result<(), Refused> {
+        let node = running.node.clone();
+        let (namespace, name) = (running.namespace.clone(), running.name.clone());
         self.event(
             &namespace,
             &name,
@@ -276,39 +326,53 @@ impl Kubelet {
         }
         let mut dirs = BTreeMap::new();
         for volume in &volumes {
-            let path = self.volume(&mut running, pod, volume)?;
+            let path = self.volume(running, volume)?;
             dirs.insert(volume.name.clone(), path);
         }
         let mut containers = spec.containers.clone();
-        if automount && !mounts_api {
-            for c in &mut containers {
-                c.volume_mounts.get_or_insert_with(Vec::new).push(
-                    k8s_openapi::api::core::v1::VolumeMount {
-                        name: API_ACCESS_VOLUME.into(),
-                        mount_path: API_ACCESS_PATH.into(),
-                        read_only: Some(true),
-                        ..Default::default()
-                    },
-                );
+        // What the kubelet writes (ConfigMaps, Secrets, tokens) is always
+        // mounted read-only: a container cannot plant anything there that
+        // the next rotation would follow.
+        let kubelet_written: BTreeSet<&str> = volumes
+            .iter()
+            .filter(|v| {
+                v.config_map.is_some()
+                    || v.secret.is_some()
+                    || v.projected.is_some()
+                    || v.downward_api.is_some()
+            })
+            .map(|v| v.name.as_str())
+            .collect();
+        for c in &mut containers {
+            let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+            for m in mounts.iter_mut() {
+                if kubelet_written.contains(m.name.as_str()) {
+                    m.read_only = Some(true);
+                }
+            }
+            if automount && !mounts_api {
+                mounts.push(k8s_openapi::api::core::v1::VolumeMount {
+                    name: API_ACCESS_VOLUME.into(),
+                    mount_path: API_ACCESS_PATH.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
             }
         }
         let services: Vec<_> = self.agent.cluster.services();
         let mut not_honoured = Vec::new();
         for c in &containers {
             let image = c.image.clone().unwrap_or_default();
-            let image_user = self.image_user(&image);
-            let mut with_status = pod.clone();
-            let status = with_status.status.get_or_insert_with(Default::default);
-            status.pod_ip = Some(running.ip.to_string());
+            let image_user = self.image_user(&image)?;
             let cluster = self.agent.cluster.clone();
-            let namespace = namespace.clone();
+            let in_namespace = namespace.clone();
             let lookup = move |kind: &str, name: &str, key: &str| -> Option<String> {
                 let kind = if kind == "Secret" {
                     Kind::Secret
                 } else {
                     Kind::ConfigMap
                 };
-                let object = cluster.get(kind, &namespace, name)?;
+                let object = cluster.get(kind, &in_namespace, name)?;
                 if kind == Kind::Secret {
                     let b64 = object["data"][key].as_str()?;
                     decode_b64(b64)
@@ -317,7 +381,7 @@ impl Kubelet {
                 }
             };
             let ctx = PodContext {
-                pod: &with_status,
+                pod,
                 lab: &self.agent.lab,
                 netns: running
                     .sandbox
@@ -342,8 +406,9 @@ impl Kubelet {
             running.containers.push(ContainerRuntime {
                 name: c.name.clone(),
                 image,
-                process: format!("pod-{}-{}", running.name, c.name),
-                run: Some(run),
+                process: format!("pod-{namespace}-{name}-{}", c.name),
+                container: podman::container_name(&self.agent.lab, &namespace, &name, &c.name),
+                run,
                 state: State::Waiting {
                     reason: "ContainerCreating".into(),
                     message: String::new(),
@@ -351,15 +416,17 @@ impl Kubelet {
                 last_state: None,
                 restarts: 0,
                 restart_at: None,
+                backoff: Duration::ZERO,
+                running_since: None,
                 ready: false,
                 readiness: c.readiness_probe.clone(),
+                probe: ProbeState::default(),
                 ports: c
                     .ports
                     .iter()
                     .flatten()
                     .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
                     .collect(),
-                next_probe: Instant::now(),
             });
         }
         if !not_honoured.is_empty() {
@@ -373,7 +440,13 @@ impl Kubelet {
                 &message,
             );
         }
-        Ok(running)
+        if let Some(sandbox) = &running.sandbox {
+            network::add_sandbox(&node, sandbox).map_err(|e| Refused {
+                reason: "FailedCreatePodSandBox",
+                message: format!("setting up the pod network: {e}"),
+            })?;
+        }
+        Ok(())
     }
 
     /// A free address on `node` for a new sandbox: `.20` to `.250` of its
@@ -396,12 +469,7 @@ impl Kubelet {
     }
 
     /// Prepares one volume under the pod's directory; returns its path.
-    fn volume(
-        &self,
-        running: &mut RunningPod,
-        pod: &Pod,
-        volume: &Volume,
-    ) -> Result<PathBuf, Refused> {
+    fn volume(&self, running: &mut RunningPod, volume: &Volume) -> Result<PathBuf, Refused> {
         let dir = running.dir.join("volumes").join(&volume.name);
         let io = |e: std::io::Error| Refused {
             reason: "FailedMount",
@@ -419,24 +487,25 @@ impl Kubelet {
             for source in projected.sources.iter().flatten() {
                 if let Some(sat) = &source.service_account_token {
                     let audience = sat.audience.clone().unwrap_or_else(|| ISSUER.to_owned());
-                    let ttl = Duration::from_secs(
-                        u64::try_from(sat.expiration_seconds.unwrap_or(3607)).unwrap_or(3607),
-                    );
+                    let ttl = sat
+                        .expiration_seconds
+                        .and_then(|s| u64::try_from(s).ok())
+                        .map_or(API_TOKEN_TTL, Duration::from_secs);
                     let mut token = TokenFile {
                         path: dir.join(&sat.path),
                         audience,
                         ttl,
                         minted: Instant::now(),
                     };
-                    self.mint(running, pod, &mut token).map_err(io)?;
+                    self.mint(running, &mut token).map_err(io)?;
                     running.tokens.push(token);
                 }
                 if let Some(cm) = &source.config_map {
-                    let items = self.config_map_items(&namespace, &cm.name);
+                    let items = self.config_map_items(&namespace, &cm.name, cm.optional)?;
                     write_items(&dir, &items, cm.items.as_deref()).map_err(io)?;
                 }
                 if let Some(secret) = &source.secret {
-                    let items = self.secret_items(&namespace, &secret.name);
+                    let items = self.secret_items(&namespace, &secret.name, secret.optional)?;
                     write_items(&dir, &items, secret.items.as_deref()).map_err(io)?;
                 }
                 if let Some(downward) = &source.downward_api {
@@ -461,13 +530,13 @@ impl Kubelet {
             return Ok(dir);
         }
         if let Some(cm) = &volume.config_map {
-            let items = self.config_map_items(&namespace, cm.name.as_str());
+            let items = self.config_map_items(&namespace, cm.name.as_str(), cm.optional)?;
             write_items(&dir, &items, cm.items.as_deref()).map_err(io)?;
             return Ok(dir);
         }
         if let Some(secret) = &volume.secret {
             let name = secret.secret_name.clone().unwrap_or_default();
-            let items = self.secret_items(&namespace, &name);
+            let items = self.secret_items(&namespace, &name, secret.optional)?;
             write_items(&dir, &items, secret.items.as_deref()).map_err(io)?;
             return Ok(dir);
         }
@@ -480,40 +549,65 @@ impl Kubelet {
         })
     }
 
-    fn config_map_items(&self, namespace: &str, name: &str) -> BTreeMap<String, Vec<u8>> {
+    /// A ConfigMap's data; a missing one fails the mount unless optional.
+    fn config_map_items(
+        &self,
+        namespace: &str,
+        name: &str,
+        optional: Option<bool>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, Refused> {
         if name == "kube-root-ca.crt" {
             // Published in every namespace by the root CA publisher.
-            return BTreeMap::from([("ca.crt".to_owned(), self.agent.ca_pem.clone().into_bytes())]);
+            return Ok(BTreeMap::from([(
+                "ca.crt".to_owned(),
+                self.agent.ca_pem.clone().into_bytes(),
+            )]));
         }
-        let object = self
-            .agent
-            .cluster
-            .get(Kind::ConfigMap, namespace, name)
-            .unwrap_or_default();
-        object["data"]
+        let object = self.source(Kind::ConfigMap, namespace, name, optional)?;
+        Ok(object["data"]
             .as_object()
             .into_iter()
             .flatten()
             .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.as_bytes().to_vec())))
-            .collect()
+            .collect())
     }
 
-    fn secret_items(&self, namespace: &str, name: &str) -> BTreeMap<String, Vec<u8>> {
-        let object = self
-            .agent
-            .cluster
-            .get(Kind::Secret, namespace, name)
-            .unwrap_or_default();
-        object["data"]
+    /// A Secret's data, decoded; a missing one fails the mount unless
+    /// optional.
+    fn secret_items(
+        &self,
+        namespace: &str,
+        name: &str,
+        optional: Option<bool>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, Refused> {
+        let object = self.source(Kind::Secret, namespace, name, optional)?;
+        Ok(object["data"]
             .as_object()
             .into_iter()
             .flatten()
             .filter_map(|(k, v)| Some((k.clone(), decode_b64(v.as_str()?)?.into_bytes())))
-            .collect()
+            .collect())
+    }
+
+    fn source(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        optional: Option<bool>,
+    ) -> Result<Value, Refused> {
+        match self.agent.cluster.get(kind, namespace, name) {
+            Some(object) => Ok(object),
+            None if optional == Some(true) => Ok(Value::Null),
+            None => Err(Refused {
+                reason: "FailedMount",
+                message: format!("{} \"{name}\" not found", kind.plural()),
+            }),
+        }
     }
 
     /// Writes a fresh token bound to the pod, atomically.
-    fn mint(&self, running: &RunningPod, _pod: &Pod, token: &mut TokenFile) -> std::io::Result<()> {
+    fn mint(&self, running: &RunningPod, token: &mut TokenFile) -> std::io::Result<()> {
         let binding = Binding::of_pod(&self.agent.cluster, &running.namespace, &running.name)
             .ok_or_else(|| std::io::Error::other("the pod or its node is gone"))?;
         let now = netmatrix_runtime::now_unix_secs();
@@ -551,7 +645,7 @@ impl Kubelet {
                     minted: Instant::now(),
                 },
             );
-            if let Err(error) = self.mint(&pod, &Pod::default(), &mut token) {
+            if let Err(error) = self.mint(&pod, &mut token) {
                 tracing::warn!(%error, pod = %pod.name, "cannot rotate a token");
             }
             pod.tokens[i] = token;
@@ -559,16 +653,23 @@ impl Kubelet {
         }
     }
 
-    /// The user an image runs as (`podman image inspect`), cached.
-    fn image_user(&mut self, image: &str) -> Option<u32> {
+    /// The user an image runs as (`podman image inspect`; `None`: a user
+    /// name), cached. An image not in local storage cannot be pulled.
+    fn image_user(&mut self, image: &str) -> Result<Option<u32>, Refused> {
         if let Some(user) = self.image_users.get(image) {
-            return *user;
+            return Ok(*user);
         }
         let out = std::process::Command::new(&self.agent.podman)
             .args(["image", "inspect", "--format", "{{.Config.User}}", image])
             .output()
             .ok()
-            .filter(|o| o.status.success())?;
+            .filter(|o| o.status.success())
+            .ok_or_else(|| Refused {
+                reason: "ErrImageNeverPull",
+                message: format!(
+                    "container image \"{image}\" is not present with pull policy of Never"
+                ),
+            })?;
         let text = String::from_utf8_lossy(&out.stdout);
         let user = text.trim().split(':').next().and_then(|u| u.parse().ok());
         let user = if text.trim().is_empty() {
@@ -577,176 +678,62 @@ impl Kubelet {
             user
         };
         self.image_users.insert(image.to_owned(), user);
-        user
+        Ok(user)
     }
 
-    /// Starts every container of pod `namespace/name` that is due.
-    fn run_containers(&mut self, namespace: &str, name: &str) {
-        let Some(uid) = self
-            .pods
-            .iter()
-            .find(|(_, p)| p.namespace == namespace && p.name == name)
-            .map(|(u, _)| u.clone())
-        else {
-            return;
-        };
-        let Some(mut pod) = self.pods.remove(&uid) else {
-            return;
-        };
-        for c in &mut pod.containers {
-            let due = match &c.state {
-                State::Waiting { .. } => c.restart_at.is_none_or(|at| Instant::now() >= at),
-                _ => false,
-            };
-            let Some(run) = c.run.as_ref().filter(|_| due) else {
-                continue;
-            };
-            let spec = ProcessSpec {
-                name: c.process.clone(),
-                // podman runs in the host's namespaces (`ip netns exec`
-                // would hide the cgroup mounts runc needs); the container
-                // joins the pod's network namespace (`--network ns:...`).
-                netns: String::new(),
-                program: self.agent.podman.clone(),
-                args: run.args.clone(),
-                env: vec![
-                    (
-                        "PATH".into(),
-                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                    ),
-                    ("HOME".into(), "/root".into()),
-                ],
-            };
-            // A container name left by a killed podman would block the run.
-            let _ = std::process::Command::new(&self.agent.podman)
-                .args(["rm", "--force", "--ignore", "--time", "0"])
-                .arg(podman::container_name(
-                    &self.agent.lab,
-                    &named(namespace, name),
-                    &c.name,
-                ))
-                .output();
-            match self.processes.start(spec) {
-                Ok(_) => {
-                    c.state = State::Running {
-                        started_at: json!(cluster::now()),
-                    };
-                    c.ready = c.readiness.is_none();
-                    c.next_probe = Instant::now();
-                    self.agent.cluster.set_pod_log(
-                        namespace,
-                        name,
-                        self.processes.log_path(&c.process),
-                    );
-                    self.agent.cluster.record_pod_event(
-                        namespace,
-                        name,
-                        "Normal",
-                        "Started",
-                        &format!("Started container {}", c.name),
-                    );
-                }
-                Err(e) => {
-                    c.state = State::Waiting {
-                        reason: "RunContainerError".into(),
-                        message: e.to_string(),
-                    };
-                    c.restart_at = Some(Instant::now() + MAX_BACKOFF);
-                }
-            }
+    /// Starts every container of pod `uid` that is due.
+    fn run_containers(&mut self, uid: &str) {
+        if let Some(pod) = self.pods.get_mut(uid) {
+            start_due(pod, &self.processes, &self.agent);
         }
-        self.pods.insert(uid, pod);
     }
 
-    /// Exits, restarts, readiness, and the pods' status.
+    /// Exits, restarts, readiness, and the pods' status; a pod whose
+    /// containers all ended gives its sandbox back.
     fn follow(&mut self) {
         let exits: BTreeMap<String, Option<i32>> =
             self.processes.exit_codes().into_iter().collect();
-        let uids: Vec<String> = self.pods.keys().cloned().collect();
-        for uid in uids {
-            let Some(mut pod) = self.pods.remove(&uid) else {
-                continue;
-            };
-            let policy = pod.restart_policy.clone();
+        let Kubelet {
+            pods,
+            processes,
+            agent,
+            ..
+        } = self;
+        for pod in pods.values_mut() {
             for c in &mut pod.containers {
-                if !matches!(c.state, State::Running { .. }) {
-                    continue;
-                }
-                let Some(code) = exits.get(&c.process) else {
+                let Some(code) = exits.get(&c.process).filter(|_| c.is_running()) else {
                     continue;
                 };
                 let code = code.unwrap_or(137);
-                let _ = self.processes.stop(&c.process);
-                let log = std::fs::read_to_string(self.processes.log_path(&c.process))
-                    .unwrap_or_default();
-                let reason = if code == 125 && log.contains("image not known") {
-                    "ErrImageNeverPull"
-                } else if code == 0 {
-                    "Completed"
-                } else {
-                    "Error"
-                };
-                let terminated = State::Terminated {
-                    exit_code: code,
-                    reason: reason.into(),
-                };
-                c.ready = false;
-                let restart = match policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => code != 0,
-                    _ => true,
-                };
-                if restart {
-                    let backoff = FIRST_BACKOFF
-                        .saturating_mul(1 << c.restarts.min(5))
-                        .min(MAX_BACKOFF);
-                    c.restarts += 1;
-                    c.last_state = Some(terminated);
-                    c.restart_at = Some(Instant::now() + backoff);
-                    let why = if reason == "ErrImageNeverPull" {
-                        format!(
-                            "container image \"{}\" is not present with pull policy of Never",
-                            c.image
-                        )
-                    } else {
-                        format!(
-                            "back-off {backoff:?} restarting failed container={} pod={}",
-                            c.name, pod.name
-                        )
-                    };
-                    c.state = State::Waiting {
-                        reason: if reason == "ErrImageNeverPull" {
-                            reason.into()
-                        } else {
-                            "CrashLoopBackOff".into()
-                        },
-                        message: why.clone(),
-                    };
-                    self.agent.cluster.record_pod_event(
+                let _ = processes.stop(&c.process);
+                if let Some(why) = c.exited(code, &pod.restart_policy) {
+                    let why = format!("{why} container={} pod={}", c.name, pod.name);
+                    agent.cluster.record_pod_event(
                         &pod.namespace,
                         &pod.name,
                         "Warning",
                         "BackOff",
                         &why,
                     );
-                } else {
-                    c.state = terminated;
                 }
             }
-            self.pods.insert(uid.clone(), pod);
-            let (namespace, name) = {
-                let p = &self.pods[&uid];
-                (p.namespace.clone(), p.name.clone())
-            };
-            self.run_containers(&namespace, &name);
-            if let Some(mut pod) = self.pods.remove(&uid) {
-                probe_readiness(&mut pod);
-                let status = pod_status(&pod);
-                let _ =
-                    self.agent
-                        .cluster
-                        .write_status(Kind::Pod, &pod.namespace, &pod.name, status);
-                self.pods.insert(uid, pod);
+            start_due(pod, processes, agent);
+            probe_readiness(pod);
+            let status = pod_status(pod);
+            let finished = matches!(status["phase"].as_str(), Some("Succeeded" | "Failed"));
+            let _ = agent
+                .cluster
+                .write_status(Kind::Pod, &pod.namespace, &pod.name, status);
+            if finished && !pod.finished {
+                // As the kubelet tears down a finished pod's sandbox: its
+                // status stays until the pod is deleted.
+                pod.finished = true;
+                pod.tokens.clear();
+                if let Some(sandbox) = &pod.sandbox
+                    && let Err(error) = network::remove_pod(sandbox)
+                {
+                    tracing::warn!(%error, pod = %pod.name, "cannot remove the pod's sandbox");
+                }
             }
         }
     }
@@ -759,15 +746,13 @@ impl Kubelet {
         let names: Vec<String> = pod
             .containers
             .iter()
-            .map(|c| {
-                podman::container_name(&self.agent.lab, &named(&pod.namespace, &pod.name), &c.name)
-            })
+            .map(|c| podman::container_name(&self.agent.lab, &pod.namespace, &pod.name, &c.name))
             .collect();
         let _ = std::process::Command::new(&self.agent.podman)
             .args(["rm", "--force", "--ignore", "--time", "0"])
             .args(&names)
             .output();
-        if let Some(sandbox) = &pod.sandbox
+        if let Some(sandbox) = pod.sandbox.as_ref().filter(|s| netns::exists(&s.netns))
             && let Err(error) = network::remove_pod(sandbox)
         {
             tracing::warn!(%error, pod = %pod.name, "cannot remove the pod's sandbox");
@@ -784,6 +769,112 @@ impl Kubelet {
         }
         self.processes.stop_everything();
         remove_containers(&self.agent.podman, &self.agent.lab);
+    }
+}
+
+/// Starts the containers of `pod` that wait and whose back-off is over.
+fn start_due(pod: &mut RunningPod, processes: &Processes, agent: &NodeAgent) {
+    for c in &mut pod.containers {
+        let due = matches!(c.state, State::Waiting { .. })
+            && c.restart_at.is_none_or(|at| Instant::now() >= at);
+        if !due {
+            continue;
+        }
+        let spec = ProcessSpec {
+            name: c.process.clone(),
+            // podman runs in the host's namespaces (`ip netns exec` would
+            // hide the cgroup mounts runc needs); the container joins the
+            // pod's network namespace (`--network ns:...`).
+            netns: String::new(),
+            program: agent.podman.clone(),
+            args: c.run.args.clone(),
+            env: vec![
+                (
+                    "PATH".into(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ),
+                ("HOME".into(), "/root".into()),
+            ],
+        };
+        // A container left by a killed podman would block the name.
+        let _ = std::process::Command::new(&agent.podman)
+            .args(["rm", "--force", "--ignore", "--time", "0", &c.container])
+            .output();
+        match processes.start(spec) {
+            Ok(_) => {
+                c.state = State::Running {
+                    started_at: json!(cluster::now()),
+                };
+                c.running_since = Some(Instant::now());
+                c.ready = c.readiness.is_none();
+                c.probe = ProbeState::default();
+                agent.cluster.set_pod_log(
+                    &pod.namespace,
+                    &pod.name,
+                    processes.log_path(&c.process),
+                );
+                agent.cluster.record_pod_event(
+                    &pod.namespace,
+                    &pod.name,
+                    "Normal",
+                    "Started",
+                    &format!("Started container {}", c.name),
+                );
+            }
+            Err(e) => {
+                c.state = State::Waiting {
+                    reason: "RunContainerError".into(),
+                    message: e.to_string(),
+                };
+                c.restart_at = Some(Instant::now() + MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+impl ContainerRuntime {
+    fn is_running(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+    }
+
+    /// The container exited with `code`: restarted after the kubelet's
+    /// back-off (10 s doubling to 5 min, reset by 10 minutes of running)
+    /// or ended, per `policy`. Returns the back-off message when it waits.
+    fn exited(&mut self, code: i32, policy: &str) -> Option<String> {
+        let terminated = State::Terminated {
+            exit_code: code,
+            reason: if code == 0 { "Completed" } else { "Error" }.into(),
+        };
+        self.ready = false;
+        let restart = match policy {
+            "Never" => false,
+            "OnFailure" => code != 0,
+            _ => true,
+        };
+        if !restart {
+            self.state = terminated;
+            return None;
+        }
+        if self
+            .running_since
+            .is_some_and(|since| since.elapsed() >= BACKOFF_RESET)
+        {
+            self.backoff = Duration::ZERO;
+        }
+        self.backoff = if self.backoff.is_zero() {
+            FIRST_BACKOFF
+        } else {
+            (self.backoff * 2).min(MAX_BACKOFF)
+        };
+        self.restarts += 1;
+        self.last_state = Some(terminated);
+        self.restart_at = Some(Instant::now() + self.backoff);
+        let why = format!("back-off {:?} restarting failed", self.backoff);
+        self.state = State::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: why.clone(),
+        };
+        Some(why)
     }
 }
 
@@ -808,14 +899,6 @@ pub fn remove_containers(podman: &Path, lab: &str) {
             .args(&ids)
             .output();
     }
-}
-
-/// A Pod with just its namespace and name (for container names).
-fn named(namespace: &str, name: &str) -> Pod {
-    let mut pod = Pod::default();
-    pod.metadata.namespace = Some(namespace.to_owned());
-    pod.metadata.name = Some(name.to_owned());
-    pod
 }
 
 fn api_access_volume() -> Volume {
@@ -873,52 +956,113 @@ fn write_items(
     Ok(())
 }
 
-/// Runs the readiness probes that are due (HTTP GET and TCP; from the
-/// node's namespace, as the kubelet probes).
+/// Runs the readiness probes that are due, from the node's namespace as
+/// the kubelet probes: HTTP GET (200-399) and TCP connect, with the
+/// probe's thresholds, timeout and initial delay. Until a container is
+/// first ready its probe runs every [`FIRST_PROBES_EVERY`] instead of
+/// `periodSeconds` (a lab pod is Ready within a second of its server);
+/// after that, every `periodSeconds`.
 fn probe_readiness(pod: &mut RunningPod) {
     let node_ns = pod.node.netns.clone();
     let ip = pod.ip;
     for c in &mut pod.containers {
-        let running = matches!(c.state, State::Running { .. });
-        if !running {
+        if !c.is_running() {
             c.ready = false;
             continue;
         }
-        let Some(probe) = c.readiness.as_ref() else {
+        let Some(probe) = c.readiness.clone() else {
             c.ready = true;
             continue;
         };
-        if Instant::now() < c.next_probe {
+        let seconds = |v: Option<i32>, default: u64| {
+            Duration::from_secs(v.and_then(|s| u64::try_from(s).ok()).unwrap_or(default))
+        };
+        let started = c.running_since.unwrap_or_else(Instant::now);
+        if started.elapsed() < seconds(probe.initial_delay_seconds, 0)
+            || c.probe.next.is_some_and(|next| Instant::now() < next)
+        {
             continue;
         }
-        c.next_probe = Instant::now() + PROBE_EVERY;
+        let period = if c.probe.ever_ready {
+            seconds(probe.period_seconds, 10)
+        } else {
+            FIRST_PROBES_EVERY
+        };
+        c.probe.next = Some(Instant::now() + period);
+        let timeout = seconds(probe.timeout_seconds, 1);
         let port = |p: &IntOrString| match p {
             IntOrString::Int(n) => u16::try_from(*n).ok(),
             IntOrString::String(name) => c.ports.get(name).copied(),
         };
-        let timeout = Duration::from_secs(1);
-        c.ready = if let Some(get) = &probe.http_get {
+        let connects = |port: u16| {
+            netns::in_netns(&node_ns, move || {
+                std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout)
+            })
+            .is_ok()
+        };
+        let ok = if let Some(get) = &probe.http_get {
+            let path = get.path.clone().unwrap_or_else(|| "/".into());
+            let https = get.scheme.as_deref() == Some("HTTPS");
             port(&get.port).is_some_and(|port| {
-                netns::http_get(
-                    &node_ns,
-                    SocketAddr::from((ip, port)),
-                    get.path.as_deref().unwrap_or("/"),
-                    timeout,
-                )
-                .is_ok()
+                if https {
+                    connects(port)
+                } else {
+                    http_probe(&node_ns, SocketAddr::from((ip, port)), &path, timeout)
+                }
             })
         } else if let Some(tcp) = &probe.tcp_socket {
-            port(&tcp.port).is_some_and(|port| {
-                netns::in_netns(&node_ns, move || {
-                    std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout)
-                })
-                .is_ok()
-            })
+            port(&tcp.port).is_some_and(connects)
         } else {
-            // exec and gRPC probes are not run: ready once running.
+            // exec and gRPC probes are not run (said in the pod's
+            // LabNotHonoured event): ready once running.
             true
         };
+        let threshold = |v: Option<i32>, default: u32| {
+            v.and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(default)
+                .max(1)
+        };
+        if ok {
+            c.probe.failures = 0;
+            c.probe.successes += 1;
+            if c.probe.successes >= threshold(probe.success_threshold, 1) {
+                c.ready = true;
+                c.probe.ever_ready = true;
+            }
+        } else {
+            c.probe.successes = 0;
+            c.probe.failures += 1;
+            if c.probe.failures >= threshold(probe.failure_threshold, 3) || !c.probe.ever_ready {
+                c.ready = false;
+            }
+        }
     }
+}
+
+/// `GET path` from `ns`: any answer from 200 to 399 passes, as the
+/// kubelet's HTTP probe.
+fn http_probe(ns: &str, addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    netns::in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\n\r\n"
+        )?;
+        let mut head = [0u8; 16];
+        let n = s.read(&mut head)?;
+        let line = String::from_utf8_lossy(&head[..n]).into_owned();
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((200..400).contains(&code))
+    })
+    .unwrap_or(false)
 }
 
 fn state_json(state: &State) -> Value {
@@ -980,7 +1124,7 @@ fn pod_status(pod: &RunningPod) -> Value {
                 "name": c.name,
                 "image": c.image,
                 "imageID": "",
-                "containerID": format!("podman://{}", c.process),
+                "containerID": format!("podman://{}", c.container),
                 "ready": c.ready,
                 "started": matches!(c.state, State::Running { .. }),
                 "restartCount": c.restarts,

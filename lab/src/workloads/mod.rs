@@ -6,7 +6,8 @@
 //! - [`controllers`]: DaemonSets and Deployments to pods, pods to nodes;
 //! - [`kubelet`]: pods to sandboxes, volumes and containers (podman + runc);
 //! - [`podman`]: one container's spec to `podman run` flags;
-//! - [`proxy`]: stored Services to every node's DNAT rules.
+//! - [`proxy`]: stored Services to every node's DNAT rules;
+//! - [`validation`]: what a client chose that the kubelet must not trust.
 //!
 //! One thread runs them all in a loop, a few times a second: small enough
 //! for a lab, and it never holds the cluster's lock while running a command.
@@ -15,6 +16,7 @@ pub mod controllers;
 pub mod kubelet;
 pub mod podman;
 pub mod proxy;
+pub mod validation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,9 +54,16 @@ impl Workloads {
                 let mut kubelet = Kubelet::new(agent);
                 let mut rules = String::new();
                 while !stopping.load(Ordering::SeqCst) {
-                    run_controllers(&cluster);
-                    kubelet.sync();
-                    program_services(&cluster, &topology, &mut rules);
+                    // A panic in one round (a bug) must not leave the pods
+                    // running unsupervised: log it and go on.
+                    let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_controllers(&cluster);
+                        kubelet.sync();
+                        program_services(&cluster, &topology, &mut rules);
+                    }));
+                    if round.is_err() {
+                        tracing::error!("a round of the lab's kubelet panicked");
+                    }
                     std::thread::sleep(PERIOD);
                 }
                 kubelet.shutdown();
@@ -108,15 +117,16 @@ fn run_controllers(cluster: &ClusterState) {
                 name,
                 node,
             } => {
-                let pod = pods.iter().find(|p| {
-                    p.metadata.namespace.as_deref() == Some(namespace)
-                        && p.metadata.name.as_deref() == Some(name)
-                });
-                if let Some(mut pod) = pod.cloned() {
-                    pod.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
-                    cluster.apply_pod(pod);
+                // The Binding subresource's effect, as a conditional write:
+                // a pod deleted or changed meanwhile is left alone (gone, or
+                // bound next round).
+                match cluster.get(Kind::Pod, namespace, name) {
+                    Some(mut pod) => {
+                        pod["spec"]["nodeName"] = serde_json::json!(node);
+                        cluster.replace(Kind::Pod, namespace, name, pod).map(|_| ())
+                    }
+                    None => Ok(()),
                 }
-                Ok(())
             }
         };
         if let Err(error) = done {
@@ -144,8 +154,11 @@ fn write_status(
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default(),
     );
-    // Gone meanwhile (helm uninstall): nothing to report.
-    let _ = cluster.write_status(kind, ns, name, status);
+    match cluster.write_status(kind, ns, name, status) {
+        // Gone meanwhile (helm uninstall): nothing to report.
+        Ok(()) | Err(crate::emulator::cluster::WriteError::NotFound { .. }) => {}
+        Err(error) => tracing::warn!(%error, %name, "cannot write a workload's status"),
+    }
 }
 
 /// kube-proxy: the Services chain of every node, rewritten when the

@@ -74,14 +74,10 @@ pub struct Refused {
     pub message: String,
 }
 
-/// The podman container name of `container` in `pod` of lab `lab`.
-pub fn container_name(lab: &str, pod: &Pod, container: &str) -> String {
-    let meta = &pod.metadata;
-    format!(
-        "{lab}_{}_{}_{container}",
-        meta.namespace.as_deref().unwrap_or("default"),
-        meta.name.as_deref().unwrap_or_default()
-    )
+/// The podman container name of `container` in pod `namespace/pod` of
+/// lab `lab`.
+pub fn container_name(lab: &str, namespace: &str, pod: &str, container: &str) -> String {
+    format!("{lab}_{namespace}_{pod}_{container}")
 }
 
 /// The arguments of `podman run` for `container` of `ctx.pod`.
@@ -94,7 +90,12 @@ pub fn run_args(ctx: &PodContext<'_>, container: &Container) -> Result<Container
     let mut not_honoured = Vec::new();
     let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
     args.extend(RUNTIME_FLAGS.map(String::from));
-    let name = container_name(ctx.lab, pod, &container.name);
+    let name = container_name(
+        ctx.lab,
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        &container.name,
+    );
     args.extend(["--name".into(), name]);
     args.extend(["--label".into(), format!("{LAB_LABEL}={}", ctx.lab)]);
     // The image is in local storage or nowhere: the lab pulls nothing.
@@ -109,16 +110,9 @@ pub fn run_args(ctx: &PodContext<'_>, container: &Container) -> Result<Container
 
     user_args(&pod_sc, &sc, ctx.image_user, &mut args)?;
     security_args(&pod_sc, &sc, &mut args, &mut not_honoured);
+    // Which sysctls are allowed is the kubelet's admission
+    // (`validation::check`), done before.
     for sysctl in pod_sc.sysctls.iter().flatten() {
-        if host_network && sysctl.name.starts_with("net.") {
-            return Err(Refused {
-                reason: "SysctlForbidden",
-                message: format!(
-                    "pod with hostNetwork may not set the namespaced sysctl {}",
-                    sysctl.name
-                ),
-            });
-        }
         args.extend([
             "--sysctl".into(),
             format!("{}={}", sysctl.name, sysctl.value),
@@ -126,7 +120,7 @@ pub fn run_args(ctx: &PodContext<'_>, container: &Container) -> Result<Container
     }
     dns_args(ctx, &spec, host_network, &mut args, &mut not_honoured);
 
-    let env = environment(ctx, container, &mut not_honoured);
+    let env = environment(ctx, container, &mut not_honoured)?;
     for (k, v) in &env {
         args.extend(["--env".into(), format!("{k}={v}")]);
     }
@@ -137,10 +131,8 @@ pub fn run_args(ctx: &PodContext<'_>, container: &Container) -> Result<Container
                 message: format!("volume {} is not prepared on this node", mount.name),
             });
         };
-        let mut host = dir.clone();
-        if let Some(sub) = mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            host.push(sub);
-        }
+        // No subPath: `validation::check` refuses it.
+        let host = dir.clone();
         let ro = if mount.read_only == Some(true) {
             ":ro"
         } else {
@@ -159,6 +151,38 @@ pub fn run_args(ctx: &PodContext<'_>, container: &Container) -> Result<Container
             || r.requests.as_ref().is_some_and(|l| !l.is_empty())
     }) {
         not_honoured.push("resources: requests and limits are not enforced".into());
+    }
+    for (asked, what) in [
+        (spec.host_aliases.is_some(), "hostAliases"),
+        (
+            spec.hostname.is_some() || spec.subdomain.is_some(),
+            "hostname and subdomain",
+        ),
+        (container.lifecycle.is_some(), "lifecycle hooks"),
+        (
+            container
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| p.host_port.is_some()),
+            "hostPort",
+        ),
+    ] {
+        if asked {
+            not_honoured.push(format!("{what}: not applied"));
+        }
+    }
+    if let Some(probe) = &container.readiness_probe {
+        if probe.exec.is_some() || probe.grpc.is_some() {
+            not_honoured.push("readinessProbe exec or gRPC: not run, ready once started".into());
+        }
+        if probe
+            .http_get
+            .as_ref()
+            .is_some_and(|g| g.scheme.as_deref() == Some("HTTPS"))
+        {
+            not_honoured.push("readinessProbe over HTTPS: checked as a TCP connect".into());
+        }
     }
     if container.liveness_probe.is_some() {
         not_honoured.push("livenessProbe: not run (readinessProbe is)".into());
@@ -343,7 +367,7 @@ pub fn environment(
     ctx: &PodContext<'_>,
     container: &Container,
     not_honoured: &mut Vec<String>,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, Refused> {
     let mut env: Vec<(String, String)> = Vec::new();
     let enable_links = ctx
         .pod
@@ -362,14 +386,14 @@ pub fn environment(
         env.extend(service_env(svc));
     }
     for var in container.env.iter().flatten() {
-        if let Some(value) = env_value(ctx, var, &env, not_honoured) {
+        if let Some(value) = env_value(ctx, var, &env, not_honoured)? {
             set(&mut env, &var.name, value);
         }
     }
     if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
         not_honoured.push("envFrom: not injected".into());
     }
-    env
+    Ok(env)
 }
 
 fn set(env: &mut Vec<(String, String)>, name: &str, value: String) {
@@ -384,11 +408,14 @@ fn env_value(
     var: &EnvVar,
     env: &[(String, String)],
     not_honoured: &mut Vec<String>,
-) -> Option<String> {
+) -> Result<Option<String>, Refused> {
     if let Some(value) = &var.value {
-        return Some(expand_refs(value, env));
+        return Ok(Some(expand_refs(value, env)));
     }
-    let from = var.value_from.as_ref()?;
+    let Some(from) = var.value_from.as_ref() else {
+        // `name` alone: the variable is set, empty.
+        return Ok(Some(String::new()));
+    };
     if let Some(field) = &from.field_ref {
         let value = field_value(ctx, &field.field_path);
         if value.is_none() {
@@ -397,16 +424,30 @@ fn env_value(
                 var.name, field.field_path
             ));
         }
-        return value;
+        return Ok(value);
     }
-    if let Some(key) = &from.secret_key_ref {
-        return (ctx.lookup)("Secret", &key.name, &key.key);
-    }
-    if let Some(key) = &from.config_map_key_ref {
-        return (ctx.lookup)("ConfigMap", &key.name, &key.key);
+    // A missing key fails the container, as the kubelet does, unless the
+    // reference is optional.
+    let keyed = [
+        from.secret_key_ref
+            .as_ref()
+            .map(|k| ("Secret", &k.name, &k.key, k.optional)),
+        from.config_map_key_ref
+            .as_ref()
+            .map(|k| ("ConfigMap", &k.name, &k.key, k.optional)),
+    ];
+    if let Some((kind, name, key, optional)) = keyed.into_iter().flatten().next() {
+        return match (ctx.lookup)(kind, name, key) {
+            Some(value) => Ok(Some(value)),
+            None if optional == Some(true) => Ok(None),
+            None => Err(Refused {
+                reason: "CreateContainerConfigError",
+                message: format!("couldn't find key {key} in {kind} {name}"),
+            }),
+        };
     }
     not_honoured.push(format!("env {}: resourceFieldRef is not filled", var.name));
-    None
+    Ok(None)
 }
 
 /// The downward API's `fieldRef` values.
@@ -668,12 +709,6 @@ mod tests {
         assert_eq!(
             run(&root, &[], Some(65532)).unwrap_err().reason,
             "CreateContainerConfigError"
-        );
-        let mut host = restricted_agent();
-        host.spec.as_mut().unwrap().host_network = Some(true);
-        assert_eq!(
-            run(&host, &[], Some(65532)).unwrap_err().reason,
-            "SysctlForbidden"
         );
     }
 

@@ -35,7 +35,12 @@ pub fn chain_rules(services: &[Service], pods: &[Pod], manual: &ManualEndpoints)
         let name = svc.metadata.name.clone().unwrap_or_default();
         let manual = manual.get(&(ns.clone(), name));
         for port in spec.ports.iter().flatten() {
+            // A client's string goes into iptables-restore input: only the
+            // protocols a Service may have.
             let proto = port.protocol.as_deref().unwrap_or("TCP").to_lowercase();
+            if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
+                continue;
+            }
             let backends: Vec<SocketAddr> = match (manual, spec.selector.as_ref()) {
                 (Some(addrs), _) => addrs.clone(),
                 (None, Some(selector)) if !selector.is_empty() => pods

@@ -98,6 +98,7 @@ impl ClusterState {
                 }
             },
         };
+        validate_name(kind, &name)?;
         meta.insert("name".into(), Value::String(name.clone()));
         // Server-assigned: whatever the client sent is dropped.
         for field in ["uid", "creationTimestamp", "deletionTimestamp"] {
@@ -238,8 +239,6 @@ impl ClusterState {
         Ok(object)
     }
 
-    /// Stores `object` (JSON of a `T`) under `key`, as a create or an
-    /// update; returns it as stored.
     /// A write to the `status` subresource of `namespace/name`: only the
     /// status changes (what the lab's controllers and kubelet report).
     /// Unchanged status: nothing is written, no watch event is sent.
@@ -264,6 +263,8 @@ impl ClusterState {
         })
     }
 
+    /// Stores `object` (JSON of a `T`) under `key`, as a create or an
+    /// update; returns it as stored.
     fn store<T: Stored + DeserializeOwned>(
         &self,
         inner: &mut Inner,
@@ -420,6 +421,51 @@ fn set_namespace(
 /// creation time, status of kinds whose status is a subresource, a
 /// Service's ClusterIPs, which cannot change), the generation bumped when
 /// the spec changed.
+/// The API server's name validation: RBAC objects take any path segment
+/// (`system:node`), every other kind a lowercase RFC 1123 subdomain (names
+/// end up in URLs, DNS, file and container names).
+fn validate_name(kind: Kind, name: &str) -> Result<(), WriteError> {
+    let rbac = matches!(
+        kind,
+        Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::Role | Kind::RoleBinding
+    );
+    let valid = if rbac {
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
+    } else {
+        is_dns_subdomain(name)
+    };
+    if valid {
+        return Ok(());
+    }
+    let rule = if rbac {
+        "may not be '.' or '..' and may not contain '/' or '%'"
+    } else {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+    };
+    Err(WriteError::Invalid(format!(
+        "{} {name:?} is invalid: metadata.name: Invalid value: {name:?}: {rule}",
+        kind.name()
+    )))
+}
+
+/// A lowercase RFC 1123 subdomain: at most 253 characters, labels of
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?` joined by dots.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label_chars)
+}
+
+/// A lowercase RFC 1123 label (at most 63 characters).
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && is_dns_label_chars(name)
+}
+
+fn is_dns_label_chars(label: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    label.starts_with(alnum)
+        && label.ends_with(alnum)
+        && label.chars().all(|c| alnum(c) || c == '-')
+}
+
 fn updated(kind: Kind, stored: &Value, mut object: Value) -> Result<Value, WriteError> {
     let meta = object_meta(&mut object)?;
     for field in ["uid", "creationTimestamp", "deletionTimestamp"] {
@@ -626,6 +672,17 @@ mod tests {
             state.create(Kind::Node, "", json!({"metadata": {"name": "n"}})),
             Err(WriteError::NotWritable(_))
         ));
+        // Names become file and container names: the server's validation.
+        for bad in ["../../etc", "Upper", "a_b", "-a", ""] {
+            let body = json!({"metadata": {"name": bad}});
+            let refused = state.create(Kind::ConfigMap, "ns", body);
+            assert!(
+                matches!(&refused, Err(WriteError::Invalid(_))),
+                "{bad}: {refused:?}"
+            );
+        }
+        let role = json!({"metadata": {"name": "system:lab"}});
+        assert!(state.create(Kind::ClusterRole, "", role).is_ok());
     }
 
     #[test]
