@@ -3,8 +3,9 @@
 //! image under podman + runc. Healthy with no findings; every container
 //! confined as the chart says (read from podman's inspect); `helm test`
 //! passes; a privileged pod is refused; a fault is named and healed; a
-//! pod-spec change (the agents' ICMP sysctl dropped) fails the way it would
-//! on a cluster; `helm uninstall` removes every pod and container.
+//! pod-spec change (the agents' ICMP sysctl dropped with `kubectl patch`,
+//! an unknown host-agent flag added with `helm upgrade --set`) fails the way it
+//! would on a cluster; `helm uninstall` removes every pod and container.
 //!
 //! Needs root, podman, runc, helm, kubectl (`scripts/setup-test`) and the
 //! image (`docker/build-image`; `scripts/test` builds it).
@@ -220,6 +221,49 @@ async fn the_chart_runs_from_the_image_under_a_container_runtime() {
     let log = common::client(&lab, "kubectl", &["logs", "-n", NAMESPACE, &name]);
     assert!(log.contains("cannot open an ICMP socket"), "{log}");
     assert!(agent["spec"]["securityContext"]["sysctls"].is_null());
+
+    // The same through the chart's values: `helm upgrade --set` of an
+    // extra flag the host agents do not know. The DaemonSet's new pods run
+    // it and exit, as they would on a cluster: the chart's args reach the
+    // container as written.
+    let chart = ContainerConfig::from_repository().chart;
+    lab.helm(
+        &[
+            "upgrade",
+            RELEASE,
+            &chart.display().to_string(),
+            "-n",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "hostAgent.extraArgs[0]=--no-such-flag",
+        ]
+        .map(String::from),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let host_agent_crashing = |p: &Value| {
+        p["metadata"]["labels"]["app.kubernetes.io/component"] == "host-agent"
+            && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CrashLoopBackOff"
+    };
+    until("the host agents in CrashLoopBackOff", || {
+        pods(&lab).iter().filter(|p| host_agent_crashing(p)).count() == 3
+    })
+    .await;
+    let host_agent = pods(&lab)
+        .into_iter()
+        .find(|p| host_agent_crashing(p))
+        .expect("a host agent");
+    let name = host_agent["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let log = common::client(&lab, "kubectl", &["logs", "-n", NAMESPACE, &name]);
+    assert!(
+        log.contains("unexpected argument '--no-such-flag'"),
+        "{log}"
+    );
 
     // helm uninstall: the workloads' pods go, and so do their containers.
     // The test pod is a hook, not part of the release's manifest: it stays
