@@ -160,6 +160,7 @@ pub fn down(prefix: &str) -> DownReport {
     // The container runtime mode's containers outlive a killed lab (their
     // monitor is not the lab's child): remove them by the lab's label.
     crate::workloads::remove_containers(std::path::Path::new("podman"), prefix);
+    crate::net::cni::forget(prefix);
     for ns in netns::list() {
         if prefix_of(&ns) == Some(prefix) {
             match netns::delete(&ns) {

@@ -106,14 +106,14 @@ impl Lab {
             tracing::debug!(error = %e, "companion was not running");
         }
         self.cluster.delete_pod(NAMESPACE, &old.name);
-        network::remove_pod(&old)?;
+        network::remove_pod(&plan, &old)?;
 
         let running = objects::companion_pod(&plan, &new);
         self.cluster.apply_pod(objects::pending(&running));
         if let Err(e) = network::add_pod(&plan, &new) {
             // Leave no half-wired namespace; the Pod stays Pending, as a
             // pod whose sandbox cannot be created does.
-            let _ = network::remove_pod(&new);
+            let _ = network::remove_pod(&plan, &new);
             return Err(e.into());
         }
         self.topo

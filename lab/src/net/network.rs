@@ -8,10 +8,11 @@
 //! ever appears in the root namespace and the lab has no link to the host's
 //! interfaces: the underlay is a bridge inside the switch namespace.
 
+use crate::net::cni;
 use crate::net::netns::{self, NetnsError, bridge, ip, iptables, sysctl};
 use crate::net::topology::{
-    NodePlan, Overlay, POD_CIDR, POD_MTU, PodPlan, SERVICE_CIDR, Topology, UNDERLAY_CIDR,
-    UNDERLAY_MTU, VXLAN_DEVICE, VXLAN_PORT,
+    NodePlan, Overlay, POD_CIDR, POD_MTU, PodPlan, SERVICE_CIDR, Topology, UNDERLAY_MTU,
+    VXLAN_DEVICE, VXLAN_PORT,
 };
 
 /// Sysctls of every lab namespace. New namespaces inherit IPv4 settings from
@@ -63,7 +64,7 @@ pub fn remove_node(t: &Topology, node: &NodePlan) -> Vec<NetnsError> {
         }
     }
     for pod in t.pods_of(node) {
-        if let Err(e) = remove_pod(pod) {
+        if let Err(e) = remove_pod(node, pod) {
             errors.push(e);
         }
     }
@@ -111,6 +112,8 @@ pub fn destroy(t: &Topology) -> Vec<NetnsError> {
             errors.push(e);
         }
     }
+    // The namespaces went without CNI DEL: forget host-local's stores.
+    cni::forget(&t.prefix);
     errors
 }
 
@@ -196,76 +199,33 @@ fn build_node(t: &Topology, node: &NodePlan) -> Result<(), NetnsError> {
     Ok(())
 }
 
-/// Creates one pod's namespace and wires it to its node (a pod created
-/// after the lab, e.g. a re-created companion).
+/// Creates one pod's namespace and wires it to its node through the CNI
+/// plugins (a pod created after the lab, e.g. a re-created companion).
 pub fn add_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
-    netns::add(&pod.netns)?;
-    sysctl(&pod.netns, &COMMON_SYSCTLS)?;
-    build_pod(node, pod)?;
-    // Unprivileged ICMP echo sockets, as the chart sets for the agent pod.
+    add_sandbox(node, pod)?;
+    // Unprivileged ICMP echo sockets, as the chart sets for the agent pod
+    // (the process mode has no runtime to apply the pod's sysctls).
     sysctl(&pod.netns, &["net.ipv4.ping_group_range=0 2147483647"])
 }
 
-/// A pod sandbox for a container runtime: [`add_pod`] without the ICMP
-/// sysctl, which the pod's own `securityContext.sysctls` set (or do not).
+/// A pod sandbox: its namespace, then CNI ADD (`lo`, and `eth0` on the
+/// node's `cni0` with its address and routes). A container runtime applies
+/// the pod's own sysctls afterwards.
 pub fn add_sandbox(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
     netns::add(&pod.netns)?;
     sysctl(&pod.netns, &COMMON_SYSCTLS)?;
-    build_pod(node, pod)
+    cni::add(node, pod)
 }
 
-/// Removes one pod: its veth pair first (deleting a namespace frees its
-/// devices asynchronously, and a pod re-created at once reuses the name of
-/// the node's end), then its namespace.
-pub fn remove_pod(pod: &PodPlan) -> Result<(), NetnsError> {
+/// Removes one pod: CNI DEL first (its veth pair goes, host-local releases
+/// its address; deleting a namespace frees its devices asynchronously, and
+/// a pod re-created at once must find its address free), then its
+/// namespace.
+pub fn remove_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
     if netns::exists(&pod.netns) {
-        ip(&pod.netns, &["link", "del", "eth0"])?;
+        cni::del(node, pod)?;
     }
     netns::delete(&pod.netns)
-}
-
-/// A pod namespace with `eth0` on the node's `cni0`, its address and routes.
-fn build_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
-    let mtu = POD_MTU.to_string();
-    ip(
-        &node.netns,
-        &[
-            "link",
-            "add",
-            &pod.host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &pod.netns,
-        ],
-    )?;
-    ip(
-        &node.netns,
-        &[
-            "link",
-            "set",
-            &pod.host_veth,
-            "mtu",
-            &mtu,
-            "master",
-            "cni0",
-            "up",
-        ],
-    )?;
-    let p = pod.netns.as_str();
-    ip(p, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
-    ip(
-        p,
-        &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
-    )?;
-    let gw = node.gateway.to_string();
-    for cidr in [POD_CIDR, UNDERLAY_CIDR] {
-        ip(p, &["route", "add", cidr, "via", &gw])?;
-    }
-    add_service_route(node, pod)
 }
 
 /// The pod's route to the service network. Kept separate from the others so

@@ -287,7 +287,7 @@ impl Kubelet {
             Err(refused) => {
                 if let Some(sandbox) = &running.sandbox
                     && netns::exists(&sandbox.netns)
-                    && let Err(error) = network::remove_pod(sandbox)
+                    && let Err(error) = network::remove_pod(&running.node, sandbox)
                 {
                     tracing::warn!(%error, pod = %running.name, "cannot remove the pod's sandbox");
                 }
@@ -730,7 +730,7 @@ impl Kubelet {
                 pod.finished = true;
                 pod.tokens.clear();
                 if let Some(sandbox) = &pod.sandbox
-                    && let Err(error) = network::remove_pod(sandbox)
+                    && let Err(error) = network::remove_pod(&pod.node, sandbox)
                 {
                     tracing::warn!(%error, pod = %pod.name, "cannot remove the pod's sandbox");
                 }
@@ -753,7 +753,7 @@ impl Kubelet {
             .args(&names)
             .output();
         if let Some(sandbox) = pod.sandbox.as_ref().filter(|s| netns::exists(&s.netns))
-            && let Err(error) = network::remove_pod(sandbox)
+            && let Err(error) = network::remove_pod(&pod.node, sandbox)
         {
             tracing::warn!(%error, pod = %pod.name, "cannot remove the pod's sandbox");
         }
