@@ -2,8 +2,8 @@
 //! agent restarted one by one, a node cordoned and uncordoned, every
 //! companion pod re-created with a new address, node-4 added and removed)
 //! must produce no finding at all, and the new node must be probed both
-//! ways within the run. Needs root and the binaries (`scripts/test` builds
-//! them).
+//! ways within the run, with the VXLAN overlay and with BGP. Needs root and
+//! the binaries (`scripts/test` builds them).
 
 mod common;
 
@@ -11,16 +11,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netmatrix_lab::lab::NODE_GRACE;
-use netmatrix_lab::{Lab, LabConfig};
+use netmatrix_lab::{Lab, LabConfig, Overlay};
 
 #[tokio::test]
 async fn a_healthy_cluster_through_churn_raises_no_finding() {
+    churn_raises_nothing(Overlay::Vxlan).await;
+}
+
+/// The same with Calico's routing: the joining node's BIRD starts and every
+/// other node peers with it; the leaving node's sessions go.
+#[tokio::test]
+async fn a_healthy_bgp_cluster_through_churn_raises_no_finding() {
+    churn_raises_nothing(Overlay::Bgp).await;
+}
+
+async fn churn_raises_nothing(overlay: Overlay) {
     common::require_root();
     common::init_tracing();
     let lab = Arc::new(
-        Lab::up(LabConfig::default())
-            .await
-            .unwrap_or_else(|e| panic!("lab up: {e}")),
+        Lab::up(LabConfig {
+            overlay,
+            ..LabConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("lab up: {e}")),
     );
     let report = lab
         .churn(Duration::from_secs(30))

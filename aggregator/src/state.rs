@@ -324,7 +324,7 @@ impl Aggregator {
                 expected: inventory.expected_nodes(now, self.settings.node_grace_ms),
                 states: Some(inventory.node_states(now, self.settings.node_grace_ms)),
                 running: Some(inventory.running_pod_agents()),
-                down: Some(inventory.agents_down.clone()),
+                down: Some(inventory.agents_down_after_grace(now, self.settings.node_grace_ms)),
                 truth: inventory.truth.clone(),
                 facts: store.facts(),
             },

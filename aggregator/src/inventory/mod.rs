@@ -345,6 +345,29 @@ impl Inventory {
             .collect()
     }
 
+    /// Why agents cannot run ([`Inventory::agents_down`]), for the nodes
+    /// past their grace period only. A machine that just joined is NotReady
+    /// until its CNI's own pod (flannel, calico-node...) has set its network
+    /// up, and the agent pod waits for that: the node is joining, not
+    /// broken.
+    pub fn agents_down_after_grace(
+        &self,
+        now_unix_ms: u64,
+        grace_ms: u64,
+    ) -> BTreeMap<String, AgentDown> {
+        let young = |node: &str| {
+            self.nodes
+                .get(node)
+                .and_then(|info| info.created_unix_ms)
+                .is_some_and(|t| now_unix_ms.saturating_sub(t) < grace_ms)
+        };
+        self.agents_down
+            .iter()
+            .filter(|(node, _)| !young(node))
+            .map(|(node, why)| (node.clone(), why.clone()))
+            .collect()
+    }
+
     /// The state of every node the API lists (nothing before the first sync).
     pub fn node_states(&self, now_unix_ms: u64, grace_ms: u64) -> BTreeMap<String, NodeState> {
         if !self.synced {
@@ -1352,6 +1375,31 @@ mod tests {
         let mut unsynced = inv.clone();
         unsynced.synced = false;
         assert!(unsynced.node_states(200_000, 60_000).is_empty());
+
+        // A joining node NotReady for its CNI is not judged within its
+        // grace period; an old one is.
+        let mut joining = inv.clone();
+        for node in ["n1", "n4"] {
+            joining.agents_down.insert(
+                node.into(),
+                AgentDown {
+                    namespace: "netmatrix".into(),
+                    cause: crate::diagnosis::DownCause::NodeNetworkNotReady {
+                        message: "cni plugin not initialized".into(),
+                    },
+                    events: Vec::new(),
+                },
+            );
+        }
+        let judged = |now| -> Vec<String> {
+            joining
+                .agents_down_after_grace(now, 60_000)
+                .into_keys()
+                .filter(|n| n == "n1" || n == "n4")
+                .collect()
+        };
+        assert_eq!(judged(120_000), ["n1"]);
+        assert_eq!(judged(200_000), ["n1", "n4"]);
     }
 
     #[test]

@@ -74,11 +74,14 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
         | FaultKind::ForwardingOff
         | FaultKind::ForwardPolicyDrop
         | FaultKind::BridgeDown
-        | FaultKind::VtepDown => FindingKind::NodeIsolated,
+        | FaultKind::VtepDown
+        | FaultKind::BirdStop => FindingKind::NodeIsolated,
         FaultKind::VxlanDrop => FindingKind::CrossNodeBroken,
         FaultKind::Partition => FindingKind::Partition,
         FaultKind::OneWay => FindingKind::AsymmetricPath,
-        FaultKind::Pair | FaultKind::FdbStale | FaultKind::RouteDel => FindingKind::PairBroken,
+        FaultKind::Pair | FaultKind::FdbStale | FaultKind::RouteDel | FaultKind::BgpBlock => {
+            FindingKind::PairBroken
+        }
         FaultKind::PodBlackhole => FindingKind::PodUnreachable,
         FaultKind::Mtu | FaultKind::MtuLower => FindingKind::MtuMismatch,
         FaultKind::ServiceRoute | FaultKind::Dnat => FindingKind::ClusteripBroken,

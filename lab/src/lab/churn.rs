@@ -11,7 +11,7 @@ use super::{
 };
 use crate::net::network;
 use crate::net::services;
-use crate::net::topology::{NAMESPACE, NodePlan, PodPlan, Topology};
+use crate::net::topology::{NAMESPACE, NodePlan, Overlay, PodPlan, Topology};
 
 impl Lab {
     /// Churn acts on the processes and pods the process mode plans; in the
@@ -170,6 +170,10 @@ impl Lab {
             return Err(e.into());
         }
         *self.topo.write().unwrap_or_else(|e| e.into_inner()) = next;
+        if self.config.overlay == Overlay::Bgp {
+            // calico-node starts on the new node; every node peers with it.
+            self.reconfigure_bgp(Some(&node))?;
+        }
         self.cluster.set_node_ready(&node.name, true);
 
         let pods = objects::node_pods(&node, self.config.host_agents);
@@ -230,6 +234,14 @@ impl Lab {
         self.cluster.delete_node(name);
         *self.topo.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
 
+        if self.config.overlay == Overlay::Bgp {
+            if let Err(e) = self.procs.stop(&crate::net::bgp::process(&node)) {
+                tracing::debug!(error = %e, "BIRD was not running");
+            }
+            if let Err(e) = self.reconfigure_bgp(None) {
+                tracing::warn!(error = %e, "reconfiguring the BGP mesh");
+            }
+        }
         let mut errors = network::remove_node(&next, &node);
         for other in &next.nodes {
             if let Err(e) = services::restore(&next, other) {

@@ -392,6 +392,9 @@ impl Lab {
             what: "network build task".into(),
             source: std::io::Error::other(e),
         })??;
+        if topo.overlay == crate::net::topology::Overlay::Bgp {
+            lab.start_bgp().await?;
+        }
         tracing::info!(took = ?started.elapsed(), "network ready");
 
         lab.start_apiserver()?;
@@ -796,6 +799,66 @@ impl Lab {
         Ok(text)
     }
 
+    /// Writes `node`'s BIRD configuration and starts it (`--overlay bgp`).
+    fn start_bird(&self, node: &NodePlan) -> Result<(), LabError> {
+        let topo = self.topology();
+        let (conf, _) = crate::net::bgp::files(self.state.path(), node);
+        std::fs::write(&conf, crate::net::bgp::config(&topo, node, node.ip))
+            .map_err(io(format!("writing {}", conf.display())))?;
+        self.procs
+            .start(crate::net::bgp::spec(self.state.path(), node))?;
+        Ok(())
+    }
+
+    /// The mesh changed (a node joined or left, `self.topo` says so): every
+    /// node's configuration rewritten, the running BIRDs reconfigured
+    /// (`birdc configure`, as calico-node regenerates its config), the
+    /// joining node's started; returns when every kernel has the routes.
+    pub(super) fn reconfigure_bgp(&self, joined: Option<&NodePlan>) -> Result<(), LabError> {
+        let topo = self.topology();
+        for node in &topo.nodes {
+            if joined.is_some_and(|j| j.index == node.index) {
+                self.start_bird(node)?;
+                continue;
+            }
+            let (conf, ctl) = crate::net::bgp::files(self.state.path(), node);
+            std::fs::write(&conf, crate::net::bgp::config(&topo, node, node.ip))
+                .map_err(io(format!("writing {}", conf.display())))?;
+            let out = std::process::Command::new("birdc")
+                .arg("-s")
+                .arg(&ctl)
+                .arg("configure")
+                .output()
+                .map_err(io("running birdc (apt-get install bird2)"))?;
+            if !out.status.success() {
+                return Err(LabError::Busy(format!(
+                    "birdc configure on {}: {}",
+                    node.name,
+                    String::from_utf8_lossy(&out.stdout)
+                )));
+            }
+        }
+        crate::net::bgp::wait_converged(&topo, Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    /// Every node's BIRD, then the mesh's routes in every kernel.
+    async fn start_bgp(&self) -> Result<(), LabError> {
+        let topo = self.topology();
+        for node in &topo.nodes {
+            self.start_bird(node)?;
+        }
+        tokio::task::spawn_blocking(move || {
+            crate::net::bgp::wait_converged(&topo, Duration::from_secs(20))
+        })
+        .await
+        .map_err(|e| LabError::Io {
+            what: "BGP convergence task".into(),
+            source: std::io::Error::other(e),
+        })??;
+        Ok(())
+    }
+
     fn servers(&self) -> std::sync::MutexGuard<'_, Servers> {
         lock(&self.servers)
     }
@@ -1197,6 +1260,19 @@ impl Lab {
 }
 
 impl Hooks for Lab {
+    fn bird(&self, node: &NodePlan, running: bool) -> Result<(), FaultError> {
+        let fail = |e: ProcessError| FaultError::Lab(e.to_string());
+        if running {
+            self.start_bird(node)
+                .map_err(|e| FaultError::Lab(e.to_string()))
+        } else {
+            self.procs
+                .stop(&crate::net::bgp::process(node))
+                .map(|_| ())
+                .map_err(fail)
+        }
+    }
+
     fn stop_dns(&self) -> Result<(), FaultError> {
         match self.servers().dns.take() {
             Some(task) => {

@@ -2,6 +2,7 @@
 //! or host-gw routes and iptables, built, broken and healed with the
 //! kernel's own tools.
 
+pub mod bgp;
 pub mod cni;
 pub mod faults;
 pub mod forward;

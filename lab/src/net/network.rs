@@ -349,6 +349,8 @@ pub fn connect_peer(overlay: Overlay, node: &NodePlan, peer: &NodePlan) -> Resul
                 ],
             )?;
         }
+        // BIRD learns and installs the route (`net::bgp`).
+        Overlay::Bgp => {}
     }
     Ok(())
 }
@@ -514,6 +516,8 @@ pub fn disconnect_peer(
         Overlay::HostGw => {
             ip(ns, &["route", "del", &peer.pod_cidr])?;
         }
+        // BIRD withdraws it when the peer's session ends.
+        Overlay::Bgp => {}
     }
     Ok(())
 }

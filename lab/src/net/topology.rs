@@ -63,8 +63,18 @@ pub const MAX_NODES: usize = 200;
 pub enum Overlay {
     /// flannel-style VXLAN (`flannel.1`, UDP 8472) with static FDB and neighbour entries.
     Vxlan,
-    /// Plain routes over the underlay, as flannel host-gw or calico's BGP routes.
+    /// Plain routes over the underlay, as flannel host-gw sets them.
     HostGw,
+    /// The same routes, learned from BIRD in an iBGP full mesh, as Calico's
+    /// default (no encapsulation) has them.
+    Bgp,
+}
+
+impl Overlay {
+    /// Pod traffic goes over the underlay unencapsulated, on routes.
+    pub fn routed(self) -> bool {
+        matches!(self, Overlay::HostGw | Overlay::Bgp)
+    }
 }
 
 impl std::fmt::Display for Overlay {
@@ -72,6 +82,7 @@ impl std::fmt::Display for Overlay {
         f.write_str(match self {
             Overlay::Vxlan => "vxlan",
             Overlay::HostGw => "host-gw",
+            Overlay::Bgp => "bgp",
         })
     }
 }

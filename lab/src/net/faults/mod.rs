@@ -33,6 +33,8 @@
 //! | `bridge-down NODE` | the node's pod bridge `cni0` set down | `node-isolated` |
 //! | `agent-sandbox-fails NODE` | the node's agent pod re-created, and its sandbox fails: `Pending`, `FailedCreatePodSandBox` Events with a CNI IPAM error (the agent process stopped) | `agent-missing`, saying the CNI fails to set up the pod |
 //! | `agent-image-pull NODE` | the node's agent pod re-created with an image that cannot be pulled: `ImagePullBackOff`, its `Failed` Events | `agent-missing`, saying the image is not pulled |
+//! | `bgp-block A B` | (`--overlay bgp`) TCP 179 between A's and B's BGP speakers dropped on A: after the hold time the session ends and both withdraw the other's pod routes | `pair-broken` A-B, the missing routes named as its cause |
+//! | `bird-stop NODE` | (`--overlay bgp`) the node's BIRD stopped (calico-node crashed): its peers withdraw its pod CIDR, it withdraws theirs | `node-isolated`, the missing routes named as its cause |
 //! | `cni-not-ready NODE` | the node `NotReady` with the kubelet's "cni plugin not initialized", its agent pod re-created and not started (`NetworkNotReady` Event) | `agent-missing`, saying the node's network plugin is not ready |
 //!
 //! The last three cut the node's pods off the node entirely, so its pod
@@ -93,7 +95,7 @@ pub enum FaultKind {
     FdbStale,
     /// NODE: set NODE's VXLAN device flannel.1 down (vxlan).
     VtepDown,
-    /// A B: delete A's route to B's pod subnet.
+    /// A B: delete A's route to B's pod subnet (vxlan, host-gw).
     RouteDel,
     /// A B: a blackhole route on A to B's companion pod alone (its /32).
     PodBlackhole,
@@ -135,6 +137,10 @@ pub enum FaultKind {
     AgentImagePull,
     /// NODE: NODE NotReady, "cni plugin not initialized"; its agent pod not started.
     CniNotReady,
+    /// A B: drop BGP (TCP 179) between A's and B's BIRD; they withdraw each other's routes (bgp).
+    BgpBlock,
+    /// NODE: stop NODE's BIRD, as calico-node crashing (bgp).
+    BirdStop,
 }
 
 /// How many nodes a fault is about.
@@ -211,6 +217,8 @@ impl FaultKind {
             FaultKind::AgentSandboxFails => "agent-sandbox-fails",
             FaultKind::AgentImagePull => "agent-image-pull",
             FaultKind::CniNotReady => "cni-not-ready",
+            FaultKind::BgpBlock => "bgp-block",
+            FaultKind::BirdStop => "bird-stop",
         }
     }
 
@@ -223,7 +231,8 @@ impl FaultKind {
             | FaultKind::TcpDrop
             | FaultKind::FdbStale
             | FaultKind::RouteDel
-            | FaultKind::PodBlackhole => Arity::Two,
+            | FaultKind::PodBlackhole
+            | FaultKind::BgpBlock => Arity::Two,
             FaultKind::Partition => Arity::Group,
             _ => Arity::One,
         }
@@ -253,6 +262,17 @@ impl FaultKind {
             }),
             _ => None,
         }
+    }
+
+    /// Whether the fault only exists with `--overlay bgp`.
+    pub fn bgp_only(self) -> bool {
+        matches!(self, FaultKind::BgpBlock | FaultKind::BirdStop)
+    }
+
+    /// Whether the fault removes routes that BIRD would put back at its
+    /// next scan (so not a fault of `--overlay bgp`).
+    pub fn static_routes_only(self) -> bool {
+        matches!(self, FaultKind::OverlayDown | FaultKind::RouteDel)
     }
 
     /// Whether the fault only exists with the VXLAN overlay.
@@ -595,6 +615,8 @@ pub trait Hooks {
         node: &NodePlan,
         fault: Option<FaultKind>,
     ) -> Result<(), FaultError>;
+    /// Stops (or starts again) the node's BIRD, as calico-node crashing.
+    fn bird(&self, node: &NodePlan, running: bool) -> Result<(), FaultError>;
 }
 
 /// The nodes a fault is about, checked against the plan, in the fault's
@@ -621,6 +643,18 @@ pub fn targets<'a>(t: &'a Topology, fault: &Fault) -> Result<Vec<&'a NodePlan>, 
     }
     if fault.kind.vxlan_only() && t.overlay != Overlay::Vxlan {
         return Err(FaultError::NeedsVxlan(fault.kind));
+    }
+    if fault.kind.bgp_only() && t.overlay != Overlay::Bgp {
+        return Err(FaultError::Lab(format!(
+            "fault {} needs BGP: start the lab with --overlay bgp",
+            fault.kind
+        )));
+    }
+    if fault.kind.static_routes_only() && t.overlay == Overlay::Bgp {
+        return Err(FaultError::Lab(format!(
+            "fault {}: with --overlay bgp, BIRD puts deleted routes back; break BGP instead (bgp-block, bird-stop)",
+            fault.kind
+        )));
     }
     Ok(nodes)
 }
@@ -699,6 +733,7 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
         kind @ (FaultKind::AgentSandboxFails
         | FaultKind::AgentImagePull
         | FaultKind::CniNotReady) => hooks.agent_pod_trouble(n, Some(kind))?,
+        FaultKind::BirdStop => hooks.bird(n, false)?,
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to do"))),
     }
     Ok(())
@@ -761,6 +796,7 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
         FaultKind::AgentSandboxFails | FaultKind::AgentImagePull | FaultKind::CniNotReady => {
             hooks.agent_pod_trouble(n, None)?
         }
+        FaultKind::BirdStop => hooks.bird(n, true)?,
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to undo"))),
     }
     Ok(())

@@ -80,8 +80,12 @@ fn overlay_path(overlay: Overlay, node: &NodePlan, way: Way) -> Vec<String> {
     let v: Vec<&str> = match (overlay, way) {
         (Overlay::Vxlan, Way::Out) => vec!["-o", VXLAN_DEVICE],
         (Overlay::Vxlan, Way::In) => vec!["-i", VXLAN_DEVICE],
-        (Overlay::HostGw, Way::Out) => vec!["-o", "eth0", "-s", &node.pod_cidr, "-d", POD_CIDR],
-        (Overlay::HostGw, Way::In) => vec!["-i", "eth0", "-s", POD_CIDR, "-d", &node.pod_cidr],
+        (Overlay::HostGw | Overlay::Bgp, Way::Out) => {
+            vec!["-o", "eth0", "-s", &node.pod_cidr, "-d", POD_CIDR]
+        }
+        (Overlay::HostGw | Overlay::Bgp, Way::In) => {
+            vec!["-i", "eth0", "-s", POD_CIDR, "-d", &node.pod_cidr]
+        }
     };
     v.into_iter().map(str::to_owned).collect()
 }
@@ -98,6 +102,19 @@ pub fn for_fault(t: &Topology, fault: &Fault, nodes: &[&NodePlan]) -> Vec<Rule> 
             for n in &t.nodes {
                 rules.push(Rule::new(n, "OUTPUT", &vxlan, kind));
                 rules.push(Rule::new(n, "INPUT", &vxlan, kind));
+            }
+        }
+        FaultKind::BgpBlock => {
+            if let [a, b] = nodes {
+                // A firewall on A between A and B's BGP speakers, both
+                // directions of port 179 (either side may have opened the
+                // session): A's hold timer expires, A closes the session,
+                // and both withdraw the other's routes.
+                let peer = format!("{}/32", b.ip);
+                for port in ["--dport", "--sport"] {
+                    let m = ["-s", peer.as_str(), "-p", "tcp", port, "179"];
+                    rules.push(Rule::new(a, "INPUT", &m, kind));
+                }
             }
         }
         FaultKind::Partition => {
@@ -198,7 +215,9 @@ pub fn for_fault(t: &Topology, fault: &Fault, nodes: &[&NodePlan]) -> Vec<Rule> 
                 // loss is the given rate both ways, not 1 - 0.7^2 = 51 %.
                 let (chain, mut matches) = match t.overlay {
                     Overlay::Vxlan => ("INPUT", vxlan.map(str::to_owned).to_vec()),
-                    Overlay::HostGw => ("FORWARD", overlay_path(t.overlay, n, Way::In)),
+                    Overlay::HostGw | Overlay::Bgp => {
+                        ("FORWARD", overlay_path(t.overlay, n, Way::In))
+                    }
                 };
                 matches.extend(random_share(fault.value_or_default()));
                 let m: Vec<&str> = matches.iter().map(String::as_str).collect();
