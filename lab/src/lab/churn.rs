@@ -169,10 +169,25 @@ impl Lab {
             self.cluster.delete_node(&node.name);
             return Err(e.into());
         }
+        let before = self.topology();
         *self.topo.write().unwrap_or_else(|e| e.into_inner()) = next;
-        if self.config.overlay == Overlay::Bgp {
-            // calico-node starts on the new node; every node peers with it.
-            self.reconfigure_bgp(Some(&node))?;
+        if self.config.overlay == Overlay::Bgp
+            && let Err(e) = self.reconfigure_bgp(Some(&node))
+        {
+            // calico-node could not join the mesh: the node never made it.
+            let _ = self.procs.stop(&crate::net::bgp::process(&node));
+            *self.topo.write().unwrap_or_else(|e| e.into_inner()) = before.clone();
+            if let Err(undo) = self.reconfigure_bgp(None) {
+                tracing::warn!(error = %undo, "restoring the BGP mesh");
+            }
+            for cleanup in network::remove_node(&before, &node) {
+                tracing::debug!(error = %cleanup, "undoing a failed join");
+            }
+            for other in &before.nodes {
+                let _ = services::restore(&before, other);
+            }
+            self.cluster.delete_node(&node.name);
+            return Err(e);
         }
         self.cluster.set_node_ready(&node.name, true);
 

@@ -336,6 +336,8 @@ impl Lab {
             });
         }
 
+        // A killed lab of the same prefix may have left its address stores.
+        crate::net::cni::forget(&prefix);
         // From here on, dropping `lab` (on any error below) cleans up.
         let state = StateDir::create(&prefix)?;
         let http = reqwest::Client::builder()
@@ -577,7 +579,10 @@ impl Lab {
             return Err(FaultError::AlreadyApplied(fault).into());
         }
         let topology = self.topology();
-        if !topology.netmatrix_pods && fault.kind.needs_planned_pods() {
+        // The bridge plugin sets `cni0` up again at every pod ADD, and the
+        // container runtime's kubelet makes sandboxes at any time.
+        let undone_by_cni = fault.kind == FaultKind::BridgeDown;
+        if !topology.netmatrix_pods && (fault.kind.needs_planned_pods() || undone_by_cni) {
             return Err(LabError::Busy(format!(
                 "fault {} acts on the process mode's own pods: it is not available with --runtime container (the node, overlay, path, loss, MTU, DNS-server and API faults are)",
                 fault.kind
@@ -799,12 +804,24 @@ impl Lab {
         Ok(text)
     }
 
-    /// Writes `node`'s BIRD configuration and starts it (`--overlay bgp`).
-    fn start_bird(&self, node: &NodePlan) -> Result<(), LabError> {
-        let topo = self.topology();
-        let (conf, _) = crate::net::bgp::files(self.state.path(), node);
-        std::fs::write(&conf, crate::net::bgp::config(&topo, node, node.ip))
+    /// Writes `node`'s BIRD configuration for the current mesh, checked by
+    /// BIRD's own parser; returns its control socket.
+    fn write_bird_config(&self, node: &NodePlan) -> Result<PathBuf, LabError> {
+        let (conf, ctl) = crate::net::bgp::files(self.state.path(), node);
+        std::fs::write(&conf, crate::net::bgp::config(&self.topology(), node))
             .map_err(io(format!("writing {}", conf.display())))?;
+        crate::net::bgp::check_config(&conf)?;
+        Ok(ctl)
+    }
+
+    /// Starts `node`'s BIRD (`--overlay bgp`), after any previous one has
+    /// exited: two would fight over the control socket and port 179.
+    fn start_bird(&self, node: &NodePlan) -> Result<(), LabError> {
+        match self.procs.stop(&crate::net::bgp::process(node)) {
+            Ok(_) | Err(ProcessError::Unknown(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.write_bird_config(node)?;
         self.procs
             .start(crate::net::bgp::spec(self.state.path(), node))?;
         Ok(())
@@ -821,24 +838,18 @@ impl Lab {
                 self.start_bird(node)?;
                 continue;
             }
-            let (conf, ctl) = crate::net::bgp::files(self.state.path(), node);
-            std::fs::write(&conf, crate::net::bgp::config(&topo, node, node.ip))
-                .map_err(io(format!("writing {}", conf.display())))?;
-            let out = std::process::Command::new("birdc")
-                .arg("-s")
-                .arg(&ctl)
-                .arg("configure")
-                .output()
-                .map_err(io("running birdc (apt-get install bird2)"))?;
-            if !out.status.success() {
-                return Err(LabError::Busy(format!(
-                    "birdc configure on {}: {}",
-                    node.name,
-                    String::from_utf8_lossy(&out.stdout)
-                )));
+            let ctl = self.write_bird_config(node)?;
+            let ctl = ctl.display().to_string();
+            // birdc exits 0 whatever BIRD answers: read the answer.
+            let answer = netns::run(None, "birdc", &["-s", ctl.as_str(), "configure"])?;
+            if !answer.contains("Reconfigured") && !answer.contains("Reconfiguration in progress") {
+                return Err(LabError::Io {
+                    what: format!("birdc configure on {}", node.name),
+                    source: std::io::Error::other(answer.trim().to_owned()),
+                });
             }
         }
-        crate::net::bgp::wait_converged(&topo, Duration::from_secs(20))?;
+        crate::net::bgp::wait_converged(&topo, crate::net::bgp::CONVERGENCE)?;
         Ok(())
     }
 
@@ -849,7 +860,7 @@ impl Lab {
             self.start_bird(node)?;
         }
         tokio::task::spawn_blocking(move || {
-            crate::net::bgp::wait_converged(&topo, Duration::from_secs(20))
+            crate::net::bgp::wait_converged(&topo, crate::net::bgp::CONVERGENCE)
         })
         .await
         .map_err(|e| LabError::Io {
@@ -1261,16 +1272,15 @@ impl Lab {
 
 impl Hooks for Lab {
     fn bird(&self, node: &NodePlan, running: bool) -> Result<(), FaultError> {
-        let fail = |e: ProcessError| FaultError::Lab(e.to_string());
-        if running {
+        let done = if running {
             self.start_bird(node)
-                .map_err(|e| FaultError::Lab(e.to_string()))
         } else {
             self.procs
                 .stop(&crate::net::bgp::process(node))
                 .map(|_| ())
-                .map_err(fail)
-        }
+                .map_err(LabError::from)
+        };
+        done.map_err(|e| FaultError::Lab(e.to_string()))
     }
 
     fn stop_dns(&self) -> Result<(), FaultError> {

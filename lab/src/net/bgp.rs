@@ -1,15 +1,18 @@
 //! `--overlay bgp`: Calico's default routing, with Calico's own routing
 //! daemon. Every node runs BIRD 2 in its namespace, in an iBGP full mesh
 //! over the underlay (Calico's node-to-node mesh, AS 64512): each node
-//! exports its pod CIDR (a blackhole route for its block, as Calico's
-//! config has it) and installs what it learns in the kernel, next hop the
+//! exports its pod CIDR (from a static route for its block, which Calico
+//! makes a blackhole; here `unreachable`, kept out of the kernel by the
+//! export filter) and installs what it learns in the kernel, next hop the
 //! peer's underlay address (`direct`, `gateway direct`: the peers share a
 //! link, or the learned routes would stay unreachable).
 //!
 //! Timers are short so that tests are fast, and stated here because they
-//! set how long a broken session takes to withdraw its routes:
-//! keepalive 1 s, hold 3 s (BIRD's minimum), connect retry 1 s, and 1 to
-//! 5 s before retrying a session that failed (BIRD's default is 60 s); the
+//! set how long a broken session takes to withdraw its routes: keepalive
+//! 3 s and hold 9 s (BGP's usual 1:3; shorter, a few lost keepalives under
+//! the `underlay-loss` fault would end sessions), a new session tried 1 s
+//! after start (BIRD's default connect delay is 5 s) and every 1 s, and
+//! 1 to 5 s before retrying one that failed (BIRD's default: 60 s); the
 //! kernel table is scanned every 2 s.
 
 use std::path::PathBuf;
@@ -24,7 +27,10 @@ pub const AS_NUMBER: u32 = 64512;
 /// BIRD's binary (Debian's `bird2`).
 pub const BIRD: &str = "bird";
 /// A session's hold time: how long a peer that went silent keeps its routes.
-pub const HOLD_TIME: Duration = Duration::from_secs(3);
+pub const HOLD_TIME: Duration = Duration::from_secs(9);
+/// How long a mesh change may take to reach every kernel: below the lab's
+/// node grace, during which a joining node is not judged.
+pub const CONVERGENCE: Duration = Duration::from_secs(10);
 
 /// The BIRD process name (and log file) of `node`.
 pub fn process(node: &NodePlan) -> String {
@@ -36,9 +42,8 @@ fn session(peer: &NodePlan) -> String {
     format!("Mesh_{}", peer.ip.to_string().replace('.', "_"))
 }
 
-/// `node`'s BIRD configuration in `t`'s mesh, peering from `local` (the
-/// node's underlay address, unless a fault says otherwise).
-pub fn config(t: &Topology, node: &NodePlan, local: std::net::Ipv4Addr) -> String {
+/// `node`'s BIRD configuration in `t`'s mesh.
+pub fn config(t: &Topology, node: &NodePlan) -> String {
     let mut c = format!(
         "# BIRD 2 of {name} (netmatrix lab, --overlay bgp): Calico's node-to-node mesh.\n\
          log stderr all;\n\
@@ -49,14 +54,16 @@ pub fn config(t: &Topology, node: &NodePlan, local: std::net::Ipv4Addr) -> Strin
          # What the peers announce goes to the kernel; nothing else.\n\
          protocol kernel {{\n  scan time 2;\n  ipv4 {{ import none; export where source = RTS_BGP; }};\n}}\n\
          template bgp mesh {{\n  local {local} as {AS_NUMBER};\n  direct;\n  \
-         keepalive time 1;\n  hold time {hold};\n  connect retry time 1;\n  \
-         error wait time 1, 5;\n  \
+         keepalive time {keepalive};\n  hold time {hold};\n  connect delay time 1;\n  \
+         connect retry time 1;\n  error wait time 1, 5;\n  \
          ipv4 {{\n    import all;\n    export where proto = \"pod_block\";\n    \
          next hop self;\n    gateway direct;\n  }};\n}}\n",
         name = node.name,
         router = node.ip,
         cidr = node.pod_cidr,
+        local = node.ip,
         hold = HOLD_TIME.as_secs(),
+        keepalive = HOLD_TIME.as_secs() / 3,
     );
     for peer in t.nodes.iter().filter(|p| p.index != node.index) {
         c.push_str(&format!(
@@ -96,6 +103,13 @@ pub fn spec(state: &std::path::Path, node: &NodePlan) -> ProcessSpec {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         )],
     }
+}
+
+/// Checks a configuration file with `bird -p` (parse only), so that a
+/// mistake is an error here, not a daemon that exits or ignores a reload.
+pub fn check_config(conf: &std::path::Path) -> Result<(), NetnsError> {
+    let conf = conf.display().to_string();
+    netns::run(None, BIRD, &["-p", "-c", &conf]).map(|_| ())
 }
 
 /// The peers whose pod CIDR `node` has no BIRD route to in its kernel.
@@ -145,12 +159,14 @@ mod tests {
     fn the_mesh_config_is_calicos() {
         let t = Topology::plan("nmabcd", 3, Overlay::Bgp).unwrap();
         let n2 = &t.nodes[1];
-        let c = config(&t, n2, n2.ip);
+        let c = config(&t, n2);
         assert!(c.contains("router id 198.18.0.2;"));
         assert!(c.contains("route 10.244.2.0/24 unreachable;"));
         assert!(c.contains("local 198.18.0.2 as 64512;"));
         assert!(c.contains("gateway direct;"));
-        assert!(c.contains("hold time 3;"));
+        assert!(c.contains("hold time 9;"));
+        assert!(c.contains("keepalive time 3;"));
+        assert!(c.contains("connect delay time 1;"));
         assert!(c.contains("error wait time 1, 5;"));
         assert!(
             c.contains("protocol bgp Mesh_198_18_0_1 from mesh { neighbor 198.18.0.1 as 64512; }")
@@ -159,5 +175,11 @@ mod tests {
             c.contains("protocol bgp Mesh_198_18_0_3 from mesh { neighbor 198.18.0.3 as 64512; }")
         );
         assert!(!c.contains("Mesh_198_18_0_2"));
+        // BIRD itself reads it (scripts/setup installs bird2).
+        let file = std::env::temp_dir().join(format!("bird-test-{}.conf", std::process::id()));
+        std::fs::write(&file, &c).unwrap();
+        let parsed = check_config(&file);
+        let _ = std::fs::remove_file(&file);
+        parsed.expect("bird -p accepts the configuration (apt-get install bird2)");
     }
 }

@@ -3,8 +3,10 @@
 //! runtime's "host"), the CNI spec's environment (`CNI_COMMAND`,
 //! `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`, `CNI_PATH`, `CNI_ARGS`)
 //! and the network configuration on stdin. The configuration is the one
-//! flannel's and Calico's CNI configs delegate to: `bridge` on the node's
-//! `cni0` with `host-local` IPAM over the node's pod CIDR, and `loopback`.
+//! flannel's CNI config delegates to (`bridge` on the node's `cni0` with
+//! `host-local` IPAM over the node's pod CIDR), without its default route
+//! and hairpin mode, and `loopback`. Calico's own plugin is not packaged
+//! here; its routing is (`net::bgp`).
 //!
 //! The lab still chooses each pod's address (`CNI_ARGS=IP=...`, which
 //! host-local honours): its plan names the agent `.2` and the companion
@@ -26,8 +28,9 @@ pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 /// host-local's stores, one directory per node network
 /// (`PREFIX-nK`), each file an allocated address.
 pub const IPAM_DIR: &str = "/run/netmatrix-lab/cni";
-/// The CNI version the lab speaks (the plugins 1.1 support up to 1.0.0).
-const CNI_VERSION: &str = "1.0.0";
+/// The CNI version the lab speaks: 0.4.0, which every plugin release since
+/// 0.8 accepts (older distributions' packages reject 1.0.0).
+const CNI_VERSION: &str = "0.4.0";
 
 /// The network name of `node` (host-local's store directory).
 pub fn network_name(node: &NodePlan) -> String {
@@ -139,11 +142,21 @@ fn call(
 
 /// CNI ADD of `pod` (its namespace exists) on `node`: `lo` up, `eth0` on
 /// `cni0` with the pod's address and routes. Checks the result's address.
+/// A failed ADD is cleaned up with DEL, as a runtime does.
 pub fn add(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
+    let added = add_once(node, pod);
+    if added.is_err() {
+        let _ = del(node, pod);
+    }
+    added
+}
+
+fn add_once(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
     call("ADD", node, pod, "lo", &loopback_config())?;
     let result = call("ADD", node, pod, "eth0", &bridge_config(node))?;
     let got = result["ips"][0]["address"].as_str().unwrap_or_default();
-    if got != format!("{}/24", pod.ip) {
+    let prefix = node.pod_cidr.rsplit('/').next().unwrap_or("24");
+    if got != format!("{}/{prefix}", pod.ip) {
         return Err(NetnsError::Failed {
             command: format!("CNI ADD bridge for {}", pod.netns),
             status: "unexpected result".into(),
@@ -154,10 +167,12 @@ pub fn add(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
 }
 
 /// CNI DEL of `pod` on `node`: its interface goes and host-local releases
-/// its address. Idempotent, as the spec requires of DEL.
+/// its address. Idempotent, as the spec requires of DEL; with the
+/// namespace already gone the plugins release the address and succeed.
 pub fn del(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
-    call("DEL", node, pod, "eth0", &bridge_config(node))?;
-    call("DEL", node, pod, "lo", &loopback_config()).map(|_| ())
+    let bridge = call("DEL", node, pod, "eth0", &bridge_config(node));
+    let lo = call("DEL", node, pod, "lo", &loopback_config());
+    bridge.and(lo).map(|_| ())
 }
 
 /// Removes the address stores of lab `prefix` (its namespaces are gone).

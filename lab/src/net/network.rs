@@ -1,12 +1,15 @@
 //! Builds the lab's kernel networking: an underlay switch, one
-//! namespace per node with a `cni0` bridge, pod namespaces on veth pairs, the
-//! overlay (flannel-style VXLAN or host-gw routes) and flannel's masquerade.
-//! The kube-proxy stand-in is in [`crate::net::services`].
+//! namespace per node with a `cni0` bridge, pod namespaces wired to it by
+//! the CNI plugins ([`crate::net::cni`]), the overlay (flannel-style VXLAN,
+//! host-gw routes, or BGP routes from BIRD, [`crate::net::bgp`]) and
+//! flannel's masquerade. The kube-proxy stand-in is in
+//! [`crate::net::services`].
 //!
-//! Every veth pair is created directly inside its two namespaces
-//! (`ip -n A link add X type veth peer name Y netns B`), so no lab interface
-//! ever appears in the root namespace and the lab has no link to the host's
-//! interfaces: the underlay is a bridge inside the switch namespace.
+//! Every veth pair is created inside its two namespaces: the nodes' with
+//! `ip -n A link add X type veth peer name Y netns B`, the pods' by the
+//! bridge plugin run in the node's namespace. No lab interface ever appears
+//! in the root namespace, and the lab has no link to the host's interfaces:
+//! the underlay is a bridge inside the switch namespace.
 
 use crate::net::cni;
 use crate::net::netns::{self, NetnsError, bridge, ip, iptables, sysctl};
@@ -222,15 +225,17 @@ pub fn add_sandbox(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
 /// a pod re-created at once must find its address free), then its
 /// namespace.
 pub fn remove_pod(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
-    if netns::exists(&pod.netns) {
-        cni::del(node, pod)?;
-    }
-    netns::delete(&pod.netns)
+    // DEL even without the namespace (host-local still releases the
+    // address); the namespace goes whatever DEL says.
+    let deleted = cni::del(node, pod);
+    netns::delete(&pod.netns)?;
+    deleted
 }
 
-/// The pod's route to the service network. Kept separate from the others so
-/// that the `service-route` fault can remove exactly it: that is what makes a
-/// pod's `connect()` to 10.96.0.1 fail with "network is unreachable".
+/// The pod's route to the service network (CNI ADD sets it with the others;
+/// this puts it back): the `service-route` fault removes exactly it, which
+/// is what makes a pod's `connect()` to 10.96.0.1 fail with "network is
+/// unreachable".
 pub fn add_service_route(node: &NodePlan, pod: &PodPlan) -> Result<(), NetnsError> {
     ip(
         &pod.netns,

@@ -70,13 +70,6 @@ pub enum Overlay {
     Bgp,
 }
 
-impl Overlay {
-    /// Pod traffic goes over the underlay unencapsulated, on routes.
-    pub fn routed(self) -> bool {
-        matches!(self, Overlay::HostGw | Overlay::Bgp)
-    }
-}
-
 impl std::fmt::Display for Overlay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -94,8 +87,6 @@ pub struct PodPlan {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
-    /// The node-side end of the pod's veth pair (in the node namespace).
-    pub host_veth: String,
 }
 
 /// One node of the plan.
@@ -134,7 +125,6 @@ impl NodePlan {
             name: pod_name,
             netns: format!("{netns}-{kind}"),
             ip: Ipv4Addr::new(10, 244, k, host),
-            host_veth: format!("v{kind}"),
         };
         NodePlan {
             index: k,
@@ -246,7 +236,6 @@ impl Topology {
                 name: "coredns".to_string(),
                 netns: format!("{prefix}-n1-dns"),
                 ip: DNS_POD_IP,
-                host_veth: "vdns".to_string(),
             },
             netmatrix_pods: true,
             nodes,
@@ -262,7 +251,6 @@ impl Topology {
             name: format!("netmatrix-companion-{}-{generation}", node.name),
             netns: node.companion.netns.clone(),
             ip: Ipv4Addr::new(10, 244, node.index, host),
-            host_veth: node.companion.host_veth.clone(),
         }
     }
 

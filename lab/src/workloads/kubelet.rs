@@ -463,7 +463,6 @@ impl Kubelet {
                 name: String::new(),
                 netns: format!("{}-p{host}", node.netns),
                 ip,
-                host_veth: format!("vp{host}"),
             })
         })
     }

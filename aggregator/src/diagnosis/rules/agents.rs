@@ -7,7 +7,8 @@
 //! The finding says why the agent is silent when the API knows it
 //! ([`AgentDown`]): the CNI failing to create the pod's sandbox, the image
 //! not pulled, the pod unschedulable, the node NotReady because its
-//! network plugin is not. A node NotReady for that reason is judged,
+//! network plugin is not. A node NotReady for that reason is judged once
+//! past its grace period (a joining node is NotReady until its CNI is up),
 //! though other NotReady nodes are not: its NotReady is the pod network.
 //!
 //! When every expected agent is silent at once and the API knows no reason
