@@ -1,9 +1,10 @@
 //! `--overlay bgp`: Calico's routing with Calico's own daemon. Every node
 //! runs BIRD in an iBGP full mesh (AS 64512) and learns the other nodes'
 //! pod CIDRs from it. A healthy lab is all ok with every session
-//! Established; BGP broken between two nodes (TCP 179 dropped) and BIRD
-//! stopped on one node (calico-node crashed) are each named, with the
-//! missing routes as the cause, and clear when healed. Needs root and
+//! Established; BGP broken between two nodes (TCP 179 dropped), BIRD
+//! stopped on one node (calico-node crashed) and one node peering from a
+//! wrong address (IP autodetection picked the wrong interface) are each
+//! named, with the missing routes as the cause, and clear when healed. Needs root and
 //! `bird2` (`scripts/setup`).
 
 mod common;
@@ -107,6 +108,24 @@ async fn bgp_mesh_faults_are_named_and_healed() {
     .await;
     lab.heal().expect("heal");
     lab.wait_for("healthy after bird-stop", common::WAIT, healthy)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // node-3's BGP address autodetected from the wrong interface (its
+    // cni0): it peers from it, the others dial it, no session comes up.
+    let wrong = Fault::new(FaultKind::BgpWrongAddress, vec!["node-3".into()], None).expect("fault");
+    lab.fault(wrong).expect("bgp-wrong-address");
+    named(
+        &lab,
+        "node-isolated node-3",
+        FindingKind::NodeIsolated,
+        "node-3",
+        "has no route to 10.244.3.0/24",
+    )
+    .await;
+    assert_eq!(protocols(&lab, "node-3").matches("Established").count(), 0);
+    lab.heal().expect("heal");
+    lab.wait_for("healthy after bgp-wrong-address", common::WAIT, healthy)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 

@@ -75,7 +75,8 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
         | FaultKind::ForwardPolicyDrop
         | FaultKind::BridgeDown
         | FaultKind::VtepDown
-        | FaultKind::BirdStop => FindingKind::NodeIsolated,
+        | FaultKind::BirdStop
+        | FaultKind::BgpWrongAddress => FindingKind::NodeIsolated,
         FaultKind::VxlanDrop => FindingKind::CrossNodeBroken,
         FaultKind::Partition => FindingKind::Partition,
         FaultKind::OneWay => FindingKind::AsymmetricPath,

@@ -172,12 +172,12 @@ impl Lab {
         let before = self.topology();
         *self.topo.write().unwrap_or_else(|e| e.into_inner()) = next;
         if self.config.overlay == Overlay::Bgp
-            && let Err(e) = self.reconfigure_bgp(Some(&node))
+            && let Err(e) = self.reconfigure_bgp(Some(&node), true)
         {
             // calico-node could not join the mesh: the node never made it.
             let _ = self.procs.stop(&crate::net::bgp::process(&node));
             *self.topo.write().unwrap_or_else(|e| e.into_inner()) = before.clone();
-            if let Err(undo) = self.reconfigure_bgp(None) {
+            if let Err(undo) = self.reconfigure_bgp(None, true) {
                 tracing::warn!(error = %undo, "restoring the BGP mesh");
             }
             for cleanup in network::remove_node(&before, &node) {
@@ -253,7 +253,7 @@ impl Lab {
             if let Err(e) = self.procs.stop(&crate::net::bgp::process(&node)) {
                 tracing::debug!(error = %e, "BIRD was not running");
             }
-            if let Err(e) = self.reconfigure_bgp(None) {
+            if let Err(e) = self.reconfigure_bgp(None, true) {
                 tracing::warn!(error = %e, "reconfiguring the BGP mesh");
             }
         }

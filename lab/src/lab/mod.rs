@@ -262,6 +262,9 @@ pub struct Lab {
     http: reqwest::Client,
     /// The container runtime mode's kubelet, controllers and kube-proxy.
     workloads: Mutex<Option<crate::workloads::Workloads>>,
+    /// `--overlay bgp`: nodes whose BGP address is not their underlay
+    /// address (the `bgp-wrong-address` fault).
+    bgp_addresses: Mutex<BTreeMap<String, Ipv4Addr>>,
     up_took: Duration,
     torn_down: AtomicBool,
 }
@@ -375,6 +378,7 @@ impl Lab {
             api_forward_addr,
             http,
             workloads: Mutex::new(None),
+            bgp_addresses: Mutex::new(BTreeMap::new()),
             up_took: Duration::ZERO,
             torn_down: AtomicBool::new(false),
         };
@@ -808,8 +812,13 @@ impl Lab {
     /// BIRD's own parser; returns its control socket.
     fn write_bird_config(&self, node: &NodePlan) -> Result<PathBuf, LabError> {
         let (conf, ctl) = crate::net::bgp::files(self.state.path(), node);
-        std::fs::write(&conf, crate::net::bgp::config(&self.topology(), node))
-            .map_err(io(format!("writing {}", conf.display())))?;
+        let wrong = lock(&self.bgp_addresses).clone();
+        let address = |n: &NodePlan| wrong.get(&n.name).copied().unwrap_or(n.ip);
+        std::fs::write(
+            &conf,
+            crate::net::bgp::config(&self.topology(), node, &address),
+        )
+        .map_err(io(format!("writing {}", conf.display())))?;
         crate::net::bgp::check_config(&conf)?;
         Ok(ctl)
     }
@@ -830,8 +839,13 @@ impl Lab {
     /// The mesh changed (a node joined or left, `self.topo` says so): every
     /// node's configuration rewritten, the running BIRDs reconfigured
     /// (`birdc configure`, as calico-node regenerates its config), the
-    /// joining node's started; returns when every kernel has the routes.
-    pub(super) fn reconfigure_bgp(&self, joined: Option<&NodePlan>) -> Result<(), LabError> {
+    /// joining node's started; returns when every kernel has the routes
+    /// (with `converge`).
+    pub(super) fn reconfigure_bgp(
+        &self,
+        joined: Option<&NodePlan>,
+        converge: bool,
+    ) -> Result<(), LabError> {
         let topo = self.topology();
         for node in &topo.nodes {
             if joined.is_some_and(|j| j.index == node.index) {
@@ -849,7 +863,9 @@ impl Lab {
                 });
             }
         }
-        crate::net::bgp::wait_converged(&topo, crate::net::bgp::CONVERGENCE)?;
+        if converge {
+            crate::net::bgp::wait_converged(&topo, crate::net::bgp::CONVERGENCE)?;
+        }
         Ok(())
     }
 
@@ -1281,6 +1297,20 @@ impl Hooks for Lab {
                 .map_err(LabError::from)
         };
         done.map_err(|e| FaultError::Lab(e.to_string()))
+    }
+
+    fn bgp_wrong_address(&self, node: &NodePlan, wrong: bool) -> Result<(), FaultError> {
+        {
+            let mut addresses = lock(&self.bgp_addresses);
+            if wrong {
+                addresses.insert(node.name.clone(), node.gateway);
+            } else {
+                addresses.remove(&node.name);
+            }
+        }
+        // Healed, the mesh converges again; broken, it cannot.
+        self.reconfigure_bgp(None, !wrong)
+            .map_err(|e| FaultError::Lab(e.to_string()))
     }
 
     fn stop_dns(&self) -> Result<(), FaultError> {

@@ -15,6 +15,7 @@
 //! 1 to 5 s before retrying one that failed (BIRD's default: 60 s); the
 //! kernel table is scanned every 2 s.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,8 +43,10 @@ fn session(peer: &NodePlan) -> String {
     format!("Mesh_{}", peer.ip.to_string().replace('.', "_"))
 }
 
-/// `node`'s BIRD configuration in `t`'s mesh.
-pub fn config(t: &Topology, node: &NodePlan) -> String {
+/// `node`'s BIRD configuration in `t`'s mesh, each node peering from the
+/// address `address` gives it (Calico's per-node BGP address, autodetected
+/// from the node's interfaces; normally its underlay address).
+pub fn config(t: &Topology, node: &NodePlan, address: &dyn Fn(&NodePlan) -> Ipv4Addr) -> String {
     let mut c = format!(
         "# BIRD 2 of {name} (netmatrix lab, --overlay bgp): Calico's node-to-node mesh.\n\
          log stderr all;\n\
@@ -59,9 +62,9 @@ pub fn config(t: &Topology, node: &NodePlan) -> String {
          ipv4 {{\n    import all;\n    export where proto = \"pod_block\";\n    \
          next hop self;\n    gateway direct;\n  }};\n}}\n",
         name = node.name,
-        router = node.ip,
+        router = address(node),
         cidr = node.pod_cidr,
-        local = node.ip,
+        local = address(node),
         hold = HOLD_TIME.as_secs(),
         keepalive = HOLD_TIME.as_secs() / 3,
     );
@@ -69,7 +72,7 @@ pub fn config(t: &Topology, node: &NodePlan) -> String {
         c.push_str(&format!(
             "protocol bgp {} from mesh {{ neighbor {} as {AS_NUMBER}; }}\n",
             session(peer),
-            peer.ip
+            address(peer)
         ));
     }
     c
@@ -159,7 +162,7 @@ mod tests {
     fn the_mesh_config_is_calicos() {
         let t = Topology::plan("nmabcd", 3, Overlay::Bgp).unwrap();
         let n2 = &t.nodes[1];
-        let c = config(&t, n2);
+        let c = config(&t, n2, &|n| n.ip);
         assert!(c.contains("router id 198.18.0.2;"));
         assert!(c.contains("route 10.244.2.0/24 unreachable;"));
         assert!(c.contains("local 198.18.0.2 as 64512;"));
@@ -175,6 +178,13 @@ mod tests {
             c.contains("protocol bgp Mesh_198_18_0_3 from mesh { neighbor 198.18.0.3 as 64512; }")
         );
         assert!(!c.contains("Mesh_198_18_0_2"));
+        // node-3's address autodetected wrong: node-2 peers with that.
+        let wrong = config(&t, n2, &|n| if n.index == 3 { n.gateway } else { n.ip });
+        assert!(
+            wrong.contains(
+                "protocol bgp Mesh_198_18_0_3 from mesh { neighbor 10.244.3.1 as 64512; }"
+            )
+        );
         // BIRD itself reads it (scripts/setup installs bird2).
         let file = std::env::temp_dir().join(format!("bird-test-{}.conf", std::process::id()));
         std::fs::write(&file, &c).unwrap();

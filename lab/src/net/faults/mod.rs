@@ -35,6 +35,7 @@
 //! | `agent-image-pull NODE` | the node's agent pod re-created with an image that cannot be pulled: `ImagePullBackOff`, its `Failed` Events | `agent-missing`, saying the image is not pulled |
 //! | `bgp-block A B` | (`--overlay bgp`) TCP 179 between A's and B's BGP speakers dropped on A: after the hold time the session ends and both withdraw the other's pod routes | `pair-broken` A-B, the missing routes named as its cause |
 //! | `bird-stop NODE` | (`--overlay bgp`) the node's BIRD stopped (calico-node crashed): its peers withdraw its pod CIDR, it withdraws theirs | `node-isolated`, the missing routes named as its cause |
+//! | `bgp-wrong-address NODE` | (`--overlay bgp`) the node's BGP address is its `cni0` address (Calico's IP autodetection picked the wrong interface): the node peers from it and the others dial it; no session comes up | `node-isolated`, the missing routes named as its cause |
 //! | `cni-not-ready NODE` | the node `NotReady` with the kubelet's "cni plugin not initialized", its agent pod re-created and not started (`NetworkNotReady` Event) | `agent-missing`, saying the node's network plugin is not ready |
 //!
 //! The last three cut the node's pods off the node entirely, so its pod
@@ -141,6 +142,8 @@ pub enum FaultKind {
     BgpBlock,
     /// NODE: stop NODE's BIRD, as calico-node crashing (bgp).
     BirdStop,
+    /// NODE: NODE's BGP address autodetected from the wrong interface (cni0): no session comes up (bgp).
+    BgpWrongAddress,
 }
 
 /// How many nodes a fault is about.
@@ -219,6 +222,7 @@ impl FaultKind {
             FaultKind::CniNotReady => "cni-not-ready",
             FaultKind::BgpBlock => "bgp-block",
             FaultKind::BirdStop => "bird-stop",
+            FaultKind::BgpWrongAddress => "bgp-wrong-address",
         }
     }
 
@@ -266,7 +270,10 @@ impl FaultKind {
 
     /// Whether the fault only exists with `--overlay bgp`.
     pub fn bgp_only(self) -> bool {
-        matches!(self, FaultKind::BgpBlock | FaultKind::BirdStop)
+        matches!(
+            self,
+            FaultKind::BgpBlock | FaultKind::BirdStop | FaultKind::BgpWrongAddress
+        )
     }
 
     /// Whether the fault removes routes that BIRD would put back at its
@@ -617,6 +624,10 @@ pub trait Hooks {
     ) -> Result<(), FaultError>;
     /// Stops (or starts again) the node's BIRD, as calico-node crashing.
     fn bird(&self, node: &NodePlan, running: bool) -> Result<(), FaultError>;
+    /// Gives the node a wrong BGP address (its `cni0` address, as Calico's
+    /// autodetection picking the wrong interface), or its own back; every
+    /// node's BIRD is reconfigured.
+    fn bgp_wrong_address(&self, node: &NodePlan, wrong: bool) -> Result<(), FaultError>;
 }
 
 /// The nodes a fault is about, checked against the plan, in the fault's
@@ -734,6 +745,7 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
         | FaultKind::AgentImagePull
         | FaultKind::CniNotReady) => hooks.agent_pod_trouble(n, Some(kind))?,
         FaultKind::BirdStop => hooks.bird(n, false)?,
+        FaultKind::BgpWrongAddress => hooks.bgp_wrong_address(n, true)?,
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to do"))),
     }
     Ok(())
@@ -797,6 +809,7 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
             hooks.agent_pod_trouble(n, None)?
         }
         FaultKind::BirdStop => hooks.bird(n, true)?,
+        FaultKind::BgpWrongAddress => hooks.bgp_wrong_address(n, false)?,
         kind => return Err(FaultError::Lab(format!("fault {kind} has nothing to undo"))),
     }
     Ok(())
