@@ -50,6 +50,9 @@ pub struct DetectArgs {
     /// Nodes in the lab (`partition` needs 4).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// How nodes reach each other's pods (`bgp`: BIRD; its faults need it).
+    #[arg(long, value_enum, default_value_t = crate::net::topology::Overlay::Vxlan)]
+    pub overlay: crate::net::topology::Overlay,
     /// Agent and aggregator interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -278,6 +281,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     // The lab's Drop removes it on every exit path (error, panic, signal).
     let lab = Lab::up(LabConfig {
         nodes: args.nodes,
+        overlay: args.overlay,
         interval: args.interval,
         prefix: args.prefix.clone(),
         bin_dir: args.bin_dir.clone(),
