@@ -59,11 +59,6 @@ pub fn read() -> Result<NodeFacts, FactsError> {
             links.push(fact);
         }
     }
-    let is_pod_end = |name: &str| {
-        links
-            .iter()
-            .any(|l: &LinkFact| l.name == name && l.kind == "veth")
-    };
     let overlay: Vec<String> = links
         .iter()
         .filter(|l| OVERLAY_KINDS.contains(&l.kind.as_str()))
@@ -77,12 +72,13 @@ pub fn read() -> Result<NodeFacts, FactsError> {
         for message in dump(&mut socket, RouteNetlinkMessage::GetRoute(request))? {
             if let RouteNetlinkMessage::NewRoute(route) = message
                 && let Some(fact) = route_fact(&route, &names)
-                && !fact.dev.as_deref().is_some_and(is_pod_end)
             {
                 routes.push(fact);
             }
         }
     }
+    let pod_ends = pod_ends(&links, &routes);
+    routes.retain(|r| !r.dev.as_ref().is_some_and(|d| pod_ends.contains(d)));
 
     let mut fdb = Vec::new();
     let mut neighbours = Vec::new();
@@ -113,7 +109,7 @@ pub fn read() -> Result<NodeFacts, FactsError> {
         }
     }
 
-    links.retain(|l| l.kind != "veth" && l.name != "lo");
+    links.retain(|l| !pod_ends.contains(&l.name) && l.name != "lo");
     links.truncate(MAX_FACT_ENTRIES);
     routes.truncate(MAX_FACT_ENTRIES);
     fdb.truncate(MAX_FACT_ENTRIES);
@@ -231,6 +227,31 @@ fn vxlan(data: &[InfoVxlan]) -> VxlanFact {
         }
     }
     fact
+}
+
+/// The host ends of pods' veths: one per pod, so left out of the facts
+/// (the per-pod /32 routes of calico, the bridge ports of flannel) to keep
+/// them small and to the point. A veth that carries the node's own traffic
+/// is not one: a node that is itself a container (kind, k3d, this
+/// project's lab) has a veth as its uplink, with the node subnet's route
+/// and the routes through other nodes (host-gw, BGP) on it. So a veth is a
+/// pod end unless a route on it reaches a network or goes through a
+/// gateway; IPv6 link-local routes, which every veth has, do not count.
+fn pod_ends(links: &[LinkFact], routes: &[RouteFact]) -> std::collections::HashSet<String> {
+    let carries_node_traffic = |dev: &str| {
+        routes.iter().any(|r| {
+            let network = match r.dst {
+                IpAddr::V4(_) => r.prefix < 32,
+                IpAddr::V6(v6) => r.prefix < 128 && !v6.is_unicast_link_local(),
+            };
+            r.dev.as_deref() == Some(dev) && (r.via.is_some() || network)
+        })
+    };
+    links
+        .iter()
+        .filter(|l| l.kind == "veth" && !carries_node_traffic(&l.name))
+        .map(|l| l.name.clone())
+        .collect()
 }
 
 /// A unicast route of the main table; `None` for the rest (local,
@@ -361,6 +382,57 @@ mod tests {
 
     /// Reads this machine's (or this test's namespace's) own tables: it
     /// must work unprivileged and find at least the loopback route.
+    fn veth(name: &str) -> LinkFact {
+        LinkFact {
+            name: name.into(),
+            kind: "veth".into(),
+            up: true,
+            mtu: 1500,
+            mac: None,
+            vxlan: None,
+        }
+    }
+
+    fn route(dst: &str, prefix: u8, via: Option<&str>, dev: &str) -> RouteFact {
+        RouteFact {
+            dst: dst.parse().unwrap(),
+            prefix,
+            via: via.map(|v| v.parse().unwrap()),
+            dev: Some(dev.into()),
+            reject: None,
+        }
+    }
+
+    /// A node that is a container: its uplink eth0 is a veth with the node
+    /// subnet and the host-gw routes; calico's pod ends have /32 routes;
+    /// a bridge port has none; every veth has fe80::/64.
+    #[test]
+    fn a_veth_carrying_the_nodes_routes_is_not_a_pod_end() {
+        let links = [
+            veth("eth0"),
+            veth("cali1234"),
+            veth("vethab"),
+            veth("lonely"),
+        ];
+        let routes = [
+            route("198.18.0.0", 15, None, "eth0"),
+            route("10.244.3.0", 24, Some("198.18.0.3"), "eth0"),
+            route("10.244.2.7", 32, None, "cali1234"),
+            route("fe80::", 64, None, "cali1234"),
+            route("fe80::", 64, None, "vethab"),
+        ];
+        let ends = pod_ends(&links, &routes);
+        let mut ends: Vec<&str> = ends.iter().map(String::as_str).collect();
+        ends.sort_unstable();
+        assert_eq!(ends, ["cali1234", "lonely", "vethab"]);
+        // A default route through a gateway marks an uplink too.
+        let ends = pod_ends(
+            &[veth("eth0")],
+            &[route("0.0.0.0", 0, Some("172.18.0.1"), "eth0")],
+        );
+        assert!(ends.is_empty());
+    }
+
     #[test]
     fn reads_the_local_tables() {
         let facts = read().expect("netlink dumps");

@@ -385,7 +385,9 @@ fn pair_lines(from: &str, to: &str, k: &Knowledge, lines: &mut Vec<String>) {
                 // Host-gw: straight to the peer's address.
                 if let Some(ip) = truth.internal_ip
                     && gateway != ip
-                    && f.link(dev).is_some_and(|l| l.kind.is_empty())
+                    // A physical device, or a containerised node's veth
+                    // uplink: not a tunnel, whose gateway is a VTEP.
+                    && f.link(dev).is_some_and(|l| l.kind.is_empty() || l.kind == "veth")
                 {
                     lines.push(format!(
                         "{from}'s route to {net}/{prefix} ({to}'s pod CIDR) goes via {gateway}, {to}'s InternalIP is {ip}"
@@ -701,6 +703,59 @@ mod tests {
         // Loss has no cause the facts can tell.
         let (facts, truth) = cluster(3);
         assert!(explained(FindingKind::PacketLoss, &["node-3"], facts, &truth).is_empty());
+    }
+
+    /// host-gw on nodes that are containers (kind, the lab): the routes go
+    /// through a veth uplink to the peers' InternalIPs; a healthy cluster
+    /// has nothing to tell, a route through the wrong gateway is named.
+    #[test]
+    fn host_gw_routes_through_a_veth_uplink_are_read() {
+        let (mut facts, truth) = cluster(3);
+        for (i, f) in facts.values_mut().enumerate() {
+            let i = i + 1;
+            f.links.retain(|l| l.kind != "vxlan");
+            f.links.push(LinkFact {
+                name: "eth0".into(),
+                kind: "veth".into(),
+                up: true,
+                mtu: 1500,
+                mac: None,
+                vxlan: None,
+            });
+            f.fdb.clear();
+            f.neighbours.clear();
+            for r in f.routes.iter_mut().filter(|r| r.via.is_some()) {
+                let peer = r.dst.to_string().split('.').nth(2).unwrap().to_owned();
+                r.via = Some(ip(&format!("198.18.0.{peer}")));
+                r.dev = Some("eth0".into());
+            }
+            assert_eq!(f.routes.len(), 3, "node-{i}");
+        }
+        assert!(
+            explained(
+                FindingKind::AsymmetricPath,
+                &["node-2", "node-3"],
+                facts.clone(),
+                &truth
+            )
+            .is_empty()
+        );
+        for r in &mut facts.get_mut("node-2").unwrap().routes {
+            if r.dst == ip("10.244.3.0") {
+                r.via = Some(ip("198.18.0.1"));
+            }
+        }
+        assert_eq!(
+            explained(
+                FindingKind::PairBroken,
+                &["node-2", "node-3"],
+                facts,
+                &truth
+            ),
+            [
+                "node-2's route to 10.244.3.0/24 (node-3's pod CIDR) goes via 198.18.0.1, node-3's InternalIP is 198.18.0.3"
+            ]
+        );
     }
 
     /// A pod out of reach: the kernel's choice of route for its address,
