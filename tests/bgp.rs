@@ -12,7 +12,7 @@ mod common;
 use netmatrix_api::FindingKind;
 use netmatrix_lab::net::topology::Overlay;
 use netmatrix_lab::view::{all_host_cells_ok, all_pod_cells_ok, finding_naming};
-use netmatrix_lab::{Fault, FaultKind, Lab, LabConfig, Snapshot};
+use netmatrix_lab::{Fault, Lab, LabConfig, Snapshot};
 
 fn healthy(s: &Snapshot) -> bool {
     all_pod_cells_ok(&s.matrix, 3)
@@ -74,12 +74,7 @@ async fn bgp_mesh_faults_are_named_and_healed() {
 
     // BGP between node-2 and node-3 blocked: after the hold time both
     // withdraw the other's pod CIDR; each still reaches node-1.
-    let block = Fault::new(
-        FaultKind::BgpBlock,
-        vec!["node-2".into(), "node-3".into()],
-        None,
-    )
-    .expect("fault");
+    let block = Fault::bgp_block("node-2", "node-3");
     lab.fault(block).expect("bgp-block");
     named(
         &lab,
@@ -96,7 +91,7 @@ async fn bgp_mesh_faults_are_named_and_healed() {
 
     // node-2's BIRD stopped: node-2 isolated in the pod network, its host
     // network fine.
-    let stop = Fault::new(FaultKind::BirdStop, vec!["node-2".into()], None).expect("fault");
+    let stop = Fault::bird_stop("node-2");
     lab.fault(stop).expect("bird-stop");
     named(
         &lab,
@@ -113,7 +108,7 @@ async fn bgp_mesh_faults_are_named_and_healed() {
 
     // node-3's BGP address autodetected from the wrong interface (its
     // cni0): it peers from it, the others dial it, no session comes up.
-    let wrong = Fault::new(FaultKind::BgpWrongAddress, vec!["node-3".into()], None).expect("fault");
+    let wrong = Fault::bgp_wrong_address("node-3");
     lab.fault(wrong).expect("bgp-wrong-address");
     named(
         &lab,
@@ -130,11 +125,5 @@ async fn bgp_mesh_faults_are_named_and_healed() {
         .unwrap_or_else(|e| panic!("{e}"));
 
     // The static-route faults do not apply: BIRD would put the routes back.
-    let refused = Fault::new(
-        FaultKind::RouteDel,
-        vec!["node-2".into(), "node-3".into()],
-        None,
-    )
-    .expect("fault");
-    assert!(lab.fault(refused).is_err());
+    assert!(lab.fault(Fault::route_del("node-2", "node-3")).is_err());
 }

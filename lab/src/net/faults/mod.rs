@@ -7,7 +7,7 @@
 //! | `overlay-down NODE` | vxlan: the node's FDB and neighbour entries for its peers are deleted one by one (flanneld lost its state); host-gw: its routes to the peers' pod subnets | `node-isolated` |
 //! | `fdb-flush NODE` | vxlan: `bridge fdb flush` and `ip neigh flush` of the node's `flannel.1` | `node-isolated` |
 //! | `vxlan-drop` | UDP 8472 dropped in `INPUT` and `OUTPUT` of every node | `cross-node-broken` |
-//! | `partition NODE...` | UDP 8472 dropped between the given nodes' and the other nodes' underlay addresses | `partition` |
+//! | `partition NODE...` | pod traffic dropped between the given nodes and the others, both ends: vxlan, UDP 8472 between their underlay addresses; host-gw and bgp, forwarded packets between their pod subnets (BGP sessions stay up) | `partition` |
 //! | `one-way A B` | flows initiated from A's pods to B's pods dropped in A's `FORWARD` | `asymmetric-path` |
 //! | `vtep-down NODE` | the node's VXLAN device `flannel.1` set down (the kernel drops the routes through it) (vxlan) | `node-isolated`, the device named as its cause |
 //! | `route-del A B` | A's route to B's pod subnet deleted | `pair-broken` (A's replies to B need it too), the missing route named as its cause |
@@ -82,7 +82,7 @@ pub enum FaultKind {
     FdbFlush,
     /// Drop VXLAN (UDP 8472) in INPUT and OUTPUT of every node (vxlan).
     VxlanDrop,
-    /// NODE...: these nodes against the rest; VXLAN between the two groups dropped (vxlan).
+    /// NODE...: these nodes against the rest; pod traffic between the two groups dropped (the underlay and BGP pass).
     Partition,
     /// A B: drop flows started by A's pods towards B's pods; B to A untouched.
     OneWay,
@@ -268,31 +268,31 @@ impl FaultKind {
         }
     }
 
-    /// Whether the fault only exists with `--overlay bgp`.
-    pub fn bgp_only(self) -> bool {
-        matches!(
-            self,
-            FaultKind::BgpBlock | FaultKind::BirdStop | FaultKind::BgpWrongAddress
-        )
+    /// Why the fault cannot exist with `overlay`, or `None` where it can.
+    /// Faults on routes and filters between pod subnets apply to every
+    /// overlay; those on a mode's own machinery only to that mode.
+    pub fn not_with(self, overlay: Overlay) -> Option<&'static str> {
+        use FaultKind::*;
+        match (self, overlay) {
+            (
+                FdbFlush | FdbStale | VtepDown | VxlanDrop | MtuLower,
+                Overlay::HostGw | Overlay::Bgp,
+            ) => Some(
+                "it breaks flannel's VXLAN device: start the lab with --overlay vxlan (the default)",
+            ),
+            (BgpBlock | BirdStop | BgpWrongAddress, Overlay::Vxlan | Overlay::HostGw) => {
+                Some("it breaks BGP: start the lab with --overlay bgp")
+            }
+            (OverlayDown | RouteDel, Overlay::Bgp) => Some(
+                "BIRD puts deleted routes back at its next scan; break BGP instead (bgp-block, bird-stop)",
+            ),
+            _ => None,
+        }
     }
 
-    /// Whether the fault removes routes that BIRD would put back at its
-    /// next scan (so not a fault of `--overlay bgp`).
-    pub fn static_routes_only(self) -> bool {
-        matches!(self, FaultKind::OverlayDown | FaultKind::RouteDel)
-    }
-
-    /// Whether the fault only exists with the VXLAN overlay.
-    pub fn vxlan_only(self) -> bool {
-        matches!(
-            self,
-            FaultKind::FdbFlush
-                | FaultKind::FdbStale
-                | FaultKind::VtepDown
-                | FaultKind::VxlanDrop
-                | FaultKind::Partition
-                | FaultKind::MtuLower
-        )
+    /// Whether the fault exists with `overlay`.
+    pub fn applies_to(self, overlay: Overlay) -> bool {
+        self.not_with(overlay).is_none()
     }
 
     /// The command-line arguments after the kind, e.g. `NODE [PERCENT]`.
@@ -544,6 +544,18 @@ impl Fault {
     pub fn kill_agent(node: &str) -> Self {
         Self::on(FaultKind::KillAgent, &[node], None)
     }
+
+    pub fn bgp_block(a: &str, b: &str) -> Self {
+        Self::on(FaultKind::BgpBlock, &[a, b], None)
+    }
+
+    pub fn bird_stop(node: &str) -> Self {
+        Self::on(FaultKind::BirdStop, &[node], None)
+    }
+
+    pub fn bgp_wrong_address(node: &str) -> Self {
+        Self::on(FaultKind::BgpWrongAddress, &[node], None)
+    }
 }
 
 impl std::fmt::Display for Fault {
@@ -585,8 +597,12 @@ pub enum FaultError {
         "fault partition: name some of the nodes, not all of them ({0}): the rest form the other group"
     )]
     WholeCluster(String),
-    #[error("fault {0} needs the vxlan overlay (this lab runs host-gw)")]
-    NeedsVxlan(FaultKind),
+    #[error("fault {kind} does not exist with --overlay {overlay}: {why}")]
+    WrongOverlay {
+        kind: FaultKind,
+        overlay: Overlay,
+        why: &'static str,
+    },
     #[error("fault {0} is already applied; run `heal` first")]
     AlreadyApplied(Fault),
     #[error(transparent)]
@@ -652,20 +668,12 @@ pub fn targets<'a>(t: &'a Topology, fault: &Fault) -> Result<Vec<&'a NodePlan>, 
     if fault.kind == FaultKind::Partition && nodes.len() >= t.nodes.len() {
         return Err(FaultError::WholeCluster(fault.nodes.join(" ")));
     }
-    if fault.kind.vxlan_only() && t.overlay != Overlay::Vxlan {
-        return Err(FaultError::NeedsVxlan(fault.kind));
-    }
-    if fault.kind.bgp_only() && t.overlay != Overlay::Bgp {
-        return Err(FaultError::Lab(format!(
-            "fault {} needs BGP: start the lab with --overlay bgp",
-            fault.kind
-        )));
-    }
-    if fault.kind.static_routes_only() && t.overlay == Overlay::Bgp {
-        return Err(FaultError::Lab(format!(
-            "fault {}: with --overlay bgp, BIRD puts deleted routes back; break BGP instead (bgp-block, bird-stop)",
-            fault.kind
-        )));
+    if let Some(why) = fault.kind.not_with(t.overlay) {
+        return Err(FaultError::WrongOverlay {
+            kind: fault.kind,
+            overlay: t.overlay,
+            why,
+        });
     }
     Ok(nodes)
 }
@@ -889,9 +897,21 @@ mod tests {
         let hostgw = Topology::plan("nmabcd", 3, Overlay::HostGw).unwrap();
         assert!(matches!(
             targets(&hostgw, &Fault::vxlan_drop()),
-            Err(FaultError::NeedsVxlan(FaultKind::VxlanDrop))
+            Err(FaultError::WrongOverlay {
+                kind: FaultKind::VxlanDrop,
+                ..
+            })
         ));
         assert!(targets(&hostgw, &Fault::loss("node-2", 30)).is_ok());
+        assert!(targets(&hostgw, &Fault::partition(&["node-1"])).is_ok());
+        let bgp = Topology::plan("nmabcd", 3, Overlay::Bgp).unwrap();
+        let err = targets(&bgp, &Fault::route_del("node-1", "node-2")).unwrap_err();
+        assert!(
+            err.to_string().contains("BIRD puts deleted routes back"),
+            "{err}"
+        );
+        assert!(targets(&bgp, &Fault::bird_stop("node-1")).is_ok());
+        assert!(targets(&hostgw, &Fault::bird_stop("node-1")).is_err());
     }
 
     #[test]

@@ -119,18 +119,30 @@ pub fn for_fault(t: &Topology, fault: &Fault, nodes: &[&NodePlan]) -> Vec<Rule> 
         }
         FaultKind::Partition => {
             // Both ends drop, as a firewall between two subnets would: each
-            // node stops sending VXLAN to, and accepting it from, every node
-            // of the other group. Underlay traffic (host network) passes.
+            // node stops sending pod traffic to, and accepting it from, every
+            // node of the other group. Underlay traffic (host network, and
+            // BGP with --overlay bgp) passes.
             let in_group = |n: &NodePlan| nodes.iter().any(|g| g.index == n.index);
             for n in &t.nodes {
                 for other in t.nodes.iter().filter(|o| in_group(o) != in_group(n)) {
-                    let ip = format!("{}/32", other.ip);
-                    let mut to = vec!["-d", ip.as_str()];
-                    to.extend(vxlan);
-                    let mut from = vec!["-s", ip.as_str()];
-                    from.extend(vxlan);
-                    rules.push(Rule::new(n, "OUTPUT", &to, kind));
-                    rules.push(Rule::new(n, "INPUT", &from, kind));
+                    match t.overlay {
+                        Overlay::Vxlan => {
+                            let ip = format!("{}/32", other.ip);
+                            let mut to = vec!["-d", ip.as_str()];
+                            to.extend(vxlan);
+                            let mut from = vec!["-s", ip.as_str()];
+                            from.extend(vxlan);
+                            rules.push(Rule::new(n, "OUTPUT", &to, kind));
+                            rules.push(Rule::new(n, "INPUT", &from, kind));
+                        }
+                        Overlay::HostGw | Overlay::Bgp => {
+                            let (mine, theirs) = (n.pod_cidr.as_str(), other.pod_cidr.as_str());
+                            let to = ["-o", "eth0", "-s", mine, "-d", theirs];
+                            let from = ["-i", "eth0", "-s", theirs, "-d", mine];
+                            rules.push(Rule::new(n, "FORWARD", &to, kind));
+                            rules.push(Rule::new(n, "FORWARD", &from, kind));
+                        }
+                    }
                 }
             }
         }
@@ -369,6 +381,28 @@ mod tests {
             !r.iter()
                 .any(|l| l.starts_with("nmabcd-n3") && l.contains("198.18.0.4/32"))
         );
+    }
+
+    #[test]
+    fn routed_partition_drops_pod_traffic_between_groups_not_bgp() {
+        for overlay in [Overlay::HostGw, Overlay::Bgp] {
+            let t = plan(3, overlay);
+            let r = rendered(&t, &Fault::partition(&["node-1"]));
+            assert_eq!(
+                r,
+                [
+                    "nmabcd-n1: -A FORWARD -o eth0 -s 10.244.1.0/24 -d 10.244.2.0/24 -j DROP",
+                    "nmabcd-n1: -A FORWARD -i eth0 -s 10.244.2.0/24 -d 10.244.1.0/24 -j DROP",
+                    "nmabcd-n1: -A FORWARD -o eth0 -s 10.244.1.0/24 -d 10.244.3.0/24 -j DROP",
+                    "nmabcd-n1: -A FORWARD -i eth0 -s 10.244.3.0/24 -d 10.244.1.0/24 -j DROP",
+                    "nmabcd-n2: -A FORWARD -o eth0 -s 10.244.2.0/24 -d 10.244.1.0/24 -j DROP",
+                    "nmabcd-n2: -A FORWARD -i eth0 -s 10.244.1.0/24 -d 10.244.2.0/24 -j DROP",
+                    "nmabcd-n3: -A FORWARD -o eth0 -s 10.244.3.0/24 -d 10.244.1.0/24 -j DROP",
+                    "nmabcd-n3: -A FORWARD -i eth0 -s 10.244.1.0/24 -d 10.244.3.0/24 -j DROP",
+                ],
+                "{overlay}"
+            );
+        }
     }
 
     #[test]
