@@ -3,10 +3,14 @@
 //! with the right kind, nodes, groups or paths, report nothing else from the
 //! injection until the cluster is healthy again, and clear it after healing.
 //!
-//! One test per family of faults, each in its own lab (unique prefix), the
-//! cases of a family one after the other. Every case prints how long the
-//! finding took to be named and to clear. Needs root and the binaries
-//! (`scripts/test` builds them).
+//! One test per family of faults and overlay mode (`FAMILY::vxlan`,
+//! `FAMILY::host_gw`, `FAMILY::bgp`), each in its own lab (unique prefix),
+//! the cases of a family one after the other. A family runs in every mode
+//! where its faults exist: a case whose fault breaks another mode's machinery
+//! (flannel's VXLAN device, static routes that BIRD would put back) is left
+//! out of that mode. The BGP faults have their own test (`tests/bgp.rs`).
+//! Every case prints how long the finding took to be named and to clear.
+//! Needs root, the binaries (`scripts/test` builds them) and `bird2`.
 
 mod common;
 
@@ -15,7 +19,25 @@ use std::time::{Duration, Instant};
 use common::WAIT;
 use netmatrix_api::{ErrorKind, Finding, FindingKind, NodeState, Status};
 use netmatrix_lab::view::{self, all_pod_cells_ok, cell, row};
-use netmatrix_lab::{Fault, Lab, LabConfig, Snapshot};
+use netmatrix_lab::{Fault, Lab, LabConfig, Overlay, Snapshot};
+
+/// A family of the catalog as one test per overlay mode, in a module named
+/// after it: `cargo test --test catalog host_gw` runs one mode.
+macro_rules! in_overlays {
+    ($family:ident: $($mode:ident => $overlay:ident),+) => {
+        mod $family {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $mode() {
+                    super::$family(netmatrix_lab::Overlay::$overlay).await;
+                }
+            )+
+        }
+    };
+    ($family:ident) => {
+        in_overlays!($family: vxlan => Vxlan, host_gw => HostGw, bgp => Bgp);
+    };
+}
 
 /// What the expected finding must name.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +72,9 @@ struct Case {
     /// More assertions on the snapshot where the finding was named.
     check: Option<fn(&Snapshot)>,
     cause: Option<Cause>,
+    /// Findings the network really passes through on its way back after
+    /// `heal`, besides the case's own.
+    recovery: &'static [FindingKind],
 }
 
 impl Case {
@@ -61,7 +86,13 @@ impl Case {
             evidence: None,
             check: None,
             cause: None,
+            recovery: &[],
         }
+    }
+
+    fn recovers_through(mut self, kinds: &'static [FindingKind]) -> Self {
+        self.recovery = kinds;
+        self
     }
 
     fn cause(mut self, cause: Cause) -> Self {
@@ -123,22 +154,32 @@ impl Case {
 }
 
 /// A lab of `nodes` nodes with every component, healthy.
-async fn healthy_lab(nodes: usize) -> Lab {
-    healthy_lab_with(LabConfig {
+async fn healthy_lab(overlay: Overlay, nodes: usize) -> Lab {
+    healthy_lab_with(config(overlay, nodes)).await
+}
+
+fn config(overlay: Overlay, nodes: usize) -> LabConfig {
+    LabConfig {
         nodes,
+        overlay,
         ..LabConfig::default()
-    })
-    .await
+    }
 }
 
 async fn healthy_lab_with(config: LabConfig) -> Lab {
     common::require_root();
     common::init_tracing();
     let nodes = config.nodes;
+    let config_overlay = config.overlay;
     let lab = Lab::up(config)
         .await
         .unwrap_or_else(|e| panic!("lab up: {e}"));
-    eprintln!("lab {} up in {:.2?}", lab.prefix(), lab.up_took());
+    eprintln!(
+        "lab {} ({}) up in {:.2?}",
+        lab.prefix(),
+        config_overlay,
+        lab.up_took()
+    );
     // Past the node grace too: a joining node is shown, not judged.
     lab.wait_for(
         "a healthy cluster of Ready nodes before the faults",
@@ -239,7 +280,7 @@ async fn run_case(lab: &Lab, nodes: usize, case: &Case) -> (Duration, Duration) 
     watch(
         lab,
         &format!("no findings after healing {healed:?}"),
-        expected_kind,
+        |f| expected_kind(f) || case.recovery.contains(&f.kind),
         |s| healthy(s, nodes),
     )
     .await;
@@ -248,16 +289,10 @@ async fn run_case(lab: &Lab, nodes: usize, case: &Case) -> (Duration, Duration) 
     (named, cleared)
 }
 
-/// Runs the cases one after the other in one lab and prints their timings.
-async fn run_catalog(nodes: usize, cases: Vec<Case>) {
-    run_catalog_in(
-        LabConfig {
-            nodes,
-            ..LabConfig::default()
-        },
-        cases,
-    )
-    .await;
+/// Runs the cases whose faults exist with `overlay` one after the other in
+/// one lab and prints their timings.
+async fn run_catalog(overlay: Overlay, nodes: usize, cases: Vec<Case>) {
+    run_catalog_in(config(overlay, nodes), cases).await;
 }
 
 async fn run_catalog_in(config: LabConfig, cases: Vec<Case>) {
@@ -267,8 +302,18 @@ async fn run_catalog_in(config: LabConfig, cases: Vec<Case>) {
     lab.down().await;
 }
 
-/// Runs the cases one after the other in `lab` and prints their timings.
+/// Runs the cases whose faults exist in `lab`'s overlay one after the other
+/// and prints their timings.
 async fn run_cases(lab: &Lab, nodes: usize, cases: &[Case]) {
+    let overlay = lab.topology().overlay;
+    let cases: Vec<&Case> = cases
+        .iter()
+        .filter(|c| c.fault.kind.applies_to(overlay))
+        .collect();
+    assert!(
+        !cases.is_empty(),
+        "no case of this family exists with {overlay}"
+    );
     let mut timings = Vec::new();
     for case in cases {
         let (named, cleared) = run_case(lab, nodes, case).await;
@@ -278,14 +323,26 @@ async fn run_cases(lab: &Lab, nodes: usize, cases: &[Case]) {
         ));
     }
     eprintln!(
-        "| fault | finding | named after | cleared after heal |\n|---|---|---|---|\n{}",
+        "{overlay}:\n| fault | finding | named after | cleared after heal |\n|---|---|---|---|\n{}",
         timings.join("\n")
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlay_faults_are_named() {
+/// The overlay's own machinery: flannel's VXLAN device and its tables, or
+/// host-gw's routes.
+async fn overlay_faults_are_named(overlay: Overlay) {
+    // Without its routes to its peers (host-gw), or the neighbour entries of
+    // their VTEPs (vxlan), node-2 sends nothing across.
+    let overlay_down_cause = match overlay {
+        Overlay::Vxlan => {
+            "node-2 has no neighbour entry for 10.244.3.0 (node-3's VTEP) on flannel.1"
+        }
+        Overlay::HostGw | Overlay::Bgp => {
+            "node-2 has no route to 10.244.3.0/24 (node-3's pod CIDR)"
+        }
+    };
     run_catalog(
+        overlay,
         3,
         vec![
             Case::new(
@@ -303,9 +360,7 @@ async fn overlay_faults_are_named() {
                 Names::Nodes(&["node-2"]),
             )
             .check(node_2_row_and_column_fail)
-            .cause(Cause::Says(
-                "node-2 has no neighbour entry for 10.244.3.0 (node-3's VTEP) on flannel.1",
-            )),
+            .cause(Cause::Says(overlay_down_cause)),
             Case::new(
                 Fault::vtep_down("node-3"),
                 FindingKind::NodeIsolated,
@@ -322,6 +377,7 @@ async fn overlay_faults_are_named() {
     )
     .await;
 }
+in_overlays!(overlay_faults_are_named: vxlan => Vxlan, host_gw => HostGw);
 
 /// node-isolated's matrix: node-2's row and column fail cross-node, its
 /// diagonal and every other cell stay ok.
@@ -346,9 +402,9 @@ fn node_2_row_and_column_fail(snap: &Snapshot) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_faults_are_named() {
+async fn path_faults_are_named(overlay: Overlay) {
     run_catalog(
+        overlay,
         3,
         vec![
             Case::new(
@@ -392,11 +448,12 @@ async fn path_faults_are_named() {
     )
     .await;
 }
+in_overlays!(path_faults_are_named);
 
 /// Two groups need four nodes to be told from an isolated node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partition_names_both_groups() {
+async fn partition_names_both_groups(overlay: Overlay) {
     run_catalog(
+        overlay,
         4,
         vec![Case::new(
             Fault::partition(&["node-1", "node-2"]),
@@ -406,14 +463,14 @@ async fn partition_names_both_groups() {
     )
     .await;
 }
+in_overlays!(partition_names_both_groups);
 
 /// Loss, MTU, and where they are: one lossy node is named once (not its
 /// peers, which share its lossy paths), two lossy nodes are both named,
 /// and loss on the node's own link is said to be the node network.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quality_faults_are_named() {
+async fn quality_faults_are_named(overlay: Overlay) {
     let nodes = 4;
-    let lab = healthy_lab(nodes).await;
+    let lab = healthy_lab(overlay, nodes).await;
     let cases = vec![
         Case::new(
             Fault::loss("node-2", 30),
@@ -492,6 +549,7 @@ async fn quality_faults_are_named() {
     .await;
     lab.down().await;
 }
+in_overlays!(quality_faults_are_named);
 
 /// Asserts the finding of `kind` says `text` in its summary.
 fn said(s: &Snapshot, kind: FindingKind, text: &str) {
@@ -508,9 +566,9 @@ fn said(s: &Snapshot, kind: FindingKind, text: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_faults_are_named() {
+async fn service_faults_are_named(overlay: Overlay) {
     run_catalog(
+        overlay,
         3,
         vec![
             Case::new(
@@ -542,12 +600,13 @@ async fn service_faults_are_named() {
     )
     .await;
 }
+in_overlays!(service_faults_are_named);
 
 /// One protocol dropped between two nodes' pods, the others passing: the
 /// protocol is named as filtered (information), never a broken path.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protocol_filters_are_named() {
+async fn protocol_filters_are_named(overlay: Overlay) {
     run_catalog(
+        overlay,
         3,
         vec![
             Case::new(
@@ -567,6 +626,7 @@ async fn protocol_filters_are_named() {
     )
     .await;
 }
+in_overlays!(protocol_filters_are_named);
 
 /// The field's error verbatim in node-3's API server column, its pod
 /// traffic untouched.
@@ -589,9 +649,9 @@ fn service_route_evidence(snap: &Snapshot) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_faults_are_named() {
+async fn dns_faults_are_named(overlay: Overlay) {
     run_catalog(
+        overlay,
         3,
         vec![
             Case::new(
@@ -617,17 +677,27 @@ async fn dns_faults_are_named() {
     )
     .await;
 }
+in_overlays!(dns_faults_are_named);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_and_agent_faults_are_named() {
+async fn node_and_agent_faults_are_named(overlay: Overlay) {
     run_catalog(
+        overlay,
         3,
         vec![
             Case::new(
                 Fault::underlay_cut("node-3"),
                 FindingKind::UnderlayBroken,
                 Names::Nodes(&["node-3"]),
-            ),
+            )
+            .recovers_through(match overlay {
+                // The cut outlasts the BGP hold time (9 s): the sessions
+                // with node-3 end and its routes are withdrawn. When the
+                // link is back, node-3's pods stay cut off until BIRD has
+                // re-established them (1 to 5 s later): node-isolated, as
+                // it is.
+                Overlay::Bgp => &[FindingKind::NodeIsolated],
+                Overlay::Vxlan | Overlay::HostGw => &[],
+            }),
             Case::new(
                 Fault::kill_agent("node-3"),
                 FindingKind::AgentMissing,
@@ -637,14 +707,15 @@ async fn node_and_agent_faults_are_named() {
     )
     .await;
 }
+in_overlays!(node_and_agent_faults_are_named);
 
 /// Three ways a node's pods lose all traffic off the node (a kernel
 /// setting, a firewall policy, a device). Its pod agent cannot report
 /// either; the host agent relays its report when it can reach it, and
 /// says the node itself is up when it cannot (bridge down).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_cut_off_their_node_are_named_with_host_agents() {
+async fn pods_cut_off_their_node_are_named_with_host_agents(overlay: Overlay) {
     run_catalog(
+        overlay,
         3,
         vec![
             Case::new(
@@ -672,17 +743,16 @@ async fn pods_cut_off_their_node_are_named_with_host_agents() {
     )
     .await;
 }
+in_overlays!(pods_cut_off_their_node_are_named_with_host_agents);
 
 /// The same without host agents: the API says the node is Ready and its
 /// agent pod Running, so the silence is the node's pod network.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_cut_off_their_node_are_named_without_host_agents() {
+async fn pods_cut_off_their_node_are_named_without_host_agents(overlay: Overlay) {
     let api = "the API says node-2 is Ready (its kubelet reaches the control plane) and its agent pod is Running";
     run_catalog_in(
         LabConfig {
-            nodes: 3,
             host_agents: false,
-            ..LabConfig::default()
+            ..config(overlay, 3)
         },
         vec![
             Case::new(
@@ -710,12 +780,12 @@ async fn pods_cut_off_their_node_are_named_without_host_agents() {
     )
     .await;
 }
+in_overlays!(pods_cut_off_their_node_are_named_without_host_agents);
 
 /// Two unrelated faults at once: node-2's pods cut off and the cluster DNS
 /// stopped. Both are named, and nothing else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_fault_is_named_while_a_node_is_cut_off() {
-    let lab = healthy_lab(3).await;
+async fn a_second_fault_is_named_while_a_node_is_cut_off(overlay: Overlay) {
+    let lab = healthy_lab(overlay, 3).await;
     lab.fault(Fault::forward_policy_drop("node-2"))
         .expect("inject the first fault");
     lab.fault(Fault::dns_stop())
@@ -745,13 +815,14 @@ async fn a_second_fault_is_named_while_a_node_is_cut_off() {
     .await;
     lab.down().await;
 }
+in_overlays!(a_second_fault_is_named_while_a_node_is_cut_off);
 
 /// An agent pod that cannot run: the API says why (its status, its
 /// Events, its Node's Ready condition), and the finding says it. One node
 /// each: a re-created agent pod keeps its node joining for the grace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_pods_that_cannot_run_are_named_with_their_reason() {
+async fn agent_pods_that_cannot_run_are_named_with_their_reason(overlay: Overlay) {
     run_catalog(
+        overlay,
         4,
         vec![
             Case::new(
@@ -797,13 +868,13 @@ async fn agent_pods_that_cannot_run_are_named_with_their_reason() {
     )
     .await;
 }
+in_overlays!(agent_pods_that_cannot_run_are_named_with_their_reason);
 
 /// The aggregator frozen for 30 s, every report queued or backed off
 /// meanwhile: when it resumes, no agent is blamed, and the cluster reads
 /// healthy again once the agents have caught up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_aggregator_blames_no_agent() {
-    let lab = healthy_lab(3).await;
+async fn a_stalled_aggregator_blames_no_agent(overlay: Overlay) {
+    let lab = healthy_lab(overlay, 3).await;
     lab.pause_aggregator(true).expect("freeze the aggregator");
     tokio::time::sleep(Duration::from_secs(30)).await;
     lab.pause_aggregator(false).expect("resume the aggregator");
@@ -823,6 +894,7 @@ async fn a_stalled_aggregator_blames_no_agent() {
     );
     lab.down().await;
 }
+in_overlays!(a_stalled_aggregator_blames_no_agent);
 
 /// With `--node-conditions`, a finding shows on the Node where operators
 /// look: the `NetmatrixPodNetwork` condition (reason, message with the
@@ -830,12 +902,10 @@ async fn a_stalled_aggregator_blames_no_agent() {
 /// condition back to False after the heal. Written by the aggregator
 /// through the API (kube-rs PATCH and POST), read here from the state the
 /// emulator serves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn findings_show_on_the_node_with_node_conditions() {
+async fn findings_show_on_the_node_with_node_conditions(overlay: Overlay) {
     let lab = healthy_lab_with(LabConfig {
-        nodes: 3,
         node_conditions: true,
-        ..LabConfig::default()
+        ..config(overlay, 3)
     })
     .await;
     let condition = |lab: &Lab, node: &str| {
@@ -907,14 +977,14 @@ async fn findings_show_on_the_node_with_node_conditions() {
     assert_eq!(ready.status, "True");
     lab.down().await;
 }
+in_overlays!(findings_show_on_the_node_with_node_conditions);
 
 /// NetworkPolicy, applied through the API and enforced in the pods as a
 /// CNI would: probes a policy denies are named as that policy, never as a
 /// broken network; a policy that allows the probes leaves all ok.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn network_policies_are_understood() {
+async fn network_policies_are_understood(overlay: Overlay) {
     let nodes = 3;
-    let lab = healthy_lab(nodes).await;
+    let lab = healthy_lab(overlay, nodes).await;
     let policy = |json: serde_json::Value| {
         serde_json::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(json)
             .expect("a NetworkPolicy")
@@ -1012,3 +1082,4 @@ async fn network_policies_are_understood() {
         .await
         .expect("shutdown");
 }
+in_overlays!(network_policies_are_understood);
