@@ -98,6 +98,10 @@ impl Binaries {
     }
 }
 
+/// The `PATH` of every process the lab starts: the system's directories,
+/// never the user's shell's (whose tools could shadow `ip` or `iptables`).
+pub const LAB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// What to run, and where.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {

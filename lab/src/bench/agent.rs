@@ -42,7 +42,7 @@ use crate::net::netns;
 use crate::net::topology::{
     AGENT_METRICS_PORT, AGGREGATOR_SVC, CLUSTER_DOMAIN, DNS_SVC, KUBERNETES_SVC, NAMESPACE,
 };
-use crate::process::{AGENT_BIN, BIN_DIR_ENV, ProcessSpec, Processes};
+use crate::process::{AGENT_BIN, BIN_DIR_ENV, LAB_PATH, ProcessSpec, Processes};
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::body::Bytes;
@@ -821,10 +821,7 @@ async fn receive_report(
 pub(super) fn pod_env(kubeconfig: &Path) -> Vec<(String, String)> {
     let log = std::env::var("NETMATRIX_LAB_LOG").unwrap_or_else(|_| "info".into());
     vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
+        ("PATH".into(), LAB_PATH.into()),
         ("RUST_LOG".into(), log),
         ("KUBECONFIG".into(), kubeconfig.display().to_string()),
         (

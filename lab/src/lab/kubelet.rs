@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use netmatrix_api::labels;
 
-use crate::emulator::apiserver::tokens::{Binding, TokenAuthority};
+use crate::emulator::apiserver::tokens::TokenAuthority;
 use crate::emulator::cluster::ClusterState;
 use crate::net::topology::NAMESPACE;
 use crate::state::StateDir;
@@ -50,17 +50,14 @@ impl TokenMounts {
 
     /// Writes a fresh token for `pod`, bound to it as the cluster has it now.
     pub(super) fn mount_token(&self, pod: &str) -> std::io::Result<PathBuf> {
-        let binding = Binding::of_pod(&self.cluster, NAMESPACE, pod).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such pod, or no node")
-        })?;
-        let now = netmatrix_runtime::now_unix_secs();
-        let token = self
-            .authority
-            .issue(&binding, &[labels::TOKEN_AUDIENCE], self.ttl, now);
         let path = self.token_path(pod);
-        let staged = path.with_extension("new");
-        std::fs::write(&staged, token)?;
-        std::fs::rename(&staged, &path)?;
+        self.authority.mount_pod_token(
+            &self.cluster,
+            (NAMESPACE, pod),
+            labels::TOKEN_AUDIENCE,
+            self.ttl,
+            &path,
+        )?;
         Ok(path)
     }
 

@@ -27,7 +27,7 @@ use crate::net::topology::{
     PlanError, PodPlan, RemoveError, Topology, random_prefix,
 };
 use crate::net::{policy, services};
-use crate::process::{Binaries, ProcessError, ProcessSpec, Processes};
+use crate::process::{Binaries, LAB_PATH, ProcessError, ProcessSpec, Processes};
 use crate::state::{StateDir, StateError};
 use crate::view;
 
@@ -404,7 +404,10 @@ impl Lab {
         tracing::info!(took = ?started.elapsed(), "network ready");
 
         lab.start_apiserver()?;
-        lab.start_token_rotation();
+        // The container mode's kubelet stand-in rotates its pods' tokens.
+        if topo.netmatrix_pods {
+            lab.start_token_rotation();
+        }
         lab.start_dns()?;
         let cp = topo.control_plane();
         lab.servers().api_forwarder = Some(tokio::spawn(crate::net::forward::serve(
@@ -1091,10 +1094,7 @@ impl Lab {
     fn base_env(&self, kubeconfig: &str) -> Vec<(String, String)> {
         let log = std::env::var("NETMATRIX_LAB_LOG").unwrap_or_else(|_| "info".into());
         vec![
-            (
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ),
+            ("PATH".into(), LAB_PATH.into()),
             ("RUST_LOG".into(), log),
             (
                 "KUBECONFIG".into(),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::net::netns::{self, NetnsError};
 use crate::net::topology::{NodePlan, Topology};
-use crate::process::ProcessSpec;
+use crate::process::{LAB_PATH, ProcessSpec};
 
 /// Calico's default AS number.
 pub const AS_NUMBER: u32 = 64512;
@@ -101,10 +101,7 @@ pub fn spec(state: &std::path::Path, node: &NodePlan) -> ProcessSpec {
             "-s".into(),
             ctl.display().to_string(),
         ],
-        env: vec![(
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        )],
+        env: vec![("PATH".into(), LAB_PATH.into())],
     }
 }
 

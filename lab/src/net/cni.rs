@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::net::netns::NetnsError;
 use crate::net::topology::{NodePlan, POD_CIDR, POD_MTU, PodPlan, SERVICE_CIDR, UNDERLAY_CIDR};
+use crate::process::LAB_PATH;
 
 /// Where Debian's `containernetworking-plugins` installs the plugins.
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -107,7 +108,7 @@ fn call(
         .env("CNI_IFNAME", ifname)
         .env("CNI_PATH", PLUGIN_DIR)
         .env("CNI_ARGS", format!("IgnoreUnknown=1;IP={}", pod.ip))
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PATH", LAB_PATH)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

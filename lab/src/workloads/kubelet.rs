@@ -21,12 +21,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use super::podman::{self, ContainerRun, PodContext, Refused};
-use crate::emulator::apiserver::tokens::{Binding, ISSUER, TokenAuthority};
+use crate::emulator::apiserver::tokens::{ISSUER, TokenAuthority};
 use crate::emulator::cluster::{self, ClusterState, Kind};
 use crate::net::netns;
 use crate::net::network;
 use crate::net::topology::{CLUSTER_DOMAIN, DNS_SVC, NodePlan, PodPlan, Topology};
-use crate::process::{ProcessSpec, Processes};
+use crate::process::{LAB_PATH, ProcessSpec, Processes};
 use crate::state::StateDir;
 
 /// Where the API access volume is mounted, as the ServiceAccount admission
@@ -61,6 +61,26 @@ struct TokenFile {
     audience: String,
     ttl: Duration,
     minted: Instant,
+}
+
+impl TokenFile {
+    /// Rotated at 80 % of its life, as the kubelet does.
+    fn due(&self) -> bool {
+        self.minted.elapsed() >= self.ttl.mul_f64(0.8)
+    }
+
+    /// Writes a fresh token for pod `(namespace, name)`.
+    fn mint(&mut self, agent: &NodeAgent, pod: (&str, &str)) -> std::io::Result<()> {
+        agent.authority.mount_pod_token(
+            &agent.cluster,
+            pod,
+            &self.audience,
+            self.ttl,
+            &self.path,
+        )?;
+        self.minted = Instant::now();
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -496,7 +516,9 @@ impl Kubelet {
                         ttl,
                         minted: Instant::now(),
                     };
-                    self.mint(running, &mut token).map_err(io)?;
+                    token
+                        .mint(&self.agent, (&running.namespace, &running.name))
+                        .map_err(io)?;
                     running.tokens.push(token);
                 }
                 if let Some(cm) = &source.config_map {
@@ -606,49 +628,14 @@ impl Kubelet {
     }
 
     /// Writes a fresh token bound to the pod, atomically.
-    fn mint(&self, running: &RunningPod, token: &mut TokenFile) -> std::io::Result<()> {
-        let binding = Binding::of_pod(&self.agent.cluster, &running.namespace, &running.name)
-            .ok_or_else(|| std::io::Error::other("the pod or its node is gone"))?;
-        let now = netmatrix_runtime::now_unix_secs();
-        let jwt = self
-            .agent
-            .authority
-            .issue(&binding, &[token.audience.as_str()], token.ttl, now);
-        write_file(&token.path, jwt.as_bytes())?;
-        token.minted = Instant::now();
-        Ok(())
-    }
-
     fn refresh_tokens(&mut self) {
-        let due: Vec<(String, usize)> = self
-            .pods
-            .iter()
-            .flat_map(|(uid, p)| {
-                p.tokens
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.minted.elapsed() >= t.ttl.mul_f64(0.8))
-                    .map(move |(i, _)| (uid.clone(), i))
-            })
-            .collect();
-        for (uid, i) in due {
-            let Some(mut pod) = self.pods.remove(&uid) else {
-                continue;
-            };
-            let mut token = std::mem::replace(
-                &mut pod.tokens[i],
-                TokenFile {
-                    path: PathBuf::new(),
-                    audience: String::new(),
-                    ttl: Duration::ZERO,
-                    minted: Instant::now(),
-                },
-            );
-            if let Err(error) = self.mint(&pod, &mut token) {
-                tracing::warn!(%error, pod = %pod.name, "cannot rotate a token");
+        let Kubelet { pods, agent, .. } = self;
+        for pod in pods.values_mut() {
+            for token in pod.tokens.iter_mut().filter(|t| t.due()) {
+                if let Err(error) = token.mint(agent, (&pod.namespace, &pod.name)) {
+                    tracing::warn!(%error, pod = %pod.name, "cannot rotate a token");
+                }
             }
-            pod.tokens[i] = token;
-            self.pods.insert(uid, pod);
         }
     }
 
@@ -747,10 +734,7 @@ impl Kubelet {
             .iter()
             .map(|c| podman::container_name(&self.agent.lab, &pod.namespace, &pod.name, &c.name))
             .collect();
-        let _ = std::process::Command::new(&self.agent.podman)
-            .args(["rm", "--force", "--ignore", "--time", "0"])
-            .args(&names)
-            .output();
+        force_remove(&self.agent.podman, &names);
         if let Some(sandbox) = pod.sandbox.as_ref().filter(|s| netns::exists(&s.netns))
             && let Err(error) = network::remove_pod(&pod.node, sandbox)
         {
@@ -788,17 +772,12 @@ fn start_due(pod: &mut RunningPod, processes: &Processes, agent: &NodeAgent) {
             program: agent.podman.clone(),
             args: c.run.args.clone(),
             env: vec![
-                (
-                    "PATH".into(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                ),
+                ("PATH".into(), LAB_PATH.into()),
                 ("HOME".into(), "/root".into()),
             ],
         };
         // A container left by a killed podman would block the name.
-        let _ = std::process::Command::new(&agent.podman)
-            .args(["rm", "--force", "--ignore", "--time", "0", &c.container])
-            .output();
+        force_remove(&agent.podman, std::slice::from_ref(&c.container));
         match processes.start(spec) {
             Ok(_) => {
                 c.state = State::Running {
@@ -893,10 +872,21 @@ pub fn remove_containers(podman: &Path, lab: &str) {
         })
         .unwrap_or_default();
     if !ids.is_empty() {
-        let _ = std::process::Command::new(podman)
-            .args(["rm", "--force", "--ignore", "--time", "0"])
-            .args(&ids)
-            .output();
+        force_remove(podman, &ids);
+    }
+}
+
+/// `podman rm` of `containers`, running or not, without waiting for them to
+/// stop and without an error for those already gone: the kubelet stand-in
+/// removes what it no longer wants, as a killed pod's containers go. A
+/// failure leaves containers that `remove_containers` finds by label.
+fn force_remove(podman: &Path, containers: &[String]) {
+    if let Err(error) = std::process::Command::new(podman)
+        .args(["rm", "--force", "--ignore", "--time", "0"])
+        .args(containers)
+        .output()
+    {
+        tracing::warn!(%error, ?containers, "podman rm failed");
     }
 }
 

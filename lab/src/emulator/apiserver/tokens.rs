@@ -120,6 +120,37 @@ impl TokenAuthority {
         self.reviews.load(Ordering::Relaxed)
     }
 
+    /// What the kubelet writes into a projected token volume: a token for
+    /// pod `namespace/pod`, bound to it as `state` has it now (its node and
+    /// uids), for `audience`, valid for `ttl` from now. Staged and renamed
+    /// into `path`, so that a reader never sees half a token.
+    pub fn mount_pod_token(
+        &self,
+        state: &ClusterState,
+        (namespace, pod): (&str, &str),
+        audience: &str,
+        ttl: Duration,
+        path: &std::path::Path,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let binding = Binding::of_pod(state, namespace, pod).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("pod {namespace}/{pod} or its node is gone"),
+            )
+        })?;
+        let token = self.issue(
+            &binding,
+            &[audience],
+            ttl,
+            netmatrix_runtime::now_unix_secs(),
+        );
+        let staged = path.with_extension("staged");
+        std::fs::write(&staged, token)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::rename(&staged, path)
+    }
+
     /// A token bound to `binding`, for `audiences`, valid for `ttl` from
     /// `now_unix` (seconds).
     pub fn issue(
