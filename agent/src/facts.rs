@@ -231,25 +231,29 @@ fn vxlan(data: &[InfoVxlan]) -> VxlanFact {
 
 /// The host ends of pods' veths: one per pod, so left out of the facts
 /// (the per-pod /32 routes of calico, the bridge ports of flannel) to keep
-/// them small and to the point. A veth that carries the node's own traffic
+/// them small and to the point. A veth that attaches the node to a network
 /// is not one: a node that is itself a container (kind, k3d, this
 /// project's lab) has a veth as its uplink, with the node subnet's route
-/// and the routes through other nodes (host-gw, BGP) on it. So a veth is a
-/// pod end unless a route on it reaches a network or goes through a
-/// gateway; IPv6 link-local routes, which every veth has, do not count.
+/// (or the default route) and the routes through other nodes (host-gw,
+/// BGP) on it. So a veth is a pod end unless it has a directly connected
+/// subnet (a route wider than one address, without a gateway) or the
+/// default route. Link-local routes, which any veth may have, do not
+/// count; nor do routes through a gateway on the node itself, as cilium's
+/// `cilium_host` (a veth with a /32 address) carries to the pod CIDRs.
 fn pod_ends(links: &[LinkFact], routes: &[RouteFact]) -> std::collections::HashSet<String> {
-    let carries_node_traffic = |dev: &str| {
+    let attaches_to_a_network = |dev: &str| {
         routes.iter().any(|r| {
-            let network = match r.dst {
-                IpAddr::V4(_) => r.prefix < 32,
-                IpAddr::V6(v6) => r.prefix < 128 && !v6.is_unicast_link_local(),
-            };
-            r.dev.as_deref() == Some(dev) && (r.via.is_some() || network)
+            let subnet = r.via.is_none()
+                && match r.dst {
+                    IpAddr::V4(v4) => r.prefix < 32 && !v4.is_link_local(),
+                    IpAddr::V6(v6) => r.prefix < 128 && !v6.is_unicast_link_local(),
+                };
+            r.dev.as_deref() == Some(dev) && (subnet || r.prefix == 0)
         })
     };
     links
         .iter()
-        .filter(|l| l.kind == "veth" && !carries_node_traffic(&l.name))
+        .filter(|l| l.kind == "veth" && !attaches_to_a_network(&l.name))
         .map(|l| l.name.clone())
         .collect()
 }
@@ -380,8 +384,6 @@ fn sysctl(path: &str) -> Option<u8> {
 mod tests {
     use super::*;
 
-    /// Reads this machine's (or this test's namespace's) own tables: it
-    /// must work unprivileged and find at least the loopback route.
     fn veth(name: &str) -> LinkFact {
         LinkFact {
             name: name.into(),
@@ -405,14 +407,16 @@ mod tests {
 
     /// A node that is a container: its uplink eth0 is a veth with the node
     /// subnet and the host-gw routes; calico's pod ends have /32 routes;
-    /// a bridge port has none; every veth has fe80::/64.
+    /// cilium's cilium_host a /32 and routes through it; a bridge port none;
+    /// any veth fe80::/64, some 169.254.0.0/16.
     #[test]
-    fn a_veth_carrying_the_nodes_routes_is_not_a_pod_end() {
+    fn a_veth_attached_to_the_node_network_is_not_a_pod_end() {
         let links = [
             veth("eth0"),
             veth("cali1234"),
             veth("vethab"),
             veth("lonely"),
+            veth("cilium_host"),
         ];
         let routes = [
             route("198.18.0.0", 15, None, "eth0"),
@@ -420,12 +424,16 @@ mod tests {
             route("10.244.2.7", 32, None, "cali1234"),
             route("fe80::", 64, None, "cali1234"),
             route("fe80::", 64, None, "vethab"),
+            route("169.254.0.0", 16, None, "vethab"),
+            route("10.0.0.76", 32, None, "cilium_host"),
+            route("10.0.0.0", 24, Some("10.0.0.76"), "cilium_host"),
+            route("10.0.1.0", 24, Some("10.0.0.76"), "cilium_host"),
         ];
         let ends = pod_ends(&links, &routes);
         let mut ends: Vec<&str> = ends.iter().map(String::as_str).collect();
         ends.sort_unstable();
-        assert_eq!(ends, ["cali1234", "lonely", "vethab"]);
-        // A default route through a gateway marks an uplink too.
+        assert_eq!(ends, ["cali1234", "cilium_host", "lonely", "vethab"]);
+        // The default route marks an uplink too.
         let ends = pod_ends(
             &[veth("eth0")],
             &[route("0.0.0.0", 0, Some("172.18.0.1"), "eth0")],
@@ -433,6 +441,8 @@ mod tests {
         assert!(ends.is_empty());
     }
 
+    /// Reads this machine's (or this test's namespace's) own tables: it
+    /// must work unprivileged and find at least the loopback route.
     #[test]
     fn reads_the_local_tables() {
         let facts = read().expect("netlink dumps");

@@ -77,6 +77,14 @@ impl<'a> Knowledge<'a> {
         }
     }
 
+    /// Whether `ip` is inside a node's pod CIDR.
+    fn in_a_pod_cidr(&self, ip: IpAddr) -> bool {
+        self.truth
+            .values()
+            .flat_map(|t| &t.pod_cidrs)
+            .any(|&(net, prefix)| netmatrix_api::facts::same_prefix(net, ip, prefix))
+    }
+
     /// Whether `route` covers some node's pod CIDR: one whose address lies
     /// in the route's range, with a prefix at least as long.
     fn covers_a_pod_cidr(&self, route: &RouteFact) -> bool {
@@ -388,6 +396,9 @@ fn pair_lines(from: &str, to: &str, k: &Knowledge, lines: &mut Vec<String>) {
                     // A physical device, or a containerised node's veth
                     // uplink: not a tunnel, whose gateway is a VTEP.
                     && f.link(dev).is_some_and(|l| l.kind.is_empty() || l.kind == "veth")
+                    // A next hop inside the pods' addresses is the CNI's
+                    // own (cilium's router address), never a node's.
+                    && !k.in_a_pod_cidr(gateway)
                 {
                     lines.push(format!(
                         "{from}'s route to {net}/{prefix} ({to}'s pod CIDR) goes via {gateway}, {to}'s InternalIP is {ip}"
@@ -749,12 +760,28 @@ mod tests {
             explained(
                 FindingKind::PairBroken,
                 &["node-2", "node-3"],
-                facts,
+                facts.clone(),
                 &truth
             ),
             [
                 "node-2's route to 10.244.3.0/24 (node-3's pod CIDR) goes via 198.18.0.1, node-3's InternalIP is 198.18.0.3"
             ]
+        );
+        // Through the CNI's own router address on the node (cilium's
+        // cilium_host, a veth): not a wrong gateway.
+        for r in &mut facts.get_mut("node-2").unwrap().routes {
+            if r.dst == ip("10.244.3.0") {
+                r.via = Some(ip("10.244.2.76"));
+            }
+        }
+        assert!(
+            explained(
+                FindingKind::PairBroken,
+                &["node-2", "node-3"],
+                facts,
+                &truth
+            )
+            .is_empty()
         );
     }
 
