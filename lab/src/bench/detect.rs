@@ -36,9 +36,8 @@ pub struct DetectArgs {
     /// Trials, one after the other in one lab.
     #[arg(long, default_value_t = 10)]
     pub trials: usize,
-    /// The fault to inject (overlay-down, fdb-flush, vxlan-drop, partition,
-    /// one-way, pair, mtu, mtu-lower, service-route, dnat, apiserver-block,
-    /// dns-stop, dns-servfail, dns-hide, underlay-cut, kill-agent).
+    /// The fault to inject (`netmatrix-lab fault --help` says what each
+    /// does); a fault on another overlay's machinery needs that `--overlay`.
     #[arg(long, value_enum, default_value_t = FaultKind::OverlayDown)]
     pub fault: FaultKind,
     /// The nodes the fault is about, as `netmatrix-lab fault` takes them
@@ -272,6 +271,13 @@ fn summary(label: &str, v: &[f64]) -> Vec<String> {
 
 pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     let kind = expected_kind(args.fault)?;
+    if let Some(why) = args.fault.not_with(args.overlay) {
+        anyhow::bail!(
+            "fault {} does not exist with --overlay {}: {why}",
+            args.fault,
+            args.overlay
+        );
+    }
     let on = if args.nodes_of_fault.is_empty() {
         default_nodes(args.fault)
     } else {

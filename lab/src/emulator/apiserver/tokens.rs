@@ -145,6 +145,10 @@ impl TokenAuthority {
             ttl,
             netmatrix_runtime::now_unix_secs(),
         );
+        // A projected token's path may name a subdirectory of its volume.
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         let staged = path.with_extension("staged");
         std::fs::write(&staged, token)?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))?;
