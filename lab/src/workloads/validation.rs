@@ -41,7 +41,7 @@ fn relative(what: &str, path: &str) -> Result<(), Refused> {
 
 /// The sysctls the kubelet allows without `--allowed-unsafe-sysctls`
 /// (Kubernetes' "safe" set).
-const SAFE_SYSCTLS: [&str; 13] = [
+const SAFE_SYSCTLS: [&str; 12] = [
     "kernel.shm_rmid_forced",
     "net.ipv4.ip_local_port_range",
     "net.ipv4.tcp_syncookies",
@@ -54,7 +54,6 @@ const SAFE_SYSCTLS: [&str; 13] = [
     "net.ipv4.tcp_keepalive_probes",
     "net.ipv4.tcp_rmem",
     "net.ipv4.tcp_wmem",
-    "net.ipv4.ip_local_port_range",
 ];
 
 /// The kubelet's sysctl admission: only the safe set, and no network
