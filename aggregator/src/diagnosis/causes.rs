@@ -461,14 +461,9 @@ fn vxlan_lines(
 fn mtu_lines(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
     let Some(f) = k.facts.get(node) else { return };
     for link in f.links.iter().filter(|l| is_overlay(l)) {
-        let mut others: BTreeMap<u32, usize> = BTreeMap::new();
-        for peer in mtu_peers(node, k.truth) {
-            if let Some(l) = k.facts.get(peer).and_then(|of| of.link(&link.name)) {
-                *others.entry(l.mtu).or_default() += 1;
-            }
-        }
-        let usual = others.iter().max_by_key(|(_, n)| **n).map(|(mtu, _)| *mtu);
-        if let Some(usual) = usual
+        let others = mtu_peers(node, k.truth)
+            .filter_map(|peer| k.facts.get(peer)?.link(&link.name).map(|l| l.mtu));
+        if let Some(usual) = most_common(others)
             && usual != link.mtu
         {
             lines.push(format!(
@@ -477,6 +472,57 @@ fn mtu_lines(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
             ));
         }
     }
+    uplink_mtu_line(node, k, lines);
+}
+
+/// The MTU most of `mtus` have.
+fn most_common(mtus: impl Iterator<Item = u32>) -> Option<u32> {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for mtu in mtus {
+        *counts.entry(mtu).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(mtu, _)| mtu)
+}
+
+/// The node's link to the other nodes (whatever its name: `eth0`, `ens5`,
+/// a bond) against theirs to it: an underlay MTU set apart on one node
+/// (jumbo frames on some, a cloud's 1460 on others) loses full-size
+/// packets between them, tunnelled or routed.
+fn uplink_mtu_line(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
+    let (Some(f), Some(own_ip)) = (
+        k.facts.get(node),
+        k.truth.get(node).and_then(|t| t.internal_ip),
+    ) else {
+        return;
+    };
+    let peers: Vec<&str> = mtu_peers(node, k.truth).collect();
+    let Some(link) = peers
+        .iter()
+        .find_map(|p| uplink(f, k.truth.get(*p)?.internal_ip?))
+        .filter(|l| !is_overlay(l))
+    else {
+        return;
+    };
+    let others = peers
+        .into_iter()
+        .filter_map(|peer| uplink(k.facts.get(peer)?, own_ip).map(|l| l.mtu));
+    if let Some(usual) = most_common(others)
+        && usual != link.mtu
+    {
+        lines.push(format!(
+            "{node}: {} (its link to the other nodes) MTU is {}, {usual} on the other nodes",
+            link.name, link.mtu
+        ));
+    }
+}
+
+/// The device `f`'s node sends to `ip` through (the kernel's route choice).
+fn uplink(f: &NodeFacts, ip: IpAddr) -> Option<&LinkFact> {
+    let route = RouteFact::lookup(&f.routes, ip)?;
+    f.link(route.dev.as_deref()?)
 }
 
 #[cfg(test)]
@@ -783,6 +829,36 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    /// One node's link to the others set to a lower MTU: named by role,
+    /// whatever the device is called on each node.
+    #[test]
+    fn an_underlay_mtu_set_apart_is_named() {
+        let (mut facts, truth) = cluster(3);
+        for (i, f) in facts.values_mut().enumerate() {
+            let name = if i == 0 { "ens5" } else { "eth0" };
+            f.links.push(LinkFact {
+                name: name.into(),
+                kind: String::new(),
+                up: true,
+                mtu: if i == 1 { 1300 } else { 1500 },
+                mac: None,
+                vxlan: None,
+            });
+            f.routes.push(RouteFact {
+                dst: ip("198.18.0.0"),
+                prefix: 15,
+                via: None,
+                dev: Some(name.into()),
+                reject: None,
+            });
+        }
+        assert_eq!(
+            explained(FindingKind::MtuMismatch, &["node-2"], facts.clone(), &truth),
+            ["node-2: eth0 (its link to the other nodes) MTU is 1300, 1500 on the other nodes"]
+        );
+        assert!(explained(FindingKind::MtuMismatch, &["node-1"], facts, &truth).is_empty());
     }
 
     /// A pod out of reach: the kernel's choice of route for its address,
