@@ -516,6 +516,18 @@ async fn quality_faults_are_named(overlay: Overlay) {
         .cause(Cause::Says(
             "node-3: flannel.1 MTU is 1200, 1450 on the other nodes",
         )),
+        // One node's link set apart from the network's MTU: its host paths
+        // lose full-size packets too, so the node network is named, and the
+        // link (found by the route to the other nodes) is the cause.
+        Case::new(
+            Fault::underlay_mtu("node-3", 1300),
+            FindingKind::MtuMismatch,
+            Names::Nodes(&["node-3"]),
+        )
+        .check(|s| said(s, FindingKind::MtuMismatch, "on the node network itself"))
+        .cause(Cause::Says(
+            "node-3: eth0 (its link to the other nodes) MTU is 1300, 1500 on the other nodes",
+        )),
     ];
     run_cases(&lab, nodes, &cases).await;
 

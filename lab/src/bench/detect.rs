@@ -86,7 +86,7 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
             FindingKind::PairBroken
         }
         FaultKind::PodBlackhole => FindingKind::PodUnreachable,
-        FaultKind::Mtu | FaultKind::MtuLower => FindingKind::MtuMismatch,
+        FaultKind::Mtu | FaultKind::MtuLower | FaultKind::UnderlayMtu => FindingKind::MtuMismatch,
         FaultKind::ServiceRoute | FaultKind::Dnat => FindingKind::ClusteripBroken,
         FaultKind::ApiserverBlock => FindingKind::ApiserverUnreachable,
         FaultKind::StaleService => FindingKind::ServiceUnreachable,

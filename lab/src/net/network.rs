@@ -414,6 +414,16 @@ pub fn set_vtep_mtu(node: &NodePlan, mtu: u32) -> Result<(), NetnsError> {
     .map(|_| ())
 }
 
+/// Sets the MTU of `node`'s link to the other nodes (`eth0`; the switch's
+/// end keeps the network's).
+pub fn set_underlay_mtu(node: &NodePlan, mtu: u32) -> Result<(), NetnsError> {
+    ip(
+        &node.netns,
+        &["link", "set", "eth0", "mtu", &mtu.to_string()],
+    )
+    .map(|_| ())
+}
+
 /// Forgets the path MTUs learnt from "fragmentation needed" errors in `ns`
 /// (they would outlive a healed MTU fault by 10 minutes,
 /// `net.ipv4.route.mtu_expires`).

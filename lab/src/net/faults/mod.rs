@@ -19,6 +19,7 @@
 //! | `underlay-loss NODE [PERCENT]` | a random share (default 20 %) of everything arriving at the node's underlay interface `eth0` dropped: tunnel and host-network traffic alike | `packet-loss`, said to be the node network |
 //! | `mtu NODE` | packets over 1200 bytes dropped through the node's overlay, both ways | `mtu-mismatch` |
 //! | `mtu-lower NODE [MTU]` | the node's `flannel.1` MTU lowered (default 1200) | `mtu-mismatch` |
+//! | `underlay-mtu NODE [MTU]` | the node's `eth0` MTU lowered (default 1300): its link to the other nodes, as a node set apart from the network's MTU | `mtu-mismatch`, said to be the node network, the link named as its cause |
 //! | `service-route NODE` | the `10.96.0.0/12` route is deleted in the node's pod namespaces: `connect: network is unreachable` | `clusterip-broken` |
 //! | `dnat NODE` | the node's service DNAT chain is flushed (kube-proxy rules gone) | `clusterip-broken` |
 //! | `stale-service NODE` | the node's rule for the companions' Service points to 10.244.1.99, a deleted pod's address (kube-proxy missed the update); its other Services work | `service-unreachable`, that Service on that node |
@@ -58,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use crate::net::netns::NetnsError;
 use crate::net::network;
 use crate::net::services;
-use crate::net::topology::{NodePlan, Overlay, POD_MTU, Topology};
+use crate::net::topology::{NodePlan, Overlay, POD_MTU, Topology, UNDERLAY_MTU};
 
 /// The kinds of fault. The doc comments are the CLI's help.
 #[derive(
@@ -108,6 +109,8 @@ pub enum FaultKind {
     Mtu,
     /// NODE [MTU]: lower NODE's flannel.1 MTU from 1450 to MTU (default 1200) (vxlan).
     MtuLower,
+    /// NODE [MTU]: lower the MTU of NODE's link to the other nodes (eth0) from 1500 to MTU (default 1300).
+    UnderlayMtu,
     /// NODE: delete the route to the service network (10.96.0.0/12) in NODE's pods.
     ServiceRoute,
     /// NODE: flush NODE's service DNAT rules (kube-proxy stand-in).
@@ -205,6 +208,7 @@ impl FaultKind {
             FaultKind::UnderlayLoss => "underlay-loss",
             FaultKind::Mtu => "mtu",
             FaultKind::MtuLower => "mtu-lower",
+            FaultKind::UnderlayMtu => "underlay-mtu",
             FaultKind::ServiceRoute => "service-route",
             FaultKind::Dnat => "dnat",
             FaultKind::StaleService => "stale-service",
@@ -263,6 +267,12 @@ impl FaultKind {
                 // IPv4's minimum; at most one below the pods' MTU ("lower").
                 min: 576,
                 max: POD_MTU - 1,
+            }),
+            FaultKind::UnderlayMtu => Some(ValueSpec {
+                name: "MTU",
+                default: 1300,
+                min: 576,
+                max: UNDERLAY_MTU - 1,
             }),
             _ => None,
         }
@@ -487,6 +497,10 @@ impl Fault {
 
     pub fn mtu_lower(node: &str, mtu: u32) -> Self {
         Self::on(FaultKind::MtuLower, &[node], Some(mtu))
+    }
+
+    pub fn underlay_mtu(node: &str, mtu: u32) -> Self {
+        Self::on(FaultKind::UnderlayMtu, &[node], Some(mtu))
     }
 
     pub fn service_route(node: &str) -> Self {
@@ -736,6 +750,7 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
             }
         }
         FaultKind::MtuLower => network::set_vtep_mtu(n, fault.value_or_default())?,
+        FaultKind::UnderlayMtu => network::set_underlay_mtu(n, fault.value_or_default())?,
         FaultKind::ServiceRoute => {
             for pod in t.pods_of(n) {
                 network::delete_service_route(pod)?;
@@ -792,8 +807,12 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
             reconnect(t, n)?;
         }
         FaultKind::OverlayDown | FaultKind::FdbFlush => reconnect(t, n)?,
-        FaultKind::MtuLower => {
-            network::set_vtep_mtu(n, POD_MTU)?;
+        FaultKind::MtuLower | FaultKind::UnderlayMtu => {
+            if fault.kind == FaultKind::MtuLower {
+                network::set_vtep_mtu(n, POD_MTU)?;
+            } else {
+                network::set_underlay_mtu(n, UNDERLAY_MTU)?;
+            }
             // The pods learnt the lower path MTU from "fragmentation needed"
             // errors; forget it, or their large echoes keep failing locally.
             network::flush_route_cache(&n.netns)?;
