@@ -446,6 +446,16 @@ async fn path_faults_are_named(overlay: Overlay) {
             .cause(Cause::Says(
                 "node-3 has no route to 10.244.1.0/24 (node-1's pod CIDR)",
             )),
+            // host-gw's counterpart of fdb-stale: node-2's route to node-3's
+            // pods points at an address no node has.
+            Case::new(
+                Fault::route_stale("node-2", "node-3"),
+                FindingKind::PairBroken,
+                Names::Paths(&[("node-2", "node-3"), ("node-3", "node-2")]),
+            )
+            .cause(Cause::Says(
+                "node-2's route to 10.244.3.0/24 (node-3's pod CIDR) goes via 198.18.1.99, node-3's InternalIP is 198.18.0.3",
+            )),
             // One pod, not a node: node-1 reaches node-3's agent, not its
             // companion; node-2 reaches both.
             Case::new(

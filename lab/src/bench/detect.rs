@@ -82,9 +82,11 @@ pub fn expected_kind(fault: FaultKind) -> anyhow::Result<FindingKind> {
         FaultKind::VxlanDrop => FindingKind::CrossNodeBroken,
         FaultKind::Partition => FindingKind::Partition,
         FaultKind::OneWay => FindingKind::AsymmetricPath,
-        FaultKind::Pair | FaultKind::FdbStale | FaultKind::RouteDel | FaultKind::BgpBlock => {
-            FindingKind::PairBroken
-        }
+        FaultKind::Pair
+        | FaultKind::FdbStale
+        | FaultKind::RouteDel
+        | FaultKind::RouteStale
+        | FaultKind::BgpBlock => FindingKind::PairBroken,
         FaultKind::PodBlackhole => FindingKind::PodUnreachable,
         FaultKind::Mtu | FaultKind::MtuLower | FaultKind::UnderlayMtu => FindingKind::MtuMismatch,
         FaultKind::ServiceRoute | FaultKind::Dnat => FindingKind::ClusteripBroken,

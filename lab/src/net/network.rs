@@ -386,6 +386,24 @@ pub fn misdirect_peer(node: &NodePlan, peer: &NodePlan) -> Result<(), NetnsError
     point_fdb(&node.netns, peer, STALE_VTEP_IP)
 }
 
+/// Points `node`'s host-gw route to `peer`'s pod subnet at
+/// [`STALE_VTEP_IP`]; [`connect_peer`] puts it back.
+pub fn misroute_peer(node: &NodePlan, peer: &NodePlan) -> Result<(), NetnsError> {
+    ip(
+        &node.netns,
+        &[
+            "route",
+            "replace",
+            &peer.pod_cidr,
+            "via",
+            STALE_VTEP_IP,
+            "dev",
+            "eth0",
+        ],
+    )
+    .map(|_| ())
+}
+
 /// In `ns`, sends frames for `peer`'s VTEP MAC to the underlay address `dst`.
 fn point_fdb(ns: &str, peer: &NodePlan, dst: &str) -> Result<(), NetnsError> {
     bridge(

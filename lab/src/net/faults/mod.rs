@@ -10,6 +10,7 @@
 //! | `partition NODE...` | pod traffic dropped between the given nodes and the others, both ends: vxlan, UDP 8472 between their underlay addresses; host-gw and bgp, forwarded packets between their pod subnets (BGP sessions stay up) | `partition` |
 //! | `one-way A B` | flows initiated from A's pods to B's pods dropped in A's `FORWARD` | `asymmetric-path` |
 //! | `vtep-down NODE` | the node's VXLAN device `flannel.1` set down (the kernel drops the routes through it) (vxlan) | `node-isolated`, the device named as its cause |
+//! | `route-stale A B` | (host-gw) A's route to B's pod subnet points to 198.18.1.99, an address no node has (B re-addressed, A's flanneld not told) | `pair-broken`, the route named as its cause |
 //! | `route-del A B` | A's route to B's pod subnet deleted | `pair-broken` (A's replies to B need it too), the missing route named as its cause |
 //! | `fdb-stale A B` | A's FDB entry for B's VTEP points to 198.18.1.99, an address no node has (B re-addressed, A's flanneld not told) (vxlan) | `pair-broken`, the entry named as its cause |
 //! | `pair A B` | pod traffic between A's and B's pod subnets dropped, both ways | `pair-broken` |
@@ -99,6 +100,8 @@ pub enum FaultKind {
     VtepDown,
     /// A B: delete A's route to B's pod subnet (vxlan, host-gw).
     RouteDel,
+    /// A B: point A's route to B's pod subnet at an address no node has (host-gw).
+    RouteStale,
     /// A B: a blackhole route on A to B's companion pod alone (its /32).
     PodBlackhole,
     /// NODE [PERCENT]: drop PERCENT % (default 30) of the overlay packets arriving at NODE.
@@ -203,6 +206,7 @@ impl FaultKind {
             FaultKind::FdbStale => "fdb-stale",
             FaultKind::VtepDown => "vtep-down",
             FaultKind::RouteDel => "route-del",
+            FaultKind::RouteStale => "route-stale",
             FaultKind::PodBlackhole => "pod-blackhole",
             FaultKind::Loss => "loss",
             FaultKind::UnderlayLoss => "underlay-loss",
@@ -239,6 +243,7 @@ impl FaultKind {
             | FaultKind::TcpDrop
             | FaultKind::FdbStale
             | FaultKind::RouteDel
+            | FaultKind::RouteStale
             | FaultKind::PodBlackhole
             | FaultKind::BgpBlock => Arity::Two,
             FaultKind::Partition => Arity::Group,
@@ -293,7 +298,10 @@ impl FaultKind {
             (BgpBlock | BirdStop | BgpWrongAddress, Overlay::Vxlan | Overlay::HostGw) => {
                 Some("it breaks BGP: start the lab with --overlay bgp")
             }
-            (OverlayDown | RouteDel, Overlay::Bgp) => Some(
+            (RouteStale, Overlay::Vxlan) => {
+                Some("with VXLAN the routes go through flannel.1; its stale entry is fdb-stale")
+            }
+            (OverlayDown | RouteDel | RouteStale, Overlay::Bgp) => Some(
                 "BIRD puts deleted routes back at its next scan; break BGP instead (bgp-block, bird-stop)",
             ),
             _ => None,
@@ -485,6 +493,10 @@ impl Fault {
 
     pub fn route_del(from: &str, to: &str) -> Self {
         Self::on(FaultKind::RouteDel, &[from, to], None)
+    }
+
+    pub fn route_stale(from: &str, to: &str) -> Self {
+        Self::on(FaultKind::RouteStale, &[from, to], None)
     }
 
     pub fn pod_blackhole(from: &str, to: &str) -> Self {
@@ -729,6 +741,11 @@ pub fn apply(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), Fault
                 network::delete_peer_route(a, b)?;
             }
         }
+        FaultKind::RouteStale => {
+            if let [a, b] = nodes[..] {
+                network::misroute_peer(a, b)?;
+            }
+        }
         FaultKind::PodBlackhole => {
             if let [a, b] = nodes[..] {
                 network::blackhole_pod(a, &b.companion, true)?;
@@ -792,7 +809,7 @@ pub fn heal(t: &Topology, fault: &Fault, hooks: &dyn Hooks) -> Result<(), FaultE
         };
     };
     match fault.kind {
-        FaultKind::FdbStale | FaultKind::RouteDel => {
+        FaultKind::FdbStale | FaultKind::RouteDel | FaultKind::RouteStale => {
             if let [a, b] = nodes[..] {
                 network::connect_peer(t.overlay, a, b)?;
             }
