@@ -115,11 +115,14 @@ impl RejectRoute {
 
 impl RouteFact {
     /// The most specific route of `routes` holding `ip` (the kernel's
-    /// choice in the main table).
+    /// choice in the main table). Of equally specific ones, the first: the
+    /// kernel lists them lowest metric, its choice, first (a node with a
+    /// standby link's default route has two).
     pub fn lookup(routes: &[RouteFact], ip: IpAddr) -> Option<&RouteFact> {
         let width = if ip.is_ipv4() { 32 } else { 128 };
         routes
             .iter()
+            .rev()
             .filter(|r| r.covers(ip, width))
             .max_by_key(|r| r.prefix)
     }

@@ -107,8 +107,8 @@ enum Command {
     Fault {
         #[arg(value_enum)]
         kind: FaultKind,
-        /// The nodes the fault is about (see KIND), then the number of `loss` (percent) or
-        /// `mtu-lower` (MTU).
+        /// The nodes the fault is about (see KIND), then the number of `loss` and
+        /// `underlay-loss` (percent) or `mtu-lower` and `underlay-mtu` (MTU).
         #[arg(value_name = "NODES")]
         args: Vec<String>,
         /// A node the fault is about (same as naming it after KIND; repeatable).

@@ -475,15 +475,18 @@ fn mtu_lines(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
     uplink_mtu_line(node, k, lines);
 }
 
-/// The MTU most of `mtus` have.
+/// The MTU more than half of `mtus` have, when there are at least two:
+/// with one peer, or a tie, which side is set apart cannot be told.
 fn most_common(mtus: impl Iterator<Item = u32>) -> Option<u32> {
     let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut total = 0;
     for mtu in mtus {
         *counts.entry(mtu).or_default() += 1;
+        total += 1;
     }
     counts
         .into_iter()
-        .max_by_key(|(_, n)| *n)
+        .find(|(_, n)| *n >= 2 && *n * 2 > total)
         .map(|(mtu, _)| mtu)
 }
 
@@ -508,7 +511,9 @@ fn uplink_mtu_line(node: &str, k: &Knowledge, lines: &mut Vec<String>) {
     };
     let others = peers
         .into_iter()
-        .filter_map(|peer| uplink(k.facts.get(peer)?, own_ip).map(|l| l.mtu));
+        .filter_map(|peer| uplink(k.facts.get(peer)?, own_ip))
+        .filter(|l| !is_overlay(l))
+        .map(|l| l.mtu);
     if let Some(usual) = most_common(others)
         && usual != link.mtu
     {
@@ -832,33 +837,58 @@ mod tests {
     }
 
     /// One node's link to the others set to a lower MTU: named by role,
-    /// whatever the device is called on each node.
+    /// whatever the device is called on each node; never a healthy node,
+    /// and nothing when which side is set apart cannot be told.
     #[test]
     fn an_underlay_mtu_set_apart_is_named() {
-        let (mut facts, truth) = cluster(3);
-        for (i, f) in facts.values_mut().enumerate() {
-            let name = if i == 0 { "ens5" } else { "eth0" };
-            f.links.push(LinkFact {
-                name: name.into(),
-                kind: String::new(),
-                up: true,
-                mtu: if i == 1 { 1300 } else { 1500 },
-                mac: None,
-                vxlan: None,
-            });
-            f.routes.push(RouteFact {
-                dst: ip("198.18.0.0"),
-                prefix: 15,
-                via: None,
-                dev: Some(name.into()),
-                reject: None,
-            });
-        }
+        // `mtus[i]` is node-(i+1)'s link MTU; node-1's link is ens5, and
+        // node-1 also has a standby link with a second default route.
+        let with_links = |mtus: &[u32]| {
+            let (mut facts, truth) = cluster(mtus.len());
+            for (i, f) in facts.values_mut().enumerate() {
+                let name = if i == 0 { "ens5" } else { "eth0" };
+                let link = |name: &str, mtu| LinkFact {
+                    name: name.into(),
+                    kind: String::new(),
+                    up: true,
+                    mtu,
+                    mac: None,
+                    vxlan: None,
+                };
+                f.links.push(link(name, mtus[i]));
+                let route = |prefix, dev: &str| RouteFact {
+                    dst: ip("198.18.0.0"),
+                    prefix,
+                    via: None,
+                    dev: Some(dev.into()),
+                    reject: None,
+                };
+                f.routes.push(route(15, name));
+                if i == 0 {
+                    f.links.push(link("ens6", 9001));
+                    f.routes.push(route(15, "ens6"));
+                }
+            }
+            (facts, truth)
+        };
+        let (facts, truth) = with_links(&[1500, 1300, 1500, 1500]);
         assert_eq!(
             explained(FindingKind::MtuMismatch, &["node-2"], facts.clone(), &truth),
             ["node-2: eth0 (its link to the other nodes) MTU is 1300, 1500 on the other nodes"]
         );
         assert!(explained(FindingKind::MtuMismatch, &["node-1"], facts, &truth).is_empty());
+        // Of node-1's two equal routes, the first (the kernel's, lowest
+        // metric) is its link: ens5, not the standby ens6.
+        let (facts, truth) = with_links(&[1300, 1500, 1500, 1500]);
+        assert_eq!(
+            explained(FindingKind::MtuMismatch, &["node-1"], facts, &truth),
+            ["node-1: ens5 (its link to the other nodes) MTU is 1300, 1500 on the other nodes"]
+        );
+        // A tie (one peer each way) and a single peer tell nothing.
+        let (facts, truth) = with_links(&[1500, 1300, 9000]);
+        assert!(explained(FindingKind::MtuMismatch, &["node-1"], facts, &truth).is_empty());
+        let (facts, truth) = with_links(&[1500, 1300]);
+        assert!(explained(FindingKind::MtuMismatch, &["node-2"], facts, &truth).is_empty());
     }
 
     /// A pod out of reach: the kernel's choice of route for its address,

@@ -276,7 +276,8 @@ impl FaultKind {
             FaultKind::UnderlayMtu => Some(ValueSpec {
                 name: "MTU",
                 default: 1300,
-                min: 576,
+                // Below IPv6's minimum the kernel takes IPv6 off the link.
+                min: 1280,
                 max: UNDERLAY_MTU - 1,
             }),
             _ => None,
@@ -301,7 +302,10 @@ impl FaultKind {
             (RouteStale, Overlay::Vxlan) => {
                 Some("with VXLAN the routes go through flannel.1; its stale entry is fdb-stale")
             }
-            (OverlayDown | RouteDel | RouteStale, Overlay::Bgp) => Some(
+            (RouteStale, Overlay::Bgp) => Some(
+                "the routes are BIRD's: a stale one would sit beside BIRD's own, where heal does not look; break BGP instead (bgp-block, bgp-wrong-address)",
+            ),
+            (OverlayDown | RouteDel, Overlay::Bgp) => Some(
                 "BIRD puts deleted routes back at its next scan; break BGP instead (bgp-block, bird-stop)",
             ),
             _ => None,
@@ -335,13 +339,14 @@ impl std::fmt::Display for FaultKind {
 }
 
 /// One fault: its kind, the nodes it is about (none, one, an ordered pair,
-/// or one group) and, for `loss` and `mtu-lower`, a number.
+/// or one group) and, for the kinds that take one, a number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fault {
     pub kind: FaultKind,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// `loss`: percent; `mtu-lower`: the MTU. `None`: the kind's default.
+    /// `loss`, `underlay-loss`: percent; `mtu-lower`, `underlay-mtu`: the
+    /// MTU. `None`: the kind's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<u32>,
 }
