@@ -116,6 +116,20 @@ impl StateDir {
     }
 }
 
+/// Writes `content` to `path` through a rename (a reader sees the old file
+/// or the new one, never half of it), readable by every user as the
+/// kubelet's projected volumes are (0644), its directory created.
+pub fn write_for_pods(path: &Path, content: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, content)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&staged, path)
+}
+
 /// Prefixes of every lab with a state directory.
 pub fn labs() -> Vec<StateDir> {
     let Ok(dir) = std::fs::read_dir(STATE_ROOT) else {

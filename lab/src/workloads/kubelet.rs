@@ -27,7 +27,7 @@ use crate::net::netns;
 use crate::net::network;
 use crate::net::topology::{CLUSTER_DOMAIN, DNS_SVC, NodePlan, PodPlan, Topology};
 use crate::process::{LAB_PATH, ProcessSpec, Processes};
-use crate::state::StateDir;
+use crate::state::{StateDir, write_for_pods};
 
 /// Where the API access volume is mounted, as the ServiceAccount admission
 /// plugin adds it to every pod that does not opt out.
@@ -544,7 +544,7 @@ impl Kubelet {
                                 });
                             }
                         };
-                        write_file(&dir.join(&item.path), value.as_bytes()).map_err(io)?;
+                        write_for_pods(&dir.join(&item.path), value.as_bytes()).map_err(io)?;
                     }
                 }
             }
@@ -910,18 +910,6 @@ fn decode_b64(text: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Writes `content` to `path` through a rename (a reader sees the old file
-/// or the new one), readable by every user (the projected volumes' 0644).
-fn write_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let staged = path.with_extension("staged");
-    std::fs::write(&staged, content)?;
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))?;
-    std::fs::rename(&staged, path)
-}
-
 fn write_items(
     dir: &Path,
     data: &BTreeMap<String, Vec<u8>>,
@@ -933,12 +921,12 @@ fn write_items(
                 let Some(value) = data.get(&item.key) else {
                     return Err(std::io::Error::other(format!("key {} not found", item.key)));
                 };
-                write_file(&dir.join(&item.path), value)?;
+                write_for_pods(&dir.join(&item.path), value)?;
             }
         }
         None => {
             for (key, value) in data {
-                write_file(&dir.join(key), value)?;
+                write_for_pods(&dir.join(key), value)?;
             }
         }
     }

@@ -132,7 +132,6 @@ impl TokenAuthority {
         ttl: Duration,
         path: &std::path::Path,
     ) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         let binding = Binding::of_pod(state, namespace, pod).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -145,14 +144,8 @@ impl TokenAuthority {
             ttl,
             netmatrix_runtime::now_unix_secs(),
         );
-        // A projected token's path may name a subdirectory of its volume.
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let staged = path.with_extension("staged");
-        std::fs::write(&staged, token)?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))?;
-        std::fs::rename(&staged, path)
+        // (A projected token's path may name a subdirectory of its volume.)
+        crate::state::write_for_pods(path, token.as_bytes())
     }
 
     /// A token bound to `binding`, for `audiences`, valid for `ttl` from
